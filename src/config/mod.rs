@@ -1,0 +1,877 @@
+//! `routes.toml`, in two stages: `raw` mirrors the file, and [`load`] checks
+//! every value into the ready-to-use [`Config`] (parsed addresses, CIDRs,
+//! durations, built verifiers). All problems are collected with their line
+//! and column, so `hookgate check` reports every mistake at once.
+
+mod raw;
+pub mod secrets;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+
+use crate::secret::Secret;
+use crate::verify::{self, Locator, Provider};
+use raw::{RawSecret, RawServer, RawSource};
+use secrets::{Resolver, SecretRef, SecretShape};
+
+/// The validated configuration. Runtime code sees only this.
+#[derive(Debug)]
+pub struct Config {
+    pub server: Server,
+    pub sources: BTreeMap<String, Source>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub group_commit: bool,
+}
+
+/// One inbound endpoint, `POST /hooks/{name}`.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub proof: Proof,
+    /// `None` lets any address in.
+    pub allow_ips: Option<Vec<IpNet>>,
+    pub dedupe_window: Duration,
+    pub rate_limit: Option<Rate>,
+}
+
+/// Whether a source can prove anything. A source whose secret is missing is
+/// closed (503), never open.
+#[derive(Debug, Clone)]
+pub enum Proof {
+    Ready(Arc<dyn Provider>),
+    Closed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Github,
+    Gitlab,
+    Jira,
+    Figma,
+    Zendesk,
+    Intercom,
+    Standard,
+    Hmac,
+}
+
+impl ProviderKind {
+    pub const ALL: [(&'static str, ProviderKind); 8] = [
+        ("github", ProviderKind::Github),
+        ("gitlab", ProviderKind::Gitlab),
+        ("jira", ProviderKind::Jira),
+        ("figma", ProviderKind::Figma),
+        ("zendesk", ProviderKind::Zendesk),
+        ("intercom", ProviderKind::Intercom),
+        ("standard", ProviderKind::Standard),
+        ("hmac", ProviderKind::Hmac),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .expect("listed")
+            .0
+    }
+
+    fn parse(s: &str) -> Option<ProviderKind> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
+    }
+
+    fn has_timestamp(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Zendesk
+                | ProviderKind::Standard
+                | ProviderKind::Gitlab
+                | ProviderKind::Hmac
+        )
+    }
+}
+
+/// A per-source request rate: `burst` requests, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+/// One mistake in the file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key, e.g. `sources.github.allow_ips`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", p.display(&self.file))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Problem {
+    pub fn display(&self, file: &Path) -> String {
+        let key = if self.key.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.key)
+        };
+        format!(
+            "{}:{}:{}: {key}{}",
+            file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// A loaded config, plus the secrets it could not read. `check` treats those
+/// as errors; `serve` starts with the affected sources closed.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub secret_problems: Vec<Problem>,
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path, resolver: &Resolver) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: path.to_owned(),
+        problems: vec![Problem {
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    parse(&text, resolver).map_err(|problems| ConfigErrors {
+        file: path.to_owned(),
+        problems,
+    })
+}
+
+/// Validates config text. Public for tests and `hookgate check` on stdin.
+pub fn parse(text: &str, resolver: &Resolver) -> Result<Loaded, Vec<Problem>> {
+    let mut cx = Cx {
+        text,
+        problems: Vec::new(),
+        secret_problems: Vec::new(),
+        resolver,
+    };
+    let doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            cx.toml_error(&e, "");
+            return Err(cx.problems);
+        }
+    };
+    let mut server = None;
+    let mut sources = BTreeMap::new();
+    for (key, value) in doc.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "server" => {
+                if let Some(raw) = cx.deserialize::<RawServer>(value.clone(), "server") {
+                    server = Some(cx.server(raw));
+                }
+            }
+            "sources" => {
+                let Some(table) = value.get_ref().as_table() else {
+                    cx.err(value.span(), "sources", "must be a table of [sources.NAME]");
+                    continue;
+                };
+                for (name, value) in table.iter() {
+                    let name = name.get_ref().to_string();
+                    let at = format!("sources.{name}");
+                    if let Err(msg) = check_name(&name) {
+                        cx.err(value.span(), &at, msg);
+                    }
+                    if let Some(raw) = cx.deserialize::<RawSource>(value.clone(), &at) {
+                        if let Some(source) = cx.source(&name, raw) {
+                            sources.insert(name, source);
+                        }
+                    }
+                }
+            }
+            other => cx.err(
+                key.span(),
+                other,
+                "unknown section (expected `server` or `sources`)",
+            ),
+        }
+    }
+    let server = server.unwrap_or_else(|| cx.server(RawServer::default()));
+    if sources.is_empty() && cx.problems.is_empty() {
+        cx.err(0..0, "sources", "no sources: add a [sources.NAME] table");
+    }
+    cx.secret_problems.sort_by_key(|p| (p.line, p.column));
+    if cx.problems.is_empty() {
+        Ok(Loaded {
+            config: Config { server, sources },
+            secret_problems: cx.secret_problems,
+        })
+    } else {
+        Err(cx.problems)
+    }
+}
+
+/// Source names become URL path segments.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` cannot be a URL path segment: use letters, digits, `-` and `_`"
+        ))
+    }
+}
+
+/// Builds a verifier once its secret is known.
+type BuildScheme = Box<dyn FnOnce(Secret) -> Result<Arc<dyn Provider>, String>>;
+
+const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+
+struct Cx<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+    secret_problems: Vec<Problem>,
+    resolver: &'a Resolver,
+}
+
+impl Cx<'_> {
+    fn problem(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> Problem {
+        let (line, column) = line_col(self.text, span.start);
+        Problem {
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let p = self.problem(span, key, message);
+        self.problems.push(p);
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error, key: &str) {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().replace('\n', " ");
+        self.err(span, key, message);
+    }
+
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        value: Spanned<toml::de::DeValue<'_>>,
+        key: &str,
+    ) -> Option<T> {
+        let mut value = value;
+        value.get_mut().make_owned();
+        match T::deserialize(toml::de::ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.toml_error(&e, key);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "`{}` is not a duration: write it like \"30s\", \"5m\" or \"7d\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn cidrs(&mut self, list: &[Spanned<String>], key: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for item in list {
+            let s = item.get_ref().trim();
+            // A bare address means that one host.
+            let parsed = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.err(
+                    item.span(),
+                    key,
+                    format!("`{s}` is not an IP network: write it like \"192.30.252.0/22\" or \"2001:db8::/32\""),
+                ),
+            }
+        }
+        out
+    }
+
+    fn addr(&mut self, v: &Option<Spanned<String>>, key: &str, default: &str) -> SocketAddr {
+        let fallback = default.parse().expect("default address");
+        let Some(v) = v else { return fallback };
+        match v.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!("`{}` is not an address: write it like \"127.0.0.1:8080\" or \"[::1]:8080\"", v.get_ref()),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn positive(&mut self, v: &Option<Spanned<i64>>, key: &str, default: usize) -> usize {
+        match v {
+            None => default,
+            Some(n) if *n.get_ref() > 0 => *n.get_ref() as usize,
+            Some(n) => {
+                self.err(n.span(), key, "must be a positive number");
+                default
+            }
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> Server {
+        let listen = self.addr(&raw.listen, "server.listen", "127.0.0.1:8080");
+        let admin_listen = self.addr(&raw.admin_listen, "server.admin_listen", "127.0.0.1:9090");
+        if !admin_listen.ip().is_loopback() {
+            let span = raw.admin_listen.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            self.err(
+                span,
+                "server.admin_listen",
+                "the admin listener has no authentication yet: bind it to a loopback address (127.0.0.1 or [::1])",
+            );
+        }
+        let data_dir = match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; the first is ours.
+            Some(dirs) => PathBuf::from(
+                dirs.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => PathBuf::from(
+                raw.data_dir
+                    .as_ref()
+                    .map(|d| d.get_ref().as_str())
+                    .unwrap_or("./data"),
+            ),
+        };
+        let max_body_bytes = self.positive(&raw.max_body_bytes, "server.max_body_bytes", 1 << 20);
+        const MAX_BODY_CEILING: usize = 64 << 20;
+        if max_body_bytes > MAX_BODY_CEILING {
+            let span = raw
+                .max_body_bytes
+                .as_ref()
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            self.err(
+                span,
+                "server.max_body_bytes",
+                format!("at most {MAX_BODY_CEILING} (GitHub's largest payload is 25 MB)"),
+            );
+        }
+        let trusted_proxies = self.cidrs(
+            raw.trusted_proxies.as_deref().unwrap_or_default(),
+            "server.trusted_proxies",
+        );
+        Server {
+            listen,
+            admin_listen,
+            data_dir,
+            max_body_bytes,
+            trusted_proxies,
+            header_timeout: self.duration(
+                &raw.header_timeout,
+                "server.header_timeout",
+                Duration::from_secs(10),
+            ),
+            request_timeout: self.duration(
+                &raw.request_timeout,
+                "server.request_timeout",
+                Duration::from_secs(30),
+            ),
+            max_connections: self.positive(&raw.max_connections, "server.max_connections", 4096),
+            group_commit: raw.group_commit.unwrap_or(true),
+        }
+    }
+
+    fn secret_ref(&mut self, raw: &Spanned<RawSecret>, key: &str) -> Option<SecretRef> {
+        let r = raw.get_ref();
+        let refs: Vec<SecretRef> = [
+            r.env.clone().map(SecretRef::Env),
+            r.file.clone().map(|f| SecretRef::File(f.into())),
+            r.credential.clone().map(SecretRef::Credential),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match <[SecretRef; 1]>::try_from(refs) {
+            Ok([one]) => Some(one),
+            Err(_) => {
+                self.err(
+                    raw.span(),
+                    key,
+                    "a secret is exactly one of { env = \"NAME\" }, { file = \"PATH\" } or { credential = \"NAME\" }",
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads a secret; a missing one is a secret problem, not a config error.
+    fn resolve(
+        &mut self,
+        raw: &Spanned<RawSecret>,
+        key: &str,
+        shape: SecretShape,
+    ) -> Option<Result<Secret, String>> {
+        let r = self.secret_ref(raw, key)?;
+        Some(match self.resolver.resolve(&r, shape) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let p = self.problem(raw.span(), key, e.to_string());
+                self.secret_problems.push(p);
+                Err(format!("secret {r} is unavailable: {e}"))
+            }
+        })
+    }
+
+    fn source(&mut self, name: &str, raw: RawSource) -> Option<Source> {
+        let at = |k: &str| format!("sources.{name}.{k}");
+        let Some(provider) = ProviderKind::parse(raw.provider.get_ref()) else {
+            let names: Vec<&str> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
+            self.err(
+                raw.provider.span(),
+                &at("provider"),
+                format!(
+                    "unknown provider `{}`: use one of {}",
+                    raw.provider.get_ref(),
+                    names.join(", ")
+                ),
+            );
+            return None;
+        };
+        let before = self.problems.len();
+        let allow_ips = raw
+            .allow_ips
+            .as_ref()
+            .map(|list| self.cidrs(list, &at("allow_ips")));
+        let dedupe_window = self.duration(
+            &raw.dedupe_window,
+            &at("dedupe_window"),
+            DEFAULT_DEDUPE_WINDOW,
+        );
+        let max_skew = self.duration(&raw.max_skew, &at("max_skew"), DEFAULT_MAX_SKEW);
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .and_then(|v| match parse_rate(v.get_ref()) {
+                Some(r) => Some(r),
+                None => {
+                    self.err(
+                        v.span(),
+                        &at("rate_limit"),
+                        format!(
+                            "`{}` is not a rate: write it like \"200/s\", \"600/m\" or \"5000/h\"",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+
+        // Keys that only some providers understand.
+        let only = |allowed: &[ProviderKind]| allowed.contains(&provider);
+        let misplaced: [(&str, Option<Range<usize>>, bool); 10] = [
+            (
+                "signing_secret",
+                raw.signing_secret.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Gitlab]),
+            ),
+            (
+                "legacy_sha1",
+                raw.legacy_sha1.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Github]),
+            ),
+            (
+                "max_skew",
+                raw.max_skew.as_ref().map(|v| v.span()),
+                provider.has_timestamp(),
+            ),
+            (
+                "event_from",
+                raw.event_from.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Standard, ProviderKind::Hmac]),
+            ),
+            (
+                "id_from",
+                raw.id_from.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Standard, ProviderKind::Hmac]),
+            ),
+            (
+                "header",
+                raw.header.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Hmac]),
+            ),
+            (
+                "algorithm",
+                raw.algorithm.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Hmac]),
+            ),
+            (
+                "encoding",
+                raw.encoding.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Hmac]),
+            ),
+            (
+                "prefix",
+                raw.prefix.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Hmac]),
+            ),
+            (
+                "timestamp_header",
+                raw.timestamp_header.as_ref().map(|v| v.span()),
+                only(&[ProviderKind::Hmac]),
+            ),
+        ];
+        for (key, span, allowed) in misplaced {
+            if let (Some(span), false) = (span, allowed) {
+                self.err(
+                    span,
+                    &at(key),
+                    format!(
+                        "`{key}` does not apply to provider `{}`: remove it",
+                        provider.name()
+                    ),
+                );
+            }
+        }
+
+        let Some(secret_raw) = raw.secret.as_ref() else {
+            self.err(
+                raw.provider.span(),
+                &format!("sources.{name}"),
+                "missing `secret`: add secret = { env = \"NAME\" } (or { file } / { credential })",
+            );
+            return None;
+        };
+        let shape = if provider == ProviderKind::Standard {
+            SecretShape::Whsec
+        } else {
+            SecretShape::Token
+        };
+        let secret = self.resolve(secret_raw, &at("secret"), shape)?;
+        let signing = match raw
+            .signing_secret
+            .as_ref()
+            .filter(|_| provider == ProviderKind::Gitlab)
+        {
+            Some(s) => Some(self.resolve(s, &at("signing_secret"), SecretShape::Whsec)?),
+            None => None,
+        };
+        let scheme = self.scheme(name, provider, &raw, secret, signing, max_skew);
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Source {
+            name: name.to_owned(),
+            provider,
+            proof: match scheme {
+                Ok(p) => Proof::Ready(p),
+                Err(reason) => Proof::Closed(reason),
+            },
+            allow_ips,
+            dedupe_window,
+            rate_limit,
+        })
+    }
+
+    /// Builds the verifier. `Err` closes the source (a secret is missing or unusable).
+    fn scheme(
+        &mut self,
+        name: &str,
+        provider: ProviderKind,
+        raw: &RawSource,
+        secret: Result<Secret, String>,
+        signing: Option<Result<Secret, String>>,
+        max_skew: Duration,
+    ) -> Result<Arc<dyn Provider>, String> {
+        let at = |k: &str| format!("sources.{name}.{k}");
+        let secret_span = raw.secret.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        let locator = |cx: &mut Self, v: &Option<Spanned<String>>, key: &str, default: &str| {
+            let (text, span) = match v {
+                Some(v) => (v.get_ref().as_str(), v.span()),
+                None => (default, 0..0),
+            };
+            match Locator::parse(text) {
+                Ok(l) => Some(l),
+                Err(msg) => {
+                    cx.err(span, &at(key), msg);
+                    None
+                }
+            }
+        };
+        // Structural checks first, so `check` reports them even when the
+        // secret is missing.
+        let built: Option<BuildScheme> =
+            match provider {
+                ProviderKind::Github => {
+                    let legacy_sha1 = raw.legacy_sha1.as_ref().is_some_and(|v| *v.get_ref());
+                    Some(Box::new(move |secret| {
+                        Ok(Arc::new(verify::github::Github {
+                            secret,
+                            legacy_sha1,
+                        }) as Arc<dyn Provider>)
+                    }))
+                }
+                ProviderKind::Gitlab => {
+                    let signing = match signing {
+                        None => None,
+                        Some(Err(reason)) => return Err(reason),
+                        Some(Ok(s)) => {
+                            match verify::standard::decode_whsec(s.expose_str().unwrap_or("")) {
+                                Some(key) => Some(Secret::new(key)),
+                                None => {
+                                    let span = raw
+                                        .signing_secret
+                                        .as_ref()
+                                        .map(|s| s.span())
+                                        .unwrap_or(0..0);
+                                    let p = self.problem(
+                                span,
+                                &at("signing_secret"),
+                                "the signing token is not a `whsec_<base64>` key: copy it exactly as GitLab shows it",
+                            );
+                                    self.secret_problems.push(p);
+                                    return Err("signing token is not a whsec_ key".into());
+                                }
+                            }
+                        }
+                    };
+                    Some(Box::new(move |token| {
+                        Ok(Arc::new(verify::gitlab::Gitlab {
+                            token,
+                            signing_secret: signing,
+                            max_skew,
+                        }) as Arc<dyn Provider>)
+                    }))
+                }
+                ProviderKind::Jira => Some(Box::new(|secret| {
+                    Ok(Arc::new(verify::jira::Jira { secret }) as Arc<dyn Provider>)
+                })),
+                ProviderKind::Figma => Some(Box::new(|passcode| {
+                    Ok(Arc::new(verify::figma::Figma { passcode }) as Arc<dyn Provider>)
+                })),
+                ProviderKind::Zendesk => Some(Box::new(move |secret| {
+                    Ok(Arc::new(verify::zendesk::Zendesk { secret, max_skew })
+                        as Arc<dyn Provider>)
+                })),
+                ProviderKind::Intercom => Some(Box::new(|secret| {
+                    Ok(Arc::new(verify::intercom::Intercom { secret }) as Arc<dyn Provider>)
+                })),
+                ProviderKind::Standard => {
+                    let event_from = locator(self, &raw.event_from, "event_from", "body:type");
+                    let id_from = locator(self, &raw.id_from, "id_from", "header:webhook-id");
+                    match (event_from, id_from) {
+                        (Some(event_from), Some(id_from)) => Some(Box::new(move |s: Secret| {
+                            let key = verify::standard::decode_whsec(s.expose_str().unwrap_or(""))
+                                .ok_or("the secret is not a `whsec_<base64>` key")?;
+                            Ok(Arc::new(verify::standard::Standard {
+                                key: Secret::new(key),
+                                max_skew,
+                                event_from,
+                                id_from,
+                            }) as Arc<dyn Provider>)
+                        })),
+                        _ => None,
+                    }
+                }
+                ProviderKind::Hmac => self.hmac_scheme(name, raw, max_skew, locator),
+            };
+        let built = built.ok_or_else(|| "invalid configuration".to_string())?;
+        let secret = secret?;
+        built(secret).inspect_err(|reason| {
+            let p = self.problem(secret_span, &at("secret"), reason.clone());
+            self.secret_problems.push(p);
+        })
+    }
+
+    fn hmac_scheme(
+        &mut self,
+        name: &str,
+        raw: &RawSource,
+        max_skew: Duration,
+        locator: impl Fn(&mut Self, &Option<Spanned<String>>, &str, &str) -> Option<Locator>,
+    ) -> Option<BuildScheme> {
+        use verify::hmac::{Algorithm, Encoding};
+        let at = |k: &str| format!("sources.{name}.{k}");
+        let header = match raw.header.as_ref() {
+            None => {
+                self.err(
+                    raw.provider.span(),
+                    &format!("sources.{name}"),
+                    "provider `hmac` needs `header`: the request header that carries the signature",
+                );
+                None
+            }
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.err(
+                        h.span(),
+                        &at("header"),
+                        format!("`{}` is not a header name", h.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        let algorithm = match raw.algorithm.as_ref() {
+            None => Some(Algorithm::Sha256),
+            Some(a) => Algorithm::parse(a.get_ref()).or_else(|| {
+                self.err(
+                    a.span(),
+                    &at("algorithm"),
+                    "use one of sha1, sha256, sha512",
+                );
+                None
+            }),
+        };
+        let encoding = match raw.encoding.as_ref() {
+            None => Some(Encoding::Hex),
+            Some(e) => Encoding::parse(e.get_ref()).or_else(|| {
+                self.err(e.span(), &at("encoding"), "use one of hex, base64");
+                None
+            }),
+        };
+        let timestamp_header = match raw.timestamp_header.as_ref() {
+            None => Some(None),
+            Some(h) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => Some(Some(n)),
+                Err(_) => {
+                    self.err(
+                        h.span(),
+                        &at("timestamp_header"),
+                        format!("`{}` is not a header name", h.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        let event_from = locator(self, &raw.event_from, "event_from", "body:type");
+        let id_from = match raw.id_from {
+            None => Some(None),
+            Some(_) => locator(self, &raw.id_from, "id_from", "").map(Some),
+        };
+        let prefix = raw
+            .prefix
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_default();
+        let (header, algorithm, encoding, timestamp_header, event_from, id_from) = (
+            header?,
+            algorithm?,
+            encoding?,
+            timestamp_header?,
+            event_from?,
+            id_from?,
+        );
+        Some(Box::new(move |secret| {
+            Ok(Arc::new(verify::hmac::Hmac {
+                secret,
+                header,
+                algorithm,
+                encoding,
+                prefix,
+                timestamp_header,
+                max_skew,
+                event_from,
+                id_from,
+            }) as Arc<dyn Provider>)
+        }))
+    }
+}
+
+/// Parses `N/s`, `N/m` or `N/h`.
+fn parse_rate(s: &str) -> Option<Rate> {
+    let (n, unit) = s.trim().split_once('/')?;
+    let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return None,
+    };
+    Some(Rate {
+        burst: n,
+        per_second: f64::from(n) / secs,
+    })
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+use super::*;
+
+/// Secrets come from files, so tests never touch the process environment.
+fn secret_file(value: &str) -> String {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("secret");
+    std::fs::write(&path, value).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn valid_config_builds_every_provider() {
+    let s = secret_file("topsecret");
+    let wh = secret_file("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32", "::1"]
+
+[sources.gh]
+provider = "github"
+secret = {{ file = "{s}" }}
+allow_ips = ["192.30.252.0/22", "2a0a:a440::/29"]
+legacy_sha1 = true
+rate_limit = "100/s"
+
+[sources.gl]
+provider = "gitlab"
+secret = {{ file = "{s}" }}
+signing_secret = {{ file = "{wh}" }}
+
+[sources.j]
+provider = "jira"
+secret = {{ file = "{s}" }}
+
+[sources.f]
+provider = "figma"
+secret = {{ file = "{s}" }}
+
+[sources.z]
+provider = "zendesk"
+secret = {{ file = "{s}" }}
+max_skew = "2m"
+
+[sources.i]
+provider = "intercom"
+secret = {{ file = "{s}" }}
+
+[sources.sw]
+provider = "standard"
+secret = {{ file = "{wh}" }}
+
+[sources.h]
+provider = "hmac"
+secret = {{ file = "{s}" }}
+header = "X-Signature"
+algorithm = "sha512"
+encoding = "base64"
+prefix = "v1="
+timestamp_header = "X-Timestamp"
+id_from = "header:X-Id"
+"#
+    );
+    let loaded = parse(&text, &Resolver::default()).unwrap();
+    assert!(
+        loaded.secret_problems.is_empty(),
+        "{:?}",
+        loaded.secret_problems
+    );
+    let c = loaded.config;
+    assert_eq!(c.sources.len(), 8);
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    let gh = &c.sources["gh"];
+    assert_eq!(
+        gh.rate_limit,
+        Some(Rate {
+            burst: 100,
+            per_second: 100.0
+        })
+    );
+    assert_eq!(gh.dedupe_window, Duration::from_secs(7 * 86400));
+    assert!(matches!(gh.proof, Proof::Ready(_)));
+    assert!(c
+        .sources
+        .values()
+        .all(|s| matches!(s.proof, Proof::Ready(_))));
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_lines() {
+    let text = r#"[server]
+listen = "127.0.0.1:8080"
+max_body_byte = 10
+
+[sources.gh]
+provider = "githb"
+secret = { env = "X" }
+
+[sources.z]
+provider = "zendesk"
+secret = { env = "Y" }
+allow_ips = ["10.0.0.0/8", "10.0.0/8"]
+"#;
+    let problems = parse(text, &Resolver::default()).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!((problems[0].line, problems[0].key.as_str()), (3, "server"));
+    assert!(
+        problems[0].message.contains("max_body_byte"),
+        "{}",
+        problems[0].message
+    );
+    assert_eq!(
+        (problems[1].line, problems[1].key.as_str()),
+        (6, "sources.gh.provider")
+    );
+    assert!(problems[1].message.contains("use one of github"));
+    assert_eq!((problems[2].line, problems[2].column), (12, 28));
+    assert!(problems[2].message.contains("10.0.0/8"));
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let problems = parse("[server\nlisten = 1", &Resolver::default()).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].line, 1);
+}
+
+#[test]
+fn missing_secret_closes_the_source_and_is_reported() {
+    let text = r#"
+[sources.gh]
+provider = "github"
+secret = { env = "HOOKGATE_TEST_NEVER_SET_1" }
+"#;
+    let loaded = parse(text, &Resolver::default()).unwrap();
+    assert_eq!(loaded.secret_problems.len(), 1);
+    assert_eq!(loaded.secret_problems[0].line, 4);
+    assert!(loaded.secret_problems[0]
+        .message
+        .contains("HOOKGATE_TEST_NEVER_SET_1 is not set"));
+    assert!(matches!(
+        loaded.config.sources["gh"].proof,
+        Proof::Closed(_)
+    ));
+}
+
+#[test]
+fn secret_needs_exactly_one_origin() {
+    let text = r#"
+[sources.gh]
+provider = "github"
+secret = { env = "A", file = "/b" }
+"#;
+    let problems = parse(text, &Resolver::default()).unwrap_err();
+    assert!(
+        problems[0].message.contains("exactly one of"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn keys_of_other_providers_are_refused() {
+    let s = secret_file("x");
+    let text = format!(
+        r#"
+[sources.gh]
+provider = "github"
+secret = {{ file = "{s}" }}
+max_skew = "5m"
+header = "X-Sig"
+"#
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems
+        .iter()
+        .all(|p| p.message.contains("does not apply to provider `github`")));
+}
+
+#[test]
+fn bad_values_say_how_to_write_them() {
+    let s = secret_file("x");
+    let text = format!(
+        r#"
+[server]
+listen = "localhost"
+admin_listen = "0.0.0.0:9090"
+header_timeout = "soon"
+
+[sources."bad/name"]
+provider = "hmac"
+secret = {{ file = "{s}" }}
+rate_limit = "fast"
+event_from = "query:x"
+"#
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    let all: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    let has = |needle: &str| all.iter().any(|m| m.contains(needle));
+    assert!(
+        has("server.listen: `localhost` is not an address"),
+        "{all:#?}"
+    );
+    assert!(has("server.admin_listen"), "{all:#?}");
+    assert!(
+        has("server.header_timeout: `soon` is not a duration"),
+        "{all:#?}"
+    );
+    assert!(has("cannot be a URL path segment"), "{all:#?}");
+    assert!(has("rate_limit: `fast` is not a rate"), "{all:#?}");
+    assert!(has("needs `header`"), "{all:#?}");
+    assert!(has("event_from: `query:x` must start with"), "{all:#?}");
+}
+
+#[test]
+fn unknown_section_is_an_error() {
+    let problems = parse("[sinks.x]\nkind = \"log\"\n", &Resolver::default()).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key == "sinks" && p.line == 1),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn rates_parse() {
+    assert_eq!(
+        parse_rate("600/m"),
+        Some(Rate {
+            burst: 600,
+            per_second: 10.0
+        })
+    );
+    assert_eq!(parse_rate("0/s"), None);
+    assert_eq!(parse_rate("5/d"), None);
+}

@@ -1,0 +1,154 @@
+//! `hookgate serve`: opens the queue, binds the listeners, runs until told
+//! to stop, then drains: stop accepting, let in-flight requests finish (each
+//! gets its 202 after fsync or no 2xx at all), close and flush the queue.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Proof};
+use crate::ingress::{listener, Gateway};
+use crate::queue::{Queue, QueueError, SledQueue};
+
+/// How long in-flight requests get to finish once shutdown starts. Shorter
+/// than the unit's `TimeoutStopSec` (30 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often expired dedupe keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the queue in {path}: {source} (is another hookgate running on it?)")]
+    Queue {
+        path: String,
+        #[source]
+        source: QueueError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the queue under `config.server.data_dir`.
+pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    SledQueue::open(dir, config.server.group_commit).map_err(|source| DaemonError::Queue {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Binds the configured addresses and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let queue = Arc::new(open_queue(&config)?);
+    let bind = |addr: std::net::SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+    };
+    let ingress = bind(config.server.listen).await?;
+    let admin = bind(config.server.admin_listen).await?;
+    serve(ingress, admin, config, queue, shutdown).await;
+    Ok(())
+}
+
+/// Serves on already-bound listeners (tests bind port 0).
+pub async fn serve(
+    ingress: TcpListener,
+    admin: TcpListener,
+    config: Config,
+    queue: Arc<SledQueue>,
+    shutdown: CancellationToken,
+) {
+    for source in config.sources.values() {
+        if let Proof::Closed(reason) = &source.proof {
+            tracing::error!(source = %source.name, reason = %reason, "source closed: it answers 503 until its secret is set");
+        }
+    }
+    let limits = listener::Limits {
+        max_connections: config.server.max_connections,
+        header_timeout: config.server.header_timeout,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let admin_limits = listener::Limits {
+        max_connections: 64,
+        ..limits
+    };
+    tracing::info!(
+        listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %config.server.data_dir.display(),
+        sources = config.sources.len(),
+        group_commit = config.server.group_commit,
+        "hookgate listening"
+    );
+    let dyn_queue: Arc<dyn Queue> = queue.clone();
+    let gateway = Arc::new(Gateway::new(
+        config.server.clone(),
+        config.sources.into_values(),
+        dyn_queue.clone(),
+    ));
+    let ingress_task = listener::run(
+        ingress,
+        limits,
+        move |req, peer| {
+            let gw = gateway.clone();
+            async move { gw.handle(req, peer).await }
+        },
+        shutdown.clone(),
+    );
+    let admin_queue = dyn_queue.clone();
+    let admin_task = listener::run(
+        admin,
+        admin_limits,
+        move |req, _peer| {
+            let q = admin_queue.clone();
+            async move { crate::admin::handle(&req, &q) }
+        },
+        shutdown.clone(),
+    );
+    let prune_queue = queue.clone();
+    let prune_stop = shutdown.clone();
+    let prune_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = prune_stop.cancelled() => return,
+            }
+            let q = prune_queue.clone();
+            match tokio::task::spawn_blocking(move || q.prune_seen(SystemTime::now())).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
+                _ => {}
+            }
+        }
+    });
+    tokio::join!(ingress_task, admin_task);
+    let _ = prune_task.await;
+    // Every accepted request has had its answer; nothing new can come in.
+    queue.close();
+    match queue.flush() {
+        Ok(()) => tracing::info!("queue flushed; stopped"),
+        Err(e) => tracing::error!(error = %e, "final flush failed"),
+    }
+}

@@ -1,0 +1,270 @@
+//! `POST /hooks/{source}`: the only code that answers providers.
+//!
+//! Checks run in the order DESIGN.md fixes, and the first that fails
+//! answers: unknown source (404) → method (405) → client IP (403) → rate
+//! (429) → size (413) → proof of origin (401) → body shape (400) → dedupe
+//! (200) → queue (202 after fsync, or 503).
+
+pub mod client_ip;
+mod limit;
+pub mod listener;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use sha2::Digest;
+
+use crate::config::{Proof, Server, Source};
+use crate::queue::{unix_millis, Appended, EventRecord, NewEvent, Queue, QueueError};
+use crate::verify::Inbound;
+use limit::Bucket;
+
+/// Headers never stored with an event: they carry credentials.
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-gitlab-token",
+    "x-api-key",
+];
+
+/// Everything a request needs: the sources, server limits and the queue.
+pub struct Gateway {
+    server: Server,
+    sources: HashMap<String, SourceState>,
+    queue: Arc<dyn Queue>,
+}
+
+struct SourceState {
+    source: Source,
+    bucket: Option<Bucket>,
+}
+
+impl Gateway {
+    pub fn new(
+        server: Server,
+        sources: impl IntoIterator<Item = Source>,
+        queue: Arc<dyn Queue>,
+    ) -> Gateway {
+        let sources = sources
+            .into_iter()
+            .map(|source| {
+                let bucket = source.rate_limit.map(Bucket::new);
+                (source.name.clone(), SourceState { source, bucket })
+            })
+            .collect();
+        Gateway {
+            server,
+            sources,
+            queue,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let Some(state) = req
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .and_then(|n| self.sources.get(n))
+        else {
+            let name = req.uri().path();
+            tracing::info!(path = name, %peer, "rejected: unknown source");
+            return answer(StatusCode::NOT_FOUND, r#"{"error":"unknown source"}"#);
+        };
+        let source = &state.source;
+        let name = source.name.as_str();
+        if req.method() != Method::POST {
+            let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use POST"}"#);
+            r.headers_mut()
+                .insert(header::ALLOW, "POST".parse().expect("static"));
+            return r;
+        }
+        let ip = client_ip::client_ip(peer.ip(), req.headers(), &self.server.trusted_proxies);
+        if let Some(allow) = &source.allow_ips {
+            if !client_ip::in_any(ip, allow) {
+                tracing::warn!(source = name, client = %ip, "rejected: client IP not in allow_ips");
+                return answer(StatusCode::FORBIDDEN, r#"{"error":"address not allowed"}"#);
+            }
+        }
+        if let Some(bucket) = &state.bucket {
+            if !bucket.try_take(Instant::now()) {
+                tracing::warn!(source = name, client = %ip, "rejected: rate limit");
+                let mut r = answer(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"rate limited"}"#);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, "1".parse().expect("static"));
+                return r;
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(b) => b,
+            Err((status, msg)) => {
+                tracing::warn!(source = name, client = %ip, reason = msg, "rejected: body");
+                return answer(status, &format!(r#"{{"error":"{msg}"}}"#));
+            }
+        };
+        let provider = match &source.proof {
+            Proof::Ready(p) => p,
+            Proof::Closed(reason) => {
+                tracing::error!(source = name, client = %ip, reason = %reason, "rejected: source is closed until its secret is configured");
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"source not configured"}"#,
+                );
+            }
+        };
+        let now = SystemTime::now();
+        let inbound = Inbound {
+            headers: &parts.headers,
+            body: &body,
+            now,
+        };
+        if let Err(e) = provider.verify(&inbound) {
+            tracing::warn!(source = name, client = %ip, reason = e.reason(), detail = %e, "rejected: proof of origin");
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"signature verification failed"}"#,
+            );
+        }
+        let envelope = match provider.envelope(&inbound) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(source = name, client = %ip, detail = %e, "rejected: body shape");
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    &format!(r#"{{"error":"{}"}}"#, json_escape(&e.to_string())),
+                );
+            }
+        };
+        let dedupe_key = envelope
+            .dedupe_key
+            .clone()
+            .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
+        let record = EventRecord {
+            source: source.name.clone(),
+            provider: source.provider.name().to_owned(),
+            event: envelope.event,
+            delivery_id: envelope.dedupe_key.unwrap_or_default(),
+            received_at_ms: unix_millis(now),
+            client_ip: ip.to_string(),
+            headers: stored_headers(&parts.headers),
+            body: body.to_vec(),
+        };
+        let event = NewEvent {
+            record,
+            dedupe_key,
+            dedupe_window: source.dedupe_window,
+        };
+        match self.queue.append(event, now).await {
+            Ok(Appended::Queued(id)) => {
+                tracing::debug!(source = name, event = %id, "queued");
+                answer(
+                    StatusCode::ACCEPTED,
+                    &format!(r#"{{"id":"{id}","status":"queued"}}"#),
+                )
+            }
+            Ok(Appended::Duplicate(id)) => {
+                tracing::info!(source = name, client = %ip, event = %id, "duplicate delivery, not queued again");
+                answer(
+                    StatusCode::OK,
+                    &format!(r#"{{"id":"{id}","status":"duplicate"}}"#),
+                )
+            }
+            Err(e) => {
+                match e {
+                    QueueError::ShuttingDown => {
+                        tracing::info!(source = name, "refused: shutting down")
+                    }
+                    ref e => tracing::error!(source = name, error = %e, "cannot store the event"),
+                }
+                let mut r = answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"queue unavailable, retry later"}"#,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, "5".parse().expect("static"));
+                r
+            }
+        }
+    }
+
+    /// Reads the body under the size cap and the request timeout.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, (StatusCode, &'static str)> {
+        let max = self.server.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+        }
+        let read = Limited::new(body, max).collect();
+        match tokio::time::timeout(self.server.request_timeout, read).await {
+            Err(_) => Err((StatusCode::REQUEST_TIMEOUT, "request took too long")),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"))
+            }
+            Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body could not be read")),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+}
+
+/// Headers kept with the event, for routes to look at. Credentials are dropped.
+fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+fn answer(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
+    r
+}
+
+fn json_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).expect("strings serialize");
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_not_stored() {
+        let mut h = HeaderMap::new();
+        h.insert("x-gitlab-token", "s3cret".parse().unwrap());
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        h.insert("x-github-event", "push".parse().unwrap());
+        let kept = stored_headers(&h);
+        assert_eq!(kept, vec![("x-github-event".to_string(), b"push".to_vec())]);
+    }
+}

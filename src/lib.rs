@@ -1,0 +1,14 @@
+//! hookgate: a webhook gateway. Providers post to `ingress`, which proves
+//! each request (`verify`), stores it durably (`queue`), and answers; the
+//! daemon (`daemon`) ties them to the listeners and shutdown.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod ingress;
+pub mod queue;
+pub mod samples;
+pub mod secret;
+pub mod send;
+pub mod verify;

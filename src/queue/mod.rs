@@ -1,0 +1,98 @@
+//! The durable queue: the narrow [`Queue`] trait ingress talks to, the
+//! versioned record stored on disk, and the sled backend.
+//!
+//! Nothing here knows HTTP. The contract that matters: when
+//! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
+//! an error, nothing of the event remains.
+
+mod commit;
+mod record;
+mod sled_queue;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+pub use record::{EventRecord, StoredEvent};
+pub use sled_queue::SledQueue;
+
+/// An event that passed its proof, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub record: EventRecord,
+    /// What dedupes this delivery within its source.
+    pub dedupe_key: String,
+    /// How long the dedupe key is remembered.
+    pub dedupe_window: Duration,
+}
+
+/// What `append` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored and fsynced under this id.
+    Queued(EventId),
+    /// The dedupe key was seen within its window: stored earlier as this id.
+    Duplicate(EventId),
+}
+
+/// The queue's id of an event: monotonic, so inbox order is arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(pub u64);
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "evt_{:016x}", self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue is shutting down")]
+    ShuttingDown,
+    #[error("storage error: {0}")]
+    Storage(#[source] std::io::Error),
+    #[error("stored record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl From<sled::Error> for QueueError {
+    fn from(e: sled::Error) -> Self {
+        QueueError::Storage(std::io::Error::other(e))
+    }
+}
+
+/// Counts by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Events accepted and not yet routed.
+    pub inbox: u64,
+    /// Delivery ids remembered for dedupe.
+    pub seen: u64,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What ingress needs of a queue. Small on purpose: a distributed backend
+/// (NATS JetStream) must be able to implement it.
+pub trait Queue: Send + Sync + 'static {
+    /// Stores `event` unless its dedupe key was seen; resolves once durable.
+    fn append(
+        &self,
+        event: NewEvent,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<Appended, QueueError>>;
+    /// Whether appends can succeed now (for `/readyz`).
+    fn writable(&self) -> bool;
+    fn stats(&self) -> Result<Stats, QueueError>;
+    /// Refuses new appends; those in flight finish.
+    fn close(&self);
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,144 @@
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn event(source: &str, key: &str) -> NewEvent {
+    NewEvent {
+        record: EventRecord {
+            source: source.into(),
+            provider: "github".into(),
+            event: "push".into(),
+            delivery_id: key.into(),
+            received_at_ms: 0,
+            client_ip: "127.0.0.1".into(),
+            headers: vec![],
+            body: format!("{{\"k\":\"{key}\"}}").into_bytes(),
+        },
+        dedupe_key: key.into(),
+        dedupe_window: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn duplicate_within_window_is_not_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let now = SystemTime::now();
+    let Appended::Queued(id) = q.append(event("gh", "a"), now).await.unwrap() else {
+        panic!("first copy must be queued")
+    };
+    assert_eq!(
+        q.append(event("gh", "a"), now).await.unwrap(),
+        Appended::Duplicate(id)
+    );
+    // The same id from another source is another delivery.
+    assert!(matches!(
+        q.append(event("gl", "a"), now).await.unwrap(),
+        Appended::Queued(_)
+    ));
+    assert_eq!(q.inbox().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn key_is_forgotten_after_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let t0 = SystemTime::now();
+    q.append(event("gh", "a"), t0).await.unwrap();
+    let later = t0 + Duration::from_secs(61);
+    assert!(matches!(
+        q.append(event("gh", "a"), later).await.unwrap(),
+        Appended::Queued(_)
+    ));
+    assert_eq!(q.prune_seen(later + Duration::from_secs(61)).unwrap(), 1);
+    assert_eq!(q.stats().unwrap().seen, 0);
+}
+
+#[tokio::test]
+async fn concurrent_copies_queue_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Arc::new(SledQueue::open(dir.path(), true).unwrap());
+    let now = SystemTime::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.append(event("gh", "same"), now).await.unwrap() })
+        })
+        .collect();
+    let mut queued = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Appended::Queued(_)) {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, 1);
+    assert_eq!(q.inbox().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_share_flushes_and_all_land() {
+    for group_commit in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(SledQueue::open(dir.path(), group_commit).unwrap());
+        let now = SystemTime::now();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(
+                    async move { q.append(event("gh", &format!("d{i}")), now).await.unwrap() },
+                )
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tasks {
+            let Appended::Queued(id) = t.await.unwrap() else {
+                panic!("unique ids queue")
+            };
+            ids.insert(id);
+        }
+        assert_eq!(ids.len(), 200);
+        let inbox = q.inbox().unwrap();
+        assert_eq!(inbox.len(), 200);
+        // Inbox order is id order.
+        assert!(inbox.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}
+
+#[tokio::test]
+async fn survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let id = {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        let Appended::Queued(id) = q.append(event("gh", "a"), now).await.unwrap() else {
+            panic!()
+        };
+        id
+    };
+    // sled needs its flusher threads gone before the lock is free again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let inbox = q.inbox().unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].0, id);
+    assert_eq!(inbox[0].1.delivery_id, "a");
+    assert_eq!(
+        q.append(event("gh", "a"), now).await.unwrap(),
+        Appended::Duplicate(id)
+    );
+}
+
+#[tokio::test]
+async fn closed_queue_refuses_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    q.close();
+    assert!(!q.writable());
+    assert!(matches!(
+        q.append(event("gh", "a"), SystemTime::now()).await,
+        Err(QueueError::ShuttingDown)
+    ));
+    assert_eq!(q.stats().unwrap().inbox, 0);
+    assert_eq!(q.stats().unwrap().seen, 0);
+}

@@ -1,0 +1,321 @@
+//! Proof of origin and envelope reading, one file per provider.
+//!
+//! Every provider implements [`Provider`]: `verify` proves a request came from
+//! the holder of the secret (constant time, over the raw body bytes),
+//! `envelope` reads the event type and the dedupe key, and `sign` produces a
+//! request exactly as the provider would send it (used by `hookgate send`
+//! and by the tests). Nothing here does I/O or async: the clock is passed in.
+
+pub mod figma;
+pub mod github;
+pub mod gitlab;
+pub mod hmac;
+pub mod intercom;
+pub mod jira;
+pub mod standard;
+pub mod zendesk;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+/// The parts of an inbound request that proofs and envelopes look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub headers: &'a HeaderMap,
+    /// The body exactly as received.
+    pub body: &'a [u8],
+    /// The time the request arrived; timestamped schemes compare against it.
+    pub now: SystemTime,
+}
+
+/// Why a request failed its proof of origin. All of these answer 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("signature does not match")]
+    Mismatch,
+    #[error("timestamp outside the allowed window")]
+    Stale,
+}
+
+impl VerifyError {
+    /// A short stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::Missing(_) => "missing",
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::Mismatch => "mismatch",
+            VerifyError::Stale => "stale",
+        }
+    }
+}
+
+/// Why a proven request still cannot be routed. All of these answer 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("form body has no `payload` field with JSON in it")]
+    BadForm,
+    #[error("missing {0}")]
+    Missing(&'static str),
+}
+
+/// What a route matches on and what dedupes a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The provider's event type (`push`, `jira:issue_updated`…); may be empty
+    /// where the provider does not always send one.
+    pub event: String,
+    /// The provider's delivery id, stable across retries. `None` means the
+    /// caller dedupes on a hash of the body.
+    pub dedupe_key: Option<String>,
+}
+
+/// What `sign` needs besides the body.
+#[derive(Debug, Clone)]
+pub struct SignInput<'a> {
+    pub body: &'a [u8],
+    /// The event type as `envelope` would read it (`push`, `merge_request`…).
+    pub event: &'a str,
+    /// A delivery id, put where the provider puts its own.
+    pub delivery_id: &'a str,
+    pub now: SystemTime,
+}
+
+/// A request as the provider would send it: headers (with content type) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// One provider's scheme, built from a validated source config.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError>;
+    fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError>;
+    fn sign(&self, input: &SignInput<'_>) -> Signed;
+}
+
+/// Where a configurable scheme finds a value: a header or a dotted body path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locator {
+    Header(http::HeaderName),
+    Body(Vec<String>),
+}
+
+impl Locator {
+    /// Parses `header:NAME` or `body:dotted.path`.
+    pub fn parse(s: &str) -> Result<Locator, String> {
+        if let Some(name) = s.strip_prefix("header:") {
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            Ok(Locator::Header(name))
+        } else if let Some(path) = s.strip_prefix("body:") {
+            let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
+            if parts.iter().any(String::is_empty) {
+                return Err(format!("`{path}` is not a dotted path like `data.id`"));
+            }
+            Ok(Locator::Body(parts))
+        } else {
+            Err(format!("`{s}` must start with `header:` or `body:`"))
+        }
+    }
+
+    /// Finds the value; numbers in the body are rendered as text.
+    /// `body` is the parsed JSON body when the caller has it.
+    pub fn find(&self, headers: &HeaderMap, body: Option<&serde_json::Value>) -> Option<String> {
+        match self {
+            Locator::Header(name) => header_str(headers, name.as_str()).map(str::to_owned),
+            Locator::Body(path) => {
+                let mut v = body?;
+                for key in path {
+                    v = v.get(key)?;
+                }
+                match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// A header's value as text, or `None` when absent or not visible ASCII.
+pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// Parses the body as JSON (400 when it is not).
+pub fn json_body(body: &[u8]) -> Result<serde_json::Value, ShapeError> {
+    serde_json::from_slice(body).map_err(|_| ShapeError::NotJson)
+}
+
+/// A string field at the top of a JSON object, or `None`.
+pub fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// HMAC-SHA256 of the concatenated parts.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use ::hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA1 of the concatenated parts.
+pub fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
+    use ::hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA512 of the concatenated parts.
+pub fn hmac_sha512(key: &[u8], parts: &[&[u8]]) -> [u8; 64] {
+    use ::hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time comparison of two byte strings (length is not hidden).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Decodes a hex signature, case-insensitive.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s.trim()).ok()
+}
+
+/// Decodes standard base64 with padding.
+pub fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+}
+
+/// Encodes standard base64 with padding.
+pub fn encode_b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whether `ts` lies within `max_skew` of `now`, in either direction.
+pub fn within_skew(ts: SystemTime, now: SystemTime, max_skew: Duration) -> bool {
+    match now.duration_since(ts) {
+        Ok(age) => age <= max_skew,
+        Err(ahead) => ahead.duration() <= max_skew,
+    }
+}
+
+/// Unix seconds of `t` (0 before the epoch).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A required proof header as text: `Missing` when absent, `Malformed` when
+/// present but not visible ASCII (so a garbled header is not reported as absent).
+pub fn proof_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    what: &'static str,
+) -> Result<&'h str, VerifyError> {
+    let value = headers.get(name).ok_or(VerifyError::Missing(what))?;
+    value.to_str().map_err(|_| VerifyError::Malformed(what))
+}
+
+/// Parses `<prefix><hex>` (`sha256=…`) holding exactly `len` bytes, the
+/// `X-Hub-Signature` family's format. A wrong prefix is `Malformed`: the
+/// algorithm is chosen by the configured provider, never by the header.
+pub fn prefixed_hex(
+    value: &str,
+    prefix: &str,
+    len: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, VerifyError> {
+    let hex = value
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or(VerifyError::Malformed(what))?;
+    match decode_hex(hex) {
+        Some(bytes) if bytes.len() == len => Ok(bytes),
+        _ => Err(VerifyError::Malformed(what)),
+    }
+}
+
+/// Reads an envelope through configured locators, parsing the body only when
+/// one of them points into it (`NotJson` then if it is not JSON). An absent
+/// event is empty; an absent id leaves dedupe to a body hash.
+pub fn locate_envelope(
+    headers: &HeaderMap,
+    body: &[u8],
+    event_from: &Locator,
+    id_from: Option<&Locator>,
+) -> Result<Envelope, ShapeError> {
+    let needs_body =
+        matches!(event_from, Locator::Body(_)) || matches!(id_from, Some(Locator::Body(_)));
+    let parsed = if needs_body {
+        Some(json_body(body)?)
+    } else {
+        None
+    };
+    Ok(Envelope {
+        event: event_from
+            .find(headers, parsed.as_ref())
+            .unwrap_or_default(),
+        dedupe_key: id_from.and_then(|l| l.find(headers, parsed.as_ref())),
+    })
+}
+
+/// Parses integer unix seconds: ASCII digits only (no sign, no fraction).
+pub fn parse_unix_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Whether unix seconds `secs` lie within `max_skew` of `now` (false when
+/// `secs` is too large to be a time at all).
+pub fn fresh_unix_secs(secs: u64, now: SystemTime, max_skew: Duration) -> bool {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .is_some_and(|t| within_skew(t, now, max_skew))
+}
+
+/// Builds a header map from name/value pairs (test helper; panics on bad names).
+#[cfg(test)]
+pub(crate) fn header_map<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(k.as_ref().as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v.as_ref()).unwrap(),
+        );
+    }
+    map
+}
