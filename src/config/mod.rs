@@ -669,81 +669,79 @@ impl Cx<'_> {
         };
         // Structural checks first, so `check` reports them even when the
         // secret is missing.
-        let built: Option<BuildScheme> =
-            match provider {
-                ProviderKind::Github => {
-                    let legacy_sha1 = raw.legacy_sha1.as_ref().is_some_and(|v| *v.get_ref());
-                    Some(Box::new(move |secret| {
-                        Ok(Arc::new(verify::github::Github {
-                            secret,
-                            legacy_sha1,
-                        }) as Arc<dyn Provider>)
-                    }))
-                }
-                ProviderKind::Gitlab => {
-                    let signing = match signing {
-                        None => None,
-                        Some(Err(reason)) => return Err(reason),
-                        Some(Ok(s)) => {
-                            match verify::standard::decode_whsec(s.expose_str().unwrap_or("")) {
-                                Some(key) => Some(Secret::new(key)),
-                                None => {
-                                    let span = raw
-                                        .signing_secret
-                                        .as_ref()
-                                        .map(|s| s.span())
-                                        .unwrap_or(0..0);
-                                    let p = self.problem(
+        let built: Option<BuildScheme> = match provider {
+            ProviderKind::Github => {
+                let legacy_sha1 = raw.legacy_sha1.as_ref().is_some_and(|v| *v.get_ref());
+                Some(Box::new(move |secret| {
+                    Ok(Arc::new(verify::github::Github {
+                        secret,
+                        legacy_sha1,
+                    }) as Arc<dyn Provider>)
+                }))
+            }
+            ProviderKind::Gitlab => {
+                let signing = match signing {
+                    None => None,
+                    Some(Err(reason)) => return Err(reason),
+                    Some(Ok(s)) => {
+                        match verify::standard::decode_whsec(s.expose_str().unwrap_or("")) {
+                            Some(key) => Some(Secret::new(key)),
+                            None => {
+                                let span = raw
+                                    .signing_secret
+                                    .as_ref()
+                                    .map(|s| s.span())
+                                    .unwrap_or(0..0);
+                                let p = self.problem(
                                 span,
                                 &at("signing_secret"),
                                 "the signing token is not a `whsec_<base64>` key: copy it exactly as GitLab shows it",
                             );
-                                    self.secret_problems.push(p);
-                                    return Err("signing token is not a whsec_ key".into());
-                                }
+                                self.secret_problems.push(p);
+                                return Err("signing token is not a whsec_ key".into());
                             }
                         }
-                    };
-                    Some(Box::new(move |token| {
-                        Ok(Arc::new(verify::gitlab::Gitlab {
-                            token,
-                            signing_secret: signing,
-                            max_skew,
-                        }) as Arc<dyn Provider>)
-                    }))
-                }
-                ProviderKind::Jira => Some(Box::new(|secret| {
-                    Ok(Arc::new(verify::jira::Jira { secret }) as Arc<dyn Provider>)
-                })),
-                ProviderKind::Figma => Some(Box::new(|passcode| {
-                    Ok(Arc::new(verify::figma::Figma { passcode }) as Arc<dyn Provider>)
-                })),
-                ProviderKind::Zendesk => Some(Box::new(move |secret| {
-                    Ok(Arc::new(verify::zendesk::Zendesk { secret, max_skew })
-                        as Arc<dyn Provider>)
-                })),
-                ProviderKind::Intercom => Some(Box::new(|secret| {
-                    Ok(Arc::new(verify::intercom::Intercom { secret }) as Arc<dyn Provider>)
-                })),
-                ProviderKind::Standard => {
-                    let event_from = locator(self, &raw.event_from, "event_from", "body:type");
-                    let id_from = locator(self, &raw.id_from, "id_from", "header:webhook-id");
-                    match (event_from, id_from) {
-                        (Some(event_from), Some(id_from)) => Some(Box::new(move |s: Secret| {
-                            let key = verify::standard::decode_whsec(s.expose_str().unwrap_or(""))
-                                .ok_or("the secret is not a `whsec_<base64>` key")?;
-                            Ok(Arc::new(verify::standard::Standard {
-                                key: Secret::new(key),
-                                max_skew,
-                                event_from,
-                                id_from,
-                            }) as Arc<dyn Provider>)
-                        })),
-                        _ => None,
                     }
+                };
+                Some(Box::new(move |token| {
+                    Ok(Arc::new(verify::gitlab::Gitlab {
+                        token,
+                        signing_secret: signing,
+                        max_skew,
+                    }) as Arc<dyn Provider>)
+                }))
+            }
+            ProviderKind::Jira => Some(Box::new(|secret| {
+                Ok(Arc::new(verify::jira::Jira { secret }) as Arc<dyn Provider>)
+            })),
+            ProviderKind::Figma => Some(Box::new(|passcode| {
+                Ok(Arc::new(verify::figma::Figma { passcode }) as Arc<dyn Provider>)
+            })),
+            ProviderKind::Zendesk => Some(Box::new(move |secret| {
+                Ok(Arc::new(verify::zendesk::Zendesk { secret, max_skew }) as Arc<dyn Provider>)
+            })),
+            ProviderKind::Intercom => Some(Box::new(|secret| {
+                Ok(Arc::new(verify::intercom::Intercom { secret }) as Arc<dyn Provider>)
+            })),
+            ProviderKind::Standard => {
+                let event_from = locator(self, &raw.event_from, "event_from", "body:type");
+                let id_from = locator(self, &raw.id_from, "id_from", "header:webhook-id");
+                match (event_from, id_from) {
+                    (Some(event_from), Some(id_from)) => Some(Box::new(move |s: Secret| {
+                        let key = verify::standard::decode_whsec(s.expose_str().unwrap_or(""))
+                            .ok_or("the secret is not a `whsec_<base64>` key")?;
+                        Ok(Arc::new(verify::standard::Standard {
+                            key: Secret::new(key),
+                            max_skew,
+                            event_from,
+                            id_from,
+                        }) as Arc<dyn Provider>)
+                    })),
+                    _ => None,
                 }
-                ProviderKind::Hmac => self.hmac_scheme(name, raw, max_skew, locator),
-            };
+            }
+            ProviderKind::Hmac => self.hmac_scheme(name, raw, max_skew, locator),
+        };
         let built = built.ok_or_else(|| "invalid configuration".to_string())?;
         let secret = secret?;
         built(secret).inspect_err(|reason| {

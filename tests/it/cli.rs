@@ -1,0 +1,143 @@
+//! The real binary: `check`, and `serve --dev` + `send --dev` + `queue stats`
+//! as the README's quick start uses them.
+
+use std::path::Path;
+
+use crate::support::*;
+
+fn check(config: &Path) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn shipped_config_checks_clean() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+    let out = check(&shipped);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: 6 sources"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_mistake_with_its_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[server]
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/33"]
+
+[sources.github]
+provider = "github"
+secret = { env = "GITHUB_WEBHOOK_SECRET" }
+dedupe_windw = "7d"
+
+[sources.jira]
+provider = "jira"
+secret = { env = "JIRA_WEBHOOK_SECRET" }
+max_skew = "5m"
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |line: u32| format!("{}:{line}:", config.display());
+    assert!(
+        stderr.contains(&at(3)) && stderr.contains("10.0.0.0/33"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&at(8)) && stderr.contains("dedupe_windw"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&at(13)) && stderr.contains("does not apply to provider `jira`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn strict_check_fails_on_missing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_UNSET_SECRET\" }\n",
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning:"));
+    let strict = std::process::Command::new(binary())
+        .args(["check", "--strict", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("HOOKGATE_IT_UNSET_SECRET is not set"));
+}
+
+#[tokio::test]
+async fn dev_mode_serves_sends_and_counts_without_any_secret_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = r#"
+[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_IT_DEV_GITHUB" }
+
+[sources.zendesk]
+provider = "zendesk"
+secret = { env = "HOOKGATE_IT_DEV_ZENDESK" }
+"#;
+    let daemon = Daemon::start(dir.path(), sources, &["--dev"]).await;
+    let dev_file = dir.path().join("hookgate-dev-secrets.toml");
+    assert!(std::fs::read_to_string(&dev_file)
+        .unwrap()
+        .contains("env:HOOKGATE_IT_DEV_GITHUB"));
+
+    let sent = daemon.cli(&["send", "github", "push", "--dev"]);
+    let stdout = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(stdout.contains("-> 202"), "{stdout}");
+    let sent = daemon.cli(&["send", "zendesk", "ticket.created", "--dev"]);
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("-> 202"));
+    // Same delivery id twice: the second is a duplicate.
+    for expect in ["-> 202", "-> 200"] {
+        let sent = daemon.cli(&[
+            "send",
+            "github",
+            "issues",
+            "--dev",
+            "--delivery-id",
+            "fixed",
+        ]);
+        assert!(String::from_utf8_lossy(&sent.stdout).contains(expect));
+    }
+    // Without --dev the CLI has no secret, and says so.
+    let refused = daemon.cli(&["send", "github", "push"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HOOKGATE_IT_DEV_GITHUB"));
+
+    let stats = daemon.cli(&["queue", "stats", "--json"]);
+    let stats: hookgate::queue::Stats = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats.inbox, 3);
+
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM drains and exits 0: {status:?}");
+}

@@ -1,0 +1,547 @@
+//! Every answer of `POST /hooks/{source}`, for every provider, over real
+//! sockets.
+
+use std::time::{Duration, SystemTime};
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use hookgate::config::{self, secrets::Resolver, Proof};
+use hookgate::samples::with_delivery_id;
+use hookgate::verify::{Provider, SignInput, Signed};
+
+use crate::support::*;
+
+/// (source, provider, event passed to the signer, body, expected event type).
+fn deliveries(
+    id: &str,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    &'static str,
+)> {
+    let s = |p: &str, e: &str| with_delivery_id(p, &sample(p, e), id);
+    vec![
+        ("github", "github", "push", s("github", "push"), "push"),
+        ("gitlab", "gitlab", "push", s("gitlab", "push"), "push"),
+        (
+            "gitlab-signed",
+            "gitlab",
+            "pipeline",
+            s("gitlab", "pipeline"),
+            "pipeline",
+        ),
+        (
+            "jira",
+            "jira",
+            "issue_updated",
+            s("jira", "issue_updated"),
+            "jira:issue_updated",
+        ),
+        (
+            "figma",
+            "figma",
+            "FILE_COMMENT",
+            s("figma", "FILE_COMMENT"),
+            "FILE_COMMENT",
+        ),
+        (
+            "zendesk",
+            "zendesk",
+            "ticket.created",
+            s("zendesk", "ticket.created"),
+            "zen:event-type:ticket.created",
+        ),
+        (
+            "intercom",
+            "intercom",
+            "conversation.user.created",
+            s("intercom", "conversation.user.created"),
+            "conversation.user.created",
+        ),
+        (
+            "standard",
+            "standard",
+            "invoice.paid",
+            br#"{"type":"invoice.paid","timestamp":"2026-11-27T00:00:00Z","data":{"id":1}}"#
+                .to_vec(),
+            "invoice.paid",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_provider_queues_once_and_answers_duplicates_with_200() {
+    let gw = TestGateway::all().await;
+    for (source, _, event, body, _) in deliveries("first") {
+        let signed = gw.sign(source, event, &body, &format!("{source}-first"));
+        let (status, answer) = gw.post(source, &signed).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{source}: {answer}");
+        assert!(
+            answer.contains(r#""status":"queued""#),
+            "{source}: {answer}"
+        );
+        let (status, again) = gw.post(source, &signed).await;
+        assert_eq!(status, StatusCode::OK, "{source} replay: {again}");
+        assert!(again.contains(r#""status":"duplicate""#));
+        // The duplicate names the event the first copy created.
+        assert_eq!(
+            answer.split('"').nth(3),
+            again.split('"').nth(3),
+            "{source}"
+        );
+    }
+    let inbox = gw.inbox();
+    assert_eq!(inbox.len(), 8);
+    for ((source, provider, _, body, event_type), record) in
+        deliveries("first").into_iter().zip(&inbox)
+    {
+        assert_eq!(record.source, source);
+        assert_eq!(record.provider, provider);
+        assert_eq!(record.event, event_type, "{source}");
+        assert_eq!(record.client_ip, "127.0.0.1");
+        if provider != "figma" {
+            // Figma's body carries the passcode the signer put in.
+            assert_eq!(record.body, body, "{source}: body stored byte for byte");
+        }
+        assert!(!record.delivery_id.is_empty(), "{source} has a delivery id");
+    }
+    // GitLab's token never reaches the disk.
+    let gitlab = inbox.iter().find(|r| r.source == "gitlab").unwrap();
+    assert!(gitlab.headers.iter().all(|(k, _)| k != "x-gitlab-token"));
+    gw.stop().await;
+}
+
+/// Providers built from the same config but other secrets.
+fn impostors() -> std::collections::HashMap<String, std::sync::Arc<dyn Provider>> {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_secrets(dir.path(), ALL_SOURCES);
+    for (name, _) in SECRETS {
+        let wrong = if name.contains("signing") || *name == "standard" {
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        } else {
+            "not-the-secret"
+        };
+        std::fs::write(dir.path().join(name), wrong).unwrap();
+    }
+    let c = config::parse(&text, &Resolver::default()).unwrap().config;
+    c.sources
+        .values()
+        .map(|s| match &s.proof {
+            Proof::Ready(p) => (s.name.clone(), p.clone()),
+            Proof::Closed(r) => panic!("{r}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn wrong_secret_tampered_body_and_missing_proof_are_401() {
+    let gw = TestGateway::all().await;
+    let impostors = impostors();
+    // The header that carries each provider's proof.
+    let proof_header = |source: &str| match source {
+        "github" => vec!["X-Hub-Signature-256", "X-Hub-Signature"],
+        "gitlab" => vec!["X-Gitlab-Token"],
+        "gitlab-signed" => vec!["webhook-signature"],
+        "jira" | "intercom" => vec!["X-Hub-Signature"],
+        "zendesk" => vec!["X-Zendesk-Webhook-Signature"],
+        "standard" => vec!["webhook-signature"],
+        _ => vec![],
+    };
+    for (source, _, event, body, _) in deliveries("bad") {
+        let id = format!("{source}-bad");
+        let forged = impostors[source].sign(&SignInput {
+            body: &body,
+            event,
+            delivery_id: &id,
+            now: SystemTime::now(),
+        });
+        let (status, _) = gw.post(source, &forged).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{source}: wrong secret");
+
+        // GitLab's token and Figma's passcode prove the sender, not the
+        // body: only signing schemes can catch tampering.
+        if !matches!(source, "gitlab" | "figma") {
+            let mut tampered = gw.sign(source, event, &body, &id);
+            let at = tampered.body.len() / 2;
+            tampered.body[at] ^= 0x01;
+            let (status, _) = gw.post(source, &tampered).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{source}: tampered body");
+        }
+
+        let mut missing = gw.sign(source, event, &body, &id);
+        if source == "figma" {
+            missing.body = body.clone(); // the sample's passcode is empty
+        }
+        for h in proof_header(source) {
+            remove_header(&mut missing, h);
+        }
+        let (status, _) = gw.post(source, &missing).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{source}: missing proof");
+    }
+    assert!(gw.inbox().is_empty(), "nothing unproven is stored");
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_window_are_401() {
+    let gw = TestGateway::all().await;
+    for (source, _, event, body, _) in deliveries("stale") {
+        if !matches!(source, "zendesk" | "gitlab-signed" | "standard") {
+            continue;
+        }
+        for offset in [-600i64, 600] {
+            let at = if offset < 0 {
+                SystemTime::now() - Duration::from_secs(600)
+            } else {
+                SystemTime::now() + Duration::from_secs(600)
+            };
+            let signed = gw.sign_at(source, event, &body, &format!("{source}{offset}"), at);
+            let (status, _) = gw.post(source, &signed).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{source} at {offset:+}s");
+        }
+        // Within the window is fine.
+        let signed = gw.sign_at(
+            source,
+            event,
+            &body,
+            &format!("{source}-ok"),
+            SystemTime::now() - Duration::from_secs(60),
+        );
+        assert_eq!(
+            gw.post(source, &signed).await.0,
+            StatusCode::ACCEPTED,
+            "{source}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_with_a_bad_signature_is_401_never_200() {
+    let gw = TestGateway::all().await;
+    let body = sample("github", "push");
+    let signed = gw.sign("github", "push", &body, "replayed");
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
+    let mut forged = signed.clone();
+    forged.body.extend_from_slice(b" ");
+    assert_eq!(gw.post("github", &forged).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bodies_the_provider_would_not_send_are_400() {
+    let gw = TestGateway::all().await;
+    for source in ["github", "gitlab", "jira", "zendesk", "intercom"] {
+        let signed = gw.sign(source, "push", b"{not json", &format!("{source}-garbage"));
+        let (status, answer) = gw.post(source, &signed).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{source}: {answer}");
+    }
+    // Valid JSON without the field that names the event.
+    for source in ["jira", "intercom"] {
+        let signed = gw.sign(source, "x", br#"{"id":"notif_1"}"#, "no-event");
+        assert_eq!(
+            gw.post(source, &signed).await.0,
+            StatusCode::BAD_REQUEST,
+            "{source}"
+        );
+    }
+    let mut signed = gw.sign(
+        "github",
+        "push",
+        &sample("github", "push"),
+        "no-event-header",
+    );
+    remove_header(&mut signed, "X-GitHub-Event");
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::BAD_REQUEST);
+    // Figma's passcode is inside the body: unreadable body, unproven request.
+    let figma = gw.sign("figma", "FILE_COMMENT", b"{not json", "f");
+    assert_eq!(gw.post("figma", &figma).await.0, StatusCode::UNAUTHORIZED);
+    assert!(gw.inbox().is_empty());
+}
+
+#[tokio::test]
+async fn github_form_encoded_delivery_is_accepted() {
+    let gw = TestGateway::all().await;
+    let json = sample("github", "issues");
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", std::str::from_utf8(&json).unwrap())
+        .finish();
+    let mut signed = gw.sign("github", "issues", body.as_bytes(), "form-1");
+    set_header(
+        &mut signed,
+        "Content-Type",
+        "application/x-www-form-urlencoded",
+    );
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
+    let inbox = gw.inbox();
+    assert_eq!(inbox[0].event, "issues");
+    assert_eq!(inbox[0].body, body.as_bytes(), "the raw form body is kept");
+    // A form without `payload` is not what GitHub sends.
+    let mut bad = gw.sign("github", "issues", b"other=1", "form-2");
+    set_header(
+        &mut bad,
+        "Content-Type",
+        "application/x-www-form-urlencoded",
+    );
+    assert_eq!(gw.post("github", &bad).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unknown_source_is_404_and_other_methods_405() {
+    let gw = TestGateway::all().await;
+    assert_eq!(
+        gw.request(Method::POST, "nope", &[], b"{}".to_vec())
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        gw.request(Method::GET, "nope", &[], vec![]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _, _) = hookgate::client::request(
+        Method::POST,
+        &format!("http://{}/elsewhere", gw.addr),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, headers, _) =
+        hookgate::client::request(Method::GET, &gw.url("github"), &[], vec![])
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+}
+
+#[tokio::test]
+async fn oversize_body_is_413_declared_or_streamed() {
+    let gw = TestGateway::start("max_body_bytes = 4096", ALL_SOURCES).await;
+    let big = vec![b' '; 5000];
+    let signed = gw.sign("github", "push", &big, "big");
+    assert_eq!(
+        gw.post("github", &signed).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    // Chunked, so no Content-Length warns us: the cap applies while streaming.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let _ = conn.write_all(b"400\r\n").await;
+        let _ = conn.write_all(&[b' '; 0x400]).await;
+        let _ = conn.write_all(b"\r\n").await;
+    }
+    let mut answer = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert!(gw.inbox().is_empty());
+}
+
+#[tokio::test]
+async fn allowlist_and_forwarded_for() {
+    let sources = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+allow_ips = ["192.30.252.0/22", "2a0a:a440::/29"]
+"#;
+    let body = sample("github", "push");
+    let xff = |signed: &Signed, ip: &str| {
+        let mut s = signed.clone();
+        set_header(&mut s, "X-Forwarded-For", ip);
+        s
+    };
+
+    // No trusted proxy: the socket peer (127.0.0.1) is the client.
+    let direct = TestGateway::start("", sources).await;
+    let signed = direct.sign("github", "push", &body, "ip-1");
+    assert_eq!(
+        direct.post("github", &signed).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let spoofed = xff(&signed, "192.30.252.1");
+    assert_eq!(
+        direct.post("github", &spoofed).await.0,
+        StatusCode::FORBIDDEN,
+        "X-Forwarded-For from an untrusted peer is ignored"
+    );
+
+    // Behind a trusted proxy on loopback: the rightmost untrusted hop counts.
+    let proxied = TestGateway::start(r#"trusted_proxies = ["127.0.0.1/32"]"#, sources).await;
+    let signed = proxied.sign("github", "push", &body, "ip-2");
+    assert_eq!(
+        proxied.post("github", &signed).await.0,
+        StatusCode::FORBIDDEN,
+        "no header: the proxy itself"
+    );
+    assert_eq!(
+        proxied.post("github", &xff(&signed, "8.8.8.8")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        proxied
+            .post("github", &xff(&signed, "192.30.252.1, 8.8.8.8"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "a client-written first hop does not help"
+    );
+    assert_eq!(
+        proxied
+            .post("github", &xff(&signed, "2a0a:a440::1"))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    let signed = proxied.sign("github", "push", &body, "ip-3");
+    assert_eq!(
+        proxied
+            .post("github", &xff(&signed, "8.8.8.8, 192.30.252.1"))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    let inbox = proxied.inbox();
+    assert_eq!(inbox.len(), 2);
+    assert_eq!(inbox[0].client_ip, "2a0a:a440::1");
+    assert_eq!(inbox[1].client_ip, "192.30.252.1");
+}
+
+#[tokio::test]
+async fn source_without_its_secret_is_closed_503() {
+    let sources = r#"
+[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_IT_NEVER_SET" }
+"#;
+    let gw = TestGateway::start("", sources).await;
+    let signed = Signed {
+        headers: vec![
+            ("X-GitHub-Event".into(), "push".into()),
+            (
+                "X-Hub-Signature-256".into(),
+                format!("sha256={}", "0".repeat(64)),
+            ),
+        ],
+        body: sample("github", "push"),
+    };
+    assert_eq!(
+        gw.post("github", &signed).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(gw.inbox().is_empty());
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let sources = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+rate_limit = "2/m"
+"#;
+    let gw = TestGateway::start("", sources).await;
+    let body = sample("github", "ping");
+    for i in 0..2 {
+        let s = gw.sign("github", "ping", &body, &format!("r{i}"));
+        assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
+    }
+    let s = gw.sign("github", "ping", &body, "r3");
+    let (status, headers, _) =
+        hookgate::client::request(Method::POST, &gw.url("github"), &s.headers, s.body.clone())
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let gw = TestGateway::start(
+        "header_timeout = \"1s\"\nrequest_timeout = \"1s\"",
+        ALL_SOURCES,
+    )
+    .await;
+    // Headers that never end (slowloris).
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("the server must hang up on its own")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A body that trickles: headers complete, body never does.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("the server must answer on its own")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test]
+async fn admin_reports_health_and_counts() {
+    let gw = TestGateway::all().await;
+    for i in 0..3 {
+        let s = gw.sign(
+            "github",
+            "ping",
+            &sample("github", "ping"),
+            &format!("a{i}"),
+        );
+        assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
+    }
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", gw.admin);
+        async move {
+            hookgate::client::request(Method::GET, &url, &[], vec![])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(get("/readyz").await.0, StatusCode::OK);
+    let (status, _, body) = get("/api/queue/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: hookgate::queue::Stats = serde_json::from_slice(&body).unwrap();
+    assert_eq!((stats.inbox, stats.seen), (3, 3));
+}
+
+#[tokio::test]
+async fn events_without_a_delivery_id_dedupe_on_the_body_hash() {
+    let gw = TestGateway::all().await;
+    let body = sample("jira", "issue_updated");
+    let mut a = gw.sign("jira", "issue_updated", &body, "x");
+    remove_header(&mut a, "X-Atlassian-Webhook-Identifier");
+    assert_eq!(gw.post("jira", &a).await.0, StatusCode::ACCEPTED);
+    assert_eq!(gw.post("jira", &a).await.0, StatusCode::OK);
+    let mut other = body.clone();
+    other.push(b'\n');
+    let mut b = gw.sign("jira", "issue_updated", &other, "x");
+    remove_header(&mut b, "X-Atlassian-Webhook-Identifier");
+    assert_eq!(gw.post("jira", &b).await.0, StatusCode::ACCEPTED);
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real server (in-process, and the real binary) on
+//! loopback, one test binary.
+
+mod cli;
+mod crash;
+mod ingress;
+mod support;

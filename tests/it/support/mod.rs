@@ -1,0 +1,364 @@
+//! Test harness: the real server on loopback port 0, sled in a tempdir,
+//! secrets in files.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Method, StatusCode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use hookgate::config::{self, secrets::Resolver, Proof};
+use hookgate::queue::{EventRecord, SledQueue};
+use hookgate::verify::{Provider, SignInput, Signed};
+
+/// Secrets the test config uses, by file name.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("github", "It's a Secret to Everybody"),
+    ("gitlab", "gl-token-123"),
+    ("gitlab_signing", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    ("jira", "jira-secret"),
+    ("figma", "figma-passcode"),
+    ("zendesk", "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ=="),
+    ("intercom", "intercom-client-secret"),
+    ("standard", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+];
+
+/// One source per provider; `{dir}` is the secrets directory.
+pub const ALL_SOURCES: &str = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+
+[sources.gitlab]
+provider = "gitlab"
+secret = { file = "{dir}/gitlab" }
+
+[sources.gitlab-signed]
+provider = "gitlab"
+secret = { file = "{dir}/gitlab" }
+signing_secret = { file = "{dir}/gitlab_signing" }
+
+[sources.jira]
+provider = "jira"
+secret = { file = "{dir}/jira" }
+
+[sources.figma]
+provider = "figma"
+secret = { file = "{dir}/figma" }
+
+[sources.zendesk]
+provider = "zendesk"
+secret = { file = "{dir}/zendesk" }
+
+[sources.intercom]
+provider = "intercom"
+secret = { file = "{dir}/intercom" }
+
+[sources.standard]
+provider = "standard"
+secret = { file = "{dir}/standard" }
+"#;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub queue: Arc<SledQueue>,
+    pub providers: HashMap<String, Arc<dyn Provider>>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Writes the secrets into `dir` and returns the config text with `{dir}`
+/// filled in.
+pub fn with_secrets(dir: &std::path::Path, toml: &str) -> String {
+    for (name, value) in SECRETS {
+        std::fs::write(dir.join(name), value).unwrap();
+    }
+    toml.replace("{dir}", &dir.display().to_string())
+}
+
+impl TestGateway {
+    /// Starts the gateway with `[server]` lines `server` and sources `sources`.
+    pub async fn start(server: &str, sources: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let text = with_secrets(
+            dir.path(),
+            &format!(
+                "[server]\ndata_dir = \"{}\"\n{server}\n{sources}",
+                data.display()
+            ),
+        );
+        let loaded =
+            config::parse(&text, &Resolver::default()).unwrap_or_else(|p| panic!("{p:#?}"));
+        let config = loaded.config;
+        let providers = config
+            .sources
+            .values()
+            .filter_map(|s| match &s.proof {
+                Proof::Ready(p) => Some((s.name.clone(), p.clone())),
+                Proof::Closed(_) => None,
+            })
+            .collect();
+        let queue = Arc::new(hookgate::daemon::open_queue(&config).unwrap());
+        let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hookgate::daemon::serve(
+            ingress,
+            admin,
+            config,
+            queue.clone(),
+            shutdown.clone(),
+        ));
+        TestGateway {
+            addr,
+            admin: admin_addr,
+            queue,
+            providers,
+            shutdown,
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// Every provider, default server settings.
+    pub async fn all() -> TestGateway {
+        Self::start("", ALL_SOURCES).await
+    }
+
+    pub fn url(&self, source: &str) -> String {
+        format!("http://{}/hooks/{source}", self.addr)
+    }
+
+    /// A request signed as `source`'s provider signs.
+    pub fn sign(&self, source: &str, event: &str, body: &[u8], delivery_id: &str) -> Signed {
+        self.sign_at(source, event, body, delivery_id, SystemTime::now())
+    }
+
+    pub fn sign_at(
+        &self,
+        source: &str,
+        event: &str,
+        body: &[u8],
+        delivery_id: &str,
+        now: SystemTime,
+    ) -> Signed {
+        self.providers[source].sign(&SignInput {
+            body,
+            event,
+            delivery_id,
+            now,
+        })
+    }
+
+    pub async fn post(&self, source: &str, signed: &Signed) -> (StatusCode, String) {
+        self.request(Method::POST, source, &signed.headers, signed.body.clone())
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        source: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let (status, _, body) = hookgate::client::request(method, &self.url(source), headers, body)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub fn inbox(&self) -> Vec<EventRecord> {
+        self.queue
+            .inbox()
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Replaces (or adds) a header in a signed request.
+pub fn set_header(signed: &mut Signed, name: &str, value: &str) {
+    signed
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    signed.headers.push((name.to_owned(), value.to_owned()));
+}
+
+pub fn remove_header(signed: &mut Signed, name: &str) {
+    signed
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+}
+
+pub fn sample(provider: &str, event: &str) -> Vec<u8> {
+    hookgate::samples::find(provider, event)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+/// The path of the built binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookgate"))
+}
+
+/// A port that was free a moment ago (for the real binary, which binds itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary, serving a config written to a tempdir.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `routes.toml` into `dir` (sources `sources`, data under
+    /// `dir/data`) and starts `hookgate serve` with `extra` arguments.
+    pub async fn start(dir: &std::path::Path, sources: &str, extra: &[&str]) -> Daemon {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = with_secrets(
+            dir,
+            &format!(
+                "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n{sources}",
+                dir.join("data").display()
+            ),
+        );
+        let config = dir.join("routes.toml");
+        std::fs::write(&config, text).unwrap();
+        Self::spawn(config, listen, admin, extra).await
+    }
+
+    /// Starts the binary again on the same config and data.
+    pub async fn restart(self) -> Daemon {
+        let (config, listen, admin) = (self.config.clone(), self.listen, self.admin);
+        drop(self);
+        Self::spawn(config, listen, admin, &[]).await
+    }
+
+    async fn spawn(
+        config: PathBuf,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Daemon {
+        let log = std::fs::File::create(config.with_extension("log")).unwrap();
+        let child = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            listen,
+            admin,
+            config,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        for _ in 0..200 {
+            if let Ok((StatusCode::OK, _, _)) =
+                hookgate::client::request(Method::GET, &url, &[], vec![]).await
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+        panic!("hookgate did not become ready:\n{log}");
+    }
+
+    /// Runs the binary's CLI against this daemon's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn url(&self, source: &str) -> String {
+        format!("http://{}/hooks/{source}", self.listen)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: no drain, no flush.
+    pub fn kill(mut self) -> Daemon {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The providers of a config text (to sign as the daemon verifies).
+pub fn providers_of(dir: &std::path::Path, sources: &str) -> HashMap<String, Arc<dyn Provider>> {
+    let text = with_secrets(dir, sources);
+    config::parse(&text, &Resolver::default())
+        .unwrap()
+        .config
+        .sources
+        .values()
+        .filter_map(|s| match &s.proof {
+            Proof::Ready(p) => Some((s.name.clone(), p.clone())),
+            Proof::Closed(_) => None,
+        })
+        .collect()
+}
