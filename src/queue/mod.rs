@@ -5,15 +5,16 @@
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
 //! an error, nothing of the event remains.
 
-mod commit;
+mod inbox;
 mod record;
 mod sled_queue;
+mod writer;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-pub use record::{EventRecord, StoredEvent};
+pub use record::{DecodeError, EventRecord};
 pub use sled_queue::SledQueue;
 
 /// An event that passed its proof, ready to be stored.

@@ -1,11 +1,13 @@
-//! The event record as stored: a versioned enum in postcard, so a later
-//! format can be read beside this one.
+//! The event record as stored: a versioned enum in postcard, the body
+//! LZ4-compressed (webhook JSON shrinks 3–5×, and sled's cost grows with
+//! value size), so a later format can be read beside this one.
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 /// What is kept of an accepted request. Headers are kept (minus credentials)
 /// because routes may look at them; the body is kept byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub source: String,
     pub provider: String,
@@ -20,23 +22,69 @@ pub struct EventRecord {
 }
 
 /// The on-disk form. Add a variant for a new format; never change one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StoredEvent {
-    V1(EventRecord),
+#[derive(Debug, Serialize, Deserialize)]
+enum StoredEvent {
+    V1(StoredV1),
 }
 
-impl StoredEvent {
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredV1 {
+    source: String,
+    provider: String,
+    event: String,
+    delivery_id: String,
+    received_at_ms: u64,
+    client_ip: String,
+    headers: Vec<(String, ByteBuf)>,
+    /// `lz4_flex::compress_prepend_size` of the body.
+    body_lz4: ByteBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a stored event: {0}")]
+    Format(#[from] postcard::Error),
+    #[error("body does not decompress: {0}")]
+    Body(#[from] lz4_flex::block::DecompressError),
+}
+
+impl EventRecord {
+    /// The bytes stored for this record (current format).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("in-memory encoding cannot fail")
+        let stored = StoredEvent::V1(StoredV1 {
+            source: self.source.clone(),
+            provider: self.provider.clone(),
+            event: self.event.clone(),
+            delivery_id: self.delivery_id.clone(),
+            received_at_ms: self.received_at_ms,
+            client_ip: self.client_ip.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteBuf::from(v.clone())))
+                .collect(),
+            body_lz4: ByteBuf::from(lz4_flex::compress_prepend_size(&self.body)),
+        });
+        postcard::to_stdvec(&stored).expect("in-memory encoding cannot fail")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<StoredEvent, postcard::Error> {
-        postcard::from_bytes(bytes)
-    }
-
-    pub fn into_record(self) -> EventRecord {
-        match self {
-            StoredEvent::V1(r) => r,
+    /// Reads any stored format.
+    pub fn decode(bytes: &[u8]) -> Result<EventRecord, DecodeError> {
+        match postcard::from_bytes::<StoredEvent>(bytes)? {
+            StoredEvent::V1(v) => Ok(EventRecord {
+                body: lz4_flex::decompress_size_prepended(&v.body_lz4)?,
+                source: v.source,
+                provider: v.provider,
+                event: v.event,
+                delivery_id: v.delivery_id,
+                received_at_ms: v.received_at_ms,
+                client_ip: v.client_ip,
+                headers: v
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_vec()))
+                    .collect(),
+            }),
         }
     }
 }
@@ -54,20 +102,35 @@ mod tests {
             received_at_ms: 1_700_000_000_000,
             client_ip: "127.0.0.1".into(),
             headers: vec![("x-github-event".into(), b"push".to_vec())],
-            body: b"{\"a\":1}".to_vec(),
+            body: include_bytes!("../../samples/github/push.json").to_vec(),
         }
     }
 
     #[test]
-    fn round_trips() {
-        let s = StoredEvent::V1(sample());
-        assert_eq!(StoredEvent::decode(&s.encode()).unwrap(), s);
+    fn round_trips_and_compresses() {
+        let r = sample();
+        let bytes = r.encode();
+        assert_eq!(EventRecord::decode(&bytes).unwrap(), r);
+        assert!(
+            bytes.len() < r.body.len() / 2,
+            "{} stored for {}",
+            bytes.len(),
+            r.body.len()
+        );
     }
 
     #[test]
     fn version_tag_is_the_first_byte() {
         // Variant index 0 = V1. A reader of a later version dispatches on it.
-        assert_eq!(StoredEvent::V1(sample()).encode()[0], 0);
-        assert!(StoredEvent::decode(&[7, 1, 2]).is_err());
+        assert_eq!(sample().encode()[0], 0);
+        assert!(EventRecord::decode(&[7, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn corrupt_body_is_an_error_not_a_panic() {
+        let mut bytes = sample().encode();
+        let n = bytes.len();
+        bytes.truncate(n - 10);
+        assert!(EventRecord::decode(&bytes).is_err());
     }
 }

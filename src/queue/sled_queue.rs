@@ -1,81 +1,100 @@
 //! The embedded backend: sled, one database under `data_dir`.
 //!
-//! Trees: `inbox` (event id → [`StoredEvent`]), `seen` (source ‖ 0 ‖ dedupe
-//! key → expiry ‖ event id). The dedupe check and the inbox write happen in
-//! one transaction, so a crash can never leave a "seen" key without its
-//! event (which would turn the provider's retry into a silent duplicate).
+//! Trees: `inbox` (accepted events in arrival order, framed per commit; see
+//! `inbox.rs`), `seen` (source ‖ 0 ‖ dedupe key → expiry ‖ event id). All
+//! writes of accepted events go through the writer thread (`writer.rs`),
+//! which batches them into one durable commit.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot};
 
-use super::commit::GroupCommit;
+use super::inbox;
+use super::writer::{self, decode_seen, Job, Store};
 use super::{
     unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, Queue, QueueError, Stats,
-    StoredEvent,
 };
 
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 16 << 20;
+/// sled's log segment size (its default). Items larger than a quarter of it
+/// would go to blob files that sled does not fsync; `inbox::PART_BYTES`
+/// keeps every node well below that.
+const SEGMENT_BYTES: usize = 512 << 10;
+/// Most appends one commit takes.
+const BATCH_MAX: usize = 1024;
 
 #[derive(Debug)]
 pub struct SledQueue {
     db: sled::Db,
     inbox: sled::Tree,
     seen: sled::Tree,
-    /// `None`: every append fsyncs on its own (for measuring the difference).
-    commit: Option<GroupCommit>,
+    jobs: mpsc::Sender<Job>,
+    /// sled's log file, for `fdatasync` (see `writer::Store::log`).
+    log: std::fs::File,
     closed: AtomicBool,
-    /// Set by a failed write, cleared by a good one; `/readyz` reads it.
-    failing: AtomicBool,
+    failing: Arc<AtomicBool>,
 }
 
 impl SledQueue {
-    /// Opens (or creates) the queue in `dir`. Must run inside a tokio runtime
-    /// when `group_commit` is on: the flusher is a task.
+    /// Opens (or creates) the queue in `dir` and starts its writer thread.
+    /// `group_commit` off makes every append its own commit (to measure the
+    /// difference).
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
-            // We fsync when a request needs it; no background flushing.
+            .segment_size(SEGMENT_BYTES)
+            // The writer makes each batch durable; nothing else flushes.
             .flush_every_ms(None)
             .open()?;
         let inbox = db.open_tree("inbox")?;
         let seen = db.open_tree("seen")?;
-        let commit = group_commit.then(|| GroupCommit::start(db.clone()));
+        let log = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
+        // The files sled just created must survive a power loss too.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(QueueError::Storage)?;
+        let failing = Arc::new(AtomicBool::new(false));
+        let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
+        let store = Store {
+            db: db.clone(),
+            inbox: inbox.clone(),
+            seen: seen.clone(),
+            log: log.try_clone().map_err(QueueError::Storage)?,
+            failing: failing.clone(),
+        };
+        let batch_max = if group_commit { BATCH_MAX } else { 1 };
+        std::thread::Builder::new()
+            .name("hookgate-writer".into())
+            .spawn(move || writer::run(store, rx, batch_max))
+            .map_err(QueueError::Storage)?;
         Ok(SledQueue {
             db,
             inbox,
             seen,
-            commit,
+            jobs,
+            log,
             closed: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
+            failing,
         })
     }
 
     /// Every event in the inbox, oldest first.
     pub fn inbox(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
-        self.inbox
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let id = EventId(u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                    QueueError::Corrupt {
-                        key: hex::encode(&k),
-                        reason: "inbox key is not 8 bytes".into(),
-                    }
-                })?));
-                let record = StoredEvent::decode(&v)
-                    .map_err(|e| QueueError::Corrupt {
-                        key: id.to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .into_record();
-                Ok((id, record))
-            })
-            .collect()
+        let mut out = Vec::new();
+        inbox::read_events(self.inbox.iter(), |id, bytes| {
+            let record = EventRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
+                key: id.to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push((id, record));
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Forgets dedupe keys whose window has passed. Returns how many.
@@ -98,86 +117,10 @@ impl SledQueue {
         Ok(removed)
     }
 
-    /// Fsyncs whatever is pending (used at shutdown).
+    /// Makes everything written so far durable (used at shutdown).
     pub fn flush(&self) -> Result<(), QueueError> {
         self.db.flush()?;
-        Ok(())
-    }
-
-    async fn durable(&self) -> Result<(), QueueError> {
-        let r = match &self.commit {
-            Some(gc) => gc.durable().await,
-            None => {
-                let db = self.db.clone();
-                tokio::task::spawn_blocking(move || {
-                    db.flush().map(drop).map_err(std::io::Error::other)
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            }
-        };
-        r.map_err(QueueError::Storage)
-    }
-
-    async fn append_inner(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(QueueError::ShuttingDown);
-        }
-        let id = EventId(self.db.generate_id()?);
-        let key = id.0.to_be_bytes();
-        let now_ms = unix_millis(now);
-        let expiry = now_ms.saturating_add(event.dedupe_window.as_millis() as u64);
-        let seen_key = seen_key(&event.record.source, &event.dedupe_key);
-        let seen_val = sled::IVec::from(encode_seen(expiry, id).as_slice());
-        let body = sled::IVec::from(StoredEvent::V1(event.record).encode());
-
-        let result = (&self.seen, &self.inbox).transaction(|(seen, inbox)| {
-            if let Some(prev) = seen.get(&seen_key)? {
-                if let Some((prev_expiry, prev_id)) = decode_seen(&prev) {
-                    if prev_expiry > now_ms {
-                        return Err(ConflictableTransactionError::Abort(prev_id));
-                    }
-                }
-            }
-            seen.insert(seen_key.as_slice(), seen_val.clone())?;
-            inbox.insert(&key, body.clone())?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(prev)) => {
-                // The first copy may not be on disk yet; answer for it only
-                // once it is.
-                self.durable().await?;
-                return Ok(Appended::Duplicate(prev));
-            }
-            Err(TransactionError::Storage(e)) => {
-                self.failing.store(true, Ordering::Release);
-                return Err(e.into());
-            }
-        }
-        match self.durable().await {
-            Ok(()) => {
-                self.failing.store(false, Ordering::Release);
-                Ok(Appended::Queued(id))
-            }
-            Err(e) => {
-                self.failing.store(true, Ordering::Release);
-                // Take it back, so the provider's retry is not a "duplicate"
-                // of an event that may never reach the disk.
-                let undo = (&self.seen, &self.inbox).transaction(|(seen, inbox)| {
-                    if seen.get(&seen_key)?.as_ref() == Some(&seen_val) {
-                        seen.remove(seen_key.as_slice())?;
-                    }
-                    inbox.remove(&key)?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                });
-                if let Err(undo) = undo {
-                    tracing::error!(event = %id, error = ?undo, "cannot take back an event whose fsync failed");
-                }
-                Err(e)
-            }
-        }
+        self.log.sync_data().map_err(QueueError::Storage)
     }
 }
 
@@ -187,7 +130,27 @@ impl Queue for SledQueue {
         event: NewEvent,
         now: SystemTime,
     ) -> BoxFuture<'_, Result<Appended, QueueError>> {
-        Box::pin(self.append_inner(event, now))
+        Box::pin(async move {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(QueueError::ShuttingDown);
+            }
+            // Encoding (and compressing) runs here, on the request's task,
+            // so the writer thread only writes.
+            let now_ms = unix_millis(now);
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                seen_key: seen_key(&event.record.source, &event.dedupe_key),
+                expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
+                now_ms,
+                value: event.record.encode(),
+                reply,
+            };
+            self.jobs
+                .send(job)
+                .await
+                .map_err(|_| QueueError::ShuttingDown)?;
+            answer.await.map_err(|_| QueueError::ShuttingDown)?
+        })
     }
 
     fn writable(&self) -> bool {
@@ -196,7 +159,14 @@ impl Queue for SledQueue {
 
     fn stats(&self) -> Result<Stats, QueueError> {
         Ok(Stats {
-            inbox: self.inbox.len() as u64,
+            inbox: {
+                let mut n = 0;
+                inbox::read_events(self.inbox.iter(), |_, _| {
+                    n += 1;
+                    Ok(())
+                })?;
+                n
+            },
             seen: self.seen.len() as u64,
             disk_bytes: self.db.size_on_disk()?,
         })
@@ -213,19 +183,6 @@ fn seen_key(source: &str, dedupe_key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(dedupe_key.as_bytes());
     k
-}
-
-fn encode_seen(expiry_ms: u64, id: EventId) -> [u8; 16] {
-    let mut v = [0; 16];
-    v[..8].copy_from_slice(&expiry_ms.to_be_bytes());
-    v[8..].copy_from_slice(&id.0.to_be_bytes());
-    v
-}
-
-fn decode_seen(v: &[u8]) -> Option<(u64, EventId)> {
-    let expiry = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-    let id = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
-    Some((expiry, EventId(id)))
 }
 
 #[cfg(test)]
