@@ -143,6 +143,12 @@ pub async fn serve(
             }
         }
     });
+    crate::notify::notify("READY=1");
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        crate::notify::notify("STOPPING=1");
+    });
     tokio::join!(ingress_task, admin_task);
     let _ = prune_task.await;
     // Every accepted request has had its answer; nothing new can come in.

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod ingress;
+pub mod notify;
 pub mod queue;
 pub mod samples;
 pub mod secret;

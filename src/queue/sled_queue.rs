@@ -19,7 +19,7 @@ use super::{
 };
 
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
-const CACHE_BYTES: u64 = 16 << 20;
+const CACHE_BYTES: u64 = 8 << 20;
 /// sled's log segment size (its default). Items larger than a quarter of it
 /// would go to blob files that sled does not fsync; `inbox::PART_BYTES`
 /// keeps every node well below that.
