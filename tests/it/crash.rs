@@ -128,3 +128,83 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
         stored.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // sled's files may not grow past 3 MiB: a few hundred events fit.
+    let daemon = Daemon::start_with_full_disk(dir.path(), SOURCES, 3 * 1024).await;
+    let github = providers_of(dir.path(), SOURCES)["github"].clone();
+    let body = sample("github", "push");
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    // Bounded: stop after 30 refusals or 20 000 requests.
+    for i in 0..20_000 {
+        let id = format!("full-{i}");
+        let signed = github.sign(&SignInput {
+            body: &body,
+            event: "push",
+            delivery_id: &id,
+            now: SystemTime::now(),
+        });
+        let (status, _, _) = hookgate::client::request(
+            Method::POST,
+            &daemon.url("github"),
+            &signed.headers,
+            signed.body,
+        )
+        .await
+        .unwrap();
+        match status {
+            StatusCode::ACCEPTED => acked.push(id),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                if refused == 30 {
+                    break;
+                }
+            }
+            other => panic!("{id}: {other}: a full disk answers 202 or 503, nothing else"),
+        }
+    }
+    assert!(acked.len() > 10, "some events fit ({})", acked.len());
+    assert_eq!(refused, 30, "the disk filled up");
+    let ready = format!("http://{}/readyz", daemon.admin);
+    let (status, _, _) = hookgate::client::request(Method::GET, &ready, &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/readyz reports the queue as not writable"
+    );
+
+    // With room again, everything acknowledged is there, and new events land.
+    let daemon = daemon.kill().restart().await;
+    let signed = github.sign(&SignInput {
+        body: &body,
+        event: "push",
+        delivery_id: "after",
+        now: SystemTime::now(),
+    });
+    let (status, _, _) = hookgate::client::request(
+        Method::POST,
+        &daemon.url("github"),
+        &signed.headers,
+        signed.body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(daemon.terminate().success());
+    let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
+    let stored: Vec<String> = queue
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.delivery_id)
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "{id} was acknowledged, then lost");
+    }
+    assert!(stored.contains(&"after".to_string()));
+}

@@ -545,3 +545,20 @@ async fn events_without_a_delivery_id_dedupe_on_the_body_hash() {
     remove_header(&mut b, "X-Atlassian-Webhook-Identifier");
     assert_eq!(gw.post("jira", &b).await.0, StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn connection_limit_holds_new_clients_until_a_slot_frees() {
+    let gw = TestGateway::start("max_connections = 1\nheader_timeout = \"1s\"", ALL_SOURCES).await;
+    // One client takes the only slot and sends nothing.
+    let mut hog = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    hog.write_all(b"POST /hooks/github HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let signed = gw.sign("github", "ping", &sample("github", "ping"), "after-hog");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), gw.post("github", &signed))
+        .await
+        .expect("served once the slow client is cut off");
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // It waited for the header timeout to free the slot, not longer.
+    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+}
