@@ -27,7 +27,7 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the queue in {path}: {source} (is another hookgate running on it?)")]
+    #[error("cannot open the queue in {path}: {source}")]
     Queue {
         path: String,
         #[source]

@@ -292,7 +292,10 @@ fn init_logs(format: Option<LogFormat>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Otherwise a failed log write (stderr on a full disk) is reported
+        // with eprintln!, which panics, and takes the request with it.
+        .log_internal_errors(false);
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -5,7 +5,7 @@
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
 //! an error, nothing of the event remains.
 
-mod inbox;
+mod log;
 mod record;
 mod sled_queue;
 mod writer;

@@ -1,9 +1,10 @@
 //! The embedded backend: sled, one database under `data_dir`.
 //!
-//! Trees: `inbox` (accepted events in arrival order, framed per commit; see
-//! `inbox.rs`), `seen` (source ‖ 0 ‖ dedupe key → expiry ‖ event id). All
-//! writes of accepted events go through the writer thread (`writer.rs`),
-//! which batches them into one durable commit.
+//! Layout under `data_dir`: `log/` (the events themselves, `log.rs`) and
+//! `sled/` with the trees `inbox` (event id → frame length, in arrival
+//! order), `seen` (source ‖ 0 ‖ dedupe key → expiry ‖ event id) and `meta`
+//! (how far into the log sled has indexed). Accepted events go through the
+//! writer and indexer threads (`writer.rs`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +13,8 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::inbox;
-use super::writer::{self, decode_seen, Job, Store};
+use super::log::{self, Log};
+use super::writer::{self, decode_seen, Job, Shared, Store};
 use super::{
     unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, Queue, QueueError, Stats,
 };
@@ -21,84 +22,136 @@ use super::{
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 8 << 20;
 /// sled's log segment size (its default). Items larger than a quarter of it
-/// would go to blob files that sled does not fsync; `inbox::PART_BYTES`
-/// keeps every node well below that.
+/// would go to blob files that sled does not fsync; sled holds only small
+/// pointers and keys, so no node comes near that.
 const SEGMENT_BYTES: usize = 512 << 10;
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
+/// How long readers wait for the indexer to catch up with what was acknowledged.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Debug)]
 pub struct SledQueue {
     db: sled::Db,
     inbox: sled::Tree,
+    log_dir: std::path::PathBuf,
+    reader: log::Reader,
     seen: sled::Tree,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
-    /// sled's log file, for `fdatasync` (see `writer::Store::log`).
-    log: std::fs::File,
     closed: AtomicBool,
-    failing: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for SledQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledQueue").finish_non_exhaustive()
+    }
 }
 
 impl SledQueue {
-    /// Opens (or creates) the queue in `dir` and starts its writer thread.
-    /// `group_commit` off makes every append its own commit (to measure the
-    /// difference).
+    /// Opens (or creates) the queue in `dir`: replays the log into sled,
+    /// then starts the writer and indexer threads. `group_commit` off makes
+    /// every append its own commit (to measure the difference).
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
+        let sled_dir = dir.join("sled");
         let db = sled::Config::new()
-            .path(dir)
+            .path(&sled_dir)
             .cache_capacity(CACHE_BYTES)
             .segment_size(SEGMENT_BYTES)
-            // The writer makes each batch durable; nothing else flushes.
+            // The indexer makes sled durable at its checkpoints.
             .flush_every_ms(None)
             .open()?;
         let inbox = db.open_tree("inbox")?;
         let seen = db.open_tree("seen")?;
-        let log = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
-        // The files sled just created must survive a power loss too.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(QueueError::Storage)?;
-        let failing = Arc::new(AtomicBool::new(false));
-        let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
-        let store = Store {
+        let meta = db.open_tree("meta")?;
+        let file = std::fs::File::open(sled_dir.join("db")).map_err(QueueError::Storage)?;
+        let store = Arc::new(Store {
             db: db.clone(),
             inbox: inbox.clone(),
-            seen: seen.clone(),
-            log: log.try_clone().map_err(QueueError::Storage)?,
-            failing: failing.clone(),
-        };
+            seen,
+            meta,
+            file,
+        });
+        let log_dir = dir.join("log");
+        let (replayed, last_used) = store.recover(&log_dir)?;
+        if replayed > 0 {
+            tracing::info!(
+                events = replayed,
+                "indexed acknowledged events found in the log"
+            );
+        }
+        std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;
+        log::remove_unused(&log_dir, last_used).map_err(QueueError::Storage)?;
+        let log = Log::create(&log_dir, last_used).map_err(QueueError::Storage)?;
+        // The directories just created must survive a power loss too.
+        for d in [dir, sled_dir.as_path()] {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(QueueError::Storage)?;
+        }
+
+        let shared = Arc::new(Shared::default());
+        let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
+        let (to_indexer, indexed) = std::sync::mpsc::channel();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
-        std::thread::Builder::new()
-            .name("hookgate-writer".into())
-            .spawn(move || writer::run(store, rx, batch_max))
-            .map_err(QueueError::Storage)?;
+        {
+            let (store, shared) = (store.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("hookgate-writer".into())
+                .spawn(move || writer::run_writer(log, store, shared, rx, batch_max, to_indexer))
+                .map_err(QueueError::Storage)?;
+        }
+        {
+            let (store, shared) = (store.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("hookgate-indexer".into())
+                .spawn(move || writer::run_indexer(store, shared, indexed))
+                .map_err(QueueError::Storage)?;
+        }
         Ok(SledQueue {
             db,
             inbox,
-            seen,
+            reader: log::Reader::new(&log_dir),
+            log_dir,
+            seen: store.seen.clone(),
+            store,
+            shared,
             jobs,
-            log,
             closed: AtomicBool::new(false),
-            failing,
         })
     }
 
     /// Every event in the inbox, oldest first.
     pub fn inbox(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
-        let mut out = Vec::new();
-        inbox::read_events(self.inbox.iter(), |id, bytes| {
-            let record = EventRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
-                key: id.to_string(),
-                reason: e.to_string(),
-            })?;
-            out.push((id, record));
-            Ok(())
-        })?;
-        Ok(out)
+        self.shared.settle(SETTLE_LIMIT);
+        self.inbox
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let corrupt = |reason: String| QueueError::Corrupt {
+                    key: hex::encode(&k),
+                    reason,
+                };
+                let id = EventId(u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt("inbox key is not 8 bytes".into()))?,
+                ));
+                let len = u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt("inbox value is not 4 bytes".into()))?,
+                );
+                let log::LogEntry::V1 { record, .. } = self.reader.read(id, len)?;
+                let record = EventRecord::decode(&record).map_err(|e| corrupt(e.to_string()))?;
+                Ok((id, record))
+            })
+            .collect()
     }
 
     /// Forgets dedupe keys whose window has passed. Returns how many.
     pub fn prune_seen(&self, now: SystemTime) -> Result<usize, QueueError> {
+        self.shared.settle(SETTLE_LIMIT);
         let now_ms = unix_millis(now);
         let mut removed = 0;
         for kv in self.seen.iter() {
@@ -117,10 +170,11 @@ impl SledQueue {
         Ok(removed)
     }
 
-    /// Makes everything written so far durable (used at shutdown).
+    /// Waits for sled to hold every acknowledged event, and makes it
+    /// durable (used at shutdown, so the next start has nothing to replay).
     pub fn flush(&self) -> Result<(), QueueError> {
-        self.db.flush()?;
-        self.log.sync_data().map_err(QueueError::Storage)
+        self.shared.settle(SETTLE_LIMIT);
+        self.store.checkpoint()
     }
 }
 
@@ -154,21 +208,15 @@ impl Queue for SledQueue {
     }
 
     fn writable(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && !self.failing.load(Ordering::Acquire)
+        !self.closed.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
     }
 
     fn stats(&self) -> Result<Stats, QueueError> {
+        self.shared.settle(SETTLE_LIMIT);
         Ok(Stats {
-            inbox: {
-                let mut n = 0;
-                inbox::read_events(self.inbox.iter(), |_, _| {
-                    n += 1;
-                    Ok(())
-                })?;
-                n
-            },
+            inbox: self.inbox.len() as u64,
             seen: self.seen.len() as u64,
-            disk_bytes: self.db.size_on_disk()?,
+            disk_bytes: self.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
         })
     }
 

@@ -551,7 +551,9 @@ async fn connection_limit_holds_new_clients_until_a_slot_frees() {
     let gw = TestGateway::start("max_connections = 1\nheader_timeout = \"1s\"", ALL_SOURCES).await;
     // One client takes the only slot and sends nothing.
     let mut hog = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    hog.write_all(b"POST /hooks/github HTTP/1.1\r\n").await.unwrap();
+    hog.write_all(b"POST /hooks/github HTTP/1.1\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let signed = gw.sign("github", "ping", &sample("github", "ping"), "after-hog");
@@ -560,5 +562,9 @@ async fn connection_limit_holds_new_clients_until_a_slot_frees() {
         .expect("served once the slow client is cut off");
     assert_eq!(status, StatusCode::ACCEPTED);
     // It waited for the header timeout to free the slot, not longer.
-    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }

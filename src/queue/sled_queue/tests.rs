@@ -142,3 +142,37 @@ async fn closed_queue_refuses_and_stores_nothing() {
     assert_eq!(q.stats().unwrap().inbox, 0);
     assert_eq!(q.stats().unwrap().seen, 0);
 }
+
+#[tokio::test]
+async fn the_index_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        for i in 0..50 {
+            let Appended::Queued(id) = q.append(event("gh", &format!("k{i}")), now).await.unwrap()
+            else {
+                panic!()
+            };
+            ids.push(id);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Lose sled altogether (as if it never got past its last checkpoint).
+    std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let inbox = q.inbox().unwrap();
+    assert_eq!(inbox.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    assert_eq!(inbox[7].1.delivery_id, "k7");
+    // Dedupe keys came back too.
+    assert_eq!(
+        q.append(event("gh", "k7"), now).await.unwrap(),
+        Appended::Duplicate(ids[7])
+    );
+    // And new events get ids after the old ones.
+    let Appended::Queued(next) = q.append(event("gh", "new"), now).await.unwrap() else {
+        panic!()
+    };
+    assert!(next > ids[49]);
+}

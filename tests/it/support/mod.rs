@@ -259,27 +259,14 @@ impl Daemon {
         );
         let config = dir.join("routes.toml");
         std::fs::write(&config, text).unwrap();
-        Self::spawn(config, listen, admin, extra, None).await
-    }
-
-    /// Like `start`, but no file the daemon writes may grow past
-    /// `limit_kib` KiB (RLIMIT_FSIZE): a full disk, as the daemon sees it.
-    pub async fn start_with_full_disk(
-        dir: &std::path::Path,
-        sources: &str,
-        limit_kib: u64,
-    ) -> Daemon {
-        let d = Self::start(dir, sources, &[]).await;
-        let (config, listen, admin) = (d.config.clone(), d.listen, d.admin);
-        drop(d);
-        Self::spawn(config, listen, admin, &[], Some(limit_kib)).await
+        Self::spawn(config, listen, admin, extra).await
     }
 
     /// Starts the binary again on the same config and data.
     pub async fn restart(self) -> Daemon {
         let (config, listen, admin) = (self.config.clone(), self.listen, self.admin);
         drop(self);
-        Self::spawn(config, listen, admin, &[], None).await
+        Self::spawn(config, listen, admin, &[]).await
     }
 
     async fn spawn(
@@ -287,25 +274,9 @@ impl Daemon {
         listen: SocketAddr,
         admin: SocketAddr,
         extra: &[&str],
-        limit_kib: Option<u64>,
     ) -> Daemon {
         let log = std::fs::File::create(config.with_extension("log")).unwrap();
-        let mut command = match limit_kib {
-            None => std::process::Command::new(binary()),
-            Some(kib) => {
-                // An ignored SIGXFSZ survives exec, so writes past the limit
-                // fail with EFBIG instead of killing the process.
-                let mut c = std::process::Command::new("sh");
-                c.args([
-                    "-c",
-                    "trap '' XFSZ; ulimit -f \"$0\"; exec \"$@\"",
-                    &kib.to_string(),
-                ])
-                .arg(binary());
-                c
-            }
-        };
-        let child = command
+        let child = std::process::Command::new(binary())
             .arg("--config")
             .arg(&config)
             .arg("serve")

@@ -1,0 +1,377 @@
+//! The event log: where accepted events are kept, and what makes a 202
+//! durable at the cost of one `pwrite` and one `fdatasync` per commit.
+//!
+//! Segments `log/{seq:016x}.seg` are written front to back. Each event is a
+//! frame — length (u32 LE), CRC-32 of the payload (u32 LE), postcard
+//! [`LogEntry`] — and an event's id is its place: segment number in the
+//! high 24 bits, byte offset in the low 40. sled holds only small pointers
+//! and dedupe keys (`writer.rs`), so an event's bytes are written once.
+//!
+//! Segments are filled with zeros before use: overwriting allocated blocks
+//! does not change the file's size or extents, so `fdatasync` has no
+//! metadata to journal and costs about half as much. A zero header ends the
+//! chain of frames; so does a torn or corrupt frame (a crash mid-write,
+//! never acknowledged), and recovery stops there.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::{EventId, QueueError};
+
+/// Size of a segment. A commit never spans two; one larger than what is
+/// left starts the next segment.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+const FRAME_HEADER: u64 = 8;
+const OFFSET_BITS: u32 = 40;
+
+/// One accepted event as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogEntry {
+    V1 {
+        seen_key: ByteBuf,
+        expiry_ms: u64,
+        /// `EventRecord::encode` bytes.
+        record: ByteBuf,
+    },
+}
+
+/// A frame found by a scan.
+#[derive(Debug)]
+pub struct Found {
+    pub id: EventId,
+    pub len: u32,
+    pub entry: LogEntry,
+}
+
+pub fn id_of(seq: u64, offset: u64) -> EventId {
+    EventId((seq << OFFSET_BITS) | offset)
+}
+
+pub fn place_of(id: EventId) -> (u64, u64) {
+    (id.0 >> OFFSET_BITS, id.0 & ((1 << OFFSET_BITS) - 1))
+}
+
+/// Frames written by [`Log::write`]: each one's id and length, and the
+/// segment file to sync before acknowledging them.
+#[derive(Debug)]
+pub struct Placed {
+    pub placed: Vec<(EventId, u32)>,
+    pub file: std::sync::Arc<File>,
+}
+
+/// The writer's end of the log.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    seq: u64,
+    /// Shared with the sync thread, which syncs what was written.
+    file: std::sync::Arc<File>,
+    /// Where the next frame goes.
+    len: u64,
+    /// The next segment, zero-filled ahead of time by a helper thread.
+    next: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+}
+
+impl Log {
+    /// Starts a fresh segment after `last_seq` in `dir`.
+    pub fn create(dir: &Path, last_seq: u64) -> std::io::Result<Log> {
+        std::fs::create_dir_all(dir)?;
+        let seq = last_seq + 1;
+        let file = prepare(dir, seq)?;
+        let mut log = Log {
+            dir: dir.to_owned(),
+            seq,
+            file: std::sync::Arc::new(file),
+            len: 0,
+            next: None,
+        };
+        log.prepare_next();
+        Ok(log)
+    }
+
+    fn prepare_next(&mut self) {
+        let (dir, seq) = (self.dir.clone(), self.seq + 1);
+        self.next = std::thread::Builder::new()
+            .name("hookgate-log-prep".into())
+            .spawn(move || prepare(&dir, seq))
+            .ok();
+    }
+
+    /// Writes `entries` and makes them durable: [`Log::write`], then sync.
+    #[cfg(test)]
+    pub fn append(&mut self, entries: &[LogEntry]) -> std::io::Result<Vec<(EventId, u32)>> {
+        let written = self.write(entries)?;
+        written.file.sync_data()?;
+        Ok(written.placed)
+    }
+
+    /// Writes `entries` as consecutive frames, not yet durable: sync the
+    /// returned file before acknowledging them. Returns each one's id and
+    /// frame length. On error nothing was written where a later frame could
+    /// follow it: the next write goes to the same place.
+    pub fn write(&mut self, entries: &[LogEntry]) -> std::io::Result<Placed> {
+        let mut buf = Vec::new();
+        let mut offsets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let start = buf.len() as u64;
+            let payload = postcard::to_stdvec(entry).expect("in-memory encoding cannot fail");
+            let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            buf.extend_from_slice(&payload);
+            offsets.push((start, (buf.len() as u64 - start) as u32));
+        }
+        if buf.len() as u64 > SEGMENT_BYTES {
+            return Err(std::io::Error::other("a commit larger than a log segment"));
+        }
+        if self.len + buf.len() as u64 > SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        self.file.write_all_at(&buf, self.len)?;
+        let base = self.len;
+        self.len += buf.len() as u64;
+        let placed = offsets
+            .into_iter()
+            .map(|(o, len)| (id_of(self.seq, base + o), len))
+            .collect();
+        Ok(Placed {
+            placed,
+            file: self.file.clone(),
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let file = match self.next.take().map(|h| h.join()) {
+            Some(Ok(Ok(file))) => file,
+            // The helper failed or could not start: prepare it here.
+            _ => prepare(&self.dir, self.seq + 1)?,
+        };
+        self.seq += 1;
+        self.file = std::sync::Arc::new(file);
+        self.len = 0;
+        self.prepare_next();
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.seg"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+}
+
+/// Creates segment `seq` filled with zeros, durably (file and name).
+fn prepare(dir: &Path, seq: u64) -> std::io::Result<File> {
+    let path = segment_path(dir, seq);
+    let tmp = path.with_extension("prep");
+    let prepared = fill(&tmp, &path, dir);
+    if prepared.is_err() {
+        // A full disk: give back what the attempt took.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    prepared
+}
+
+fn fill(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<File> {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .read(true)
+        .open(tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+        f.write_all(&zeros)?;
+    }
+    f.sync_all()?;
+    // Only a complete segment gets its real name.
+    std::fs::rename(tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// The segments in `dir`, oldest first.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Removes segments after `last_used` (prepared, never written) and
+/// half-prepared files.
+pub fn remove_unused(dir: &Path, last_used: u64) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let unused = parse_segment_name(&name).is_some_and(|seq| seq > last_used);
+        if unused || name.ends_with(".prep") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes the segments take on disk.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Every intact frame of segment `seq` from `from`, in order, until the
+/// chain ends.
+pub fn scan(dir: &Path, seq: u64, from: u64) -> std::io::Result<Vec<Found>> {
+    let bytes = std::fs::read(segment_path(dir, seq))?;
+    let mut out = Vec::new();
+    let mut offset = from as usize;
+    while let Some((entry, frame_len)) = frame_at(&bytes, offset) {
+        out.push(Found {
+            id: id_of(seq, offset as u64),
+            len: frame_len as u32,
+            entry,
+        });
+        offset += frame_len;
+    }
+    Ok(out)
+}
+
+/// Decodes the frame at `offset`; `None` where the chain ends.
+fn frame_at(bytes: &[u8], offset: usize) -> Option<(LogEntry, usize)> {
+    let header = bytes.get(offset..offset + FRAME_HEADER as usize)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len == 0 {
+        return None;
+    }
+    let start = offset + FRAME_HEADER as usize;
+    let payload = bytes.get(start..start + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let entry = postcard::from_bytes(payload).ok()?;
+    Some((entry, FRAME_HEADER as usize + len))
+}
+
+/// Reads events by id, keeping segment files open.
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    files: Mutex<HashMap<u64, std::sync::Arc<File>>>,
+}
+
+impl Reader {
+    pub fn new(dir: &Path) -> Reader {
+        Reader {
+            dir: dir.to_owned(),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The event `id`, whose frame is `len` bytes long.
+    pub fn read(&self, id: EventId, len: u32) -> Result<LogEntry, QueueError> {
+        let (seq, offset) = place_of(id);
+        let file = {
+            let mut files = self.files.lock().expect("reader lock");
+            match files.get(&seq) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = std::sync::Arc::new(
+                        File::open(segment_path(&self.dir, seq)).map_err(QueueError::Storage)?,
+                    );
+                    files.insert(seq, f.clone());
+                    f
+                }
+            }
+        };
+        let mut bytes = vec![0; len as usize];
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(QueueError::Storage)?;
+        frame_at(&bytes, 0)
+            .map(|(entry, _)| entry)
+            .ok_or_else(|| QueueError::Corrupt {
+                key: id.to_string(),
+                reason: "log frame does not check out".into(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> LogEntry {
+        LogEntry::V1 {
+            seen_key: ByteBuf::from(vec![n]),
+            expiry_ms: u64::from(n),
+            record: ByteBuf::from(vec![n; 100 + n as usize]),
+        }
+    }
+
+    #[test]
+    fn appended_frames_scan_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let a = log.append(&[entry(1), entry(2)]).unwrap();
+        let b = log.append(&[entry(3)]).unwrap();
+        assert!(a[0].0 < a[1].0 && a[1].0 < b[0].0);
+        assert_eq!(place_of(a[0].0), (1, 0));
+        let found = scan(dir.path(), 1, 0).unwrap();
+        assert_eq!(found.len(), 3);
+        assert_eq!((found[2].id, found[2].len), b[0]);
+        let reader = Reader::new(dir.path());
+        assert_eq!(reader.read(found[1].id, found[1].len).unwrap(), entry(2));
+    }
+
+    #[test]
+    fn a_torn_frame_ends_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let ids = log.append(&[entry(1), entry(2), entry(3)]).unwrap();
+        drop(log);
+        // Damage the second frame: the scan keeps the first only.
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let (_, second) = place_of(ids[1].0);
+        f.write_all_at(&[0xff], second + FRAME_HEADER + 2).unwrap();
+        let found = scan(dir.path(), 1, 0).unwrap();
+        assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn full_segment_rolls_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 6).unwrap();
+        let big = LogEntry::V1 {
+            seen_key: ByteBuf::from(vec![1]),
+            expiry_ms: 0,
+            record: ByteBuf::from(vec![7; (SEGMENT_BYTES / 2) as usize]),
+        };
+        let first = log.append(std::slice::from_ref(&big)).unwrap();
+        let second = log.append(std::slice::from_ref(&big)).unwrap();
+        assert_eq!(place_of(first[0].0).0, 7);
+        assert_eq!(place_of(second[0].0), (8, 0));
+        assert_eq!(scan(dir.path(), 8, 0).unwrap().len(), 1);
+    }
+}
