@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod ingress;
 pub mod notify;
 pub mod queue;
+pub mod route;
 pub mod samples;
 pub mod secret;
 pub mod send;

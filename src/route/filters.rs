@@ -1,0 +1,185 @@
+//! Filters a webhook router needs and MiniJinja lacks. Each is registered
+//! under the name in the table below and documented in the README.
+//!
+//! | filter | does |
+//! |---|---|
+//! | `regex_match(pattern)` | whether the text matches (anywhere) |
+//! | `regex_capture(pattern, group=1)` | the group of the first match, or none |
+//! | `regex_captures(pattern, group=1)` | that group of every match, as a list |
+//! | `truncate(n, marker="…")` | at most `n` characters, marker included |
+//! | `slack_escape` | `&`, `<`, `>` escaped for Slack mrkdwn |
+//! | `discord_escape` | Markdown and mentions neutralised for Discord |
+//! | `tojson` | (MiniJinja's) JSON text of a value |
+
+use minijinja::{Error, ErrorKind, Value};
+
+/// Registers every filter of this module on `env`.
+pub fn register(env: &mut minijinja::Environment<'static>) {
+    env.add_filter("regex_match", regex_match);
+    env.add_filter("regex_capture", regex_capture);
+    env.add_filter("regex_captures", regex_captures);
+    env.add_filter("truncate", truncate);
+    env.add_filter("slack_escape", slack_escape);
+    env.add_filter("discord_escape", discord_escape);
+}
+
+/// Compiled patterns are cached: routes use a handful, evaluated per event.
+fn compiled(pattern: &str) -> Result<regex::Regex, Error> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<String, regex::Regex>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().expect("regex cache");
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(re) = cache.get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("bad regex `{pattern}`: {e}"),
+            )
+        })?;
+    if cache.len() < 256 {
+        cache.insert(pattern.to_owned(), re.clone());
+    }
+    Ok(re)
+}
+
+fn regex_match(text: &str, pattern: &str) -> Result<bool, Error> {
+    Ok(compiled(pattern)?.is_match(text))
+}
+
+fn regex_capture(text: &str, pattern: &str, group: Option<usize>) -> Result<Value, Error> {
+    let group = group.unwrap_or(1);
+    Ok(compiled(pattern)?
+        .captures(text)
+        .and_then(|c| c.get(group))
+        .map(|m| Value::from(m.as_str()))
+        .unwrap_or(Value::from(())))
+}
+
+fn regex_captures(text: &str, pattern: &str, group: Option<usize>) -> Result<Value, Error> {
+    let group = group.unwrap_or(1);
+    let found: Vec<Value> = compiled(pattern)?
+        .captures_iter(text)
+        .filter_map(|c| c.get(group).map(|m| Value::from(m.as_str())))
+        .collect();
+    Ok(Value::from(found))
+}
+
+/// At most `n` characters, the marker counted in; never splits a character.
+pub fn truncate(text: &str, n: usize, marker: Option<&str>) -> String {
+    let marker = marker.unwrap_or("…");
+    if text.chars().count() <= n {
+        return text.to_owned();
+    }
+    let keep = n.saturating_sub(marker.chars().count());
+    let mut out: String = text.chars().take(keep).collect();
+    out.push_str(marker);
+    out
+}
+
+/// Slack mrkdwn: only `&`, `<` and `>` are control characters.
+pub fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Discord Markdown: backslash-escape formatting characters, and break
+/// `@everyone`/`@here` and `<@…>` mentions with a zero-width space.
+pub fn discord_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '#' | '-' | '[' | ']' | '(' | ')'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+        if c == '@' || c == '<' {
+            out.push('\u{200b}');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(src: &str, ctx: serde_json::Value) -> String {
+        let mut env = minijinja::Environment::new();
+        register(&mut env);
+        env.render_str(src, ctx).unwrap()
+    }
+
+    #[test]
+    fn regex_filters() {
+        let ctx = serde_json::json!({"m": "Add export [FEAT-123] and [FEAT-7] [CLOSES]"});
+        let closes = "{{ 'y' if m | regex_match('\\\\[CLOSES\\\\]') else 'n' }}";
+        assert_eq!(render(closes, ctx.clone()), "y");
+        assert_eq!(
+            render(
+                "{{ 'y' if m | regex_match('^\\\\[') else 'n' }}",
+                ctx.clone()
+            ),
+            "n"
+        );
+        assert_eq!(
+            render(
+                "{{ m | regex_capture('\\\\[(FEAT-\\\\d+)\\\\]') }}",
+                ctx.clone()
+            ),
+            "FEAT-123"
+        );
+        assert_eq!(
+            render(
+                "{{ m | regex_captures('\\\\[(FEAT-\\\\d+)\\\\]') | join(',') }}",
+                ctx.clone()
+            ),
+            "FEAT-123,FEAT-7"
+        );
+        assert_eq!(
+            render(
+                "{{ 'none' if m | regex_capture('nope(x)') is none else 'x' }}",
+                ctx
+            ),
+            "none"
+        );
+    }
+
+    #[test]
+    fn bad_regex_is_an_error_not_a_panic() {
+        let mut env = minijinja::Environment::new();
+        register(&mut env);
+        let err = env
+            .render_str("{{ 'x' | regex_match('(') }}", ())
+            .unwrap_err();
+        assert!(err.to_string().contains("bad regex"), "{err}");
+    }
+
+    #[test]
+    fn truncate_counts_characters_and_the_marker() {
+        assert_eq!(truncate("héllo wörld", 7, None), "héllo …");
+        assert_eq!(truncate("short", 10, None), "short");
+        assert_eq!(truncate("abcdef", 4, Some("...")), "a...");
+        assert_eq!(
+            render("{{ 'abcdef' | truncate(3, '') }}", serde_json::json!({})),
+            "abc"
+        );
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(slack_escape("a<b>&c"), "a&lt;b&gt;&amp;c");
+        assert_eq!(
+            discord_escape("**hi** @everyone"),
+            "\\*\\*hi\\*\\* @\u{200b}everyone"
+        );
+    }
+}

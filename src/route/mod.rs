@@ -1,0 +1,312 @@
+//! Routes: which events go to which sinks, and what is sent. Pure: no I/O.
+//!
+//! A route matches on source, event type (exact or glob) and an optional
+//! MiniJinja `when` expression, then renders its content once per sink (and
+//! per item, with `each`). Everything is compiled when the routes are built,
+//! so a syntax error is a config error with the route's name; rendering runs
+//! sandboxed under a fuel limit, so an operator's mistake cannot hang the
+//! router, and a failure in one route does not stop the others.
+//!
+//! Not wired into the config or the daemon yet (issue #3): this is the
+//! routing core the router stage will call.
+
+pub mod filters;
+pub mod glob;
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+
+pub use glob::EventPattern;
+
+/// Instructions one render may execute: far above any sane template, far
+/// below a hang.
+const FUEL: u64 = 200_000;
+/// Most deliveries one route may make of one event with `each`.
+pub const EACH_MAX: usize = 100;
+
+/// A route as the config describes it (already checked for shape).
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    /// Sources it listens to; empty means every source.
+    pub sources: Vec<String>,
+    pub event: Option<EventPattern>,
+    pub when: Option<String>,
+    /// `each`: an expression giving a list; one delivery per item.
+    pub each: Option<String>,
+    pub to: Vec<String>,
+    pub content: ContentSpec,
+}
+
+/// What a route sends.
+#[derive(Debug, Clone)]
+pub enum ContentSpec {
+    /// The sink's default message for the event.
+    Default,
+    /// An inline `message`, or a `template` file's text, to render.
+    Template { source: String },
+    /// A ProdMatic action with templated fields.
+    Action {
+        action: String,
+        fields: BTreeMap<String, String>,
+    },
+}
+
+/// The context routes see.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventContext {
+    pub source: String,
+    pub event: String,
+    pub delivery_id: String,
+    /// RFC 3339.
+    pub received_at: String,
+    pub headers: BTreeMap<String, String>,
+    pub payload: serde_json::Value,
+}
+
+/// A compile error, with the route and the part it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    pub route: String,
+    /// `when`, `each`, `message`/`template` or `fields.NAME`.
+    pub part: String,
+    /// Line within that part, when MiniJinja knows it.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "route `{}`, {}", self.route, self.part)?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// What routing produced for one (route, sink[, item]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Rendered {
+        route: String,
+        sink: String,
+        /// The item's index with `each`.
+        item: Option<usize>,
+        content: Rendered,
+    },
+    /// Rendering failed: becomes a dead delivery with this error.
+    Failed {
+        route: String,
+        sink: String,
+        error: String,
+    },
+}
+
+/// Rendered content, frozen at routing time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    Default,
+    Text(String),
+    Action {
+        action: String,
+        fields: BTreeMap<String, String>,
+    },
+}
+
+/// Compiled routes.
+pub struct Routes {
+    env: Environment<'static>,
+    specs: Vec<RouteSpec>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field("routes", &self.specs.len())
+            .finish()
+    }
+}
+
+fn template_name(route: &str, part: &str) -> String {
+    format!("{route}/{part}")
+}
+
+impl Routes {
+    /// Compiles every expression and template; reports every error at once.
+    pub fn compile(specs: Vec<RouteSpec>) -> Result<Routes, Vec<RouteError>> {
+        let mut env = Environment::new();
+        // `payload.a.b` on a missing `a` is undefined, not an error:
+        // webhook payloads leave fields out all the time.
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_fuel(Some(FUEL));
+        filters::register(&mut env);
+        let mut errors = Vec::new();
+        let err = |route: &str, part: &str, e: &minijinja::Error| RouteError {
+            route: route.to_owned(),
+            part: part.to_owned(),
+            line: e.line(),
+            message: e
+                .detail()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.kind().to_string()),
+        };
+        for spec in &specs {
+            for (part, expr) in [("when", &spec.when), ("each", &spec.each)] {
+                if let Some(expr) = expr {
+                    if let Err(e) = env.compile_expression_owned(expr.clone()) {
+                        errors.push(err(&spec.name, part, &e));
+                    }
+                }
+            }
+            let templates: Vec<(String, &String)> = match &spec.content {
+                ContentSpec::Default => Vec::new(),
+                ContentSpec::Template { source } => vec![("message".to_owned(), source)],
+                ContentSpec::Action { fields, .. } => fields
+                    .iter()
+                    .map(|(k, v)| (format!("fields.{k}"), v))
+                    .collect(),
+            };
+            for (part, source) in templates {
+                if let Err(e) =
+                    env.add_template_owned(template_name(&spec.name, &part), source.clone())
+                {
+                    errors.push(err(&spec.name, &part, &e));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Routes { env, specs })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// Every delivery this event makes. Empty when no route matches.
+    pub fn evaluate(&self, ctx: &EventContext) -> Vec<Outcome> {
+        let base = Value::from_serialize(ctx);
+        let mut out = Vec::new();
+        for spec in &self.specs {
+            if !spec.sources.is_empty() && !spec.sources.contains(&ctx.source) {
+                continue;
+            }
+            if spec.event.as_ref().is_some_and(|p| !p.matches(&ctx.event)) {
+                continue;
+            }
+            let failed = |error: String| {
+                spec.to
+                    .iter()
+                    .map(|sink| Outcome::Failed {
+                        route: spec.name.clone(),
+                        sink: sink.clone(),
+                        error: error.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if let Some(when) = &spec.when {
+                match self.eval(when, &base) {
+                    Ok(v) if v.is_true() => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        out.extend(failed(format!("when: {e}")));
+                        continue;
+                    }
+                }
+            }
+            let items: Vec<(Option<usize>, Value)> = match &spec.each {
+                None => vec![(None, base.clone())],
+                Some(each) => match self.items(each, &base) {
+                    Ok(items) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, item)| (Some(i), with_item(ctx, item)))
+                        .collect(),
+                    Err(e) => {
+                        out.extend(failed(e));
+                        continue;
+                    }
+                },
+            };
+            for (item, context) in items {
+                match self.render(spec, &context) {
+                    Ok(content) => out.extend(spec.to.iter().map(|sink| Outcome::Rendered {
+                        route: spec.name.clone(),
+                        sink: sink.clone(),
+                        item,
+                        content: content.clone(),
+                    })),
+                    Err(e) => out.extend(failed(e)),
+                }
+            }
+        }
+        out
+    }
+
+    fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, minijinja::Error> {
+        self.env
+            .compile_expression_owned(expr.to_owned())?
+            .eval(ctx)
+    }
+
+    fn items(&self, each: &str, ctx: &Value) -> Result<Vec<Value>, String> {
+        let list = self.eval(each, ctx).map_err(|e| format!("each: {e}"))?;
+        if list.is_undefined() || list.is_none() {
+            return Ok(Vec::new());
+        }
+        let items: Vec<Value> = list
+            .try_iter()
+            .map_err(|_| format!("each: `{each}` is not a list"))?
+            .collect();
+        if items.len() > EACH_MAX {
+            return Err(format!(
+                "each: {} items, more than the {EACH_MAX} allowed",
+                items.len()
+            ));
+        }
+        Ok(items)
+    }
+
+    fn render(&self, spec: &RouteSpec, ctx: &Value) -> Result<Rendered, String> {
+        let render = |part: &str| -> Result<String, String> {
+            self.env
+                .get_template(&template_name(&spec.name, part))
+                .and_then(|t| t.render(ctx))
+                .map_err(|e| format!("{part}: {e}"))
+        };
+        Ok(match &spec.content {
+            ContentSpec::Default => Rendered::Default,
+            ContentSpec::Template { .. } => Rendered::Text(render("message")?),
+            ContentSpec::Action { action, fields } => Rendered::Action {
+                action: action.clone(),
+                fields: fields
+                    .keys()
+                    .map(|k| Ok((k.clone(), render(&format!("fields.{k}"))?)))
+                    .collect::<Result<_, String>>()?,
+            },
+        })
+    }
+}
+
+/// The event context plus `item`.
+fn with_item(ctx: &EventContext, item: Value) -> Value {
+    #[derive(Serialize)]
+    struct WithItem<'a> {
+        #[serde(flatten)]
+        ctx: &'a EventContext,
+        item: Value,
+    }
+    Value::from_serialize(WithItem { ctx, item })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+use super::*;
+
+fn ctx(source: &str, event: &str, payload: serde_json::Value) -> EventContext {
+    EventContext {
+        source: source.into(),
+        event: event.into(),
+        delivery_id: "d-1".into(),
+        received_at: "2026-11-27T05:00:00Z".into(),
+        headers: BTreeMap::from([("x-github-event".to_string(), event.to_string())]),
+        payload,
+    }
+}
+
+fn route(name: &str, content: ContentSpec) -> RouteSpec {
+    RouteSpec {
+        name: name.into(),
+        sources: vec!["github".into()],
+        event: Some(EventPattern::new("pull_request")),
+        when: None,
+        each: None,
+        to: vec!["slack".into()],
+        content,
+    }
+}
+
+fn text(source: &str) -> ContentSpec {
+    ContentSpec::Template {
+        source: source.into(),
+    }
+}
+
+#[test]
+fn merged_pull_request_renders_for_every_sink() {
+    let mut r = route(
+        "merged-prs",
+        text(
+            "{{ payload.pull_request.title | slack_escape }} merged by {{ payload.sender.login }}",
+        ),
+    );
+    r.when = Some("payload.action == 'closed' and payload.pull_request.merged".into());
+    r.to = vec!["slack".into(), "log".into()];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let merged = ctx(
+        "github",
+        "pull_request",
+        serde_json::json!({"action": "closed", "pull_request": {"merged": true, "title": "A <b>"}, "sender": {"login": "mona"}}),
+    );
+    let out = routes.evaluate(&merged);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0],
+        Outcome::Rendered {
+            route: "merged-prs".into(),
+            sink: "slack".into(),
+            item: None,
+            content: Rendered::Text("A &lt;b&gt; merged by mona".into()),
+        }
+    );
+    // Closed without merging, another event, another source: nothing.
+    let closed = ctx(
+        "github",
+        "pull_request",
+        serde_json::json!({"action": "closed", "pull_request": {"merged": false}}),
+    );
+    assert!(routes.evaluate(&closed).is_empty());
+    assert!(routes
+        .evaluate(&ctx("github", "push", serde_json::json!({})))
+        .is_empty());
+    assert!(routes
+        .evaluate(&ctx("gitlab", "pull_request", serde_json::json!({})))
+        .is_empty());
+}
+
+#[test]
+fn missing_fields_are_falsy_not_errors() {
+    let mut r = route("r", ContentSpec::Default);
+    r.when = Some("payload.pull_request.merged".into());
+    let routes = Routes::compile(vec![r]).unwrap();
+    assert!(routes
+        .evaluate(&ctx("github", "pull_request", serde_json::json!({})))
+        .is_empty());
+}
+
+#[test]
+fn each_makes_one_delivery_per_item_with_action_fields() {
+    let mut r = route(
+        "link-commits",
+        ContentSpec::Action {
+            action: "update_feature".into(),
+            fields: BTreeMap::from([
+                (
+                    "id".to_string(),
+                    "{{ item.message | regex_capture('\\\\[(FEAT-\\\\d+)\\\\]') }}".to_string(),
+                ),
+                (
+                    "status".to_string(),
+                    "{% if item.message | regex_match('\\\\[CLOSES\\\\]') %}COMPLETED{% endif %}"
+                        .to_string(),
+                ),
+            ]),
+        },
+    );
+    r.event = Some(EventPattern::new("push"));
+    r.each = Some("payload.commits".into());
+    r.to = vec!["prodmatic".into()];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let push = ctx(
+        "github",
+        "push",
+        serde_json::json!({"commits": [{"message": "Add CSV [FEAT-123]"}, {"message": "Ship it [FEAT-123] [CLOSES]"}]}),
+    );
+    let out = routes.evaluate(&push);
+    assert_eq!(out.len(), 2);
+    let fields = |o: &Outcome| match o {
+        Outcome::Rendered {
+            content: Rendered::Action { fields, .. },
+            item,
+            ..
+        } => (item.unwrap(), fields.clone()),
+        other => panic!("{other:?}"),
+    };
+    let (i0, f0) = fields(&out[0]);
+    let (i1, f1) = fields(&out[1]);
+    assert_eq!(
+        (i0, f0["id"].as_str(), f0["status"].as_str()),
+        (0, "FEAT-123", "")
+    );
+    assert_eq!((i1, f1["status"].as_str()), (1, "COMPLETED"));
+}
+
+#[test]
+fn every_compile_error_is_reported_with_route_and_part() {
+    let mut a = route("a", text("{{ payload.x "));
+    a.when = Some("payload.action ==".into());
+    let b = route(
+        "b",
+        ContentSpec::Action {
+            action: "create_idea".into(),
+            fields: BTreeMap::from([("title".to_string(), "{% if %}".to_string())]),
+        },
+    );
+    let errors = Routes::compile(vec![a, b]).unwrap_err();
+    let parts: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.route.clone(), e.part.clone()))
+        .collect();
+    assert_eq!(
+        parts,
+        vec![
+            ("a".to_string(), "when".to_string()),
+            ("a".to_string(), "message".to_string()),
+            ("b".to_string(), "fields.title".to_string()),
+        ]
+    );
+    assert!(
+        errors[0].to_string().starts_with("route `a`, when"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_runaway_template_runs_out_of_fuel_and_fails_alone() {
+    let slow = route(
+        "slow",
+        text("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"),
+    );
+    let mut fine = route("fine", text("ok"));
+    fine.to = vec!["log".into()];
+    let routes = Routes::compile(vec![slow, fine]).unwrap();
+    let started = std::time::Instant::now();
+    let out = routes.evaluate(&ctx("github", "pull_request", serde_json::json!({})));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "fuel stops it"
+    );
+    assert!(
+        matches!(&out[0], Outcome::Failed { route, error, .. } if route == "slow" && error.contains("fuel")),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Outcome::Rendered { route, content: Rendered::Text(t), .. } if route == "fine" && t == "ok")
+    );
+}
+
+#[test]
+fn each_over_a_non_list_or_too_many_items_fails_the_route() {
+    let mut r = route("r", text("x"));
+    r.each = Some("payload.n".into());
+    let routes = Routes::compile(vec![r.clone()]).unwrap();
+    let out = routes.evaluate(&ctx("github", "pull_request", serde_json::json!({"n": 5})));
+    assert!(
+        matches!(&out[0], Outcome::Failed { error, .. } if error.contains("not a list")),
+        "{out:?}"
+    );
+    r.each = Some("range(1000)".into());
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx("github", "pull_request", serde_json::json!({})));
+    assert!(
+        matches!(&out[0], Outcome::Failed { error, .. } if error.contains("more than the 100")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn json_templates_escape_as_json() {
+    let mut r = route("r", text(r#"{"text": {{ payload.title | tojson }}}"#));
+    r.event = None;
+    r.sources = vec![];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "jira",
+        "x",
+        serde_json::json!({"title": "say \"hi\"\n"}),
+    ));
+    let Outcome::Rendered {
+        content: Rendered::Text(t),
+        ..
+    } = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    let v: serde_json::Value = serde_json::from_str(t).unwrap();
+    assert_eq!(v["text"], "say \"hi\"\n");
+}
