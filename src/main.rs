@@ -210,10 +210,12 @@ fn check(path: &Path, strict: bool) -> ExitCode {
         String::new()
     };
     println!(
-        "{}: ok: {} sources ({}), 0 sinks, 0 routes{closed}",
+        "{}: ok: {} sources ({}), {} sinks, {} routes{closed}",
         path.display(),
         c.sources.len(),
-        names.join(", ")
+        names.join(", "),
+        c.sinks.len(),
+        c.routes.len()
     );
     ExitCode::SUCCESS
 }

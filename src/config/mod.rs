@@ -4,7 +4,9 @@
 //! and column, so `hookgate check` reports every mistake at once.
 
 mod raw;
+mod routes;
 pub mod secrets;
+pub mod sinks;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,14 +22,17 @@ use toml::Spanned;
 
 use crate::secret::Secret;
 use crate::verify::{self, Locator, Provider};
-use raw::{RawSecret, RawServer, RawSource};
+use raw::{RawRoute, RawSecret, RawServer, RawSink, RawSource};
 use secrets::{Resolver, SecretRef, SecretShape};
+pub use sinks::{SinkConfig, SinkKind};
 
 /// The validated configuration. Runtime code sees only this.
 #[derive(Debug)]
 pub struct Config {
     pub server: Server,
     pub sources: BTreeMap<String, Source>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub routes: crate::route::Routes,
 }
 
 #[derive(Debug, Clone)]
@@ -184,14 +189,24 @@ pub fn load(path: &Path, resolver: &Resolver) -> Result<Loaded, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }],
     })?;
-    parse(&text, resolver).map_err(|problems| ConfigErrors {
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse_in(&text, base_dir, resolver).map_err(|problems| ConfigErrors {
         file: path.to_owned(),
         problems,
     })
 }
 
-/// Validates config text. Public for tests and `hookgate check` on stdin.
+/// Validates config text; template files are read relative to the current
+/// directory.
 pub fn parse(text: &str, resolver: &Resolver) -> Result<Loaded, Vec<Problem>> {
+    parse_in(text, Path::new("."), resolver)
+}
+
+/// Validates config text; template files are read relative to `base_dir`.
+pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Loaded, Vec<Problem>> {
     let mut cx = Cx {
         text,
         problems: Vec::new(),
@@ -207,6 +222,8 @@ pub fn parse(text: &str, resolver: &Resolver) -> Result<Loaded, Vec<Problem>> {
     };
     let mut server = None;
     let mut sources = BTreeMap::new();
+    let mut sinks = BTreeMap::new();
+    let mut raw_routes = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "server" => {
@@ -232,21 +249,63 @@ pub fn parse(text: &str, resolver: &Resolver) -> Result<Loaded, Vec<Problem>> {
                     }
                 }
             }
+            "sinks" => {
+                let Some(table) = value.get_ref().as_table() else {
+                    cx.err(value.span(), "sinks", "must be a table of [sinks.NAME]");
+                    continue;
+                };
+                for (name, value) in table.iter() {
+                    let name = name.get_ref().to_string();
+                    let at = format!("sinks.{name}");
+                    if let Err(msg) = check_name(&name) {
+                        cx.err(value.span(), &at, msg);
+                    }
+                    if let Some(raw) = cx.deserialize::<RawSink>(value.clone(), &at) {
+                        if let Some(sink) = cx.sink(&name, raw) {
+                            sinks.insert(name, sink);
+                        }
+                    }
+                }
+            }
+            "routes" => {
+                let Some(list) = value.get_ref().as_array() else {
+                    cx.err(
+                        value.span(),
+                        "routes",
+                        "must be an array of [[routes]] tables",
+                    );
+                    continue;
+                };
+                for (i, value) in list.iter().enumerate() {
+                    let span = value.span();
+                    if let Some(raw) =
+                        cx.deserialize::<RawRoute>(value.clone(), &format!("routes[{i}]"))
+                    {
+                        raw_routes.push((span, raw));
+                    }
+                }
+            }
             other => cx.err(
                 key.span(),
                 other,
-                "unknown section (expected `server` or `sources`)",
+                "unknown section (expected `server`, `sources`, `sinks` or `routes`)",
             ),
         }
     }
+    let routes = cx.routes(raw_routes, &sources, &sinks, base_dir);
     let server = server.unwrap_or_else(|| cx.server(RawServer::default()));
     if sources.is_empty() && cx.problems.is_empty() {
         cx.err(0..0, "sources", "no sources: add a [sources.NAME] table");
     }
     cx.secret_problems.sort_by_key(|p| (p.line, p.column));
-    if cx.problems.is_empty() {
+    if let (true, Some(routes)) = (cx.problems.is_empty(), routes) {
         Ok(Loaded {
-            config: Config { server, sources },
+            config: Config {
+                server,
+                sources,
+                sinks,
+                routes,
+            },
             secret_problems: cx.secret_problems,
         })
     } else {
@@ -451,8 +510,7 @@ impl Cx<'_> {
         }
     }
 
-    fn secret_ref(&mut self, raw: &Spanned<RawSecret>, key: &str) -> Option<SecretRef> {
-        let r = raw.get_ref();
+    fn secret_ref(&mut self, span: Range<usize>, r: &RawSecret, key: &str) -> Option<SecretRef> {
         let refs: Vec<SecretRef> = [
             r.env.clone().map(SecretRef::Env),
             r.file.clone().map(|f| SecretRef::File(f.into())),
@@ -465,7 +523,7 @@ impl Cx<'_> {
             Ok([one]) => Some(one),
             Err(_) => {
                 self.err(
-                    raw.span(),
+                    span,
                     key,
                     "a secret is exactly one of { env = \"NAME\" }, { file = \"PATH\" } or { credential = \"NAME\" }",
                 );
@@ -481,11 +539,21 @@ impl Cx<'_> {
         key: &str,
         shape: SecretShape,
     ) -> Option<Result<Secret, String>> {
-        let r = self.secret_ref(raw, key)?;
+        self.resolve_at(raw.span(), raw.get_ref(), key, shape)
+    }
+
+    fn resolve_at(
+        &mut self,
+        span: Range<usize>,
+        raw: &RawSecret,
+        key: &str,
+        shape: SecretShape,
+    ) -> Option<Result<Secret, String>> {
+        let r = self.secret_ref(span.clone(), raw, key)?;
         Some(match self.resolver.resolve(&r, shape) {
             Ok(s) => Ok(s),
             Err(e) => {
-                let p = self.problem(raw.span(), key, e.to_string());
+                let p = self.problem(span, key, e.to_string());
                 self.secret_problems.push(p);
                 Err(format!("secret {r} is unavailable: {e}"))
             }

@@ -61,3 +61,59 @@ pub struct RawSource {
     pub prefix: Option<Spanned<String>>,
     pub timestamp_header: Option<Spanned<String>>,
 }
+
+/// A sink's URL: plain text or a secret reference.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUrl {
+    Plain(String),
+    Secret(RawSecret),
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// `log` or `http` (slack, teams, discord and prodmatic are coming).
+    pub kind: Spanned<String>,
+    /// http: where to send.
+    pub url: Option<Spanned<RawUrl>>,
+    /// http: the method (default POST).
+    pub method: Option<Spanned<String>>,
+    /// http: extra request headers.
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// log: a file to append JSON lines to; absent means stdout.
+    pub path: Option<Spanned<String>>,
+    /// Deliveries in flight at once to this sink.
+    pub concurrency: Option<Spanned<i64>>,
+    /// Deliveries per time unit (`"1/s"`).
+    pub rate_limit: Option<Spanned<String>>,
+    /// Delays between attempts, e.g. `["5s", "30s", "2m"]`; then dead.
+    pub retry: Option<Spanned<Vec<String>>>,
+    /// Time one attempt may take.
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `source = "github"` or `source = ["github", "gitlab"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub source: Option<Spanned<OneOrMany>>,
+    pub event: Option<Spanned<String>>,
+    pub when: Option<Spanned<String>>,
+    pub each: Option<Spanned<String>>,
+    pub to: Spanned<Vec<Spanned<String>>>,
+    pub message: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
+    pub fields: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+}

@@ -218,9 +218,9 @@ event_from = "query:x"
 
 #[test]
 fn unknown_section_is_an_error() {
-    let problems = parse("[sinks.x]\nkind = \"log\"\n", &Resolver::default()).unwrap_err();
+    let problems = parse("[sink.x]\nkind = \"log\"\n", &Resolver::default()).unwrap_err();
     assert!(
-        problems.iter().any(|p| p.key == "sinks" && p.line == 1),
+        problems.iter().any(|p| p.key == "sink" && p.line == 1),
         "{problems:?}"
     );
 }
@@ -236,4 +236,134 @@ fn rates_parse() {
     );
     assert_eq!(parse_rate("0/s"), None);
     assert_eq!(parse_rate("5/d"), None);
+}
+
+const GITHUB: &str = r#"
+[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_TEST_UNSET_GH" }
+"#;
+
+#[test]
+fn sinks_and_routes_build() {
+    let text = format!(
+        r#"{GITHUB}
+[sinks.audit]
+kind = "log"
+
+[sinks.hook]
+kind = "http"
+url = "https://example.com/in"
+method = "put"
+headers = {{ "X-Team" = "product" }}
+concurrency = 2
+rate_limit = "1/s"
+retry = ["1s", "1m"]
+timeout = "5s"
+
+[[routes]]
+name = "everything"
+to = ["audit"]
+
+[[routes]]
+name = "merged"
+source = ["github"]
+event = "pull_request"
+when = "payload.action == 'closed'"
+to = ["hook", "audit"]
+message = "{{{{ payload.pull_request.title }}}}"
+"#
+    );
+    let c = parse(&text, &Resolver::default()).unwrap().config;
+    assert_eq!(c.routes.len(), 2);
+    let hook = &c.sinks["hook"];
+    assert_eq!(hook.concurrency, 2);
+    assert_eq!(
+        hook.schedule,
+        vec![Duration::from_secs(1), Duration::from_secs(60)]
+    );
+    assert!(
+        matches!(&hook.kind, SinkKind::Http { method, headers, .. } if method == http::Method::PUT && headers.len() == 1)
+    );
+    assert_eq!(c.sinks["audit"].schedule.len(), 10, "the default schedule");
+}
+
+#[test]
+fn route_mistakes_are_all_reported_with_lines() {
+    let text = format!(
+        r#"{GITHUB}
+[sinks.audit]
+kind = "slack"
+
+[sinks.ok]
+kind = "log"
+
+[[routes]]
+name = "a"
+source = "gitlab"
+to = ["nowhere"]
+
+[[routes]]
+name = "a"
+to = ["ok"]
+when = "payload.action =="
+
+[[routes]]
+name = "b"
+to = ["ok"]
+message = """
+line one
+{{{{ payload.x
+"""
+"#
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    let all: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{}: {}", p.line, p.key, p.message))
+        .collect();
+    let has = |needle: &str| all.iter().any(|m| m.contains(needle));
+    assert!(
+        has("7:sinks.audit.kind: sink kind `slack` is not available"),
+        "{all:#?}"
+    );
+    assert!(has("14:routes[0].source: no source `gitlab`"), "{all:#?}");
+    assert!(has("15:routes[0].to: no sink `nowhere`"), "{all:#?}");
+    assert!(
+        has("18:routes[1].name: a route named `a` exists already"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn template_errors_point_into_the_template() {
+    let text = format!(
+        r#"{GITHUB}
+[sinks.ok]
+kind = "log"
+
+[[routes]]
+name = "a"
+to = ["ok"]
+when = "payload.action =="
+
+[[routes]]
+name = "b"
+to = ["ok"]
+message = """
+line one
+{{{{ payload.x
+"""
+"#
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    let all: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{}", p.line, p.key))
+        .collect();
+    assert_eq!(
+        all,
+        vec!["12:routes.a.when", "18:routes.b.message"],
+        "{problems:#?}"
+    );
 }

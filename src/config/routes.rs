@@ -1,0 +1,167 @@
+//! `[[routes]]`: validated into [`RouteSpec`]s and compiled into
+//! [`Routes`]; every template error is reported with the route's name and
+//! the line it is on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::raw::{OneOrMany, RawRoute};
+use super::sinks::SinkConfig;
+use super::{Cx, Source};
+use crate::route::{ContentSpec, EventPattern, RouteSpec, Routes};
+
+impl Cx<'_> {
+    /// Checks every route against the sources and sinks, then compiles them.
+    pub(super) fn routes(
+        &mut self,
+        raw: Vec<(std::ops::Range<usize>, RawRoute)>,
+        sources: &BTreeMap<String, Source>,
+        sinks: &BTreeMap<String, SinkConfig>,
+        base_dir: &Path,
+    ) -> Option<Routes> {
+        let before = self.problems.len();
+        let mut names = BTreeSet::new();
+        let mut specs = Vec::new();
+        // Where each part of each route starts, to place compile errors.
+        let mut places: BTreeMap<(String, String), std::ops::Range<usize>> = BTreeMap::new();
+        for (i, (span, r)) in raw.into_iter().enumerate() {
+            let name = r.name.get_ref().clone();
+            let at = |k: &str| format!("routes[{i}].{k}");
+            if !names.insert(name.clone()) {
+                self.err(
+                    r.name.span(),
+                    &at("name"),
+                    format!("a route named `{name}` exists already: names must be unique"),
+                );
+            }
+            let source_list = match r.source.as_ref().map(Spanned::get_ref) {
+                None => Vec::new(),
+                Some(OneOrMany::One(s)) => vec![s.clone()],
+                Some(OneOrMany::Many(v)) => v.clone(),
+            };
+            for s in &source_list {
+                if !sources.contains_key(s) {
+                    let span = r.source.as_ref().map(Spanned::span).unwrap_or(span.clone());
+                    self.err(
+                        span,
+                        &at("source"),
+                        format!("no source `{s}` (sources: {})", join_keys(sources)),
+                    );
+                }
+            }
+            let mut to = Vec::new();
+            for sink in r.to.get_ref() {
+                if sinks.contains_key(sink.get_ref()) {
+                    to.push(sink.get_ref().clone());
+                } else {
+                    self.err(
+                        sink.span(),
+                        &at("to"),
+                        format!("no sink `{}` (sinks: {})", sink.get_ref(), join_keys(sinks)),
+                    );
+                }
+            }
+            if r.to.get_ref().is_empty() {
+                self.err(r.to.span(), &at("to"), "`to` names no sink");
+            }
+            let given = [
+                r.message.is_some(),
+                r.template.is_some(),
+                r.action.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() > 1 {
+                self.err(
+                    span.clone(),
+                    &format!("routes[{i}]"),
+                    "give one of `message`, `template` or `action`, not several",
+                );
+            }
+            if r.fields.is_some() && r.action.is_none() {
+                let s = r.fields.as_ref().map(Spanned::span).unwrap_or(span.clone());
+                self.err(s, &at("fields"), "`fields` go with an `action`");
+            }
+            let content = if let Some(m) = &r.message {
+                places.insert((name.clone(), "message".into()), m.span());
+                ContentSpec::Template {
+                    source: m.get_ref().clone(),
+                }
+            } else if let Some(t) = &r.template {
+                let path = base_dir.join(t.get_ref());
+                places.insert((name.clone(), "message".into()), t.span());
+                match std::fs::read_to_string(&path) {
+                    Ok(source) => ContentSpec::Template { source },
+                    Err(e) => {
+                        self.err(
+                            t.span(),
+                            &at("template"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        ContentSpec::Default
+                    }
+                }
+            } else if let Some(a) = &r.action {
+                self.err(
+                    a.span(),
+                    &at("action"),
+                    "actions are for the ProdMatic sink, which is not available in this build yet",
+                );
+                ContentSpec::Default
+            } else {
+                ContentSpec::Default
+            };
+            for (part, v) in [("when", &r.when), ("each", &r.each)] {
+                if let Some(v) = v {
+                    places.insert((name.clone(), part.into()), v.span());
+                }
+            }
+            specs.push(RouteSpec {
+                name,
+                sources: source_list,
+                event: r.event.as_ref().map(|e| EventPattern::new(e.get_ref())),
+                when: r.when.as_ref().map(|w| w.get_ref().clone()),
+                each: r.each.as_ref().map(|e| e.get_ref().clone()),
+                to,
+                content,
+            });
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        match Routes::compile(specs) {
+            Ok(routes) => Some(routes),
+            Err(errors) => {
+                for e in errors {
+                    let span = places
+                        .get(&(e.route.clone(), e.part.clone()))
+                        .cloned()
+                        .unwrap_or(0..0);
+                    let mut p = self.problem(
+                        span,
+                        &format!("routes.{}.{}", e.route, e.part),
+                        e.message.clone(),
+                    );
+                    // A multi-line template: point at the line inside it.
+                    if let Some(line) = e.line.filter(|l| *l > 1) {
+                        p.line += line - 1;
+                        p.column = 1;
+                    }
+                    self.problems.push(p);
+                }
+                None
+            }
+        }
+    }
+}
+
+fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
+    if map.is_empty() {
+        "none defined".into()
+    } else {
+        map.keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

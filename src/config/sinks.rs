@@ -1,0 +1,233 @@
+//! `[sinks.NAME]`: where deliveries go, validated into [`SinkConfig`].
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawSink, RawUrl};
+use super::{parse_rate, Cx, Rate};
+use crate::secret::Secret;
+
+/// The default retry schedule after the first attempt: about two days.
+pub const DEFAULT_SCHEDULE: [u64; 10] = [
+    5,
+    30,
+    120,
+    600,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    24 * 3600,
+];
+
+/// A validated sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    pub concurrency: usize,
+    pub rate_limit: Option<Rate>,
+    /// Delays before attempts 2, 3, …; after the last, dead.
+    pub schedule: Vec<Duration>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// JSON lines to a file, or to stdout.
+    Log { path: Option<std::path::PathBuf> },
+    Http {
+        /// `Err` when its secret is missing: deliveries wait and retry.
+        url: Result<Secret, String>,
+        method: http::Method,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+}
+
+impl SinkKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkKind::Log { .. } => "log",
+            SinkKind::Http { .. } => "http",
+        }
+    }
+}
+
+const COMING: [&str; 4] = ["slack", "teams", "discord", "prodmatic"];
+
+impl Cx<'_> {
+    pub(super) fn sink(&mut self, name: &str, raw: RawSink) -> Option<SinkConfig> {
+        let at = |k: &str| format!("sinks.{name}.{k}");
+        let kind_name = raw.kind.get_ref().as_str();
+        let before = self.problems.len();
+        let only =
+            |cx: &mut Self, key: &str, span: Option<std::ops::Range<usize>>, kinds: &[&str]| {
+                if let Some(span) = span {
+                    if !kinds.contains(&kind_name) {
+                        cx.err(
+                            span,
+                            &at(key),
+                            format!("`{key}` does not apply to sink kind `{kind_name}`: remove it"),
+                        );
+                    }
+                }
+            };
+        only(self, "url", raw.url.as_ref().map(Spanned::span), &["http"]);
+        only(
+            self,
+            "method",
+            raw.method.as_ref().map(Spanned::span),
+            &["http"],
+        );
+        only(
+            self,
+            "headers",
+            raw.headers.as_ref().map(Spanned::span),
+            &["http"],
+        );
+        only(self, "path", raw.path.as_ref().map(Spanned::span), &["log"]);
+        let kind = match kind_name {
+            "log" => Some(SinkKind::Log {
+                path: raw.path.as_ref().map(|p| p.get_ref().into()),
+            }),
+            "http" => self.http_sink(name, &raw),
+            k if COMING.contains(&k) => {
+                self.err(
+                    raw.kind.span(),
+                    &at("kind"),
+                    format!("sink kind `{k}` is not available in this build yet: use `http` (any URL) or `log` for now"),
+                );
+                None
+            }
+            other => {
+                self.err(
+                    raw.kind.span(),
+                    &at("kind"),
+                    format!("unknown sink kind `{other}`: use one of log, http"),
+                );
+                None
+            }
+        };
+        let concurrency = self.positive(&raw.concurrency, &at("concurrency"), 4);
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .and_then(|v| match parse_rate(v.get_ref()) {
+                Some(r) => Some(r),
+                None => {
+                    self.err(
+                        v.span(),
+                        &at("rate_limit"),
+                        format!(
+                            "`{}` is not a rate: write it like \"1/s\" or \"30/m\"",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+        let schedule = match &raw.retry {
+            None => DEFAULT_SCHEDULE.iter().map(|s| Duration::from_secs(*s)).collect(),
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .filter_map(|d| match humantime::parse_duration(d) {
+                    Ok(d) => Some(d),
+                    Err(_) => {
+                        self.err(
+                            list.span(),
+                            &at("retry"),
+                            format!("`{d}` is not a duration: write the list like [\"5s\", \"1m\", \"1h\"]"),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let timeout = self.duration(&raw.timeout, &at("timeout"), Duration::from_secs(15));
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(SinkConfig {
+            name: name.to_owned(),
+            kind: kind?,
+            concurrency,
+            rate_limit,
+            schedule,
+            timeout,
+        })
+    }
+
+    fn http_sink(&mut self, name: &str, raw: &RawSink) -> Option<SinkKind> {
+        let at = |k: &str| format!("sinks.{name}.{k}");
+        let Some(url) = raw.url.as_ref() else {
+            self.err(
+                raw.kind.span(),
+                &format!("sinks.{name}"),
+                "an `http` sink needs `url`",
+            );
+            return None;
+        };
+        let url = match url.get_ref() {
+            RawUrl::Plain(u) => Ok(Secret::new(u.as_str())),
+            RawUrl::Secret(s) => self.resolve_at(
+                url.span(),
+                s,
+                &at("url"),
+                super::secrets::SecretShape::Token,
+            )?,
+        };
+        if let Ok(u) = &url {
+            let text = u.expose_str().unwrap_or("");
+            let ok = text
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
+            if !ok {
+                self.err(url_span(raw), &at("url"), "not an http:// or https:// URL");
+            }
+        }
+        let method = match raw.method.as_ref() {
+            None => http::Method::POST,
+            Some(m) => {
+                match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.err(
+                            m.span(),
+                            &at("method"),
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                        );
+                        http::Method::POST
+                    }
+                }
+            }
+        };
+        let mut headers = Vec::new();
+        if let Some(h) = raw.headers.as_ref() {
+            for (k, v) in h.get_ref() {
+                match (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(v),
+                ) {
+                    (Ok(k), Ok(v)) => headers.push((k, v)),
+                    _ => self.err(
+                        h.span(),
+                        &at("headers"),
+                        format!("`{k}: {v}` is not a valid header"),
+                    ),
+                }
+            }
+        }
+        Some(SinkKind::Http {
+            url,
+            method,
+            headers,
+        })
+    }
+}
+
+fn url_span(raw: &RawSink) -> std::ops::Range<usize> {
+    raw.url.as_ref().map(Spanned::span).unwrap_or(0..0)
+}
