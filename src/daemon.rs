@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Proof};
+use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::queue::{Queue, QueueError, SledQueue};
 
@@ -33,6 +34,8 @@ pub enum DaemonError {
         #[source]
         source: QueueError,
     },
+    #[error("sink `{name}`: {reason}")]
+    Sink { name: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -67,8 +70,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     };
     let ingress = bind(config.server.listen).await?;
     let admin = bind(config.server.admin_listen).await?;
-    serve(ingress, admin, config, queue, shutdown).await;
-    Ok(())
+    serve(ingress, admin, config, queue, shutdown).await
+}
+
+/// Builds every configured sink.
+pub fn build_sinks(config: &Config) -> Result<Sinks, DaemonError> {
+    config
+        .sinks
+        .values()
+        .map(|c| {
+            let sink = crate::sink::build(c).map_err(|reason| DaemonError::Sink {
+                name: c.name.clone(),
+                reason,
+            })?;
+            Ok((c.name.clone(), SinkRuntime::new(c.clone(), sink)))
+        })
+        .collect()
 }
 
 /// Serves on already-bound listeners (tests bind port 0).
@@ -78,7 +95,8 @@ pub async fn serve(
     config: Config,
     queue: Arc<SledQueue>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), DaemonError> {
+    let sinks = Arc::new(build_sinks(&config)?);
     for source in config.sources.values() {
         if let Proof::Closed(reason) = &source.proof {
             tracing::error!(source = %source.name, reason = %reason, "source closed: it answers 503 until its secret is set");
@@ -149,7 +167,24 @@ pub async fn serve(
         stopping.cancelled().await;
         crate::notify::notify("STOPPING=1");
     });
+    // Routing and delivery stop after ingress: what was accepted during the
+    // drain is routed at the next start (it is in the log).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let routes = Arc::new(config.routes);
+    let stages = CancellationToken::new();
+    let router_task = tokio::spawn(crate::router::run(
+        queue.clone(),
+        routes,
+        sinks.clone(),
+        wake.clone(),
+        stages.clone(),
+    ));
+    let dispatcher = Dispatcher::new(queue.clone(), sinks, wake);
+    let dispatch_task = tokio::spawn(dispatcher.run(stages.clone(), DRAIN_TIMEOUT));
     tokio::join!(ingress_task, admin_task);
+    stages.cancel();
+    let _ = router_task.await;
+    let _ = dispatch_task.await;
     let _ = prune_task.await;
     // Every accepted request has had its answer; nothing new can come in.
     queue.close();
@@ -157,4 +192,5 @@ pub async fn serve(
         Ok(()) => tracing::info!("queue flushed; stopped"),
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
+    Ok(())
 }

@@ -3,14 +3,18 @@
 //! daemon (`daemon`) ties them to the listeners and shutdown.
 
 pub mod admin;
+pub mod bucket;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
 pub mod ingress;
 pub mod notify;
 pub mod queue;
 pub mod route;
+pub mod router;
 pub mod samples;
 pub mod secret;
 pub mod send;
+pub mod sink;
 pub mod verify;

@@ -6,7 +6,6 @@
 //! (200) → queue (202 after fsync, or 503).
 
 pub mod client_ip;
-mod limit;
 pub mod listener;
 
 use std::collections::HashMap;
@@ -21,10 +20,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use sha2::Digest;
 
+use crate::bucket::Bucket;
 use crate::config::{Proof, Server, Source};
 use crate::queue::{unix_millis, Appended, EventRecord, NewEvent, Queue, QueueError};
 use crate::verify::Inbound;
-use limit::Bucket;
 
 /// Headers never stored with an event: they carry credentials.
 const CREDENTIAL_HEADERS: [&str; 5] = [

@@ -5,6 +5,8 @@
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
 //! an error, nothing of the event remains.
 
+mod deliveries;
+mod delivery;
 mod log;
 mod record;
 mod sled_queue;
@@ -14,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
+pub use delivery::{Attempt, DeliveryRecord, Frozen};
 pub use record::{DecodeError, EventRecord};
 pub use sled_queue::SledQueue;
 
@@ -71,6 +74,15 @@ pub struct Stats {
     pub seen: u64,
     /// Bytes on disk.
     pub disk_bytes: u64,
+    /// Deliveries waiting for their (next) attempt.
+    #[serde(default)]
+    pub deliveries: u64,
+    /// Deliveries that failed for good.
+    #[serde(default)]
+    pub dead: u64,
+    /// Events no route matched.
+    #[serde(default)]
+    pub unmatched: u64,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -31,8 +31,14 @@ const BATCH_MAX: usize = 1024;
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct SledQueue {
-    db: sled::Db,
-    inbox: sled::Tree,
+    pub(super) db: sled::Db,
+    pub(super) inbox: sled::Tree,
+    /// Pending deliveries by due time (`delivery.rs`).
+    pub(super) deliveries: sled::Tree,
+    /// Dead deliveries by id.
+    pub(super) dead: sled::Tree,
+    /// Events no route matched, by id (kept for inspection).
+    pub(super) unmatched: sled::Tree,
     log_dir: std::path::PathBuf,
     reader: log::Reader,
     seen: sled::Tree,
@@ -64,6 +70,9 @@ impl SledQueue {
         let inbox = db.open_tree("inbox")?;
         let seen = db.open_tree("seen")?;
         let meta = db.open_tree("meta")?;
+        let deliveries = db.open_tree("deliveries")?;
+        let dead = db.open_tree("dead")?;
+        let unmatched = db.open_tree("unmatched")?;
         let file = std::fs::File::open(sled_dir.join("db")).map_err(QueueError::Storage)?;
         let store = Arc::new(Store {
             db: db.clone(),
@@ -111,6 +120,9 @@ impl SledQueue {
         Ok(SledQueue {
             db,
             inbox,
+            deliveries,
+            dead,
+            unmatched,
             reader: log::Reader::new(&log_dir),
             log_dir,
             seen: store.seen.clone(),
@@ -124,8 +136,33 @@ impl SledQueue {
     /// Every event in the inbox, oldest first.
     pub fn inbox(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
         self.shared.settle(SETTLE_LIMIT);
+        self.inbox_page(usize::MAX)
+    }
+
+    /// Every event the log holds, routed or not, oldest first (for
+    /// inspection and tests; reads every segment).
+    pub fn events(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
+        self.shared.settle(SETTLE_LIMIT);
+        let mut out = Vec::new();
+        for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
+            for found in log::scan(&self.log_dir, seq, 0).map_err(QueueError::Storage)? {
+                let log::LogEntry::V1 { record, .. } = found.entry;
+                let record = EventRecord::decode(&record).map_err(|e| QueueError::Corrupt {
+                    key: found.id.to_string(),
+                    reason: e.to_string(),
+                })?;
+                out.push((found.id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `n` events from the front of the inbox, oldest first (what the
+    /// indexer has recorded so far; no waiting).
+    pub fn inbox_page(&self, n: usize) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
         self.inbox
             .iter()
+            .take(n)
             .map(|kv| {
                 let (k, v) = kv?;
                 let corrupt = |reason: String| QueueError::Corrupt {
@@ -215,6 +252,9 @@ impl Queue for SledQueue {
         self.shared.settle(SETTLE_LIMIT);
         Ok(Stats {
             inbox: self.inbox.len() as u64,
+            deliveries: self.deliveries.len() as u64,
+            dead: self.dead.len() as u64,
+            unmatched: self.unmatched.len() as u64,
             seen: self.seen.len() as u64,
             disk_bytes: self.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
         })

@@ -403,7 +403,6 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
 /// The indexer loop; runs until the writer is gone, then checkpoints.
 pub fn run_indexer(store: Arc<Store>, shared: Arc<Shared>, rx: std_mpsc::Receiver<Vec<Logged>>) {
     let mut last_checkpoint = Instant::now();
-    let mut dirty = false;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(batch) => Some(batch),
@@ -416,14 +415,14 @@ pub fn run_indexer(store: Arc<Store>, shared: Arc<Shared>, rx: std_mpsc::Receive
                 tracing::error!(error = %e, "cannot index logged events into sled; the log keeps them");
                 shared.failing.store(true, Ordering::Release);
             }
-            dirty = true;
         }
-        if dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+        // The router and dispatcher write to sled too: checkpoint on time,
+        // not only after new events.
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             if let Err(e) = store.checkpoint() {
                 tracing::error!(error = %e, "sled checkpoint failed; the log keeps everything");
             }
             last_checkpoint = Instant::now();
-            dirty = false;
         }
     }
     if let Err(e) = store.checkpoint() {

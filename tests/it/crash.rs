@@ -107,7 +107,7 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
 
     let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
     let mut stored = BTreeMap::<String, usize>::new();
-    for (_, record) in queue.inbox().unwrap() {
+    for (_, record) in queue.events().unwrap() {
         *stored.entry(record.delivery_id).or_default() += 1;
     }
     let lost: Vec<&String> = acked
@@ -265,7 +265,7 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
     assert!(daemon.terminate().success());
     let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
     let stored: std::collections::HashSet<String> = queue
-        .inbox()
+        .events()
         .unwrap()
         .into_iter()
         .map(|(_, r)| r.delivery_id)

@@ -176,3 +176,15 @@ async fn the_index_is_rebuilt_from_the_log() {
     };
     assert!(next > ids[49]);
 }
+
+#[tokio::test]
+async fn events_lists_everything_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let now = SystemTime::now();
+    for i in 0..8 {
+        q.append(event("gh", &format!("e{i}")), now).await.unwrap();
+        q.append(event("gh", &format!("e{i}")), now).await.unwrap();
+    }
+    assert_eq!(q.events().unwrap().len(), 8);
+}

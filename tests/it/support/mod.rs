@@ -71,7 +71,7 @@ pub struct TestGateway {
     pub queue: Arc<SledQueue>,
     pub providers: HashMap<String, Arc<dyn Provider>>,
     shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), hookgate::daemon::DaemonError>>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -178,9 +178,10 @@ impl TestGateway {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    pub fn inbox(&self) -> Vec<EventRecord> {
+    /// Every event stored, routed or not.
+    pub fn events(&self) -> Vec<EventRecord> {
         self.queue
-            .inbox()
+            .events()
             .unwrap()
             .into_iter()
             .map(|(_, r)| r)
@@ -190,7 +191,7 @@ impl TestGateway {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
-            t.await.unwrap();
+            t.await.unwrap().unwrap();
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Per-source request rate: a token bucket (429 beyond it).
+//! A token bucket: per-source ingress rates (429 beyond) and per-sink
+//! delivery rates.
 
 use std::sync::Mutex;
 use std::time::Instant;

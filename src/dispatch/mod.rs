@@ -1,0 +1,252 @@
+//! The delivery loop: for each sink, take its due deliveries, attempt them
+//! within the sink's concurrency, rate limit and circuit breaker, and write
+//! each outcome back (done, rescheduled, or dead with its history).
+//!
+//! In-flight records are leased in memory only: after a crash they are
+//! simply due again (at least once). Each sink's deliveries are their own
+//! range in sled, so a slow or broken sink never delays another.
+
+pub mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bucket::Bucket;
+use crate::config::SinkConfig;
+use crate::queue::{unix_millis, Attempt, DeliveryRecord, SledQueue};
+use crate::sink::{Answer, Sink, Verdict};
+use policy::{Breaker, Next};
+
+/// Most due records looked at per sink per pass.
+const PAGE: usize = 256;
+/// Longest sleep between passes; also the poll interval while a sink is
+/// blocked (breaker open, all slots busy).
+const IDLE: Duration = Duration::from_millis(200);
+/// Attempt history kept on a record.
+const HISTORY: usize = 30;
+
+/// A configured sink at run time.
+pub struct SinkRuntime {
+    pub config: SinkConfig,
+    pub sink: Box<dyn Sink>,
+    slots: Arc<Semaphore>,
+    bucket: Option<Bucket>,
+    breaker: Mutex<Breaker>,
+    /// Set by a "this webhook is gone" answer: new deliveries go dead.
+    broken: Mutex<Option<String>>,
+}
+
+impl SinkRuntime {
+    pub fn new(config: SinkConfig, sink: Box<dyn Sink>) -> SinkRuntime {
+        SinkRuntime {
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            bucket: config.rate_limit.map(Bucket::new),
+            breaker: Mutex::new(Breaker::default()),
+            broken: Mutex::new(None),
+            config,
+            sink,
+        }
+    }
+}
+
+/// The sinks by name, shared by the router (prepare) and the dispatcher.
+pub type Sinks = HashMap<String, SinkRuntime>;
+
+pub struct Dispatcher {
+    queue: Arc<SledQueue>,
+    sinks: Arc<Sinks>,
+    /// Rung by the router when it adds deliveries, and by finished attempts.
+    wake: Arc<Notify>,
+    leased: Mutex<HashSet<u64>>,
+}
+
+impl Dispatcher {
+    pub fn new(queue: Arc<SledQueue>, sinks: Arc<Sinks>, wake: Arc<Notify>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            queue,
+            sinks,
+            wake,
+            leased: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Runs until `shutdown`, then lets in-flight attempts settle (up to
+    /// `drain`): their outcomes are written back before this returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
+        let names: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+        match self
+            .queue
+            .bury_orphans(&names, unix_millis(SystemTime::now()))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                deliveries = n,
+                "deliveries to removed sinks are dead (reason: sink removed)"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot check for deliveries to removed sinks"),
+        }
+        let tracker = TaskTracker::new();
+        loop {
+            let mut sleep = IDLE;
+            for (name, sink) in self.sinks.iter() {
+                match self.pass(name, sink, &tracker) {
+                    Ok(Some(wait)) => sleep = sleep.min(wait),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(sink = %name, error = %e, "cannot read due deliveries")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!("attempts still in flight at the drain deadline; they will be due again at the next start");
+        }
+    }
+
+    /// Starts what `sink` may start now. Returns how long until its next
+    /// due delivery, when known.
+    fn pass(
+        self: &Arc<Self>,
+        name: &str,
+        sink: &SinkRuntime,
+        tracker: &TaskTracker,
+    ) -> Result<Option<Duration>, crate::queue::QueueError> {
+        let now = unix_millis(SystemTime::now());
+        for rec in self.queue.due(name, now, PAGE)? {
+            if self.leased.lock().expect("lease lock").contains(&rec.id) {
+                continue;
+            }
+            if let Some(reason) = sink.broken.lock().expect("broken lock").clone() {
+                self.finish_dead(rec, format!("sink disabled: {reason}"));
+                continue;
+            }
+            if !sink.breaker.lock().expect("breaker lock").allows(now) {
+                break;
+            }
+            let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            if sink
+                .bucket
+                .as_ref()
+                .is_some_and(|b| !b.try_take(Instant::now()))
+            {
+                break;
+            }
+            self.leased.lock().expect("lease lock").insert(rec.id);
+            let this = self.clone();
+            let name = name.to_owned();
+            tracker.spawn(async move {
+                this.attempt(&name, rec).await;
+                drop(permit);
+                this.wake.notify_one();
+            });
+        }
+        let next = self.queue.next_due(name)?;
+        Ok(next.map(|due| Duration::from_millis(due.saturating_sub(now))))
+    }
+
+    async fn attempt(&self, name: &str, mut rec: DeliveryRecord) {
+        let sink = &self.sinks[name];
+        let old_key = rec.due_key();
+        let started = Instant::now();
+        // The sink has its own timeout; this one only guards against a sink
+        // that ignores it.
+        let limit = sink.config.timeout + Duration::from_secs(5);
+        let answer = match tokio::time::timeout(limit, sink.sink.send(&rec)).await {
+            Ok(a) => a,
+            Err(_) => Answer {
+                verdict: Verdict::Retry {
+                    after: None,
+                    why: "timeout".into(),
+                },
+                status: None,
+                response: String::new(),
+            },
+        };
+        let now = unix_millis(SystemTime::now());
+        rec.attempts.push(Attempt {
+            at_ms: now,
+            status: answer.status,
+            latency_ms: started.elapsed().as_millis() as u64,
+            outcome: outcome_label(&answer.verdict),
+            response: answer.response.clone(),
+        });
+        if rec.attempts.len() > HISTORY {
+            rec.attempts.remove(1); // keep the first and the latest
+        }
+        {
+            let mut breaker = sink.breaker.lock().expect("breaker lock");
+            match &answer.verdict {
+                Verdict::Delivered => breaker.success(),
+                Verdict::Retry { .. } => breaker.failure(now),
+                _ => {}
+            }
+        }
+        if let Verdict::SinkGone(why) = &answer.verdict {
+            tracing::error!(sink = %name, reason = %why, "sink disabled: the platform says this webhook is gone; replay its dead letters after fixing it");
+            *sink.broken.lock().expect("broken lock") = Some(why.clone());
+        }
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let result = match policy::next(
+            &answer.verdict,
+            rec.failures,
+            &sink.config.schedule,
+            now,
+            jitter,
+        ) {
+            Next::Done => {
+                tracing::debug!(sink = %name, delivery = rec.id, "delivered");
+                self.queue.update(&old_key, &rec, true)
+            }
+            Next::At { due_ms, counted } => {
+                if counted {
+                    rec.failures += 1;
+                }
+                rec.due_ms = due_ms;
+                tracing::info!(sink = %name, delivery = rec.id, outcome = %outcome_label(&answer.verdict), retry_in_ms = due_ms.saturating_sub(now), "will retry");
+                self.queue.update(&old_key, &rec, false)
+            }
+            Next::Dead(reason) => {
+                tracing::warn!(sink = %name, delivery = rec.id, reason = %reason, "delivery is dead");
+                rec.reason = Some(reason);
+                rec.dead_ms = Some(now);
+                self.queue.bury(&old_key, &rec)
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome; it will be attempted again");
+        }
+        self.leased.lock().expect("lease lock").remove(&rec.id);
+    }
+
+    fn finish_dead(&self, mut rec: DeliveryRecord, reason: String) {
+        let old = rec.due_key();
+        rec.dead_ms = Some(unix_millis(SystemTime::now()));
+        rec.reason = Some(reason);
+        if let Err(e) = self.queue.bury(&old, &rec) {
+            tracing::error!(delivery = rec.id, error = %e, "cannot move a delivery to dead");
+        }
+    }
+}
+
+fn outcome_label(v: &Verdict) -> String {
+    match v {
+        Verdict::Delivered => "delivered".into(),
+        Verdict::Retry { why, .. } => format!("retry: {why}"),
+        Verdict::RateLimited { after } => format!("rate limited for {}s", after.as_secs()),
+        Verdict::Permanent(why) => format!("permanent: {why}"),
+        Verdict::SinkGone(why) => format!("sink gone: {why}"),
+    }
+}

@@ -1,0 +1,196 @@
+//! Routing results and delivery state in sled: the router hands over an
+//! event's deliveries and drops its inbox pointer in one transaction; the
+//! dispatcher moves records between `deliveries` (by due time) and `dead`.
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::delivery::sink_prefix;
+use super::{DeliveryRecord, EventId, QueueError, SledQueue};
+
+fn tx_err(e: TransactionError<()>) -> QueueError {
+    match e {
+        TransactionError::Storage(e) => e.into(),
+        TransactionError::Abort(()) => {
+            QueueError::Storage(std::io::Error::other("transaction aborted"))
+        }
+    }
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueError> {
+    DeliveryRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
+        key: hex::encode(key),
+        reason: e.to_string(),
+    })
+}
+
+impl SledQueue {
+    /// A fresh delivery id.
+    pub fn next_delivery_id(&self) -> Result<u64, QueueError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Records what routing made of `event`: pending deliveries, deliveries
+    /// born dead (their template failed), or, when both are empty, that no
+    /// route matched. The inbox pointer goes in the same transaction.
+    pub fn routed(
+        &self,
+        event: EventId,
+        pending: &[DeliveryRecord],
+        dead: &[DeliveryRecord],
+    ) -> Result<(), QueueError> {
+        let key = event.0.to_be_bytes();
+        let pending: Vec<(Vec<u8>, Vec<u8>)> =
+            pending.iter().map(|d| (d.due_key(), d.encode())).collect();
+        let dead: Vec<([u8; 8], Vec<u8>)> = dead
+            .iter()
+            .map(|d| (d.id.to_be_bytes(), d.encode()))
+            .collect();
+        let unmatched = pending.is_empty() && dead.is_empty();
+        (&self.inbox, &self.deliveries, &self.dead, &self.unmatched)
+            .transaction(|(inbox, deliveries, dead_tree, unmatched_tree)| {
+                inbox.remove(&key[..])?;
+                for (k, v) in &pending {
+                    deliveries.insert(&k[..], v.as_slice())?;
+                }
+                for (k, v) in &dead {
+                    dead_tree.insert(&k[..], v.as_slice())?;
+                }
+                if unmatched {
+                    unmatched_tree.insert(&key[..], &[][..])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// `sink`'s deliveries due at `now_ms`, earliest first, at most `n`.
+    pub fn due(
+        &self,
+        sink: &str,
+        now_ms: u64,
+        n: usize,
+    ) -> Result<Vec<DeliveryRecord>, QueueError> {
+        let start = sink_prefix(sink);
+        let mut end = start.clone();
+        end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+        self.deliveries
+            .range(start..end)
+            .take(n)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// When `sink`'s earliest pending delivery is due.
+    pub fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError> {
+        let prefix = sink_prefix(sink);
+        Ok(match self.deliveries.scan_prefix(&prefix).next() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                k.get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            }
+            None => None,
+        })
+    }
+
+    /// Pending deliveries whose sink is not in `sinks` (removed from the
+    /// config): they go dead with that reason rather than wait forever.
+    pub fn bury_orphans(&self, sinks: &[&str], now_ms: u64) -> Result<usize, QueueError> {
+        let mut buried = 0;
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv?;
+            let mut rec = decode(&k, &v)?;
+            if sinks.contains(&rec.sink.as_str()) {
+                continue;
+            }
+            rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
+            rec.dead_ms = Some(now_ms);
+            self.bury(&k, &rec)?;
+            buried += 1;
+        }
+        Ok(buried)
+    }
+
+    /// Replaces the record at `old` (its previous due key) with `rec`:
+    /// rescheduled when `rec` is pending, removed when `done`.
+    pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
+        let value = rec.encode();
+        let new = rec.due_key();
+        self.deliveries
+            .transaction(|t| {
+                t.remove(old)?;
+                if !done {
+                    t.insert(&new[..], value.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// Moves the record at `old` to `dead`.
+    pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
+        let value = rec.encode();
+        let id = rec.id.to_be_bytes();
+        (&self.deliveries, &self.dead)
+            .transaction(|(deliveries, dead)| {
+                deliveries.remove(old)?;
+                dead.insert(&id[..], value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// Every dead delivery, oldest id first.
+    pub fn dead_letters(&self) -> Result<Vec<DeliveryRecord>, QueueError> {
+        self.dead
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// One dead delivery.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeliveryRecord>, QueueError> {
+        match self.dead.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(decode(&id.to_be_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves dead deliveries back to pending, due at `now_ms`, with a fresh
+    /// schedule (their attempt history kept). `None` requeues all. Returns
+    /// how many moved.
+    pub fn requeue(&self, id: Option<u64>, now_ms: u64) -> Result<usize, QueueError> {
+        let records = match id {
+            Some(id) => self.dead_letter(id)?.into_iter().collect(),
+            None => self.dead_letters()?,
+        };
+        let mut moved = 0;
+        for mut rec in records {
+            if rec.frozen.is_none() {
+                // Its template failed: there is nothing to send.
+                continue;
+            }
+            rec.due_ms = now_ms;
+            rec.failures = 0;
+            rec.reason = None;
+            rec.dead_ms = None;
+            let (key, value, id) = (rec.due_key(), rec.encode(), rec.id.to_be_bytes());
+            (&self.deliveries, &self.dead)
+                .transaction(|(deliveries, dead)| {
+                    dead.remove(&id[..])?;
+                    deliveries.insert(&key[..], value.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(tx_err)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}

@@ -1,0 +1,164 @@
+//! The router stage: takes inbox events in order, evaluates every route,
+//! freezes each delivery's request with its sink, and in one sled
+//! transaction writes the deliveries and drops the inbox pointer. An event
+//! no route matches is recorded as unmatched; a route whose template fails
+//! makes dead deliveries with the error, and the other routes go on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Sinks;
+use crate::queue::{unix_millis, DeliveryRecord, EventId, EventRecord, QueueError, SledQueue};
+use crate::route::{EventContext, Outcome, Routes};
+
+/// Events routed per pass.
+const PAGE: usize = 64;
+/// Wait between looks at an empty inbox.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// Routes until `shutdown`. `wake` tells the dispatcher about new work.
+pub async fn run(
+    queue: Arc<SledQueue>,
+    routes: Arc<Routes>,
+    sinks: Arc<Sinks>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let q = queue.clone();
+        let page = match tokio::task::spawn_blocking(move || q.inbox_page(PAGE)).await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the inbox");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "inbox reader failed");
+                Vec::new()
+            }
+        };
+        if page.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(IDLE) => continue,
+            }
+        }
+        for (id, event) in page {
+            if let Err(e) = route_one(&queue, &routes, &sinks, id, &event) {
+                tracing::error!(event = %id, error = %e, "cannot record routing; the event stays in the inbox");
+                tokio::time::sleep(IDLE).await;
+                break;
+            }
+        }
+        wake.notify_one();
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Routes one event and records the result.
+pub fn route_one(
+    queue: &SledQueue,
+    routes: &Routes,
+    sinks: &Sinks,
+    id: EventId,
+    event: &EventRecord,
+) -> Result<(), QueueError> {
+    let ctx = context(event);
+    let now = unix_millis(SystemTime::now());
+    let mut pending = Vec::new();
+    let mut dead = Vec::new();
+    for outcome in routes.evaluate(&ctx) {
+        let (route, sink, item) = match &outcome {
+            Outcome::Rendered {
+                route, sink, item, ..
+            } => (route, sink, *item),
+            Outcome::Failed { route, sink, .. } => (route, sink, None),
+        };
+        let mut rec = DeliveryRecord {
+            id: queue.next_delivery_id()?,
+            event_id: id.0,
+            source: event.source.clone(),
+            event: event.event.clone(),
+            delivery_id: event.delivery_id.clone(),
+            route: route.clone(),
+            sink: sink.clone(),
+            item: item.map(|i| i as u32),
+            idempotency_key: idempotency_key(id, route, sink, item),
+            created_ms: now,
+            due_ms: now,
+            failures: 0,
+            attempts: Vec::new(),
+            reason: None,
+            dead_ms: None,
+            frozen: None,
+        };
+        let frozen = match &outcome {
+            Outcome::Failed { error, .. } => Err(format!("template: {error}")),
+            Outcome::Rendered { content, .. } => match sinks.get(sink) {
+                Some(s) => s
+                    .sink
+                    .prepare(content, event)
+                    .map_err(|e| format!("prepare: {e}")),
+                None => Err(format!("sink `{sink}` is not configured")),
+            },
+        };
+        match frozen {
+            Ok(f) => {
+                rec.frozen = Some(f);
+                pending.push(rec);
+            }
+            Err(reason) => {
+                tracing::warn!(event = %id, route = %route, sink = %sink, reason = %reason, "delivery is dead before its first attempt");
+                rec.reason = Some(reason);
+                rec.dead_ms = Some(now);
+                dead.push(rec);
+            }
+        }
+    }
+    if pending.is_empty() && dead.is_empty() {
+        tracing::debug!(event = %id, source = %event.source, kind = %event.event, "no route matched");
+    }
+    queue.routed(id, &pending, &dead)
+}
+
+/// Stable across re-routing after a crash, so a sink that honours
+/// `Idempotency-Key` applies a delivery once.
+fn idempotency_key(id: EventId, route: &str, sink: &str, item: Option<usize>) -> String {
+    match item {
+        Some(i) => format!("{id}.{route}.{sink}.{i}"),
+        None => format!("{id}.{route}.{sink}"),
+    }
+}
+
+/// What routes see of an event.
+pub fn context(event: &EventRecord) -> EventContext {
+    let headers: BTreeMap<String, String> = event
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let mut map = http::HeaderMap::new();
+    if let Some(ct) = headers.get("content-type").and_then(|v| v.parse().ok()) {
+        map.insert(http::header::CONTENT_TYPE, ct);
+    }
+    // GitHub's form-encoded deliveries carry the JSON in `payload`.
+    let json = crate::verify::github::payload_json(&map, &event.body)
+        .map(|b| b.into_owned())
+        .unwrap_or_else(|_| event.body.clone());
+    let payload = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
+    let received = SystemTime::UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
+    EventContext {
+        source: event.source.clone(),
+        event: event.event.clone(),
+        delivery_id: event.delivery_id.clone(),
+        received_at: humantime::format_rfc3339_millis(received).to_string(),
+        headers,
+        payload,
+    }
+}
