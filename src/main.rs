@@ -277,8 +277,13 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&stats)?);
     } else {
         println!(
-            "inbox {}  seen {}  disk {} bytes",
-            stats.inbox, stats.seen, stats.disk_bytes
+            "inbox {}  deliveries {}  dead {}  unmatched {}  seen {}  disk {} bytes",
+            stats.inbox,
+            stats.deliveries,
+            stats.dead,
+            stats.unmatched,
+            stats.seen,
+            stats.disk_bytes
         );
     }
     Ok(ExitCode::SUCCESS)
