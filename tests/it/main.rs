@@ -3,5 +3,6 @@
 
 mod cli;
 mod crash;
+mod delivery;
 mod ingress;
 mod support;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +68,8 @@ secret = { file = "{dir}/standard" }
 "#;
 
 pub struct TestGateway {
+    server: String,
+    sources: String,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub queue: Arc<SledQueue>,
@@ -87,7 +91,24 @@ pub fn with_secrets(dir: &std::path::Path, toml: &str) -> String {
 impl TestGateway {
     /// Starts the gateway with `[server]` lines `server` and sources `sources`.
     pub async fn start(server: &str, sources: &str) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), server, sources).await
+    }
+
+    /// Stops, then starts again on the same data with the same config.
+    pub async fn restart(mut self) -> TestGateway {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let (server, sources) = (self.server.clone(), self.sources.clone());
+        drop(self);
+        // sled releases its lock when its threads are gone.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Self::start_in(dir, &server, &sources).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, server: &str, sources: &str) -> TestGateway {
         let data = dir.path().join("data");
         let text = with_secrets(
             dir.path(),
@@ -120,6 +141,8 @@ impl TestGateway {
             shutdown.clone(),
         ));
         TestGateway {
+            server: server.to_owned(),
+            sources: sources.to_owned(),
             addr,
             admin: admin_addr,
             queue,

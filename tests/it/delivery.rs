@@ -1,0 +1,382 @@
+//! Routing and delivery end to end: the real server, a stand-in target on
+//! loopback, exact bytes and headers, retries, dead letters, isolation.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::*;
+
+const GITHUB: &str = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+"#;
+
+/// A config with one http sink to `url` (extra sink keys in `sink`) and a
+/// route for GitHub pushes.
+fn config(url: &str, sink: &str, route: &str) -> String {
+    format!(
+        r#"{GITHUB}
+[sinks.target]
+kind = "http"
+url = "{url}"
+{sink}
+
+[[routes]]
+name = "pushes"
+source = "github"
+event = "push"
+to = ["target"]
+{route}
+"#
+    )
+}
+
+async fn push(gw: &TestGateway, id: &str) -> Vec<u8> {
+    let body = sample("github", "push");
+    let signed = gw.sign("github", "push", &body, id);
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
+    body
+}
+
+/// Waits until the queue shows `dead` dead letters.
+async fn wait_dead(gw: &TestGateway, dead: usize) -> Vec<hookgate::queue::DeliveryRecord> {
+    for _ in 0..200 {
+        let letters = gw.queue.dead_letters().unwrap();
+        if letters.len() >= dead {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    gw.queue.dead_letters().unwrap()
+}
+
+#[tokio::test]
+async fn http_sink_gets_the_original_bytes_and_identity_headers() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let gw = TestGateway::start("", &config(&rx.url("/in?x=1"), "", "")).await;
+    let body = push(&gw, "exact-1").await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.method, http::Method::POST);
+    assert_eq!(r.path, "/in?x=1");
+    assert_eq!(
+        r.body.as_ref(),
+        body.as_slice(),
+        "the payload byte for byte"
+    );
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["hookgate-source"], "github");
+    assert_eq!(r.headers["hookgate-event"], "push");
+    assert_eq!(r.headers["hookgate-delivery"], "exact-1");
+    let key = r.headers["idempotency-key"].to_str().unwrap();
+    assert!(
+        key.starts_with("evt_") && key.ends_with(".pushes.target"),
+        "{key}"
+    );
+    // Delivered: nothing pending, nothing dead.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.queue.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_message_replaces_the_body_and_unmatched_events_are_kept() {
+    let rx = Receiver::start(Reply::status(204)).await;
+    let route = r#"message = '{"text": {{ (payload.pusher.name ~ " pushed " ~ payload.commits | length ~ " commits") | tojson }}}'"#;
+    let gw = TestGateway::start("", &config(&rx.url("/"), "", route)).await;
+    push(&gw, "msg-1").await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let v: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert!(
+        v["text"].as_str().unwrap().ends_with("pushed 2 commits"),
+        "{v}"
+    );
+    assert_eq!(got[0].headers["content-type"], "application/json");
+    // An issues event matches no route: recorded, not delivered.
+    let s = gw.sign(
+        "github",
+        "issues",
+        &sample("github", "issues"),
+        "unmatched-1",
+    );
+    assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 1);
+    assert_eq!(
+        hookgate::queue::Queue::stats(gw.queue.as_ref())
+            .unwrap()
+            .unmatched,
+        1
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_follow_the_schedule_and_429_waits_for_retry_after() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([
+        Reply::status(503).header("Retry-After", "1"),
+        Reply::status(429).header("Retry-After", "1"),
+        Reply::status(500),
+    ]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), r#"retry = ["200ms", "200ms", "200ms"]"#, ""),
+    )
+    .await;
+    push(&gw, "retry-1").await;
+    let got = rx.wait_for(4, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 4, "503, 429, 500, then 200");
+    let gap = |a: usize, b: usize| got[b].at - got[a].at;
+    assert!(
+        gap(0, 1) >= Duration::from_millis(950),
+        "Retry-After on a 503 is a floor: {:?}",
+        gap(0, 1)
+    );
+    assert!(
+        gap(1, 2) >= Duration::from_millis(950),
+        "429 waits for Retry-After: {:?}",
+        gap(1, 2)
+    );
+    assert!(
+        gap(2, 3) < Duration::from_millis(950),
+        "then the schedule: {:?}",
+        gap(2, 3)
+    );
+    let keys: Vec<_> = got
+        .iter()
+        .map(|r| r.headers["idempotency-key"].clone())
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] == w[1]),
+        "the same key on every attempt"
+    );
+    assert!(
+        got.windows(2).all(|w| w[0].body == w[1].body),
+        "the same bytes on every attempt"
+    );
+}
+
+#[tokio::test]
+async fn permanent_answers_go_dead_at_once_with_their_history() {
+    let rx = Receiver::start(Reply::status(400)).await;
+    let gw = TestGateway::start("", &config(&rx.url("/"), r#"retry = ["100ms"]"#, "")).await;
+    push(&gw, "perm-1").await;
+    let dead = wait_dead(&gw, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(rx.received().len(), 1, "no retry after a 400");
+    let d = &dead[0];
+    assert_eq!(
+        (d.route.as_str(), d.sink.as_str(), d.delivery_id.as_str()),
+        ("pushes", "target", "perm-1")
+    );
+    assert_eq!(d.last_status(), Some(400));
+    assert!(
+        d.reason.as_deref().unwrap().starts_with("permanent"),
+        "{:?}",
+        d.reason
+    );
+
+    // Replayed, it is delivered once the target is fixed.
+    rx.script([Reply::status(200)]);
+    assert_eq!(
+        gw.queue
+            .requeue(
+                Some(d.id),
+                hookgate::queue::unix_millis(std::time::SystemTime::now())
+            )
+            .unwrap(),
+        1
+    );
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.queue.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn exhausted_schedule_goes_dead_and_a_gone_endpoint_disables_the_sink() {
+    let rx = Receiver::start(Reply::status(502)).await;
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), r#"retry = ["100ms", "100ms"]"#, ""),
+    )
+    .await;
+    push(&gw, "gave-up").await;
+    let dead = wait_dead(&gw, 1).await;
+    assert_eq!(rx.received().len(), 3);
+    assert!(
+        dead[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{:?}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].attempts.len(), 3);
+
+    let gone = Receiver::start(Reply::status(410)).await;
+    let gw = TestGateway::start("", &config(&gone.url("/"), "", "")).await;
+    push(&gw, "gone-1").await;
+    wait_dead(&gw, 1).await;
+    push(&gw, "gone-2").await;
+    let dead = wait_dead(&gw, 2).await;
+    assert_eq!(
+        gone.received().len(),
+        1,
+        "a disabled sink is not called again"
+    );
+    assert!(
+        dead.iter().any(|d| d
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("sink disabled")),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_sink_does_not_delay_a_healthy_one() {
+    let slow = Receiver::start(Reply::status(200).delay(Duration::from_secs(5))).await;
+    let fast = Receiver::start(Reply::status(200)).await;
+    let text = format!(
+        r#"{GITHUB}
+[sinks.slow]
+kind = "http"
+url = "{}"
+concurrency = 1
+timeout = "10s"
+
+[sinks.fast]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "both"
+source = "github"
+to = ["slow", "fast"]
+"#,
+        slow.url("/"),
+        fast.url("/")
+    );
+    let gw = TestGateway::start("", &text).await;
+    let started = Instant::now();
+    for i in 0..5 {
+        push(&gw, &format!("iso-{i}")).await;
+    }
+    let got = fast.wait_for(5, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 5);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fast sink waited for the slow one: {:?}",
+        started.elapsed()
+    );
+    assert!(slow.received().len() <= 1, "the slow sink has one slot");
+}
+
+#[tokio::test]
+async fn a_failing_template_fails_its_route_only() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let text = format!(
+        r#"{GITHUB}
+[sinks.target]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "broken"
+source = "github"
+to = ["target"]
+message = "{{{{ payload.commits | join(1, 2, 3) }}}}"
+
+[[routes]]
+name = "fine"
+source = "github"
+to = ["target"]
+"#,
+        rx.url("/")
+    );
+    let gw = TestGateway::start("", &text).await;
+    push(&gw, "tpl-1").await;
+    let dead = wait_dead(&gw, 1).await;
+    assert_eq!(dead[0].route, "broken");
+    assert!(
+        dead[0].reason.as_deref().unwrap().starts_with("template"),
+        "{:?}",
+        dead[0].reason
+    );
+    assert!(dead[0].frozen.is_none());
+    assert_eq!(
+        rx.wait_for(1, Duration::from_secs(10)).await.len(),
+        1,
+        "the other route delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_resumes_the_schedule_without_loss_or_early_resend() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start("", &config(&rx.url("/"), r#"retry = ["2s"]"#, "")).await;
+    push(&gw, "resume-1").await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    // Let the rescheduled record reach a sled checkpoint, then restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let gw = gw.restart().await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "delivered after the restart");
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(1550),
+        "not before its time (2 s less 20 % jitter): {:?}",
+        got[1].at - got[0].at
+    );
+    assert_eq!(
+        got[0].headers["idempotency-key"],
+        got[1].headers["idempotency-key"]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 2, "and only once more");
+    drop(gw);
+}
+
+#[tokio::test]
+async fn log_sink_writes_one_json_line_per_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deliveries.jsonl");
+    let text = format!(
+        r#"{GITHUB}
+[sinks.audit]
+kind = "log"
+path = "{}"
+
+[[routes]]
+name = "all"
+to = ["audit"]
+message = "{{{{ source }}}}/{{{{ event }}}}"
+"#,
+        path.display()
+    );
+    let gw = TestGateway::start("", &text).await;
+    push(&gw, "log-1").await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["message"], "github/push");
+    assert_eq!(v["delivery_id"], "log-1");
+    assert_eq!(v["route"], "all");
+}
