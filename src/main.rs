@@ -190,6 +190,9 @@ fn check(path: &Path, strict: bool) -> ExitCode {
     let Some(loaded) = load_or_report(path, false, false) else {
         return ExitCode::from(2);
     };
+    for w in &loaded.warnings {
+        eprintln!("warning: {}", w.display(path));
+    }
     let missing = loaded.secret_problems.len();
     let label = if strict { "error" } else { "warning" };
     for p in &loaded.secret_problems {
@@ -229,6 +232,9 @@ async fn serve(path: &Path, dev: bool) -> anyhow::Result<ExitCode> {
     }
     for p in &loaded.secret_problems {
         tracing::error!(problem = %p.display(path), "secret missing");
+    }
+    for w in &loaded.warnings {
+        tracing::warn!(problem = %w.display(path), "config warning");
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

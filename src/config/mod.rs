@@ -176,6 +176,9 @@ impl Problem {
 pub struct Loaded {
     pub config: Config,
     pub secret_problems: Vec<Problem>,
+    /// Not errors, but worth changing (a webhook URL in plain text, a
+    /// retired Teams connector).
+    pub warnings: Vec<Problem>,
 }
 
 /// Reads and validates `path`.
@@ -211,6 +214,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
         text,
         problems: Vec::new(),
         secret_problems: Vec::new(),
+        warnings: Vec::new(),
         resolver,
     };
     let doc = match toml::de::DeTable::parse(text) {
@@ -307,6 +311,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
                 routes,
             },
             secret_problems: cx.secret_problems,
+            warnings: cx.warnings,
         })
     } else {
         Err(cx.problems)
@@ -338,6 +343,7 @@ struct Cx<'a> {
     text: &'a str,
     problems: Vec<Problem>,
     secret_problems: Vec<Problem>,
+    warnings: Vec<Problem>,
     resolver: &'a Resolver,
 }
 
@@ -355,6 +361,11 @@ impl Cx<'_> {
     fn err(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let p = self.problem(span, key, message);
         self.problems.push(p);
+    }
+
+    fn warn(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let p = self.problem(span, key, message);
+        self.warnings.push(p);
     }
 
     fn toml_error(&mut self, e: &toml::de::Error, key: &str) {

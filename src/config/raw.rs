@@ -74,10 +74,18 @@ pub enum RawUrl {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `log` or `http` (slack, teams, discord and prodmatic are coming).
+    /// `log`, `http`, `slack`, `teams`, `discord` or `prodmatic`.
     pub kind: Spanned<String>,
-    /// http: where to send.
+    /// http, slack, teams, discord: where to send (for the chat platforms
+    /// the URL is the credential: use a secret reference).
     pub url: Option<Spanned<RawUrl>>,
+    /// prodmatic: the API base, e.g. `https://api.prodmatic.com/v1`.
+    pub base_url: Option<Spanned<String>>,
+    /// prodmatic: the bearer token.
+    pub token: Option<Spanned<RawSecret>>,
+    /// prodmatic: default organization and product (routes may override).
+    pub organization: Option<Spanned<String>>,
+    pub product: Option<Spanned<String>>,
     /// http: the method (default POST).
     pub method: Option<Spanned<String>>,
     /// http: extra request headers.

@@ -53,7 +53,24 @@ impl Cx<'_> {
             }
             let mut to = Vec::new();
             for sink in r.to.get_ref() {
-                if sinks.contains_key(sink.get_ref()) {
+                if let Some(config) = sinks.get(sink.get_ref()) {
+                    let is_prodmatic = matches!(config.kind, super::SinkKind::Prodmatic { .. });
+                    if is_prodmatic != r.action.is_some() {
+                        let msg = if is_prodmatic {
+                            format!(
+                                "sink `{}` is ProdMatic: the route needs an `action` ({})",
+                                sink.get_ref(),
+                                ACTIONS.join(", ")
+                            )
+                        } else {
+                            format!(
+                                "an `action` goes to ProdMatic sinks only, and `{}` is a {} sink",
+                                sink.get_ref(),
+                                config.kind.name()
+                            )
+                        };
+                        self.err(sink.span(), &at("to"), msg);
+                    }
                     to.push(sink.get_ref().clone());
                 } else {
                     self.err(
@@ -102,12 +119,38 @@ impl Cx<'_> {
                     }
                 }
             } else if let Some(a) = &r.action {
-                self.err(
-                    a.span(),
-                    &at("action"),
-                    "actions are for the ProdMatic sink, which is not available in this build yet",
-                );
-                ContentSpec::Default
+                if !ACTIONS.contains(&a.get_ref().as_str()) {
+                    self.err(
+                        a.span(),
+                        &at("action"),
+                        format!(
+                            "unknown action `{}`: use one of {}",
+                            a.get_ref(),
+                            ACTIONS.join(", ")
+                        ),
+                    );
+                }
+                let fields = r
+                    .fields
+                    .as_ref()
+                    .map(|f| f.get_ref().clone())
+                    .unwrap_or_default();
+                if a.get_ref() == "update_feature" && !fields.contains_key("id") {
+                    self.err(
+                        a.span(),
+                        &at("fields"),
+                        "`update_feature` needs `fields.id` (the feature to update)",
+                    );
+                }
+                for k in fields.keys() {
+                    if let Some(f) = &r.fields {
+                        places.insert((name.clone(), format!("fields.{k}")), f.span());
+                    }
+                }
+                ContentSpec::Action {
+                    action: a.get_ref().clone(),
+                    fields,
+                }
             } else {
                 ContentSpec::Default
             };
@@ -154,6 +197,9 @@ impl Cx<'_> {
         }
     }
 }
+
+/// What a ProdMatic route can do.
+pub const ACTIONS: [&str; 3] = ["create_idea", "create_feedback", "update_feature"];
 
 fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
     if map.is_empty() {

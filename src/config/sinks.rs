@@ -37,12 +37,29 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 pub enum SinkKind {
     /// JSON lines to a file, or to stdout.
-    Log { path: Option<std::path::PathBuf> },
+    Log {
+        path: Option<std::path::PathBuf>,
+    },
     Http {
         /// `Err` when its secret is missing: deliveries wait and retry.
         url: Result<Secret, String>,
         method: http::Method,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    Slack {
+        url: Result<Secret, String>,
+    },
+    Teams {
+        url: Result<Secret, String>,
+    },
+    Discord {
+        url: Result<Secret, String>,
+    },
+    Prodmatic {
+        base_url: String,
+        token: Result<Secret, String>,
+        organization: String,
+        product: String,
     },
 }
 
@@ -51,11 +68,32 @@ impl SinkKind {
         match self {
             SinkKind::Log { .. } => "log",
             SinkKind::Http { .. } => "http",
+            SinkKind::Slack { .. } => "slack",
+            SinkKind::Teams { .. } => "teams",
+            SinkKind::Discord { .. } => "discord",
+            SinkKind::Prodmatic { .. } => "prodmatic",
         }
     }
 }
 
-const COMING: [&str; 4] = ["slack", "teams", "discord", "prodmatic"];
+/// Per-kind defaults: (concurrency, rate limit) the platform asks for.
+fn defaults(kind: &str) -> (usize, Option<Rate>) {
+    let per_second = |n: u32| {
+        Some(Rate {
+            burst: n,
+            per_second: f64::from(n),
+        })
+    };
+    match kind {
+        // Slack: one message per second per webhook, serialised.
+        "slack" => (1, per_second(1)),
+        // Teams: "more than four requests in one second" is throttled.
+        "teams" => (1, per_second(4)),
+        // Discord: its X-RateLimit-* headers pace the sink.
+        "discord" => (1, None),
+        _ => (4, None),
+    }
+}
 
 impl Cx<'_> {
     pub(super) fn sink(&mut self, name: &str, raw: RawSink) -> Option<SinkConfig> {
@@ -74,7 +112,36 @@ impl Cx<'_> {
                     }
                 }
             };
-        only(self, "url", raw.url.as_ref().map(Spanned::span), &["http"]);
+        only(
+            self,
+            "url",
+            raw.url.as_ref().map(Spanned::span),
+            &["http", "slack", "teams", "discord"],
+        );
+        only(
+            self,
+            "base_url",
+            raw.base_url.as_ref().map(Spanned::span),
+            &["prodmatic"],
+        );
+        only(
+            self,
+            "token",
+            raw.token.as_ref().map(Spanned::span),
+            &["prodmatic"],
+        );
+        only(
+            self,
+            "organization",
+            raw.organization.as_ref().map(Spanned::span),
+            &["prodmatic"],
+        );
+        only(
+            self,
+            "product",
+            raw.product.as_ref().map(Spanned::span),
+            &["prodmatic"],
+        );
         only(
             self,
             "method",
@@ -93,41 +160,44 @@ impl Cx<'_> {
                 path: raw.path.as_ref().map(|p| p.get_ref().into()),
             }),
             "http" => self.http_sink(name, &raw),
-            k if COMING.contains(&k) => {
-                self.err(
-                    raw.kind.span(),
-                    &at("kind"),
-                    format!("sink kind `{k}` is not available in this build yet: use `http` (any URL) or `log` for now"),
-                );
-                None
-            }
+            "slack" => self
+                .chat_url(name, &raw, &[])
+                .map(|url| SinkKind::Slack { url }),
+            "teams" => self
+                .chat_url(name, &raw, &["webhook.office.com", "outlook.office.com"])
+                .map(|url| SinkKind::Teams { url }),
+            "discord" => self
+                .chat_url(name, &raw, &[])
+                .map(|url| SinkKind::Discord { url }),
+            "prodmatic" => self.prodmatic_sink(name, &raw),
             other => {
                 self.err(
                     raw.kind.span(),
                     &at("kind"),
-                    format!("unknown sink kind `{other}`: use one of log, http"),
+                    format!("unknown sink kind `{other}`: use one of log, http, slack, teams, discord, prodmatic"),
                 );
                 None
             }
         };
-        let concurrency = self.positive(&raw.concurrency, &at("concurrency"), 4);
-        let rate_limit = raw
-            .rate_limit
-            .as_ref()
-            .and_then(|v| match parse_rate(v.get_ref()) {
-                Some(r) => Some(r),
-                None => {
-                    self.err(
-                        v.span(),
-                        &at("rate_limit"),
-                        format!(
-                            "`{}` is not a rate: write it like \"1/s\" or \"30/m\"",
-                            v.get_ref()
-                        ),
-                    );
-                    None
-                }
-            });
+        let (default_concurrency, default_rate) = defaults(kind_name);
+        let concurrency = self.positive(&raw.concurrency, &at("concurrency"), default_concurrency);
+        let rate_limit =
+            raw.rate_limit
+                .as_ref()
+                .map_or(default_rate, |v| match parse_rate(v.get_ref()) {
+                    Some(r) => Some(r),
+                    None => {
+                        self.err(
+                            v.span(),
+                            &at("rate_limit"),
+                            format!(
+                                "`{}` is not a rate: write it like \"1/s\" or \"30/m\"",
+                                v.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
         let schedule = match &raw.retry {
             None => DEFAULT_SCHEDULE.iter().map(|s| Duration::from_secs(*s)).collect(),
             Some(list) => list
@@ -157,6 +227,101 @@ impl Cx<'_> {
             rate_limit,
             schedule,
             timeout,
+        })
+    }
+
+    /// A chat platform's webhook URL. It is the credential: a plain one in
+    /// the file gets a warning, and so does a retired host.
+    fn chat_url(
+        &mut self,
+        name: &str,
+        raw: &RawSink,
+        retired: &[&str],
+    ) -> Option<Result<Secret, String>> {
+        let at = format!("sinks.{name}.url");
+        let Some(url) = raw.url.as_ref() else {
+            self.err(
+                raw.kind.span(),
+                &format!("sinks.{name}"),
+                format!("a `{}` sink needs `url`", raw.kind.get_ref()),
+            );
+            return None;
+        };
+        let resolved = match url.get_ref() {
+            RawUrl::Plain(u) => {
+                self.warn(
+                    url.span(),
+                    &at,
+                    "this webhook URL is a credential written in the file: use { env = \"…\" }, { file } or { credential }",
+                );
+                Ok(Secret::new(u.as_str()))
+            }
+            RawUrl::Secret(s) => {
+                self.resolve_at(url.span(), s, &at, super::secrets::SecretShape::Token)?
+            }
+        };
+        if let Ok(u) = &resolved {
+            let text = u.expose_str().unwrap_or("");
+            match text.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {
+                    let host = uri.host().unwrap_or("");
+                    if retired
+                        .iter()
+                        .any(|r| host == *r || host.ends_with(&format!(".{r}")))
+                    {
+                        self.warn(
+                            url.span(),
+                            &at,
+                            format!("{host} is a retired Office 365 connector: create a Workflows webhook (\"Post to a channel when a webhook request is received\") and use its URL"),
+                        );
+                    }
+                }
+                _ => self.err(url.span(), &at, "not an http:// or https:// URL"),
+            }
+        }
+        Some(resolved)
+    }
+
+    fn prodmatic_sink(&mut self, name: &str, raw: &RawSink) -> Option<SinkKind> {
+        let at = |k: &str| format!("sinks.{name}.{k}");
+        let need = |cx: &mut Self, key: &str, v: &Option<Spanned<String>>| match v {
+            Some(v) if !v.get_ref().trim().is_empty() => Some(v.get_ref().trim().to_owned()),
+            _ => {
+                cx.err(
+                    raw.kind.span(),
+                    &format!("sinks.{name}"),
+                    format!("a `prodmatic` sink needs `{key}`"),
+                );
+                None
+            }
+        };
+        let base_url = need(self, "base_url", &raw.base_url);
+        let organization = need(self, "organization", &raw.organization);
+        let product = need(self, "product", &raw.product);
+        if let (Some(b), Some(v)) = (&base_url, &raw.base_url) {
+            if !b
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")))
+            {
+                self.err(v.span(), &at("base_url"), "not an http:// or https:// URL");
+            }
+        }
+        let token = match raw.token.as_ref() {
+            Some(t) => self.resolve(t, &at("token"), super::secrets::SecretShape::Token),
+            None => {
+                self.err(
+                    raw.kind.span(),
+                    &format!("sinks.{name}"),
+                    "a `prodmatic` sink needs `token = { env = \"PRODMATIC_API_TOKEN\" }`",
+                );
+                None
+            }
+        };
+        Some(SinkKind::Prodmatic {
+            base_url: base_url?.trim_end_matches('/').to_owned(),
+            token: token?,
+            organization: organization?,
+            product: product?,
         })
     }
 

@@ -293,7 +293,7 @@ fn route_mistakes_are_all_reported_with_lines() {
     let text = format!(
         r#"{GITHUB}
 [sinks.audit]
-kind = "slack"
+kind = "smtp"
 
 [sinks.ok]
 kind = "log"
@@ -324,7 +324,7 @@ line one
         .collect();
     let has = |needle: &str| all.iter().any(|m| m.contains(needle));
     assert!(
-        has("7:sinks.audit.kind: sink kind `slack` is not available"),
+        has("7:sinks.audit.kind: unknown sink kind `smtp`"),
         "{all:#?}"
     );
     assert!(has("14:routes[0].source: no source `gitlab`"), "{all:#?}");
@@ -365,5 +365,68 @@ line one
         all,
         vec!["12:routes.a.when", "18:routes.b.message"],
         "{problems:#?}"
+    );
+}
+
+#[test]
+fn chat_sinks_warn_about_plain_and_retired_urls_and_actions_need_prodmatic() {
+    let text = format!(
+        r#"{GITHUB}
+[sinks.teams]
+kind = "teams"
+url = "https://acme.webhook.office.com/webhookb2/x"
+
+[sinks.pm]
+kind = "prodmatic"
+base_url = "https://api.prodmatic.test/v1"
+token = {{ env = "HOOKGATE_TEST_UNSET_PM" }}
+organization = "org123"
+product = "prod456"
+
+[[routes]]
+name = "to-teams"
+to = ["teams"]
+
+[[routes]]
+name = "features"
+to = ["pm"]
+action = "update_feature"
+fields = {{ id = "{{{{ payload.x }}}}", status = "COMPLETED" }}
+"#
+    );
+    let loaded = parse(&text, &Resolver::default()).unwrap();
+    let warnings: Vec<&str> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("credential written in the file")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("retired Office 365 connector")),
+        "{warnings:?}"
+    );
+    assert!(loaded
+        .secret_problems
+        .iter()
+        .any(|p| p.key == "sinks.pm.token"));
+
+    let wrong = text.replace("to = [\"pm\"]", "to = [\"teams\"]");
+    let problems = parse(&wrong, &Resolver::default()).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p
+            .message
+            .contains("an `action` goes to ProdMatic sinks only")),
+        "{problems:?}"
+    );
+    let missing_action = text.replace("to = [\"teams\"]", "to = [\"pm\"]");
+    let problems = parse(&missing_action, &Resolver::default()).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("needs an `action`")),
+        "{problems:?}"
     );
 }

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::bucket::Bucket;
 use crate::config::SinkConfig;
 use crate::queue::{unix_millis, Attempt, DeliveryRecord, SledQueue};
-use crate::sink::{Answer, Sink, Verdict};
+use crate::sink::{Sink, Verdict};
 use policy::{Breaker, Next};
 
 /// Most due records looked at per sink per pass.
@@ -39,6 +39,8 @@ pub struct SinkRuntime {
     breaker: Mutex<Breaker>,
     /// Set by a "this webhook is gone" answer: new deliveries go dead.
     broken: Mutex<Option<String>>,
+    /// The platform asked for a pause (its rate-limit budget is spent).
+    paused_until: Mutex<u64>,
 }
 
 impl SinkRuntime {
@@ -48,6 +50,7 @@ impl SinkRuntime {
             bucket: config.rate_limit.map(Bucket::new),
             breaker: Mutex::new(Breaker::default()),
             broken: Mutex::new(None),
+            paused_until: Mutex::new(0),
             config,
             sink,
         }
@@ -131,6 +134,9 @@ impl Dispatcher {
                 self.finish_dead(rec, format!("sink disabled: {reason}"));
                 continue;
             }
+            if *sink.paused_until.lock().expect("pause lock") > now {
+                break;
+            }
             if !sink.breaker.lock().expect("breaker lock").allows(now) {
                 break;
             }
@@ -166,15 +172,16 @@ impl Dispatcher {
         let limit = sink.config.timeout + Duration::from_secs(5);
         let answer = match tokio::time::timeout(limit, sink.sink.send(&rec)).await {
             Ok(a) => a,
-            Err(_) => Answer {
-                verdict: Verdict::Retry {
-                    after: None,
-                    why: "timeout".into(),
-                },
-                status: None,
-                response: String::new(),
-            },
+            Err(_) => crate::sink::no_answer(Verdict::Retry {
+                after: None,
+                why: "timeout".into(),
+            }),
         };
+        if let Some(pause) = answer.pause {
+            let until = unix_millis(SystemTime::now()) + pause.as_millis() as u64;
+            let mut p = sink.paused_until.lock().expect("pause lock");
+            *p = (*p).max(until);
+        }
         let now = unix_millis(SystemTime::now());
         rec.attempts.push(Attempt {
             at_ms: now,

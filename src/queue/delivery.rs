@@ -19,11 +19,15 @@ pub struct Attempt {
 }
 
 /// What a sink will send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Frozen {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub body: ByteBuf,
+    /// The method, when the sink does not always use POST (ProdMatic).
+    pub method: Option<String>,
+    /// The path under the sink's base URL (ProdMatic).
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +120,8 @@ mod tests {
                 content_type: "application/json".into(),
                 headers: vec![],
                 body: ByteBuf::from(b"{}".to_vec()),
+                method: None,
+                path: None,
             }),
         };
         assert_eq!(DeliveryRecord::decode(&r.encode()).unwrap(), r);

@@ -53,17 +53,14 @@ impl Sink for LogSink {
             content_type: "application/json".into(),
             headers: Vec::new(),
             body: ByteBuf::from(line.to_string().into_bytes()),
+            ..Frozen::default()
         })
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
             let Some(frozen) = &d.frozen else {
-                return Answer {
-                    verdict: Verdict::Permanent("nothing to send".into()),
-                    status: None,
-                    response: String::new(),
-                };
+                return super::no_answer(Verdict::Permanent("nothing to send".into()));
             };
             // One line: the frozen object with the delivery's identity added.
             let mut line = match serde_json::from_slice::<serde_json::Value>(&frozen.body) {
@@ -80,19 +77,11 @@ impl Sink for LogSink {
                 None => std::io::stdout().lock().write_all(text.as_bytes()),
             };
             match written {
-                Ok(()) => Answer {
-                    verdict: Verdict::Delivered,
-                    status: None,
-                    response: String::new(),
-                },
-                Err(e) => Answer {
-                    verdict: Verdict::Retry {
-                        after: None,
-                        why: e.to_string(),
-                    },
-                    status: None,
-                    response: String::new(),
-                },
+                Ok(()) => super::no_answer(Verdict::Delivered),
+                Err(e) => super::no_answer(Verdict::Retry {
+                    after: None,
+                    why: e.to_string(),
+                }),
             }
         })
     }

@@ -1,8 +1,13 @@
 //! Sinks, one file each, one trait: `prepare` freezes what will be sent
 //! (at routing time), `send` makes one attempt and says what it means.
 
+pub mod discord;
 pub mod http;
 pub mod log;
+pub mod prodmatic;
+pub mod slack;
+pub mod summary;
+pub mod teams;
 
 use std::time::Duration;
 
@@ -37,6 +42,9 @@ pub struct Answer {
     pub status: Option<u16>,
     /// The start of the answer's body.
     pub response: String,
+    /// The platform says its budget is spent (`X-RateLimit-Remaining: 0`):
+    /// start nothing more on this sink for this long.
+    pub pause: Option<Duration>,
 }
 
 pub trait Sink: Send + Sync {
@@ -58,9 +66,110 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             url.clone(),
             method.clone(),
             headers.clone(),
-            config.timeout,
-        )?),
+            client(config.timeout)?,
+        )),
+        SinkKind::Slack { url } => {
+            Box::new(slack::SlackSink::new(url.clone(), client(config.timeout)?))
+        }
+        SinkKind::Teams { url } => {
+            Box::new(teams::TeamsSink::new(url.clone(), client(config.timeout)?))
+        }
+        SinkKind::Discord { url } => Box::new(discord::DiscordSink::new(
+            url.clone(),
+            client(config.timeout)?,
+        )),
+        SinkKind::Prodmatic {
+            base_url,
+            token,
+            organization,
+            product,
+        } => Box::new(prodmatic::ProdmaticSink::new(
+            base_url.clone(),
+            token.clone(),
+            organization.clone(),
+            product.clone(),
+            client(config.timeout)?,
+        )),
     })
+}
+
+/// An HTTP client for one sink: its timeout, no redirects (an answer, not
+/// an instruction), hookgate's user agent.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// An answer that says nothing was exchanged.
+pub fn no_answer(verdict: Verdict) -> Answer {
+    Answer {
+        verdict,
+        status: None,
+        response: String::new(),
+        pause: None,
+    }
+}
+
+/// The URL (or token) of a sink whose credential is a secret, or the
+/// verdict when it is missing (deliveries wait and retry until it is set).
+pub fn configured(secret: &Result<crate::secret::Secret, String>) -> Result<String, Answer> {
+    match secret {
+        Ok(u) => Ok(u.expose_str().unwrap_or_default().to_owned()),
+        Err(why) => Err(no_answer(Verdict::Retry {
+            after: None,
+            why: format!("sink not configured: {why}"),
+        })),
+    }
+}
+
+/// Sends a frozen request and reads the answer. Transport failures are
+/// retryable; the URL is never echoed (for chat sinks it is the credential).
+pub async fn exchange(
+    req: reqwest::RequestBuilder,
+    frozen: &Frozen,
+    key: &str,
+) -> Result<(u16, ::http::HeaderMap, bytes::Bytes), Answer> {
+    let mut req = req
+        .header(::http::header::CONTENT_TYPE, &frozen.content_type)
+        .header("Idempotency-Key", key);
+    for (k, v) in &frozen.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    match req.body(frozen.body.to_vec()).send().await {
+        Err(e) => {
+            let why = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            Err(no_answer(Verdict::Retry {
+                after: None,
+                why: why.into(),
+            }))
+        }
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.unwrap_or_default();
+            Ok((status, headers, body))
+        }
+    }
+}
+
+/// A JSON body, frozen.
+pub fn frozen_json(value: &serde_json::Value) -> Frozen {
+    Frozen {
+        content_type: "application/json".into(),
+        body: serde_bytes::ByteBuf::from(value.to_string().into_bytes()),
+        ..Frozen::default()
+    }
 }
 
 /// At most 512 bytes of an answer, as text.

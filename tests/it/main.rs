@@ -5,4 +5,5 @@ mod cli;
 mod crash;
 mod delivery;
 mod ingress;
+mod sinks;
 mod support;

@@ -1,0 +1,262 @@
+//! Discord channel webhooks: `content` and `embeds`, posted with
+//! `?wait=true`. Mentions are off (`allowed_mentions: {parse: []}`) unless a
+//! template sets them. Limits: content 2,000; 10 embeds; title 256,
+//! description 4,096, 25 fields of 256/1,024, footer 2,048; 6,000 across
+//! all embeds. Rate limits come from its headers: a 429's `retry_after` or
+//! `Retry-After`, and a pause when `X-RateLimit-Remaining` reaches 0.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::summary::summarize;
+use super::{
+    configured, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Sink, Verdict,
+};
+use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
+use crate::route::filters::{discord_escape, truncate};
+use crate::route::Rendered;
+use crate::secret::Secret;
+
+const CONTENT_MAX: usize = 2000;
+const EMBEDS_MAX: usize = 10;
+const EMBEDS_TOTAL_MAX: usize = 6000;
+
+pub struct DiscordSink {
+    url: Result<Secret, String>,
+    client: reqwest::Client,
+}
+
+impl DiscordSink {
+    pub fn new(url: Result<Secret, String>, client: reqwest::Client) -> DiscordSink {
+        DiscordSink { url, client }
+    }
+}
+
+fn cut(v: &mut Value, key: &str, max: usize) -> usize {
+    match v.get_mut(key) {
+        Some(Value::String(s)) => {
+            *s = truncate(s, max, None);
+            s.chars().count()
+        }
+        _ => 0,
+    }
+}
+
+/// Characters an embed counts towards the 6,000 total, after cutting each
+/// part to its own limit.
+fn fit_embed(e: &mut Value) -> usize {
+    let mut n = cut(e, "title", 256) + cut(e, "description", 4096);
+    if let Some(f) = e.get_mut("footer") {
+        n += cut(f, "text", 2048);
+    }
+    if let Some(a) = e.get_mut("author") {
+        n += cut(a, "name", 256);
+    }
+    if let Some(Value::Array(fields)) = e.get_mut("fields") {
+        fields.truncate(25);
+        for f in fields.iter_mut() {
+            n += cut(f, "name", 256) + cut(f, "value", 1024);
+        }
+    }
+    n
+}
+
+/// Keeps a Discord message within the platform's limits.
+pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    msg.entry("allowed_mentions")
+        .or_insert_with(|| json!({"parse": []}));
+    if let Some(Value::String(c)) = msg.get_mut("content") {
+        *c = truncate(c, CONTENT_MAX, None);
+    }
+    if let Some(Value::Array(embeds)) = msg.get_mut("embeds") {
+        embeds.truncate(EMBEDS_MAX);
+        let mut total: usize = embeds.iter_mut().map(fit_embed).sum();
+        // Over the total: shorten descriptions from the last embed back.
+        for e in embeds.iter_mut().rev() {
+            if total <= EMBEDS_TOTAL_MAX {
+                break;
+            }
+            let len = e["description"].as_str().map_or(0, |d| d.chars().count());
+            let keep = len.saturating_sub(total - EMBEDS_TOTAL_MAX);
+            cut(e, "description", keep.max(1));
+            total -= len - e["description"].as_str().map_or(0, |d| d.chars().count());
+        }
+        // Still over (titles and fields alone): drop embeds from the end.
+        while total > EMBEDS_TOTAL_MAX && embeds.len() > 1 {
+            let mut last = embeds.pop().expect("more than one");
+            total -= fit_embed(&mut last);
+        }
+    }
+    msg
+}
+
+/// `?wait=true`, so a failure is an answer rather than silence.
+fn with_wait(url: &str) -> String {
+    if url.contains("wait=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&wait=true")
+    } else {
+        format!("{url}?wait=true")
+    }
+}
+
+impl Sink for DiscordSink {
+    fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
+        let msg = match rendered {
+            Rendered::Default => {
+                let sum = summarize(event, &crate::router::context(event).payload);
+                let mut embed =
+                    json!({"title": sum.place, "description": discord_escape(&sum.text)});
+                if let Some(u) = sum.url {
+                    embed["url"] = json!(u);
+                }
+                json!({"embeds": [embed]})
+            }
+            Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
+                Ok(Value::Object(m)) => Value::Object(m),
+                _ => json!({"content": t}),
+            },
+            Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
+        };
+        let Value::Object(msg) = msg else {
+            unreachable!("built as objects")
+        };
+        Ok(frozen_json(&Value::Object(fit(msg))))
+    }
+
+    fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
+        Box::pin(async move {
+            let url = match configured(&self.url) {
+                Ok(u) => with_wait(&u),
+                Err(answer) => return answer,
+            };
+            let Some(frozen) = &d.frozen else {
+                return no_answer(Verdict::Permanent("nothing to send".into()));
+            };
+            match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
+                Err(answer) => answer,
+                Ok((status, headers, body)) => Answer {
+                    verdict: classify(status, &body, retry_after(&headers, SystemTime::now())),
+                    status: Some(status),
+                    response: excerpt(&body),
+                    pause: pause(&headers),
+                },
+            }
+        })
+    }
+}
+
+/// How long to wait when the bucket is empty (`X-RateLimit-Remaining: 0`).
+fn pause(headers: &http::HeaderMap) -> Option<Duration> {
+    let get = |k: &str| headers.get(k)?.to_str().ok()?.trim().parse::<f64>().ok();
+    (get("x-ratelimit-remaining")? <= 0.0)
+        .then(|| get("x-ratelimit-reset-after"))
+        .flatten()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Verdict {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match status {
+        200..=299 => Verdict::Delivered,
+        429 => {
+            let after = json["retry_after"]
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .or(retry_after)
+                .unwrap_or(Duration::from_secs(1));
+            Verdict::RateLimited { after }
+        }
+        // "If a webhook returns a 404 you should not attempt to use it again."
+        404 | 401 => Verdict::SinkGone(format!(
+            "{status} code {}: {}",
+            json["code"],
+            json["message"].as_str().unwrap_or("")
+        )),
+        500..=599 | 408 => Verdict::Retry {
+            after: retry_after,
+            why: status.to_string(),
+        },
+        _ => Verdict::Permanent(format!(
+            "{status} code {}: {}",
+            json["code"],
+            json["message"].as_str().unwrap_or("")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(classify(204, b"", None), Verdict::Delivered);
+        assert_eq!(classify(200, br#"{"id":"1"}"#, None), Verdict::Delivered);
+        assert_eq!(
+            classify(
+                429,
+                br#"{"message":"You are being rate limited.","retry_after":64.57,"global":false}"#,
+                None
+            ),
+            Verdict::RateLimited {
+                after: Duration::from_secs_f64(64.57)
+            }
+        );
+        assert!(
+            matches!(classify(404, br#"{"message":"Unknown Webhook","code":10015}"#, None), Verdict::SinkGone(w) if w.contains("10015"))
+        );
+        assert!(matches!(
+            classify(400, br#"{"code":50035}"#, None),
+            Verdict::Permanent(_)
+        ));
+        assert!(matches!(classify(503, b"", None), Verdict::Retry { .. }));
+    }
+
+    #[test]
+    fn limits_and_mentions() {
+        let embeds: Vec<Value> = (0..12)
+            .map(|_| json!({"title": "t".repeat(300), "description": "d".repeat(4000)}))
+            .collect();
+        let Value::Object(m) = json!({"content": "@everyone ".repeat(300), "embeds": embeds})
+        else {
+            panic!()
+        };
+        let f = fit(m);
+        assert_eq!(f["allowed_mentions"], json!({"parse": []}));
+        assert_eq!(f["content"].as_str().unwrap().chars().count(), CONTENT_MAX);
+        let embeds = f["embeds"].as_array().unwrap();
+        assert!(embeds.len() <= EMBEDS_MAX);
+        let total: usize = embeds
+            .iter()
+            .map(|e| {
+                e["title"].as_str().unwrap().chars().count()
+                    + e["description"].as_str().unwrap_or("").chars().count()
+            })
+            .sum();
+        assert!(total <= EMBEDS_TOTAL_MAX, "{total}");
+        assert_eq!(embeds[0]["title"].as_str().unwrap().chars().count(), 256);
+    }
+
+    #[test]
+    fn wait_and_pause() {
+        assert_eq!(
+            with_wait("https://discord.com/api/webhooks/1/t"),
+            "https://discord.com/api/webhooks/1/t?wait=true"
+        );
+        assert_eq!(
+            with_wait("https://d/x?thread_id=5"),
+            "https://d/x?thread_id=5&wait=true"
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-after", "1.5".parse().unwrap());
+        assert_eq!(pause(&h), Some(Duration::from_millis(1500)));
+        h.insert("x-ratelimit-remaining", "3".parse().unwrap());
+        assert_eq!(pause(&h), None);
+    }
+}

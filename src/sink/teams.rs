@@ -1,0 +1,169 @@
+//! Microsoft Teams Workflows webhooks: a Bot Framework message with one
+//! Adaptive Card (version 1.4) attachment. A 202 means the flow was queued,
+//! not that the channel post succeeded; that is all Teams tells us. The
+//! whole message stays under ~28 KB; a larger card is replaced by its text,
+//! truncated with a marker.
+
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use super::summary::summarize;
+use super::{
+    configured, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Sink, Verdict,
+};
+use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
+use crate::route::filters::truncate;
+use crate::route::Rendered;
+use crate::secret::Secret;
+
+/// Bytes a message may take (Teams rejects about 28 KB; keep a margin).
+const MESSAGE_MAX: usize = 25_000;
+
+pub struct TeamsSink {
+    url: Result<Secret, String>,
+    client: reqwest::Client,
+}
+
+impl TeamsSink {
+    pub fn new(url: Result<Secret, String>, client: reqwest::Client) -> TeamsSink {
+        TeamsSink { url, client }
+    }
+}
+
+/// The Workflows envelope around an Adaptive Card.
+pub fn envelope(card: Value) -> Value {
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": card,
+        }]
+    })
+}
+
+/// A card of text blocks (and a link button).
+pub fn text_card(title: Option<&str>, text: &str, url: Option<&str>) -> Value {
+    let mut body = Vec::new();
+    if let Some(t) = title {
+        body.push(json!({"type": "TextBlock", "text": t, "weight": "Bolder", "size": "Medium", "wrap": true}));
+    }
+    body.push(json!({"type": "TextBlock", "text": text, "wrap": true}));
+    let mut card = json!({
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": body,
+    });
+    if let Some(u) = url {
+        card["actions"] = json!([{"type": "Action.OpenUrl", "title": "Open", "url": u}]);
+    }
+    card
+}
+
+/// Keeps a message under the size Teams takes.
+pub fn fit(message: Value, fallback_text: &str) -> Value {
+    if message.to_string().len() <= MESSAGE_MAX {
+        return message;
+    }
+    let text = truncate(
+        fallback_text,
+        MESSAGE_MAX / 2,
+        Some("… (message truncated)"),
+    );
+    envelope(text_card(None, &text, None))
+}
+
+impl Sink for TeamsSink {
+    fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
+        let message = match rendered {
+            Rendered::Default => {
+                let sum = summarize(event, &crate::router::context(event).payload);
+                let m = envelope(text_card(Some(&sum.place), &sum.text, sum.url.as_deref()));
+                fit(m, &sum.text)
+            }
+            Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
+                Ok(v) if v["type"] == "message" => fit(v, t),
+                Ok(v) if v["type"] == "AdaptiveCard" => fit(envelope(v), t),
+                _ => fit(envelope(text_card(None, t, None)), t),
+            },
+            Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
+        };
+        Ok(frozen_json(&message))
+    }
+
+    fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
+        Box::pin(async move {
+            let url = match configured(&self.url) {
+                Ok(u) => u,
+                Err(answer) => return answer,
+            };
+            let Some(frozen) = &d.frozen else {
+                return no_answer(Verdict::Permanent("nothing to send".into()));
+            };
+            match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
+                Err(answer) => answer,
+                Ok((status, headers, body)) => Answer {
+                    verdict: classify(
+                        status,
+                        std::str::from_utf8(&body).unwrap_or(""),
+                        retry_after(&headers, SystemTime::now()),
+                    ),
+                    status: Some(status),
+                    response: excerpt(&body),
+                    pause: None,
+                },
+            }
+        })
+    }
+}
+
+pub fn classify(status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Verdict {
+    // Classic connectors answer 200 with the throttle in the body.
+    if status == 429 || body.contains("HTTP error 429") {
+        return Verdict::RateLimited {
+            after: retry_after.unwrap_or(std::time::Duration::from_secs(1)),
+        };
+    }
+    match status {
+        200..=299 => Verdict::Delivered,
+        404 | 410 => Verdict::SinkGone(format!("{status}: the workflow URL no longer exists")),
+        500..=599 | 408 => Verdict::Retry {
+            after: retry_after,
+            why: status.to_string(),
+        },
+        _ => Verdict::Permanent(status.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(classify(202, "", None), Verdict::Delivered);
+        assert!(matches!(
+            classify(
+                200,
+                "Microsoft Teams endpoint returned HTTP error 429",
+                None
+            ),
+            Verdict::RateLimited { .. }
+        ));
+        assert!(matches!(classify(404, "", None), Verdict::SinkGone(_)));
+        assert!(matches!(classify(502, "", None), Verdict::Retry { .. }));
+        assert!(matches!(classify(400, "", None), Verdict::Permanent(_)));
+    }
+
+    #[test]
+    fn huge_cards_become_truncated_text() {
+        let big = "z".repeat(100_000);
+        let m = fit(envelope(text_card(None, &big, None)), &big);
+        let s = m.to_string();
+        assert!(s.len() <= MESSAGE_MAX + 200, "{}", s.len());
+        assert!(s.contains("(message truncated)"));
+        assert_eq!(m["attachments"][0]["content"]["version"], "1.4");
+    }
+}
