@@ -12,13 +12,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Sinks;
-use crate::queue::{unix_millis, DeliveryRecord, EventId, EventRecord, QueueError, SledQueue};
+use crate::queue::{
+    unix_millis, DeliveryRecord, EventId, EventRecord, QueueError, Routed, SledQueue,
+};
 use crate::route::{EventContext, Outcome, Routes};
 
 /// Events routed per pass.
 const PAGE: usize = 64;
-/// Wait between looks at an empty inbox.
-const IDLE: Duration = Duration::from_millis(50);
+/// Longest wait between looks at an empty inbox (the indexer wakes the
+/// router when it records events).
+const IDLE: Duration = Duration::from_millis(500);
 
 /// Routes until `shutdown`. `wake` tells the dispatcher about new work.
 pub async fn run(
@@ -44,15 +47,17 @@ pub async fn run(
         if page.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = queue.indexed() => continue,
                 _ = tokio::time::sleep(IDLE) => continue,
             }
         }
-        for (id, event) in page {
-            if let Err(e) = route_one(&queue, &routes, &sinks, id, &event) {
-                tracing::error!(event = %id, error = %e, "cannot record routing; the event stays in the inbox");
-                tokio::time::sleep(IDLE).await;
-                break;
-            }
+        let routed: Result<Vec<Routed>, QueueError> = page
+            .iter()
+            .map(|(id, event)| route_one(&queue, &routes, &sinks, *id, event))
+            .collect();
+        if let Err(e) = routed.and_then(|r| queue.routed(&r)) {
+            tracing::error!(error = %e, "cannot record routing; the events stay in the inbox");
+            tokio::time::sleep(IDLE).await;
         }
         wake.notify_one();
         if shutdown.is_cancelled() {
@@ -61,14 +66,14 @@ pub async fn run(
     }
 }
 
-/// Routes one event and records the result.
+/// Routes one event (the caller records the result).
 pub fn route_one(
     queue: &SledQueue,
     routes: &Routes,
     sinks: &Sinks,
     id: EventId,
     event: &EventRecord,
-) -> Result<(), QueueError> {
+) -> Result<Routed, QueueError> {
     let ctx = context(event);
     let now = unix_millis(SystemTime::now());
     let mut pending = Vec::new();
@@ -124,7 +129,11 @@ pub fn route_one(
     if pending.is_empty() && dead.is_empty() {
         tracing::debug!(event = %id, source = %event.source, kind = %event.event, "no route matched");
     }
-    queue.routed(id, &pending, &dead)
+    Ok(Routed {
+        event: id,
+        pending,
+        dead,
+    })
 }
 
 /// Stable across re-routing after a crash, so a sink that honours

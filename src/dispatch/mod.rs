@@ -126,10 +126,13 @@ impl Dispatcher {
         tracker: &TaskTracker,
     ) -> Result<Option<Duration>, crate::queue::QueueError> {
         let now = unix_millis(SystemTime::now());
-        for rec in self.queue.due(name, now, PAGE)? {
-            if self.leased.lock().expect("lease lock").contains(&rec.id) {
+        for (key, id) in self.queue.due(name, now, PAGE)? {
+            if self.leased.lock().expect("lease lock").contains(&id) {
                 continue;
             }
+            let Some(rec) = self.queue.delivery(&key)? else {
+                continue;
+            };
             if let Some(reason) = sink.broken.lock().expect("broken lock").clone() {
                 self.finish_dead(rec, format!("sink disabled: {reason}"));
                 continue;

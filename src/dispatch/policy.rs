@@ -89,21 +89,22 @@ impl Breaker {
     }
 
     /// A failure that says the sink is unwell (not a permanent 4xx).
+    /// Attempts that were already in flight when the breaker opened do not
+    /// extend it; only a failed probe doubles the wait.
     pub fn failure(&mut self, now_ms: u64) {
         self.failures += 1;
-        self.probing = false;
-        if self.failures >= THRESHOLD {
-            self.open_for = if self.open_for.is_zero() {
-                FIRST_OPEN
-            } else {
-                (self.open_for * 2).min(MAX_OPEN)
-            };
-            self.open_until_ms = now_ms + self.open_for.as_millis() as u64;
+        let reopen = if self.probing {
+            self.probing = false;
+            Some((self.open_for * 2).clamp(FIRST_OPEN, MAX_OPEN))
+        } else if self.failures == THRESHOLD {
+            Some(FIRST_OPEN)
+        } else {
+            None
+        };
+        if let Some(wait) = reopen {
+            self.open_for = wait;
+            self.open_until_ms = now_ms + wait.as_millis() as u64;
         }
-    }
-
-    pub fn is_open(&self, now_ms: u64) -> bool {
-        self.failures >= THRESHOLD && now_ms < self.open_until_ms
     }
 }
 
@@ -189,6 +190,15 @@ mod tests {
         assert!(
             matches!(next(&Verdict::SinkGone("410".into()), 0, &[], 0, 0.0), Next::Dead(w) if w.starts_with("sink gone"))
         );
+    }
+
+    #[test]
+    fn failures_in_flight_when_it_opens_do_not_extend_it() {
+        let mut b = Breaker::default();
+        for _ in 0..40 {
+            b.failure(0);
+        }
+        assert!(b.allows(30_000), "still one probe after 30 s");
     }
 
     #[test]

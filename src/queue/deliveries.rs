@@ -7,6 +7,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use super::delivery::sink_prefix;
 use super::{DeliveryRecord, EventId, QueueError, SledQueue};
 
+/// What routing made of one event.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub event: EventId,
+    pub pending: Vec<DeliveryRecord>,
+    pub dead: Vec<DeliveryRecord>,
+}
+
 fn tx_err(e: TransactionError<()>) -> QueueError {
     match e {
         TransactionError::Storage(e) => e.into(),
@@ -29,58 +37,80 @@ impl SledQueue {
         Ok(self.db.generate_id()?)
     }
 
-    /// Records what routing made of `event`: pending deliveries, deliveries
-    /// born dead (their template failed), or, when both are empty, that no
-    /// route matched. The inbox pointer goes in the same transaction.
-    pub fn routed(
-        &self,
-        event: EventId,
-        pending: &[DeliveryRecord],
-        dead: &[DeliveryRecord],
-    ) -> Result<(), QueueError> {
-        let key = event.0.to_be_bytes();
-        let pending: Vec<(Vec<u8>, Vec<u8>)> =
-            pending.iter().map(|d| (d.due_key(), d.encode())).collect();
-        let dead: Vec<([u8; 8], Vec<u8>)> = dead
-            .iter()
-            .map(|d| (d.id.to_be_bytes(), d.encode()))
-            .collect();
-        let unmatched = pending.is_empty() && dead.is_empty();
+    /// Records what routing made of a page of events, in one transaction:
+    /// each event's pending deliveries, those born dead (their template
+    /// failed), or, when it has neither, that no route matched; and the
+    /// events leave the inbox.
+    pub fn routed(&self, page: &[Routed]) -> Result<(), QueueError> {
+        let mut inbox_keys = Vec::new();
+        let mut pending = Vec::new();
+        let mut dead = Vec::new();
+        let mut unmatched = Vec::new();
+        for r in page {
+            let key = r.event.0.to_be_bytes();
+            inbox_keys.push(key);
+            pending.extend(r.pending.iter().map(|d| (d.due_key(), d.encode())));
+            dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
+            if r.pending.is_empty() && r.dead.is_empty() {
+                unmatched.push(key);
+            }
+        }
         (&self.inbox, &self.deliveries, &self.dead, &self.unmatched)
             .transaction(|(inbox, deliveries, dead_tree, unmatched_tree)| {
-                inbox.remove(&key[..])?;
+                for k in &inbox_keys {
+                    inbox.remove(&k[..])?;
+                }
                 for (k, v) in &pending {
                     deliveries.insert(&k[..], v.as_slice())?;
                 }
                 for (k, v) in &dead {
                     dead_tree.insert(&k[..], v.as_slice())?;
                 }
-                if unmatched {
-                    unmatched_tree.insert(&key[..], &[][..])?;
+                for k in &unmatched {
+                    unmatched_tree.insert(&k[..], &[][..])?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(tx_err)
     }
 
-    /// `sink`'s deliveries due at `now_ms`, earliest first, at most `n`.
+    /// `sink`'s deliveries due at `now_ms`, earliest first, at most `n`:
+    /// their keys and ids only, so skipping those in flight costs nothing.
     pub fn due(
         &self,
         sink: &str,
         now_ms: u64,
         n: usize,
-    ) -> Result<Vec<DeliveryRecord>, QueueError> {
+    ) -> Result<Vec<(sled::IVec, u64)>, QueueError> {
         let start = sink_prefix(sink);
         let mut end = start.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
         self.deliveries
             .range(start..end)
+            .keys()
             .take(n)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
+            .map(|k| {
+                let k = k?;
+                let id = k
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| k[at..].try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| QueueError::Corrupt {
+                        key: hex::encode(&k),
+                        reason: "delivery key too short".into(),
+                    })?;
+                Ok((k, id))
             })
             .collect()
+    }
+
+    /// The pending delivery at `key`, if it is still there.
+    pub fn delivery(&self, key: &[u8]) -> Result<Option<DeliveryRecord>, QueueError> {
+        match self.deliveries.get(key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// When `sink`'s earliest pending delivery is due.
@@ -116,32 +146,22 @@ impl SledQueue {
     }
 
     /// Replaces the record at `old` (its previous due key) with `rec`:
-    /// rescheduled when `rec` is pending, removed when `done`.
+    /// rescheduled when `rec` is pending, removed when `done`. New before
+    /// old: a crash in between leaves the record twice (attempted twice, at
+    /// least once), never zero times.
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
-        let value = rec.encode();
-        let new = rec.due_key();
-        self.deliveries
-            .transaction(|t| {
-                t.remove(old)?;
-                if !done {
-                    t.insert(&new[..], value.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+        if !done {
+            self.deliveries.insert(rec.due_key(), rec.encode())?;
+        }
+        self.deliveries.remove(old)?;
+        Ok(())
     }
 
-    /// Moves the record at `old` to `dead`.
+    /// Moves the record at `old` to `dead` (dead first, for the same reason).
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
-        let value = rec.encode();
-        let id = rec.id.to_be_bytes();
-        (&self.deliveries, &self.dead)
-            .transaction(|(deliveries, dead)| {
-                deliveries.remove(old)?;
-                dead.insert(&id[..], value.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+        self.dead.insert(rec.id.to_be_bytes(), rec.encode())?;
+        self.deliveries.remove(old)?;
+        Ok(())
     }
 
     /// Every dead delivery, oldest id first.

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
+pub use deliveries::Routed;
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
 pub use record::{DecodeError, EventRecord};
 pub use sled_queue::SledQueue;

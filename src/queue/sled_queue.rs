@@ -139,6 +139,12 @@ impl SledQueue {
         self.inbox_page(usize::MAX)
     }
 
+    /// Waits until the indexer has recorded new events (or returns at once
+    /// when it did since the last call).
+    pub async fn indexed(&self) {
+        self.shared.indexed.notified().await;
+    }
+
     /// Every event the log holds, routed or not, oldest first (for
     /// inspection and tests; reads every segment).
     pub fn events(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {

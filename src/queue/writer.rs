@@ -149,6 +149,8 @@ pub struct Shared {
     pending: Mutex<HashMap<Vec<u8>, (u64, EventId)>>,
     progress: Mutex<Progress>,
     caught_up: Condvar,
+    /// Rung when the indexer has recorded new events (the router waits on it).
+    pub indexed: tokio::sync::Notify,
     /// Set by a failed commit, cleared by a good one (for `/readyz`).
     pub failing: AtomicBool,
     /// Set for good by a failed sync.
@@ -442,6 +444,7 @@ fn index(store: &Store, shared: &Shared, batch: &[Logged]) -> Result<(), QueueEr
     if let Some(last) = batch.last() {
         shared.progress.lock().expect("progress lock").indexed = last.id.0 + u64::from(last.len);
         shared.caught_up.notify_all();
+        shared.indexed.notify_one();
     }
     Ok(())
 }
