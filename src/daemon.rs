@@ -145,6 +145,7 @@ pub async fn serve(
         shutdown.clone(),
     );
     let prune_queue = queue.clone();
+    let retention = config.server.retention;
     let prune_stop = shutdown.clone();
     let prune_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
@@ -154,10 +155,24 @@ pub async fn serve(
                 _ = prune_stop.cancelled() => return,
             }
             let q = prune_queue.clone();
-            match tokio::task::spawn_blocking(move || q.prune_seen(SystemTime::now())).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
-                _ => {}
+            let pruned = tokio::task::spawn_blocking(move || {
+                let now = SystemTime::now();
+                (q.prune_seen(now), q.prune_log(now, retention))
+            })
+            .await;
+            if let Ok((keys, segments)) = pruned {
+                match keys {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
+                    Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
+                    _ => {}
+                }
+                match segments {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(removed = n, "deleted log segments past retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pruning the log failed"),
+                    _ => {}
+                }
             }
         }
     });

@@ -46,6 +46,8 @@ pub struct Server {
     pub request_timeout: Duration,
     pub max_connections: usize,
     pub group_commit: bool,
+    /// How long routed events stay in the log.
+    pub retention: Duration,
 }
 
 /// One inbound endpoint, `POST /hooks/{name}`.
@@ -518,6 +520,11 @@ impl Cx<'_> {
             ),
             max_connections: self.positive(&raw.max_connections, "server.max_connections", 4096),
             group_commit: raw.group_commit.unwrap_or(true),
+            retention: self.duration(
+                &raw.retention,
+                "server.retention",
+                Duration::from_secs(7 * 24 * 3600),
+            ),
         }
     }
 

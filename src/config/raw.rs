@@ -30,6 +30,8 @@ pub struct RawServer {
     /// Share one fsync among concurrent requests (default true). Turning it
     /// off costs throughput and exists to measure the difference.
     pub group_commit: Option<bool>,
+    /// How long routed events stay in the log for inspection (`"7d"`).
+    pub retention: Option<Spanned<String>>,
 }
 
 /// A secret reference: exactly one of the three keys.

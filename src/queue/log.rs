@@ -228,6 +228,16 @@ pub fn remove_unused(dir: &Path, last_used: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Deletes segment `seq`.
+pub fn remove(dir: &Path, seq: u64) -> std::io::Result<()> {
+    std::fs::remove_file(segment_path(dir, seq))
+}
+
+/// When segment `seq` was last written.
+pub fn modified(dir: &Path, seq: u64) -> std::io::Result<std::time::SystemTime> {
+    std::fs::metadata(segment_path(dir, seq))?.modified()
+}
+
 /// Bytes the segments take on disk.
 pub fn disk_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -287,6 +297,11 @@ impl Reader {
             dir: dir.to_owned(),
             files: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Closes segment `seq` (it is being deleted).
+    pub fn forget(&self, seq: u64) {
+        self.files.lock().expect("reader lock").remove(&seq);
     }
 
     /// The event `id`, whose frame is `len` bytes long.

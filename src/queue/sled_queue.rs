@@ -192,6 +192,41 @@ impl SledQueue {
             .collect()
     }
 
+    /// Deletes log segments that are wholly indexed, hold no event still
+    /// waiting to be routed, and were last written more than `retention`
+    /// ago. Delivery records carry their own bodies, so pending and dead
+    /// deliveries do not need the log. Returns how many segments went.
+    pub fn prune_log(
+        &self,
+        now: SystemTime,
+        retention: std::time::Duration,
+    ) -> Result<usize, QueueError> {
+        let (indexed_seq, _) = log::place_of(self.store.indexed()?);
+        let mut removed = 0;
+        for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
+            // The writer may still be in `indexed_seq`; later ones are new.
+            if seq >= indexed_seq {
+                break;
+            }
+            let start = log::id_of(seq, 0).0.to_be_bytes();
+            let end = log::id_of(seq + 1, 0).0.to_be_bytes();
+            if self.inbox.range(start..end).next().is_some() {
+                continue;
+            }
+            let age = log::modified(&self.log_dir, seq)
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age < retention {
+                continue;
+            }
+            self.reader.forget(seq);
+            log::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Forgets dedupe keys whose window has passed. Returns how many.
     pub fn prune_seen(&self, now: SystemTime) -> Result<usize, QueueError> {
         self.shared.settle(SETTLE_LIMIT);

@@ -188,3 +188,41 @@ async fn events_lists_everything_logged() {
     }
     assert_eq!(q.events().unwrap().len(), 8);
 }
+
+#[tokio::test]
+async fn routed_segments_past_retention_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let now = SystemTime::now();
+    // Incompressible 1 MiB bodies: ten of them fill more than one segment.
+    for i in 0..10 {
+        let mut e = event("gh", &format!("big{i}"));
+        e.record.body = vec![0; 1 << 20];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
+        q.append(e, now).await.unwrap();
+    }
+    let segments = || log::segments(&dir.path().join("log")).unwrap();
+    let before = segments();
+    assert!(before.len() >= 3, "{before:?}");
+    let later = now + Duration::from_secs(3600);
+    // Not routed yet: nothing goes.
+    assert_eq!(q.prune_log(later, Duration::from_secs(60)).unwrap(), 0);
+    let routed: Vec<super::super::Routed> = q
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| super::super::Routed {
+            event: id,
+            pending: vec![],
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&routed).unwrap();
+    // Routed but younger than the retention: kept.
+    assert_eq!(q.prune_log(now, Duration::from_secs(60)).unwrap(), 0);
+    let removed = q.prune_log(later, Duration::from_secs(60)).unwrap();
+    assert!(removed >= 1, "{removed}");
+    assert_eq!(segments().len(), before.len() - removed);
+    // What is left still reads.
+    assert!(!q.events().unwrap().is_empty());
+}
