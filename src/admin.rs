@@ -1,50 +1,153 @@
-//! The admin listener (loopback only): `/healthz`, `/readyz` and the JSON
-//! API the CLI talks to while the daemon holds the sled lock.
+//! The admin listener (loopback only): `/healthz`, `/readyz`, and the JSON
+//! API the CLI talks to while the daemon holds the sled lock:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /api/queue/stats` | counts by state |
+//! | `GET /api/dead` | dead deliveries, summarised |
+//! | `GET /api/dead/{id}` | one, with its attempt history |
+//! | `POST /api/dead/{id}/replay`, `POST /api/dead/replay` | requeue one or all |
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use serde::Serialize;
 
-use crate::queue::Queue;
+use crate::dispatch::Dispatcher;
+use crate::queue::{DeliveryRecord, Queue, SledQueue};
 
-/// Answers one admin request.
-pub fn handle<B>(req: &Request<B>, queue: &Arc<dyn Queue>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use GET\n".into(),
-        );
-    }
-    match req.uri().path() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if queue.writable() {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "queue not writable\n".into(),
-                )
-            }
+/// What the admin API reaches.
+pub struct Admin {
+    pub queue: Arc<SledQueue>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+/// A dead delivery, as `dead list` shows it.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeadSummary {
+    pub id: u64,
+    pub source: String,
+    pub event: String,
+    pub delivery_id: String,
+    pub route: String,
+    pub sink: String,
+    pub attempts: usize,
+    pub last_status: Option<u16>,
+    pub reason: String,
+    /// RFC 3339.
+    pub dead_at: String,
+}
+
+impl DeadSummary {
+    pub fn of(d: &DeliveryRecord) -> DeadSummary {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.dead_ms.unwrap_or(0));
+        DeadSummary {
+            id: d.id,
+            source: d.source.clone(),
+            event: d.event.clone(),
+            delivery_id: d.delivery_id.clone(),
+            route: d.route.clone(),
+            sink: d.sink.clone(),
+            attempts: d.attempts.len(),
+            last_status: d.last_status(),
+            reason: d.reason.clone().unwrap_or_default(),
+            dead_at: humantime::format_rfc3339_seconds(at).to_string(),
         }
-        "/api/queue/stats" => match queue.stats() {
-            Ok(stats) => reply(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_string(&stats).expect("stats serialize"),
-            ),
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "application/json",
-                serde_json::json!({ "error": e.to_string() }).to_string(),
-            ),
-        },
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// A dead delivery in full, for `dead show`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct DeadDetail {
+    #[serde(flatten)]
+    pub summary: DeadSummary,
+    pub idempotency_key: String,
+    pub body_bytes: usize,
+    pub history: Vec<crate::queue::Attempt>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().trim_end_matches('/');
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        match (req.method(), parts.as_slice()) {
+            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["readyz"]) => {
+                if self.queue.writable() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "queue not writable\n")
+                }
+            }
+            (&Method::GET, ["api", "queue", "stats"]) => result(self.queue.stats()),
+            (&Method::GET, ["api", "dead"]) => result(
+                self.queue
+                    .dead_letters()
+                    .map(|all| all.iter().map(DeadSummary::of).collect::<Vec<_>>()),
+            ),
+            (&Method::GET, ["api", "dead", id]) => match id.parse::<u64>() {
+                Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
+                Ok(id) => match self.queue.dead_letter(id) {
+                    Ok(Some(d)) => json(
+                        StatusCode::OK,
+                        &DeadDetail {
+                            summary: DeadSummary::of(&d),
+                            idempotency_key: d.idempotency_key.clone(),
+                            body_bytes: d.frozen.as_ref().map_or(0, |f| f.body.len()),
+                            history: d.attempts.clone(),
+                        },
+                    ),
+                    Ok(None) => error(StatusCode::NOT_FOUND, "no dead delivery with that id"),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+            },
+            (&Method::POST, ["api", "dead", "replay"]) => replayed(self.dispatcher.replay(None)),
+            (&Method::POST, ["api", "dead", id, "replay"]) => match id.parse::<u64>() {
+                Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
+                Ok(id) => match self.dispatcher.replay(Some(id)) {
+                    Ok(0) => error(
+                        StatusCode::NOT_FOUND,
+                        "no dead delivery with that id (or nothing to send)",
+                    ),
+                    other => replayed(other),
+                },
+            },
+            (_, ["healthz" | "readyz"]) | (_, ["api", ..]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+fn replayed(r: Result<usize, crate::queue::QueueError>) -> Response<Full<Bytes>> {
+    result(r.map(|n| serde_json::json!({ "replayed": n })))
+}
+
+fn result<T: Serialize>(r: Result<T, crate::queue::QueueError>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_string(v).expect("serializable"),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain", body.to_owned())
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

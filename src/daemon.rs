@@ -134,13 +134,18 @@ pub async fn serve(
         },
         shutdown.clone(),
     );
-    let admin_queue = dyn_queue.clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone());
+    let admin_state = Arc::new(crate::admin::Admin {
+        queue: queue.clone(),
+        dispatcher: dispatcher.clone(),
+    });
     let admin_task = listener::run(
         admin,
         admin_limits,
         move |req, _peer| {
-            let q = admin_queue.clone();
-            async move { crate::admin::handle(&req, &q) }
+            let a = admin_state.clone();
+            async move { a.handle(&req) }
         },
         shutdown.clone(),
     );
@@ -184,7 +189,6 @@ pub async fn serve(
     });
     // Routing and delivery stop after ingress: what was accepted during the
     // drain is routed at the next start (it is in the log).
-    let wake = Arc::new(tokio::sync::Notify::new());
     let routes = Arc::new(config.routes);
     let stages = CancellationToken::new();
     let router_task = tokio::spawn(crate::router::run(
@@ -194,7 +198,6 @@ pub async fn serve(
         wake.clone(),
         stages.clone(),
     ));
-    let dispatcher = Dispatcher::new(queue.clone(), sinks, wake);
     let dispatch_task = tokio::spawn(dispatcher.run(stages.clone(), DRAIN_TIMEOUT));
     tokio::join!(ingress_task, admin_task);
     stages.cancel();

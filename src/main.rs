@@ -81,6 +81,37 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Deliveries that failed for good.
+    Dead {
+        #[command(subcommand)]
+        what: DeadCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadCommand {
+    /// Every dead delivery.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One, with its attempt history.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send again (re-enables a sink that a "gone" answer disabled).
+    Replay {
+        /// The dead delivery's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead delivery.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue {
             what: QueueCommand::Stats { json },
         } => queue_stats(&cli.config, json).await,
+        Command::Queue {
+            what: QueueCommand::Dead { what },
+        } => dead(&cli.config, what).await,
     }
 }
 
@@ -251,6 +285,139 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     shutdown.cancel();
+}
+
+/// Asks the running daemon's admin API; `None` when nothing listens there.
+async fn admin(
+    config: &hookgate::config::Config,
+    method: http::Method,
+    path: &str,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    let url = format!("http://{}{path}", config.server.admin_listen);
+    match hookgate::client::request(method, &url, &[], Vec::new()).await {
+        Ok((status, _, body)) if status.is_success() => Ok(Some(body)),
+        Ok((status, _, body)) => {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("{msg} ({status})")
+        }
+        Err(e) if e.is_connect() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
+    use hookgate::admin::{DeadDetail, DeadSummary};
+    let Some(loaded) = load_or_report(path, false, false) else {
+        return Ok(ExitCode::from(2));
+    };
+    let config = &loaded.config;
+    // Without a daemon, read (or requeue in) the data directory directly.
+    let offline = || hookgate::daemon::open_queue(config);
+    match what {
+        DeadCommand::List { json } => {
+            let list: Vec<DeadSummary> = match admin(config, http::Method::GET, "/api/dead").await?
+            {
+                Some(body) => serde_json::from_slice(&body)?,
+                None => offline()?
+                    .dead_letters()?
+                    .iter()
+                    .map(DeadSummary::of)
+                    .collect(),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no dead deliveries");
+            } else {
+                for d in &list {
+                    let status = d.last_status.map_or("-".to_owned(), |s| s.to_string());
+                    println!(
+                        "{}  {}  {}/{} {}  route {} → {}  attempts {}  last {}  {}",
+                        d.id,
+                        d.dead_at,
+                        d.source,
+                        d.event,
+                        d.delivery_id,
+                        d.route,
+                        d.sink,
+                        d.attempts,
+                        status,
+                        d.reason
+                    );
+                }
+            }
+        }
+        DeadCommand::Show { id, json } => {
+            let detail: DeadDetail =
+                match admin(config, http::Method::GET, &format!("/api/dead/{id}")).await? {
+                    Some(body) => serde_json::from_slice(&body)?,
+                    None => {
+                        let d = offline()?
+                            .dead_letter(id)?
+                            .ok_or_else(|| anyhow::anyhow!("no dead delivery {id}"))?;
+                        DeadDetail {
+                            summary: DeadSummary::of(&d),
+                            idempotency_key: d.idempotency_key.clone(),
+                            body_bytes: d.frozen.as_ref().map_or(0, |f| f.body.len()),
+                            history: d.attempts.clone(),
+                        }
+                    }
+                };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                let s = &detail.summary;
+                println!(
+                    "delivery {}: {}/{} (delivery id {}) via route {} to sink {}",
+                    s.id, s.source, s.event, s.delivery_id, s.route, s.sink
+                );
+                println!("dead since {}: {}", s.dead_at, s.reason);
+                println!(
+                    "idempotency key {}, body {} bytes",
+                    detail.idempotency_key, detail.body_bytes
+                );
+                for a in &detail.history {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms);
+                    let status = a.status.map_or("-".to_owned(), |s| s.to_string());
+                    println!(
+                        "  {}  {status}  {} ms  {}  {}",
+                        humantime::format_rfc3339_seconds(at),
+                        a.latency_ms,
+                        a.outcome,
+                        a.response.replace('\n', " ")
+                    );
+                }
+            }
+        }
+        DeadCommand::Replay { id, all, json } => {
+            let id = if all { None } else { id };
+            let path = match id {
+                Some(id) => format!("/api/dead/{id}/replay"),
+                None => "/api/dead/replay".to_owned(),
+            };
+            let n = match admin(config, http::Method::POST, &path).await? {
+                Some(body) => serde_json::from_slice::<serde_json::Value>(&body)?["replayed"]
+                    .as_u64()
+                    .unwrap_or(0),
+                None => offline()?.requeue(
+                    id,
+                    hookgate::queue::unix_millis(std::time::SystemTime::now()),
+                )? as u64,
+            };
+            if json {
+                println!("{}", serde_json::json!({ "replayed": n }));
+            } else {
+                println!(
+                    "replayed {n} dead deliver{}",
+                    if n == 1 { "y" } else { "ies" }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {

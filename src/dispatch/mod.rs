@@ -241,6 +241,38 @@ impl Dispatcher {
         self.leased.lock().expect("lease lock").remove(&rec.id);
     }
 
+    /// Replays dead deliveries (one, or all with `None`): they are due now
+    /// with a fresh schedule, and the sinks they go to are re-enabled (a
+    /// sink disabled by a "gone" answer, its breaker reset). Returns how
+    /// many were requeued.
+    pub fn replay(&self, id: Option<u64>) -> Result<usize, crate::queue::QueueError> {
+        let sinks: HashSet<String> = match id {
+            Some(id) => self
+                .queue
+                .dead_letter(id)?
+                .map(|d| d.sink)
+                .into_iter()
+                .collect(),
+            None => self
+                .queue
+                .dead_letters()?
+                .into_iter()
+                .map(|d| d.sink)
+                .collect(),
+        };
+        for name in &sinks {
+            if let Some(sink) = self.sinks.get(name) {
+                if sink.broken.lock().expect("broken lock").take().is_some() {
+                    tracing::info!(sink = %name, "sink re-enabled by a replay");
+                }
+                sink.breaker.lock().expect("breaker lock").success();
+            }
+        }
+        let n = self.queue.requeue(id, unix_millis(SystemTime::now()))?;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
     fn finish_dead(&self, mut rec: DeliveryRecord, reason: String) {
         let old = rec.due_key();
         rec.dead_ms = Some(unix_millis(SystemTime::now()));

@@ -149,3 +149,89 @@ secret = { env = "HOOKGATE_IT_DEV_ZENDESK" }
     let status = daemon.terminate();
     assert!(status.success(), "SIGTERM drains and exits 0: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_shown_and_replayed_with_the_cli() {
+    use crate::support::receiver::{Receiver, Reply};
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply {
+        body: "channel_not_found".into(),
+        ..Reply::status(404)
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        r#"
+[sources.github]
+provider = "github"
+secret = {{ file = "{{dir}}/github" }}
+
+[sinks.chat]
+kind = "slack"
+url = "{}"
+
+[[routes]]
+name = "prs"
+source = "github"
+to = ["chat"]
+"#,
+        rx.url("/services/x")
+    );
+    let daemon = Daemon::start(dir.path(), &sources, &[]).await;
+    let sent = daemon.cli(&["send", "github", "pull_request", "--delivery-id", "dl-1"]);
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("-> 202"));
+
+    let mut list = serde_json::Value::Null;
+    for _ in 0..100 {
+        let out = daemon.cli(&["queue", "dead", "list", "--json"]);
+        list = serde_json::from_slice(&out.stdout).unwrap();
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let d = &list[0];
+    for key in [
+        "id",
+        "source",
+        "event",
+        "delivery_id",
+        "route",
+        "sink",
+        "attempts",
+        "last_status",
+        "reason",
+        "dead_at",
+    ] {
+        assert!(d.get(key).is_some(), "dead list --json lacks `{key}`: {d}");
+    }
+    assert_eq!(
+        (d["delivery_id"].as_str(), d["last_status"].as_u64()),
+        (Some("dl-1"), Some(404))
+    );
+    assert!(d["reason"].as_str().unwrap().contains("channel_not_found"));
+    let id = d["id"].as_u64().unwrap().to_string();
+
+    let show = daemon.cli(&["queue", "dead", "show", &id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("channel_not_found") && text.contains("404"),
+        "{text}"
+    );
+
+    // The channel is back: one command and it is delivered.
+    let replay = daemon.cli(&["queue", "dead", "replay", &id]);
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains("replayed 1 dead delivery"),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let got = rx.wait_for(2, std::time::Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, got[1].body, "the same frozen message");
+    let out = daemon.cli(&["queue", "dead", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    assert!(daemon.terminate().success());
+}
