@@ -90,6 +90,8 @@ pub struct RawSink {
     pub product: Option<Spanned<String>>,
     /// http: the method (default POST).
     pub method: Option<Spanned<String>>,
+    /// http: sign each request as Standard Webhooks does (`whsec_…` key).
+    pub signing_secret: Option<Spanned<RawSecret>>,
     /// http: extra request headers.
     pub headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     /// log: a file to append JSON lines to; absent means stdout.

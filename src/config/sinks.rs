@@ -45,6 +45,8 @@ pub enum SinkKind {
         url: Result<Secret, String>,
         method: http::Method,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        /// The decoded Standard Webhooks key, when requests are signed.
+        signing: Option<Result<Secret, String>>,
     },
     Slack {
         url: Result<Secret, String>,
@@ -155,6 +157,12 @@ impl Cx<'_> {
             &["http"],
         );
         only(self, "path", raw.path.as_ref().map(Spanned::span), &["log"]);
+        only(
+            self,
+            "signing_secret",
+            raw.signing_secret.as_ref().map(Spanned::span),
+            &["http"],
+        );
         let kind = match kind_name {
             "log" => Some(SinkKind::Log {
                 path: raw.path.as_ref().map(|p| p.get_ref().into()),
@@ -385,10 +393,32 @@ impl Cx<'_> {
                 }
             }
         }
+        let signing = match raw.signing_secret.as_ref() {
+            None => None,
+            Some(s) => {
+                match self.resolve(s, &at("signing_secret"), super::secrets::SecretShape::Whsec)? {
+                    Err(why) => Some(Err(why)),
+                    Ok(secret) => match crate::verify::standard::decode_whsec(
+                        secret.expose_str().unwrap_or(""),
+                    ) {
+                        Some(key) => Some(Ok(Secret::new(key))),
+                        None => {
+                            self.err(
+                            s.span(),
+                            &at("signing_secret"),
+                            "not a Standard Webhooks key: it looks like `whsec_` followed by base64",
+                        );
+                            None
+                        }
+                    },
+                }
+            }
+        };
         Some(SinkKind::Http {
             url,
             method,
             headers,
+            signing,
         })
     }
 }

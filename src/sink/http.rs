@@ -1,7 +1,9 @@
 //! The `http` sink: any URL. By default it sends the original payload bytes
 //! with the `Content-Type` they came with; a route's `message` replaces
 //! the body. Every request carries `Hookgate-Source`, `Hookgate-Event`,
-//! `Hookgate-Delivery` and a stable `Idempotency-Key`.
+//! `Hookgate-Delivery` and a stable `Idempotency-Key`; with a
+//! `signing_secret`, also Standard Webhooks' `webhook-id`,
+//! `webhook-timestamp` and `webhook-signature` (signed at send time).
 
 use std::time::SystemTime;
 
@@ -18,6 +20,7 @@ pub struct HttpSink {
     url: Result<Secret, String>,
     method: http::Method,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    signing: Option<Result<Secret, String>>,
     client: reqwest::Client,
 }
 
@@ -26,15 +29,22 @@ impl HttpSink {
         url: Result<Secret, String>,
         method: http::Method,
         headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        signing: Option<Result<Secret, String>>,
         client: reqwest::Client,
     ) -> HttpSink {
         HttpSink {
             url,
             method,
             headers,
+            signing,
             client,
         }
     }
+}
+
+/// Standard Webhooks ids may not contain `.`; the idempotency key does.
+pub fn message_id(idempotency_key: &str) -> String {
+    format!("msg_{}", idempotency_key.replace('.', "_"))
 }
 
 impl Sink for HttpSink {
@@ -81,6 +91,26 @@ impl Sink for HttpSink {
             let mut req = self.client.request(self.method.clone(), &url);
             for (k, v) in &self.headers {
                 req = req.header(k, v);
+            }
+            match &self.signing {
+                None => {}
+                Some(Err(why)) => {
+                    return no_answer(Verdict::Retry {
+                        after: None,
+                        why: format!("signing secret not configured: {why}"),
+                    })
+                }
+                Some(Ok(key)) => {
+                    let id = message_id(&d.idempotency_key);
+                    for (k, v) in crate::verify::standard::sign_headers(
+                        key.expose(),
+                        &id,
+                        SystemTime::now(),
+                        &frozen.body,
+                    ) {
+                        req = req.header(k, v);
+                    }
+                }
             }
             match exchange(req, frozen, &d.idempotency_key).await {
                 Err(answer) => answer,

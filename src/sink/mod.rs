@@ -62,10 +62,12 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             url,
             method,
             headers,
+            signing,
         } => Box::new(http::HttpSink::new(
             url.clone(),
             method.clone(),
             headers.clone(),
+            signing.clone(),
             client(config.timeout)?,
         )),
         SinkKind::Slack { url } => {

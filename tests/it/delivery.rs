@@ -380,3 +380,26 @@ message = "{{{{ source }}}}/{{{{ event }}}}"
     assert_eq!(v["delivery_id"], "log-1");
     assert_eq!(v["route"], "all");
 }
+
+#[tokio::test]
+async fn http_sink_signs_as_standard_webhooks_when_asked() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let sink = r#"signing_secret = { file = "{dir}/standard" }"#;
+    let gw = TestGateway::start("", &config(&rx.url("/"), sink, "")).await;
+    let body = push(&gw, "signed-1").await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let r = &got[0];
+    let id = r.headers["webhook-id"].to_str().unwrap();
+    assert!(id.starts_with("msg_evt_") && !id.contains('.'), "{id}");
+    // The receiver verifies it as any Standard Webhooks consumer would.
+    let key =
+        hookgate::verify::standard::decode_whsec("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    hookgate::verify::standard::verify_headers(
+        &key,
+        &r.headers,
+        &body,
+        std::time::SystemTime::now(),
+        Duration::from_secs(300),
+    )
+    .expect("a valid Standard Webhooks signature");
+}
