@@ -10,9 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{
-    configured, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Sink, Verdict,
-};
+use super::{frozen_json, post_frozen, retry_after, Answer, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{discord_escape, truncate};
 use crate::route::Rendered;
@@ -127,24 +125,18 @@ impl Sink for DiscordSink {
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
-        Box::pin(async move {
-            let url = match configured(&self.url) {
-                Ok(u) => with_wait(&u),
-                Err(answer) => return answer,
-            };
-            let Some(frozen) = &d.frozen else {
-                return no_answer(Verdict::Permanent("nothing to send".into()));
-            };
-            match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
-                Err(answer) => answer,
-                Ok((status, headers, body)) => Answer {
-                    verdict: classify(status, &body, retry_after(&headers, SystemTime::now())),
-                    status: Some(status),
-                    response: excerpt(&body),
-                    pause: pause(&headers),
-                },
-            }
-        })
+        Box::pin(post_frozen(
+            &self.client,
+            &self.url,
+            |u| with_wait(&u),
+            d,
+            |status, headers, body| {
+                (
+                    classify(status, body, retry_after(headers, SystemTime::now())),
+                    pause(headers),
+                )
+            },
+        ))
     }
 }
 

@@ -165,6 +165,40 @@ pub async fn exchange(
     }
 }
 
+/// What a platform's answer means: the verdict, and a pause when its
+/// rate-limit budget is spent.
+pub type Judge = fn(u16, &::http::HeaderMap, &[u8]) -> (Verdict, Option<Duration>);
+
+/// One attempt of the chat sinks: POST the frozen request to the (secret)
+/// URL, `url_for` adjusting it, and let `judge` read the answer.
+pub async fn post_frozen(
+    client: &reqwest::Client,
+    url: &Result<crate::secret::Secret, String>,
+    url_for: fn(String) -> String,
+    d: &DeliveryRecord,
+    judge: Judge,
+) -> Answer {
+    let url = match configured(url) {
+        Ok(u) => url_for(u),
+        Err(answer) => return answer,
+    };
+    let Some(frozen) = &d.frozen else {
+        return no_answer(Verdict::Permanent("nothing to send".into()));
+    };
+    match exchange(client.post(&url), frozen, &d.idempotency_key).await {
+        Err(answer) => answer,
+        Ok((status, headers, body)) => {
+            let (verdict, pause) = judge(status, &headers, &body);
+            Answer {
+                verdict,
+                status: Some(status),
+                response: excerpt(&body),
+                pause,
+            }
+        }
+    }
+}
+
 /// A JSON body, frozen.
 pub fn frozen_json(value: &serde_json::Value) -> Frozen {
     Frozen {

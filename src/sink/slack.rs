@@ -8,9 +8,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{
-    configured, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Sink, Verdict,
-};
+use super::{frozen_json, post_frozen, retry_after, Answer, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{slack_escape, truncate};
 use crate::route::Rendered;
@@ -98,28 +96,19 @@ impl Sink for SlackSink {
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
-        Box::pin(async move {
-            let url = match configured(&self.url) {
-                Ok(u) => u,
-                Err(answer) => return answer,
-            };
-            let Some(frozen) = &d.frozen else {
-                return no_answer(Verdict::Permanent("nothing to send".into()));
-            };
-            match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
-                Err(answer) => answer,
-                Ok((status, headers, body)) => Answer {
-                    verdict: classify(
-                        status,
-                        std::str::from_utf8(&body).unwrap_or("").trim(),
-                        retry_after(&headers, SystemTime::now()),
-                    ),
-                    status: Some(status),
-                    response: excerpt(&body),
-                    pause: None,
-                },
-            }
-        })
+        Box::pin(post_frozen(
+            &self.client,
+            &self.url,
+            |u| u,
+            d,
+            |status, headers, body| {
+                let code = std::str::from_utf8(body).unwrap_or("").trim();
+                (
+                    classify(status, code, retry_after(headers, SystemTime::now())),
+                    None,
+                )
+            },
+        ))
     }
 }
 
