@@ -3,6 +3,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /metrics` | Prometheus text |
 //! | `GET /api/queue/stats` | counts by state |
 //! | `GET /api/dead` | dead deliveries, summarised |
 //! | `GET /api/dead/{id}` | one, with its attempt history |
@@ -22,6 +23,7 @@ use crate::queue::{DeliveryRecord, Queue, SledQueue};
 pub struct Admin {
     pub queue: Arc<SledQueue>,
     pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A dead delivery, as `dead list` shows it.
@@ -83,6 +85,27 @@ impl Admin {
                 }
             }
             (&Method::GET, ["api", "queue", "stats"]) => result(self.queue.stats()),
+            (&Method::GET, ["metrics"]) => match self.queue.stats() {
+                Ok(stats) => {
+                    let (breakers, oldest_due_age) = self
+                        .dispatcher
+                        .gauges(crate::queue::unix_millis(std::time::SystemTime::now()));
+                    let gauges = crate::metrics::Gauges {
+                        inbox: stats.inbox,
+                        deliveries: stats.deliveries,
+                        dead: stats.dead,
+                        unmatched: stats.unmatched,
+                        oldest_due_age,
+                        breakers,
+                    };
+                    reply(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        self.metrics.render(&gauges),
+                    )
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
             (&Method::GET, ["api", "dead"]) => result(
                 self.queue
                     .dead_letters()
@@ -115,7 +138,7 @@ impl Admin {
                     other => replayed(other),
                 },
             },
-            (_, ["healthz" | "readyz"]) | (_, ["api", ..]) => {
+            (_, ["healthz" | "readyz" | "metrics"]) | (_, ["api", ..]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
             }
             _ => error(StatusCode::NOT_FOUND, "not found"),

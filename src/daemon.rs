@@ -120,10 +120,12 @@ pub async fn serve(
         "hookgate listening"
     );
     let dyn_queue: Arc<dyn Queue> = queue.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let gateway = Arc::new(Gateway::new(
         config.server.clone(),
         config.sources.into_values(),
         dyn_queue.clone(),
+        metrics.clone(),
     ));
     let ingress_task = listener::run(
         ingress,
@@ -135,10 +137,11 @@ pub async fn serve(
         shutdown.clone(),
     );
     let wake = Arc::new(tokio::sync::Notify::new());
-    let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone());
+    let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
     let admin_state = Arc::new(crate::admin::Admin {
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
+        metrics,
     });
     let admin_task = listener::run(
         admin,

@@ -61,6 +61,7 @@ impl SinkRuntime {
 pub type Sinks = HashMap<String, SinkRuntime>;
 
 pub struct Dispatcher {
+    metrics: Arc<crate::metrics::Metrics>,
     queue: Arc<SledQueue>,
     sinks: Arc<Sinks>,
     /// Rung by the router when it adds deliveries, and by finished attempts.
@@ -69,8 +70,14 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(queue: Arc<SledQueue>, sinks: Arc<Sinks>, wake: Arc<Notify>) -> Arc<Dispatcher> {
+    pub fn new(
+        queue: Arc<SledQueue>,
+        sinks: Arc<Sinks>,
+        wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
+            metrics,
             queue,
             sinks,
             wake,
@@ -209,13 +216,21 @@ impl Dispatcher {
             *sink.broken.lock().expect("broken lock") = Some(why.clone());
         }
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
-        let result = match policy::next(
+        let next = policy::next(
             &answer.verdict,
             rec.failures,
             &sink.config.schedule,
             now,
             jitter,
-        ) {
+        );
+        let label = match &next {
+            Next::Done => "delivered",
+            Next::At { counted: true, .. } => "retry",
+            Next::At { counted: false, .. } => "rate_limited",
+            Next::Dead(_) => "dead",
+        };
+        self.metrics.attempt(name, label, started.elapsed());
+        let result = match next {
             Next::Done => {
                 tracing::debug!(sink = %name, delivery = rec.id, "delivered");
                 self.queue.update(&old_key, &rec, true)
@@ -239,6 +254,23 @@ impl Dispatcher {
             tracing::error!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome; it will be attempted again");
         }
         self.leased.lock().expect("lease lock").remove(&rec.id);
+    }
+
+    /// What `/metrics` shows of the sinks: breaker states, and how long the
+    /// most overdue delivery has waited.
+    pub fn gauges(&self, now_ms: u64) -> (std::collections::BTreeMap<String, bool>, f64) {
+        let mut oldest = 0u64;
+        let mut breakers = std::collections::BTreeMap::new();
+        for (name, sink) in self.sinks.iter() {
+            breakers.insert(
+                name.clone(),
+                sink.breaker.lock().expect("breaker lock").is_open(now_ms),
+            );
+            if let Ok(Some(due)) = self.queue.next_due(name) {
+                oldest = oldest.max(now_ms.saturating_sub(due));
+            }
+        }
+        (breakers, oldest as f64 / 1000.0)
     }
 
     /// Replays dead deliveries (one, or all with `None`): they are due now

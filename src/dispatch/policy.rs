@@ -84,6 +84,11 @@ impl Breaker {
         true
     }
 
+    /// Whether attempts are held back now.
+    pub fn is_open(&self, now_ms: u64) -> bool {
+        self.failures >= THRESHOLD && (now_ms < self.open_until_ms || self.probing)
+    }
+
     pub fn success(&mut self) {
         *self = Breaker::default();
     }

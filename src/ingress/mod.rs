@@ -22,6 +22,7 @@ use sha2::Digest;
 
 use crate::bucket::Bucket;
 use crate::config::{Proof, Server, Source};
+use crate::metrics::Metrics;
 use crate::queue::{unix_millis, Appended, EventRecord, NewEvent, Queue, QueueError};
 use crate::verify::Inbound;
 
@@ -39,6 +40,7 @@ pub struct Gateway {
     server: Server,
     sources: HashMap<String, SourceState>,
     queue: Arc<dyn Queue>,
+    metrics: Arc<Metrics>,
 }
 
 struct SourceState {
@@ -51,6 +53,7 @@ impl Gateway {
         server: Server,
         sources: impl IntoIterator<Item = Source>,
         queue: Arc<dyn Queue>,
+        metrics: Arc<Metrics>,
     ) -> Gateway {
         let sources = sources
             .into_iter()
@@ -63,6 +66,7 @@ impl Gateway {
             server,
             sources,
             queue,
+            metrics,
         }
     }
 
@@ -74,8 +78,22 @@ impl Gateway {
         &self.queue
     }
 
-    /// Answers one request.
+    /// Answers one request, and counts the answer.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        // Only configured names become labels: unknown ones are `_unknown`.
+        let source = req
+            .uri()
+            .path()
+            .strip_prefix("/hooks/")
+            .filter(|n| self.sources.contains_key(*n))
+            .unwrap_or("_unknown")
+            .to_owned();
+        let response = self.answer(req, peer).await;
+        self.metrics.request(&source, response.status().as_u16());
+        response
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let Some(state) = req
             .uri()
             .path()
@@ -135,6 +153,7 @@ impl Gateway {
             now,
         };
         if let Err(e) = provider.verify(&inbound) {
+            self.metrics.verify_failure(name, e.reason());
             tracing::warn!(source = name, client = %ip, reason = e.reason(), detail = %e, "rejected: proof of origin");
             return answer(
                 StatusCode::UNAUTHORIZED,

@@ -403,3 +403,104 @@ async fn http_sink_signs_as_standard_webhooks_when_asked() {
     )
     .expect("a valid Standard Webhooks signature");
 }
+
+/// Parses Prometheus text: every sample line is `name{labels} value`, every
+/// family has HELP and TYPE. Returns samples by `name{labels}`.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            assert!(
+                matches!(parts.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "no TYPE for {name}");
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_what_happened() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let gw = TestGateway::start("", &config(&rx.url("/"), "", "")).await;
+    push(&gw, "m-1").await;
+    push(&gw, "m-2").await;
+    let mut forged = gw.sign("github", "push", &sample("github", "push"), "m-3");
+    forged.body.push(b' ');
+    assert_eq!(gw.post("github", &forged).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        gw.request(http::Method::POST, "nope", &[], vec![]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    rx.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers, body) = hookgate::client::request(
+        http::Method::GET,
+        &format!("http://{}/metrics", gw.admin),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let m = parse_prometheus(std::str::from_utf8(&body).unwrap());
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in {m:#?}"))
+    };
+    assert_eq!(
+        get(r#"hookgate_requests_total{source="github",outcome="queued"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"hookgate_requests_total{source="github",outcome="unauthorized"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"hookgate_requests_total{source="_unknown",outcome="not_found"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"hookgate_verification_failures_total{source="github",reason="mismatch"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"hookgate_delivery_attempts_total{sink="target",outcome="delivered"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"hookgate_attempt_duration_seconds_count{sink="target"}"#),
+        2.0
+    );
+    assert_eq!(get(r#"hookgate_queue_depth{state="deliveries"}"#), 0.0);
+    assert_eq!(get(r#"hookgate_circuit_breaker_open{sink="target"}"#), 0.0);
+}
