@@ -194,14 +194,25 @@ pub async fn serve(
     // drain is routed at the next start (it is in the log).
     let routes = Arc::new(config.routes);
     let stages = CancellationToken::new();
+    let (router_beat, dispatch_beat) = (Arc::default(), Arc::default());
     let router_task = tokio::spawn(crate::router::run(
         queue.clone(),
         routes,
         sinks.clone(),
         wake.clone(),
+        Arc::clone(&router_beat),
         stages.clone(),
     ));
-    let dispatch_task = tokio::spawn(dispatcher.run(stages.clone(), DRAIN_TIMEOUT));
+    let dispatch_task =
+        tokio::spawn(dispatcher.run(Arc::clone(&dispatch_beat), stages.clone(), DRAIN_TIMEOUT));
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        tracing::info!(?interval, "systemd watchdog on");
+        tokio::spawn(crate::notify::watchdog(
+            interval,
+            vec![router_beat, dispatch_beat],
+            stages.clone(),
+        ));
+    }
     tokio::join!(ingress_task, admin_task);
     stages.cancel();
     let _ = router_task.await;

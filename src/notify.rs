@@ -1,6 +1,8 @@
 //! systemd's notify protocol (`Type=notify`): `READY=1` once the listeners
-//! are bound and the queue is open, `STOPPING=1` when the drain starts.
-//! Without `$NOTIFY_SOCKET` (not under systemd) every call does nothing.
+//! are bound and the queue is open, `STOPPING=1` when the drain starts, and
+//! `WATCHDOG=1` while the router and dispatcher loops keep turning, so a
+//! hung daemon is restarted. Without `$NOTIFY_SOCKET` (not under systemd)
+//! every call does nothing.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -11,6 +13,72 @@ pub fn notify(state: &str) {
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         if let Err(e) = notify_to(&socket, state) {
             tracing::warn!(error = %e, state, "cannot notify systemd");
+        }
+    }
+}
+
+/// When a loop last went round.
+#[derive(Debug)]
+pub struct Heartbeat(std::sync::atomic::AtomicU64, std::time::Instant);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat(
+            std::sync::atomic::AtomicU64::new(0),
+            std::time::Instant::now(),
+        )
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0.store(
+            self.1.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> std::time::Duration {
+        let last =
+            std::time::Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed));
+        self.1.elapsed().saturating_sub(last)
+    }
+}
+
+/// systemd's watchdog interval for this process, if it set one.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Pings the watchdog at half its interval while every heartbeat is
+/// younger than the interval; a stuck loop stops the pings, and systemd
+/// restarts the daemon. Returns when `stop` is cancelled.
+pub async fn watchdog(
+    interval: std::time::Duration,
+    beats: Vec<std::sync::Arc<Heartbeat>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match beats.iter().map(|b| b.age()).max() {
+            Some(age) if age > interval => {
+                tracing::error!(stalled_for = ?age, "a loop has stopped turning: no watchdog ping, systemd will restart hookgate");
+            }
+            _ => notify("WATCHDOG=1"),
         }
     }
 }
@@ -46,6 +114,13 @@ mod tests {
         let mut buf = [0; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn heartbeat_ages() {
+        let h = Heartbeat::default();
+        h.beat();
+        assert!(h.age() < std::time::Duration::from_secs(1));
     }
 
     #[test]

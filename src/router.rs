@@ -29,9 +29,11 @@ pub async fn run(
     routes: Arc<Routes>,
     sinks: Arc<Sinks>,
     wake: Arc<Notify>,
+    heartbeat: Arc<crate::notify::Heartbeat>,
     shutdown: CancellationToken,
 ) {
     loop {
+        heartbeat.beat();
         let q = queue.clone();
         let page = match tokio::task::spawn_blocking(move || q.inbox_page(PAGE)).await {
             Ok(Ok(page)) => page,

@@ -87,7 +87,12 @@ impl Dispatcher {
 
     /// Runs until `shutdown`, then lets in-flight attempts settle (up to
     /// `drain`): their outcomes are written back before this returns.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        heartbeat: Arc<crate::notify::Heartbeat>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
         let names: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
         match self
             .queue
@@ -102,6 +107,7 @@ impl Dispatcher {
         }
         let tracker = TaskTracker::new();
         loop {
+            heartbeat.beat();
             let mut sleep = IDLE;
             for (name, sink) in self.sinks.iter() {
                 match self.pass(name, sink, &tracker) {

@@ -235,3 +235,38 @@ to = ["chat"]
     );
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let sources =
+        "\n[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n";
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let daemon = Daemon::start_env(dir.path(), sources, &[], &env).await;
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(heard.iter().any(|m| m == "READY=1")
+        && heard.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        let n = socket.recv(&mut buf).expect("systemd hears from hookgate");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(heard[0], "READY=1", "ready first: {heard:?}");
+    assert!(daemon.terminate().success());
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut buf) {
+        if &buf[..n] == b"STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+}

@@ -272,6 +272,16 @@ impl Daemon {
     /// Writes `routes.toml` into `dir` (sources `sources`, data under
     /// `dir/data`) and starts `hookgate serve` with `extra` arguments.
     pub async fn start(dir: &std::path::Path, sources: &str, extra: &[&str]) -> Daemon {
+        Self::start_env(dir, sources, extra, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub async fn start_env(
+        dir: &std::path::Path,
+        sources: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = with_secrets(
@@ -283,14 +293,14 @@ impl Daemon {
         );
         let config = dir.join("routes.toml");
         std::fs::write(&config, text).unwrap();
-        Self::spawn(config, listen, admin, extra).await
+        Self::spawn(config, listen, admin, extra, env).await
     }
 
     /// Starts the binary again on the same config and data.
     pub async fn restart(self) -> Daemon {
         let (config, listen, admin) = (self.config.clone(), self.listen, self.admin);
         drop(self);
-        Self::spawn(config, listen, admin, &[]).await
+        Self::spawn(config, listen, admin, &[], &[]).await
     }
 
     async fn spawn(
@@ -298,9 +308,11 @@ impl Daemon {
         listen: SocketAddr,
         admin: SocketAddr,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Daemon {
         let log = std::fs::File::create(config.with_extension("log")).unwrap();
         let child = std::process::Command::new(binary())
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .arg("serve")
