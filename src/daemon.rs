@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Proof};
 use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
+use crate::live::Live;
 use crate::queue::{Queue, QueueError, SledQueue};
 
 /// How long in-flight requests get to finish once shutdown starts. Shorter
@@ -57,8 +58,13 @@ pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     })
 }
 
-/// Binds the configured addresses and serves until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+/// Binds the configured addresses and serves until `shutdown`, applying
+/// the configs sent on `reloads`.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reloads: tokio::sync::mpsc::Receiver<Config>,
+) -> Result<(), DaemonError> {
     let queue = Arc::new(open_queue(&config)?);
     let bind = |addr: std::net::SocketAddr| async move {
         TcpListener::bind(addr)
@@ -70,7 +76,53 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     };
     let ingress = bind(config.server.listen).await?;
     let admin = bind(config.server.admin_listen).await?;
-    serve(ingress, admin, config, queue, shutdown).await
+    serve(ingress, admin, config, queue, shutdown, reloads).await
+}
+
+/// Swaps in a new config's sources, sinks and routes, or keeps the old
+/// ones if a sink cannot be built.
+fn apply_reload(
+    running: &crate::config::Server,
+    new: Config,
+    gateway: &Gateway,
+    routes: &Live<crate::route::Routes>,
+    sinks: &Live<Sinks>,
+    dispatcher: &Dispatcher,
+) {
+    let built = match build_sinks(&new) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the old config keeps serving");
+            return;
+        }
+    };
+    let s = &new.server;
+    for (key, changed) in [
+        ("listen", s.listen != running.listen),
+        ("admin_listen", s.admin_listen != running.admin_listen),
+        ("data_dir", s.data_dir != running.data_dir),
+        ("max_body_bytes", s.max_body_bytes != running.max_body_bytes),
+        (
+            "trusted_proxies",
+            s.trusted_proxies != running.trusted_proxies,
+        ),
+        ("group_commit", s.group_commit != running.group_commit),
+    ] {
+        if changed {
+            tracing::warn!(key = %format!("server.{key}"), "changed in the file; takes effect at the next restart");
+        }
+    }
+    let (n_sources, n_sinks, n_routes) = (new.sources.len(), built.len(), new.routes.len());
+    gateway.set_sources(new.sources.into_values());
+    sinks.set(built);
+    routes.set(new.routes);
+    dispatcher.bury_orphans();
+    tracing::info!(
+        sources = n_sources,
+        sinks = n_sinks,
+        routes = n_routes,
+        "config reloaded"
+    );
 }
 
 /// Builds every configured sink.
@@ -89,14 +141,21 @@ pub fn build_sinks(config: &Config) -> Result<Sinks, DaemonError> {
 }
 
 /// Serves on already-bound listeners (tests bind port 0).
+///
+/// Each config received on `reloads` (already validated: SIGHUP handling
+/// loads and checks the file) replaces the sources, sinks and routes
+/// between two requests; queued and in-flight deliveries are not touched,
+/// and deliveries to sinks that are gone go dead with that reason.
 pub async fn serve(
     ingress: TcpListener,
     admin: TcpListener,
     config: Config,
     queue: Arc<SledQueue>,
     shutdown: CancellationToken,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), DaemonError> {
-    let sinks = Arc::new(build_sinks(&config)?);
+    let sinks = Arc::new(Live::new(build_sinks(&config)?));
+    let running_server = config.server.clone();
     for source in config.sources.values() {
         if let Proof::Closed(reason) = &source.proof {
             tracing::error!(source = %source.name, reason = %reason, "source closed: it answers 503 until its secret is set");
@@ -127,6 +186,7 @@ pub async fn serve(
         dyn_queue.clone(),
         metrics.clone(),
     ));
+    let reload_gateway = gateway.clone();
     let ingress_task = listener::run(
         ingress,
         limits,
@@ -192,7 +252,26 @@ pub async fn serve(
     });
     // Routing and delivery stop after ingress: what was accepted during the
     // drain is routed at the next start (it is in the log).
-    let routes = Arc::new(config.routes);
+    let routes = Arc::new(Live::new(config.routes));
+    {
+        let (gateway, routes, sinks, dispatcher) = (
+            reload_gateway,
+            routes.clone(),
+            sinks.clone(),
+            dispatcher.clone(),
+        );
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    c = reloads.recv() => c,
+                    _ = stop.cancelled() => None,
+                };
+                let Some(new) = next else { return };
+                apply_reload(&running_server, new, &gateway, &routes, &sinks, &dispatcher);
+            }
+        });
+    }
     let stages = CancellationToken::new();
     let (router_beat, dispatch_beat) = (Arc::default(), Arc::default());
     let router_task = tokio::spawn(crate::router::run(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod ingress;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod queue;

@@ -272,8 +272,60 @@ async fn serve(path: &Path, dev: bool) -> anyhow::Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    hookgate::daemon::run(loaded.config, shutdown).await?;
+    let (reloads, reloaded) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(reload_on_hangup(path.to_owned(), dev, reloads));
+    hookgate::daemon::run(loaded.config, shutdown, reloaded).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP (`systemctl reload`): read and check the config again; a good
+/// one is handed to the daemon, a bad one is refused with every problem
+/// logged, and the old config keeps serving.
+async fn reload_on_hangup(
+    path: PathBuf,
+    dev: bool,
+    reloads: tokio::sync::mpsc::Sender<config::Config>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading");
+        let mut resolver = Resolver::from_env();
+        if dev {
+            match resolver.with_dev(dev_secrets_path(&path), true) {
+                Ok(r) => resolver = r,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: dev secrets unreadable; the old config keeps serving");
+                    continue;
+                }
+            }
+        }
+        // Reading files and compiling templates is blocking work.
+        let loaded = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || config::load(&p, &resolver)).await
+        };
+        match loaded {
+            Ok(Ok(loaded)) => {
+                for w in loaded.secret_problems.iter().chain(&loaded.warnings) {
+                    tracing::warn!(problem = %w.display(&path), "config");
+                }
+                if reloads.send(loaded.config).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(errors)) => {
+                for problem in &errors.problems {
+                    tracing::error!(problem = %problem.display(&path), "reload refused");
+                }
+                tracing::error!(
+                    problems = errors.problems.len(),
+                    "reload refused: the old config keeps serving"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed"),
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

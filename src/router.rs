@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Sinks;
+use crate::live::Live;
 use crate::queue::{
     unix_millis, DeliveryRecord, EventId, EventRecord, QueueError, Routed, SledQueue,
 };
@@ -26,8 +27,8 @@ const IDLE: Duration = Duration::from_millis(500);
 /// Routes until `shutdown`. `wake` tells the dispatcher about new work.
 pub async fn run(
     queue: Arc<SledQueue>,
-    routes: Arc<Routes>,
-    sinks: Arc<Sinks>,
+    routes: Arc<Live<Routes>>,
+    sinks: Arc<Live<Sinks>>,
     wake: Arc<Notify>,
     heartbeat: Arc<crate::notify::Heartbeat>,
     shutdown: CancellationToken,
@@ -53,6 +54,8 @@ pub async fn run(
                 _ = tokio::time::sleep(IDLE) => continue,
             }
         }
+        // One snapshot per page: a reload applies from the next page on.
+        let (routes, sinks) = (routes.get(), sinks.get());
         let routed: Result<Vec<Routed>, QueueError> = page
             .iter()
             .map(|(id, event)| route_one(&queue, &routes, &sinks, *id, event))

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bucket::Bucket;
 use crate::config::SinkConfig;
+use crate::live::Live;
 use crate::queue::{unix_millis, Attempt, DeliveryRecord, SledQueue};
 use crate::sink::{Sink, Verdict};
 use policy::{Breaker, Next};
@@ -63,7 +64,7 @@ pub type Sinks = HashMap<String, SinkRuntime>;
 pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
     queue: Arc<SledQueue>,
-    sinks: Arc<Sinks>,
+    sinks: Arc<Live<Sinks>>,
     /// Rung by the router when it adds deliveries, and by finished attempts.
     wake: Arc<Notify>,
     leased: Mutex<HashSet<u64>>,
@@ -72,7 +73,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         queue: Arc<SledQueue>,
-        sinks: Arc<Sinks>,
+        sinks: Arc<Live<Sinks>>,
         wake: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Dispatcher> {
@@ -93,24 +94,14 @@ impl Dispatcher {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
-        let names: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
-        match self
-            .queue
-            .bury_orphans(&names, unix_millis(SystemTime::now()))
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                deliveries = n,
-                "deliveries to removed sinks are dead (reason: sink removed)"
-            ),
-            Err(e) => tracing::error!(error = %e, "cannot check for deliveries to removed sinks"),
-        }
+        self.bury_orphans();
         let tracker = TaskTracker::new();
         loop {
             heartbeat.beat();
             let mut sleep = IDLE;
-            for (name, sink) in self.sinks.iter() {
-                match self.pass(name, sink, &tracker) {
+            let sinks = self.sinks.get();
+            for (name, sink) in sinks.iter() {
+                match self.pass(name, sink, &sinks, &tracker) {
                     Ok(Some(wait)) => sleep = sleep.min(wait),
                     Ok(None) => {}
                     Err(e) => {
@@ -130,12 +121,31 @@ impl Dispatcher {
         }
     }
 
+    /// Pending deliveries to sinks the config no longer has go dead with
+    /// that reason (at start and after a reload).
+    pub fn bury_orphans(&self) {
+        let sinks = self.sinks.get();
+        let names: Vec<&str> = sinks.keys().map(String::as_str).collect();
+        match self
+            .queue
+            .bury_orphans(&names, unix_millis(SystemTime::now()))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                deliveries = n,
+                "deliveries to removed sinks are dead (reason: sink removed)"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot check for deliveries to removed sinks"),
+        }
+    }
+
     /// Starts what `sink` may start now. Returns how long until its next
     /// due delivery, when known.
     fn pass(
         self: &Arc<Self>,
         name: &str,
         sink: &SinkRuntime,
+        sinks: &Arc<Sinks>,
         tracker: &TaskTracker,
     ) -> Result<Option<Duration>, crate::queue::QueueError> {
         let now = unix_millis(SystemTime::now());
@@ -169,8 +179,9 @@ impl Dispatcher {
             self.leased.lock().expect("lease lock").insert(rec.id);
             let this = self.clone();
             let name = name.to_owned();
+            let sinks = sinks.clone();
             tracker.spawn(async move {
-                this.attempt(&name, rec).await;
+                this.attempt(&sinks, &name, rec).await;
                 drop(permit);
                 this.wake.notify_one();
             });
@@ -179,8 +190,8 @@ impl Dispatcher {
         Ok(next.map(|due| Duration::from_millis(due.saturating_sub(now))))
     }
 
-    async fn attempt(&self, name: &str, mut rec: DeliveryRecord) {
-        let sink = &self.sinks[name];
+    async fn attempt(&self, sinks: &Sinks, name: &str, mut rec: DeliveryRecord) {
+        let sink = &sinks[name];
         let old_key = rec.due_key();
         let started = Instant::now();
         // The sink has its own timeout; this one only guards against a sink
@@ -267,7 +278,7 @@ impl Dispatcher {
     pub fn gauges(&self, now_ms: u64) -> (std::collections::BTreeMap<String, bool>, f64) {
         let mut oldest = 0u64;
         let mut breakers = std::collections::BTreeMap::new();
-        for (name, sink) in self.sinks.iter() {
+        for (name, sink) in self.sinks.get().iter() {
             breakers.insert(
                 name.clone(),
                 sink.breaker.lock().expect("breaker lock").is_open(now_ms),
@@ -298,8 +309,9 @@ impl Dispatcher {
                 .map(|d| d.sink)
                 .collect(),
         };
+        let live = self.sinks.get();
         for name in &sinks {
-            if let Some(sink) = self.sinks.get(name) {
+            if let Some(sink) = live.get(name) {
                 if sink.broken.lock().expect("broken lock").take().is_some() {
                     tracing::info!(sink = %name, "sink re-enabled by a replay");
                 }

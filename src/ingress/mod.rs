@@ -22,6 +22,7 @@ use sha2::Digest;
 
 use crate::bucket::Bucket;
 use crate::config::{Proof, Server, Source};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::queue::{unix_millis, Appended, EventRecord, NewEvent, Queue, QueueError};
 use crate::verify::Inbound;
@@ -38,7 +39,8 @@ const CREDENTIAL_HEADERS: [&str; 5] = [
 /// Everything a request needs: the sources, server limits and the queue.
 pub struct Gateway {
     server: Server,
-    sources: HashMap<String, SourceState>,
+    /// Swapped whole by a reload.
+    sources: Live<HashMap<String, SourceState>>,
     queue: Arc<dyn Queue>,
     metrics: Arc<Metrics>,
 }
@@ -55,19 +57,17 @@ impl Gateway {
         queue: Arc<dyn Queue>,
         metrics: Arc<Metrics>,
     ) -> Gateway {
-        let sources = sources
-            .into_iter()
-            .map(|source| {
-                let bucket = source.rate_limit.map(Bucket::new);
-                (source.name.clone(), SourceState { source, bucket })
-            })
-            .collect();
         Gateway {
             server,
-            sources,
+            sources: Live::new(source_states(sources)),
             queue,
             metrics,
         }
+    }
+
+    /// Serves these sources from the next request on (a reload).
+    pub fn set_sources(&self, sources: impl IntoIterator<Item = Source>) {
+        self.sources.set(source_states(sources));
     }
 
     pub fn server(&self) -> &Server {
@@ -81,24 +81,30 @@ impl Gateway {
     /// Answers one request, and counts the answer.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         // Only configured names become labels: unknown ones are `_unknown`.
+        let sources = self.sources.get();
         let source = req
             .uri()
             .path()
             .strip_prefix("/hooks/")
-            .filter(|n| self.sources.contains_key(*n))
+            .filter(|n| sources.contains_key(*n))
             .unwrap_or("_unknown")
             .to_owned();
-        let response = self.answer(req, peer).await;
+        let response = self.answer(&sources, req, peer).await;
         self.metrics.request(&source, response.status().as_u16());
         response
     }
 
-    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn answer(
+        &self,
+        sources: &HashMap<String, SourceState>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let Some(state) = req
             .uri()
             .path()
             .strip_prefix("/hooks/")
-            .and_then(|n| self.sources.get(n))
+            .and_then(|n| sources.get(n))
         else {
             let name = req.uri().path();
             tracing::info!(path = name, %peer, "rejected: unknown source");
@@ -246,6 +252,16 @@ impl Gateway {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
         }
     }
+}
+
+fn source_states(sources: impl IntoIterator<Item = Source>) -> HashMap<String, SourceState> {
+    sources
+        .into_iter()
+        .map(|source| {
+            let bucket = source.rate_limit.map(Bucket::new);
+            (source.name.clone(), SourceState { source, bucket })
+        })
+        .collect()
 }
 
 /// Headers kept with the event, for routes to look at. Credentials are dropped.

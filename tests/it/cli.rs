@@ -270,3 +270,116 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refuses_a_broken_config_and_applies_a_good_one() {
+    use crate::support::receiver::{Receiver, Reply};
+    let rx = Receiver::start(Reply::status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        r#"
+[sources.github]
+provider = "github"
+secret = {{ file = "{{dir}}/github" }}
+
+[sinks.target]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "all"
+to = ["target"]
+"#,
+        rx.url("/in")
+    );
+    let daemon = Daemon::start(dir.path(), &sources, &[]).await;
+    // Break the file, then ask for a reload.
+    let good = std::fs::read_to_string(&daemon.config).unwrap();
+    let broken = good
+        .replace("to = [\"target\"]", "to = [\"nowhere\"]")
+        .replace("kind = \"http\"", "kind = \"http\"\nbogus = 1");
+    std::fs::write(&daemon.config, broken).unwrap();
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let log_path = daemon.config.with_extension("log");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("the old config keeps serving") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(
+        log.contains("bogus") && log.contains("nowhere"),
+        "every problem, with its line: {log}"
+    );
+    // Still routing with the old config (signed here: `hookgate send`
+    // would read the broken file).
+    let github = providers_of(dir.path(), &sources)["github"].clone();
+    let signed = github.sign(&hookgate::verify::SignInput {
+        body: &sample("github", "push"),
+        event: "push",
+        delivery_id: "after-bad-reload",
+        now: std::time::SystemTime::now(),
+    });
+    let (status, _, _) = hookgate::client::request(
+        http::Method::POST,
+        &daemon.url("github"),
+        &signed.headers,
+        signed.body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, http::StatusCode::ACCEPTED);
+    let got = rx.wait_for(1, std::time::Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["hookgate-delivery"], "after-bad-reload");
+
+    // A good config: the next delivery goes where it now says.
+    let rx2 = Receiver::start(Reply::status(200)).await;
+    std::fs::write(
+        &daemon.config,
+        good.replace(&rx.url("/in"), &rx2.url("/v2")),
+    )
+    .unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("config reloaded")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let signed = github.sign(&hookgate::verify::SignInput {
+        body: &sample("github", "push"),
+        event: "push",
+        delivery_id: "after-good-reload",
+        now: std::time::SystemTime::now(),
+    });
+    let (status, _, _) = hookgate::client::request(
+        http::Method::POST,
+        &daemon.url("github"),
+        &signed.headers,
+        signed.body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, http::StatusCode::ACCEPTED);
+    let got = rx2.wait_for(1, std::time::Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "routed by the reloaded config");
+    assert_eq!(got[0].path, "/v2");
+    assert_eq!(rx.received().len(), 1);
+    assert!(daemon.terminate().success());
+}

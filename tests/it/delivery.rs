@@ -504,3 +504,51 @@ async fn metrics_parse_and_count_what_happened() {
     assert_eq!(get(r#"hookgate_queue_depth{state="deliveries"}"#), 0.0);
     assert_eq!(get(r#"hookgate_circuit_breaker_open{sink="target"}"#), 0.0);
 }
+
+#[tokio::test]
+async fn a_reload_changes_routing_and_buries_deliveries_to_removed_sinks() {
+    let old = Receiver::start(Reply::status(503)).await;
+    let new = Receiver::start(Reply::status(200)).await;
+    let gw = TestGateway::start("", &config(&old.url("/"), r#"retry = ["1h"]"#, "")).await;
+    push(&gw, "before-reload").await;
+    assert_eq!(
+        old.wait_for(1, Duration::from_secs(10)).await.len(),
+        1,
+        "first attempt failed; the retry waits an hour"
+    );
+
+    let replacement = format!(
+        r#"{GITHUB}
+[sinks.fresh]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "pushes-v2"
+source = "github"
+event = "push"
+to = ["fresh"]
+"#,
+        new.url("/v2")
+    );
+    gw.reload(&replacement).await;
+    let dead = wait_dead(&gw, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery_id, "before-reload");
+    assert!(
+        dead[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("sink `target` removed"),
+        "{:?}",
+        dead[0].reason
+    );
+
+    push(&gw, "after-reload").await;
+    let got = new.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/v2");
+    assert_eq!(got[0].headers["hookgate-delivery"], "after-reload");
+    assert_eq!(old.received().len(), 1, "the old sink is not called again");
+}

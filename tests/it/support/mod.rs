@@ -68,6 +68,7 @@ secret = { file = "{dir}/standard" }
 "#;
 
 pub struct TestGateway {
+    reloads: tokio::sync::mpsc::Sender<config::Config>,
     server: String,
     sources: String,
     pub addr: SocketAddr,
@@ -133,14 +134,17 @@ impl TestGateway {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
+        let (reloads, reloaded) = tokio::sync::mpsc::channel(4);
         let task = tokio::spawn(hookgate::daemon::serve(
             ingress,
             admin,
             config,
             queue.clone(),
             shutdown.clone(),
+            reloaded,
         ));
         TestGateway {
+            reloads,
             server: server.to_owned(),
             sources: sources.to_owned(),
             addr,
@@ -151,6 +155,23 @@ impl TestGateway {
             task: Some(task),
             dir,
         }
+    }
+
+    /// Applies a new config (sources and the rest, same `[server]` lines).
+    pub async fn reload(&self, sources: &str) {
+        let data = self.dir.path().join("data");
+        let text = with_secrets(
+            self.dir.path(),
+            &format!(
+                "[server]\ndata_dir = \"{}\"\n{}\n{sources}",
+                data.display(),
+                self.server
+            ),
+        );
+        let config = config::parse(&text, &Resolver::default())
+            .unwrap_or_else(|p| panic!("{p:#?}"))
+            .config;
+        self.reloads.send(config).await.unwrap();
     }
 
     /// Every provider, default server settings.
