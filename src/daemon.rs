@@ -125,8 +125,13 @@ fn apply_reload(
     );
 }
 
-/// Builds every configured sink.
+/// Builds every configured sink (and says which are disabled).
 pub fn build_sinks(config: &Config) -> Result<Sinks, DaemonError> {
+    for c in config.sinks.values() {
+        if let Some(why) = c.kind.unconfigured() {
+            tracing::warn!(sink = %c.name, reason = %why, "sink disabled until its secret is set: routes skip it");
+        }
+    }
     config
         .sinks
         .values()

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod queue;
 pub mod route;
 pub mod router;
+pub mod routetest;
 pub mod samples;
 pub mod secret;
 pub mod send;

@@ -50,6 +50,12 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Run the route tests beside the config (routes.test.toml).
+    Test {
+        /// The tests (default: the config's name with .test.toml).
+        #[arg(long)]
+        tests: Option<PathBuf>,
+    },
     /// Post a bundled sample, signed as the source's provider signs.
     Send {
         source: String,
@@ -134,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve { dev: false }) {
         Command::Serve { dev } => serve(&cli.config, dev).await,
         Command::Check { strict } => Ok(check(&cli.config, strict)),
+        Command::Test { tests } => Ok(route_tests(&cli.config, tests)),
         Command::Send {
             source,
             event,
@@ -220,6 +227,44 @@ fn load_or_report(path: &Path, dev: bool, generate: bool) -> Option<Loaded> {
     }
 }
 
+fn route_tests(path: &Path, tests: Option<PathBuf>) -> ExitCode {
+    // Secrets do not matter for routing: the dev store keeps sources open.
+    let Some(loaded) = load_or_report(path, false, false) else {
+        return ExitCode::from(2);
+    };
+    let tests = tests.unwrap_or_else(|| hookgate::routetest::tests_path(path));
+    let reports = match hookgate::routetest::run(&loaded.config, &tests) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hookgate test: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let failed = reports.iter().filter(|r| !r.failures.is_empty()).count();
+    for r in &reports {
+        if r.failures.is_empty() {
+            println!("ok    {}", r.name);
+        } else {
+            println!("FAIL  {}", r.name);
+            for f in &r.failures {
+                for line in f.lines() {
+                    println!("      {line}");
+                }
+            }
+        }
+    }
+    println!(
+        "{}: {} passed, {failed} failed",
+        tests.display(),
+        reports.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn check(path: &Path, strict: bool) -> ExitCode {
     let Some(loaded) = load_or_report(path, false, false) else {
         return ExitCode::from(2);
@@ -242,7 +287,7 @@ fn check(path: &Path, strict: bool) -> ExitCode {
     let c = &loaded.config;
     let names: Vec<&str> = c.sources.keys().map(String::as_str).collect();
     let closed = if missing > 0 {
-        format!("; {missing} secret(s) not set here, so those sources would answer 503")
+        format!("; {missing} secret(s) not set here: those sources would answer 503 and those sinks be disabled")
     } else {
         String::new()
     };

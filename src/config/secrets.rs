@@ -34,6 +34,9 @@ pub enum SecretShape {
     Token,
     /// A Standard Webhooks key: `whsec_` + base64 of 32 random bytes.
     Whsec,
+    /// Issued by someone else (a webhook URL, an API token): dev mode never
+    /// makes one up, so the sink stays disabled until it is set.
+    External,
 }
 
 /// Why a secret could not be read. The message says what to set.
@@ -168,7 +171,7 @@ impl DevStore {
         if let Some(v) = values.get(&key) {
             return Some(Secret::new(v.as_str()));
         }
-        if !self.generate {
+        if !self.generate || shape == SecretShape::External {
             return None;
         }
         let value = generate(shape);
@@ -185,7 +188,7 @@ impl DevStore {
 fn generate(shape: SecretShape) -> String {
     let bytes: [u8; 32] = rand::random();
     match shape {
-        SecretShape::Token => hex::encode(bytes),
+        SecretShape::Token | SecretShape::External => hex::encode(bytes),
         SecretShape::Whsec => format!("whsec_{}", crate::verify::encode_b64(&bytes)),
     }
 }
@@ -260,6 +263,9 @@ mod tests {
             a.generated(),
             vec!["env:HOOKGATE_TEST_DEV_UNSET".to_string()]
         );
+        // Webhook URLs and API tokens are never made up.
+        let url = SecretRef::Env("HOOKGATE_TEST_DEV_URL_UNSET".into());
+        assert!(a.resolve(&url, SecretShape::External).is_err());
         // A reader that may not generate (hookgate send) sees the same value.
         let b = Resolver::default().with_dev(path, false).unwrap();
         assert_eq!(b.resolve(&r, SecretShape::Whsec).unwrap(), first);

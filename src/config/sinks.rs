@@ -66,6 +66,24 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
+    /// Why the sink cannot send: its URL or token secret is not set. Such
+    /// a sink is disabled: routing skips it (and says so at start).
+    pub fn unconfigured(&self) -> Option<&str> {
+        fn missing(r: &Result<Secret, String>) -> Option<&str> {
+            r.as_ref().err().map(String::as_str)
+        }
+        match self {
+            SinkKind::Log { .. } => None,
+            SinkKind::Http { url, signing, .. } => {
+                missing(url).or_else(|| signing.as_ref().and_then(missing))
+            }
+            SinkKind::Slack { url } | SinkKind::Teams { url } | SinkKind::Discord { url } => {
+                missing(url)
+            }
+            SinkKind::Prodmatic { token, .. } => missing(token),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             SinkKind::Log { .. } => "log",
@@ -265,7 +283,7 @@ impl Cx<'_> {
                 Ok(Secret::new(u.as_str()))
             }
             RawUrl::Secret(s) => {
-                self.resolve_at(url.span(), s, &at, super::secrets::SecretShape::Token)?
+                self.resolve_at(url.span(), s, &at, super::secrets::SecretShape::External)?
             }
         };
         if let Ok(u) = &resolved {
@@ -315,7 +333,7 @@ impl Cx<'_> {
             }
         }
         let token = match raw.token.as_ref() {
-            Some(t) => self.resolve(t, &at("token"), super::secrets::SecretShape::Token),
+            Some(t) => self.resolve(t, &at("token"), super::secrets::SecretShape::External),
             None => {
                 self.err(
                     raw.kind.span(),

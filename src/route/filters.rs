@@ -7,6 +7,7 @@
 //! | `regex_capture(pattern, group=1)` | the group of the first match, or none |
 //! | `regex_captures(pattern, group=1)` | that group of every match, as a list |
 //! | `truncate(n, marker="…")` | at most `n` characters, marker included |
+//! | `striptags` | HTML tags removed, entities decoded, spaces collapsed |
 //! | `slack_escape` | `&`, `<`, `>` escaped for Slack mrkdwn |
 //! | `discord_escape` | Markdown and mentions neutralised for Discord |
 //! | `tojson` | (MiniJinja's) JSON text of a value |
@@ -16,9 +17,12 @@ use minijinja::{Error, ErrorKind, Value};
 /// Registers every filter of this module on `env`.
 pub fn register(env: &mut minijinja::Environment<'static>) {
     env.add_filter("regex_match", regex_match);
+    // Also a test, for `selectattr("message", "regex_match", "…")`.
+    env.add_test("regex_match", regex_match);
     env.add_filter("regex_capture", regex_capture);
     env.add_filter("regex_captures", regex_captures);
     env.add_filter("truncate", truncate);
+    env.add_filter("striptags", striptags);
     env.add_filter("slack_escape", slack_escape);
     env.add_filter("discord_escape", discord_escape);
 }
@@ -80,6 +84,22 @@ pub fn truncate(text: &str, n: usize, marker: Option<&str>) -> String {
     let mut out: String = text.chars().take(keep).collect();
     out.push_str(marker);
     out
+}
+
+/// Text of an HTML fragment (Intercom and Zendesk bodies): tags dropped,
+/// the common entities decoded, whitespace collapsed.
+pub fn striptags(html: &str) -> String {
+    static TAG: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let tag = TAG.get_or_init(|| regex::Regex::new(r"<[^>]*>").expect("static regex"));
+    let text = tag
+        .replace_all(html, " ")
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Slack mrkdwn: only `&`, `<` and `>` are control characters.
@@ -154,6 +174,13 @@ mod tests {
     }
 
     #[test]
+    fn regex_match_is_also_a_test() {
+        let ctx = serde_json::json!({"commits": [{"m": "fix [FEAT-1]"}, {"m": "chore"}]});
+        let out = render("{{ commits | selectattr('m', 'regex_match', '\\\\[FEAT-') | map(attribute='m') | join(',') }}", ctx);
+        assert_eq!(out, "fix [FEAT-1]");
+    }
+
+    #[test]
     fn bad_regex_is_an_error_not_a_panic() {
         let mut env = minijinja::Environment::new();
         register(&mut env);
@@ -171,6 +198,14 @@ mod tests {
         assert_eq!(
             render("{{ 'abcdef' | truncate(3, '') }}", serde_json::json!({})),
             "abc"
+        );
+    }
+
+    #[test]
+    fn striptags_keeps_the_text() {
+        assert_eq!(
+            striptags("<p>Hi <b>there</b> &amp; welcome</p>\n<p>x</p>"),
+            "Hi there & welcome x"
         );
     }
 

@@ -383,3 +383,57 @@ to = ["target"]
     assert_eq!(rx.received().len(), 1);
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn route_tests_pass_on_the_shipped_config_and_fail_with_a_diff() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |tests: &Path| {
+        std::process::Command::new(binary())
+            .args(["test", "--config"])
+            .arg(root.join("routes.toml"))
+            .arg("--tests")
+            .arg(tests)
+            .output()
+            .unwrap()
+    };
+    let shipped = run(&root.join("routes.test.toml"));
+    let out = String::from_utf8_lossy(&shipped.stdout);
+    assert_eq!(
+        shipped.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+    assert!(out.contains("0 failed"), "{out}");
+
+    // One expectation changed: the message differs, and the diff shows how.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("routes.test.toml"))
+        .unwrap()
+        .replace(
+            "payload_file = \"samples/",
+            &format!("payload_file = \"{}/samples/", root.display()),
+        )
+        .replace(
+            "merged into `acme/widgets` by lee-marsh",
+            "merged into `acme/gadgets` by lee-marsh",
+        );
+    let broken = dir.path().join("broken.test.toml");
+    std::fs::write(&broken, text).unwrap();
+    let failed = run(&broken);
+    let out = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  a merged pull request is announced everywhere"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- :rocket: *Add CSV export [FEAT-123]* merged into `acme/gadgets`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ :rocket: *Add CSV export [FEAT-123]* merged into `acme/widgets`"),
+        "{out}"
+    );
+    assert!(out.contains("1 failed"), "{out}");
+}

@@ -552,3 +552,39 @@ to = ["fresh"]
     assert_eq!(got[0].headers["hookgate-delivery"], "after-reload");
     assert_eq!(old.received().len(), 1, "the old sink is not called again");
 }
+
+#[tokio::test]
+async fn a_sink_without_its_secret_is_skipped_not_queued() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    let text = format!(
+        r#"{GITHUB}
+[sinks.chat]
+kind = "slack"
+url = {{ env = "HOOKGATE_IT_NEVER_SET_SLACK" }}
+
+[sinks.target]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "both"
+source = "github"
+to = ["chat", "target"]
+"#,
+        rx.url("/")
+    );
+    let gw = TestGateway::start("", &text).await;
+    push(&gw, "disabled-1").await;
+    assert_eq!(
+        rx.wait_for(1, Duration::from_secs(10)).await.len(),
+        1,
+        "the configured sink delivers"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = hookgate::queue::Queue::stats(gw.queue.as_ref()).unwrap();
+    assert_eq!(
+        (stats.deliveries, stats.dead),
+        (0, 0),
+        "nothing queued for the disabled sink"
+    );
+}
