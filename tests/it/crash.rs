@@ -280,3 +280,75 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
     assert!(stored.contains("after"));
     drop(queue);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), SOURCES, &[]).await;
+    let github = providers_of(dir.path(), SOURCES)["github"].clone();
+    let body = sample("github", "push");
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (github, body, acked, stop) =
+                (github.clone(), body.clone(), acked.clone(), stop.clone());
+            let url = daemon.url("github");
+            tokio::spawn(async move {
+                for i in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("term-{w}-{i}");
+                    let signed = github.sign(&SignInput {
+                        body: &body,
+                        event: "push",
+                        delivery_id: &id,
+                        now: SystemTime::now(),
+                    });
+                    match hookgate::client::request(
+                        Method::POST,
+                        &url,
+                        &signed.headers,
+                        signed.body,
+                    )
+                    .await
+                    {
+                        Ok((StatusCode::ACCEPTED, _, _)) => acked.lock().unwrap().push(id),
+                        // Refused while draining: never acknowledged.
+                        Ok((StatusCode::SERVICE_UNAVAILABLE, _, _)) => {}
+                        Ok((status, _, _)) => panic!("{id}: unexpected {status}"),
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = daemon.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(status.success(), "drained and exited 0: {status:?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 50,
+        "the load ran ({} acknowledged)",
+        acked.len()
+    );
+    let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
+    let stored: std::collections::HashSet<String> = queue
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.delivery_id)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged, then lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
