@@ -21,6 +21,8 @@ use crate::queue::{DeliveryRecord, Queue, SledQueue};
 
 /// What the admin API reaches.
 pub struct Admin {
+    /// Required for everything but `/healthz` and `/readyz`, when set.
+    pub token: Option<Result<crate::secret::Secret, String>>,
     pub queue: Arc<SledQueue>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -75,6 +77,11 @@ impl Admin {
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        if !matches!(parts.as_slice(), ["healthz" | "readyz"]) {
+            if let Some(refused) = self.refuse(req) {
+                return refused;
+            }
+        }
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => {
@@ -142,6 +149,38 @@ impl Admin {
                 error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
             }
             _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+impl Admin {
+    /// The answer for a request without the right bearer token, if any.
+    fn refuse<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let token = match &self.token {
+            None => return None,
+            Some(Err(_)) => {
+                return Some(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "admin token not configured",
+                ))
+            }
+            Some(Ok(t)) => t,
+        };
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if token.ct_eq(given.as_bytes()) {
+            None
+        } else {
+            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static"),
+            );
+            Some(r)
         }
     }
 }

@@ -204,6 +204,7 @@ pub async fn serve(
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
     let admin_state = Arc::new(crate::admin::Admin {
+        token: config.server.admin_token.clone(),
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
         metrics,

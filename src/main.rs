@@ -384,6 +384,17 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// The admin API's bearer token header, when the config sets one.
+fn admin_auth(config: &hookgate::config::Config) -> Vec<(String, String)> {
+    match &config.server.admin_token {
+        Some(Ok(t)) => vec![(
+            "Authorization".into(),
+            format!("Bearer {}", t.expose_str().unwrap_or("")),
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// Asks the running daemon's admin API; `None` when nothing listens there.
 async fn admin(
     config: &hookgate::config::Config,
@@ -391,7 +402,7 @@ async fn admin(
     path: &str,
 ) -> anyhow::Result<Option<bytes::Bytes>> {
     let url = format!("http://{}{path}", config.server.admin_listen);
-    match hookgate::client::request(method, &url, &[], Vec::new()).await {
+    match hookgate::client::request(method, &url, &admin_auth(config), Vec::new()).await {
         Ok((status, _, body)) if status.is_success() => Ok(Some(body)),
         Ok((status, _, body)) => {
             let msg = serde_json::from_slice::<serde_json::Value>(&body)
@@ -521,27 +532,14 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let Some(loaded) = load_or_report(path, false, false) else {
         return Ok(ExitCode::from(2));
     };
-    let url = format!(
-        "http://{}/api/queue/stats",
-        loaded.config.server.admin_listen
-    );
     let stats: hookgate::queue::Stats =
-        match hookgate::client::request(http::Method::GET, &url, &[], Vec::new()).await {
-            Ok((status, _, body)) if status.is_success() => {
-                serde_json::from_slice(&body).context("the daemon's stats answer")?
-            }
-            Ok((status, _, body)) => {
-                anyhow::bail!(
-                    "{url} answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            }
+        match admin(&loaded.config, http::Method::GET, "/api/queue/stats").await? {
+            Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
             // No daemon: read the data directory directly.
-            Err(e) if e.is_connect() => {
+            None => {
                 use hookgate::queue::Queue;
                 hookgate::daemon::open_queue(&loaded.config)?.stats()?
             }
-            Err(e) => return Err(e.into()),
         };
     if json {
         println!("{}", serde_json::to_string(&stats)?);

@@ -39,6 +39,9 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Required by the admin API and `/metrics` (`Err`: its secret is
+    /// missing, and the API refuses everyone).
+    pub admin_token: Option<Result<Secret, String>>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
@@ -460,12 +463,16 @@ impl Cx<'_> {
     fn server(&mut self, raw: RawServer) -> Server {
         let listen = self.addr(&raw.listen, "server.listen", "127.0.0.1:8080");
         let admin_listen = self.addr(&raw.admin_listen, "server.admin_listen", "127.0.0.1:9090");
-        if !admin_listen.ip().is_loopback() {
+        let admin_token = match raw.admin_token.as_ref() {
+            None => None,
+            Some(t) => self.resolve(t, "server.admin_token", SecretShape::External),
+        };
+        if !admin_listen.ip().is_loopback() && raw.admin_token.is_none() {
             let span = raw.admin_listen.as_ref().map(|v| v.span()).unwrap_or(0..0);
             self.err(
                 span,
                 "server.admin_listen",
-                "the admin listener has no authentication yet: bind it to a loopback address (127.0.0.1 or [::1])",
+                "an admin listener off loopback needs `admin_token = { env = \"…\" }` (or bind it to 127.0.0.1 / [::1])",
             );
         }
         let data_dir = match std::env::var_os("STATE_DIRECTORY") {
@@ -505,6 +512,7 @@ impl Cx<'_> {
         Server {
             listen,
             admin_listen,
+            admin_token,
             data_dir,
             max_body_bytes,
             trusted_proxies,

@@ -13,8 +13,11 @@ use toml::Spanned;
 pub struct RawServer {
     /// Webhook ingress address, e.g. `127.0.0.1:8080`.
     pub listen: Option<Spanned<String>>,
-    /// Loopback address of `/healthz`, `/readyz` and the admin API.
+    /// Address of `/healthz`, `/readyz`, `/metrics` and the admin API.
     pub admin_listen: Option<Spanned<String>>,
+    /// Bearer token the admin API and `/metrics` require; needed when
+    /// `admin_listen` is not a loopback address.
+    pub admin_token: Option<Spanned<RawSecret>>,
     /// Directory of the sled database; `$STATE_DIRECTORY` wins when set.
     pub data_dir: Option<Spanned<String>>,
     /// Largest accepted body, in bytes.

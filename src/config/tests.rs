@@ -430,3 +430,22 @@ fields = {{ id = "{{{{ payload.x }}}}", status = "COMPLETED" }}
         "{problems:?}"
     );
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let s = secret_file("t0ken");
+    let base = GITHUB;
+    let open = format!("[server]\nadmin_listen = \"0.0.0.0:9090\"\n{base}");
+    let problems = parse(&open, &Resolver::default()).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("needs `admin_token")),
+        "{problems:?}"
+    );
+    let guarded = format!(
+        "[server]\nadmin_listen = \"0.0.0.0:9090\"\nadmin_token = {{ file = \"{s}\" }}\n{base}"
+    );
+    let c = parse(&guarded, &Resolver::default()).unwrap().config;
+    assert!(matches!(c.server.admin_token, Some(Ok(_))));
+}

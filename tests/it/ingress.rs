@@ -576,3 +576,37 @@ async fn connection_limit_holds_new_clients_until_a_slot_frees() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn admin_api_wants_its_bearer_token_when_one_is_set() {
+    let gw = TestGateway::start(r#"admin_token = { file = "{dir}/jira" }"#, ALL_SOURCES).await;
+    let get = |path: &str, token: Option<&str>| {
+        let url = format!("http://{}{path}", gw.admin);
+        let headers: Vec<(String, String)> = token
+            .map(|t| vec![("Authorization".to_string(), format!("Bearer {t}"))])
+            .unwrap_or_default();
+        async move {
+            hookgate::client::request(Method::GET, &url, &headers, vec![])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        get("/healthz", None).await.0,
+        StatusCode::OK,
+        "probes need no token"
+    );
+    assert_eq!(get("/readyz", None).await.0, StatusCode::OK);
+    let (status, headers, _) = get("/api/queue/stats", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert_eq!(
+        get("/metrics", Some("wrong")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get("/api/queue/stats", Some("jira-secret")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(get("/metrics", Some("jira-secret")).await.0, StatusCode::OK);
+}
