@@ -81,9 +81,11 @@ pub async fn run(
 
 /// Swaps in a new config's sources, sinks and routes, or keeps the old
 /// ones if a sink cannot be built.
+#[allow(clippy::too_many_arguments)]
 fn apply_reload(
     running: &crate::config::Server,
     new: Config,
+    tls: Option<&Live<Arc<rustls::ServerConfig>>>,
     gateway: &Gateway,
     routes: &Live<crate::route::Routes>,
     sinks: &Live<Sinks>,
@@ -111,6 +113,15 @@ fn apply_reload(
         if changed {
             tracing::warn!(key = %format!("server.{key}"), "changed in the file; takes effect at the next restart");
         }
+    }
+    match (tls, &new.server.tls) {
+        // New certificates apply to new connections.
+        (Some(live), Some(config)) => live.set(config.clone()),
+        (None, None) => {}
+        _ => tracing::warn!(
+            key = "server.tls",
+            "TLS turned on or off in the file; takes effect at the next restart"
+        ),
     }
     let (n_sources, n_sinks, n_routes) = (new.sources.len(), built.len(), new.routes.len());
     gateway.set_sources(new.sources.into_values());
@@ -192,15 +203,19 @@ pub async fn serve(
         metrics.clone(),
     ));
     let reload_gateway = gateway.clone();
-    let ingress_task = listener::run(
-        ingress,
-        limits,
-        move |req, peer| {
-            let gw = gateway.clone();
-            async move { gw.handle(req, peer).await }
-        },
-        shutdown.clone(),
-    );
+    let tls = config.server.tls.clone().map(|c| Arc::new(Live::new(c)));
+    let handler = move |req, peer| {
+        let gw = gateway.clone();
+        async move { gw.handle(req, peer).await }
+    };
+    let ingress_stop = shutdown.clone();
+    let ingress_tls = tls.clone();
+    let ingress_task = async move {
+        match ingress_tls {
+            Some(tls) => listener::run_tls(ingress, limits, tls, handler, ingress_stop).await,
+            None => listener::run(ingress, limits, handler, ingress_stop).await,
+        }
+    };
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
     let admin_state = Arc::new(crate::admin::Admin {
@@ -274,7 +289,15 @@ pub async fn serve(
                     _ = stop.cancelled() => None,
                 };
                 let Some(new) = next else { return };
-                apply_reload(&running_server, new, &gateway, &routes, &sinks, &dispatcher);
+                apply_reload(
+                    &running_server,
+                    new,
+                    tls.as_deref(),
+                    &gateway,
+                    &routes,
+                    &sinks,
+                    &dispatcher,
+                );
             }
         });
     }

@@ -51,6 +51,8 @@ pub struct Server {
     pub group_commit: bool,
     /// How long routed events stay in the log.
     pub retention: Duration,
+    /// TLS for the ingress listener, certificates already loaded.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One inbound endpoint, `POST /hooks/{name}`.
@@ -528,6 +530,15 @@ impl Cx<'_> {
             ),
             max_connections: self.positive(&raw.max_connections, "server.max_connections", 4096),
             group_commit: raw.group_commit.unwrap_or(true),
+            tls: raw.tls.as_ref().and_then(|t| {
+                match tls_config(&t.get_ref().cert, &t.get_ref().key) {
+                    Ok(c) => Some(c),
+                    Err(msg) => {
+                        self.err(t.span(), "server.tls", msg);
+                        None
+                    }
+                }
+            }),
             retention: self.duration(
                 &raw.retention,
                 "server.retention",
@@ -938,6 +949,26 @@ impl Cx<'_> {
             }) as Arc<dyn Provider>)
         }))
     }
+}
+
+/// A rustls server config from PEM files (ring, TLS 1.2 and 1.3).
+pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("cannot read certificates from {cert}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{cert} holds no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {key}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map(Arc::new)
+        .map_err(|e| format!("the certificate and key do not make a TLS config: {e}"))
 }
 
 /// Parses `N/s`, `N/m` or `N/h`.

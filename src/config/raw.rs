@@ -35,6 +35,16 @@ pub struct RawServer {
     pub group_commit: Option<bool>,
     /// How long routed events stay in the log for inspection (`"7d"`).
     pub retention: Option<Spanned<String>>,
+    /// Serve the ingress over TLS (PEM files; re-read on reload).
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `tls = { cert = "…", key = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A secret reference: exactly one of the three keys.

@@ -449,3 +449,15 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     let c = parse(&guarded, &Resolver::default()).unwrap().config;
     assert!(matches!(c.server.admin_token, Some(Ok(_))));
 }
+
+#[test]
+fn tls_files_are_checked_when_the_config_loads() {
+    let text = format!("[server]\ntls = {{ cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }}\n{GITHUB}");
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "server.tls" && p.message.contains("/nonexistent/cert.pem")),
+        "{problems:?}"
+    );
+}

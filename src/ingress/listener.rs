@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::Live;
+
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -33,6 +35,34 @@ pub struct Limits {
 pub async fn run<H, F>(
     listener: TcpListener,
     limits: Limits,
+    handler: H,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve(listener, limits, None, handler, shutdown).await
+}
+
+/// Like [`run`], over TLS. Each connection takes the config current when
+/// it arrives, so a reload's new certificate applies to new connections.
+pub async fn run_tls<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Arc<Live<Arc<rustls::ServerConfig>>>,
+    handler: H,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve(listener, limits, Some(tls), handler, shutdown).await
+}
+
+async fn serve<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<Arc<Live<Arc<rustls::ServerConfig>>>>,
     handler: H,
     shutdown: CancellationToken,
 ) where
@@ -61,18 +91,23 @@ pub async fn run<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let tls = tls.as_ref().map(|t| t.get());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => connection(TokioIo::new(stream), peer, limits, handler, watcher).await,
+                Some(config) => {
+                    // The handshake counts against the header-read time.
+                    let accept =
+                        tokio_rustls::TlsAcceptor::from(Arc::clone(&*config)).accept(stream);
+                    match tokio::time::timeout(limits.header_timeout, accept).await {
+                        Ok(Ok(tls)) => {
+                            connection(TokioIo::new(tls), peer, limits, handler, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -83,5 +118,30 @@ pub async fn run<H, F>(
         _ = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "connections still open after the drain timeout");
         }
+    }
+}
+
+/// Serves one HTTP/1 connection, watched for the graceful drain.
+async fn connection<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    limits: Limits,
+    handler: H,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req, peer);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

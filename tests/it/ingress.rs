@@ -610,3 +610,37 @@ async fn admin_api_wants_its_bearer_token_when_one_is_set() {
     );
     assert_eq!(get("/metrics", Some("jira-secret")).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn tls_listener_accepts_signed_webhooks_over_https() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let server = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        fixtures.join("cert.pem").display(),
+        fixtures.join("key.pem").display()
+    );
+    let gw = TestGateway::start(&server, ALL_SOURCES).await;
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(fixtures.join("cert.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .build()
+        .unwrap();
+    let signed = gw.sign("github", "push", &sample("github", "push"), "tls-1");
+    let mut req = client.post(format!("https://localhost:{}/hooks/github", gw.addr.port()));
+    for (k, v) in &signed.headers {
+        req = req.header(k, v);
+    }
+    let resp = req.body(signed.body.clone()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(gw.events().len(), 1);
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(hookgate::client::request(
+        Method::POST,
+        &gw.url("github"),
+        &signed.headers,
+        signed.body.clone()
+    )
+    .await
+    .is_err());
+}
