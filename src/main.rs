@@ -273,13 +273,21 @@ fn check(path: &Path, strict: bool) -> ExitCode {
         eprintln!("warning: {}", w.display(path));
     }
     let missing = loaded.secret_problems.len();
-    let label = if strict { "error" } else { "warning" };
+    // A sink without its secret is merely disabled; a source without its
+    // secret cannot take webhooks, so --strict fails on those only.
+    let fatal = |p: &&config::Problem| !p.key.starts_with("sinks.");
     for p in &loaded.secret_problems {
+        let label = if strict && fatal(&p) {
+            "error"
+        } else {
+            "warning"
+        };
         eprintln!("{label}: {}", p.display(path));
     }
-    if strict && missing > 0 {
+    let fatal_count = loaded.secret_problems.iter().filter(fatal).count();
+    if strict && fatal_count > 0 {
         eprintln!(
-            "{}: {missing} secret(s) missing; those sources would answer 503",
+            "{}: {fatal_count} secret(s) missing; those sources would answer 503",
             path.display()
         );
         return ExitCode::from(2);
