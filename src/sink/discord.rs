@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, post_frozen, retry_after, Answer, Sink, Verdict};
+use super::{frozen_json, message_object, object, post_frozen, retry_after, Answer, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{discord_escape, truncate};
 use crate::route::Rendered;
@@ -110,16 +110,10 @@ impl Sink for DiscordSink {
                 if let Some(u) = sum.url {
                     embed["url"] = json!(u);
                 }
-                json!({"embeds": [embed]})
+                object(json!({"embeds": [embed]}))
             }
-            Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(Value::Object(m)) => Value::Object(m),
-                _ => json!({"content": t}),
-            },
+            Rendered::Text(t) => message_object(t, "content"),
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
-        };
-        let Value::Object(msg) = msg else {
-            unreachable!("built as objects")
         };
         Ok(frozen_json(&Value::Object(fit(msg))))
     }

@@ -199,6 +199,26 @@ pub async fn post_frozen(
     }
 }
 
+/// A chat message from a template's output: the JSON object it wrote, or
+/// its text under `key` (Slack `text`, Discord `content`).
+pub fn message_object(text: &str, key: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::from_iter([(
+            key.to_owned(),
+            serde_json::Value::String(text.to_owned()),
+        )]),
+    }
+}
+
+/// An object built with `json!({...})`.
+pub fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// A JSON body, frozen.
 pub fn frozen_json(value: &serde_json::Value) -> Frozen {
     Frozen {

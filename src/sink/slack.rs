@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, post_frozen, retry_after, Answer, Sink, Verdict};
+use super::{frozen_json, message_object, object, post_frozen, retry_after, Answer, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{slack_escape, truncate};
 use crate::route::Rendered;
@@ -81,16 +81,12 @@ impl Sink for SlackSink {
             Rendered::Default => {
                 let sum = summarize(event, &crate::router::context(event).payload);
                 let link = sum.url.map(|u| format!(" <{u}|open>")).unwrap_or_default();
-                json!({ "text": format!("*{}*: {}{link}", slack_escape(&sum.place), slack_escape(&sum.text)) })
+                object(
+                    json!({ "text": format!("*{}*: {}{link}", slack_escape(&sum.place), slack_escape(&sum.text)) }),
+                )
             }
-            Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(Value::Object(m)) => Value::Object(m),
-                _ => json!({ "text": t }),
-            },
+            Rendered::Text(t) => message_object(t, "text"),
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
-        };
-        let Value::Object(msg) = msg else {
-            unreachable!("built as objects")
         };
         Ok(frozen_json(&Value::Object(fit(msg))))
     }
