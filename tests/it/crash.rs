@@ -21,27 +21,34 @@ secret = { file = "{dir}/github" }
 
 const WORKERS: usize = 16;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_acknowledged_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), SOURCES, &[]).await;
-    let github = providers_of(dir.path(), SOURCES)["github"].clone();
+/// Signed pushes from `WORKERS` concurrent clients until `stop` (at most
+/// 5000 each): returns the workers and the ids that got a 202. A 503 is
+/// allowed when `draining`; a connection error (the daemon is gone) ends
+/// a worker; any other answer fails the test.
+fn signed_load(
+    url: String,
+    github: Arc<dyn hookgate::verify::Provider>,
+    prefix: &'static str,
+    draining: bool,
+    stop: Arc<AtomicBool>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<String>>>) {
     let body = sample("github", "push");
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let workers: Vec<_> = (0..WORKERS)
+    let workers = (0..WORKERS)
         .map(|w| {
-            let (github, body, acked, stop) =
-                (github.clone(), body.clone(), acked.clone(), stop.clone());
-            let url = daemon.url("github");
+            let (github, body, acked, stop, url) = (
+                github.clone(),
+                body.clone(),
+                acked.clone(),
+                stop.clone(),
+                url.clone(),
+            );
             tokio::spawn(async move {
-                // Bounded: at most 5000 requests per worker, or until stopped.
                 for i in 0..5000 {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let id = format!("w{w}-{i}");
+                    let id = format!("{prefix}-{w}-{i}");
                     let signed = github.sign(&SignInput {
                         body: &body,
                         event: "push",
@@ -57,14 +64,31 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
                     .await
                     {
                         Ok((StatusCode::ACCEPTED, _, _)) => acked.lock().unwrap().push(id),
+                        Ok((StatusCode::SERVICE_UNAVAILABLE, _, _)) if draining => {}
                         Ok((status, _, _)) => panic!("{id}: unexpected {status}"),
-                        // The daemon died under us: this delivery was never acknowledged.
+                        // The daemon is gone: this delivery was never acknowledged.
                         Err(_) => break,
                     }
                 }
             })
         })
         .collect();
+    (workers, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), SOURCES, &[]).await;
+    let github = providers_of(dir.path(), SOURCES)["github"].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (workers, acked) = signed_load(
+        daemon.url("github"),
+        github.clone(),
+        "kill",
+        false,
+        stop.clone(),
+    );
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let daemon = daemon.kill();
@@ -82,6 +106,7 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     // Restarted on the same data: replays of acknowledged deliveries are
     // duplicates, so the dedupe keys survived the crash with their events.
     let daemon = daemon.restart().await;
+    let body = sample("github", "push");
     for id in acked.iter().rev().take(20) {
         let signed = github.sign(&SignInput {
             body: &body,
@@ -286,44 +311,14 @@ async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), SOURCES, &[]).await;
     let github = providers_of(dir.path(), SOURCES)["github"].clone();
-    let body = sample("github", "push");
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let (github, body, acked, stop) =
-                (github.clone(), body.clone(), acked.clone(), stop.clone());
-            let url = daemon.url("github");
-            tokio::spawn(async move {
-                for i in 0..5000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let id = format!("term-{w}-{i}");
-                    let signed = github.sign(&SignInput {
-                        body: &body,
-                        event: "push",
-                        delivery_id: &id,
-                        now: SystemTime::now(),
-                    });
-                    match hookgate::client::request(
-                        Method::POST,
-                        &url,
-                        &signed.headers,
-                        signed.body,
-                    )
-                    .await
-                    {
-                        Ok((StatusCode::ACCEPTED, _, _)) => acked.lock().unwrap().push(id),
-                        // Refused while draining: never acknowledged.
-                        Ok((StatusCode::SERVICE_UNAVAILABLE, _, _)) => {}
-                        Ok((status, _, _)) => panic!("{id}: unexpected {status}"),
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect();
+    let (workers, acked) = signed_load(
+        daemon.url("github"),
+        github.clone(),
+        "term",
+        true,
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let status = daemon.terminate();
     stop.store(true, Ordering::Relaxed);
