@@ -588,3 +588,26 @@ to = ["chat", "target"]
         "nothing queued for the disabled sink"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_pending_deliveries_to_sinks_that_stay() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start("", &config(&rx.url("/"), r#"retry = ["1s"]"#, "")).await;
+    push(&gw, "pending-1").await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    // Same sink, one more route: the pending retry is untouched.
+    let more = format!(
+        "{}\n[[routes]]\nname = \"issues\"\nsource = \"github\"\nevent = \"issues\"\nto = [\"target\"]\n",
+        config(&rx.url("/"), r#"retry = ["1s"]"#, "")
+    );
+    gw.reload(&more).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "the queued retry was delivered after the reload"
+    );
+    assert_eq!(got[1].headers["hookgate-delivery"], "pending-1");
+    assert!(gw.queue.dead_letters().unwrap().is_empty());
+}
