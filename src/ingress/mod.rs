@@ -188,7 +188,7 @@ impl Gateway {
             received_at_ms: unix_millis(now),
             client_ip: ip.to_string(),
             headers: stored_headers(&parts.headers),
-            body: body.to_vec(),
+            body: provider.stored_body(&body).into_owned(),
         };
         let event = NewEvent {
             record,

@@ -99,6 +99,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError>;
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError>;
     fn sign(&self, input: &SignInput<'_>) -> Signed;
+    /// The body as it is kept once proven: byte for byte, except where the
+    /// proof itself travels in the body (Figma's passcode), which is blanked
+    /// so no secret reaches the disk or a sink.
+    fn stored_body<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+        std::borrow::Cow::Borrowed(body)
+    }
 }
 
 /// Where a configurable scheme finds a value: a header or a dotted body path.
