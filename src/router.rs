@@ -79,6 +79,15 @@ pub fn route_one(
     id: EventId,
     event: &EventRecord,
 ) -> Result<Routed, QueueError> {
+    if !routes.could_match(&event.source, &event.event) {
+        // No route looks at this source and event type: the payload is
+        // not even parsed.
+        return Ok(Routed {
+            event: id,
+            pending: Vec::new(),
+            dead: Vec::new(),
+        });
+    }
     let ctx = context(event);
     let now = unix_millis(SystemTime::now());
     let mut pending = Vec::new();

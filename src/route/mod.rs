@@ -40,6 +40,13 @@ pub struct RouteSpec {
     pub content: ContentSpec,
 }
 
+impl RouteSpec {
+    fn admits(&self, source: &str, event: &str) -> bool {
+        (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
+            && self.event.as_ref().is_none_or(|p| p.matches(event))
+    }
+}
+
 /// What a route sends.
 #[derive(Debug, Clone)]
 pub enum ContentSpec {
@@ -184,6 +191,12 @@ impl Routes {
         }
     }
 
+    /// Whether any route's `source` and `event` filters let this event in
+    /// (before `when`). When none does, the payload need not be read.
+    pub fn could_match(&self, source: &str, event: &str) -> bool {
+        self.specs.iter().any(|s| s.admits(source, event))
+    }
+
     pub fn len(&self) -> usize {
         self.specs.len()
     }
@@ -194,15 +207,15 @@ impl Routes {
 
     /// Every delivery this event makes. Empty when no route matches.
     pub fn evaluate(&self, ctx: &EventContext) -> Vec<Outcome> {
-        let base = Value::from_serialize(ctx);
         let mut out = Vec::new();
-        for spec in &self.specs {
-            if !spec.sources.is_empty() && !spec.sources.contains(&ctx.source) {
-                continue;
-            }
-            if spec.event.as_ref().is_some_and(|p| !p.matches(&ctx.event)) {
-                continue;
-            }
+        // Built once, and only if some route's filters let the event in.
+        let mut base: Option<Value> = None;
+        for spec in self
+            .specs
+            .iter()
+            .filter(|s| s.admits(&ctx.source, &ctx.event))
+        {
+            let base: &Value = base.get_or_insert_with(|| Value::from_serialize(ctx));
             let failed = |error: String| {
                 spec.to
                     .iter()
@@ -214,7 +227,7 @@ impl Routes {
                     .collect::<Vec<_>>()
             };
             if let Some(when) = &spec.when {
-                match self.eval(when, &base) {
+                match self.eval(when, base) {
                     Ok(v) if v.is_true() => {}
                     Ok(_) => continue,
                     Err(e) => {
@@ -225,7 +238,7 @@ impl Routes {
             }
             let items: Vec<(Option<usize>, Value)> = match &spec.each {
                 None => vec![(None, base.clone())],
-                Some(each) => match self.items(each, &base) {
+                Some(each) => match self.items(each, base) {
                     Ok(items) => items
                         .into_iter()
                         .enumerate()
