@@ -41,6 +41,19 @@ pub enum LogEntry {
     },
 }
 
+/// A [`LogEntry`] borrowed from the requests being logged: the same bytes
+/// on disk, without copying each record into the entry first.
+#[derive(Debug, Serialize)]
+pub enum LogEntryRef<'a> {
+    V1 {
+        #[serde(with = "serde_bytes")]
+        seen_key: &'a [u8],
+        expiry_ms: u64,
+        #[serde(with = "serde_bytes")]
+        record: &'a [u8],
+    },
+}
+
 /// A frame found by a scan.
 #[derive(Debug)]
 pub struct Found {
@@ -105,7 +118,7 @@ impl Log {
 
     /// Writes `entries` and makes them durable: [`Log::write`], then sync.
     #[cfg(test)]
-    pub fn append(&mut self, entries: &[LogEntry]) -> std::io::Result<Vec<(EventId, u32)>> {
+    pub fn append<E: Serialize>(&mut self, entries: &[E]) -> std::io::Result<Vec<(EventId, u32)>> {
         let written = self.write(entries)?;
         written.file.sync_data()?;
         Ok(written.placed)
@@ -115,7 +128,7 @@ impl Log {
     /// returned file before acknowledging them. Returns each one's id and
     /// frame length. On error nothing was written where a later frame could
     /// follow it: the next write goes to the same place.
-    pub fn write(&mut self, entries: &[LogEntry]) -> std::io::Result<Placed> {
+    pub fn write<E: Serialize>(&mut self, entries: &[E]) -> std::io::Result<Placed> {
         let mut buf = Vec::new();
         let mut offsets = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -357,6 +370,25 @@ mod tests {
         assert_eq!((found[2].id, found[2].len), b[0]);
         let reader = Reader::new(dir.path());
         assert_eq!(reader.read(found[1].id, found[1].len).unwrap(), entry(2));
+    }
+
+    #[test]
+    fn borrowed_entries_encode_as_owned_ones() {
+        let owned = entry(9);
+        let LogEntry::V1 {
+            seen_key,
+            expiry_ms,
+            record,
+        } = &owned;
+        let borrowed = LogEntryRef::V1 {
+            seen_key,
+            expiry_ms: *expiry_ms,
+            record,
+        };
+        assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap()
+        );
     }
 
     #[test]

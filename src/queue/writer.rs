@@ -19,10 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::{self, Log, LogEntry};
+use super::log::{self, Log, LogEntry, LogEntryRef};
 use super::{Appended, EventId, QueueError};
 
 /// How often the indexer makes sled durable.
@@ -305,10 +304,10 @@ fn commit(
             in_batch.insert(key, entries.len());
             plans.push(Plan::New(entries.len()));
             new_jobs.push(job);
-            entries.push(LogEntry::V1 {
-                seen_key: ByteBuf::from(job.seen_key.clone()),
+            entries.push(LogEntryRef::V1 {
+                seen_key: &job.seen_key,
                 expiry_ms: job.expiry_ms,
-                record: ByteBuf::from(job.value.clone()),
+                record: &job.value,
             });
         }
     }

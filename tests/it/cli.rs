@@ -322,21 +322,10 @@ to = ["target"]
     // Still routing with the old config (signed here: `hookgate send`
     // would read the broken file).
     let github = providers_of(dir.path(), &sources)["github"].clone();
-    let signed = github.sign(&hookgate::verify::SignInput {
-        body: &sample("github", "push"),
-        event: "push",
-        delivery_id: "after-bad-reload",
-        now: std::time::SystemTime::now(),
-    });
-    let (status, _, _) = hookgate::client::request(
-        http::Method::POST,
-        &daemon.url("github"),
-        &signed.headers,
-        signed.body,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, http::StatusCode::ACCEPTED);
+    assert_eq!(
+        post_push(&daemon.url("github"), &github, "after-bad-reload").await,
+        http::StatusCode::ACCEPTED
+    );
     let got = rx.wait_for(1, std::time::Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].headers["hookgate-delivery"], "after-bad-reload");
@@ -362,21 +351,10 @@ to = ["target"]
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let signed = github.sign(&hookgate::verify::SignInput {
-        body: &sample("github", "push"),
-        event: "push",
-        delivery_id: "after-good-reload",
-        now: std::time::SystemTime::now(),
-    });
-    let (status, _, _) = hookgate::client::request(
-        http::Method::POST,
-        &daemon.url("github"),
-        &signed.headers,
-        signed.body,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, http::StatusCode::ACCEPTED);
+    assert_eq!(
+        post_push(&daemon.url("github"), &github, "after-good-reload").await,
+        http::StatusCode::ACCEPTED
+    );
     let got = rx2.wait_for(1, std::time::Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "routed by the reloaded config");
     assert_eq!(got[0].path, "/v2");

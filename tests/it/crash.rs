@@ -106,22 +106,8 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     // Restarted on the same data: replays of acknowledged deliveries are
     // duplicates, so the dedupe keys survived the crash with their events.
     let daemon = daemon.restart().await;
-    let body = sample("github", "push");
     for id in acked.iter().rev().take(20) {
-        let signed = github.sign(&SignInput {
-            body: &body,
-            event: "push",
-            delivery_id: id,
-            now: SystemTime::now(),
-        });
-        let (status, _, _) = hookgate::client::request(
-            Method::POST,
-            &daemon.url("github"),
-            &signed.headers,
-            signed.body,
-        )
-        .await
-        .unwrap();
+        let status = post_push(&daemon.url("github"), &github, id).await;
         assert_eq!(
             status,
             StatusCode::OK,

@@ -41,18 +41,6 @@ async fn push(gw: &TestGateway, id: &str) -> Vec<u8> {
     body
 }
 
-/// Waits until the queue shows `dead` dead letters.
-async fn wait_dead(gw: &TestGateway, dead: usize) -> Vec<hookgate::queue::DeliveryRecord> {
-    for _ in 0..200 {
-        let letters = gw.queue.dead_letters().unwrap();
-        if letters.len() >= dead {
-            return letters;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    gw.queue.dead_letters().unwrap()
-}
-
 #[tokio::test]
 async fn http_sink_gets_the_original_bytes_and_identity_headers() {
     let rx = Receiver::start(Reply::status(200)).await;
@@ -164,7 +152,7 @@ async fn permanent_answers_go_dead_at_once_with_their_history() {
     let rx = Receiver::start(Reply::status(400)).await;
     let gw = TestGateway::start("", &config(&rx.url("/"), r#"retry = ["100ms"]"#, "")).await;
     push(&gw, "perm-1").await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(rx.received().len(), 1, "no retry after a 400");
     let d = &dead[0];
@@ -205,7 +193,7 @@ async fn exhausted_schedule_goes_dead_and_a_gone_endpoint_disables_the_sink() {
     )
     .await;
     push(&gw, "gave-up").await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert_eq!(rx.received().len(), 3);
     assert!(
         dead[0]
@@ -221,9 +209,9 @@ async fn exhausted_schedule_goes_dead_and_a_gone_endpoint_disables_the_sink() {
     let gone = Receiver::start(Reply::status(410)).await;
     let gw = TestGateway::start("", &config(&gone.url("/"), "", "")).await;
     push(&gw, "gone-1").await;
-    wait_dead(&gw, 1).await;
+    gw.wait_dead(1).await;
     push(&gw, "gone-2").await;
-    let dead = wait_dead(&gw, 2).await;
+    let dead = gw.wait_dead(2).await;
     assert_eq!(
         gone.received().len(),
         1,
@@ -302,7 +290,7 @@ to = ["target"]
     );
     let gw = TestGateway::start("", &text).await;
     push(&gw, "tpl-1").await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert_eq!(dead[0].route, "broken");
     assert!(
         dead[0].reason.as_deref().unwrap().starts_with("template"),
@@ -532,7 +520,7 @@ to = ["fresh"]
         new.url("/v2")
     );
     gw.reload(&replacement).await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].delivery_id, "before-reload");
     assert!(

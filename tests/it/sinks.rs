@@ -19,17 +19,6 @@ async fn post(gw: &TestGateway, event: &str, id: &str) {
     assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
 }
 
-async fn wait_dead(gw: &TestGateway, n: usize) -> Vec<hookgate::queue::DeliveryRecord> {
-    for _ in 0..200 {
-        let d = gw.queue.dead_letters().unwrap();
-        if d.len() >= n {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    gw.queue.dead_letters().unwrap()
-}
-
 fn chat(kind: &str, url: &str) -> String {
     format!(
         r#"{GITHUB}
@@ -70,14 +59,14 @@ async fn slack_gets_a_default_message_and_no_service_disables_it() {
         ..Reply::status(404)
     }]);
     post(&gw, "pull_request", "slack-2").await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert!(
         dead[0].reason.as_deref().unwrap().contains("no_service"),
         "{:?}",
         dead[0].reason
     );
     post(&gw, "pull_request", "slack-3").await;
-    let dead = wait_dead(&gw, 2).await;
+    let dead = gw.wait_dead(2).await;
     assert!(
         dead[1]
             .reason
@@ -151,7 +140,7 @@ async fn discord_waits_honours_retry_after_json_and_404_10015_disables_it() {
         ..Reply::status(404)
     }]);
     post(&gw, "pull_request", "discord-2").await;
-    let dead = wait_dead(&gw, 1).await;
+    let dead = gw.wait_dead(1).await;
     assert!(
         dead[0].reason.as_deref().unwrap().contains("10015"),
         "{:?}",
@@ -263,7 +252,7 @@ async fn prodmatic_422_is_dead_at_once() {
     .await;
     let gw = TestGateway::start("", &prodmatic(&rx.url("/v1"))).await;
     post(&gw, "push", "pm-422").await;
-    let dead = wait_dead(&gw, 2).await;
+    let dead = gw.wait_dead(2).await;
     assert_eq!(dead.len(), 2);
     assert_eq!(
         rx.received().len(),

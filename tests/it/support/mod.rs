@@ -174,6 +174,18 @@ impl TestGateway {
         self.reloads.send(config).await.unwrap();
     }
 
+    /// Waits (up to 5 s) until there are `n` dead letters; returns them.
+    pub async fn wait_dead(&self, n: usize) -> Vec<hookgate::queue::DeliveryRecord> {
+        for _ in 0..200 {
+            let dead = self.queue.dead_letters().unwrap();
+            if dead.len() >= n {
+                return dead;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        self.queue.dead_letters().unwrap()
+    }
+
     /// Every provider, default server settings.
     pub async fn all() -> TestGateway {
         Self::start("", ALL_SOURCES).await
@@ -418,4 +430,19 @@ pub fn providers_of(dir: &std::path::Path, sources: &str) -> HashMap<String, Arc
             Proof::Closed(_) => None,
         })
         .collect()
+}
+
+/// A GitHub push with delivery id `id`, signed by `github` and posted to
+/// `url`: the status it got.
+pub async fn post_push(url: &str, github: &Arc<dyn Provider>, id: &str) -> StatusCode {
+    let signed = github.sign(&SignInput {
+        body: &sample("github", "push"),
+        event: "push",
+        delivery_id: id,
+        now: SystemTime::now(),
+    });
+    hookgate::client::request(Method::POST, url, &signed.headers, signed.body)
+        .await
+        .unwrap()
+        .0
 }
