@@ -243,13 +243,11 @@ pub async fn serve(
                 _ = tick.tick() => {}
                 _ = prune_stop.cancelled() => return,
             }
+            let now = SystemTime::now();
+            let keys = prune_queue.prune_seen(now).await;
             let q = prune_queue.clone();
-            let pruned = tokio::task::spawn_blocking(move || {
-                let now = SystemTime::now();
-                (q.prune_seen(now), q.prune_log(now, retention))
-            })
-            .await;
-            if let Ok((keys, segments)) = pruned {
+            let pruned = tokio::task::spawn_blocking(move || q.prune_log(now, retention)).await;
+            if let Ok(segments) = pruned {
                 match keys {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
                     Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),

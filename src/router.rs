@@ -1,6 +1,7 @@
-//! The router stage: takes inbox events in order, evaluates every route,
-//! freezes each delivery's request with its sink, and in one sled
-//! transaction writes the deliveries and drops the inbox pointer. An event
+//! The router stage: reads accepted events back from the log in order,
+//! evaluates every route, freezes each delivery's request with its sink,
+//! and in one sled transaction writes a page's deliveries and moves its
+//! cursor past them. An event
 //! no route matches is recorded as unmatched; a route whose template fails
 //! makes dead deliveries with the error, and the other routes go on.
 
@@ -20,8 +21,8 @@ use crate::route::{EventContext, Outcome, Routes};
 
 /// Events routed per pass.
 const PAGE: usize = 64;
-/// Longest wait between looks at an empty inbox (the indexer wakes the
-/// router when it records events).
+/// Longest wait between looks at an empty inbox (the syncer wakes the
+/// router when it acknowledges events).
 const IDLE: Duration = Duration::from_millis(500);
 
 /// Routes until `shutdown`. `wake` tells the dispatcher about new work.
@@ -39,29 +40,32 @@ pub async fn run(
         let page = match tokio::task::spawn_blocking(move || q.inbox_page(PAGE)).await {
             Ok(Ok(page)) => page,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the inbox");
-                Vec::new()
+                tracing::error!(error = %e, "cannot read accepted events back from the log");
+                tokio::time::sleep(IDLE).await;
+                continue;
             }
             Err(e) => {
-                tracing::error!(error = %e, "inbox reader failed");
-                Vec::new()
+                tracing::error!(error = %e, "log reader failed");
+                tokio::time::sleep(IDLE).await;
+                continue;
             }
         };
-        if page.is_empty() {
+        if page.events.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = queue.indexed() => continue,
+                _ = queue.appended() => continue,
                 _ = tokio::time::sleep(IDLE) => continue,
             }
         }
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());
         let routed: Result<Vec<Routed>, QueueError> = page
+            .events
             .iter()
-            .map(|(id, event)| route_one(&queue, &routes, &sinks, *id, event))
+            .map(|(id, stored)| route_stored(&queue, &routes, &sinks, *id, stored))
             .collect();
-        if let Err(e) = routed.and_then(|r| queue.routed(&r)) {
-            tracing::error!(error = %e, "cannot record routing; the events stay in the inbox");
+        if let Err(e) = routed.and_then(|r| queue.routed(&r, page.next)) {
+            tracing::error!(error = %e, "cannot record routing; the events will be routed again");
             tokio::time::sleep(IDLE).await;
         }
         wake.notify_one();
@@ -69,6 +73,31 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Routes one event as stored. When no route's `source` and `event`
+/// filters admit it, its payload is not even decompressed.
+fn route_stored(
+    queue: &SledQueue,
+    routes: &Routes,
+    sinks: &Sinks,
+    id: EventId,
+    stored: &[u8],
+) -> Result<Routed, QueueError> {
+    let corrupt = |e: crate::queue::DecodeError| QueueError::Corrupt {
+        key: id.to_string(),
+        reason: e.to_string(),
+    };
+    let head = EventRecord::head(stored).map_err(corrupt)?;
+    if !routes.could_match(head.source, head.event) {
+        return Ok(Routed {
+            event: id,
+            pending: Vec::new(),
+            dead: Vec::new(),
+        });
+    }
+    let event = EventRecord::decode(stored).map_err(corrupt)?;
+    route_one(queue, routes, sinks, id, &event)
 }
 
 /// Routes one event (the caller records the result).

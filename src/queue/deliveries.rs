@@ -1,10 +1,13 @@
-//! Routing results and delivery state in sled: the router hands over an
-//! event's deliveries and drops its inbox pointer in one transaction; the
+//! Routing results and delivery state in sled: the router hands over a
+//! page of events' deliveries and moves its cursor in one transaction; the
 //! dispatcher moves records between `deliveries` (by due time) and `dead`.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use std::sync::atomic::Ordering;
+
 use super::delivery::sink_prefix;
+use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 use super::{DeliveryRecord, EventId, QueueError, SledQueue};
 
 /// What routing made of one event.
@@ -40,38 +43,58 @@ impl SledQueue {
     /// Records what routing made of a page of events, in one transaction:
     /// each event's pending deliveries, those born dead (their template
     /// failed), or, when it has neither, that no route matched; and the
-    /// events leave the inbox.
-    pub fn routed(&self, page: &[Routed]) -> Result<(), QueueError> {
-        let mut inbox_keys = Vec::new();
+    /// router's cursor moves to `next`, past them.
+    ///
+    /// A page that made no deliveries only moves the cursor in memory,
+    /// saved with the next page that does, or within
+    /// [`SAVE_CURSOR_EVERY`]: after a crash, events routed to nowhere are
+    /// routed (to nowhere) again, and nothing else is.
+    pub fn routed(&self, page: &[Routed], next: EventId) -> Result<(), QueueError> {
         let mut pending = Vec::new();
         let mut dead = Vec::new();
-        let mut unmatched = Vec::new();
+        let mut unmatched = 0u64;
         for r in page {
-            let key = r.event.0.to_be_bytes();
-            inbox_keys.push(key);
             pending.extend(r.pending.iter().map(|d| (d.due_key(), d.encode())));
             dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
             if r.pending.is_empty() && r.dead.is_empty() {
-                unmatched.push(key);
+                unmatched += 1;
             }
         }
-        (&self.inbox, &self.deliveries, &self.dead, &self.unmatched)
-            .transaction(|(inbox, deliveries, dead_tree, unmatched_tree)| {
-                for k in &inbox_keys {
-                    inbox.remove(&k[..])?;
-                }
-                for (k, v) in &pending {
-                    deliveries.insert(&k[..], v.as_slice())?;
-                }
-                for (k, v) in &dead {
-                    dead_tree.insert(&k[..], v.as_slice())?;
-                }
-                for k in &unmatched {
-                    unmatched_tree.insert(&k[..], &[][..])?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+        let mut saved = self.cursor_saved.lock().expect("cursor lock");
+        let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
+        if !pending.is_empty() || !dead.is_empty() || saved.elapsed() >= SAVE_CURSOR_EVERY {
+            (&self.deliveries, &self.dead, &self.meta)
+                .transaction(|(deliveries, dead_tree, meta)| {
+                    for (k, v) in &pending {
+                        deliveries.insert(&k[..], v.as_slice())?;
+                    }
+                    for (k, v) in &dead {
+                        dead_tree.insert(&k[..], v.as_slice())?;
+                    }
+                    meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
+                    meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(tx_err)?;
+            *saved = std::time::Instant::now();
+        }
+        self.unmatched.store(unmatched, Ordering::Release);
+        self.routed_upto.store(next.0, Ordering::Release);
+        self.shared
+            .unrouted
+            .fetch_sub(page.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Saves the router's cursor (at shutdown).
+    pub(super) fn save_cursor(&self) -> Result<(), QueueError> {
+        let _saved = self.cursor_saved.lock().expect("cursor lock");
+        let unmatched = self.unmatched.load(Ordering::Acquire);
+        let cursor = self.routed_upto.load(Ordering::Acquire);
+        let mut batch = sled::Batch::default();
+        batch.insert(UNMATCHED_KEY, &unmatched.to_be_bytes());
+        batch.insert(ROUTED_KEY, &cursor.to_be_bytes());
+        Ok(self.meta.apply_batch(batch)?)
     }
 
     /// `sink`'s deliveries due at `now_ms`, earliest first, at most `n`:

@@ -317,32 +317,132 @@ impl Reader {
         self.files.lock().expect("reader lock").remove(&seq);
     }
 
-    /// The event `id`, whose frame is `len` bytes long.
-    pub fn read(&self, id: EventId, len: u32) -> Result<LogEntry, QueueError> {
-        let (seq, offset) = place_of(id);
-        let file = {
-            let mut files = self.files.lock().expect("reader lock");
-            match files.get(&seq) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = std::sync::Arc::new(
-                        File::open(segment_path(&self.dir, seq)).map_err(QueueError::Storage)?,
-                    );
-                    files.insert(seq, f.clone());
-                    f
+    /// Segment `seq`, opened once; `None` when it is not there.
+    fn file(&self, seq: u64) -> Result<Option<std::sync::Arc<File>>, QueueError> {
+        let mut files = self.files.lock().expect("reader lock");
+        if let Some(f) = files.get(&seq) {
+            return Ok(Some(f.clone()));
+        }
+        match File::open(segment_path(&self.dir, seq)) {
+            Ok(f) => {
+                let f = std::sync::Arc::new(f);
+                files.insert(seq, f.clone());
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(QueueError::Storage(e)),
+        }
+    }
+
+    /// Up to `n` events in log order from position `from` up to `until`
+    /// (the acknowledged end: nothing past it is read), and the position
+    /// after the last one returned. In a segment before `until`'s, the end
+    /// of the chain of frames ends the segment; in `until`'s own, a chain
+    /// that ends early is corruption.
+    pub fn page(
+        &self,
+        from: EventId,
+        until: EventId,
+        n: usize,
+    ) -> Result<(Vec<Found>, EventId), QueueError> {
+        /// Bytes read at a time.
+        const CHUNK: u64 = 256 << 10;
+        let (mut seq, mut offset) = place_of(from);
+        let (last_seq, last_offset) = place_of(until);
+        let mut out = Vec::new();
+        let mut want = CHUNK;
+        while out.len() < n && (seq, offset) < (last_seq, last_offset) {
+            let limit = if seq == last_seq {
+                last_offset
+            } else {
+                SEGMENT_BYTES
+            };
+            let file = match self.file(seq)? {
+                Some(f) if offset < limit => f,
+                // Past this segment's end, or no such segment (ids skip
+                // segments a restart prepared and never used).
+                _ => {
+                    let next = segments(&self.dir)
+                        .map_err(QueueError::Storage)?
+                        .into_iter()
+                        .find(|&s| s > seq);
+                    match next {
+                        Some(s) if s <= last_seq => (seq, offset) = (s, 0),
+                        _ => break,
+                    }
+                    continue;
+                }
+            };
+            let requested = want.min(limit - offset) as usize;
+            let mut bytes = vec![0; requested];
+            let read = read_up_to(&file, &mut bytes, offset).map_err(QueueError::Storage)?;
+            bytes.truncate(read);
+            // The file ends before `limit`: nothing more will come.
+            let short = read < requested;
+            want = CHUNK;
+            let mut at = 0;
+            let mut ended = false;
+            while out.len() < n && offset + (at as u64) < limit {
+                let rest = &bytes[at..];
+                let room = limit - offset - at as u64;
+                if rest.len() < FRAME_HEADER as usize {
+                    // Cut by the chunk (read again from here) or the end.
+                    ended = short || room < FRAME_HEADER;
+                    break;
+                }
+                let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let total = FRAME_HEADER as usize + len;
+                if len == 0 || total as u64 > room {
+                    ended = true;
+                    break;
+                }
+                if total > rest.len() {
+                    ended = short;
+                    want = total as u64;
+                    break;
+                }
+                match frame_at(&bytes, at) {
+                    Some((entry, _)) => {
+                        out.push(Found {
+                            id: id_of(seq, offset + at as u64),
+                            len: total as u32,
+                            entry,
+                        });
+                        at += total;
+                    }
+                    None => {
+                        ended = true;
+                        break;
+                    }
                 }
             }
-        };
-        let mut bytes = vec![0; len as usize];
-        file.read_exact_at(&mut bytes, offset)
-            .map_err(QueueError::Storage)?;
-        frame_at(&bytes, 0)
-            .map(|(entry, _)| entry)
-            .ok_or_else(|| QueueError::Corrupt {
-                key: id.to_string(),
-                reason: "log frame does not check out".into(),
-            })
+            offset += at as u64;
+            if ended {
+                if seq == last_seq {
+                    return Err(QueueError::Corrupt {
+                        key: id_of(seq, offset).to_string(),
+                        reason: "the log ends before what was acknowledged".into(),
+                    });
+                }
+                offset = SEGMENT_BYTES;
+            }
+        }
+        Ok((out, id_of(seq, offset)))
     }
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buf.len() {
+        match file.read_at(&mut buf[read..], offset + read as u64) {
+            Ok(0) => break,
+            Ok(k) => read += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -369,7 +469,71 @@ mod tests {
         assert_eq!(found.len(), 3);
         assert_eq!((found[2].id, found[2].len), b[0]);
         let reader = Reader::new(dir.path());
-        assert_eq!(reader.read(found[1].id, found[1].len).unwrap(), entry(2));
+        let end = id_of(1, place_of(b[0].0).1 + u64::from(b[0].1));
+        let (page, next) = reader.page(found[1].id, end, 1).unwrap();
+        assert_eq!(page[0].entry, entry(2));
+        assert_eq!(next, found[2].id);
+    }
+
+    #[test]
+    fn pages_cross_segments_and_stop_at_the_acknowledged_end() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segment 3 goes (pruned); 4 is prepared and never written; 5
+        // comes after a restart.
+        let mut log = Log::create(dir.path(), 1).unwrap();
+        let big = LogEntry::V1 {
+            seen_key: ByteBuf::from(vec![1]),
+            expiry_ms: 0,
+            // Larger than one read: the page reads such a frame whole.
+            record: ByteBuf::from(vec![7; 5 << 20]),
+        };
+        let mut ids = log.append(&[entry(1), big.clone()]).unwrap();
+        ids.extend(log.append(std::slice::from_ref(&big)).unwrap());
+        drop(log);
+        let mut log = Log::create(dir.path(), 4).unwrap();
+        ids.extend(log.append(&[entry(4), entry(5)]).unwrap());
+        let seqs: Vec<u64> = ids.iter().map(|(id, _)| place_of(*id).0).collect();
+        assert_eq!(seqs, [2, 2, 3, 5, 5]);
+        std::fs::remove_file(segment_path(dir.path(), 3)).unwrap();
+        let ids: Vec<_> = ids
+            .into_iter()
+            .filter(|(id, _)| place_of(*id).0 != 3)
+            .collect();
+        let acked = ids[2].0;
+        let reader = Reader::new(dir.path());
+        let (page, next) = reader.page(EventId(0), acked, usize::MAX).unwrap();
+        let got: Vec<_> = page.iter().map(|f| (f.id, f.len)).collect();
+        assert_eq!(got, ids[..2]);
+        assert_eq!(next, acked);
+        // Two at a time, up to the end.
+        let end = EventId(ids[3].0 .0 + u64::from(ids[3].1));
+        let (page, next) = reader.page(EventId(0), end, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        let (page, next) = reader.page(next, end, 2).unwrap();
+        assert_eq!(
+            page.iter().map(|f| f.id).collect::<Vec<_>>(),
+            [ids[2].0, ids[3].0]
+        );
+        assert_eq!(next, end);
+        assert!(reader.page(end, end, 2).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_frame_before_the_acknowledged_end_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let ids = log.append(&[entry(1), entry(2)]).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        f.write_all_at(&[0xff], place_of(ids[1].0).1 + FRAME_HEADER + 2)
+            .unwrap();
+        let end = EventId(ids[1].0 .0 + u64::from(ids[1].1));
+        let err = Reader::new(dir.path())
+            .page(EventId(0), end, 10)
+            .unwrap_err();
+        assert!(matches!(err, QueueError::Corrupt { .. }), "{err}");
     }
 
     #[test]

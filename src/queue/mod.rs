@@ -9,6 +9,7 @@ mod deliveries;
 mod delivery;
 mod log;
 mod record;
+mod seen;
 mod sled_queue;
 mod writer;
 
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime};
 pub use deliveries::Routed;
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
 pub use record::{DecodeError, EventRecord};
-pub use sled_queue::SledQueue;
+pub use sled_queue::{Page, SledQueue};
 
 /// An event that passed its proof, ready to be stored.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ pub enum Appended {
     Duplicate(EventId),
 }
 
-/// The queue's id of an event: monotonic, so inbox order is arrival order.
+/// The queue's id of an event: its place in the log, so id order is arrival order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId(pub u64);
 

@@ -40,6 +40,23 @@ struct StoredV1 {
     body_lz4: ByteBuf,
 }
 
+/// The first fields of a stored record, read without copying or
+/// decompressing anything (postcard reads fields in order and ignores what
+/// follows).
+#[derive(Debug, Deserialize)]
+enum StoredHead<'a> {
+    V1(#[serde(borrow)] Head<'a>),
+}
+
+/// Where an event came from and what it is: enough to tell whether any
+/// route could want it.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub source: &'a str,
+    pub provider: &'a str,
+    pub event: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a stored event: {0}")]
@@ -66,6 +83,13 @@ impl EventRecord {
             body_lz4: ByteBuf::from(lz4_flex::compress_prepend_size(&self.body)),
         });
         postcard::to_stdvec(&stored).expect("in-memory encoding cannot fail")
+    }
+
+    /// Reads the source, provider and event of any stored format.
+    pub fn head(bytes: &[u8]) -> Result<Head<'_>, DecodeError> {
+        match postcard::from_bytes::<StoredHead>(bytes)? {
+            StoredHead::V1(head) => Ok(head),
+        }
     }
 
     /// Reads any stored format.
@@ -117,6 +141,21 @@ mod tests {
             bytes.len(),
             r.body.len()
         );
+    }
+
+    #[test]
+    fn head_reads_the_first_fields_alone() {
+        let bytes = sample().encode();
+        let head = EventRecord::head(&bytes).unwrap();
+        assert_eq!(
+            head,
+            Head {
+                source: "github",
+                provider: "github",
+                event: "push"
+            }
+        );
+        assert!(EventRecord::head(&bytes[..3]).is_err());
     }
 
     #[test]

@@ -1,20 +1,23 @@
-//! The embedded backend: sled, one database under `data_dir`.
+//! The embedded backend: the event log and sled, under `data_dir`.
 //!
-//! Layout under `data_dir`: `log/` (the events themselves, `log.rs`) and
-//! `sled/` with the trees `inbox` (event id → frame length, in arrival
-//! order), `seen` (source ‖ 0 ‖ dedupe key → expiry ‖ event id) and `meta`
-//! (how far into the log sled has indexed). Accepted events go through the
-//! writer and indexer threads (`writer.rs`).
+//! Layout under `data_dir`: `log/` (the events, `log.rs`, and their dedupe
+//! keys, `seen.rs`) and `sled/`, with the trees `meta` (the router's cursor
+//! into the log and the count of unmatched events), `deliveries` and `dead`
+//! (`deliveries.rs`). Accepted events go through the writer, syncer and
+//! indexer threads (`writer.rs`); the router reads them back from the log
+//! in order, and one sled transaction records what it made of a page of
+//! them and moves its cursor past them.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, Log};
-use super::writer::{self, decode_seen, Job, Shared, Store};
+use super::seen::{self, KeyFiles};
+use super::writer::{self, Append, Job, Shared, Store};
 use super::{
     unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, Queue, QueueError, Stats,
 };
@@ -22,28 +25,37 @@ use super::{
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 8 << 20;
 /// sled's log segment size (its default). Items larger than a quarter of it
-/// would go to blob files that sled does not fsync; sled holds only small
-/// pointers and keys, so no node comes near that.
+/// would go to blob files that sled does not fsync; sled holds only
+/// delivery records (bodies capped well below that) and small counters.
 const SEGMENT_BYTES: usize = 512 << 10;
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
 /// How long readers wait for the indexer to catch up with what was acknowledged.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// `meta` key: the log position (u64 BE) the router has routed everything before.
+pub(super) const ROUTED_KEY: &[u8] = b"routed";
+/// `meta` key: how many events no route matched (u64 BE).
+pub(super) const UNMATCHED_KEY: &[u8] = b"unmatched";
+/// Longest the router's cursor moves in memory only (`deliveries.rs`).
+pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct SledQueue {
     pub(super) db: sled::Db,
-    pub(super) inbox: sled::Tree,
+    pub(super) meta: sled::Tree,
     /// Pending deliveries by due time (`delivery.rs`).
     pub(super) deliveries: sled::Tree,
     /// Dead deliveries by id.
     pub(super) dead: sled::Tree,
-    /// Events no route matched, by id (kept for inspection).
-    pub(super) unmatched: sled::Tree,
+    /// The router's cursor: the log position every event before which is routed.
+    pub(super) routed_upto: AtomicU64,
+    /// Events no route matched, saved with the cursor.
+    pub(super) unmatched: AtomicU64,
+    /// When the cursor was last saved.
+    pub(super) cursor_saved: std::sync::Mutex<std::time::Instant>,
+    pub(super) shared: Arc<Shared>,
     log_dir: std::path::PathBuf,
     reader: log::Reader,
-    seen: sled::Tree,
     store: Arc<Store>,
-    shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
     closed: AtomicBool,
 }
@@ -54,10 +66,20 @@ impl std::fmt::Debug for SledQueue {
     }
 }
 
+/// Events read back from the log for routing.
+#[derive(Debug)]
+pub struct Page {
+    /// Each event's id and stored record (`EventRecord::encode` bytes).
+    pub events: Vec<(EventId, Vec<u8>)>,
+    /// The position after the last of them: the cursor once they are routed.
+    pub next: EventId,
+}
+
 impl SledQueue {
-    /// Opens (or creates) the queue in `dir`: replays the log into sled,
-    /// then starts the writer and indexer threads. `group_commit` off makes
-    /// every append its own commit (to measure the difference).
+    /// Opens (or creates) the queue in `dir`: reads the dedupe keys back
+    /// (completing them from the log), then starts the writer, syncer and
+    /// indexer threads. `group_commit` off makes every append its own
+    /// commit (to measure the difference).
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
         let sled_dir = dir.join("sled");
         let db = sled::Config::new()
@@ -67,151 +89,138 @@ impl SledQueue {
             // The indexer makes sled durable at its checkpoints.
             .flush_every_ms(None)
             .open()?;
-        let inbox = db.open_tree("inbox")?;
-        let seen = db.open_tree("seen")?;
         let meta = db.open_tree("meta")?;
         let deliveries = db.open_tree("deliveries")?;
         let dead = db.open_tree("dead")?;
-        let unmatched = db.open_tree("unmatched")?;
         let file = std::fs::File::open(sled_dir.join("db")).map_err(QueueError::Storage)?;
         let store = Arc::new(Store {
             db: db.clone(),
-            inbox: inbox.clone(),
-            seen,
-            meta,
             file,
         });
+        let cursor = cursor_of(&db, &meta)?;
+        let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
         let log_dir = dir.join("log");
-        let (replayed, last_used) = store.recover(&log_dir)?;
-        if replayed > 0 {
+        std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;
+        let recovered = seen::recover(&log_dir, unix_millis(SystemTime::now()), cursor)
+            .map_err(QueueError::Storage)?;
+        if recovered.reread > 0 {
             tracing::info!(
-                events = replayed,
-                "indexed acknowledged events found in the log"
+                events = recovered.reread,
+                "read dedupe keys of acknowledged events back from the log"
             );
         }
-        std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;
-        log::remove_unused(&log_dir, last_used).map_err(QueueError::Storage)?;
-        let log = Log::create(&log_dir, last_used).map_err(QueueError::Storage)?;
+        store.checkpoint()?;
+        log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
+        let log = Log::create(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         // The directories just created must survive a power loss too.
-        for d in [dir, sled_dir.as_path()] {
+        for d in [dir, sled_dir.as_path(), log_dir.as_path()] {
             std::fs::File::open(d)
                 .and_then(|f| f.sync_all())
                 .map_err(QueueError::Storage)?;
         }
 
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(
+            recovered.end,
+            recovered.from_cursor,
+            recovered.seen.len(),
+        ));
         let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
         let (to_indexer, indexed) = std::sync::mpsc::channel();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
         {
-            let (store, shared) = (store.clone(), shared.clone());
+            let shared = shared.clone();
+            let seen = recovered.seen;
             std::thread::Builder::new()
                 .name("hookgate-writer".into())
-                .spawn(move || writer::run_writer(log, store, shared, rx, batch_max, to_indexer))
+                .spawn(move || writer::run_writer(log, seen, shared, rx, batch_max, to_indexer))
                 .map_err(QueueError::Storage)?;
         }
         {
             let (store, shared) = (store.clone(), shared.clone());
+            let files = KeyFiles::new(&log_dir);
             std::thread::Builder::new()
                 .name("hookgate-indexer".into())
-                .spawn(move || writer::run_indexer(store, shared, indexed))
+                .spawn(move || writer::run_indexer(files, store, shared, indexed))
                 .map_err(QueueError::Storage)?;
         }
         Ok(SledQueue {
             db,
-            inbox,
+            meta,
             deliveries,
             dead,
-            unmatched,
+            routed_upto: AtomicU64::new(cursor.0),
+            unmatched: AtomicU64::new(unmatched),
+            cursor_saved: std::sync::Mutex::new(std::time::Instant::now()),
+            shared,
             reader: log::Reader::new(&log_dir),
             log_dir,
-            seen: store.seen.clone(),
             store,
-            shared,
             jobs,
             closed: AtomicBool::new(false),
         })
     }
 
-    /// Every event in the inbox, oldest first.
+    /// Every event not yet routed, oldest first.
     pub fn inbox(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
-        self.shared.settle(SETTLE_LIMIT);
-        self.inbox_page(usize::MAX)
+        self.inbox_page(usize::MAX)?
+            .events
+            .into_iter()
+            .map(|(id, bytes)| Ok((id, decode(id, &bytes)?)))
+            .collect()
     }
 
-    /// Waits until the indexer has recorded new events (or returns at once
-    /// when it did since the last call).
-    pub async fn indexed(&self) {
-        self.shared.indexed.notified().await;
+    /// Waits until events were acknowledged (or returns at once when some
+    /// were since the last call).
+    pub async fn appended(&self) {
+        self.shared.appended.notified().await;
     }
 
     /// Every event the log holds, routed or not, oldest first (for
     /// inspection and tests; reads every segment).
     pub fn events(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
-        self.shared.settle(SETTLE_LIMIT);
         let mut out = Vec::new();
         for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
             for found in log::scan(&self.log_dir, seq, 0).map_err(QueueError::Storage)? {
                 let log::LogEntry::V1 { record, .. } = found.entry;
-                let record = EventRecord::decode(&record).map_err(|e| QueueError::Corrupt {
-                    key: found.id.to_string(),
-                    reason: e.to_string(),
-                })?;
-                out.push((found.id, record));
+                out.push((found.id, decode(found.id, &record)?));
             }
         }
         Ok(out)
     }
 
-    /// Up to `n` events from the front of the inbox, oldest first (what the
-    /// indexer has recorded so far; no waiting).
-    pub fn inbox_page(&self, n: usize) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
-        self.inbox
-            .iter()
-            .take(n)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let corrupt = |reason: String| QueueError::Corrupt {
-                    key: hex::encode(&k),
-                    reason,
-                };
-                let id = EventId(u64::from_be_bytes(
-                    k.as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt("inbox key is not 8 bytes".into()))?,
-                ));
-                let len = u32::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt("inbox value is not 4 bytes".into()))?,
-                );
-                let log::LogEntry::V1 { record, .. } = self.reader.read(id, len)?;
-                let record = EventRecord::decode(&record).map_err(|e| corrupt(e.to_string()))?;
-                Ok((id, record))
+    /// Up to `n` events from the router's cursor on, oldest first (those
+    /// acknowledged so far; no waiting).
+    pub fn inbox_page(&self, n: usize) -> Result<Page, QueueError> {
+        let from = EventId(self.routed_upto.load(Ordering::Acquire));
+        let (found, next) = self.reader.page(from, self.shared.acked(), n)?;
+        let events = found
+            .into_iter()
+            .map(|f| {
+                let log::LogEntry::V1 { record, .. } = f.entry;
+                (f.id, record.into_vec())
             })
-            .collect()
+            .collect();
+        Ok(Page { events, next })
     }
 
-    /// Deletes log segments that are wholly indexed, hold no event still
-    /// waiting to be routed, and were last written more than `retention`
-    /// ago. Delivery records carry their own bodies, so pending and dead
-    /// deliveries do not need the log. Returns how many segments went.
+    /// Deletes log segments the router is past, whose dedupe keys are on
+    /// file, and that were last written more than `retention` ago. Delivery
+    /// records carry their own bodies, so pending and dead deliveries do
+    /// not need the log. Returns how many segments went.
     pub fn prune_log(
         &self,
         now: SystemTime,
         retention: std::time::Duration,
     ) -> Result<usize, QueueError> {
-        let (indexed_seq, _) = log::place_of(self.store.indexed()?);
+        let (routed_seq, _) = log::place_of(EventId(self.routed_upto.load(Ordering::Acquire)));
+        let (indexed_seq, _) = log::place_of(self.shared.indexed());
+        // The newest segment holding events is never deleted: it tells the
+        // next start where ids go on.
+        let keep_from = routed_seq.min(indexed_seq);
         let mut removed = 0;
         for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
-            // The writer may still be in `indexed_seq`; later ones are new.
-            if seq >= indexed_seq {
+            if seq >= keep_from {
                 break;
-            }
-            let start = log::id_of(seq, 0).0.to_be_bytes();
-            let end = log::id_of(seq + 1, 0).0.to_be_bytes();
-            if self.inbox.range(start..end).next().is_some() {
-                continue;
             }
             let age = log::modified(&self.log_dir, seq)
                 .ok()
@@ -227,33 +236,87 @@ impl SledQueue {
         Ok(removed)
     }
 
-    /// Forgets dedupe keys whose window has passed. Returns how many.
-    pub fn prune_seen(&self, now: SystemTime) -> Result<usize, QueueError> {
-        self.shared.settle(SETTLE_LIMIT);
+    /// Forgets dedupe keys whose window has passed, and deletes keys files
+    /// left with none. Returns how many keys were forgotten.
+    pub async fn prune_seen(&self, now: SystemTime) -> Result<usize, QueueError> {
         let now_ms = unix_millis(now);
-        let mut removed = 0;
-        for kv in self.seen.iter() {
-            let (k, v) = kv?;
-            if decode_seen(&v).is_none_or(|(expiry, _)| expiry <= now_ms) {
-                // Only if unchanged: a fresh delivery may have just reused the key.
-                if self
-                    .seen
-                    .compare_and_swap(&k, Some(v), None::<&[u8]>)?
-                    .is_ok()
-                {
-                    removed += 1;
-                }
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Prune { now_ms, reply })
+            .await
+            .map_err(|_| QueueError::ShuttingDown)?;
+        let removed = answer.await.map_err(|_| QueueError::ShuttingDown)?;
+        let dir = self.log_dir.clone();
+        tokio::task::spawn_blocking(move || seen::prune_files(&dir, now_ms))
+            .await
+            .map_err(|e| QueueError::Storage(std::io::Error::other(e)))?
+            .map_err(QueueError::Storage)?;
         Ok(removed)
     }
 
-    /// Waits for sled to hold every acknowledged event, and makes it
-    /// durable (used at shutdown, so the next start has nothing to replay).
+    /// Waits for every acknowledged event's key to be on file, saves the
+    /// router's cursor and makes sled durable (used at shutdown).
     pub fn flush(&self) -> Result<(), QueueError> {
         self.shared.settle(SETTLE_LIMIT);
+        self.save_cursor()?;
         self.store.checkpoint()
     }
+}
+
+fn decode(id: EventId, bytes: &[u8]) -> Result<EventRecord, QueueError> {
+    EventRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
+        key: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {
+    tree.get(key)?
+        .map(|v| {
+            v.as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| QueueError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: "not 8 bytes".into(),
+                })
+        })
+        .transpose()
+}
+
+/// The router's cursor. A data directory from before the cursor kept an
+/// `inbox` tree of pointers to unrouted events, a `log_indexed` position,
+/// an `unmatched` tree and a `seen` tree: the cursor starts at the first
+/// unrouted event (or where indexing stopped), the unmatched are counted,
+/// and the old trees go (dedupe keys are read back from the log).
+fn cursor_of(db: &sled::Db, meta: &sled::Tree) -> Result<EventId, QueueError> {
+    if let Some(at) = read_u64(meta, ROUTED_KEY)? {
+        return Ok(EventId(at));
+    }
+    let names = db.tree_names();
+    let old = |name: &[u8]| names.iter().any(|n| n.as_ref() == name);
+    let mut cursor = read_u64(meta, b"log_indexed")?.unwrap_or(0);
+    if old(b"inbox") {
+        if let Some((first, _)) = db.open_tree("inbox")?.first()? {
+            if let Ok(bytes) = first.as_ref().try_into() {
+                cursor = cursor.min(u64::from_be_bytes(bytes));
+            }
+        }
+    }
+    let unmatched = if old(b"unmatched") {
+        db.open_tree("unmatched")?.len() as u64
+    } else {
+        0
+    };
+    meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
+    meta.insert(ROUTED_KEY, &cursor.to_be_bytes())?;
+    meta.remove(b"log_indexed")?;
+    for name in [&b"inbox"[..], b"unmatched", b"seen"] {
+        if old(name) {
+            db.drop_tree(name)?;
+        }
+    }
+    Ok(EventId(cursor))
 }
 
 impl Queue for SledQueue {
@@ -270,13 +333,15 @@ impl Queue for SledQueue {
             // so the writer thread only writes.
             let now_ms = unix_millis(now);
             let (reply, answer) = oneshot::channel();
-            let job = Job {
-                seen_key: seen_key(&event.record.source, &event.dedupe_key),
+            let seen_key = seen_key(&event.record.source, &event.dedupe_key);
+            let job = Job::Append(Append {
+                key: seen::hash(&seen_key),
+                seen_key,
                 expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
                 now_ms,
                 value: event.record.encode(),
                 reply,
-            };
+            });
             self.jobs
                 .send(job)
                 .await
@@ -290,13 +355,12 @@ impl Queue for SledQueue {
     }
 
     fn stats(&self) -> Result<Stats, QueueError> {
-        self.shared.settle(SETTLE_LIMIT);
         Ok(Stats {
-            inbox: self.inbox.len() as u64,
+            inbox: self.shared.unrouted.load(Ordering::Acquire),
             deliveries: self.deliveries.len() as u64,
             dead: self.dead.len() as u64,
-            unmatched: self.unmatched.len() as u64,
-            seen: self.seen.len() as u64,
+            unmatched: self.unmatched.load(Ordering::Acquire),
+            seen: self.shared.seen.load(Ordering::Relaxed),
             disk_bytes: self.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
         })
     }

@@ -20,6 +20,22 @@ fn event(source: &str, key: &str) -> NewEvent {
     }
 }
 
+/// Routes every event in the inbox to nowhere (unmatched).
+fn route_all(q: &SledQueue) -> usize {
+    let page = q.inbox_page(usize::MAX).unwrap();
+    let routed: Vec<super::super::Routed> = page
+        .events
+        .iter()
+        .map(|(id, _)| super::super::Routed {
+            event: *id,
+            pending: vec![],
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&routed, page.next).unwrap();
+    routed.len()
+}
+
 #[tokio::test]
 async fn duplicate_within_window_is_not_queued_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,7 +67,10 @@ async fn key_is_forgotten_after_its_window() {
         q.append(event("gh", "a"), later).await.unwrap(),
         Appended::Queued(_)
     ));
-    assert_eq!(q.prune_seen(later + Duration::from_secs(61)).unwrap(), 1);
+    assert_eq!(
+        q.prune_seen(later + Duration::from_secs(61)).await.unwrap(),
+        1
+    );
     assert_eq!(q.stats().unwrap().seen, 0);
 }
 
@@ -159,8 +178,15 @@ async fn the_index_is_rebuilt_from_the_log() {
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Lose sled altogether (as if it never got past its last checkpoint).
+    // Lose sled altogether (as if it never got past its last checkpoint),
+    // and the dedupe keys filed beside the log.
     std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "keys") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
     let q = SledQueue::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     assert_eq!(inbox.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
@@ -207,17 +233,7 @@ async fn routed_segments_past_retention_are_deleted() {
     let later = now + Duration::from_secs(3600);
     // Not routed yet: nothing goes.
     assert_eq!(q.prune_log(later, Duration::from_secs(60)).unwrap(), 0);
-    let routed: Vec<super::super::Routed> = q
-        .inbox()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| super::super::Routed {
-            event: id,
-            pending: vec![],
-            dead: vec![],
-        })
-        .collect();
-    q.routed(&routed).unwrap();
+    assert_eq!(route_all(&q), 10);
     // Routed but younger than the retention: kept.
     assert_eq!(q.prune_log(now, Duration::from_secs(60)).unwrap(), 0);
     let removed = q.prune_log(later, Duration::from_secs(60)).unwrap();
@@ -225,4 +241,90 @@ async fn routed_segments_past_retention_are_deleted() {
     assert_eq!(segments().len(), before.len() - removed);
     // What is left still reads.
     assert!(!q.events().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn routing_moves_the_cursor_and_it_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let first = {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        let mut first = None;
+        for i in 0..5 {
+            let appended = q.append(event("gh", &format!("r{i}")), now).await.unwrap();
+            first.get_or_insert(appended);
+        }
+        assert_eq!(route_all(&q), 5);
+        assert!(q.inbox().unwrap().is_empty());
+        for i in 5..7 {
+            q.append(event("gh", &format!("r{i}")), now).await.unwrap();
+        }
+        let stats = q.stats().unwrap();
+        assert_eq!((stats.inbox, stats.unmatched, stats.seen), (2, 5, 7));
+        q.flush().unwrap();
+        first.unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let inbox = q.inbox().unwrap();
+    let keys: Vec<_> = inbox.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
+    assert_eq!(keys, ["r5", "r6"]);
+    let stats = q.stats().unwrap();
+    assert_eq!((stats.inbox, stats.unmatched, stats.seen), (2, 5, 7));
+    let Appended::Queued(id) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        q.append(event("gh", "r0"), now).await.unwrap(),
+        Appended::Duplicate(id)
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        for i in 0..3 {
+            let Appended::Queued(id) = q.append(event("gh", &format!("o{i}")), now).await.unwrap()
+            else {
+                panic!()
+            };
+            ids.push(id);
+        }
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        // Rewrite sled as the earlier layout had it: the first event routed
+        // (unmatched), the other two pointed to by `inbox`.
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.remove(super::ROUTED_KEY).unwrap();
+        meta.remove(super::UNMATCHED_KEY).unwrap();
+        let end = ids[2].0 + 100;
+        meta.insert(b"log_indexed", &end.to_be_bytes()).unwrap();
+        let inbox = db.open_tree("inbox").unwrap();
+        for id in &ids[1..] {
+            inbox.insert(id.0.to_be_bytes(), &[0, 0, 0, 1]).unwrap();
+        }
+        db.open_tree("unmatched")
+            .unwrap()
+            .insert(ids[0].0.to_be_bytes(), &[])
+            .unwrap();
+        db.open_tree("seen").unwrap().insert(b"x", &[]).unwrap();
+        db.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let inbox: Vec<EventId> = q.inbox().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(inbox, ids[1..]);
+    let stats = q.stats().unwrap();
+    assert_eq!((stats.inbox, stats.unmatched), (2, 1));
+    let names = q.db.tree_names();
+    for old in [&b"inbox"[..], b"unmatched", b"seen"] {
+        assert!(!names.iter().any(|n| n.as_ref() == old), "{old:?} kept");
+    }
 }

@@ -1,0 +1,373 @@
+//! Dedupe keys: which deliveries were accepted, until their window passes.
+//!
+//! Held in memory, a hash map from the first 16 bytes of the SHA-256 of
+//! `source ‖ 0 ‖ dedupe key` to the key's expiry and event id, so the writer
+//! checks a delivery without touching the disk. Persisted beside the log:
+//! segment `{seq:016x}.seg` has `{seq:016x}.keys`, fixed-size records
+//! (hash, expiry, event id, frame length, CRC-32) appended by the indexer
+//! once its events are durable, and never synced on their own. The log is
+//! the truth: at start, whatever a keys file lacks (a torn tail, events
+//! the indexer had not reached) is read again from its segment.
+//!
+//! sled held these keys before; an insert there costs about 20 µs of CPU,
+//! more than the whole rest of a request (bench/README.md).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::log::{self, LogEntry};
+use super::EventId;
+
+pub type KeyHash = [u8; 16];
+
+const RECORD_BYTES: usize = 16 + 8 + 8 + 4 + 4;
+
+/// The hash a dedupe key is remembered by.
+pub fn hash(seen_key: &[u8]) -> KeyHash {
+    let digest = Sha256::digest(seen_key);
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// One logged event's dedupe key, as a keys file holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub hash: KeyHash,
+    pub expiry_ms: u64,
+    pub id: EventId,
+    /// Length of the event's log frame: where the next one starts.
+    pub len: u32,
+}
+
+impl KeyRecord {
+    /// The position in the log just after this event's frame.
+    pub fn end(&self) -> EventId {
+        EventId(self.id.0 + u64::from(self.len))
+    }
+
+    fn encode(&self) -> [u8; RECORD_BYTES] {
+        let mut out = [0; RECORD_BYTES];
+        out[..16].copy_from_slice(&self.hash);
+        out[16..24].copy_from_slice(&self.expiry_ms.to_le_bytes());
+        out[24..32].copy_from_slice(&self.id.0.to_le_bytes());
+        out[32..36].copy_from_slice(&self.len.to_le_bytes());
+        let crc = crc32fast::hash(&out[..36]);
+        out[36..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<KeyRecord> {
+        let bytes: &[u8; RECORD_BYTES] = bytes.try_into().ok()?;
+        let (body, crc) = bytes.split_at(36);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        Some(KeyRecord {
+            hash: body[..16].try_into().expect("16 bytes"),
+            expiry_ms: u64_at(16),
+            id: EventId(u64_at(24)),
+            len: u32::from_le_bytes(body[32..36].try_into().expect("4 bytes")),
+        })
+    }
+
+    fn of(found: &log::Found) -> KeyRecord {
+        let LogEntry::V1 {
+            seen_key,
+            expiry_ms,
+            ..
+        } = &found.entry;
+        KeyRecord {
+            hash: hash(seen_key),
+            expiry_ms: *expiry_ms,
+            id: found.id,
+            len: found.len,
+        }
+    }
+}
+
+/// The keys remembered now. Owned by the writer thread, the only one that
+/// checks and adds keys, so it needs no lock.
+#[derive(Debug, Default)]
+pub struct SeenIndex {
+    keys: HashMap<KeyHash, (u64, EventId)>,
+}
+
+impl SeenIndex {
+    /// The event stored under `key`, if its window has not passed at `now_ms`.
+    pub fn get(&self, key: &KeyHash, now_ms: u64) -> Option<EventId> {
+        self.keys
+            .get(key)
+            .and_then(|&(expiry, id)| (expiry > now_ms).then_some(id))
+    }
+
+    pub fn insert(&mut self, key: KeyHash, expiry_ms: u64, id: EventId) {
+        self.keys.insert(key, (expiry_ms, id));
+    }
+
+    /// Forgets keys whose window has passed at `now_ms`; returns how many.
+    pub fn prune(&mut self, now_ms: u64) -> usize {
+        let before = self.keys.len();
+        self.keys.retain(|_, &mut (expiry, _)| expiry > now_ms);
+        if self.keys.capacity() > 4 * self.keys.len().max(1024) {
+            self.keys.shrink_to_fit();
+        }
+        before - self.keys.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+fn keys_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.keys"))
+}
+
+/// The keys files in `dir`, oldest first.
+fn key_files(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let hex = name.to_str()?.strip_suffix(".keys")?;
+            (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+        })
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// The intact records at the front of `seq`'s keys file. A torn or corrupt
+/// record and everything after it is cut off the file, so appends go on
+/// from the last good one.
+fn load(dir: &Path, seq: u64) -> std::io::Result<Vec<KeyRecord>> {
+    let path = keys_path(dir, seq);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Vec::with_capacity(bytes.len() / RECORD_BYTES);
+    for chunk in bytes.chunks(RECORD_BYTES) {
+        match KeyRecord::decode(chunk) {
+            // In log order, or the file is not what it claims to be.
+            Some(r)
+                if log::place_of(r.id).0 == seq
+                    && records.last().is_none_or(|p: &KeyRecord| p.end() <= r.id) =>
+            {
+                records.push(r)
+            }
+            _ => break,
+        }
+    }
+    let good = (records.len() * RECORD_BYTES) as u64;
+    if good < bytes.len() as u64 {
+        OpenOptions::new().write(true).open(&path)?.set_len(good)?;
+    }
+    Ok(records)
+}
+
+/// The indexer's end: appends records to the keys file of their segment.
+#[derive(Debug)]
+pub struct KeyFiles {
+    dir: PathBuf,
+    open: Option<(u64, File)>,
+}
+
+impl KeyFiles {
+    pub fn new(dir: &Path) -> KeyFiles {
+        KeyFiles {
+            dir: dir.to_owned(),
+            open: None,
+        }
+    }
+
+    /// Appends `records`, which are in log order, each to its segment's file.
+    pub fn append(&mut self, records: &[KeyRecord]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(records.len() * RECORD_BYTES);
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let (seq, _) = log::place_of(first.id);
+            let n = rest
+                .iter()
+                .take_while(|r| log::place_of(r.id).0 == seq)
+                .count();
+            buf.clear();
+            for r in &rest[..n] {
+                buf.extend_from_slice(&r.encode());
+            }
+            self.file(seq)?.write_all(&buf)?;
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, seq: u64) -> std::io::Result<&mut File> {
+        if self.open.as_ref().is_none_or(|(s, _)| *s != seq) {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(keys_path(&self.dir, seq))?;
+            self.open = Some((seq, f));
+        }
+        Ok(&mut self.open.as_mut().expect("just opened").1)
+    }
+
+    /// Makes what was appended durable (at shutdown: the next start then
+    /// has nothing to read again).
+    pub fn sync(&self) -> std::io::Result<()> {
+        match &self.open {
+            Some((_, f)) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the log holds, read back at start.
+#[derive(Debug)]
+pub struct Recovered {
+    pub seen: SeenIndex,
+    /// The newest segment that holds events (0: none).
+    pub last_used: u64,
+    /// The position just after the last event (0: none).
+    pub end: EventId,
+    /// Events at or after the given position (the router's cursor).
+    pub from_cursor: u64,
+    /// Events read again from the log because their keys were not on file.
+    pub reread: usize,
+}
+
+/// Loads every keys file, completes each from its segment, and returns
+/// the unexpired keys and where the log ends.
+pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Recovered> {
+    let mut seqs = log::segments(dir)?;
+    seqs.extend(key_files(dir)?);
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut out = Recovered {
+        seen: SeenIndex::default(),
+        last_used: 0,
+        end: EventId(0),
+        from_cursor: 0,
+        reread: 0,
+    };
+    let mut files = KeyFiles::new(dir);
+    for seq in seqs {
+        let mut records = load(dir, seq)?;
+        let start = records.last().map_or(0, |r| log::place_of(r.end()).1);
+        let missing: Vec<KeyRecord> = match log::scan(dir, seq, start) {
+            Ok(found) => found.iter().map(KeyRecord::of).collect(),
+            // Pruned: the keys outlive the events when the window is longer.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        files.append(&missing)?;
+        out.reread += missing.len();
+        records.extend(missing);
+        let Some(last) = records.last() else {
+            continue;
+        };
+        out.last_used = seq;
+        out.end = last.end();
+        for r in &records {
+            if r.id >= cursor {
+                out.from_cursor += 1;
+            }
+            if r.expiry_ms > now_ms {
+                out.seen.insert(r.hash, r.expiry_ms, r.id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes keys files whose segment is gone and whose every key has
+/// expired at `now_ms`. Returns how many.
+pub fn prune_files(dir: &Path, now_ms: u64) -> std::io::Result<usize> {
+    let segments = log::segments(dir)?;
+    let mut removed = 0;
+    for seq in key_files(dir)? {
+        if segments.binary_search(&seq).is_ok() {
+            continue;
+        }
+        if load(dir, seq)?.iter().all(|r| r.expiry_ms <= now_ms) {
+            std::fs::remove_file(keys_path(dir, seq))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64) -> KeyRecord {
+        KeyRecord {
+            hash: hash(&n.to_le_bytes()),
+            expiry_ms: 1000 + n,
+            id: log::id_of(1, n * 100),
+            len: 100,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_damage() {
+        let r = record(3);
+        assert_eq!(KeyRecord::decode(&r.encode()), Some(r));
+        let mut bad = r.encode();
+        bad[20] ^= 1;
+        assert_eq!(KeyRecord::decode(&bad), None);
+        assert_eq!(KeyRecord::decode(&bad[..10]), None);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_go_on_from_the_last_good_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = KeyFiles::new(dir.path());
+        files.append(&[record(0), record(1), record(2)]).unwrap();
+        drop(files);
+        let path = keys_path(dir.path(), 1);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&record(3).encode()[..17]).unwrap();
+        assert_eq!(load(dir.path(), 1).unwrap().len(), 3);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            3 * RECORD_BYTES as u64
+        );
+        let mut files = KeyFiles::new(dir.path());
+        files.append(&[record(3)]).unwrap();
+        assert_eq!(
+            load(dir.path(), 1).unwrap(),
+            vec![record(0), record(1), record(2), record(3)]
+        );
+    }
+
+    #[test]
+    fn expired_keys_are_not_found_and_prune_drops_them() {
+        let mut seen = SeenIndex::default();
+        seen.insert([1; 16], 100, EventId(7));
+        seen.insert([2; 16], 300, EventId(8));
+        assert_eq!(seen.get(&[1; 16], 99), Some(EventId(7)));
+        assert_eq!(seen.get(&[1; 16], 100), None);
+        assert_eq!(seen.prune(200), 1);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.get(&[2; 16], 200), Some(EventId(8)));
+    }
+
+    #[test]
+    fn keys_files_without_segments_go_once_every_key_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = KeyFiles::new(dir.path());
+        files.append(&[record(0), record(5)]).unwrap();
+        assert_eq!(prune_files(dir.path(), 1004).unwrap(), 0);
+        assert_eq!(prune_files(dir.path(), 1005).unwrap(), 1);
+        assert!(key_files(dir.path()).unwrap().is_empty());
+    }
+}
