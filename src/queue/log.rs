@@ -202,15 +202,38 @@ fn fill(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<File> {
         .write(true)
         .read(true)
         .open(tmp)?;
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+    let zeros = vec![0u8; FILL_CHUNK as usize];
+    for chunk in 0..SEGMENT_BYTES / FILL_CHUNK {
         f.write_all(&zeros)?;
+        write_out(&f, chunk * FILL_CHUNK, FILL_CHUNK)?;
     }
     f.sync_all()?;
     // Only a complete segment gets its real name.
     std::fs::rename(tmp, path)?;
     File::open(dir)?.sync_all()?;
     Ok(f)
+}
+
+/// Zeros written (and written out) at a time while preparing a segment.
+const FILL_CHUNK: u64 = 256 << 10;
+
+/// Starts writing `len` bytes at `offset` to disk and waits for it. A
+/// segment prepared in one go queues 8 MiB of zeros at the device, and
+/// every log sync meanwhile waits behind them (p99 went from ~5 to ~20 ms
+/// at 5,000 req/s); a chunk at a time, a sync waits for one chunk at most.
+fn write_out(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: the descriptor is open for the whole call; the call reads
+    // no memory of ours.
+    let r = unsafe { libc::sync_file_range(f.as_raw_fd(), offset as i64, len as i64, flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The segments in `dir`, oldest first.

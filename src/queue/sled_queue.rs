@@ -37,7 +37,7 @@ pub(super) const ROUTED_KEY: &[u8] = b"routed";
 /// `meta` key: how many events no route matched (u64 BE).
 pub(super) const UNMATCHED_KEY: &[u8] = b"unmatched";
 /// Longest the router's cursor moves in memory only (`deliveries.rs`).
-pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct SledQueue {
     pub(super) db: sled::Db,
@@ -96,6 +96,8 @@ impl SledQueue {
         let store = Arc::new(Store {
             db: db.clone(),
             file,
+            // Whatever an earlier run left.
+            unsynced: AtomicBool::new(true),
         });
         let cursor = cursor_of(&db, &meta)?;
         let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
