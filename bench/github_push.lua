@@ -1,7 +1,6 @@
 -- wrk script: signed GitHub pushes with a unique X-GitHub-Delivery each.
--- Usage: wrk ... -s github_push.lua URL -- BODY_FILE SIGNATURE RUN_ID [RATE CONNECTIONS]
--- With RATE > 0 each connection waits between requests so that all of them
--- together send about RATE requests per second (wrk has no open-loop mode).
+-- Usage: wrk ... -s github_push.lua URL -- BODY_FILE SIGNATURE RUN_ID
+-- (wrk has no open-loop mode; latency at a fixed rate is examples/paced.rs.)
 -- The signature covers the body only (GitHub signs nothing else), so one
 -- body and one signature serve every request; the delivery id varies.
 
@@ -17,15 +16,7 @@ function init(args)
   f:close()
   sig = args[2]
   run = args[3]
-  local rate = tonumber(args[4] or "0")
-  local conns = tonumber(args[5] or "1")
-  pause = 0
-  if rate > 0 then pause = conns * 1000 / rate end
   n = 0
-end
-
-function delay()
-  return pause
 end
 
 function request()

@@ -2,11 +2,12 @@
 # Ingest benchmark: signed 7.5 KB GitHub pushes, unique delivery ids, 32
 # connections on loopback, fsync before every 202. Runs hookgate with group
 # commit on and off, and (when Node is present) the @octokit/webhooks peer
-# with and without an fsync per event, side by side in one run.
+# with and without an fsync per event, side by side in one run. Then the
+# latency at a fixed offered rate (RATE, open loop: examples/paced.rs).
 #
-#   bench/ingest.sh            # DURATION=10s CONNECTIONS=32 THREADS=2
+#   bench/ingest.sh            # DURATION=10s CONNECTIONS=32 THREADS=2 RATE=5000
 #
-# Prints one Markdown table. Needs wrk (Debian package `wrk`).
+# Prints one Markdown table and the paced line. Needs wrk (Debian package `wrk`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,7 @@ PORT=${PORT:-18080}
 BODY=samples/github/push.json
 
 command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet
+cargo build --release --quiet --bin hookgate --example paced
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 secret="bench-secret-$(date +%s)"
@@ -35,13 +36,13 @@ wait_port() {
   echo "nothing listening on $1" >&2; return 1
 }
 
-# run_wrk NAME PID [extra lua args] -> one table row
+# run_wrk NAME PID -> one table row
 run_wrk() {
-  local name=$1 pid=$2 rate=${3:-0}
+  local name=$1 pid=$2
   local out
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s bench/github_push.lua "http://127.0.0.1:$PORT/hooks/github" \
-    -- "$BODY" "$sig" "run$RANDOM$RANDOM" "$rate" "$CONNECTIONS")
+    -- "$BODY" "$sig" "run$RANDOM$RANDOM")
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -50,9 +51,10 @@ run_wrk() {
   printf '| %s | %s | %s | %s | %s MiB | %s |\n' "$name" "$rps" "$p50" "$p99" "$(peak_rss_mib "$pid")" "${non2xx:-0}"
 }
 
-hookgate_row() {
-  local name=$1 group_commit=$2 rate=${3:-0}
-  local dir="$work/hg-$group_commit-$rate"
+# start_hookgate GROUP_COMMIT -> sets $pid
+start_hookgate() {
+  local group_commit=$1
+  local dir="$work/hg-$group_commit-$RANDOM"
   mkdir -p "$dir"
   cat > "$dir/routes.toml" <<TOML
 [server]
@@ -65,9 +67,23 @@ provider = "github"
 secret = { file = "$work/secret" }
 TOML
   HOOKGATE_LOG=warn ./target/release/hookgate --config "$dir/routes.toml" serve 2>"$dir/log" &
-  local pid=$!
+  pid=$!
   wait_port "$PORT"
-  run_wrk "$name" "$pid" "$rate"
+}
+
+hookgate_row() {
+  start_hookgate "$2"
+  run_wrk "$1" "$pid"
+  kill -TERM "$pid"; wait "$pid" || true
+}
+
+paced_line() {
+  start_hookgate true
+  # Let the first log segments be prepared before the clock starts.
+  sleep 1
+  printf 'hookgate, group commit, open loop: '
+  ./target/release/examples/paced "http://127.0.0.1:$PORT/hooks/github" "$secret" "$RATE" "${DURATION%s}"
+  echo "  peak RSS $(peak_rss_mib "$pid") MiB"
   kill -TERM "$pid"; wait "$pid" || true
 }
 
@@ -93,4 +109,5 @@ if [ -z "${SKIP_NODE:-}" ] && command -v node >/dev/null && { [ -d bench/node/no
 else
   echo "(node peer skipped: node or npm install unavailable)"
 fi
-hookgate_row "hookgate, group commit, paced at ~$RATE req/s" true "$RATE"
+echo
+paced_line

@@ -40,6 +40,24 @@ struct StoredV1 {
     body_lz4: ByteBuf,
 }
 
+/// [`StoredEvent`] borrowed from an [`EventRecord`]: the same bytes.
+#[derive(Debug, Serialize)]
+enum StoredEventRef<'a> {
+    V1(StoredV1Ref<'a>),
+}
+
+#[derive(Debug, Serialize)]
+struct StoredV1Ref<'a> {
+    source: &'a str,
+    provider: &'a str,
+    event: &'a str,
+    delivery_id: &'a str,
+    received_at_ms: u64,
+    client_ip: &'a str,
+    headers: Vec<(&'a str, &'a serde_bytes::Bytes)>,
+    body_lz4: &'a serde_bytes::Bytes,
+}
+
 /// The first fields of a stored record, read without copying or
 /// decompressing anything (postcard reads fields in order and ignores what
 /// follows).
@@ -66,21 +84,23 @@ pub enum DecodeError {
 }
 
 impl EventRecord {
-    /// The bytes stored for this record (current format).
+    /// The bytes stored for this record (current format), serialized from
+    /// borrowed fields: only the compressed body is new.
     pub fn encode(&self) -> Vec<u8> {
-        let stored = StoredEvent::V1(StoredV1 {
-            source: self.source.clone(),
-            provider: self.provider.clone(),
-            event: self.event.clone(),
-            delivery_id: self.delivery_id.clone(),
+        let body_lz4 = lz4_flex::compress_prepend_size(&self.body);
+        let stored = StoredEventRef::V1(StoredV1Ref {
+            source: &self.source,
+            provider: &self.provider,
+            event: &self.event,
+            delivery_id: &self.delivery_id,
             received_at_ms: self.received_at_ms,
-            client_ip: self.client_ip.clone(),
+            client_ip: &self.client_ip,
             headers: self
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), ByteBuf::from(v.clone())))
+                .map(|(k, v)| (k.as_str(), serde_bytes::Bytes::new(v)))
                 .collect(),
-            body_lz4: ByteBuf::from(lz4_flex::compress_prepend_size(&self.body)),
+            body_lz4: serde_bytes::Bytes::new(&body_lz4),
         });
         postcard::to_stdvec(&stored).expect("in-memory encoding cannot fail")
     }
@@ -141,6 +161,26 @@ mod tests {
             bytes.len(),
             r.body.len()
         );
+    }
+
+    #[test]
+    fn borrowed_encoding_matches_the_stored_format() {
+        let r = sample();
+        let owned = StoredEvent::V1(StoredV1 {
+            source: r.source.clone(),
+            provider: r.provider.clone(),
+            event: r.event.clone(),
+            delivery_id: r.delivery_id.clone(),
+            received_at_ms: r.received_at_ms,
+            client_ip: r.client_ip.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteBuf::from(v.clone())))
+                .collect(),
+            body_lz4: ByteBuf::from(lz4_flex::compress_prepend_size(&r.body)),
+        });
+        assert_eq!(r.encode(), postcard::to_stdvec(&owned).unwrap());
     }
 
     #[test]
