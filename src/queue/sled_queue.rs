@@ -208,11 +208,12 @@ impl SledQueue {
     /// Deletes log segments the router is past, whose dedupe keys are on
     /// file, and that were last written more than `retention` ago. Delivery
     /// records carry their own bodies, so pending and dead deliveries do
-    /// not need the log. Returns how many segments went.
+    /// not need the log. Deletes at most `limit`; returns how many went.
     pub fn prune_log(
         &self,
         now: SystemTime,
         retention: std::time::Duration,
+        limit: usize,
     ) -> Result<usize, QueueError> {
         let (routed_seq, _) = log::place_of(EventId(self.routed_upto.load(Ordering::Acquire)));
         let (indexed_seq, _) = log::place_of(self.shared.indexed());
@@ -221,7 +222,7 @@ impl SledQueue {
         let keep_from = routed_seq.min(indexed_seq);
         let mut removed = 0;
         for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
-            if seq >= keep_from {
+            if seq >= keep_from || removed == limit {
                 break;
             }
             let age = log::modified(&self.log_dir, seq)

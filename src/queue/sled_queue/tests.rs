@@ -232,12 +232,23 @@ async fn routed_segments_past_retention_are_deleted() {
     assert!(before.len() >= 3, "{before:?}");
     let later = now + Duration::from_secs(3600);
     // Not routed yet: nothing goes.
-    assert_eq!(q.prune_log(later, Duration::from_secs(60)).unwrap(), 0);
+    assert_eq!(
+        q.prune_log(later, Duration::from_secs(60), usize::MAX)
+            .unwrap(),
+        0
+    );
     assert_eq!(route_all(&q), 10);
     // Routed but younger than the retention: kept.
-    assert_eq!(q.prune_log(now, Duration::from_secs(60)).unwrap(), 0);
-    let removed = q.prune_log(later, Duration::from_secs(60)).unwrap();
-    assert!(removed >= 1, "{removed}");
+    assert_eq!(
+        q.prune_log(now, Duration::from_secs(60), usize::MAX)
+            .unwrap(),
+        0
+    );
+    // One at a time when asked.
+    assert_eq!(q.prune_log(later, Duration::from_secs(60), 1).unwrap(), 1);
+    let removed = 1 + q
+        .prune_log(later, Duration::from_secs(60), usize::MAX)
+        .unwrap();
     assert_eq!(segments().len(), before.len() - removed);
     // What is left still reads.
     assert!(!q.events().unwrap().is_empty());
