@@ -4,11 +4,11 @@
 # sending to arrival at the sink (paced at RATE req/s), and the delivery
 # throughput when events arrive as fast as hookgate takes them.
 #
-#   bench/e2e.sh                       # RATE=1000 SECONDS=10
+#   bench/e2e.sh                       # RATE=1000 DURATION=10 (seconds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-1000}
-SECONDS_=${SECONDS:-10}
+DURATION=${DURATION:-10}   # not SECONDS: bash counts that up by itself
 PORT=${PORT:-18180}
 SINK_PORT=$((PORT + 2))
 cargo build --release --quiet --example e2e
@@ -41,7 +41,7 @@ TOML
   local pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
   printf '%s: ' "$label"
-  ./target/release/examples/e2e "http://127.0.0.1:$PORT/hooks/github" "$secret" "$SINK_PORT" "$rate" "$SECONDS_" $mode
+  ./target/release/examples/e2e "http://127.0.0.1:$PORT/hooks/github" "$secret" "$SINK_PORT" "$rate" "$DURATION" $mode
   echo "  peak RSS $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)"
   kill -TERM "$pid"; wait "$pid" || true
 }
