@@ -51,6 +51,10 @@ pub async fn run(
             }
         };
         if page.events.is_empty() {
+            let q = queue.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || q.save_cursor()).await {
+                tracing::error!(error = %e, "cannot save the router's place in the log");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = queue.appended() => continue,

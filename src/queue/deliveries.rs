@@ -46,9 +46,9 @@ impl SledQueue {
     /// router's cursor moves to `next`, past them.
     ///
     /// A page that made no deliveries only moves the cursor in memory,
-    /// saved with the next page that does, or within
-    /// [`SAVE_CURSOR_EVERY`]: after a crash, events routed to nowhere are
-    /// routed (to nowhere) again, and nothing else is.
+    /// saved with the next page that does, within [`SAVE_CURSOR_EVERY`], or
+    /// when the router goes idle: after a crash, events routed to nowhere
+    /// are routed (to nowhere) again, and nothing else is.
     pub fn routed(&self, page: &[Routed], next: EventId) -> Result<(), QueueError> {
         let mut pending = Vec::new();
         let mut dead = Vec::new();
@@ -62,7 +62,7 @@ impl SledQueue {
         }
         let mut saved = self.cursor_saved.lock().expect("cursor lock");
         let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
-        if !pending.is_empty() || !dead.is_empty() || saved.elapsed() >= SAVE_CURSOR_EVERY {
+        if !pending.is_empty() || !dead.is_empty() || saved.0.elapsed() >= SAVE_CURSOR_EVERY {
             (&self.deliveries, &self.dead, &self.meta)
                 .transaction(|(deliveries, dead_tree, meta)| {
                     for (k, v) in &pending {
@@ -76,7 +76,7 @@ impl SledQueue {
                     Ok::<_, ConflictableTransactionError<()>>(())
                 })
                 .map_err(tx_err)?;
-            *saved = std::time::Instant::now();
+            *saved = (std::time::Instant::now(), next.0);
         }
         self.unmatched.store(unmatched, Ordering::Release);
         self.routed_upto.store(next.0, Ordering::Release);
@@ -86,15 +86,21 @@ impl SledQueue {
         Ok(())
     }
 
-    /// Saves the router's cursor (at shutdown).
-    pub(super) fn save_cursor(&self) -> Result<(), QueueError> {
-        let _saved = self.cursor_saved.lock().expect("cursor lock");
-        let unmatched = self.unmatched.load(Ordering::Acquire);
+    /// Saves the router's cursor if it moved since it was last saved (when
+    /// the router goes idle, and at shutdown).
+    pub fn save_cursor(&self) -> Result<(), QueueError> {
+        let mut saved = self.cursor_saved.lock().expect("cursor lock");
         let cursor = self.routed_upto.load(Ordering::Acquire);
+        if saved.1 == cursor {
+            return Ok(());
+        }
+        let unmatched = self.unmatched.load(Ordering::Acquire);
         let mut batch = sled::Batch::default();
         batch.insert(UNMATCHED_KEY, &unmatched.to_be_bytes());
         batch.insert(ROUTED_KEY, &cursor.to_be_bytes());
-        Ok(self.meta.apply_batch(batch)?)
+        self.meta.apply_batch(batch)?;
+        *saved = (std::time::Instant::now(), cursor);
+        Ok(())
     }
 
     /// `sink`'s deliveries due at `now_ms`, earliest first, at most `n`:

@@ -146,7 +146,15 @@ impl Log {
         if self.len + buf.len() as u64 > SEGMENT_BYTES {
             self.rotate()?;
         }
-        self.file.write_all_at(&buf, self.len)?;
+        if let Err(e) = self.file.write_all_at(&buf, self.len) {
+            // Some frames may have landed: a zero header ends the chain
+            // before them, so neither a reader nor a restart takes them
+            // for events (their senders were told to retry).
+            let _ = self
+                .file
+                .write_all_at(&[0; FRAME_HEADER as usize], self.len);
+            return Err(e);
+        }
         let base = self.len;
         self.len += buf.len() as u64;
         let placed = offsets
@@ -173,7 +181,7 @@ impl Log {
     }
 }
 
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.seg"))
 }
 
@@ -390,7 +398,12 @@ impl Reader {
                         .into_iter()
                         .find(|&s| s > seq);
                     match next {
-                        Some(s) if s <= last_seq => (seq, offset) = (s, 0),
+                        Some(s) if s <= last_seq => {
+                            // Done with it: readers keep no descriptor of
+                            // a segment behind them.
+                            self.forget(seq);
+                            (seq, offset) = (s, 0);
+                        }
                         _ => break,
                     }
                     continue;

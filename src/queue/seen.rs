@@ -155,14 +155,14 @@ fn load(dir: &Path, seq: u64) -> std::io::Result<Vec<KeyRecord>> {
     };
     let mut records = Vec::with_capacity(bytes.len() / RECORD_BYTES);
     for chunk in bytes.chunks(RECORD_BYTES) {
+        // Frame after frame from the segment's start: a record out of
+        // place (a gap left by a failed write) ends what can be trusted,
+        // and the segment is read again from there.
+        let expected = records
+            .last()
+            .map_or(log::id_of(seq, 0), |p: &KeyRecord| p.end());
         match KeyRecord::decode(chunk) {
-            // In log order, or the file is not what it claims to be.
-            Some(r)
-                if log::place_of(r.id).0 == seq
-                    && records.last().is_none_or(|p: &KeyRecord| p.end() <= r.id) =>
-            {
-                records.push(r)
-            }
+            Some(r) if r.id == expected => records.push(r),
             _ => break,
         }
     }
@@ -177,7 +177,8 @@ fn load(dir: &Path, seq: u64) -> std::io::Result<Vec<KeyRecord>> {
 #[derive(Debug)]
 pub struct KeyFiles {
     dir: PathBuf,
-    open: Option<(u64, File)>,
+    /// The file being appended to: its segment, and its length.
+    open: Option<(u64, File, u64)>,
 }
 
 impl KeyFiles {
@@ -188,7 +189,9 @@ impl KeyFiles {
         }
     }
 
-    /// Appends `records`, which are in log order, each to its segment's file.
+    /// Appends `records`, which are in log order, each to its segment's
+    /// file. On error the file is cut back to where it was, so a retry
+    /// appends the same records in the same place.
     pub fn append(&mut self, records: &[KeyRecord]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(records.len() * RECORD_BYTES);
         let mut rest = records;
@@ -202,28 +205,41 @@ impl KeyFiles {
             for r in &rest[..n] {
                 buf.extend_from_slice(&r.encode());
             }
-            self.file(seq)?.write_all(&buf)?;
+            let (file, len) = self.file(seq)?;
+            if let Err(e) = file.write_all(&buf) {
+                let _ = file.set_len(*len);
+                return Err(e);
+            }
+            *len += buf.len() as u64;
             rest = &rest[n..];
         }
         Ok(())
     }
 
-    fn file(&mut self, seq: u64) -> std::io::Result<&mut File> {
-        if self.open.as_ref().is_none_or(|(s, _)| *s != seq) {
+    /// The keys file of segment `seq`, opened for appending. The one
+    /// before it is complete then: it is synced, so it never lags behind
+    /// a segment that could be deleted.
+    fn file(&mut self, seq: u64) -> std::io::Result<(&mut File, &mut u64)> {
+        if self.open.as_ref().is_none_or(|(s, _, _)| *s != seq) {
+            if let Some((_, done, _)) = self.open.take() {
+                done.sync_data()?;
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(keys_path(&self.dir, seq))?;
-            self.open = Some((seq, f));
+            let len = f.metadata()?.len();
+            File::open(&self.dir)?.sync_all()?;
+            self.open = Some((seq, f, len));
         }
-        Ok(&mut self.open.as_mut().expect("just opened").1)
+        let (_, file, len) = self.open.as_mut().expect("just opened");
+        Ok((file, len))
     }
 
-    /// Makes what was appended durable (at shutdown: the next start then
-    /// has nothing to read again).
+    /// Makes what was appended durable.
     pub fn sync(&self) -> std::io::Result<()> {
         match &self.open {
-            Some((_, f)) => f.sync_data(),
+            Some((_, f, _)) => f.sync_data(),
             None => Ok(()),
         }
     }
@@ -261,13 +277,19 @@ pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Reco
     for seq in seqs {
         let mut records = load(dir, seq)?;
         let start = records.last().map_or(0, |r| log::place_of(r.end()).1);
-        let missing: Vec<KeyRecord> = match log::scan(dir, seq, start) {
-            Ok(found) => found.iter().map(KeyRecord::of).collect(),
+        let (present, missing): (bool, Vec<KeyRecord>) = match log::scan(dir, seq, start) {
+            Ok(found) => (true, found.iter().map(KeyRecord::of).collect()),
             // Pruned: the keys outlive the events when the window is longer.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (false, Vec::new()),
             Err(e) => return Err(e),
         };
-        files.append(&missing)?;
+        if !missing.is_empty() {
+            // Frames a crash left between write and sync may be in the page
+            // cache only: made durable before anything relies on them.
+            File::open(log::segment_path(dir, seq))?.sync_data()?;
+            files.append(&missing)?;
+            files.sync()?;
+        }
         out.reread += missing.len();
         records.extend(missing);
         let Some(last) = records.last() else {
@@ -276,7 +298,7 @@ pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Reco
         out.last_used = seq;
         out.end = last.end();
         for r in &records {
-            if r.id >= cursor {
+            if present && r.id >= cursor {
                 out.from_cursor += 1;
             }
             if r.expiry_ms > now_ms {
@@ -284,7 +306,58 @@ pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Reco
             }
         }
     }
+    for r in load_migrated(dir)? {
+        if r.expiry_ms > now_ms {
+            out.seen.insert(r.hash, r.expiry_ms, r.id);
+        }
+    }
     Ok(out)
+}
+
+/// Keys carried over from an older layout's sled `seen` tree (see
+/// `sled_queue::cursor_of`): not tied to a segment, kept until they expire.
+const MIGRATED: &str = "migrated.keys";
+
+/// Writes `records` as the migrated keys, durably.
+pub fn write_migrated(dir: &Path, records: &[KeyRecord]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
+    let tmp = dir.join("migrated.keys.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(MIGRATED))?;
+    File::open(dir)?.sync_all()
+}
+
+fn load_migrated(dir: &Path) -> std::io::Result<Vec<KeyRecord>> {
+    match std::fs::read(dir.join(MIGRATED)) {
+        Ok(bytes) => Ok(bytes
+            .chunks(RECORD_BYTES)
+            .map_while(KeyRecord::decode)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A migrated key, from the old `seen` tree's key and value.
+pub fn migrated(seen_key: &[u8], expiry_ms: u64, id: EventId) -> KeyRecord {
+    KeyRecord {
+        hash: hash(seen_key),
+        expiry_ms,
+        id,
+        len: 0,
+    }
+}
+
+/// Makes segment `seq`'s keys file durable (before the segment goes).
+pub fn sync_keys(dir: &Path, seq: u64) -> std::io::Result<()> {
+    match File::open(keys_path(dir, seq)) {
+        Ok(f) => f.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes keys files whose segment is gone and whose every key has
@@ -301,6 +374,11 @@ pub fn prune_files(dir: &Path, now_ms: u64) -> std::io::Result<usize> {
             removed += 1;
         }
     }
+    let migrated = load_migrated(dir)?;
+    if !migrated.is_empty() && migrated.iter().all(|r| r.expiry_ms <= now_ms) {
+        std::fs::remove_file(dir.join(MIGRATED))?;
+        removed += 1;
+    }
     Ok(removed)
 }
 
@@ -308,6 +386,7 @@ pub fn prune_files(dir: &Path, now_ms: u64) -> std::io::Result<usize> {
 mod tests {
     use super::*;
 
+    /// The `n`th record of segment 1 (frames of 100 bytes, back to back).
     fn record(n: u64) -> KeyRecord {
         KeyRecord {
             hash: hash(&n.to_le_bytes()),
@@ -315,6 +394,19 @@ mod tests {
             id: log::id_of(1, n * 100),
             len: 100,
         }
+    }
+
+    #[test]
+    fn a_gap_in_a_keys_file_ends_what_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = KeyFiles::new(dir.path());
+        files.append(&[record(0), record(1), record(3)]).unwrap();
+        assert_eq!(load(dir.path(), 1).unwrap(), vec![record(0), record(1)]);
+        // A file that does not start at the segment's start is not trusted.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut other = KeyFiles::new(dir2.path());
+        other.append(&[record(2), record(3)]).unwrap();
+        assert!(load(dir2.path(), 1).unwrap().is_empty());
     }
 
     #[test]
@@ -365,9 +457,9 @@ mod tests {
     fn keys_files_without_segments_go_once_every_key_expired() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = KeyFiles::new(dir.path());
-        files.append(&[record(0), record(5)]).unwrap();
-        assert_eq!(prune_files(dir.path(), 1004).unwrap(), 0);
-        assert_eq!(prune_files(dir.path(), 1005).unwrap(), 1);
+        files.append(&[record(0), record(1)]).unwrap();
+        assert_eq!(prune_files(dir.path(), 1000).unwrap(), 0);
+        assert_eq!(prune_files(dir.path(), 1001).unwrap(), 1);
         assert!(key_files(dir.path()).unwrap().is_empty());
     }
 }

@@ -50,8 +50,8 @@ pub struct SledQueue {
     pub(super) routed_upto: AtomicU64,
     /// Events no route matched, saved with the cursor.
     pub(super) unmatched: AtomicU64,
-    /// When the cursor was last saved.
-    pub(super) cursor_saved: std::sync::Mutex<std::time::Instant>,
+    /// When the cursor was last saved, and where it was.
+    pub(super) cursor_saved: std::sync::Mutex<(std::time::Instant, u64)>,
     pub(super) shared: Arc<Shared>,
     log_dir: std::path::PathBuf,
     reader: log::Reader,
@@ -96,15 +96,14 @@ impl SledQueue {
         let store = Arc::new(Store {
             db: db.clone(),
             file,
-            // Whatever an earlier run left.
-            unsynced: AtomicBool::new(true),
+            synced: std::sync::Mutex::new(None),
         });
-        let cursor = cursor_of(&db, &meta)?;
-        let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;
-        let recovered = seen::recover(&log_dir, unix_millis(SystemTime::now()), cursor)
-            .map_err(QueueError::Storage)?;
+        let now_ms = unix_millis(SystemTime::now());
+        let cursor = cursor_of(&db, &meta, &log_dir, now_ms)?;
+        let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
+        let recovered = seen::recover(&log_dir, now_ms, cursor).map_err(QueueError::Storage)?;
         if recovered.reread > 0 {
             tracing::info!(
                 events = recovered.reread,
@@ -152,7 +151,7 @@ impl SledQueue {
             dead,
             routed_upto: AtomicU64::new(cursor.0),
             unmatched: AtomicU64::new(unmatched),
-            cursor_saved: std::sync::Mutex::new(std::time::Instant::now()),
+            cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
             shared,
             reader: log::Reader::new(&log_dir),
             log_dir,
@@ -205,17 +204,22 @@ impl SledQueue {
         Ok(Page { events, next })
     }
 
-    /// Deletes log segments the router is past, whose dedupe keys are on
-    /// file, and that were last written more than `retention` ago. Delivery
-    /// records carry their own bodies, so pending and dead deliveries do
-    /// not need the log. Deletes at most `limit`; returns how many went.
+    /// Deletes log segments the router is past for good (its cursor, as
+    /// saved and made durable here, is beyond them), whose dedupe keys are
+    /// on file (and are synced here), and that were last written more than
+    /// `retention` ago. Delivery records carry their own bodies, so pending
+    /// and dead deliveries do not need the log. Deletes at most `limit`;
+    /// returns how many went.
     pub fn prune_log(
         &self,
         now: SystemTime,
         retention: std::time::Duration,
         limit: usize,
     ) -> Result<usize, QueueError> {
-        let (routed_seq, _) = log::place_of(EventId(self.routed_upto.load(Ordering::Acquire)));
+        // The cursor in memory may be ahead of what a crash would leave.
+        let saved = read_u64(&self.meta, ROUTED_KEY)?.unwrap_or(0);
+        self.store.checkpoint()?;
+        let (routed_seq, _) = log::place_of(EventId(saved));
         let (indexed_seq, _) = log::place_of(self.shared.indexed());
         // The newest segment holding events is never deleted: it tells the
         // next start where ids go on.
@@ -232,6 +236,7 @@ impl SledQueue {
             if age < retention {
                 continue;
             }
+            seen::sync_keys(&self.log_dir, seq).map_err(QueueError::Storage)?;
             self.reader.forget(seq);
             log::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
             removed += 1;
@@ -291,8 +296,14 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {
 /// `inbox` tree of pointers to unrouted events, a `log_indexed` position,
 /// an `unmatched` tree and a `seen` tree: the cursor starts at the first
 /// unrouted event (or where indexing stopped), the unmatched are counted,
-/// and the old trees go (dedupe keys are read back from the log).
-fn cursor_of(db: &sled::Db, meta: &sled::Tree) -> Result<EventId, QueueError> {
+/// unexpired dedupe keys go to `log/migrated.keys` (the others are read
+/// back from the log), and the old trees go.
+fn cursor_of(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    log_dir: &Path,
+    now_ms: u64,
+) -> Result<EventId, QueueError> {
     if let Some(at) = read_u64(meta, ROUTED_KEY)? {
         return Ok(EventId(at));
     }
@@ -314,6 +325,28 @@ fn cursor_of(db: &sled::Db, meta: &sled::Tree) -> Result<EventId, QueueError> {
     meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
     meta.insert(ROUTED_KEY, &cursor.to_be_bytes())?;
     meta.remove(b"log_indexed")?;
+    if old(b"seen") {
+        // Keys whose segment is gone live only here (a dedupe window longer
+        // than the retention): carried over until they expire.
+        let mut keys = Vec::new();
+        for kv in db.open_tree("seen")?.iter() {
+            let (k, v) = kv?;
+            let (Some(expiry), Some(id)) = (
+                v.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                v.get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+            ) else {
+                continue;
+            };
+            if expiry > now_ms {
+                keys.push(seen::migrated(&k, expiry, EventId(id)));
+            }
+        }
+        seen::write_migrated(log_dir, &keys).map_err(QueueError::Storage)?;
+    }
     for name in [&b"inbox"[..], b"unmatched", b"seen"] {
         if old(name) {
             db.drop_tree(name)?;

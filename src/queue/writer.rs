@@ -59,21 +59,26 @@ pub struct Store {
     /// which flushes neither the device cache nor metadata; `fdatasync` on
     /// the same file does.
     pub file: File,
-    /// sled flushed bytes that are not synced yet.
-    pub unsynced: AtomicBool,
+    /// When sled's file had last been written, and its length, as of the
+    /// last sync (`None`: not synced by this run).
+    pub synced: Mutex<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl Store {
-    /// Makes what sled holds durable. A checkpoint with nothing new to
-    /// flush skips the sync: each one waits for the device's cache, and
-    /// every log sync queued behind it waits too.
+    /// Makes what sled holds durable. When sled's file has not been
+    /// written since the last sync, the sync is skipped: each one waits
+    /// for the device's cache, and every log sync queued behind it too.
     pub fn checkpoint(&self) -> Result<(), QueueError> {
-        if self.db.flush()? > 0 {
-            self.unsynced.store(true, Ordering::Release);
-        }
-        if self.unsynced.load(Ordering::Acquire) {
+        let mut synced = self.synced.lock().expect("checkpoint lock");
+        self.db.flush()?;
+        let written = self
+            .file
+            .metadata()
+            .and_then(|m| Ok((m.modified()?, m.len())))
+            .map_err(QueueError::Storage)?;
+        if *synced != Some(written) {
             self.file.sync_data().map_err(QueueError::Storage)?;
-            self.unsynced.store(false, Ordering::Release);
+            *synced = Some(written);
         }
         Ok(())
     }
@@ -390,6 +395,8 @@ pub fn run_indexer(
     rx: std_mpsc::Receiver<Vec<KeyRecord>>,
 ) {
     let mut last_checkpoint = Instant::now();
+    let mut unfiled: Vec<KeyRecord> = Vec::new();
+    let mut failing_since: Option<Instant> = None;
     loop {
         let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
             Ok(batch) => Some(batch),
@@ -397,13 +404,24 @@ pub fn run_indexer(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
         for batch in first.into_iter().chain(rx.try_iter()) {
-            if let Err(e) = files.append(&batch) {
-                // The log keeps the events; the next start files their keys.
-                tracing::error!(error = %e, "cannot write dedupe keys beside the log; the log keeps them");
-            }
-            if let Some(last) = batch.last() {
-                shared.progress.lock().expect("progress lock").indexed = last.end().0;
-                shared.caught_up.notify_all();
+            unfiled.extend(batch);
+        }
+        if !unfiled.is_empty() {
+            match files.append(&unfiled) {
+                Ok(()) => {
+                    let end = unfiled.last().expect("not empty").end().0;
+                    unfiled.clear();
+                    failing_since = None;
+                    shared.progress.lock().expect("progress lock").indexed = end;
+                    shared.caught_up.notify_all();
+                }
+                // Kept and tried again; meanwhile no segment whose keys are
+                // not on file is deleted, and a restart reads them from the log.
+                Err(e) if failing_since.is_none() => {
+                    failing_since = Some(Instant::now());
+                    tracing::error!(error = %e, keys = unfiled.len(), "cannot write dedupe keys beside the log; the log keeps them, retrying");
+                }
+                Err(_) => {}
             }
         }
         // The router and dispatcher write to sled: checkpoint on time.

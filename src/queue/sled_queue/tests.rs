@@ -238,6 +238,14 @@ async fn routed_segments_past_retention_are_deleted() {
         0
     );
     assert_eq!(route_all(&q), 10);
+    // Routed to nowhere, so the cursor moved in memory only: a crash would
+    // take it back, and the segments are still needed.
+    assert_eq!(
+        q.prune_log(later, Duration::from_secs(60), usize::MAX)
+            .unwrap(),
+        0
+    );
+    q.save_cursor().unwrap();
     // Routed but younger than the retention: kept.
     assert_eq!(
         q.prune_log(now, Duration::from_secs(60), usize::MAX)
@@ -325,7 +333,13 @@ async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
             .unwrap()
             .insert(ids[0].0.to_be_bytes(), &[])
             .unwrap();
-        db.open_tree("seen").unwrap().insert(b"x", &[]).unwrap();
+        // A key whose segment is long gone, still in its window, and one
+        // that expired.
+        let seen = db.open_tree("seen").unwrap();
+        let value = |expiry: u64, id: u64| [expiry.to_be_bytes(), id.to_be_bytes()].concat();
+        let future = super::unix_millis(now) + 60_000;
+        seen.insert(b"gh\0old", value(future, 42)).unwrap();
+        seen.insert(b"gh\0older", value(1, 43)).unwrap();
         db.flush().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -338,4 +352,47 @@ async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
     for old in [&b"inbox"[..], b"unmatched", b"seen"] {
         assert!(!names.iter().any(|n| n.as_ref() == old), "{old:?} kept");
     }
+    assert_eq!(
+        q.append(event("gh", "old"), now).await.unwrap(),
+        Appended::Duplicate(EventId(42))
+    );
+    assert!(matches!(
+        q.append(event("gh", "older"), now).await.unwrap(),
+        Appended::Queued(_)
+    ));
+}
+
+#[tokio::test]
+async fn keys_lost_from_a_keys_file_are_read_back_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        for i in 0..6 {
+            let Appended::Queued(id) = q.append(event("gh", &format!("g{i}")), now).await.unwrap()
+            else {
+                panic!()
+            };
+            ids.push(id);
+        }
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Cut the fourth record out of the keys file: a gap, as a failed
+    // write could leave.
+    let (seq, _) = log::place_of(ids[0]);
+    let path = dir.path().join("log").join(format!("{seq:016x}.keys"));
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 6 * 40);
+    std::fs::write(&path, [&bytes[..120], &bytes[160..]].concat()).unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            q.append(event("gh", &format!("g{i}")), now).await.unwrap(),
+            Appended::Duplicate(*id),
+            "g{i}"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
