@@ -392,6 +392,25 @@ impl Daemon {
         format!("http://{}/hooks/{source}", self.listen)
     }
 
+    /// Waits (up to 20 s) until the router has taken every accepted event.
+    pub async fn wait_routed(&self) {
+        let url = format!("http://{}/api/queue/stats", self.admin);
+        let mut last = String::new();
+        for _ in 0..400 {
+            if let Ok((StatusCode::OK, _, body)) =
+                hookgate::client::request(Method::GET, &url, &[], vec![]).await
+            {
+                let stats: hookgate::queue::Stats = serde_json::from_slice(&body).unwrap();
+                if stats.inbox == 0 {
+                    return;
+                }
+                last = format!("{stats:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("events still waiting to be routed: {last}");
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
