@@ -51,15 +51,19 @@ pub async fn run(
             }
         };
         if page.events.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = queue.appended() => continue,
+                _ = tokio::time::sleep(IDLE) => {}
+            }
+            // Nothing came for a while: save the place pages that made no
+            // deliveries left in memory (under load they are saved every
+            // few seconds; saving at every lull would sync sled each time).
             let q = queue.clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || q.save_cursor()).await {
                 tracing::error!(error = %e, "cannot save the router's place in the log");
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = queue.appended() => continue,
-                _ = tokio::time::sleep(IDLE) => continue,
-            }
+            continue;
         }
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());

@@ -47,7 +47,7 @@ impl SledQueue {
     ///
     /// A page that made no deliveries only moves the cursor in memory,
     /// saved with the next page that does, within [`SAVE_CURSOR_EVERY`], or
-    /// when the router goes idle: after a crash, events routed to nowhere
+    /// when the router has been idle a while: after a crash, events routed to nowhere
     /// are routed (to nowhere) again, and nothing else is.
     pub fn routed(&self, page: &[Routed], next: EventId) -> Result<(), QueueError> {
         let mut pending = Vec::new();
@@ -87,7 +87,7 @@ impl SledQueue {
     }
 
     /// Saves the router's cursor if it moved since it was last saved (when
-    /// the router goes idle, and at shutdown).
+    /// the router has been idle a while, and at shutdown).
     pub fn save_cursor(&self) -> Result<(), QueueError> {
         let mut saved = self.cursor_saved.lock().expect("cursor lock");
         let cursor = self.routed_upto.load(Ordering::Acquire);

@@ -216,20 +216,17 @@ impl KeyFiles {
         Ok(())
     }
 
-    /// The keys file of segment `seq`, opened for appending. The one
-    /// before it is complete then: it is synced, so it never lags behind
-    /// a segment that could be deleted.
+    /// The keys file of segment `seq`, opened for appending. Nothing here
+    /// syncs (a sync would wait in line with the log's): a keys file is
+    /// synced before its segment is deleted (`sync_keys`), and until then
+    /// the segment can rebuild it.
     fn file(&mut self, seq: u64) -> std::io::Result<(&mut File, &mut u64)> {
         if self.open.as_ref().is_none_or(|(s, _, _)| *s != seq) {
-            if let Some((_, done, _)) = self.open.take() {
-                done.sync_data()?;
-            }
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(keys_path(&self.dir, seq))?;
             let len = f.metadata()?.len();
-            File::open(&self.dir)?.sync_all()?;
             self.open = Some((seq, f, len));
         }
         let (_, file, len) = self.open.as_mut().expect("just opened");
@@ -351,13 +348,15 @@ pub fn migrated(seen_key: &[u8], expiry_ms: u64, id: EventId) -> KeyRecord {
     }
 }
 
-/// Makes segment `seq`'s keys file durable (before the segment goes).
+/// Makes segment `seq`'s keys file durable, name and all (before the
+/// segment goes).
 pub fn sync_keys(dir: &Path, seq: u64) -> std::io::Result<()> {
     match File::open(keys_path(dir, seq)) {
-        Ok(f) => f.sync_data(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Ok(f) => f.sync_data()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     }
+    File::open(dir)?.sync_all()
 }
 
 /// Deletes keys files whose segment is gone and whose every key has
