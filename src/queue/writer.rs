@@ -59,9 +59,8 @@ pub struct Store {
     /// which flushes neither the device cache nor metadata; `fdatasync` on
     /// the same file does.
     pub file: File,
-    /// When sled's file had last been written, and its length, as of the
-    /// last sync (`None`: not synced by this run).
-    pub synced: Mutex<Option<(std::time::SystemTime, u64)>>,
+    /// When the last sync of sled's file began (`None`: not in this run).
+    pub synced: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Store {
@@ -74,11 +73,15 @@ impl Store {
         let written = self
             .file
             .metadata()
-            .and_then(|m| Ok((m.modified()?, m.len())))
+            .and_then(|m| m.modified())
             .map_err(QueueError::Storage)?;
-        if *synced != Some(written) {
+        // A sync covers every write made before it started. File times
+        // come from a coarse clock: a write within a second before the
+        // last sync began counts as after it.
+        if synced.is_none_or(|began| written + Duration::from_secs(1) >= began) {
+            let began = std::time::SystemTime::now();
             self.file.sync_data().map_err(QueueError::Storage)?;
-            *synced = Some(written);
+            *synced = Some(began);
         }
         Ok(())
     }
