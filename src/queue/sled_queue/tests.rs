@@ -20,6 +20,31 @@ fn event(source: &str, key: &str) -> NewEvent {
     }
 }
 
+/// Opens a queue in `dir`, queues `n` events keyed `{prefix}{i}` at `now`,
+/// flushes it and closes it (waiting for sled to let go of its lock).
+async fn queue_and_close(
+    dir: &std::path::Path,
+    prefix: &str,
+    n: usize,
+    now: SystemTime,
+) -> Vec<EventId> {
+    let mut ids = Vec::new();
+    {
+        let q = SledQueue::open(dir, true).unwrap();
+        for i in 0..n {
+            let key = format!("{prefix}{i}");
+            let Appended::Queued(id) = q.append(event("gh", &key), now).await.unwrap() else {
+                panic!("{key} is new")
+            };
+            ids.push(id);
+        }
+        q.flush().unwrap();
+    }
+    // sled needs its flusher threads gone before the lock is free again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ids
+}
+
 /// Routes every event in the inbox to nowhere (unmatched).
 fn route_all(q: &SledQueue) -> usize {
     let page = q.inbox_page(usize::MAX).unwrap();
@@ -166,18 +191,7 @@ async fn closed_queue_refuses_and_stores_nothing() {
 async fn the_index_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let mut ids = Vec::new();
-    {
-        let q = SledQueue::open(dir.path(), true).unwrap();
-        for i in 0..50 {
-            let Appended::Queued(id) = q.append(event("gh", &format!("k{i}")), now).await.unwrap()
-            else {
-                panic!()
-            };
-            ids.push(id);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ids = queue_and_close(dir.path(), "k", 50, now).await;
     // Lose sled altogether (as if it never got past its last checkpoint),
     // and the dedupe keys filed beside the log.
     std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
@@ -303,19 +317,7 @@ async fn routing_moves_the_cursor_and_it_survives_a_reopen() {
 async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let mut ids = Vec::new();
-    {
-        let q = SledQueue::open(dir.path(), true).unwrap();
-        for i in 0..3 {
-            let Appended::Queued(id) = q.append(event("gh", &format!("o{i}")), now).await.unwrap()
-            else {
-                panic!()
-            };
-            ids.push(id);
-        }
-        q.flush().unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ids = queue_and_close(dir.path(), "o", 3, now).await;
     {
         // Rewrite sled as the earlier layout had it: the first event routed
         // (unmatched), the other two pointed to by `inbox`.
@@ -366,19 +368,7 @@ async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
 async fn keys_lost_from_a_keys_file_are_read_back_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let mut ids = Vec::new();
-    {
-        let q = SledQueue::open(dir.path(), true).unwrap();
-        for i in 0..6 {
-            let Appended::Queued(id) = q.append(event("gh", &format!("g{i}")), now).await.unwrap()
-            else {
-                panic!()
-            };
-            ids.push(id);
-        }
-        q.flush().unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ids = queue_and_close(dir.path(), "g", 6, now).await;
     // Cut the fourth record out of the keys file: a gap, as a failed
     // write could leave.
     let (seq, _) = log::place_of(ids[0]);
