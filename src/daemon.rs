@@ -49,12 +49,27 @@ pub enum DaemonError {
 
 /// Opens the queue under `config.server.data_dir`.
 pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+    let group_commit = config.server.group_commit;
+    open_dir(config, |dir| SledQueue::open(dir, group_commit))
+}
+
+/// Opens the queue under `config.server.data_dir` for the CLI to look at
+/// (and replay dead letters) while no daemon runs: nothing is prepared
+/// for new events.
+pub fn inspect_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+    open_dir(config, SledQueue::inspect)
+}
+
+fn open_dir(
+    config: &Config,
+    open: impl FnOnce(&std::path::Path) -> Result<SledQueue, QueueError>,
+) -> Result<SledQueue, DaemonError> {
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
         path: dir.display().to_string(),
         source,
     })?;
-    SledQueue::open(dir, config.server.group_commit).map_err(|source| DaemonError::Queue {
+    open(dir).map_err(|source| DaemonError::Queue {
         path: dir.display().to_string(),
         source,
     })

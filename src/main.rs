@@ -431,7 +431,7 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
     };
     let config = &loaded.config;
     // Without a daemon, read (or requeue in) the data directory directly.
-    let offline = || hookgate::daemon::open_queue(config);
+    let offline = || hookgate::daemon::inspect_queue(config);
     match what {
         DeadCommand::List { json } => {
             let list: Vec<DeadSummary> = match admin(config, http::Method::GET, "/api/dead").await?
@@ -546,7 +546,7 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             // No daemon: read the data directory directly.
             None => {
                 use hookgate::queue::Queue;
-                hookgate::daemon::open_queue(&loaded.config)?.stats()?
+                hookgate::daemon::inspect_queue(&loaded.config)?.stats()?
             }
         };
     if json {

@@ -81,6 +81,18 @@ impl SledQueue {
     /// indexer threads. `group_commit` off makes every append its own
     /// commit (to measure the difference).
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
+        Self::open_as(dir, Some(group_commit))
+    }
+
+    /// Opens the queue in `dir` to look at it and change deliveries (the
+    /// CLI without a daemon): no log segment is prepared and no writer runs,
+    /// so appends fail with `ShuttingDown`.
+    pub fn inspect(dir: &Path) -> Result<SledQueue, QueueError> {
+        Self::open_as(dir, None)
+    }
+
+    /// `group_commit`: `None` to inspect only.
+    fn open_as(dir: &Path, group_commit: Option<bool>) -> Result<SledQueue, QueueError> {
         let sled_dir = dir.join("sled");
         let db = sled::Config::new()
             .path(&sled_dir)
@@ -111,21 +123,40 @@ impl SledQueue {
             );
         }
         store.checkpoint()?;
-        log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
-        let log = Log::create(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         // The directories just created must survive a power loss too.
         for d in [dir, sled_dir.as_path(), log_dir.as_path()] {
             std::fs::File::open(d)
                 .and_then(|f| f.sync_all())
                 .map_err(QueueError::Storage)?;
         }
-
         let shared = Arc::new(Shared::new(
             recovered.end,
             recovered.from_cursor,
             recovered.seen.len(),
         ));
         let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
+        let queue = |jobs| SledQueue {
+            db,
+            meta,
+            deliveries,
+            dead,
+            routed_upto: AtomicU64::new(cursor.0),
+            unmatched: AtomicU64::new(unmatched),
+            cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
+            shared: shared.clone(),
+            reader: log::Reader::new(&log_dir),
+            log_dir: log_dir.clone(),
+            store: store.clone(),
+            jobs,
+            closed: AtomicBool::new(false),
+        };
+        let Some(group_commit) = group_commit else {
+            // No writer: appends find the channel closed.
+            drop(rx);
+            return Ok(queue(jobs));
+        };
+        log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
+        let log = Log::create(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         let (to_indexer, indexed) = std::sync::mpsc::channel();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
         {
@@ -144,21 +175,7 @@ impl SledQueue {
                 .spawn(move || writer::run_indexer(files, store, shared, indexed))
                 .map_err(QueueError::Storage)?;
         }
-        Ok(SledQueue {
-            db,
-            meta,
-            deliveries,
-            dead,
-            routed_upto: AtomicU64::new(cursor.0),
-            unmatched: AtomicU64::new(unmatched),
-            cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
-            shared,
-            reader: log::Reader::new(&log_dir),
-            log_dir,
-            store,
-            jobs,
-            closed: AtomicBool::new(false),
-        })
+        Ok(queue(jobs))
     }
 
     /// Every event not yet routed, oldest first.

@@ -117,7 +117,7 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     daemon.wait_routed().await;
     assert!(daemon.terminate().success());
 
-    let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
+    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
     let mut stored = BTreeMap::<String, usize>::new();
     for (_, record) in queue.events().unwrap() {
         *stored.entry(record.delivery_id).or_default() += 1;
@@ -281,7 +281,7 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
     .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(daemon.terminate().success());
-    let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
+    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
     let stored: std::collections::HashSet<String> = queue
         .events()
         .unwrap()
@@ -325,7 +325,7 @@ async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
         "the load ran ({} acknowledged)",
         acked.len()
     );
-    let queue = SledQueue::open(&dir.path().join("data"), false).unwrap();
+    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
     let stored: std::collections::HashSet<String> = queue
         .events()
         .unwrap()

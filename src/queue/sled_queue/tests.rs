@@ -386,3 +386,27 @@ async fn keys_lost_from_a_keys_file_are_read_back_from_the_log() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
+
+#[tokio::test]
+async fn inspecting_prepares_nothing_and_refuses_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ids = queue_and_close(dir.path(), "i", 3, now).await;
+    let before = log::segments(&dir.path().join("log")).unwrap();
+    let q = SledQueue::inspect(dir.path()).unwrap();
+    let stats = q.stats().unwrap();
+    assert_eq!((stats.inbox, stats.seen), (3, 3));
+    assert_eq!(
+        q.inbox()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert!(matches!(
+        q.append(event("gh", "new"), now).await,
+        Err(QueueError::ShuttingDown)
+    ));
+    assert_eq!(log::segments(&dir.path().join("log")).unwrap(), before);
+}
