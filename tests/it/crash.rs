@@ -340,3 +340,22 @@ async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_place_is_saved_once_it_idles_so_a_sigkill_routes_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), SOURCES, &[]).await;
+    let github = providers_of(dir.path(), SOURCES)["github"].clone();
+    for i in 0..3 {
+        let status = post_push(&daemon.url("github"), &github, &format!("idle-{i}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    daemon.wait_routed().await;
+    // Routed to nowhere (no routes): the place moves in memory, is saved
+    // after 500 ms without events, and sled is made durable each second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(daemon.kill());
+    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
+    let stats = hookgate::queue::Queue::stats(&queue).unwrap();
+    assert_eq!((stats.inbox, stats.unmatched), (0, 3), "{stats:?}");
+}
