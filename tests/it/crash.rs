@@ -76,6 +76,30 @@ fn signed_load(
     (workers, acked)
 }
 
+/// Each delivery id the queue under `dir/data` holds, and how many times.
+fn stored_ids(dir: &std::path::Path) -> (SledQueue, BTreeMap<String, usize>) {
+    let queue = SledQueue::inspect(&dir.join("data")).unwrap();
+    let mut stored = BTreeMap::<String, usize>::new();
+    for (_, record) in queue.events().unwrap() {
+        *stored.entry(record.delivery_id).or_default() += 1;
+    }
+    (queue, stored)
+}
+
+/// Fails naming a few of the acknowledged deliveries the queue lacks.
+fn assert_none_lost(acked: &[String], stored: &BTreeMap<String, usize>) {
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged deliveries lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,21 +141,8 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     daemon.wait_routed().await;
     assert!(daemon.terminate().success());
 
-    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
-    let mut stored = BTreeMap::<String, usize>::new();
-    for (_, record) in queue.events().unwrap() {
-        *stored.entry(record.delivery_id).or_default() += 1;
-    }
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !stored.contains_key(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged deliveries lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let (queue, stored) = stored_ids(dir.path());
+    assert_none_lost(&acked, &stored);
     let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "stored twice: {doubled:?}");
     // The restarted daemon routed every event (to nowhere: no routes) and
@@ -281,21 +292,9 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
     .unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(daemon.terminate().success());
-    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
-    let stored: std::collections::HashSet<String> = queue
-        .events()
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| r.delivery_id)
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged, then lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert!(stored.contains("after"));
+    let (queue, stored) = stored_ids(dir.path());
+    assert_none_lost(&acked, &stored);
+    assert!(stored.contains_key("after"));
     drop(queue);
 }
 
@@ -325,20 +324,8 @@ async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
         "the load ran ({} acknowledged)",
         acked.len()
     );
-    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
-    let stored: std::collections::HashSet<String> = queue
-        .events()
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| r.delivery_id)
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged, then lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let (_queue, stored) = stored_ids(dir.path());
+    assert_none_lost(&acked, &stored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
