@@ -10,26 +10,16 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, message_object, object, post_frozen, retry_after, Answer, Sink, Verdict};
+use super::{frozen_json, message_object, object, retry_after, Answer, ChatWebhook, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{discord_escape, truncate};
 use crate::route::Rendered;
-use crate::secret::Secret;
 
 const CONTENT_MAX: usize = 2000;
 const EMBEDS_MAX: usize = 10;
 const EMBEDS_TOTAL_MAX: usize = 6000;
 
-pub struct DiscordSink {
-    url: Result<Secret, String>,
-    client: reqwest::Client,
-}
-
-impl DiscordSink {
-    pub fn new(url: Result<Secret, String>, client: reqwest::Client) -> DiscordSink {
-        DiscordSink { url, client }
-    }
-}
+pub struct DiscordSink(pub ChatWebhook);
 
 fn cut(v: &mut Value, key: &str, max: usize) -> usize {
     match v.get_mut(key) {
@@ -119,9 +109,7 @@ impl Sink for DiscordSink {
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
-        Box::pin(post_frozen(
-            &self.client,
-            &self.url,
+        Box::pin(self.0.post(
             |u| with_wait(&u),
             d,
             |status, headers, body| {

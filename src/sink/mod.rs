@@ -70,16 +70,18 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             signing.clone(),
             client(config.timeout)?,
         )),
-        SinkKind::Slack { url } => {
-            Box::new(slack::SlackSink::new(url.clone(), client(config.timeout)?))
-        }
-        SinkKind::Teams { url } => {
-            Box::new(teams::TeamsSink::new(url.clone(), client(config.timeout)?))
-        }
-        SinkKind::Discord { url } => Box::new(discord::DiscordSink::new(
+        SinkKind::Slack { url } => Box::new(slack::SlackSink(ChatWebhook::new(
             url.clone(),
             client(config.timeout)?,
-        )),
+        ))),
+        SinkKind::Teams { url } => Box::new(teams::TeamsSink(ChatWebhook::new(
+            url.clone(),
+            client(config.timeout)?,
+        ))),
+        SinkKind::Discord { url } => Box::new(discord::DiscordSink(ChatWebhook::new(
+            url.clone(),
+            client(config.timeout)?,
+        ))),
         SinkKind::Prodmatic {
             base_url,
             token,
@@ -169,31 +171,43 @@ pub async fn exchange(
 /// rate-limit budget is spent.
 pub type Judge = fn(u16, &::http::HeaderMap, &[u8]) -> (Verdict, Option<Duration>);
 
-/// One attempt of the chat sinks: POST the frozen request to the (secret)
-/// URL, `url_for` adjusting it, and let `judge` read the answer.
-pub async fn post_frozen(
-    client: &reqwest::Client,
-    url: &Result<crate::secret::Secret, String>,
-    url_for: fn(String) -> String,
-    d: &DeliveryRecord,
-    judge: Judge,
-) -> Answer {
-    let url = match configured(url) {
-        Ok(u) => url_for(u),
-        Err(answer) => return answer,
-    };
-    let Some(frozen) = &d.frozen else {
-        return no_answer(Verdict::Permanent("nothing to send".into()));
-    };
-    match exchange(client.post(&url), frozen, &d.idempotency_key).await {
-        Err(answer) => answer,
-        Ok((status, headers, body)) => {
-            let (verdict, pause) = judge(status, &headers, &body);
-            Answer {
-                verdict,
-                status: Some(status),
-                response: excerpt(&body),
-                pause,
+/// Where a chat sink posts: its (secret) incoming-webhook URL, or why it
+/// has none, and the HTTP client. Slack, Teams and Discord each wrap one.
+pub struct ChatWebhook {
+    url: Result<crate::secret::Secret, String>,
+    client: reqwest::Client,
+}
+
+impl ChatWebhook {
+    pub fn new(url: Result<crate::secret::Secret, String>, client: reqwest::Client) -> ChatWebhook {
+        ChatWebhook { url, client }
+    }
+
+    /// One attempt: POST the frozen request to the URL, `url_for`
+    /// adjusting it, and let `judge` read the answer.
+    pub async fn post(
+        &self,
+        url_for: fn(String) -> String,
+        d: &DeliveryRecord,
+        judge: Judge,
+    ) -> Answer {
+        let url = match configured(&self.url) {
+            Ok(u) => url_for(u),
+            Err(answer) => return answer,
+        };
+        let Some(frozen) = &d.frozen else {
+            return no_answer(Verdict::Permanent("nothing to send".into()));
+        };
+        match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
+            Err(answer) => answer,
+            Ok((status, headers, body)) => {
+                let (verdict, pause) = judge(status, &headers, &body);
+                Answer {
+                    verdict,
+                    status: Some(status),
+                    response: excerpt(&body),
+                    pause,
+                }
             }
         }
     }

@@ -8,11 +8,10 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, message_object, object, post_frozen, retry_after, Answer, Sink, Verdict};
+use super::{frozen_json, message_object, object, retry_after, Answer, ChatWebhook, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{slack_escape, truncate};
 use crate::route::Rendered;
-use crate::secret::Secret;
 
 /// Answers that mean the webhook will never work again.
 const GONE: [&str; 7] = [
@@ -31,16 +30,7 @@ const FIELD_MAX: usize = 2000;
 const FIELDS_MAX: usize = 10;
 const HEADER_MAX: usize = 150;
 
-pub struct SlackSink {
-    url: Result<Secret, String>,
-    client: reqwest::Client,
-}
-
-impl SlackSink {
-    pub fn new(url: Result<Secret, String>, client: reqwest::Client) -> SlackSink {
-        SlackSink { url, client }
-    }
-}
+pub struct SlackSink(pub ChatWebhook);
 
 /// Keeps a Slack message within the platform's limits.
 pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
@@ -92,9 +82,7 @@ impl Sink for SlackSink {
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
-        Box::pin(post_frozen(
-            &self.client,
-            &self.url,
+        Box::pin(self.0.post(
             |u| u,
             d,
             |status, headers, body| {

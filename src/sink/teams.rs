@@ -9,25 +9,15 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, post_frozen, retry_after, Answer, Sink, Verdict};
+use super::{frozen_json, retry_after, Answer, ChatWebhook, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::truncate;
 use crate::route::Rendered;
-use crate::secret::Secret;
 
 /// Bytes a message may take (Teams rejects about 28 KB; keep a margin).
 const MESSAGE_MAX: usize = 25_000;
 
-pub struct TeamsSink {
-    url: Result<Secret, String>,
-    client: reqwest::Client,
-}
-
-impl TeamsSink {
-    pub fn new(url: Result<Secret, String>, client: reqwest::Client) -> TeamsSink {
-        TeamsSink { url, client }
-    }
-}
+pub struct TeamsSink(pub ChatWebhook);
 
 /// The Workflows envelope around an Adaptive Card.
 pub fn envelope(card: Value) -> Value {
@@ -92,9 +82,7 @@ impl Sink for TeamsSink {
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
-        Box::pin(post_frozen(
-            &self.client,
-            &self.url,
+        Box::pin(self.0.post(
             |u| u,
             d,
             |status, headers, body| {
