@@ -88,7 +88,27 @@ pub struct Log {
     /// Where the next frame goes.
     len: u64,
     /// The next segment, zero-filled ahead of time by a helper thread.
-    next: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+    next: Option<Prep>,
+}
+
+/// A helper thread preparing the next segment.
+#[derive(Debug)]
+struct Prep {
+    thread: std::thread::JoinHandle<std::io::Result<File>>,
+    /// Set to make the helper give up (and remove its unfinished file).
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Log {
+    /// Stops and waits for the helper: once the log is gone, no segment
+    /// appears in its directory behind the back of whoever opens it next.
+    fn drop(&mut self) {
+        if let Some(prep) = self.next.take() {
+            prep.cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = prep.thread.join();
+        }
+    }
 }
 
 impl Log {
@@ -96,7 +116,7 @@ impl Log {
     pub fn create(dir: &Path, last_seq: u64) -> std::io::Result<Log> {
         std::fs::create_dir_all(dir)?;
         let seq = last_seq + 1;
-        let file = prepare(dir, seq)?;
+        let file = prepare(dir, seq, &Default::default())?;
         let mut log = Log {
             dir: dir.to_owned(),
             seq,
@@ -110,10 +130,13 @@ impl Log {
 
     fn prepare_next(&mut self) {
         let (dir, seq) = (self.dir.clone(), self.seq + 1);
+        let cancel = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+        let stop = cancel.clone();
         self.next = std::thread::Builder::new()
             .name("hookgate-log-prep".into())
-            .spawn(move || prepare(&dir, seq))
-            .ok();
+            .spawn(move || prepare(&dir, seq, &stop))
+            .ok()
+            .map(|thread| Prep { thread, cancel });
     }
 
     /// Writes `entries` and makes them durable: [`Log::write`], then sync.
@@ -168,10 +191,10 @@ impl Log {
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        let file = match self.next.take().map(|h| h.join()) {
+        let file = match self.next.take().map(|p| p.thread.join()) {
             Some(Ok(Ok(file))) => file,
             // The helper failed or could not start: prepare it here.
-            _ => prepare(&self.dir, self.seq + 1)?,
+            _ => prepare(&self.dir, self.seq + 1, &Default::default())?,
         };
         self.seq += 1;
         self.file = std::sync::Arc::new(file);
@@ -190,19 +213,25 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
 }
 
-/// Creates segment `seq` filled with zeros, durably (file and name).
-fn prepare(dir: &Path, seq: u64) -> std::io::Result<File> {
+/// Creates segment `seq` filled with zeros, durably (file and name),
+/// unless `cancel` is set before it is done.
+fn prepare(dir: &Path, seq: u64, cancel: &std::sync::atomic::AtomicBool) -> std::io::Result<File> {
     let path = segment_path(dir, seq);
     let tmp = path.with_extension("prep");
-    let prepared = fill(&tmp, &path, dir);
+    let prepared = fill(&tmp, &path, dir, cancel);
     if prepared.is_err() {
-        // A full disk: give back what the attempt took.
+        // A full disk or a cancel: give back what the attempt took.
         let _ = std::fs::remove_file(&tmp);
     }
     prepared
 }
 
-fn fill(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<File> {
+fn fill(
+    tmp: &Path,
+    path: &Path,
+    dir: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<File> {
     use std::io::Write;
     let mut f = OpenOptions::new()
         .create(true)
@@ -212,6 +241,9 @@ fn fill(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<File> {
         .open(tmp)?;
     let zeros = vec![0u8; FILL_CHUNK as usize];
     for chunk in 0..SEGMENT_BYTES / FILL_CHUNK {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
         f.write_all(&zeros)?;
         write_out(&f, chunk * FILL_CHUNK, FILL_CHUNK)?;
     }
@@ -509,6 +541,27 @@ mod tests {
         let (page, next) = reader.page(found[1].id, end, 1).unwrap();
         assert_eq!(page[0].entry, entry(2));
         assert_eq!(next, found[2].id);
+    }
+
+    #[test]
+    fn a_dropped_log_leaves_nothing_being_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Log::create(dir.path(), 0).unwrap());
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let after_drop = names();
+        assert!(
+            after_drop.iter().all(|n| n.ends_with(".seg")),
+            "{after_drop:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(names(), after_drop);
     }
 
     #[test]

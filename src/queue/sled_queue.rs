@@ -58,6 +58,21 @@ pub struct SledQueue {
     store: Arc<Store>,
     jobs: mpsc::Sender<Job>,
     closed: AtomicBool,
+    /// The writer and indexer threads, joined on drop.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SledQueue {
+    /// Lets the writer finish what it was given and waits for it and the
+    /// indexer: once the queue is dropped, its files no longer change and
+    /// the data dir can be opened again.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.jobs, closed));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SledQueue {
@@ -135,7 +150,7 @@ impl SledQueue {
             recovered.seen.len(),
         ));
         let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
-        let queue = |jobs| SledQueue {
+        let queue = |jobs, threads| SledQueue {
             db,
             meta,
             deliveries,
@@ -149,33 +164,34 @@ impl SledQueue {
             store: store.clone(),
             jobs,
             closed: AtomicBool::new(false),
+            threads,
         };
         let Some(group_commit) = group_commit else {
             // No writer: appends find the channel closed.
             drop(rx);
-            return Ok(queue(jobs));
+            return Ok(queue(jobs, Vec::new()));
         };
         log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         let log = Log::create(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         let (to_indexer, indexed) = std::sync::mpsc::channel();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
-        {
+        let writer = {
             let shared = shared.clone();
             let seen = recovered.seen;
             std::thread::Builder::new()
                 .name("hookgate-writer".into())
                 .spawn(move || writer::run_writer(log, seen, shared, rx, batch_max, to_indexer))
-                .map_err(QueueError::Storage)?;
-        }
-        {
+                .map_err(QueueError::Storage)?
+        };
+        let indexer = {
             let (store, shared) = (store.clone(), shared.clone());
             let files = KeyFiles::new(&log_dir);
             std::thread::Builder::new()
                 .name("hookgate-indexer".into())
                 .spawn(move || writer::run_indexer(files, store, shared, indexed))
-                .map_err(QueueError::Storage)?;
-        }
-        Ok(queue(jobs))
+                .map_err(QueueError::Storage)?
+        };
+        Ok(queue(jobs, vec![writer, indexer]))
     }
 
     /// Every event not yet routed, oldest first.

@@ -40,8 +40,6 @@ async fn queue_and_close(
         }
         q.flush().unwrap();
     }
-    // sled needs its flusher threads gone before the lock is free again.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     ids
 }
 
@@ -160,8 +158,6 @@ async fn survives_reopen() {
         };
         id
     };
-    // sled needs its flusher threads gone before the lock is free again.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let q = SledQueue::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     assert_eq!(inbox.len(), 1);
@@ -297,7 +293,6 @@ async fn routing_moves_the_cursor_and_it_survives_a_reopen() {
         q.flush().unwrap();
         first.unwrap()
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let q = SledQueue::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     let keys: Vec<_> = inbox.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
