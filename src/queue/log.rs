@@ -89,7 +89,12 @@ pub struct Log {
     len: u64,
     /// The next segment, zero-filled ahead of time by a helper thread.
     next: Option<Prep>,
+    /// Where a batch's frames are encoded, kept between writes.
+    buf: Vec<u8>,
 }
+
+/// Largest frame buffer kept for the next write.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// A helper thread preparing the next segment.
 #[derive(Debug)]
@@ -123,6 +128,7 @@ impl Log {
             file: std::sync::Arc::new(file),
             len: 0,
             next: None,
+            buf: Vec::new(),
         };
         log.prepare_next();
         Ok(log)
@@ -152,24 +158,29 @@ impl Log {
     /// frame length. On error nothing was written where a later frame could
     /// follow it: the next write goes to the same place.
     pub fn write<E: Serialize>(&mut self, entries: &[E]) -> std::io::Result<Placed> {
-        let mut buf = Vec::new();
-        let mut offsets = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let start = buf.len() as u64;
-            let payload = postcard::to_stdvec(entry).expect("in-memory encoding cannot fail");
-            let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            buf.extend_from_slice(&payload);
-            offsets.push((start, (buf.len() as u64 - start) as u32));
+        let mut buf = std::mem::take(&mut self.buf);
+        let written = self.write_with(&mut buf, entries);
+        buf.clear();
+        // A huge batch's buffer is not worth keeping.
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
         }
+        written
+    }
+
+    fn write_with<E: Serialize>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        entries: &[E],
+    ) -> std::io::Result<Placed> {
+        let offsets = encode_frames(buf, entries)?;
         if buf.len() as u64 > SEGMENT_BYTES {
             return Err(std::io::Error::other("a commit larger than a log segment"));
         }
         if self.len + buf.len() as u64 > SEGMENT_BYTES {
             self.rotate()?;
         }
-        if let Err(e) = self.file.write_all_at(&buf, self.len) {
+        if let Err(e) = self.file.write_all_at(buf, self.len) {
             // Some frames may have landed: a zero header ends the chain
             // before them, so neither a reader nor a restart takes them
             // for events (their senders were told to retry).
@@ -202,6 +213,29 @@ impl Log {
         self.prepare_next();
         Ok(())
     }
+}
+
+/// Appends each entry to `buf` as a frame (length, CRC, postcard bytes),
+/// encoded in place; returns each frame's offset in `buf` and length.
+fn encode_frames<E: Serialize>(
+    buf: &mut Vec<u8>,
+    entries: &[E],
+) -> std::io::Result<Vec<(u64, u32)>> {
+    let header = FRAME_HEADER as usize;
+    let mut offsets = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; FRAME_HEADER as usize]);
+        *buf = postcard::to_extend(entry, std::mem::take(buf))
+            .expect("in-memory encoding cannot fail");
+        let payload = &buf[start + header..];
+        let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
+        let crc = crc32fast::hash(payload);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + header].copy_from_slice(&crc.to_le_bytes());
+        offsets.push((start as u64, (buf.len() - start) as u32));
+    }
+    Ok(offsets)
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
