@@ -94,6 +94,7 @@ impl Admin {
             (&Method::GET, ["api", "queue", "stats"]) => result(self.queue.stats()),
             (&Method::GET, ["metrics"]) => match self.queue.stats() {
                 Ok(stats) => {
+                    let (log_syncs, synced_events) = self.queue.log_syncs();
                     let (breakers, oldest_due_age) = self
                         .dispatcher
                         .gauges(crate::queue::unix_millis(std::time::SystemTime::now()));
@@ -104,6 +105,8 @@ impl Admin {
                         unmatched: stats.unmatched,
                         oldest_due_age,
                         breakers,
+                        log_syncs: Some(log_syncs),
+                        synced_events,
                     };
                     reply(
                         StatusCode::OK,

@@ -6,19 +6,112 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds of the attempt-latency buckets, in seconds.
-const BUCKETS: [f64; 11] = [
+/// Upper bounds of the delivery-attempt latency buckets, in seconds.
+const ATTEMPT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Upper bounds of the ingest latency buckets (request to answer), in seconds.
+const INGEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Upper bounds of the event-log sync buckets, in seconds.
+pub const SYNC_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// Observations per bucket (not cumulative), their count and sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// Writes the `_bucket` (cumulative), `_sum` and `_count` lines;
+    /// `labels` is empty or `name="value",`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut below = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            below += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {below}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{labels} {}", self.count);
+    }
+}
+
+/// A histogram updated without a lock, for the event log's syncs.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        AtomicHistogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts as they are now (each read on its own: a scrape during
+    /// an update may see the count one ahead of its bucket).
+    pub fn snapshot(&self) -> Histogram {
+        Histogram {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
 }
 
 /// Queue depths and per-sink state, read when `/metrics` is scraped.
@@ -32,13 +125,26 @@ pub struct Gauges {
     pub oldest_due_age: f64,
     /// Sink name → breaker open.
     pub breakers: BTreeMap<String, bool>,
+    /// The event log's syncs (none for a queue without a log).
+    pub log_syncs: Option<Histogram>,
+    /// Events those syncs made durable.
+    pub synced_events: u64,
+}
+
+/// Answers to one source's requests: counts by outcome, and latency.
+#[derive(Debug)]
+struct Answers {
+    outcomes: BTreeMap<&'static str, u64>,
+    latency: Histogram,
 }
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
-    verify_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
-    deliveries: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// By source; one lock per request, and no allocation once a source
+    /// has been seen.
+    requests: Mutex<BTreeMap<String, Answers>>,
+    verify_failures: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
 }
 
@@ -60,107 +166,118 @@ pub fn outcome(status: u16) -> &'static str {
     }
 }
 
+/// `map[key]`, inserted with `new` (and `key` copied) the first time only.
+fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), new());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
 impl Metrics {
-    pub fn request(&self, source: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .entry((source.to_owned(), outcome(status)))
-            .or_default() += 1;
+    /// One answered request: its status and how long answering took.
+    pub fn request(&self, source: &str, status: u16, took: Duration) {
+        let mut requests = self.requests.lock().expect("metrics lock");
+        let answers = slot(&mut requests, source, || Answers {
+            outcomes: BTreeMap::new(),
+            latency: Histogram::new(INGEST_BUCKETS),
+        });
+        *answers.outcomes.entry(outcome(status)).or_default() += 1;
+        answers.latency.observe(took);
     }
 
     pub fn verify_failure(&self, source: &str, reason: &'static str) {
-        *self
-            .verify_failures
-            .lock()
-            .expect("metrics lock")
-            .entry((source.to_owned(), reason))
+        let mut failures = self.verify_failures.lock().expect("metrics lock");
+        *slot(&mut failures, source, BTreeMap::new)
+            .entry(reason)
             .or_default() += 1;
     }
 
     /// One attempt's outcome (`delivered`, `retry`, `rate_limited`, `dead`)
     /// and how long it took.
     pub fn attempt(&self, sink: &str, outcome: &'static str, took: Duration) {
-        *self
-            .deliveries
-            .lock()
-            .expect("metrics lock")
-            .entry((sink.to_owned(), outcome))
+        let mut deliveries = self.deliveries.lock().expect("metrics lock");
+        *slot(&mut deliveries, sink, BTreeMap::new)
+            .entry(outcome)
             .or_default() += 1;
-        let secs = took.as_secs_f64();
+        drop(deliveries);
         let mut latency = self.latency.lock().expect("metrics lock");
-        let h = latency.entry(sink.to_owned()).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        slot(&mut latency, sink, || Histogram::new(ATTEMPT_BUCKETS)).observe(took);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let counters = |out: &mut String,
-                        name: &str,
-                        help: &str,
-                        l1: &str,
-                        l2: &str,
-                        map: &BTreeMap<(String, &'static str), u64>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((a, b), v) in map {
-                let _ = writeln!(out, "{name}{{{l1}=\"{}\",{l2}=\"{b}\"}} {v}", escape(a));
-            }
-        };
-        counters(
-            &mut out,
-            "hookgate_requests_total",
-            "Webhook requests by source and outcome.",
-            "source",
-            "outcome",
-            &self.requests.lock().expect("metrics lock"),
-        );
+        let counters =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             (l1, l2): (&str, &str),
+             rows: &mut dyn Iterator<Item = (&String, &BTreeMap<&'static str, u64>)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (a, by) in rows {
+                    for (b, v) in by {
+                        let _ = writeln!(out, "{name}{{{l1}=\"{}\",{l2}=\"{b}\"}} {v}", escape(a));
+                    }
+                }
+            };
+        let histograms =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             label: &str,
+             rows: &mut dyn Iterator<Item = (&String, &Histogram)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+                for (value, h) in rows {
+                    h.render(out, name, &format!("{label}=\"{}\",", escape(value)));
+                }
+            };
+        {
+            let requests = self.requests.lock().expect("metrics lock");
+            counters(
+                &mut out,
+                "hookgate_requests_total",
+                "Webhook requests by source and outcome.",
+                ("source", "outcome"),
+                &mut requests.iter().map(|(s, a)| (s, &a.outcomes)),
+            );
+            histograms(
+                &mut out,
+                "hookgate_ingest_duration_seconds",
+                "Time from a webhook request's headers to its answer (a 202 includes the log sync).",
+                "source",
+                &mut requests.iter().map(|(s, a)| (s, &a.latency)),
+            );
+        }
         counters(
             &mut out,
             "hookgate_verification_failures_total",
             "Requests whose proof of origin failed, by source and reason.",
-            "source",
-            "reason",
-            &self.verify_failures.lock().expect("metrics lock"),
+            ("source", "reason"),
+            &mut self.verify_failures.lock().expect("metrics lock").iter(),
         );
         counters(
             &mut out,
             "hookgate_delivery_attempts_total",
             "Delivery attempts by sink and outcome.",
+            ("sink", "outcome"),
+            &mut self.deliveries.lock().expect("metrics lock").iter(),
+        );
+        histograms(
+            &mut out,
+            "hookgate_attempt_duration_seconds",
+            "Time one delivery attempt took.",
             "sink",
-            "outcome",
-            &self.deliveries.lock().expect("metrics lock"),
+            &mut self.latency.lock().expect("metrics lock").iter(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP hookgate_attempt_duration_seconds Time one delivery attempt took.\n# TYPE hookgate_attempt_duration_seconds histogram"
-        );
-        for (sink, h) in self.latency.lock().expect("metrics lock").iter() {
-            let sink = escape(sink);
-            for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "hookgate_attempt_duration_seconds_bucket{{sink=\"{sink}\",le=\"{bound}\"}} {count}");
-            }
+        if let Some(syncs) = &gauges.log_syncs {
+            let name = "hookgate_log_sync_duration_seconds";
+            let _ = writeln!(out, "# HELP {name} Time one fdatasync of the event log took (one group commit).\n# TYPE {name} histogram");
+            syncs.render(&mut out, name, "");
             let _ = writeln!(
                 out,
-                "hookgate_attempt_duration_seconds_bucket{{sink=\"{sink}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "hookgate_attempt_duration_seconds_sum{{sink=\"{sink}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "hookgate_attempt_duration_seconds_count{{sink=\"{sink}\"}} {}",
-                h.count
+                "# HELP hookgate_log_synced_events_total Events made durable by those syncs.\n# TYPE hookgate_log_synced_events_total counter\nhookgate_log_synced_events_total {}",
+                gauges.synced_events
             );
         }
         let _ = writeln!(
@@ -205,11 +322,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_syncs_render_without_labels() {
+        let syncs = AtomicHistogram::new(SYNC_BUCKETS);
+        syncs.observe(Duration::from_micros(300));
+        syncs.observe(Duration::from_millis(7));
+        syncs.observe(Duration::from_secs(3));
+        let text = Metrics::default().render(&Gauges {
+            log_syncs: Some(syncs.snapshot()),
+            synced_events: 40,
+            ..Gauges::default()
+        });
+        for line in [
+            "hookgate_log_sync_duration_seconds_bucket{le=\"0.0005\"} 1\n",
+            "hookgate_log_sync_duration_seconds_bucket{le=\"0.01\"} 2\n",
+            "hookgate_log_sync_duration_seconds_bucket{le=\"1\"} 2\n",
+            "hookgate_log_sync_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "hookgate_log_sync_duration_seconds_sum 3.0073\n",
+            "hookgate_log_sync_duration_seconds_count 3\n",
+            "hookgate_log_synced_events_total 40\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
     fn renders_counters_histograms_and_gauges() {
         let m = Metrics::default();
-        m.request("github", 202);
-        m.request("github", 202);
-        m.request("_unknown", 404);
+        m.request("github", 202, Duration::from_micros(800));
+        m.request("github", 202, Duration::from_millis(3));
+        m.request("_unknown", 404, Duration::from_micros(10));
         m.verify_failure("github", "mismatch");
         m.attempt("slack", "delivered", Duration::from_millis(30));
         let text = m.render(&Gauges {
@@ -232,6 +373,21 @@ mod tests {
         assert!(text
             .contains("hookgate_attempt_duration_seconds_bucket{sink=\"slack\",le=\"0.05\"} 1\n"));
         assert!(text.contains("hookgate_queue_depth{state=\"inbox\"} 1\n"));
+        // Buckets are cumulative; the count includes what no bound holds.
+        for line in [
+            "hookgate_ingest_duration_seconds_bucket{source=\"github\",le=\"0.0005\"} 0\n",
+            "hookgate_ingest_duration_seconds_bucket{source=\"github\",le=\"0.001\"} 1\n",
+            "hookgate_ingest_duration_seconds_bucket{source=\"github\",le=\"0.005\"} 2\n",
+            "hookgate_ingest_duration_seconds_bucket{source=\"github\",le=\"+Inf\"} 2\n",
+            "hookgate_ingest_duration_seconds_count{source=\"github\"} 2\n",
+            "hookgate_ingest_duration_seconds_sum{source=\"github\"} 0.0038\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("hookgate_log_sync"),
+            "no log, no sync metrics"
+        );
         assert!(text.contains("hookgate_circuit_breaker_open{sink=\"slack\"} 1\n"));
     }
 }

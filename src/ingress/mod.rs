@@ -80,17 +80,18 @@ impl Gateway {
 
     /// Answers one request, and counts the answer.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = Instant::now();
         // Only configured names become labels: unknown ones are `_unknown`.
         let sources = self.sources.get();
         let source = req
             .uri()
             .path()
             .strip_prefix("/hooks/")
-            .filter(|n| sources.contains_key(*n))
-            .unwrap_or("_unknown")
-            .to_owned();
+            .and_then(|n| sources.get_key_value(n))
+            .map_or("_unknown", |(name, _)| name.as_str());
         let response = self.answer(&sources, req, peer).await;
-        self.metrics.request(&source, response.status().as_u16());
+        self.metrics
+            .request(source, response.status().as_u16(), started.elapsed());
         response
     }
 

@@ -295,6 +295,14 @@ impl SledQueue {
         Ok(removed)
     }
 
+    /// The event log's syncs so far, and the events they made durable.
+    pub fn log_syncs(&self) -> (crate::metrics::Histogram, u64) {
+        (
+            self.shared.syncs.snapshot(),
+            self.shared.synced_events.load(Ordering::Relaxed),
+        )
+    }
+
     /// Waits for every acknowledged event's key to be on file, saves the
     /// router's cursor and makes sled durable (used at shutdown).
     pub fn flush(&self) -> Result<(), QueueError> {

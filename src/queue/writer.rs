@@ -101,6 +101,10 @@ pub struct Shared {
     pub failing: AtomicBool,
     /// Set for good by a failed sync.
     poisoned: AtomicBool,
+    /// How long each sync of the log took (for `/metrics`).
+    pub syncs: crate::metrics::AtomicHistogram,
+    /// Events those syncs made durable.
+    pub synced_events: AtomicU64,
 }
 
 /// Log positions: acknowledged up to, keys on file up to.
@@ -124,6 +128,8 @@ impl Shared {
             seen: AtomicU64::new(seen as u64),
             failing: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            syncs: crate::metrics::AtomicHistogram::new(crate::metrics::SYNC_BUCKETS),
+            synced_events: AtomicU64::new(0),
         }
     }
 
@@ -345,7 +351,9 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
             files.push(&w.file);
         }
     }
+    let started = Instant::now();
     let synced = files.iter().try_for_each(|f| f.sync_data());
+    shared.syncs.observe(started.elapsed());
     if let Err(e) = synced.and_then(|()| {
         if shared.poisoned.load(Ordering::Acquire) {
             Err(std::io::Error::other("an earlier sync failed"))
@@ -376,6 +384,9 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
         shared
             .unrouted
             .fetch_add(logged.len() as u64, Ordering::AcqRel);
+        shared
+            .synced_events
+            .fetch_add(logged.len() as u64, Ordering::Relaxed);
         shared.progress.lock().expect("progress lock").acked = last.end().0;
     }
     for w in group {

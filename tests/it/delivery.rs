@@ -493,6 +493,27 @@ async fn metrics_parse_and_count_what_happened() {
     );
     assert_eq!(get(r#"hookgate_queue_depth{state="deliveries"}"#), 0.0);
     assert_eq!(get(r#"hookgate_circuit_breaker_open{sink="target"}"#), 0.0);
+    // Every answer is timed: two 202s and the 401.
+    assert_eq!(
+        get(r#"hookgate_ingest_duration_seconds_count{source="github"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"hookgate_ingest_duration_seconds_bucket{source="github",le="+Inf"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"hookgate_ingest_duration_seconds_count{source="_unknown"}"#),
+        1.0
+    );
+    // Each 202 waited for a sync of the log.
+    assert_eq!(get("hookgate_log_synced_events_total"), 2.0);
+    let syncs = get("hookgate_log_sync_duration_seconds_count");
+    assert!((1.0..=2.0).contains(&syncs), "{syncs} syncs");
+    assert_eq!(
+        get(r#"hookgate_log_sync_duration_seconds_bucket{le="+Inf"}"#),
+        syncs
+    );
 }
 
 #[tokio::test]
