@@ -1,34 +1,70 @@
 //! The `log` sink: one JSON line per delivery, to a file or stdout. What an
 //! operator points routes at to see them work, and an audit trail.
+//!
+//! Lines are written by a thread of the sink's own, never on a tokio
+//! worker: stdout may be a pipe to a slow reader and a file may sit on a
+//! hung disk, and a write blocked there must not stop the daemon from
+//! answering webhooks.
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
 
 use super::{Answer, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
 
+/// Lines waiting for the writer thread before the sink counts as busy.
+const WAITING_LINES: usize = 16;
+/// How long a delivery waits when the writer is busy (not an attempt).
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// A line for the writer thread, and where to say how writing it went.
+struct Line {
+    text: String,
+    written: oneshot::Sender<std::io::Result<()>>,
+}
+
 pub struct LogSink {
-    /// `None`: stdout.
-    file: Option<Mutex<std::fs::File>>,
+    lines: mpsc::SyncSender<Line>,
 }
 
 impl LogSink {
+    /// Opens `path` for appending (stdout when `None`) and starts the
+    /// writer thread, which ends when the sink is dropped.
     pub fn open(path: Option<&Path>) -> Result<LogSink, String> {
-        let file = match path {
-            None => None,
-            Some(p) => Some(Mutex::new(
+        let mut out: Box<dyn Write + Send> = match path {
+            None => Box::new(std::io::stdout()),
+            Some(p) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
                     .map_err(|e| format!("cannot open {}: {e}", p.display()))?,
-            )),
+            ),
         };
-        Ok(LogSink { file })
+        let (lines, waiting) = mpsc::sync_channel::<Line>(WAITING_LINES);
+        std::thread::Builder::new()
+            .name("hookgate-log-sink".into())
+            .spawn(move || {
+                for line in waiting {
+                    // The attempt was given up (timed out): its retry
+                    // brings the line again.
+                    if line.written.is_closed() {
+                        continue;
+                    }
+                    let r = out
+                        .write_all(line.text.as_bytes())
+                        .and_then(|()| out.flush());
+                    let _ = line.written.send(r);
+                }
+            })
+            .map_err(|e| format!("cannot start the log sink's writer: {e}"))?;
+        Ok(LogSink { lines })
     }
 }
 
@@ -72,15 +108,30 @@ impl Sink for LogSink {
             line.insert("idempotency_key".into(), d.idempotency_key.clone().into());
             let mut text = serde_json::Value::Object(line).to_string();
             text.push('\n');
-            let written = match &self.file {
-                Some(f) => f.lock().expect("log sink lock").write_all(text.as_bytes()),
-                None => std::io::stdout().lock().write_all(text.as_bytes()),
-            };
-            match written {
-                Ok(()) => super::no_answer(Verdict::Delivered),
-                Err(e) => super::no_answer(Verdict::Retry {
+            let (written, result) = oneshot::channel();
+            match self.lines.try_send(Line { text, written }) {
+                Ok(()) => {}
+                // The output is not taking lines (a full pipe, a hung
+                // disk): wait without spending an attempt.
+                Err(mpsc::TrySendError::Full(_)) => {
+                    return super::no_answer(Verdict::RateLimited { after: BUSY_WAIT })
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    return super::no_answer(Verdict::Retry {
+                        after: None,
+                        why: "the log sink's writer stopped".into(),
+                    })
+                }
+            }
+            match result.await {
+                Ok(Ok(())) => super::no_answer(Verdict::Delivered),
+                Ok(Err(e)) => super::no_answer(Verdict::Retry {
                     after: None,
                     why: e.to_string(),
+                }),
+                Err(_) => super::no_answer(Verdict::Retry {
+                    after: None,
+                    why: "the log sink's writer stopped".into(),
                 }),
             }
         })

@@ -371,6 +371,109 @@ message = "{{{{ source }}}}/{{{{ event }}}}"
     assert_eq!(v["route"], "all");
 }
 
+/// A log sink whose output blocks (a FIFO nobody reads, standing in for a
+/// stdout pipe to a stalled reader) must not stop ingress or other sinks,
+/// and loses no line once the output moves again. The runtime here has one
+/// thread: a write blocked on it would stall everything until the watchdog
+/// below drains the FIFO, 20 s in, and the timing assertions fail.
+#[tokio::test]
+async fn a_blocked_log_output_stalls_nothing_else_and_loses_no_line() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // A reader must exist before the sink opens the FIFO for writing.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let rx = Receiver::start(Reply::status(200)).await;
+    // Lines of ~20 KB: three fill the pipe's 64 KiB.
+    let filler = "x".repeat(20_000);
+    let text = format!(
+        r#"{GITHUB}
+[sinks.audit]
+kind = "log"
+path = "{}"
+timeout = "2s"
+retry = ["250ms", "250ms", "250ms", "250ms", "250ms", "250ms", "250ms", "250ms", "250ms", "250ms"]
+
+[sinks.target]
+kind = "http"
+url = "{}"
+
+[[routes]]
+name = "all"
+to = ["audit", "target"]
+message = "{filler}"
+"#,
+        fifo.display(),
+        rx.url("/")
+    );
+    let started = Instant::now();
+    let drain = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drained = {
+        let drain = drain.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let deadline = started + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let go = drain.load(std::sync::atomic::Ordering::Relaxed)
+                    || started.elapsed() > Duration::from_secs(20);
+                if go {
+                    match reader.read(&mut buf) {
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    let lines = out.iter().filter(|b| **b == b'\n').count();
+                    if lines >= 8 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            String::from_utf8(out).unwrap()
+        })
+    };
+    let gw = TestGateway::start("", &text).await;
+    for i in 0..8 {
+        let id = format!("blk-{i}");
+        tokio::time::timeout(Duration::from_secs(5), push(&gw, &id))
+            .await
+            .expect("ingress answers while the log output is blocked");
+    }
+    assert_eq!(rx.wait_for(8, Duration::from_secs(10)).await.len(), 8);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the http sink waited for the log output: {:?}",
+        started.elapsed()
+    );
+    drain.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = tokio::task::spawn_blocking(move || drained.join().unwrap())
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = written
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["delivery_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let expected: Vec<String> = (0..8).map(|i| format!("blk-{i}")).collect();
+    assert_eq!(
+        ids, expected,
+        "every delivery reached the log once it moved"
+    );
+}
+
 #[tokio::test]
 async fn http_sink_signs_as_standard_webhooks_when_asked() {
     let rx = Receiver::start(Reply::status(200)).await;
