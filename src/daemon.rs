@@ -39,6 +39,8 @@ pub enum DaemonError {
     },
     #[error("sink `{name}`: {reason}")]
     Sink { name: String, reason: String },
+    #[error("socket activation: {0}")]
+    Activation(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -75,24 +77,42 @@ fn open_dir(
     })
 }
 
-/// Binds the configured addresses and serves until `shutdown`, applying
-/// the configs sent on `reloads`.
+/// Binds the configured addresses (or takes the sockets systemd passed)
+/// and serves until `shutdown`, applying the configs sent on `reloads`.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), DaemonError> {
+    let passed = crate::activation::passed().map_err(DaemonError::Activation)?;
     let queue = Arc::new(open_queue(&config)?);
-    let bind = |addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                addr: addr.to_string(),
-                source,
-            })
+    let listen = |key: &'static str,
+                  passed: Option<std::net::TcpListener>,
+                  addr: std::net::SocketAddr| async move {
+        match passed {
+            Some(socket) => {
+                let local = socket
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                if socket.local_addr().ok() != Some(addr) {
+                    tracing::info!(key, config = %addr, socket = %local, "using the socket systemd passed, not server.{key}");
+                }
+                TcpListener::from_std(socket).map_err(|source| DaemonError::Bind {
+                    addr: local,
+                    source,
+                })
+            }
+            None => TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                }),
+        }
     };
-    let ingress = bind(config.server.listen).await?;
-    let admin = bind(config.server.admin_listen).await?;
+    let ingress = listen("listen", passed.ingress, config.server.listen).await?;
+    let admin = listen("admin_listen", passed.admin, config.server.admin_listen).await?;
     serve(ingress, admin, config, queue, shutdown, reloads).await
 }
 

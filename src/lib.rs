@@ -2,6 +2,7 @@
 //! each request (`verify`), stores it durably (`queue`), and answers; the
 //! daemon (`daemon`) ties them to the listeners and shutdown.
 
+pub mod activation;
 pub mod admin;
 pub mod bucket;
 pub mod client;

@@ -415,3 +415,38 @@ fn route_tests_pass_on_the_shipped_config_and_fail_with_a_diff() {
     );
     assert!(out.contains("1 failed"), "{out}");
 }
+
+/// Socket activation: webhooks arrive on the socket systemd passed (as
+/// `hookgate.socket` does), and `server.listen` is left alone.
+#[tokio::test]
+async fn a_socket_passed_by_systemd_serves_the_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sources =
+        "\n[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n";
+    let (daemon, configured) = Daemon::start_activated(dir.path(), sources, socket).await;
+    let github = providers_of(dir.path(), sources)["github"].clone();
+    let body = sample("github", "push");
+    let signed = github.sign(&hookgate::verify::SignInput {
+        body: &body,
+        event: "push",
+        delivery_id: "activated-1",
+        now: std::time::SystemTime::now(),
+    });
+    let (status, _, answer) = hookgate::client::request(
+        http::Method::POST,
+        &daemon.url("github"),
+        &signed.headers,
+        signed.body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{answer:?}");
+    assert!(
+        std::net::TcpStream::connect(configured).is_err(),
+        "server.listen ({configured}) must not be bound when systemd passed a socket"
+    );
+    let log = std::fs::read_to_string(daemon.config.with_extension("log")).unwrap();
+    assert!(log.contains("using the socket systemd passed"), "{log}");
+    assert!(daemon.terminate().success());
+}

@@ -315,6 +315,27 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let (config, listen, admin) = Self::write_config(dir, sources);
+        Self::spawn(config, listen, admin, extra, env).await
+    }
+
+    /// Like `start`, with `socket` passed in as systemd passes a socket
+    /// unit's (descriptor 3, `LISTEN_*` variables, name `ingress`).
+    /// `server.listen` names another port; it is returned, and must stay
+    /// unused.
+    pub async fn start_activated(
+        dir: &std::path::Path,
+        sources: &str,
+        socket: std::net::TcpListener,
+    ) -> (Daemon, SocketAddr) {
+        let (config, configured, admin) = Self::write_config(dir, sources);
+        let listen = socket.local_addr().unwrap();
+        let d = Self::spawn_with(config, listen, admin, &[], &[], Some(socket)).await;
+        (d, configured)
+    }
+
+    /// Writes `routes.toml` into `dir`: free ports, data under `dir/data`.
+    fn write_config(dir: &std::path::Path, sources: &str) -> (PathBuf, SocketAddr, SocketAddr) {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = with_secrets(
@@ -326,7 +347,7 @@ impl Daemon {
         );
         let config = dir.join("routes.toml");
         std::fs::write(&config, text).unwrap();
-        Self::spawn(config, listen, admin, extra, env).await
+        (config, listen, admin)
     }
 
     /// Starts the binary again on the same config and data.
@@ -343,8 +364,49 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::spawn_with(config, listen, admin, extra, env, None).await
+    }
+
+    async fn spawn_with(
+        config: PathBuf,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        passed: Option<std::net::TcpListener>,
+    ) -> Daemon {
         let log = std::fs::File::create(config.with_extension("log")).unwrap();
-        let child = std::process::Command::new(binary())
+        let mut command = match &passed {
+            None => std::process::Command::new(binary()),
+            Some(socket) => {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::process::CommandExt;
+                // LISTEN_PID must be the daemon's pid: a shell sets it to
+                // its own and execs the daemon in its place.
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", "export LISTEN_PID=$$; exec \"$0\" \"$@\""])
+                    .arg(binary())
+                    .env("LISTEN_FDS", "1")
+                    .env("LISTEN_FDNAMES", "ingress");
+                let fd = socket.as_raw_fd();
+                // SAFETY: only async-signal-safe calls between fork and exec.
+                unsafe {
+                    c.pre_exec(move || {
+                        let r = if fd == 3 {
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(fd, 3)
+                        };
+                        if r < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
+        };
+        let child = command
             .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
@@ -354,6 +416,8 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
+        // The daemon holds the socket now.
+        drop(passed);
         let d = Daemon {
             child,
             listen,
