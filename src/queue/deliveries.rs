@@ -178,9 +178,15 @@ impl SledQueue {
     /// rescheduled when `rec` is pending, removed when `done`. New before
     /// old: a crash in between leaves the record twice (attempted twice, at
     /// least once), never zero times.
+    /// Rescheduled to the same millisecond (a `Retry-After: 0` answered
+    /// at once), the key is the same: overwritten, not removed.
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
         if !done {
-            self.deliveries.insert(rec.due_key(), rec.encode())?;
+            let new = rec.due_key();
+            self.deliveries.insert(&new, rec.encode())?;
+            if new == old {
+                return Ok(());
+            }
         }
         self.deliveries.remove(old)?;
         Ok(())

@@ -95,13 +95,13 @@ impl DeliveryRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_orders_by_due_time() {
-        let mut r = DeliveryRecord {
-            id: 7,
+    /// A record for tests: due at `due_ms` on sink `s`.
+    pub(crate) fn sample(id: u64, due_ms: u64) -> DeliveryRecord {
+        DeliveryRecord {
+            id,
             event_id: 1,
             source: "github".into(),
             event: "push".into(),
@@ -111,7 +111,7 @@ mod tests {
             item: Some(2),
             idempotency_key: "k".into(),
             created_ms: 1,
-            due_ms: 500,
+            due_ms,
             failures: 0,
             attempts: vec![],
             reason: None,
@@ -123,7 +123,12 @@ mod tests {
                 method: None,
                 path: None,
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn round_trips_and_orders_by_due_time() {
+        let mut r = sample(7, 500);
         assert_eq!(DeliveryRecord::decode(&r.encode()).unwrap(), r);
         let early = r.due_key();
         r.due_ms = 501;

@@ -405,3 +405,28 @@ async fn inspecting_prepares_nothing_and_refuses_appends() {
     ));
     assert_eq!(log::segments(&dir.path().join("log")).unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_delivery_rescheduled_to_the_same_millisecond_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let mut rec = super::super::delivery::tests::sample(1, 1_000);
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![rec.clone()],
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0)).unwrap();
+    let key = rec.due_key();
+    // An attempt answered `Retry-After: 0` within the millisecond.
+    rec.failures = 1;
+    q.update(&key, &rec, false).unwrap();
+    let due = q.due("s", 1_000, 10).unwrap();
+    assert_eq!(due.len(), 1, "still pending");
+    assert_eq!(q.delivery(&due[0].0).unwrap().unwrap().failures, 1);
+    // Moved later, the old key goes.
+    rec.due_ms = 2_000;
+    q.update(&key, &rec, false).unwrap();
+    assert!(q.due("s", 1_999, 10).unwrap().is_empty());
+    assert_eq!(q.due("s", 2_000, 10).unwrap().len(), 1);
+}
