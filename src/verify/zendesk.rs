@@ -3,7 +3,10 @@
 //! `X-Zendesk-Webhook-Signature-Timestamp` (`2021-03-25T05:09:27Z`), prepended
 //! with no separator, and must lie within `max_skew` of now. The event is the
 //! body's `type` (event subscriptions; trigger webhooks have a custom body and
-//! may have none); the dedupe key is the body's `id`, else the invocation id.
+//! may have none); the dedupe key is the body's `id` for event subscriptions
+//! (a `type` of `zen:event-type:…`), else the invocation id: a trigger's
+//! body is the admin's template, where `"id": "{{ticket.id}}"` is common and
+//! would make every later notification about that ticket a duplicate.
 
 use std::time::Duration;
 
@@ -21,6 +24,31 @@ pub struct Zendesk {
     pub max_skew: Duration,
 }
 
+/// The signature timestamp, exactly as Zendesk writes it:
+/// `YYYY-MM-DDTHH:MM:SSZ`, optionally with fractional seconds. Anything
+/// looser would let bytes move between the signed timestamp and the body
+/// (they are signed back to back, with no separator).
+fn timestamp(ts: &str) -> Option<std::time::SystemTime> {
+    let b = ts.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[b.len() - 1] == b'Z'
+        && (b.len() == 20 || (b[19] == b'.' && b.len() > 21 && digits(20..b.len() - 1)));
+    shape.then(|| humantime::parse_rfc3339(ts).ok()).flatten()
+}
+
 impl Provider for Zendesk {
     fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
         const SIG: &str = "X-Zendesk-Webhook-Signature header";
@@ -30,8 +58,7 @@ impl Provider for Zendesk {
         let sig = decode_b64(sig)
             .filter(|s| s.len() == 32)
             .ok_or(VerifyError::Malformed(SIG))?;
-        let at =
-            humantime::parse_rfc3339_weak(ts.trim()).map_err(|_| VerifyError::Malformed(TS))?;
+        let at = timestamp(ts).ok_or(VerifyError::Malformed(TS))?;
         let expected = hmac_sha256(self.secret.expose(), &[ts.as_bytes(), req.body]);
         if !ct_eq(&sig, &expected) {
             return Err(VerifyError::Mismatch);
@@ -61,9 +88,11 @@ impl Provider for Zendesk {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
+        let event = field("type").unwrap_or_default();
+        let subscription = event.starts_with("zen:event-type:");
         Ok(Envelope {
-            event: field("type").unwrap_or_default(),
-            dedupe_key: field("id").or_else(invocation),
+            dedupe_key: field("id").filter(|_| subscription).or_else(invocation),
+            event,
         })
     }
 
@@ -306,5 +335,44 @@ mod tests {
             })
         );
         assert_eq!(env(&inv, b"ticket=1"), Err(ShapeError::NotJson));
+        // A trigger body's `id` is the admin's (often the ticket's): every
+        // notification about the ticket has it, so it is not the key.
+        assert_eq!(
+            env(&inv, br#"{"id":"35436","status":"solved"}"#),
+            Ok(Envelope {
+                event: String::new(),
+                dedupe_key: Some("inv-9".into())
+            })
+        );
+        // An event subscription's `id` is the event's.
+        assert_eq!(
+            env(
+                &inv,
+                br#"{"type":"zen:event-type:ticket.created","id":"01HN"}"#
+            ),
+            Ok(Envelope {
+                event: "zen:event-type:ticket.created".into(),
+                dedupe_key: Some("01HN".into())
+            })
+        );
+    }
+
+    #[test]
+    fn timestamps_in_any_other_shape_are_malformed() {
+        assert!(timestamp("2021-03-25T05:09:27Z").is_some());
+        assert!(timestamp("2021-03-25T05:09:27.123Z").is_some());
+        for bad in [
+            "2021-03-25T05:09:27Z{\"a\"",
+            "2021-03-25T05:09:27Zabcde",
+            "2021-03-25 05:09:27Z",
+            "2021-03-25T05:09:27",
+            "2021-03-25T05:09:27+00:00",
+            "2021-03-25T05:09:27.Z",
+            " 2021-03-25T05:09:27Z",
+            "2021-13-25T05:09:27Z",
+            "",
+        ] {
+            assert_eq!(timestamp(bad), None, "{bad}");
+        }
     }
 }
