@@ -6,6 +6,9 @@
 //! precise than the header: work items arrive as `Issue Hook`), falling back to
 //! the raw `X-Gitlab-Event` header for custom templates; the dedupe key is
 //! `Idempotency-Key` (stable across retries, unlike `X-Gitlab-Webhook-UUID`).
+//! With a signing token it is the signed `webhook-id` (GitLab sends the two
+//! equal; a different `Idempotency-Key` is refused): an unsigned key would
+//! let a captured request be replayed under a fresh one.
 
 use std::time::Duration;
 
@@ -36,15 +39,14 @@ impl Provider for Gitlab {
         if !self.token.ct_eq(token.as_bytes()) {
             return Err(VerifyError::Mismatch);
         }
-        match &self.signing_secret {
-            Some(key) => standard::verify_headers(
-                key.expose(),
-                req.headers,
-                req.body,
-                req.now,
-                self.max_skew,
-            ),
-            None => Ok(()),
+        let Some(key) = &self.signing_secret else {
+            return Ok(());
+        };
+        standard::verify_headers(key.expose(), req.headers, req.body, req.now, self.max_skew)?;
+        let signed_id = header_str(req.headers, "webhook-id").map(str::trim);
+        match header_str(req.headers, "idempotency-key").map(str::trim) {
+            Some(k) if Some(k) != signed_id => Err(VerifyError::Mismatch),
+            _ => Ok(()),
         }
     }
 
@@ -59,9 +61,14 @@ impl Provider for Gitlab {
                     .map(str::to_owned)
             })
             .ok_or(ShapeError::Missing("object_kind or X-Gitlab-Event"))?;
+        let key_header = if self.signing_secret.is_some() {
+            "webhook-id"
+        } else {
+            "idempotency-key"
+        };
         Ok(Envelope {
             event,
-            dedupe_key: header_str(req.headers, "idempotency-key")
+            dedupe_key: header_str(req.headers, key_header)
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
                 .map(str::to_owned),
@@ -261,6 +268,49 @@ mod tests {
         h[0].1 = "nope";
         assert_eq!(
             verify(&p, &h, body, at(1614265330)),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    /// A captured signed request replayed under a fresh Idempotency-Key
+    /// (or none) keeps the signed webhook-id as its dedupe key, or fails.
+    #[test]
+    fn with_signing_the_dedupe_key_is_the_signed_id() {
+        let p = gitlab(true);
+        let body = br#"{"object_kind":"push"}"#;
+        let now = at(1_700_000_000);
+        let signed = p.sign(&SignInput {
+            body,
+            event: "push",
+            delivery_id: "idem-7",
+            now,
+        });
+        type Edit = dyn Fn(&mut Vec<(String, String)>);
+        let check = |edit: &Edit| {
+            let mut h = signed.headers.clone();
+            edit(&mut h);
+            let headers = header_map(&h);
+            let req = Inbound {
+                headers: &headers,
+                body,
+                now,
+            };
+            p.verify(&req)
+                .map(|()| p.envelope(&req).expect("shape").dedupe_key)
+        };
+        assert_eq!(check(&|_| {}), Ok(Some("idem-7".into())));
+        assert_eq!(
+            check(&|h| h.retain(|(k, _)| k != "Idempotency-Key")),
+            Ok(Some("idem-7".into()))
+        );
+        assert_eq!(
+            check(&|h| {
+                for (k, v) in h.iter_mut() {
+                    if k == "Idempotency-Key" {
+                        *v = "fresh".into();
+                    }
+                }
+            }),
             Err(VerifyError::Mismatch)
         );
     }
