@@ -30,6 +30,51 @@ const PAGE: usize = 256;
 const IDLE: Duration = Duration::from_millis(200);
 /// Attempt history kept on a record.
 const HISTORY: usize = 30;
+/// How soon to look again when a sink's rate-limit bucket was empty.
+const BUCKET_POLL: Duration = Duration::from_millis(100);
+
+/// How long the loop may sleep for a sink: until its next due delivery, or,
+/// when one is due already but could not start, until the block may lift
+/// (`blocked`; else `IDLE`: finished attempts and new deliveries wake the
+/// loop). Never zero for something that cannot start.
+fn wake_after(next_due: Option<u64>, now: u64, blocked: Option<Duration>) -> Option<Duration> {
+    next_due.map(|due| {
+        if due > now {
+            Duration::from_millis(due - now)
+        } else {
+            blocked.unwrap_or(IDLE)
+        }
+    })
+}
+
+/// An attempt in flight. Dropped when the attempt ends, however it ends:
+/// the lease goes, the loop wakes, and an attempt that did not settle (a
+/// panic in a sink) counts as a breaker failure so a probe cannot stay
+/// outstanding; its record is due again.
+struct Lease {
+    dispatcher: Arc<Dispatcher>,
+    sinks: Arc<Sinks>,
+    sink: String,
+    id: u64,
+    settled: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.settled {
+            tracing::error!(sink = %self.sink, delivery = self.id, "an attempt ended without an outcome; the delivery is due again");
+            if let Some(sink) = self.sinks.get(&self.sink) {
+                if let Ok(mut breaker) = sink.breaker.lock() {
+                    breaker.failure(unix_millis(SystemTime::now()));
+                }
+            }
+        }
+        if let Ok(mut leased) = self.dispatcher.leased.lock() {
+            leased.remove(&self.id);
+        }
+        self.dispatcher.wake.notify_one();
+    }
+}
 
 /// A configured sink at run time.
 pub struct SinkRuntime {
@@ -139,8 +184,10 @@ impl Dispatcher {
         }
     }
 
-    /// Starts what `sink` may start now. Returns how long until its next
-    /// due delivery, when known.
+    /// Starts what `sink` may start now. Returns how long until there may
+    /// be more to start: the next due time, or, when something is due but
+    /// cannot start (in flight, paused, breaker open, no slot or token),
+    /// when that may change. Attempts that finish wake the loop anyway.
     fn pass(
         self: &Arc<Self>,
         name: &str,
@@ -149,45 +196,72 @@ impl Dispatcher {
         tracker: &TaskTracker,
     ) -> Result<Option<Duration>, crate::queue::QueueError> {
         let now = unix_millis(SystemTime::now());
+        let mut blocked = None;
         for (key, id) in self.queue.due(name, now, PAGE)? {
             if self.leased.lock().expect("lease lock").contains(&id) {
                 continue;
             }
+            let broken = sink.broken.lock().expect("broken lock").clone();
+            // Held back: checked before the record is read and decoded.
+            if broken.is_none() {
+                let paused = *sink.paused_until.lock().expect("pause lock");
+                if paused > now {
+                    blocked = Some(Duration::from_millis(paused - now));
+                    break;
+                }
+                if let Some(wait) = sink.breaker.lock().expect("breaker lock").held(now) {
+                    blocked = Some(wait);
+                    break;
+                }
+            }
             let Some(rec) = self.queue.delivery(&key)? else {
                 continue;
             };
-            if let Some(reason) = sink.broken.lock().expect("broken lock").clone() {
+            if let Some(reason) = broken {
                 self.finish_dead(rec, format!("sink disabled: {reason}"));
                 continue;
             }
-            if *sink.paused_until.lock().expect("pause lock") > now {
-                break;
-            }
-            if !sink.breaker.lock().expect("breaker lock").allows(now) {
-                break;
-            }
             let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
+                blocked = Some(IDLE);
                 break;
             };
-            if sink
-                .bucket
-                .as_ref()
-                .is_some_and(|b| !b.try_take(Instant::now()))
             {
-                break;
+                let mut breaker = sink.breaker.lock().expect("breaker lock");
+                if !breaker.allows(now) {
+                    blocked = Some(breaker.held(now).unwrap_or(IDLE));
+                    break;
+                }
+                if sink
+                    .bucket
+                    .as_ref()
+                    .is_some_and(|b| !b.try_take(Instant::now()))
+                {
+                    // No attempt after all: the probe slot is free again.
+                    breaker.abandon_probe();
+                    blocked = Some(BUCKET_POLL);
+                    break;
+                }
             }
             self.leased.lock().expect("lease lock").insert(rec.id);
-            let this = self.clone();
-            let name = name.to_owned();
-            let sinks = sinks.clone();
+            let lease = Lease {
+                dispatcher: self.clone(),
+                sinks: sinks.clone(),
+                sink: name.to_owned(),
+                id: rec.id,
+                settled: false,
+            };
             tracker.spawn(async move {
-                this.attempt(&sinks, &name, rec).await;
+                let mut lease = lease;
+                lease
+                    .dispatcher
+                    .attempt(&lease.sinks, &lease.sink, rec)
+                    .await;
+                lease.settled = true;
                 drop(permit);
-                this.wake.notify_one();
             });
         }
         let next = self.queue.next_due(name)?;
-        Ok(next.map(|due| Duration::from_millis(due.saturating_sub(now))))
+        Ok(wake_after(next, now, blocked))
     }
 
     async fn attempt(&self, sinks: &Sinks, name: &str, mut rec: DeliveryRecord) {
@@ -223,9 +297,10 @@ impl Dispatcher {
         {
             let mut breaker = sink.breaker.lock().expect("breaker lock");
             match &answer.verdict {
-                Verdict::Delivered => breaker.success(),
                 Verdict::Retry { .. } => breaker.failure(now),
-                _ => {}
+                // Any other answer means the sink is up (a 4xx or a 429
+                // too): a probe that gets one closes the breaker.
+                _ => breaker.success(),
             }
         }
         if let Verdict::SinkGone(why) = &answer.verdict {
@@ -270,7 +345,6 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::error!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome; it will be attempted again");
         }
-        self.leased.lock().expect("lease lock").remove(&rec.id);
     }
 
     /// What `/metrics` shows of the sinks: breaker states, and how long the
@@ -340,5 +414,28 @@ fn outcome_label(v: &Verdict) -> String {
         Verdict::RateLimited { after } => format!("rate limited for {}s", after.as_secs()),
         Verdict::Permanent(why) => format!("permanent: {why}"),
         Verdict::SinkGone(why) => format!("sink gone: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Something due that cannot start never makes the loop spin.
+    #[test]
+    fn the_loop_never_spins_on_what_cannot_start() {
+        assert_eq!(wake_after(None, 1_000, None), None);
+        assert_eq!(
+            wake_after(Some(1_500), 1_000, None),
+            Some(Duration::from_millis(500))
+        );
+        // Due, but in flight: wait for the attempt to wake the loop.
+        assert_eq!(wake_after(Some(900), 1_000, None), Some(IDLE));
+        assert_eq!(wake_after(Some(1_000), 1_000, None), Some(IDLE));
+        // Due, but paused or held by the breaker: until that lifts.
+        assert_eq!(
+            wake_after(Some(900), 1_000, Some(Duration::from_secs(7))),
+            Some(Duration::from_secs(7))
+        );
     }
 }

@@ -34,7 +34,7 @@ pub fn next(
     match verdict {
         Verdict::Delivered => Next::Done,
         Verdict::RateLimited { after } => Next::At {
-            due_ms: now_ms + after.as_millis() as u64,
+            due_ms: later(now_ms, *after),
             counted: false,
         },
         Verdict::Retry { after, why } => {
@@ -48,13 +48,19 @@ pub fn next(
             let jittered = delay.as_secs_f64() * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
             let wait = Duration::from_secs_f64(jittered).max(after.unwrap_or_default());
             Next::At {
-                due_ms: now_ms + wait.as_millis() as u64,
+                due_ms: later(now_ms, wait),
                 counted: true,
             }
         }
         Verdict::Permanent(why) => Next::Dead(format!("permanent: {why}")),
         Verdict::SinkGone(why) => Next::Dead(format!("sink gone: {why}")),
     }
+}
+
+/// `now_ms` plus `wait`, the wait capped at a day (a sink's answer cannot
+/// park a delivery for longer, nor wrap the clock).
+fn later(now_ms: u64, wait: Duration) -> u64 {
+    now_ms.saturating_add(wait.min(crate::sink::LONGEST_WAIT).as_millis() as u64)
 }
 
 /// A sink's circuit breaker: after `THRESHOLD` failures in a row it opens
@@ -87,6 +93,24 @@ impl Breaker {
     /// Whether attempts are held back now.
     pub fn is_open(&self, now_ms: u64) -> bool {
         self.failures >= THRESHOLD && (now_ms < self.open_until_ms || self.probing)
+    }
+
+    /// When attempts are held back now: how long until a probe may go.
+    /// While a probe is out, as long as the breaker may stay open: the
+    /// probe's end wakes the dispatcher.
+    pub fn held(&self, now_ms: u64) -> Option<Duration> {
+        self.is_open(now_ms).then(|| {
+            if self.probing {
+                MAX_OPEN
+            } else {
+                Duration::from_millis(self.open_until_ms - now_ms)
+            }
+        })
+    }
+
+    /// The probe `allows` granted did not go out after all.
+    pub fn abandon_probe(&mut self) {
+        self.probing = false;
     }
 
     pub fn success(&mut self) {
@@ -222,5 +246,60 @@ mod tests {
         assert!(b.allows(90_002));
         b.success();
         assert!(b.allows(90_003) && b.allows(90_004));
+    }
+
+    #[test]
+    fn huge_waits_are_capped_and_never_wrap() {
+        let day = 86_400_000;
+        assert_eq!(
+            next(
+                &Verdict::RateLimited {
+                    after: Duration::MAX
+                },
+                0,
+                &[],
+                u64::MAX - 5,
+                0.0
+            ),
+            Next::At {
+                due_ms: u64::MAX,
+                counted: false
+            }
+        );
+        assert_eq!(
+            next(
+                &Verdict::Retry {
+                    after: Some(Duration::from_secs(u64::MAX)),
+                    why: "503".into()
+                },
+                0,
+                &[Duration::from_secs(1)],
+                1_000,
+                0.0
+            ),
+            Next::At {
+                due_ms: 1_000 + day,
+                counted: true
+            }
+        );
+    }
+
+    /// A probe whose answer is not a failure (a 429, a 4xx) closes the
+    /// breaker; a probe that never went out frees its place.
+    #[test]
+    fn a_probe_always_settles() {
+        let mut b = Breaker::default();
+        for _ in 0..THRESHOLD {
+            b.failure(0);
+        }
+        assert!(!b.allows(1_000));
+        assert_eq!(b.held(1_000), Some(Duration::from_secs(29)));
+        assert!(b.allows(30_000), "the probe");
+        assert!(!b.allows(30_001), "one probe at a time");
+        assert_eq!(b.held(30_001), Some(MAX_OPEN), "until the probe ends");
+        b.abandon_probe();
+        assert!(b.allows(30_002), "an abandoned probe frees its place");
+        b.success();
+        assert!(b.allows(30_003) && b.held(30_003).is_none());
     }
 }

@@ -139,8 +139,7 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Verd
         429 => {
             let after = json["retry_after"]
                 .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(super::wait_secs)
                 .or(retry_after)
                 .unwrap_or(Duration::from_secs(1));
             Verdict::RateLimited { after }
@@ -151,7 +150,7 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Verd
             json["code"],
             json["message"].as_str().unwrap_or("")
         )),
-        500..=599 | 408 => Verdict::Retry {
+        500..=599 | 408 | 425 => Verdict::Retry {
             after: retry_after,
             why: status.to_string(),
         },
@@ -189,6 +188,14 @@ mod tests {
             Verdict::Permanent(_)
         ));
         assert!(matches!(classify(503, b"", None), Verdict::Retry { .. }));
+        assert!(matches!(classify(425, b"", None), Verdict::Retry { .. }));
+        // An absurd retry_after is capped, not a panic.
+        assert_eq!(
+            classify(429, br#"{"retry_after":1e20}"#, None),
+            Verdict::RateLimited {
+                after: crate::sink::LONGEST_WAIT
+            }
+        );
     }
 
     #[test]

@@ -256,11 +256,20 @@ pub fn retry_after(headers: &::http::HeaderMap, now: std::time::SystemTime) -> O
         .ok()?
         .trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+        return wait_secs(secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
+    Some(at.duration_since(now).unwrap_or_default().min(LONGEST_WAIT))
+}
+
+/// The longest wait a platform's answer can impose on a delivery.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(86_400);
+
+/// A wait a platform asked for in (fractional) seconds, capped at
+/// [`LONGEST_WAIT`]; `None` unless finite and not negative.
+pub fn wait_secs(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(LONGEST_WAIT.as_secs_f64())))
 }
 
 /// The usual meaning of an HTTP status for a webhook target.
@@ -311,5 +320,13 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(90)));
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&h, now), None);
+        // Far-off answers are capped, never parked for centuries.
+        h.insert(
+            "retry-after",
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(LONGEST_WAIT));
+        h.insert("retry-after", "1e20".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(LONGEST_WAIT));
     }
 }

@@ -106,7 +106,7 @@ pub fn classify(status: u16, code: &str, retry_after: Option<std::time::Duration
         429 => Verdict::RateLimited {
             after: retry_after.unwrap_or(std::time::Duration::from_secs(1)),
         },
-        500..=599 | 408 => Verdict::Retry {
+        500..=599 | 408 | 425 => Verdict::Retry {
             after: retry_after,
             why: format!("{status} {code}"),
         },

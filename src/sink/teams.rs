@@ -106,7 +106,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<std::time::Duration
     match status {
         200..=299 => Verdict::Delivered,
         404 | 410 => Verdict::SinkGone(format!("{status}: the workflow URL no longer exists")),
-        500..=599 | 408 => Verdict::Retry {
+        500..=599 | 408 | 425 => Verdict::Retry {
             after: retry_after,
             why: status.to_string(),
         },
