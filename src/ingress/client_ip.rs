@@ -14,12 +14,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         // Anyone can write X-Forwarded-For; only our proxies are believed.
         return peer;
     }
-    let hops: Vec<&str> = headers
+    // Split the raw bytes: a client can put non-ASCII bytes into its own
+    // part of the header, and the proxy appends the real hop to that same
+    // line; only the unreadable hop may be lost, not the line.
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|h| !h.is_empty())
         .collect();
     let mut client = peer;
@@ -45,7 +47,8 @@ pub fn in_any(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
-fn parse_hop(hop: &str) -> Option<IpAddr> {
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?;
     hop.parse::<IpAddr>()
         .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
         .ok()
@@ -131,5 +134,18 @@ mod tests {
             &nets(&["127.0.0.1/32"]),
         );
         assert_eq!(ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    /// nginx appends the real hop to the client's own line: a non-ASCII
+    /// byte the client wrote must not cost the hop after it.
+    #[test]
+    fn a_non_ascii_hop_costs_only_itself() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"1.1.1.1\x80, 6.6.6.6").unwrap(),
+        );
+        let ip = client_ip("127.0.0.1".parse().unwrap(), &h, &nets(&["127.0.0.1/32"]));
+        assert_eq!(ip, "6.6.6.6".parse::<IpAddr>().unwrap());
     }
 }

@@ -114,6 +114,7 @@ impl Gateway {
         let source = &state.source;
         let name = source.name.as_str();
         if req.method() != Method::POST {
+            tracing::info!(source = name, %peer, method = %req.method(), "rejected: not POST");
             let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use POST"}"#);
             r.headers_mut()
                 .insert(header::ALLOW, "POST".parse().expect("static"));
@@ -124,15 +125,6 @@ impl Gateway {
             if !client_ip::in_any(ip, allow) {
                 tracing::warn!(source = name, client = %ip, "rejected: client IP not in allow_ips");
                 return answer(StatusCode::FORBIDDEN, r#"{"error":"address not allowed"}"#);
-            }
-        }
-        if let Some(bucket) = &state.bucket {
-            if !bucket.try_take(Instant::now()) {
-                tracing::warn!(source = name, client = %ip, "rejected: rate limit");
-                let mut r = answer(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"rate limited"}"#);
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, "1".parse().expect("static"));
-                return r;
             }
         }
         let (parts, body) = req.into_parts();
@@ -177,6 +169,17 @@ impl Gateway {
                 );
             }
         };
+        // Only proven requests spend the budget: unsigned traffic cannot
+        // crowd out the provider's own deliveries.
+        if let Some(bucket) = &state.bucket {
+            if !bucket.try_take(Instant::now()) {
+                tracing::warn!(source = name, client = %ip, "rejected: rate limit");
+                let mut r = answer(StatusCode::TOO_MANY_REQUESTS, r#"{"error":"rate limited"}"#);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, "1".parse().expect("static"));
+                return r;
+            }
+        }
         let dedupe_key = envelope
             .dedupe_key
             .clone()

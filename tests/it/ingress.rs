@@ -468,6 +468,28 @@ rate_limit = "2/m"
     assert!(headers.contains_key("retry-after"));
 }
 
+/// Unsigned requests answer 401 and leave the budget to the provider's own.
+#[tokio::test]
+async fn unproven_requests_do_not_spend_the_rate_limit() {
+    let sources = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+rate_limit = "2/m"
+"#;
+    let gw = TestGateway::start("", sources).await;
+    let body = sample("github", "ping");
+    for i in 0..5 {
+        let mut forged = gw.sign("github", "ping", &body, &format!("f{i}"));
+        forged.body.push(b' ');
+        assert_eq!(gw.post("github", &forged).await.0, StatusCode::UNAUTHORIZED);
+    }
+    for i in 0..2 {
+        let s = gw.sign("github", "ping", &body, &format!("ok{i}"));
+        assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
+    }
+}
+
 #[tokio::test]
 async fn slow_clients_are_cut_off() {
     let gw = TestGateway::start(
