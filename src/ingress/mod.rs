@@ -36,6 +36,9 @@ const CREDENTIAL_HEADERS: [&str; 5] = [
     "x-api-key",
 ];
 
+/// Longest a request waits for the queue to store its event.
+const APPEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything a request needs: the sources, server limits and the queue.
 pub struct Gateway {
     server: Server,
@@ -199,7 +202,33 @@ impl Gateway {
             dedupe_key,
             dedupe_window: source.dedupe_window,
         };
-        match self.queue.append(event, now).await {
+        self.store(name, &ip, event, now).await
+    }
+
+    /// Appends `event` and answers for it: 202, 200 for a duplicate, or 503
+    /// when the queue refuses or does not answer within `APPEND_LIMIT` (a
+    /// hung disk must not hold every connection; the provider retries, and
+    /// if the event did land after all, the retry is a duplicate).
+    async fn store(
+        &self,
+        name: &str,
+        ip: &std::net::IpAddr,
+        event: NewEvent,
+        now: SystemTime,
+    ) -> Response<Full<Bytes>> {
+        let appended = match tokio::time::timeout(APPEND_LIMIT, self.queue.append(event, now)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    source = name,
+                    limit_s = APPEND_LIMIT.as_secs(),
+                    "the queue did not store the event in time (is the disk hung?); answered 503"
+                );
+                return unavailable();
+            }
+        };
+        match appended {
             Ok(Appended::Queued(id)) => {
                 tracing::debug!(source = name, event = %id, "queued");
                 answer(
@@ -221,13 +250,7 @@ impl Gateway {
                     }
                     ref e => tracing::error!(source = name, error = %e, "cannot store the event"),
                 }
-                let mut r = answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"queue unavailable, retry later"}"#,
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, "5".parse().expect("static"));
-                r
+                unavailable()
             }
         }
     }
@@ -277,6 +300,17 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// 503 with `Retry-After`: the queue cannot take the event now.
+fn unavailable() -> Response<Full<Bytes>> {
+    let mut r = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        r#"{"error":"queue unavailable, retry later"}"#,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, "5".parse().expect("static"));
+    r
+}
+
 fn answer(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *r.status_mut() = status;
@@ -295,6 +329,63 @@ fn json_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{BoxFuture, Stats};
+
+    /// A queue on a hung disk: appends never finish.
+    struct Hung;
+
+    impl Queue for Hung {
+        fn append(
+            &self,
+            _: NewEvent,
+            _: SystemTime,
+        ) -> BoxFuture<'_, Result<Appended, QueueError>> {
+            Box::pin(std::future::pending())
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn stats(&self) -> Result<Stats, QueueError> {
+            Ok(Stats::default())
+        }
+        fn close(&self) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_never_answers_gets_a_503_in_time() {
+        let loaded = crate::config::parse(
+            "[server]\ndata_dir = \"/nonexistent\"\n[sources.s]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap();
+        let gw = Gateway::new(
+            loaded.config.server,
+            Vec::new(),
+            Arc::new(Hung),
+            Arc::new(Metrics::default()),
+        );
+        let event = NewEvent {
+            record: EventRecord {
+                source: "s".into(),
+                provider: "github".into(),
+                event: "push".into(),
+                delivery_id: "d".into(),
+                received_at_ms: 0,
+                client_ip: "127.0.0.1".into(),
+                headers: Vec::new(),
+                body: b"{}".to_vec(),
+            },
+            dedupe_key: "d".into(),
+            dedupe_window: std::time::Duration::from_secs(60),
+        };
+        let started = tokio::time::Instant::now();
+        let r = gw
+            .store("s", &"127.0.0.1".parse().unwrap(), event, SystemTime::now())
+            .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(started.elapsed(), APPEND_LIMIT);
+    }
 
     #[test]
     fn credentials_are_not_stored() {
