@@ -278,8 +278,15 @@ impl Dispatcher {
                 why: "timeout".into(),
             }),
         };
-        if let Some(pause) = answer.pause {
-            let until = unix_millis(SystemTime::now()) + pause.as_millis() as u64;
+        // A 429 speaks for the whole webhook (Slack, Discord count them
+        // against it), so the sink waits, not only this delivery.
+        let pause = match &answer.verdict {
+            Verdict::RateLimited { after } => Some(answer.pause.unwrap_or_default().max(*after)),
+            _ => answer.pause,
+        };
+        if let Some(pause) = pause {
+            let until = unix_millis(SystemTime::now())
+                .saturating_add(pause.min(crate::sink::LONGEST_WAIT).as_millis() as u64);
             let mut p = sink.paused_until.lock().expect("pause lock");
             *p = (*p).max(until);
         }

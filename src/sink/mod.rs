@@ -161,10 +161,28 @@ pub async fn exchange(
         Ok(resp) => {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let body = resp.bytes().await.unwrap_or_default();
-            Ok((status, headers, body))
+            Ok((status, headers, read_capped(resp).await))
         }
     }
+}
+
+/// Most of an answer's body read: plenty to classify it (platforms answer
+/// with small JSON); an endpoint that streams more is cut off there, not
+/// read into memory or waited on until the timeout.
+const ANSWER_BYTES: usize = 64 << 10;
+
+async fn read_capped(mut resp: reqwest::Response) -> bytes::Bytes {
+    let mut body = bytes::BytesMut::new();
+    while body.len() < ANSWER_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ANSWER_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.freeze()
 }
 
 /// What a platform's answer means: the verdict, and a pause when its

@@ -101,6 +101,66 @@ async fn a_message_replaces_the_body_and_unmatched_events_are_kept() {
     );
 }
 
+/// An endpoint that answers 200 and then streams without end: the answer
+/// is read up to a cap and judged at once, not held in memory or waited on
+/// until the sink's timeout.
+#[tokio::test]
+async fn an_endless_answer_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let _ = conn.read(&mut buf).await;
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+        // 800 KiB a second until the client hangs up (at most 100 s).
+        for _ in 0..10_000 {
+            if conn.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let gw = TestGateway::start("", &config(&url, r#"timeout = "20s""#, "")).await;
+    let started = Instant::now();
+    push(&gw, "endless-1").await;
+    loop {
+        let stats = hookgate::queue::Queue::stats(&*gw.queue).unwrap();
+        if stats.inbox == 0 && stats.deliveries == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still waiting on the endless answer: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.queue.dead_letters().unwrap().is_empty(), "delivered");
+}
+
+/// A 429 holds the whole sink back for Retry-After, not only the delivery
+/// that got it: the rest of the backlog would each collect one.
+#[tokio::test]
+async fn a_429_pauses_the_whole_sink() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(429).header("Retry-After", "2")]);
+    let gw = TestGateway::start("", &config(&rx.url("/"), "concurrency = 1", "")).await;
+    for i in 0..3 {
+        push(&gw, &format!("paused-{i}")).await;
+    }
+    let got = rx.wait_for(4, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 4, "the 429, then three deliveries");
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(1900),
+        "nothing went to the sink during its Retry-After: {:?}",
+        got[1].at - got[0].at
+    );
+}
+
 #[tokio::test]
 async fn retryable_failures_follow_the_schedule_and_429_waits_for_retry_after() {
     let rx = Receiver::start(Reply::status(200)).await;
