@@ -25,8 +25,8 @@ use super::{
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 8 << 20;
 /// sled's log segment size (its default). Items larger than a quarter of it
-/// would go to blob files that sled does not fsync; sled holds only
-/// delivery records (bodies capped well below that) and small counters.
+/// (deliveries frozen with bodies over ~128 KiB) go to blob files that
+/// sled does not fsync: `Store::checkpoint` syncs them.
 const SEGMENT_BYTES: usize = 512 << 10;
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -124,6 +124,8 @@ impl SledQueue {
             db: db.clone(),
             file,
             synced: std::sync::Mutex::new(None),
+            blobs: sled_dir.join("blobs"),
+            synced_blobs: std::sync::Mutex::new(Default::default()),
         });
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;

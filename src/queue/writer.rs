@@ -61,6 +61,12 @@ pub struct Store {
     pub file: File,
     /// When the last sync of sled's file began (`None`: not in this run).
     pub synced: Mutex<Option<std::time::SystemTime>>,
+    /// sled's `blobs/` directory: a value over a quarter of sled's segment
+    /// (a delivery frozen with a large body) is written there as a file of
+    /// its own, which sled never syncs.
+    pub blobs: std::path::PathBuf,
+    /// Blob files already synced.
+    pub synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl Store {
@@ -80,9 +86,42 @@ impl Store {
         // last sync began counts as after it.
         if synced.is_none_or(|began| written + Duration::from_secs(1) >= began) {
             let began = std::time::SystemTime::now();
+            // Blobs first: sled's log must not point at one a power loss
+            // can take.
+            self.sync_blobs().map_err(QueueError::Storage)?;
             self.file.sync_data().map_err(QueueError::Storage)?;
             *synced = Some(began);
         }
+        Ok(())
+    }
+
+    /// Syncs blob files not synced yet, then their directory.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.synced_blobs.lock().expect("blobs lock");
+        let mut present = std::collections::HashSet::new();
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                match File::open(self.blobs.join(&name)) {
+                    Ok(f) => f.sync_data()?,
+                    // sled removed it meanwhile (superseded).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
         Ok(())
     }
 }

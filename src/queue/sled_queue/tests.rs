@@ -430,3 +430,28 @@ async fn a_delivery_rescheduled_to_the_same_millisecond_stays() {
     assert!(q.due("s", 1_999, 10).unwrap().is_empty());
     assert_eq!(q.due("s", 2_000, 10).unwrap().len(), 1);
 }
+
+/// A delivery frozen with a large body lands in a sled blob file, which
+/// sled never syncs: the checkpoint syncs it before sled's log.
+#[tokio::test]
+async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let mut rec = super::super::delivery::tests::sample(1, 1_000);
+    rec.frozen.as_mut().unwrap().body = serde_bytes::ByteBuf::from(vec![b'x'; 300_000]);
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![rec],
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0)).unwrap();
+    q.flush().unwrap();
+    let blobs: std::collections::HashSet<std::ffi::OsString> =
+        std::fs::read_dir(dir.path().join("sled/blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+    assert!(!blobs.is_empty(), "a 300 KB record is a blob");
+    let synced = q.store.synced_blobs.lock().unwrap().clone();
+    assert!(blobs.is_subset(&synced), "{blobs:?} synced: {synced:?}");
+}
