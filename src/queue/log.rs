@@ -91,6 +91,9 @@ pub struct Log {
     next: Option<Prep>,
     /// Where a batch's frames are encoded, kept between writes.
     buf: Vec<u8>,
+    /// The last attempt to start the next segment failed (a full disk),
+    /// and none has started since.
+    starved: bool,
 }
 
 /// Largest frame buffer kept for the next write.
@@ -129,6 +132,7 @@ impl Log {
             len: 0,
             next: None,
             buf: Vec::new(),
+            starved: false,
         };
         log.prepare_next();
         Ok(log)
@@ -201,11 +205,21 @@ impl Log {
         })
     }
 
+    /// Whether the log could not start a new segment the last time it
+    /// needed one: writes fit only in what is left of the current one.
+    pub fn starved(&self) -> bool {
+        self.starved
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         let file = match self.next.take().map(|p| p.thread.join()) {
             Some(Ok(Ok(file))) => file,
             // The helper failed or could not start: prepare it here.
-            _ => prepare(&self.dir, self.seq + 1, &Default::default())?,
+            _ => {
+                let prepared = prepare(&self.dir, self.seq + 1, &Default::default());
+                self.starved = prepared.is_err();
+                prepared?
+            }
         };
         self.seq += 1;
         self.file = std::sync::Arc::new(file);

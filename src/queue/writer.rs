@@ -260,6 +260,10 @@ pub fn run_writer(
                 file,
             }) => {
                 shared.seen.store(seen.len() as u64, Ordering::Relaxed);
+                // A small batch can still fit in the tail of a segment
+                // when no next one could be made (a full disk): not
+                // writable again until a segment is.
+                shared.failing.store(log.starved(), Ordering::Release);
                 let answers = jobs.into_iter().map(|j| j.reply).zip(outcomes).collect();
                 let written = Written {
                     file,
@@ -412,7 +416,6 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
         }
         return;
     }
-    shared.failing.store(false, Ordering::Release);
     // Readable before anyone hears it is stored, and counted before the
     // router can see it, so the router's count never dips.
     let logged: Vec<KeyRecord> = group
