@@ -75,6 +75,24 @@ pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, V
             let mut last = embeds.pop().expect("more than one");
             total -= fit_embed(&mut last);
         }
+        // One embed left and still over: its fields go from the end, then
+        // its footer and author (a title and a description alone fit).
+        if total > EMBEDS_TOTAL_MAX {
+            if let Some(last) = embeds.last_mut() {
+                while fit_embed(last) > EMBEDS_TOTAL_MAX {
+                    let Some(obj) = last.as_object_mut() else {
+                        break;
+                    };
+                    let dropped = match obj.get_mut("fields") {
+                        Some(Value::Array(fields)) if !fields.is_empty() => fields.pop(),
+                        _ => obj.remove("footer").or_else(|| obj.remove("author")),
+                    };
+                    if dropped.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
     }
     msg
 }
@@ -221,6 +239,26 @@ mod tests {
             .sum();
         assert!(total <= EMBEDS_TOTAL_MAX, "{total}");
         assert_eq!(embeds[0]["title"].as_str().unwrap().chars().count(), 256);
+    }
+
+    /// One embed over the total by its fields alone: fields go from the end.
+    #[test]
+    fn a_single_embed_over_the_total_loses_fields() {
+        let fields: Vec<Value> = (0..25)
+            .map(|i| json!({"name": format!("f{i}"), "value": "v".repeat(1024)}))
+            .collect();
+        let Value::Object(m) = json!({"embeds": [{
+            "title": "t", "description": "d".repeat(100), "fields": fields,
+            "footer": {"text": "f".repeat(2048)},
+        }]}) else {
+            panic!()
+        };
+        let out = fit(m);
+        let mut embed = out["embeds"][0].clone();
+        assert!(fit_embed(&mut embed) <= EMBEDS_TOTAL_MAX);
+        let kept = embed["fields"].as_array().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 25, "{}", kept.len());
+        assert_eq!(kept[0]["name"], "f0", "the first fields stay");
     }
 
     #[test]

@@ -50,17 +50,50 @@ pub fn text_card(title: Option<&str>, text: &str, url: Option<&str>) -> Value {
     card
 }
 
-/// Keeps a message under the size Teams takes.
+/// Keeps a message under the size Teams takes: a larger one becomes a card
+/// of its text, cut (with a marker) to the most characters whose
+/// serialized message still fits. Bytes, not characters, are what count:
+/// CJK text is three bytes a character, a control character six escaped.
 pub fn fit(message: Value, fallback_text: &str) -> Value {
     if message.to_string().len() <= MESSAGE_MAX {
         return message;
     }
-    let text = truncate(
-        fallback_text,
-        MESSAGE_MAX / 2,
-        Some("… (message truncated)"),
-    );
-    envelope(text_card(None, &text, None))
+    let cut = |chars: usize| {
+        let text = truncate(fallback_text, chars, Some("… (message truncated)"));
+        envelope(text_card(None, &text, None))
+    };
+    let (mut lo, mut hi) = (0, MESSAGE_MAX);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if cut(mid).to_string().len() <= MESSAGE_MAX {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    cut(lo)
+}
+
+/// The words of a card (every `text` string in it, in order), for the
+/// fallback of a card too large to send: not its JSON source.
+fn card_text(card: &Value) -> String {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match v {
+                        Value::String(s) if k == "text" => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(card, &mut out);
+    out.join("\n\n")
 }
 
 impl Sink for TeamsSink {
@@ -72,8 +105,14 @@ impl Sink for TeamsSink {
                 fit(m, &sum.text)
             }
             Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(v) if v["type"] == "message" => fit(v, t),
-                Ok(v) if v["type"] == "AdaptiveCard" => fit(envelope(v), t),
+                Ok(v) if v["type"] == "message" => {
+                    let text = card_text(&v);
+                    fit(v, &text)
+                }
+                Ok(v) if v["type"] == "AdaptiveCard" => {
+                    let text = card_text(&v);
+                    fit(envelope(v), &text)
+                }
                 _ => fit(envelope(text_card(None, t, None)), t),
             },
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
@@ -142,5 +181,29 @@ mod tests {
         assert!(s.len() <= MESSAGE_MAX + 200, "{}", s.len());
         assert!(s.contains("(message truncated)"));
         assert_eq!(m["attachments"][0]["content"]["version"], "1.4");
+        // Characters that take more than a byte each still fit in bytes.
+        for big in [
+            "語".repeat(100_000),
+            "\u{1}".repeat(100_000),
+            "😀".repeat(50_000),
+        ] {
+            let s = fit(envelope(text_card(None, &big, None)), &big).to_string();
+            assert!(s.len() <= MESSAGE_MAX, "{}", s.len());
+            assert!(s.len() > MESSAGE_MAX - 100, "as much as fits: {}", s.len());
+        }
+    }
+
+    #[test]
+    fn a_large_template_card_falls_back_to_its_words() {
+        let card = json!({"type": "AdaptiveCard", "version": "1.4", "body": [
+            {"type": "TextBlock", "text": "Title"},
+            {"type": "TextBlock", "text": "x".repeat(40_000)},
+        ]});
+        let m = fit(envelope(card.clone()), &card_text(&card));
+        let text = m["attachments"][0]["content"]["body"][0]["text"]
+            .as_str()
+            .unwrap();
+        assert!(text.starts_with("Title\n\nxxx"), "{}", &text[..20]);
+        assert!(!text.contains("TextBlock"), "not the JSON source");
     }
 }
