@@ -160,6 +160,14 @@ fn apply_reload(
             "TLS turned on or off in the file; takes effect at the next restart"
         ),
     }
+    {
+        let old = sinks.get();
+        for (name, sink) in &built {
+            if let Some(o) = old.get(name) {
+                sink.inherit(o);
+            }
+        }
+    }
     let (n_sources, n_sinks, n_routes) = (new.sources.len(), built.len(), new.routes.len());
     gateway.set_sources(new.sources.into_values());
     sinks.set(built);

@@ -30,6 +30,8 @@ const PAGE: usize = 256;
 const IDLE: Duration = Duration::from_millis(200);
 /// Attempt history kept on a record.
 const HISTORY: usize = 30;
+/// How often deliveries to sinks no longer configured are looked for.
+const BURY_EVERY: Duration = Duration::from_secs(60);
 /// How soon to look again when a sink's rate-limit bucket was empty.
 const BUCKET_POLL: Duration = Duration::from_millis(100);
 
@@ -103,6 +105,16 @@ impl SinkRuntime {
     }
 }
 
+impl SinkRuntime {
+    /// Takes over what the platform asked of the sink it replaces (a
+    /// reload): a rate-limit pause still holds.
+    pub fn inherit(&self, old: &SinkRuntime) {
+        let paused = *old.paused_until.lock().expect("pause lock");
+        let mut p = self.paused_until.lock().expect("pause lock");
+        *p = (*p).max(paused);
+    }
+}
+
 /// The sinks by name, shared by the router (prepare) and the dispatcher.
 pub type Sinks = HashMap<String, SinkRuntime>;
 
@@ -141,8 +153,15 @@ impl Dispatcher {
     ) {
         self.bury_orphans();
         let tracker = TaskTracker::new();
+        let mut last_bury = Instant::now();
         loop {
             heartbeat.beat();
+            // A page routed with the old sinks just before a reload can
+            // still add deliveries to a removed one.
+            if last_bury.elapsed() >= BURY_EVERY {
+                self.bury_orphans();
+                last_bury = Instant::now();
+            }
             let mut sleep = IDLE;
             let sinks = self.sinks.get();
             for (name, sink) in sinks.iter() {
@@ -171,9 +190,10 @@ impl Dispatcher {
     pub fn bury_orphans(&self) {
         let sinks = self.sinks.get();
         let names: Vec<&str> = sinks.keys().map(String::as_str).collect();
+        let in_flight = self.leased.lock().expect("lease lock").clone();
         match self
             .queue
-            .bury_orphans(&names, unix_millis(SystemTime::now()))
+            .bury_orphans(&names, &in_flight, unix_millis(SystemTime::now()))
         {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -322,6 +342,14 @@ impl Dispatcher {
             now,
             jitter,
         );
+        // The sink was removed by a reload while this attempt was out: a
+        // record that is not done goes dead like the sink's others.
+        let next = match next {
+            Next::At { .. } if !self.sinks.get().contains_key(name) => {
+                Next::Dead(format!("sink `{name}` removed from the config"))
+            }
+            next => next,
+        };
         let label = match &next {
             Next::Done => "delivered",
             Next::At { counted: true, .. } => "retry",

@@ -158,12 +158,18 @@ impl SledQueue {
 
     /// Pending deliveries whose sink is not in `sinks` (removed from the
     /// config): they go dead with that reason rather than wait forever.
-    pub fn bury_orphans(&self, sinks: &[&str], now_ms: u64) -> Result<usize, QueueError> {
+    pub fn bury_orphans(
+        &self,
+        sinks: &[&str],
+        in_flight: &std::collections::HashSet<u64>,
+        now_ms: u64,
+    ) -> Result<usize, QueueError> {
         let mut buried = 0;
         for kv in self.deliveries.iter() {
             let (k, v) = kv?;
             let mut rec = decode(&k, &v)?;
-            if sinks.contains(&rec.sink.as_str()) {
+            // An attempt in flight settles its record itself.
+            if sinks.contains(&rec.sink.as_str()) || in_flight.contains(&rec.id) {
                 continue;
             }
             rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));

@@ -727,6 +727,49 @@ to = ["fresh"]
     assert_eq!(old.received().len(), 1, "the old sink is not called again");
 }
 
+/// A reload that removes a sink while an attempt to it is out: the attempt
+/// settles its record (delivered here), and no dead copy is left behind to
+/// be replayed as a duplicate.
+#[tokio::test]
+async fn a_reload_leaves_an_attempt_in_flight_to_settle_its_record() {
+    let slow = Receiver::start(Reply::status(200).delay(Duration::from_secs(2))).await;
+    let other = Receiver::start(Reply::status(200)).await;
+    let gw = TestGateway::start("", &config(&slow.url("/"), "", "")).await;
+    let pending = || {
+        hookgate::queue::Queue::stats(&*gw.queue)
+            .unwrap()
+            .deliveries
+    };
+    push(&gw, "in-flight").await;
+    // Routed, and its attempt out (the receiver answers after 2 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pending(), 1);
+    let elsewhere = config(&other.url("/"), "", "")
+        .replace("[sinks.target]", "[sinks.elsewhere]")
+        .replace(r#"to = ["target"]"#, r#"to = ["elsewhere"]"#);
+    gw.reload(&elsewhere).await;
+    assert_eq!(slow.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    let started = Instant::now();
+    while pending() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the attempt settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead: Vec<String> = gw
+        .queue
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .map(|d| format!("{}: {:?}", d.delivery_id, d.reason))
+        .collect();
+    assert!(
+        dead.is_empty(),
+        "a delivered record has no dead copy: {dead:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_sink_without_its_secret_is_skipped_not_queued() {
     let rx = Receiver::start(Reply::status(200)).await;
