@@ -56,8 +56,13 @@ fn field_value(v: &str) -> Value {
     Value::String(v.to_owned())
 }
 
+/// `s` percent-encoded for a URL path segment. The form encoder writes a
+/// space as `+`, which in a path is a plus; it writes a real `+` as `%2B`,
+/// so every `+` it leaves was a space.
 fn segment(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 impl Sink for ProdmaticSink {
@@ -170,6 +175,13 @@ fn reset_in(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment("feat 12"), "feat%2012");
+        assert_eq!(segment("a+b/c?d"), "a%2Bb%2Fc%3Fd");
+        assert_eq!(segment("plain-id_1.2"), "plain-id_1.2");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

@@ -1,7 +1,10 @@
 //! Slack incoming webhooks: `{"text", "blocks"}`; `ok` is success; the
 //! "this webhook is gone" codes disable the sink. Limits are enforced by
 //! truncating with a visible marker: 50 blocks, 3,000 characters per
-//! section, 2,000 per field (10 fields), 150 per header, text 4,000.
+//! section, 2,000 per field (10 fields), 150 per header, text 4,000, 10
+//! context elements, ~12,000 per markdown block, and 12,000 across all
+//! blocks (Slack answers `msg_blocks_too_long` near 13,000 in total, below
+//! any per-block limit).
 
 use std::time::SystemTime;
 
@@ -29,6 +32,33 @@ const SECTION_MAX: usize = 3000;
 const FIELD_MAX: usize = 2000;
 const FIELDS_MAX: usize = 10;
 const HEADER_MAX: usize = 150;
+const CONTEXT_ELEMENTS_MAX: usize = 10;
+/// Slack's own is about 12,000; this one leaves room in the total.
+const MARKDOWN_MAX: usize = 11_900;
+/// Characters of text across all blocks.
+const BLOCKS_TEXT_MAX: usize = 12_000;
+/// What blocks may take, leaving room for the "more blocks" note.
+const BLOCKS_BUDGET: usize = BLOCKS_TEXT_MAX - 40;
+
+/// Characters of every `text` string in a block.
+fn block_chars(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) if k == "text" => s.chars().count(),
+                _ => block_chars(v),
+            })
+            .sum(),
+        Value::Array(a) => a.iter().map(block_chars).sum(),
+        _ => 0,
+    }
+}
+
+/// A context block saying how many blocks were left out.
+fn not_shown(n: usize) -> Value {
+    json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("… {n} more blocks not shown")}]})
+}
 
 pub struct SlackSink(pub ChatWebhook);
 
@@ -38,11 +68,6 @@ pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, V
         *t = truncate(t, TEXT_MAX, None);
     }
     if let Some(Value::Array(blocks)) = msg.get_mut("blocks") {
-        if blocks.len() > BLOCKS_MAX {
-            let dropped = blocks.len() - (BLOCKS_MAX - 1);
-            blocks.truncate(BLOCKS_MAX - 1);
-            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("… {dropped} more blocks not shown")}]}));
-        }
         for b in blocks.iter_mut() {
             let max = if b["type"] == "header" {
                 HEADER_MAX
@@ -60,6 +85,42 @@ pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, V
                     }
                 }
             }
+            if b["type"] == "markdown" {
+                if let Some(Value::String(t)) = b.get_mut("text") {
+                    *t = truncate(t, MARKDOWN_MAX, None);
+                }
+            }
+            if b["type"] == "context" {
+                if let Some(Value::Array(elements)) = b.get_mut("elements") {
+                    elements.truncate(CONTEXT_ELEMENTS_MAX);
+                }
+            }
+        }
+        // The first block alone over the total (ten long fields): its
+        // fields go from the end.
+        if let Some(Value::Array(fields)) = blocks.first_mut().and_then(|b| b.get_mut("fields")) {
+            while fields.len() > 1 && fields.iter().map(block_chars).sum::<usize>() > BLOCKS_BUDGET
+            {
+                fields.pop();
+            }
+        }
+        // Blocks past the count or the total go, and a note says so
+        // (room is left for it).
+        let mut total = 0;
+        let over_total = blocks.iter().position(|b| {
+            total += block_chars(b);
+            total > BLOCKS_BUDGET
+        });
+        let over_count = (blocks.len() > BLOCKS_MAX).then_some(BLOCKS_MAX - 1);
+        if let Some(keep) = [over_total.map(|i| i.max(1)), over_count]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|keep| *keep < blocks.len())
+        {
+            let dropped = blocks.len() - keep;
+            blocks.truncate(keep);
+            blocks.push(not_shown(dropped));
         }
     }
     msg
@@ -152,13 +213,48 @@ mod tests {
         let fitted = fit(m);
         assert_eq!(fitted["text"].as_str().unwrap().chars().count(), TEXT_MAX);
         let blocks = fitted["blocks"].as_array().unwrap();
+        // 3,000 characters each: three fit the 12,000 total with the note.
+        assert_eq!(blocks.len(), 4);
+        assert!(blocks[3]["elements"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("57 more blocks"));
+        let t = blocks[0]["text"]["text"].as_str().unwrap();
+        assert_eq!(t.chars().count(), SECTION_MAX);
+        assert!(t.ends_with('…'));
+        let total: usize = blocks.iter().map(block_chars).sum();
+        assert!(total <= BLOCKS_TEXT_MAX, "{total}");
+    }
+
+    #[test]
+    fn more_than_fifty_small_blocks_keep_forty_nine_and_a_note() {
+        let blocks: Vec<Value> = (0..60)
+            .map(|_| json!({"type": "section", "text": {"type": "mrkdwn", "text": "short"}}))
+            .collect();
+        let Value::Object(m) = json!({"blocks": blocks}) else {
+            panic!()
+        };
+        let fitted = fit(m);
+        let blocks = fitted["blocks"].as_array().unwrap();
         assert_eq!(blocks.len(), BLOCKS_MAX);
         assert!(blocks[49]["elements"][0]["text"]
             .as_str()
             .unwrap()
             .contains("11 more blocks"));
-        let t = blocks[0]["text"]["text"].as_str().unwrap();
-        assert_eq!(t.chars().count(), SECTION_MAX);
-        assert!(t.ends_with('…'));
+    }
+
+    #[test]
+    fn one_block_of_long_fields_is_cut_to_the_total() {
+        let fields: Vec<Value> = (0..10)
+            .map(|_| json!({"type": "mrkdwn", "text": "f".repeat(2000)}))
+            .collect();
+        let Value::Object(m) = json!({"blocks": [{"type": "section", "fields": fields}]}) else {
+            panic!()
+        };
+        let fitted = fit(m);
+        let blocks = fitted["blocks"].as_array().unwrap();
+        let total: usize = blocks.iter().map(block_chars).sum();
+        assert!(total <= BLOCKS_TEXT_MAX, "{total}");
+        assert!(blocks[0]["fields"].as_array().unwrap().len() >= 5);
     }
 }

@@ -74,6 +74,25 @@ pub fn fit(message: Value, fallback_text: &str) -> Value {
     cut(lo)
 }
 
+/// Newest Adaptive Card version Teams renders in Workflows messages.
+const CARD_VERSION_MAX: (u32, u32) = (1, 5);
+
+/// A template card declaring a newer version than Teams renders is sent as
+/// that version: Teams shows nothing at all for a card it cannot render,
+/// while elements of a newer version in a 1.5 card are skipped.
+fn cap_version(card: &mut Value) {
+    let Some(Value::String(version)) = card.get_mut("version") else {
+        return;
+    };
+    let parsed = version
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+    if parsed.is_none_or(|v| v > CARD_VERSION_MAX) {
+        let (major, minor) = CARD_VERSION_MAX;
+        *version = format!("{major}.{minor}");
+    }
+}
+
 /// The words of a card (every `text` string in it, in order), for the
 /// fallback of a card too large to send: not its JSON source.
 fn card_text(card: &Value) -> String {
@@ -105,11 +124,17 @@ impl Sink for TeamsSink {
                 fit(m, &sum.text)
             }
             Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(v) if v["type"] == "message" => {
+                Ok(mut v) if v["type"] == "message" => {
+                    if let Some(Value::Array(attachments)) = v.get_mut("attachments") {
+                        for a in attachments {
+                            cap_version(&mut a["content"]);
+                        }
+                    }
                     let text = card_text(&v);
                     fit(v, &text)
                 }
-                Ok(v) if v["type"] == "AdaptiveCard" => {
+                Ok(mut v) if v["type"] == "AdaptiveCard" => {
+                    cap_version(&mut v);
                     let text = card_text(&v);
                     fit(envelope(v), &text)
                 }
@@ -190,6 +215,21 @@ mod tests {
             let s = fit(envelope(text_card(None, &big, None)), &big).to_string();
             assert!(s.len() <= MESSAGE_MAX, "{}", s.len());
             assert!(s.len() > MESSAGE_MAX - 100, "as much as fits: {}", s.len());
+        }
+    }
+
+    #[test]
+    fn template_cards_newer_than_teams_renders_are_sent_as_1_5() {
+        for (declared, sent) in [
+            ("1.6", "1.5"),
+            ("2.0", "1.5"),
+            ("1.5", "1.5"),
+            ("1.2", "1.2"),
+            ("x", "1.5"),
+        ] {
+            let mut card = json!({"type": "AdaptiveCard", "version": declared, "body": []});
+            cap_version(&mut card);
+            assert_eq!(card["version"], sent, "{declared}");
         }
     }
 
