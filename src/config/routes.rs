@@ -103,12 +103,16 @@ impl Cx<'_> {
                 places.insert((name.clone(), "message".into()), m.span());
                 ContentSpec::Template {
                     source: m.get_ref().clone(),
+                    json: false,
                 }
             } else if let Some(t) = &r.template {
                 let path = base_dir.join(t.get_ref());
                 places.insert((name.clone(), "message".into()), t.span());
                 match std::fs::read_to_string(&path) {
-                    Ok(source) => ContentSpec::Template { source },
+                    Ok(source) => ContentSpec::Template {
+                        source,
+                        json: is_json_template(t.get_ref()),
+                    },
                     Err(e) => {
                         self.err(
                             t.span(),
@@ -209,5 +213,32 @@ fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Whether a template file writes JSON: named `*.json`, before an optional
+/// `.j2`, `.jinja` or `.jinja2`.
+fn is_json_template(path: &str) -> bool {
+    let name = [".j2", ".jinja2", ".jinja"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext))
+        .unwrap_or(path);
+    name.ends_with(".json")
+}
+
+#[cfg(test)]
+mod json_template_tests {
+    #[test]
+    fn json_templates_are_named_json_before_the_jinja_extension() {
+        for (path, json) in [
+            ("t/merged.slack.json.j2", true),
+            ("a.json", true),
+            ("a.json.jinja2", true),
+            ("a.j2", false),
+            ("a.json.txt", false),
+            ("json", false),
+        ] {
+            assert_eq!(super::is_json_template(path), json, "{path}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! | filter | does |
 //! |---|---|
 //! | `regex_match(pattern)` | whether the text matches (anywhere) |
-//! | `regex_capture(pattern, group=1)` | the group of the first match, or none |
+//! | `regex_capture(pattern, group=1)` | the group of the first match, or empty text |
 //! | `regex_captures(pattern, group=1)` | that group of every match, as a list |
 //! | `truncate(n, marker="…")` | at most `n` characters, marker included |
 //! | `striptags` | HTML tags removed, entities decoded, spaces collapsed |
@@ -14,17 +14,41 @@
 
 use minijinja::{Error, ErrorKind, Value};
 
-/// Registers every filter of this module on `env`.
+/// Registers every filter of this module on `env`. Each reads its input
+/// as text: none and undefined (a payload's `null` or missing field) are
+/// empty, numbers and booleans their text, so a field a provider leaves
+/// out never fails a route.
 pub fn register(env: &mut minijinja::Environment<'static>) {
-    env.add_filter("regex_match", regex_match);
+    env.add_filter("regex_match", |v: &Value, p: &str| {
+        regex_match(&text_of(v), p)
+    });
     // Also a test, for `selectattr("message", "regex_match", "…")`.
-    env.add_test("regex_match", regex_match);
-    env.add_filter("regex_capture", regex_capture);
-    env.add_filter("regex_captures", regex_captures);
-    env.add_filter("truncate", truncate);
-    env.add_filter("striptags", striptags);
-    env.add_filter("slack_escape", slack_escape);
-    env.add_filter("discord_escape", discord_escape);
+    env.add_test("regex_match", |v: &Value, p: &str| {
+        regex_match(&text_of(v), p)
+    });
+    env.add_filter("regex_capture", |v: &Value, p: &str, g: Option<usize>| {
+        regex_capture(&text_of(v), p, g)
+    });
+    env.add_filter("regex_captures", |v: &Value, p: &str, g: Option<usize>| {
+        regex_captures(&text_of(v), p, g)
+    });
+    env.add_filter("truncate", |v: &Value, n: usize, marker: Option<&str>| {
+        truncate(&text_of(v), n, marker)
+    });
+    env.add_filter("striptags", |v: &Value| striptags(&text_of(v)));
+    env.add_filter("slack_escape", |v: &Value| slack_escape(&text_of(v)));
+    env.add_filter("discord_escape", |v: &Value| discord_escape(&text_of(v)));
+}
+
+/// A template value as text: none and undefined are empty.
+fn text_of(v: &Value) -> std::borrow::Cow<'_, str> {
+    if v.is_undefined() || v.is_none() {
+        "".into()
+    } else if let Some(s) = v.as_str() {
+        s.into()
+    } else {
+        v.to_string().into()
+    }
 }
 
 /// Compiled patterns are cached: routes use a handful, evaluated per event.
@@ -62,7 +86,9 @@ fn regex_capture(text: &str, pattern: &str, group: Option<usize>) -> Result<Valu
         .captures(text)
         .and_then(|c| c.get(group))
         .map(|m| Value::from(m.as_str()))
-        .unwrap_or(Value::from(())))
+        // Empty, not none: `| lower` would make none the text "none" (a
+        // ProdMatic product named "none").
+        .unwrap_or(Value::from("")))
 }
 
 fn regex_captures(text: &str, pattern: &str, group: Option<usize>) -> Result<Value, Error> {
@@ -166,7 +192,7 @@ mod tests {
         );
         assert_eq!(
             render(
-                "{{ 'none' if m | regex_capture('nope(x)') is none else 'x' }}",
+                "{{ 'none' if not m | regex_capture('nope(x)') else 'x' }}",
                 ctx
             ),
             "none"
@@ -178,6 +204,37 @@ mod tests {
         let ctx = serde_json::json!({"commits": [{"m": "fix [FEAT-1]"}, {"m": "chore"}]});
         let out = render("{{ commits | selectattr('m', 'regex_match', '\\\\[FEAT-') | map(attribute='m') | join(',') }}", ctx);
         assert_eq!(out, "fix [FEAT-1]");
+    }
+
+    /// Providers send `null` or leave fields out: every filter reads those
+    /// as empty text, and numbers as their text.
+    #[test]
+    fn filters_take_null_missing_and_numbers() {
+        let ctx = serde_json::json!({"body": null, "n": 42});
+        for f in [
+            "truncate(5)",
+            "striptags",
+            "slack_escape",
+            "discord_escape",
+            "regex_capture('(x)')",
+            "regex_captures('(x)') | join(',')",
+        ] {
+            for v in ["body", "missing.deeper", "n"] {
+                let src = format!("[{{{{ {v} | {f} }}}}]");
+                let out = {
+                    let mut env = minijinja::Environment::new();
+                    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+                    register(&mut env);
+                    env.render_str(&src, ctx.clone())
+                };
+                assert!(out.is_ok(), "{src}: {out:?}");
+            }
+        }
+        assert_eq!(render("{{ n | truncate(1, '') }}", ctx.clone()), "4");
+        assert_eq!(
+            render("{{ 'y' if body is regex_match('.') else 'n' }}", ctx),
+            "n"
+        );
     }
 
     #[test]

@@ -52,8 +52,10 @@ impl RouteSpec {
 pub enum ContentSpec {
     /// The sink's default message for the event.
     Default,
-    /// An inline `message`, or a `template` file's text, to render.
-    Template { source: String },
+    /// An inline `message`, or a `template` file's text, to render;
+    /// `json` when the file is named `*.json` (or `*.json.j2`): values are
+    /// then written as JSON.
+    Template { source: String, json: bool },
     /// A ProdMatic action with templated fields.
     Action {
         action: String,
@@ -137,6 +139,15 @@ impl std::fmt::Debug for Routes {
     }
 }
 
+/// The part name of a route's message; `.json` turns on JSON escaping.
+fn message_part(json: bool) -> &'static str {
+    if json {
+        "message.json"
+    } else {
+        "message"
+    }
+}
+
 fn template_name(route: &str, part: &str) -> String {
     format!("{route}/{part}")
 }
@@ -148,6 +159,23 @@ impl Routes {
         // `payload.a.b` on a missing `a` is undefined, not an error:
         // webhook payloads leave fields out all the time.
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        // A payload's `null` prints as nothing, not as `none`.
+        env.set_formatter(|out, state, value| {
+            if value.is_none() {
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        // Template files named `*.json` (before a `.j2`) write values as
+        // JSON: `{"text": {{ payload.title }}}` is valid whatever the title.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".json") {
+                minijinja::AutoEscape::Json
+            } else {
+                minijinja::AutoEscape::None
+            }
+        });
         env.set_fuel(Some(FUEL));
         filters::register(&mut env);
         let mut errors = Vec::new();
@@ -170,7 +198,9 @@ impl Routes {
             }
             let templates: Vec<(String, &String)> = match &spec.content {
                 ContentSpec::Default => Vec::new(),
-                ContentSpec::Template { source } => vec![("message".to_owned(), source)],
+                ContentSpec::Template { source, json } => {
+                    vec![(message_part(*json).to_owned(), source)]
+                }
                 ContentSpec::Action { fields, .. } => fields
                     .iter()
                     .map(|(k, v)| (format!("fields.{k}"), v))
@@ -298,7 +328,7 @@ impl Routes {
         };
         Ok(match &spec.content {
             ContentSpec::Default => Rendered::Default,
-            ContentSpec::Template { .. } => Rendered::Text(render("message")?),
+            ContentSpec::Template { json, .. } => Rendered::Text(render(message_part(*json))?),
             ContentSpec::Action { action, fields } => Rendered::Action {
                 action: action.clone(),
                 fields: fields

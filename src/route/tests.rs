@@ -26,6 +26,7 @@ fn route(name: &str, content: ContentSpec) -> RouteSpec {
 fn text(source: &str) -> ContentSpec {
     ContentSpec::Template {
         source: source.into(),
+        json: false,
     }
 }
 
@@ -222,4 +223,63 @@ fn json_templates_escape_as_json() {
     };
     let v: serde_json::Value = serde_json::from_str(t).unwrap();
     assert_eq!(v["text"], "say \"hi\"\n");
+}
+
+/// A template file named `*.json.j2` writes every value as JSON, with no
+/// `tojson`: a title with quotes cannot break out of its string.
+#[test]
+fn json_template_files_escape_without_tojson() {
+    let mut r = route(
+        "r",
+        ContentSpec::Template {
+            source: r#"{"text": {{ payload.title }}, "n": {{ payload.n }}}"#.into(),
+            json: true,
+        },
+    );
+    r.event = None;
+    r.sources = vec![];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let title = r#"x", "text": "<!channel> pwned"#;
+    let out = routes.evaluate(&ctx(
+        "github",
+        "x",
+        serde_json::json!({"title": title, "n": 3}),
+    ));
+    let Outcome::Rendered {
+        content: Rendered::Text(t),
+        ..
+    } = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    let v: serde_json::Value = serde_json::from_str(t).unwrap();
+    assert_eq!(v["text"], title);
+    assert_eq!(v["n"], 3);
+}
+
+/// A payload's `null` renders as nothing, not as `none`.
+#[test]
+fn null_fields_render_empty() {
+    let mut r = route(
+        "r",
+        text(
+            "[{{ payload.body }}][{{ payload.subject | regex_capture('^\\[(\\w+)\\]') | lower }}]",
+        ),
+    );
+    r.event = None;
+    r.sources = vec![];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "zendesk",
+        "x",
+        serde_json::json!({"body": null, "subject": "CSV export fails"}),
+    ));
+    let Outcome::Rendered {
+        content: Rendered::Text(t),
+        ..
+    } = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(t, "[][]");
 }
