@@ -111,9 +111,25 @@ pub async fn run(
                 }),
         }
     };
+    if let Some(admin) = &passed.admin {
+        admin_reachable(admin.local_addr().ok(), config.server.admin_token.is_some())
+            .map_err(DaemonError::Activation)?;
+    }
     let ingress = listen("listen", passed.ingress, config.server.listen).await?;
     let admin = listen("admin_listen", passed.admin, config.server.admin_listen).await?;
     serve(ingress, admin, config, queue, shutdown, reloads).await
+}
+
+/// The check `server.admin_listen` gets, for an admin socket systemd
+/// passed: off loopback, the admin API needs its token.
+fn admin_reachable(addr: Option<std::net::SocketAddr>, token: bool) -> Result<(), String> {
+    match addr {
+        Some(a) if a.ip().to_canonical().is_loopback() || token => Ok(()),
+        _ => Err(format!(
+            "the admin socket systemd passed listens on {}, not loopback: set server.admin_token = {{ env = \"…\" }} or bind the socket to 127.0.0.1 / [::1]",
+            addr.map_or("an unknown address".to_owned(), |a| a.to_string())
+        )),
+    }
 }
 
 /// Swaps in a new config's sources, sinks and routes, or keeps the old
@@ -390,4 +406,22 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_admin_socket_off_loopback_needs_the_token() {
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert!(admin_reachable(at("127.0.0.1:9090"), false).is_ok());
+        assert!(admin_reachable(at("[::1]:9090"), false).is_ok());
+        assert!(admin_reachable(at("[::ffff:127.0.0.1]:9090"), false).is_ok());
+        assert!(admin_reachable(at("0.0.0.0:9090"), true).is_ok());
+        let e = admin_reachable(at("0.0.0.0:9090"), false).unwrap_err();
+        assert!(e.contains("admin_token"), "{e}");
+        assert!(admin_reachable(at("[::]:9090"), false).is_err());
+        assert!(admin_reachable(None, false).is_err());
+    }
 }

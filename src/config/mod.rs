@@ -36,6 +36,9 @@ pub struct Config {
     pub routes: crate::route::Routes,
 }
 
+/// Longest duration any key takes (larger ones overflow time arithmetic).
+const LONGEST_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
@@ -395,8 +398,20 @@ impl Cx<'_> {
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
+            Ok(d) if d.is_zero() => {
+                self.err(v.span(), key, "must be longer than zero");
+                default
+            }
+            Ok(d) if d > LONGEST_DURATION => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!("`{}` is too long: at most 3650 days", v.get_ref()),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(_) => {
                 self.err(
                     v.span(),
                     key,
@@ -446,12 +461,19 @@ impl Cx<'_> {
         }
     }
 
-    fn positive(&mut self, v: &Option<Spanned<i64>>, key: &str, default: usize) -> usize {
+    /// A count from 1 to `max`.
+    fn positive(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        max: usize,
+    ) -> usize {
         match v {
             None => default,
-            Some(n) if *n.get_ref() > 0 => *n.get_ref() as usize,
+            Some(n) if (1..=max as i64).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
-                self.err(n.span(), key, "must be a positive number");
+                self.err(n.span(), key, format!("must be a number from 1 to {max}"));
                 default
             }
         }
@@ -488,7 +510,12 @@ impl Cx<'_> {
                     .unwrap_or("./data"),
             ),
         };
-        let max_body_bytes = self.positive(&raw.max_body_bytes, "server.max_body_bytes", 1 << 20);
+        let max_body_bytes = self.positive(
+            &raw.max_body_bytes,
+            "server.max_body_bytes",
+            1 << 20,
+            usize::MAX >> 1,
+        );
         const MAX_BODY_CEILING: usize = 64 << 20;
         if max_body_bytes > MAX_BODY_CEILING {
             let span = raw
@@ -523,7 +550,12 @@ impl Cx<'_> {
                 "server.request_timeout",
                 Duration::from_secs(30),
             ),
-            max_connections: self.positive(&raw.max_connections, "server.max_connections", 4096),
+            max_connections: self.positive(
+                &raw.max_connections,
+                "server.max_connections",
+                4096,
+                1_000_000,
+            ),
             group_commit: raw.group_commit.unwrap_or(true),
             tls: raw.tls.as_ref().and_then(|t| {
                 match tls_config(&t.get_ref().cert, &t.get_ref().key) {

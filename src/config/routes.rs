@@ -52,7 +52,20 @@ impl Cx<'_> {
                 }
             }
             let mut to = Vec::new();
+            let mut named: Vec<&String> = Vec::new();
             for sink in r.to.get_ref() {
+                if named.contains(&sink.get_ref()) {
+                    self.err(
+                        sink.span(),
+                        &at("to"),
+                        format!(
+                            "sink `{}` is named twice: each event would go to it twice",
+                            sink.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                named.push(sink.get_ref());
                 if let Some(config) = sinks.get(sink.get_ref()) {
                     let is_prodmatic = matches!(config.kind, super::SinkKind::Prodmatic { .. });
                     if is_prodmatic != r.action.is_some() {

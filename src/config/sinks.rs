@@ -206,7 +206,12 @@ impl Cx<'_> {
             }
         };
         let (default_concurrency, default_rate) = defaults(kind_name);
-        let concurrency = self.positive(&raw.concurrency, &at("concurrency"), default_concurrency);
+        let concurrency = self.positive(
+            &raw.concurrency,
+            &at("concurrency"),
+            default_concurrency,
+            10_000,
+        );
         let rate_limit =
             raw.rate_limit
                 .as_ref()
@@ -230,7 +235,15 @@ impl Cx<'_> {
                 .get_ref()
                 .iter()
                 .filter_map(|d| match humantime::parse_duration(d) {
-                    Ok(d) => Some(d),
+                    Ok(d) if d <= super::LONGEST_DURATION => Some(d),
+                    Ok(_) => {
+                        self.err(
+                            list.span(),
+                            &at("retry"),
+                            format!("`{d}` is too long: at most 3650 days"),
+                        );
+                        None
+                    }
                     Err(_) => {
                         self.err(
                             list.span(),
@@ -367,7 +380,8 @@ impl Cx<'_> {
                 url.span(),
                 s,
                 &at("url"),
-                super::secrets::SecretShape::Token,
+                // A URL is never generated in dev mode.
+                super::secrets::SecretShape::External,
             )?,
         };
         if let Ok(u) = &url {

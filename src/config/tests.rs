@@ -216,6 +216,91 @@ event_from = "query:x"
     assert!(has("event_from: `query:x` must start with"), "{all:#?}");
 }
 
+/// Values that parse but would crash or misbehave later are refused with
+/// their range.
+#[test]
+fn out_of_range_values_and_duplicate_sinks_are_refused() {
+    let s = secret_file("x");
+    let text = format!(
+        r#"
+[server]
+max_connections = 4611686018427387904
+request_timeout = "0s"
+
+[sources.gh]
+provider = "github"
+secret = {{ file = "{s}" }}
+
+[sinks.audit]
+kind = "log"
+concurrency = 4611686018427387904
+timeout = "18446744073709551615s"
+retry = ["100000d"]
+
+[sinks.ok]
+kind = "log"
+
+[[routes]]
+name = "twice"
+to = ["ok", "ok"]
+"#
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    let all: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    let has = |needle: &str| all.iter().any(|m| m.contains(needle));
+    assert!(
+        has("server.max_connections: must be a number from 1 to 1000000"),
+        "{all:#?}"
+    );
+    assert!(
+        has("server.request_timeout: must be longer than zero"),
+        "{all:#?}"
+    );
+    assert!(
+        has("sinks.audit.concurrency: must be a number from 1 to 10000"),
+        "{all:#?}"
+    );
+    assert!(
+        has("sinks.audit.timeout: `18446744073709551615s` is too long"),
+        "{all:#?}"
+    );
+    assert!(has("sinks.audit.retry: `100000d` is too long"), "{all:#?}");
+    assert!(has("routes[0].to: sink `ok` is named twice"), "{all:#?}");
+}
+
+/// Dev mode makes up signing secrets, never a sink's URL: an http sink
+/// whose URL is not set stays disabled instead of getting a random "URL".
+#[test]
+fn dev_mode_does_not_invent_an_http_sink_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolver = Resolver::default()
+        .with_dev(dir.path().join("dev-secrets.toml"), true)
+        .unwrap();
+    let text = r#"
+[sources.gh]
+provider = "github"
+secret = { env = "HOOKGATE_TEST_NEVER_SET_GH" }
+
+[sinks.archive]
+kind = "http"
+url = { env = "HOOKGATE_TEST_NEVER_SET_URL" }
+
+[[routes]]
+name = "all"
+to = ["archive"]
+"#;
+    let loaded = parse(text, &resolver).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert!(
+        loaded.secret_problems.iter().any(|p| p.key == "sinks.archive.url"),
+        "{:?}",
+        loaded.secret_problems
+    );
+    assert!(matches!(loaded.config.sources["gh"].proof, Proof::Ready(_)));
+}
+
 #[test]
 fn unknown_section_is_an_error() {
     let problems = parse("[sink.x]\nkind = \"log\"\n", &Resolver::default()).unwrap_err();
