@@ -14,9 +14,13 @@ use crate::ingress::{listener, Gateway};
 use crate::live::Live;
 use crate::queue::{Queue, QueueError, SledQueue};
 
-/// How long in-flight requests get to finish once shutdown starts. Shorter
-/// than the unit's `TimeoutStopSec` (30 s).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long in-flight requests get to finish once shutdown starts.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long delivery attempts in flight then get to finish (those cut off
+/// are due again at the next start). The two drains run one after the
+/// other and, with the final flush, must end before the unit's
+/// `TimeoutStopSec` (30 s) has systemd kill the daemon.
+pub const DELIVERY_DRAIN: Duration = Duration::from_secs(8);
 
 /// How often expired dedupe keys are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -385,7 +389,7 @@ pub async fn serve(
         stages.clone(),
     ));
     let dispatch_task =
-        tokio::spawn(dispatcher.run(Arc::clone(&dispatch_beat), stages.clone(), DRAIN_TIMEOUT));
+        tokio::spawn(dispatcher.run(Arc::clone(&dispatch_beat), stages.clone(), DELIVERY_DRAIN));
     if let Some(interval) = crate::notify::watchdog_interval() {
         tracing::info!(?interval, "systemd watchdog on");
         tokio::spawn(crate::notify::watchdog(

@@ -360,6 +360,25 @@ async fn reload_on_hangup(
         };
         match loaded {
             Ok(Ok(loaded)) => {
+                // What `check --strict` refuses at start, a reload refuses
+                // too: a source without its secret answers 503 to every
+                // delivery (GitHub does not retry). A sink without one is
+                // only disabled.
+                let closed: Vec<_> = loaded
+                    .secret_problems
+                    .iter()
+                    .filter(|p| !p.key.starts_with("sinks."))
+                    .collect();
+                if !closed.is_empty() {
+                    for p in &closed {
+                        tracing::error!(problem = %p.display(&path), "reload refused: a source would have no secret");
+                    }
+                    tracing::error!(
+                        problems = closed.len(),
+                        "reload refused: the old config keeps serving"
+                    );
+                    continue;
+                }
                 for w in loaded.secret_problems.iter().chain(&loaded.warnings) {
                     tracing::warn!(problem = %w.display(&path), "config");
                 }

@@ -48,12 +48,61 @@ pub struct RawTls {
 }
 
 /// A secret reference: exactly one of the three keys.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawSecret {
     pub env: Option<String>,
     pub file: Option<String>,
     pub credential: Option<String>,
+}
+
+/// Said when a secret is written in the file itself: the value is never
+/// repeated (the error goes to the terminal and the journal).
+const SECRET_INLINE: &str = "a secret is never written in the file: write { env = \"NAME\" }, { file = \"PATH\" } or { credential = \"NAME\" }";
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Keys {
+            env: Option<String>,
+            file: Option<String>,
+            credential: Option<String>,
+        }
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ env = \"NAME\" }, { file = \"PATH\" } or { credential = \"NAME\" }")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSecret, A::Error> {
+                let k = Keys::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawSecret {
+                    env: k.env,
+                    file: k.file,
+                    credential: k.credential,
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<RawSecret, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<RawSecret, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<RawSecret, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawSecret, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<RawSecret, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 /// `[sources.NAME]`.

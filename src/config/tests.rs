@@ -294,11 +294,29 @@ to = ["archive"]
 "#;
     let loaded = parse(text, &resolver).unwrap_or_else(|p| panic!("{p:#?}"));
     assert!(
-        loaded.secret_problems.iter().any(|p| p.key == "sinks.archive.url"),
+        loaded
+            .secret_problems
+            .iter()
+            .any(|p| p.key == "sinks.archive.url"),
         "{:?}",
         loaded.secret_problems
     );
     assert!(matches!(loaded.config.sources["gh"].proof, Proof::Ready(_)));
+}
+
+/// A secret typed into the file is refused without being repeated.
+#[test]
+fn an_inline_secret_is_refused_and_never_echoed() {
+    for text in [
+        "[server]\nadmin_token = \"hunter2\"\n[sources.gh]\nprovider = \"github\"\nsecret = { env = \"X\" }\n",
+        "[sources.gh]\nprovider = \"github\"\nsecret = \"hunter2\"\n",
+        "[sources.gh]\nprovider = \"github\"\nsecret = 123456789\n",
+    ] {
+        let problems = parse(text, &Resolver::default()).unwrap_err();
+        let all = format!("{problems:?}");
+        assert!(all.contains("never written in the file"), "{all}");
+        assert!(!all.contains("hunter2") && !all.contains("123456789"), "{all}");
+    }
 }
 
 #[test]

@@ -271,6 +271,52 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     assert!(stopping, "STOPPING=1 on SIGTERM");
 }
 
+/// A reload that would leave a source without its secret is refused like
+/// a broken file: the source keeps taking deliveries with the old secret.
+#[tokio::test]
+async fn sighup_refuses_a_config_whose_source_secret_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources =
+        "\n[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n";
+    let daemon = Daemon::start(dir.path(), sources, &[]).await;
+    let good = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(&daemon.config, good.replace("/github\"", "/githb\"")).unwrap();
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let log_path = daemon.config.with_extension("log");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("the old config keeps serving") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(log.contains("a source would have no secret"), "{log}");
+    let github = providers_of(dir.path(), sources)["github"].clone();
+    let body = sample("github", "push");
+    let signed = github.sign(&hookgate::verify::SignInput {
+        body: &body,
+        event: "push",
+        delivery_id: "after-refused-reload",
+        now: std::time::SystemTime::now(),
+    });
+    let (status, _, _) = hookgate::client::request(
+        http::Method::POST,
+        &daemon.url("github"),
+        &signed.headers,
+        signed.body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, http::StatusCode::ACCEPTED);
+    assert!(daemon.terminate().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_refuses_a_broken_config_and_applies_a_good_one() {
     use crate::support::receiver::{Receiver, Reply};
