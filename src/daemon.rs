@@ -43,6 +43,8 @@ pub enum DaemonError {
     },
     #[error("sink `{name}`: {reason}")]
     Sink { name: String, reason: String },
+    #[error("no queue in {path}: is data_dir the daemon's? (under systemd it is $STATE_DIRECTORY, /var/lib/hookgate)")]
+    NoQueue { path: String },
     #[error("socket activation: {0}")]
     Activation(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -62,7 +64,16 @@ pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
 /// Opens the queue under `config.server.data_dir` for the CLI to look at
 /// (and replay dead letters) while no daemon runs: nothing is prepared
 /// for new events.
+/// A data_dir without a queue is an error, not an empty queue: the CLI's
+/// config may name another directory than the daemon's (under systemd the
+/// daemon's is `$STATE_DIRECTORY`).
 pub fn inspect_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+    let dir = &config.server.data_dir;
+    if !dir.join("sled").is_dir() {
+        return Err(DaemonError::NoQueue {
+            path: dir.display().to_string(),
+        });
+    }
     open_dir(config, SledQueue::inspect)
 }
 

@@ -550,6 +550,10 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
                     if n == 1 { "y" } else { "ies" }
                 );
             }
+            if let (Some(id), 0) = (id, n) {
+                eprintln!("no dead delivery {id}: see `hookgate queue dead list`");
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -496,3 +496,46 @@ async fn a_socket_passed_by_systemd_serves_the_webhooks() {
     assert!(log.contains("using the socket systemd passed"), "{log}");
     assert!(daemon.terminate().success());
 }
+
+/// With no daemon answering, the queue commands open data_dir themselves:
+/// a data_dir holding no queue is an error (not an empty queue, and
+/// nothing is created), and replaying an id that is not dead fails.
+#[test]
+fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("not-the-daemons");
+    let config = dir.path().join("routes.toml");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = with_secrets(
+        dir.path(),
+        &format!(
+            "[server]\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ file = \"{{dir}}/github\" }}\n",
+            data.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["queue", "dead", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no queue in"), "{stderr}");
+    assert!(!data.exists(), "nothing created");
+
+    // A real (empty) queue: an id that is not dead is an error.
+    drop(hookgate::queue::SledQueue::open(&data, true).unwrap());
+    let out = cli(&["queue", "dead", "replay", "42"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no dead delivery 42"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cli(&["queue", "dead", "list"]).status.success());
+}
