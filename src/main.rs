@@ -131,7 +131,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hookgate: {e:#}");
-            ExitCode::from(1)
+            // A sink the config describes but that cannot be built is a
+            // config problem (2): systemd does not restart on it in a loop.
+            match e.downcast_ref::<hookgate::daemon::DaemonError>() {
+                Some(hookgate::daemon::DaemonError::Sink { .. }) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

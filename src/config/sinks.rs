@@ -182,9 +182,28 @@ impl Cx<'_> {
             &["http"],
         );
         let kind = match kind_name {
-            "log" => Some(SinkKind::Log {
-                path: raw.path.as_ref().map(|p| p.get_ref().into()),
-            }),
+            "log" => {
+                if let Some(p) = &raw.path {
+                    let path = std::path::Path::new(p.get_ref());
+                    let dir = match path.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d,
+                        _ => std::path::Path::new("."),
+                    };
+                    if !dir.is_dir() {
+                        self.err(
+                            p.span(),
+                            &at("path"),
+                            format!(
+                                "directory `{}` does not exist: create it (under systemd, LogsDirectory=hookgate makes /var/log/hookgate)",
+                                dir.display()
+                            ),
+                        );
+                    }
+                }
+                Some(SinkKind::Log {
+                    path: raw.path.as_ref().map(|p| p.get_ref().into()),
+                })
+            }
             "http" => self.http_sink(name, &raw),
             "slack" => self
                 .chat_url(name, &raw, &[])

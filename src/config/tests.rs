@@ -304,6 +304,23 @@ to = ["archive"]
     assert!(matches!(loaded.config.sources["gh"].proof, Proof::Ready(_)));
 }
 
+/// A log sink's file in a directory that does not exist is a config
+/// error (check exits 2), not a daemon that fails to start.
+#[test]
+fn a_log_sink_in_a_missing_directory_is_refused() {
+    let s = secret_file("x");
+    let text = format!(
+        "[sources.gh]\nprovider = \"github\"\nsecret = {{ file = \"{s}\" }}\n[sinks.audit]\nkind = \"log\"\npath = \"/nonexistent-hookgate-dir/x.jsonl\"\n"
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "sinks.audit.path" && p.message.contains("does not exist")),
+        "{problems:?}"
+    );
+}
+
 /// A secret typed into the file is refused without being repeated.
 #[test]
 fn an_inline_secret_is_refused_and_never_echoed() {
