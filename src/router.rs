@@ -154,7 +154,7 @@ pub fn route_one(
             route: route.clone(),
             sink: sink.clone(),
             item: item.map(|i| i as u32),
-            idempotency_key: idempotency_key(id, route, sink, item),
+            idempotency_key: idempotency_key(queue.install_id(), id, route, sink, item),
             created_ms: now,
             due_ms: now,
             failures: 0,
@@ -198,10 +198,20 @@ pub fn route_one(
 
 /// Stable across re-routing after a crash, so a sink that honours
 /// `Idempotency-Key` applies a delivery once.
-fn idempotency_key(id: EventId, route: &str, sink: &str, item: Option<usize>) -> String {
+/// Stable across crashes and re-routing (the event's log position, route,
+/// sink, item), and unique across data_dirs: log positions start again in
+/// a fresh or restored one, and a platform that dedupes on the key (ProdMatic)
+/// would drop a new event under an old key.
+fn idempotency_key(
+    install: u64,
+    id: EventId,
+    route: &str,
+    sink: &str,
+    item: Option<usize>,
+) -> String {
     match item {
-        Some(i) => format!("{id}.{route}.{sink}.{i}"),
-        None => format!("{id}.{route}.{sink}"),
+        Some(i) => format!("{id}-{install:016x}.{route}.{sink}.{i}"),
+        None => format!("{id}-{install:016x}.{route}.{sink}"),
     }
 }
 

@@ -36,6 +36,13 @@ impl Cx<'_> {
                     format!("a route named `{name}` exists already: names must be unique"),
                 );
             }
+            if name.is_empty() || name.contains('.') {
+                self.err(
+                    r.name.span(),
+                    &at("name"),
+                    format!("`{name}`: a route name is not empty and has no `.` (it is part of each delivery's Idempotency-Key)"),
+                );
+            }
             let source_list = match r.source.as_ref().map(Spanned::get_ref) {
                 None => Vec::new(),
                 Some(OneOrMany::One(s)) => vec![s.clone()],

@@ -243,6 +243,10 @@ kind = "log"
 [[routes]]
 name = "twice"
 to = ["ok", "ok"]
+
+[[routes]]
+name = "a.b"
+to = ["ok"]
 "#
     );
     let problems = parse(&text, &Resolver::default()).unwrap_err();
@@ -269,6 +273,7 @@ to = ["ok", "ok"]
     );
     assert!(has("sinks.audit.retry: `100000d` is too long"), "{all:#?}");
     assert!(has("routes[0].to: sink `ok` is named twice"), "{all:#?}");
+    assert!(has("routes[1].name: `a.b`: a route name"), "{all:#?}");
 }
 
 /// Dev mode makes up signing secrets, never a sink's URL: an http sink

@@ -36,6 +36,8 @@ const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(super) const ROUTED_KEY: &[u8] = b"routed";
 /// `meta` key: how many events no route matched (u64 BE).
 pub(super) const UNMATCHED_KEY: &[u8] = b"unmatched";
+/// `meta` key: this data_dir's random id (u64 BE), made when it is created.
+const INSTALL_KEY: &[u8] = b"install";
 /// Longest the router's cursor moves in memory only (`deliveries.rs`).
 pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -46,6 +48,9 @@ pub struct SledQueue {
     pub(super) deliveries: sled::Tree,
     /// Dead deliveries by id.
     pub(super) dead: sled::Tree,
+    /// This data_dir's random id: log positions start again in a fresh
+    /// one, so idempotency keys carry it.
+    install: u64,
     /// The router's cursor: the log position every event before which is routed.
     pub(super) routed_upto: AtomicU64,
     /// Events no route matched, saved with the cursor.
@@ -132,6 +137,16 @@ impl SledQueue {
         let now_ms = unix_millis(SystemTime::now());
         let cursor = cursor_of(&db, &meta, &log_dir, now_ms)?;
         let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
+        let install = match read_u64(&meta, INSTALL_KEY)? {
+            Some(id) => id,
+            // Made durable by the checkpoint below, before anything is
+            // routed with it.
+            None => {
+                let id = rand::random::<u64>();
+                meta.insert(INSTALL_KEY, &id.to_be_bytes())?;
+                id
+            }
+        };
         let recovered = seen::recover(&log_dir, now_ms, cursor).map_err(QueueError::Storage)?;
         if recovered.reread > 0 {
             tracing::info!(
@@ -158,6 +173,7 @@ impl SledQueue {
             deliveries,
             dead,
             routed_upto: AtomicU64::new(cursor.0),
+            install,
             unmatched: AtomicU64::new(unmatched),
             cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
             shared: shared.clone(),
@@ -295,6 +311,11 @@ impl SledQueue {
             .map_err(|e| QueueError::Storage(std::io::Error::other(e)))?
             .map_err(QueueError::Storage)?;
         Ok(removed)
+    }
+
+    /// This data_dir's random id (made when the queue was first opened).
+    pub fn install_id(&self) -> u64 {
+        self.install
     }
 
     /// The event log's syncs so far, and the events they made durable.

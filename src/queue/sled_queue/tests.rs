@@ -455,3 +455,15 @@ async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
     let synced = q.store.synced_blobs.lock().unwrap().clone();
     assert!(blobs.is_subset(&synced), "{blobs:?} synced: {synced:?}");
 }
+
+/// Idempotency keys carry the data_dir's id: the same after a reopen,
+/// different in another (fresh or restored) data_dir.
+#[tokio::test]
+async fn each_data_dir_has_its_own_lasting_id() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = SledQueue::open(a.path(), true).unwrap().install_id();
+    let again = SledQueue::open(a.path(), true).unwrap().install_id();
+    let other = SledQueue::open(b.path(), true).unwrap().install_id();
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+}
