@@ -177,6 +177,26 @@ fn apply_reload(
             s.trusted_proxies != running.trusted_proxies,
         ),
         ("group_commit", s.group_commit != running.group_commit),
+        ("header_timeout", s.header_timeout != running.header_timeout),
+        (
+            "request_timeout",
+            s.request_timeout != running.request_timeout,
+        ),
+        (
+            "max_connections",
+            s.max_connections != running.max_connections,
+        ),
+        ("retention", s.retention != running.retention),
+        (
+            "admin_token",
+            s.admin_token
+                .as_ref()
+                .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec()))
+                != running
+                    .admin_token
+                    .as_ref()
+                    .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec())),
+        ),
     ] {
         if changed {
             tracing::warn!(key = %format!("server.{key}"), "changed in the file; takes effect at the next restart");

@@ -434,7 +434,28 @@ impl Cx<'_> {
                 .parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
             match parsed {
-                Ok(net) => out.push(net.trunc()),
+                // 10.1.2.3/8 would silently widen to all of 10.0.0.0/8.
+                Ok(net) if net.trunc() != net => self.err(
+                    item.span(),
+                    key,
+                    format!(
+                        "`{s}` has bits set past its /{}: write the network, `{}`, or the host, `{}/{}`",
+                        net.prefix_len(),
+                        net.trunc(),
+                        net.addr(),
+                        net.max_prefix_len()
+                    ),
+                ),
+                Ok(net) => {
+                    if net.prefix_len() == 0 {
+                        self.warn(
+                            item.span(),
+                            key,
+                            format!("`{s}` is every address: for trusted_proxies that believes anyone's X-Forwarded-For"),
+                        );
+                    }
+                    out.push(net)
+                }
                 Err(_) => self.err(
                     item.span(),
                     key,

@@ -41,6 +41,13 @@ impl Cx<'_> {
             .allow_ips
             .as_ref()
             .map(|list| self.cidrs(list, &at("allow_ips")));
+        if raw.allow_ips.as_ref().is_some_and(Vec::is_empty) {
+            self.warn(
+                0..0,
+                &at("allow_ips"),
+                "an empty list lets no address in: every request gets 403 (leave allow_ips out to let any in)",
+            );
+        }
         let dedupe_window = self.duration(
             &raw.dedupe_window,
             &at("dedupe_window"),

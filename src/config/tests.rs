@@ -309,6 +309,28 @@ to = ["archive"]
     assert!(matches!(loaded.config.sources["gh"].proof, Proof::Ready(_)));
 }
 
+/// A network with host bits set would widen silently: refused. `/0` and
+/// an empty allowlist are warned about.
+#[test]
+fn risky_networks_are_refused_or_warned_about() {
+    let s = secret_file("x");
+    let text = format!(
+        "[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n[sources.gh]\nprovider = \"github\"\nsecret = {{ file = \"{s}\" }}\nallow_ips = [\"10.1.2.3/8\"]\n[sources.none]\nprovider = \"github\"\nsecret = {{ file = \"{s}\" }}\nallow_ips = []\n"
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key == "sources.gh.allow_ips"
+            && p.message.contains("`10.0.0.0/8`")
+            && p.message.contains("`10.1.2.3/32`")),
+        "{problems:?}"
+    );
+    let text = text.replace("10.1.2.3/8", "10.0.0.0/8");
+    let loaded = parse(&text, &Resolver::default()).unwrap_or_else(|p| panic!("{p:?}"));
+    let warned = |key: &str| loaded.warnings.iter().any(|w| w.key == key);
+    assert!(warned("server.trusted_proxies"), "{:?}", loaded.warnings);
+    assert!(warned("sources.none.allow_ips"), "{:?}", loaded.warnings);
+}
+
 /// A log sink's file in a directory that does not exist is a config
 /// error (check exits 2), not a daemon that fails to start.
 #[test]

@@ -55,6 +55,20 @@ fn block_chars(v: &Value) -> usize {
     }
 }
 
+/// A payload URL made safe inside `<…|open>`: http(s) only, and the
+/// characters that would end the link or start a mention encoded (an
+/// Intercom conversation's URL is the page its user was on).
+fn link_url(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://")).then(|| {
+        url.replace('&', "&amp;")
+            .replace('|', "%7C")
+            .replace('<', "%3C")
+            .replace('>', "%3E")
+            .replace(' ', "%20")
+    })
+}
+
 /// A context block saying how many blocks were left out.
 fn not_shown(n: usize) -> Value {
     json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("… {n} more blocks not shown")}]})
@@ -131,7 +145,12 @@ impl Sink for SlackSink {
         let msg = match rendered {
             Rendered::Default => {
                 let sum = summarize(event, &crate::router::context(event).payload);
-                let link = sum.url.map(|u| format!(" <{u}|open>")).unwrap_or_default();
+                let link = sum
+                    .url
+                    .as_deref()
+                    .and_then(link_url)
+                    .map(|u| format!(" <{u}|open>"))
+                    .unwrap_or_default();
                 object(
                     json!({ "text": format!("*{}*: {}{link}", slack_escape(&sum.place), slack_escape(&sum.text)) }),
                 )
@@ -224,6 +243,16 @@ mod tests {
         assert!(t.ends_with('…'));
         let total: usize = blocks.iter().map(block_chars).sum();
         assert!(total <= BLOCKS_TEXT_MAX, "{total}");
+    }
+
+    #[test]
+    fn payload_urls_cannot_break_out_of_their_link() {
+        assert_eq!(
+            link_url("https://x.example/a?b=1&c=<!channel>|pwned").as_deref(),
+            Some("https://x.example/a?b=1&amp;c=%3C!channel%3E%7Cpwned")
+        );
+        assert_eq!(link_url("javascript:alert(1)"), None);
+        assert_eq!(link_url("<!channel>"), None);
     }
 
     #[test]
