@@ -67,11 +67,7 @@ pub async fn run(
         }
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());
-        let routed: Result<Vec<Routed>, QueueError> = page
-            .events
-            .iter()
-            .map(|(id, stored)| route_stored(&queue, &routes, &sinks, *id, stored))
-            .collect();
+        let routed = route_page(&queue, &routes, &sinks, &page.events);
         if let Err(e) = routed.and_then(|r| queue.routed(&r, page.next)) {
             tracing::error!(error = %e, "cannot record routing; the events will be routed again");
             tokio::time::sleep(IDLE).await;
@@ -81,6 +77,32 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Routes a page of stored events. An event that cannot be read (a record
+/// of a newer format after a downgrade) is logged and passed over, counted
+/// as unmatched: it stays in the log, and the events after it are routed.
+/// Any other failure fails the page, to be routed again.
+fn route_page(
+    queue: &SledQueue,
+    routes: &Routes,
+    sinks: &Sinks,
+    events: &[(EventId, Vec<u8>)],
+) -> Result<Vec<Routed>, QueueError> {
+    events
+        .iter()
+        .map(|(id, stored)| match route_stored(queue, routes, sinks, *id, stored) {
+            Err(QueueError::Corrupt { key, reason }) => {
+                tracing::error!(event = %key, reason = %reason, "cannot read a stored event: passed over unrouted (counted as unmatched); it stays in the log");
+                Ok(Routed {
+                    event: *id,
+                    pending: Vec::new(),
+                    dead: Vec::new(),
+                })
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// Routes one event as stored. When no route's `source` and `event`
@@ -239,5 +261,29 @@ pub fn context(event: &EventRecord) -> EventContext {
         received_at: humantime::format_rfc3339_millis(received).to_string(),
         headers,
         payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One unreadable record does not stop the events after it.
+    #[test]
+    fn an_unreadable_event_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SledQueue::open(dir.path(), true).unwrap();
+        let routes = Routes::compile(Vec::new()).unwrap();
+        let sinks = Sinks::new();
+        let routed = route_page(
+            &queue,
+            &routes,
+            &sinks,
+            &[(EventId(7), b"not a record".to_vec())],
+        )
+        .unwrap();
+        assert_eq!(routed.len(), 1);
+        assert_eq!(routed[0].event, EventId(7));
+        assert!(routed[0].pending.is_empty() && routed[0].dead.is_empty());
     }
 }
