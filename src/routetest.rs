@@ -129,6 +129,24 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
             .collect(),
         body,
     };
+    // What ingress would refuse (400) never reaches a route: a test whose
+    // payload is not JSON (or a GitHub form without a JSON `payload`)
+    // would otherwise pass against `payload = none`.
+    let mut content_type = http::HeaderMap::new();
+    if let Some(ct) = event
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .and_then(|(_, v)| http::HeaderValue::from_bytes(v).ok())
+    {
+        content_type.insert(http::header::CONTENT_TYPE, ct);
+    }
+    if crate::verify::github::payload_json(&content_type, &event.body).is_err() {
+        return Err(format!(
+            "test `{}`: the payload is not JSON (hookgate would answer 400 to it)",
+            t.name
+        ));
+    }
     let outcomes = config.routes.evaluate(&crate::router::context(&event));
     let mut failures = Vec::new();
     for want in &t.expect {
@@ -246,6 +264,27 @@ pub fn diff(expected: &str, got: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A payload ingress would refuse fails its test instead of passing
+    /// against an empty payload.
+    #[test]
+    fn a_payload_that_is_not_json_fails_the_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n[sinks.audit]\nkind = \"log\"\n[[routes]]\nname = \"r\"\nto = [\"audit\"]\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap()
+        .config;
+        let tests = dir.path().join("t.toml");
+        std::fs::write(
+            &tests,
+            "[[tests]]\nname = \"broken\"\nsource = \"github\"\nevent = \"push\"\npayload = '{\"commits\": ['\n[tests.reject]\nroutes = [\"other\"]\n",
+        )
+        .unwrap();
+        let e = run(&config, &tests).unwrap_err();
+        assert!(e.contains("test `broken`: the payload is not JSON"), "{e}");
+    }
 
     #[test]
     fn diff_marks_what_changed() {
