@@ -125,6 +125,28 @@ pub enum Rendered {
     },
 }
 
+/// Largest output a template may render (a message, a field): fuel
+/// bounds the steps, this the bytes, so an operator's mistake cannot fill
+/// memory or sled.
+const OUTPUT_MAX: usize = 1 << 20;
+
+/// Output that refuses to grow past [`OUTPUT_MAX`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > OUTPUT_MAX {
+            return Err(std::io::Error::other("output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Compiled routes.
 pub struct Routes {
     env: Environment<'static>,
@@ -323,7 +345,25 @@ impl Routes {
         let render = |part: &str| -> Result<String, String> {
             self.env
                 .get_template(&template_name(&spec.name, part))
-                .and_then(|t| t.render(ctx))
+                .and_then(|t| {
+                    let mut out = Capped(Vec::new());
+                    t.render_captured_to(ctx, &mut out).map(|_| out.0)
+                })
+                .map_err(|e| {
+                    if e.kind() == minijinja::ErrorKind::WriteFailure {
+                        minijinja::Error::new(
+                            e.kind(),
+                            format!("the output is over {} bytes", OUTPUT_MAX),
+                        )
+                    } else {
+                        e
+                    }
+                })
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| {
+                        minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "not UTF-8")
+                    })
+                })
                 .map_err(|e| format!("{part}: {e}"))
         };
         Ok(match &spec.content {

@@ -283,3 +283,20 @@ fn null_fields_render_empty() {
     };
     assert_eq!(t, "[][]");
 }
+
+/// A template that would render a gigabyte fails alone, at the cap.
+#[test]
+fn huge_output_fails_the_route_not_the_daemon() {
+    let mut r = route(
+        "big",
+        text("{% for i in range(100) %}{{ 'x' * 10000000 }}{% endfor %}"),
+    );
+    r.event = None;
+    r.sources = vec![];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx("github", "x", serde_json::json!({})));
+    assert!(
+        matches!(&out[0], Outcome::Failed { error, .. } if error.contains("output is over")),
+        "{out:?}"
+    );
+}
