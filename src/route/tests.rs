@@ -23,6 +23,17 @@ fn route(name: &str, content: ContentSpec) -> RouteSpec {
     }
 }
 
+/// The text the first outcome rendered (panics on anything else).
+fn rendered_text(out: &[Outcome]) -> &str {
+    match out.first() {
+        Some(Outcome::Rendered {
+            content: Rendered::Text(t),
+            ..
+        }) => t,
+        _ => panic!("{out:?}"),
+    }
+}
+
 fn text(source: &str) -> ContentSpec {
     ContentSpec::Template {
         source: source.into(),
@@ -214,13 +225,7 @@ fn json_templates_escape_as_json() {
         "x",
         serde_json::json!({"title": "say \"hi\"\n"}),
     ));
-    let Outcome::Rendered {
-        content: Rendered::Text(t),
-        ..
-    } = &out[0]
-    else {
-        panic!("{out:?}")
-    };
+    let t = rendered_text(&out);
     let v: serde_json::Value = serde_json::from_str(t).unwrap();
     assert_eq!(v["text"], "say \"hi\"\n");
 }
@@ -245,13 +250,7 @@ fn json_template_files_escape_without_tojson() {
         "x",
         serde_json::json!({"title": title, "n": 3}),
     ));
-    let Outcome::Rendered {
-        content: Rendered::Text(t),
-        ..
-    } = &out[0]
-    else {
-        panic!("{out:?}")
-    };
+    let t = rendered_text(&out);
     let v: serde_json::Value = serde_json::from_str(t).unwrap();
     assert_eq!(v["text"], title);
     assert_eq!(v["n"], 3);
@@ -274,13 +273,7 @@ fn null_fields_render_empty() {
         "x",
         serde_json::json!({"body": null, "subject": "CSV export fails"}),
     ));
-    let Outcome::Rendered {
-        content: Rendered::Text(t),
-        ..
-    } = &out[0]
-    else {
-        panic!("{out:?}")
-    };
+    let t = rendered_text(&out);
     assert_eq!(t, "[][]");
 }
 

@@ -281,39 +281,15 @@ async fn sighup_refuses_a_config_whose_source_secret_is_missing() {
     let daemon = Daemon::start(dir.path(), sources, &[]).await;
     let good = std::fs::read_to_string(&daemon.config).unwrap();
     std::fs::write(&daemon.config, good.replace("/github\"", "/githb\"")).unwrap();
-    let pid = daemon.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let log_path = daemon.config.with_extension("log");
-    let mut log = String::new();
-    for _ in 0..100 {
-        log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if log.contains("the old config keeps serving") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let log = daemon
+        .reload_until_logged("the old config keeps serving")
+        .await;
     assert!(log.contains("a source would have no secret"), "{log}");
     let github = providers_of(dir.path(), sources)["github"].clone();
-    let body = sample("github", "push");
-    let signed = github.sign(&hookgate::verify::SignInput {
-        body: &body,
-        event: "push",
-        delivery_id: "after-refused-reload",
-        now: std::time::SystemTime::now(),
-    });
-    let (status, _, _) = hookgate::client::request(
-        http::Method::POST,
-        &daemon.url("github"),
-        &signed.headers,
-        signed.body.clone(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, http::StatusCode::ACCEPTED);
+    assert_eq!(
+        post_push(&daemon.url("github"), &github, "after-refused-reload").await,
+        http::StatusCode::ACCEPTED
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -345,21 +321,9 @@ to = ["target"]
         .replace("to = [\"target\"]", "to = [\"nowhere\"]")
         .replace("kind = \"http\"", "kind = \"http\"\nbogus = 1");
     std::fs::write(&daemon.config, broken).unwrap();
-    let pid = daemon.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let log_path = daemon.config.with_extension("log");
-    let mut log = String::new();
-    for _ in 0..100 {
-        log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if log.contains("the old config keeps serving") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let log = daemon
+        .reload_until_logged("the old config keeps serving")
+        .await;
     assert!(log.contains("reload refused"), "{log}");
     assert!(
         log.contains("bogus") && log.contains("nowhere"),
@@ -383,20 +347,7 @@ to = ["target"]
         good.replace(&rx.url("/in"), &rx2.url("/v2")),
     )
     .unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    for _ in 0..100 {
-        if std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("config reloaded")
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    daemon.reload_until_logged("config reloaded").await;
     assert_eq!(
         post_push(&daemon.url("github"), &github, "after-good-reload").await,
         http::StatusCode::ACCEPTED
@@ -472,22 +423,10 @@ async fn a_socket_passed_by_systemd_serves_the_webhooks() {
         "\n[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n";
     let (daemon, configured) = Daemon::start_activated(dir.path(), sources, socket).await;
     let github = providers_of(dir.path(), sources)["github"].clone();
-    let body = sample("github", "push");
-    let signed = github.sign(&hookgate::verify::SignInput {
-        body: &body,
-        event: "push",
-        delivery_id: "activated-1",
-        now: std::time::SystemTime::now(),
-    });
-    let (status, _, answer) = hookgate::client::request(
-        http::Method::POST,
-        &daemon.url("github"),
-        &signed.headers,
-        signed.body.clone(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, http::StatusCode::ACCEPTED, "{answer:?}");
+    assert_eq!(
+        post_push(&daemon.url("github"), &github, "activated-1").await,
+        http::StatusCode::ACCEPTED
+    );
     assert!(
         std::net::TcpStream::connect(configured).is_err(),
         "server.listen ({configured}) must not be bound when systemd passed a socket"

@@ -442,6 +442,27 @@ impl Daemon {
         panic!("hookgate did not become ready:\n{log}");
     }
 
+    /// Sends SIGHUP and waits (up to 5 s) until the log holds `needle`;
+    /// returns the log.
+    pub async fn reload_until_logged(&self, needle: &str) -> String {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let log_path = self.config.with_extension("log");
+        let mut log = String::new();
+        for _ in 0..100 {
+            log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        log
+    }
+
     /// Runs the binary's CLI against this daemon's config.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(binary())
