@@ -8,6 +8,15 @@ fn secret_file(value: &str) -> String {
     path.display().to_string()
 }
 
+/// Every problem of a config that must fail, as `key: message`.
+fn problem_lines(text: &str) -> Vec<String> {
+    parse(text, &Resolver::default())
+        .unwrap_err()
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect()
+}
+
 #[test]
 fn valid_config_builds_every_provider() {
     let s = secret_file("topsecret");
@@ -195,11 +204,7 @@ rate_limit = "fast"
 event_from = "query:x"
 "#
     );
-    let problems = parse(&text, &Resolver::default()).unwrap_err();
-    let all: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.key, p.message))
-        .collect();
+    let all = problem_lines(&text);
     let has = |needle: &str| all.iter().any(|m| m.contains(needle));
     assert!(
         has("server.listen: `localhost` is not an address"),
@@ -249,11 +254,7 @@ name = "a.b"
 to = ["ok"]
 "#
     );
-    let problems = parse(&text, &Resolver::default()).unwrap_err();
-    let all: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.key, p.message))
-        .collect();
+    let all = problem_lines(&text);
     let has = |needle: &str| all.iter().any(|m| m.contains(needle));
     assert!(
         has("server.max_connections: must be a number from 1 to 1000000"),

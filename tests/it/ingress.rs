@@ -445,15 +445,17 @@ secret = { env = "HOOKGATE_IT_NEVER_SET" }
     assert!(gw.events().is_empty());
 }
 
-#[tokio::test]
-async fn rate_limit_answers_429_with_retry_after() {
-    let sources = r#"
+/// GitHub with a budget of two deliveries a minute.
+const RATE_LIMITED: &str = r#"
 [sources.github]
 provider = "github"
 secret = { file = "{dir}/github" }
 rate_limit = "2/m"
 "#;
-    let gw = TestGateway::start("", sources).await;
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let gw = TestGateway::start("", RATE_LIMITED).await;
     let body = sample("github", "ping");
     for i in 0..2 {
         let s = gw.sign("github", "ping", &body, &format!("r{i}"));
@@ -471,13 +473,7 @@ rate_limit = "2/m"
 /// Unsigned requests answer 401 and leave the budget to the provider's own.
 #[tokio::test]
 async fn unproven_requests_do_not_spend_the_rate_limit() {
-    let sources = r#"
-[sources.github]
-provider = "github"
-secret = { file = "{dir}/github" }
-rate_limit = "2/m"
-"#;
-    let gw = TestGateway::start("", sources).await;
+    let gw = TestGateway::start("", RATE_LIMITED).await;
     let body = sample("github", "ping");
     for i in 0..5 {
         let mut forged = gw.sign("github", "ping", &body, &format!("f{i}"));
