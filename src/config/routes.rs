@@ -26,6 +26,8 @@ impl Cx<'_> {
         let mut specs = Vec::new();
         // Where each part of each route starts, to place compile errors.
         let mut places: BTreeMap<(String, String), std::ops::Range<usize>> = BTreeMap::new();
+        // Routes whose message is a template file: its path, for errors.
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
         for (i, (span, r)) in raw.into_iter().enumerate() {
             let name = r.name.get_ref().clone();
             let at = |k: &str| format!("routes[{i}].{k}");
@@ -128,6 +130,7 @@ impl Cx<'_> {
             } else if let Some(t) = &r.template {
                 let path = base_dir.join(t.get_ref());
                 places.insert((name.clone(), "message".into()), t.span());
+                files.insert(name.clone(), t.get_ref().clone());
                 match std::fs::read_to_string(&path) {
                     Ok(source) => ContentSpec::Template {
                         source,
@@ -200,17 +203,23 @@ impl Cx<'_> {
             Ok(routes) => Some(routes),
             Err(errors) => {
                 for e in errors {
+                    // A JSON template file compiles as `message.json`.
+                    let part = e.part.strip_suffix(".json").unwrap_or(&e.part).to_owned();
                     let span = places
-                        .get(&(e.route.clone(), e.part.clone()))
+                        .get(&(e.route.clone(), part.clone()))
                         .cloned()
                         .unwrap_or(0..0);
-                    let mut p = self.problem(
-                        span,
-                        &format!("routes.{}.{}", e.route, e.part),
-                        e.message.clone(),
-                    );
-                    // A multi-line template: point at the line inside it.
-                    if let Some(line) = e.line.filter(|l| *l > 1) {
+                    let file = files.get(&e.route).filter(|_| part == "message");
+                    let message = match (file, e.line) {
+                        // In a template file: name the file and its line,
+                        // at the `template =` line of routes.toml.
+                        (Some(f), Some(line)) => format!("{f}:{line}: {}", e.message),
+                        (Some(f), None) => format!("{f}: {}", e.message),
+                        (None, _) => e.message.clone(),
+                    };
+                    let mut p = self.problem(span, &format!("routes.{}.{part}", e.route), message);
+                    // A multi-line inline template: the line inside it.
+                    if let (None, Some(line)) = (file, e.line.filter(|l| *l > 1)) {
                         p.line += line - 1;
                         p.column = 1;
                     }

@@ -516,6 +516,46 @@ line one
     );
 }
 
+/// An error in a template file names the file and its line, and points at
+/// the `template =` line of routes.toml (not past the end of it).
+#[test]
+fn template_file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.j2"), "one\ntwo\n{{ payload.x\n").unwrap();
+    std::fs::write(dir.path().join("bad.json.j2"), "{{ payload.x\n").unwrap();
+    let text = format!(
+        r#"{GITHUB}
+[sinks.ok]
+kind = "log"
+
+[[routes]]
+name = "c"
+to = ["ok"]
+template = "bad.j2"
+
+[[routes]]
+name = "d"
+to = ["ok"]
+template = "bad.json.j2"
+"#
+    );
+    let problems = parse_in(&text, dir.path(), &Resolver::default()).unwrap_err();
+    let all: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{}: {}", p.line, p.key, p.message))
+        .collect();
+    assert!(
+        all.iter()
+            .any(|m| m.starts_with("12:routes.c.message: bad.j2:3:")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|m| m.starts_with("17:routes.d.message: bad.json.j2:1:")),
+        "{all:#?}"
+    );
+}
+
 #[test]
 fn chat_sinks_warn_about_plain_and_retired_urls_and_actions_need_prodmatic() {
     let text = format!(
