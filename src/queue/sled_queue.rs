@@ -451,7 +451,9 @@ impl Queue for SledQueue {
     }
 
     fn writable(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
+        !self.closed.load(Ordering::Acquire)
+            && !self.shared.failing.load(Ordering::Acquire)
+            && !self.shared.sync_stuck(unix_millis(SystemTime::now()))
     }
 
     fn stats(&self) -> Result<Stats, QueueError> {

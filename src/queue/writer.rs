@@ -144,6 +144,8 @@ pub struct Shared {
     pub syncs: crate::metrics::AtomicHistogram,
     /// Events those syncs made durable.
     pub synced_events: AtomicU64,
+    /// When the sync under way began (Unix ms; 0: none is).
+    pub sync_started_ms: AtomicU64,
 }
 
 /// Log positions: acknowledged up to, keys on file up to.
@@ -153,7 +155,17 @@ struct Progress {
     indexed: u64,
 }
 
+/// A sync running longer than this means the disk is hung: `/readyz` says
+/// not writable (a load balancer sends webhooks elsewhere) until it ends.
+pub const SYNC_STUCK: Duration = Duration::from_secs(5);
+
 impl Shared {
+    /// Whether a sync of the log has been running for over [`SYNC_STUCK`].
+    pub fn sync_stuck(&self, now_ms: u64) -> bool {
+        let started = self.sync_started_ms.load(Ordering::Acquire);
+        started != 0 && now_ms.saturating_sub(started) > SYNC_STUCK.as_millis() as u64
+    }
+
     /// State after recovery: the log holds events up to `end`.
     pub fn new(end: EventId, unrouted: u64, seen: usize) -> Shared {
         Shared {
@@ -169,6 +181,7 @@ impl Shared {
             poisoned: AtomicBool::new(false),
             syncs: crate::metrics::AtomicHistogram::new(crate::metrics::SYNC_BUCKETS),
             synced_events: AtomicU64::new(0),
+            sync_started_ms: AtomicU64::new(0),
         }
     }
 
@@ -395,7 +408,12 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
         }
     }
     let started = Instant::now();
+    shared.sync_started_ms.store(
+        super::unix_millis(std::time::SystemTime::now()).max(1),
+        Ordering::Release,
+    );
     let synced = files.iter().try_for_each(|f| f.sync_data());
+    shared.sync_started_ms.store(0, Ordering::Release);
     shared.syncs.observe(started.elapsed());
     if let Err(e) = synced.and_then(|()| {
         if shared.poisoned.load(Ordering::Acquire) {

@@ -467,3 +467,23 @@ async fn each_data_dir_has_its_own_lasting_id() {
     assert_eq!(first, again);
     assert_ne!(first, other);
 }
+
+/// A sync that does not end (a hung disk) makes the queue not writable,
+/// so /readyz turns a load balancer away; it is writable again once the
+/// sync ends.
+#[tokio::test]
+async fn a_stuck_sync_makes_the_queue_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    assert!(q.writable());
+    let now = unix_millis(SystemTime::now());
+    let stuck_since = now - super::writer::SYNC_STUCK.as_millis() as u64 - 1_000;
+    q.shared
+        .sync_started_ms
+        .store(stuck_since, Ordering::Release);
+    assert!(!q.writable());
+    q.shared.sync_started_ms.store(now, Ordering::Release);
+    assert!(q.writable(), "a sync that just began is not stuck");
+    q.shared.sync_started_ms.store(0, Ordering::Release);
+    assert!(q.writable());
+}
