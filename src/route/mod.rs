@@ -328,6 +328,14 @@ impl Routes {
         if list.is_undefined() || list.is_none() {
             return Ok(Vec::new());
         }
+        // A string or a mapping iterates too (by character, by key): one
+        // delivery per character is never what a route meant.
+        if matches!(
+            list.kind(),
+            minijinja::value::ValueKind::String | minijinja::value::ValueKind::Map
+        ) {
+            return Err(format!("each: `{each}` is a {}, not a list", list.kind()));
+        }
         let items: Vec<Value> = list
             .try_iter()
             .map_err(|_| format!("each: `{each}` is not a list"))?

@@ -293,3 +293,25 @@ fn huge_output_fails_the_route_not_the_daemon() {
         "{out:?}"
     );
 }
+
+/// `each` over a string or a mapping fails the route instead of making a
+/// delivery per character or key.
+#[test]
+fn each_takes_lists_only() {
+    for (payload, kind) in [
+        (serde_json::json!({"commits": "abc"}), "string"),
+        (serde_json::json!({"commits": {"a": 1, "b": 2}}), "map"),
+    ] {
+        let mut r = route("r", text("{{ item }}"));
+        r.event = None;
+        r.sources = vec![];
+        r.each = Some("payload.commits".into());
+        let routes = Routes::compile(vec![r]).unwrap();
+        let out = routes.evaluate(&ctx("github", "push", payload));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            matches!(&out[0], Outcome::Failed { error, .. } if error.contains(&format!("is a {kind}, not a list"))),
+            "{out:?}"
+        );
+    }
+}
