@@ -365,16 +365,7 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         let event = NewEvent {
-            record: EventRecord {
-                source: "s".into(),
-                provider: "github".into(),
-                event: "push".into(),
-                delivery_id: "d".into(),
-                received_at_ms: 0,
-                client_ip: "127.0.0.1".into(),
-                headers: Vec::new(),
-                body: b"{}".to_vec(),
-            },
+            record: crate::queue::sample_record(),
             dedupe_key: "d".into(),
             dedupe_window: std::time::Duration::from_secs(60),
         };

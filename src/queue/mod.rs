@@ -19,6 +19,9 @@ use std::time::{Duration, SystemTime};
 
 pub use deliveries::Routed;
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
+/// A stored GitHub push, for tests across the crate.
+#[cfg(test)]
+pub(crate) use record::tests::sample as sample_record;
 pub use record::{DecodeError, EventRecord};
 pub use sled_queue::{Page, SledQueue};
 

@@ -134,10 +134,11 @@ impl EventRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> EventRecord {
+    /// A signed GitHub push as stored, for tests anywhere in the crate.
+    pub(crate) fn sample() -> EventRecord {
         EventRecord {
             source: "github".into(),
             provider: "github".into(),
