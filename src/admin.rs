@@ -85,10 +85,15 @@ impl Admin {
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => {
-                if self.queue.writable() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                if !self.queue.writable() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "queue not writable\n")
+                } else if !self.queue.state_writable() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "routing and delivery state not writable\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             (&Method::GET, ["api", "queue", "stats"]) => result(self.queue.stats()),

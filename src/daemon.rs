@@ -373,6 +373,7 @@ pub async fn serve(
             }
         }
     });
+    let heal_task = tokio::spawn(heal(queue.clone(), shutdown.clone()));
     crate::notify::notify("READY=1");
     let stopping = shutdown.clone();
     tokio::spawn(async move {
@@ -434,6 +435,7 @@ pub async fn serve(
     let _ = router_task.await;
     let _ = dispatch_task.await;
     let _ = prune_task.await;
+    let _ = heal_task.await;
     // Every accepted request has had its answer; nothing new can come in.
     queue.close();
     match queue.flush() {
@@ -441,6 +443,29 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
     Ok(())
+}
+
+/// How often storage is looked at for a failure to recover from.
+const HEAL_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to reopen a failed state store.
+const HEAL_BACKOFF_MAX: Duration = Duration::from_secs(16);
+
+/// Recovers from storage failures without a restart (`SledQueue::heal`):
+/// every second while all is well (a look costs two atomic loads), backing
+/// off while the state store still cannot be reopened.
+async fn heal(queue: Arc<SledQueue>, shutdown: CancellationToken) {
+    let mut wait = HEAL_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let q = queue.clone();
+        wait = match tokio::task::spawn_blocking(move || q.heal()).await {
+            Ok(crate::queue::Healed::Failing) => (wait * 2).min(HEAL_BACKOFF_MAX),
+            _ => HEAL_EVERY,
+        };
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ pub async fn run(
 ) {
     loop {
         heartbeat.beat();
+        // What routing makes could not be recorded: wait for the state
+        // store to recover (`SledQueue::heal`).
+        if !queue.state_writable() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(IDLE) => continue,
+            }
+        }
         let q = queue.clone();
         let page = match tokio::task::spawn_blocking(move || q.inbox_page(PAGE)).await {
             Ok(Ok(page)) => page,
@@ -68,9 +76,16 @@ pub async fn run(
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());
         let routed = route_page(&queue, &routes, &sinks, &page.events);
-        if let Err(e) = routed.and_then(|r| queue.routed(&r, page.next)) {
-            tracing::error!(error = %e, "cannot record routing; the events will be routed again");
-            tokio::time::sleep(IDLE).await;
+        match routed.and_then(|r| queue.routed(&r, page.from, page.next)) {
+            Ok(()) | Err(QueueError::Moved) => {}
+            // A storage failure is logged once by the state store.
+            Err(e @ QueueError::Storage(_)) => {
+                tracing::debug!(error = %e, "cannot record routing; the events will be routed again")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record routing; the events will be routed again");
+                tokio::time::sleep(IDLE).await;
+            }
         }
         wake.notify_one();
         if shutdown.is_cancelled() {

@@ -59,6 +59,9 @@ struct Lease {
     sink: String,
     id: u64,
     settled: bool,
+    /// The outcome could not be written: the lease stays until it is
+    /// (`Dispatcher::settle_unrecorded`), so the delivery is not sent again.
+    keep: bool,
 }
 
 impl Drop for Lease {
@@ -71,8 +74,10 @@ impl Drop for Lease {
                 }
             }
         }
-        if let Ok(mut leased) = self.dispatcher.leased.lock() {
-            leased.remove(&self.id);
+        if !self.keep {
+            if let Ok(mut leased) = self.dispatcher.leased.lock() {
+                leased.remove(&self.id);
+            }
         }
         self.dispatcher.wake.notify_one();
     }
@@ -125,6 +130,25 @@ pub struct Dispatcher {
     /// Rung by the router when it adds deliveries, and by finished attempts.
     wake: Arc<Notify>,
     leased: Mutex<HashSet<u64>>,
+    /// Outcomes of attempts that could not be written (the state store
+    /// failed): kept, with their leases, until they can be.
+    unrecorded: Mutex<Vec<Unrecorded>>,
+}
+
+/// An attempt's outcome waiting to be written.
+struct Unrecorded {
+    /// The record's key before the attempt.
+    old_key: Vec<u8>,
+    rec: DeliveryRecord,
+    write: Write,
+}
+
+/// What an outcome changes in the queue.
+#[derive(Clone, Copy)]
+enum Write {
+    Done,
+    Reschedule,
+    Bury,
 }
 
 impl Dispatcher {
@@ -140,6 +164,7 @@ impl Dispatcher {
             sinks,
             wake,
             leased: Mutex::new(HashSet::new()),
+            unrecorded: Mutex::new(Vec::new()),
         })
     }
 
@@ -156,6 +181,15 @@ impl Dispatcher {
         let mut last_bury = Instant::now();
         loop {
             heartbeat.beat();
+            // Nothing starts whose outcome could not be recorded: while the
+            // state store fails, a delivery would be sent again and again.
+            if !self.queue.state_writable() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(IDLE) => continue,
+                }
+            }
+            self.settle_unrecorded();
             // A page routed with the old sinks just before a reload can
             // still add deliveries to a removed one.
             if last_bury.elapsed() >= BURY_EVERY {
@@ -269,14 +303,24 @@ impl Dispatcher {
                 sink: name.to_owned(),
                 id: rec.id,
                 settled: false,
+                keep: false,
             };
             tracker.spawn(async move {
                 let mut lease = lease;
-                lease
+                let unrecorded = lease
                     .dispatcher
                     .attempt(&lease.sinks, &lease.sink, rec)
                     .await;
                 lease.settled = true;
+                if let Some(u) = unrecorded {
+                    lease.keep = true;
+                    lease
+                        .dispatcher
+                        .unrecorded
+                        .lock()
+                        .expect("unrecorded lock")
+                        .push(u);
+                }
                 drop(permit);
             });
         }
@@ -284,7 +328,43 @@ impl Dispatcher {
         Ok(wake_after(next, now, blocked))
     }
 
-    async fn attempt(&self, sinks: &Sinks, name: &str, mut rec: DeliveryRecord) {
+    /// Writes the outcomes the state store could not take before, oldest
+    /// first, releasing each one's lease; stops at the first that still
+    /// fails.
+    fn settle_unrecorded(&self) {
+        let mut waiting = self.unrecorded.lock().expect("unrecorded lock");
+        while let Some(u) = waiting.first() {
+            if self.record(&u.old_key, &u.rec, u.write).is_err() {
+                return;
+            }
+            let u = waiting.remove(0);
+            self.leased.lock().expect("lease lock").remove(&u.rec.id);
+            tracing::info!(sink = %u.rec.sink, delivery = u.rec.id, "recorded an attempt's outcome that had to wait for storage");
+        }
+    }
+
+    fn record(
+        &self,
+        old_key: &[u8],
+        rec: &DeliveryRecord,
+        write: Write,
+    ) -> Result<(), crate::queue::QueueError> {
+        match write {
+            Write::Done => self.queue.update(old_key, rec, true),
+            Write::Reschedule => self.queue.update(old_key, rec, false),
+            Write::Bury => self.queue.bury(old_key, rec),
+        }
+    }
+
+    /// One attempt, its outcome written back. Returns the outcome when it
+    /// could not be written (the state store failed): the caller keeps the
+    /// lease so the delivery is not attempted again meanwhile.
+    async fn attempt(
+        &self,
+        sinks: &Sinks,
+        name: &str,
+        mut rec: DeliveryRecord,
+    ) -> Option<Unrecorded> {
         let sink = &sinks[name];
         let old_key = rec.due_key();
         let started = Instant::now();
@@ -357,10 +437,10 @@ impl Dispatcher {
             Next::Dead(_) => "dead",
         };
         self.metrics.attempt(name, label, started.elapsed());
-        let result = match next {
+        let write = match next {
             Next::Done => {
                 tracing::debug!(sink = %name, delivery = rec.id, "delivered");
-                self.queue.update(&old_key, &rec, true)
+                Write::Done
             }
             Next::At { due_ms, counted } => {
                 if counted {
@@ -368,17 +448,25 @@ impl Dispatcher {
                 }
                 rec.due_ms = due_ms;
                 tracing::info!(sink = %name, delivery = rec.id, outcome = %outcome_label(&answer.verdict), retry_in_ms = due_ms.saturating_sub(now), "will retry");
-                self.queue.update(&old_key, &rec, false)
+                Write::Reschedule
             }
             Next::Dead(reason) => {
                 tracing::warn!(sink = %name, delivery = rec.id, reason = %reason, "delivery is dead");
                 rec.reason = Some(reason);
                 rec.dead_ms = Some(now);
-                self.queue.bury(&old_key, &rec)
+                Write::Bury
             }
         };
-        if let Err(e) = result {
-            tracing::error!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome; it will be attempted again");
+        match self.record(&old_key, &rec, write) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome yet; it is kept and written once storage recovers");
+                Some(Unrecorded {
+                    old_key,
+                    rec,
+                    write,
+                })
+            }
         }
     }
 

@@ -37,19 +37,23 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueError> {
 impl SledQueue {
     /// A fresh delivery id.
     pub fn next_delivery_id(&self) -> Result<u64, QueueError> {
-        Ok(self.db.generate_id()?)
+        let trees = self.state.get()?;
+        self.state.check(trees.db.generate_id())
     }
 
     /// Records what routing made of a page of events, in one transaction:
     /// each event's pending deliveries, those born dead (their template
     /// failed), or, when it has neither, that no route matched; and the
-    /// router's cursor moves to `next`, past them.
+    /// router's cursor moves from `from` (where the page was read) to
+    /// `next`, past them. When the cursor is no longer at `from` (sled was
+    /// reopened after a failure and went back to its last saved place),
+    /// nothing is recorded: the page is read again from there.
     ///
     /// A page that made no deliveries only moves the cursor in memory,
     /// saved with the next page that does, within [`SAVE_CURSOR_EVERY`], or
     /// when the router has been idle a while: after a crash, events routed to nowhere
     /// are routed (to nowhere) again, and nothing else is.
-    pub fn routed(&self, page: &[Routed], next: EventId) -> Result<(), QueueError> {
+    pub fn routed(&self, page: &[Routed], from: EventId, next: EventId) -> Result<(), QueueError> {
         let mut pending = Vec::new();
         let mut dead = Vec::new();
         let mut unmatched = 0u64;
@@ -61,9 +65,13 @@ impl SledQueue {
             }
         }
         let mut saved = self.cursor_saved.lock().expect("cursor lock");
+        if self.routed_upto.load(Ordering::Acquire) != from.0 {
+            return Err(QueueError::Moved);
+        }
         let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
         if !pending.is_empty() || !dead.is_empty() || saved.0.elapsed() >= SAVE_CURSOR_EVERY {
-            (&self.deliveries, &self.dead, &self.meta)
+            let trees = self.state.get()?;
+            let done = (&trees.deliveries, &trees.dead, &trees.meta)
                 .transaction(|(deliveries, dead_tree, meta)| {
                     for (k, v) in &pending {
                         deliveries.insert(&k[..], v.as_slice())?;
@@ -75,7 +83,8 @@ impl SledQueue {
                     meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
                     Ok::<_, ConflictableTransactionError<()>>(())
                 })
-                .map_err(tx_err)?;
+                .map_err(tx_err);
+            self.state.check(done)?;
             *saved = (std::time::Instant::now(), next.0);
         }
         self.unmatched.store(unmatched, Ordering::Release);
@@ -98,7 +107,8 @@ impl SledQueue {
         let mut batch = sled::Batch::default();
         batch.insert(UNMATCHED_KEY, &unmatched.to_be_bytes());
         batch.insert(ROUTED_KEY, &cursor.to_be_bytes());
-        self.meta.apply_batch(batch)?;
+        let trees = self.state.get()?;
+        self.state.check(trees.meta.apply_batch(batch))?;
         *saved = (std::time::Instant::now(), cursor);
         Ok(())
     }
@@ -114,7 +124,9 @@ impl SledQueue {
         let start = sink_prefix(sink);
         let mut end = start.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-        self.deliveries
+        let trees = self.state.get()?;
+        let due = trees
+            .deliveries
             .range(start..end)
             .keys()
             .take(n)
@@ -129,14 +141,15 @@ impl SledQueue {
                         key: hex::encode(&k),
                         reason: "delivery key too short".into(),
                     })?;
-                Ok((k, id))
+                Ok::<_, QueueError>((k, id))
             })
-            .collect()
+            .collect();
+        self.state.check(due)
     }
 
     /// The pending delivery at `key`, if it is still there.
     pub fn delivery(&self, key: &[u8]) -> Result<Option<DeliveryRecord>, QueueError> {
-        match self.deliveries.get(key)? {
+        match self.state.check(self.state.get()?.deliveries.get(key))? {
             Some(v) => Ok(Some(decode(key, &v)?)),
             None => Ok(None),
         }
@@ -145,9 +158,10 @@ impl SledQueue {
     /// When `sink`'s earliest pending delivery is due.
     pub fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError> {
         let prefix = sink_prefix(sink);
-        Ok(match self.deliveries.scan_prefix(&prefix).next() {
+        let trees = self.state.get()?;
+        Ok(match trees.deliveries.scan_prefix(&prefix).next() {
             Some(kv) => {
-                let (k, _) = kv?;
+                let (k, _) = self.state.check(kv)?;
                 k.get(prefix.len()..prefix.len() + 8)
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_be_bytes)
@@ -165,8 +179,9 @@ impl SledQueue {
         now_ms: u64,
     ) -> Result<usize, QueueError> {
         let mut buried = 0;
-        for kv in self.deliveries.iter() {
-            let (k, v) = kv?;
+        let trees = self.state.get()?;
+        for kv in trees.deliveries.iter() {
+            let (k, v) = self.state.check(kv)?;
             let mut rec = decode(&k, &v)?;
             // An attempt in flight settles its record itself.
             if sinks.contains(&rec.sink.as_str()) || in_flight.contains(&rec.id) {
@@ -187,30 +202,36 @@ impl SledQueue {
     /// Rescheduled to the same millisecond (a `Retry-After: 0` answered
     /// at once), the key is the same: overwritten, not removed.
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
+        let trees = self.state.get()?;
         if !done {
             let new = rec.due_key();
-            self.deliveries.insert(&new, rec.encode())?;
+            self.state
+                .check(trees.deliveries.insert(&new, rec.encode()))?;
             if new == old {
                 return Ok(());
             }
         }
-        self.deliveries.remove(old)?;
+        self.state.check(trees.deliveries.remove(old))?;
         Ok(())
     }
 
     /// Moves the record at `old` to `dead` (dead first, for the same reason).
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
-        self.dead.insert(rec.id.to_be_bytes(), rec.encode())?;
-        self.deliveries.remove(old)?;
+        let trees = self.state.get()?;
+        self.state
+            .check(trees.dead.insert(rec.id.to_be_bytes(), rec.encode()))?;
+        self.state.check(trees.deliveries.remove(old))?;
         Ok(())
     }
 
     /// Every dead delivery, oldest id first.
     pub fn dead_letters(&self) -> Result<Vec<DeliveryRecord>, QueueError> {
-        self.dead
+        let trees = self.state.get()?;
+        trees
+            .dead
             .iter()
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = self.state.check(kv)?;
                 decode(&k, &v)
             })
             .collect()
@@ -218,7 +239,10 @@ impl SledQueue {
 
     /// One dead delivery.
     pub fn dead_letter(&self, id: u64) -> Result<Option<DeliveryRecord>, QueueError> {
-        match self.dead.get(id.to_be_bytes())? {
+        match self
+            .state
+            .check(self.state.get()?.dead.get(id.to_be_bytes()))?
+        {
             Some(v) => Ok(Some(decode(&id.to_be_bytes(), &v)?)),
             None => Ok(None),
         }
@@ -243,13 +267,15 @@ impl SledQueue {
             rec.reason = None;
             rec.dead_ms = None;
             let (key, value, id) = (rec.due_key(), rec.encode(), rec.id.to_be_bytes());
-            (&self.deliveries, &self.dead)
+            let trees = self.state.get()?;
+            let moved_one = (&trees.deliveries, &trees.dead)
                 .transaction(|(deliveries, dead)| {
                     dead.remove(&id[..])?;
                     deliveries.insert(&key[..], value.as_slice())?;
                     Ok::<_, ConflictableTransactionError<()>>(())
                 })
-                .map_err(tx_err)?;
+                .map_err(tx_err);
+            self.state.check(moved_one)?;
             moved += 1;
         }
         Ok(moved)

@@ -211,6 +211,37 @@ impl Log {
         self.starved
     }
 
+    /// After a failure: tries again what failed. Starved, it prepares the
+    /// next segment now (the one a full disk refused); otherwise it
+    /// rewrites the zero header that ends the chain where the next frame
+    /// goes (what a failed write leaves there).
+    pub fn retry(&mut self) -> std::io::Result<()> {
+        if self.starved {
+            // No helper runs while starved; were one running, it would be
+            // preparing the same file.
+            if let Some(prep) = self.next.take() {
+                prep.cancel
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = prep.thread.join();
+            }
+            let file = prepare(&self.dir, self.seq + 1, &Default::default())?;
+            self.starved = false;
+            let cancel = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+            self.next = Some(Prep {
+                thread: std::thread::Builder::new()
+                    .name("hookgate-log-prep".into())
+                    .spawn(move || Ok(file))?,
+                cancel,
+            });
+            return Ok(());
+        }
+        if self.len + FRAME_HEADER <= SEGMENT_BYTES {
+            self.file
+                .write_all_at(&[0; FRAME_HEADER as usize], self.len)?;
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         let file = match self.next.take().map(|p| p.thread.join()) {
             Some(Ok(Ok(file))) => file,

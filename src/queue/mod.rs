@@ -11,6 +11,7 @@ mod log;
 mod record;
 mod seen;
 mod sled_queue;
+mod state;
 mod writer;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ pub use delivery::{Attempt, DeliveryRecord, Frozen};
 pub(crate) use record::tests::sample as sample_record;
 pub use record::{DecodeError, EventRecord};
 pub use sled_queue::{Page, SledQueue};
+pub use state::Healed;
 
 /// An event that passed its proof, ready to be stored.
 #[derive(Debug, Clone)]
@@ -60,6 +62,10 @@ pub enum QueueError {
     ShuttingDown,
     #[error("storage error: {0}")]
     Storage(#[source] std::io::Error),
+    /// The router's place moved under a page it was routing (sled was
+    /// reopened after a failure): the page is read again.
+    #[error("the router's place in the log moved; routing again from it")]
+    Moved,
     #[error("stored record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }

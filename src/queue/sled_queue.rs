@@ -17,17 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, Log};
 use super::seen::{self, KeyFiles};
-use super::writer::{self, Append, Job, Shared, Store};
+use super::state::{Healed, StateStore};
+use super::writer::{self, Append, Job, Shared};
 use super::{
     unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, Queue, QueueError, Stats,
 };
 
-/// sled's page cache; the default (1 GiB) would dwarf the daemon.
-const CACHE_BYTES: u64 = 8 << 20;
-/// sled's log segment size (its default). Items larger than a quarter of it
-/// (deliveries frozen with bodies over ~128 KiB) go to blob files that
-/// sled does not fsync: `Store::checkpoint` syncs them.
-const SEGMENT_BYTES: usize = 512 << 10;
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
 /// How long readers wait for the indexer to catch up with what was acknowledged.
@@ -42,12 +37,9 @@ const INSTALL_KEY: &[u8] = b"install";
 pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct SledQueue {
-    pub(super) db: sled::Db,
-    pub(super) meta: sled::Tree,
-    /// Pending deliveries by due time (`delivery.rs`).
-    pub(super) deliveries: sled::Tree,
-    /// Dead deliveries by id.
-    pub(super) dead: sled::Tree,
+    /// sled: routing and delivery state, reopened in process after a
+    /// storage failure (`state.rs`).
+    pub(super) state: Arc<StateStore>,
     /// This data_dir's random id: log positions start again in a fresh
     /// one, so idempotency keys carry it.
     install: u64,
@@ -60,7 +52,6 @@ pub struct SledQueue {
     pub(super) shared: Arc<Shared>,
     log_dir: std::path::PathBuf,
     reader: log::Reader,
-    store: Arc<Store>,
     jobs: mpsc::Sender<Job>,
     closed: AtomicBool,
     /// The writer and indexer threads, joined on drop.
@@ -89,6 +80,8 @@ impl std::fmt::Debug for SledQueue {
 /// Events read back from the log for routing.
 #[derive(Debug)]
 pub struct Page {
+    /// Where the page starts: the router's cursor when it was read.
+    pub from: EventId,
     /// Each event's id and stored record (`EventRecord::encode` bytes).
     pub events: Vec<(EventId, Vec<u8>)>,
     /// The position after the last of them: the cursor once they are routed.
@@ -114,30 +107,15 @@ impl SledQueue {
     /// `group_commit`: `None` to inspect only.
     fn open_as(dir: &Path, group_commit: Option<bool>) -> Result<SledQueue, QueueError> {
         let sled_dir = dir.join("sled");
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(CACHE_BYTES)
-            .segment_size(SEGMENT_BYTES)
-            // The indexer makes sled durable at its checkpoints.
-            .flush_every_ms(None)
-            .open()?;
-        let meta = db.open_tree("meta")?;
-        let deliveries = db.open_tree("deliveries")?;
-        let dead = db.open_tree("dead")?;
-        let file = std::fs::File::open(sled_dir.join("db")).map_err(QueueError::Storage)?;
-        let store = Arc::new(Store {
-            db: db.clone(),
-            file,
-            synced: std::sync::Mutex::new(None),
-            blobs: sled_dir.join("blobs"),
-            synced_blobs: std::sync::Mutex::new(Default::default()),
-        });
+        let state = Arc::new(StateStore::open(&sled_dir)?);
+        let trees = state.get()?;
+        let (db, meta) = (&trees.db, &trees.meta);
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir).map_err(QueueError::Storage)?;
         let now_ms = unix_millis(SystemTime::now());
-        let cursor = cursor_of(&db, &meta, &log_dir, now_ms)?;
-        let unmatched = read_u64(&meta, UNMATCHED_KEY)?.unwrap_or(0);
-        let install = match read_u64(&meta, INSTALL_KEY)? {
+        let cursor = cursor_of(db, meta, &log_dir, now_ms)?;
+        let unmatched = read_u64(meta, UNMATCHED_KEY)?.unwrap_or(0);
+        let install = match read_u64(meta, INSTALL_KEY)? {
             Some(id) => id,
             // Made durable by the checkpoint below, before anything is
             // routed with it.
@@ -154,7 +132,8 @@ impl SledQueue {
                 "read dedupe keys of acknowledged events back from the log"
             );
         }
-        store.checkpoint()?;
+        trees.store.checkpoint()?;
+        drop(trees);
         // The directories just created must survive a power loss too.
         for d in [dir, sled_dir.as_path(), log_dir.as_path()] {
             std::fs::File::open(d)
@@ -168,10 +147,7 @@ impl SledQueue {
         ));
         let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
         let queue = |jobs, threads| SledQueue {
-            db,
-            meta,
-            deliveries,
-            dead,
+            state: state.clone(),
             routed_upto: AtomicU64::new(cursor.0),
             install,
             unmatched: AtomicU64::new(unmatched),
@@ -179,7 +155,6 @@ impl SledQueue {
             shared: shared.clone(),
             reader: log::Reader::new(&log_dir),
             log_dir: log_dir.clone(),
-            store: store.clone(),
             jobs,
             closed: AtomicBool::new(false),
             threads,
@@ -202,11 +177,11 @@ impl SledQueue {
                 .map_err(QueueError::Storage)?
         };
         let indexer = {
-            let (store, shared) = (store.clone(), shared.clone());
+            let (state, shared) = (state.clone(), shared.clone());
             let files = KeyFiles::new(&log_dir);
             std::thread::Builder::new()
                 .name("hookgate-indexer".into())
-                .spawn(move || writer::run_indexer(files, store, shared, indexed))
+                .spawn(move || writer::run_indexer(files, state, shared, indexed))
                 .map_err(QueueError::Storage)?
         };
         Ok(queue(jobs, vec![writer, indexer]))
@@ -252,7 +227,7 @@ impl SledQueue {
                 (f.id, record.into_vec())
             })
             .collect();
-        Ok(Page { events, next })
+        Ok(Page { from, events, next })
     }
 
     /// Deletes log segments the router is past for good (its cursor, as
@@ -268,8 +243,8 @@ impl SledQueue {
         limit: usize,
     ) -> Result<usize, QueueError> {
         // The cursor in memory may be ahead of what a crash would leave.
-        let saved = read_u64(&self.meta, ROUTED_KEY)?.unwrap_or(0);
-        self.store.checkpoint()?;
+        let saved = read_u64(&self.state.get()?.meta, ROUTED_KEY)?.unwrap_or(0);
+        self.state.checkpoint()?;
         let (routed_seq, _) = log::place_of(EventId(saved));
         let (indexed_seq, _) = log::place_of(self.shared.indexed());
         // The newest segment holding events is never deleted: it tells the
@@ -313,6 +288,67 @@ impl SledQueue {
         Ok(removed)
     }
 
+    /// Whether routing and delivery state can be written now: while it
+    /// cannot, the router and the dispatcher wait and `/readyz` says so.
+    pub fn state_writable(&self) -> bool {
+        self.state.healthy()
+    }
+
+    /// Whether the daemon should take traffic (`/readyz`): events can be
+    /// stored, and what they become can be recorded.
+    pub fn ready(&self) -> bool {
+        self.writable() && self.state_writable()
+    }
+
+    /// Recovers from storage failures without a restart; the daemon calls
+    /// it every second or so. The writer is asked to try again what failed
+    /// (starting a log segment, a write), so readiness returns without
+    /// waiting for webhook traffic; the state store is probed and, if
+    /// sled's error is sticky, reopened, after which the router's cursor is
+    /// read back from what sled had made durable (events after it are
+    /// routed again, with the same idempotency keys).
+    pub fn heal(&self) -> Healed {
+        if self.shared.failing.load(Ordering::Acquire) {
+            // Full: the next call asks again.
+            let _ = self.jobs.try_send(Job::Probe);
+        }
+        let healed = self.state.heal(unix_millis(SystemTime::now()));
+        if let Healed::Recovered { reopened } = healed {
+            if reopened {
+                if let Err(e) = self.reload_cursor() {
+                    tracing::error!(error = %e, "cannot read the router's place back after reopening the state store");
+                    self.state.failed(&e);
+                    return Healed::Failing;
+                }
+            }
+            tracing::warn!(
+                reopened,
+                "routing and delivery state can be written again: routing and dispatching resume"
+            );
+        }
+        healed
+    }
+
+    /// After a reopen: the cursor and the unmatched count as sled last made
+    /// them durable; events past that cursor count as unrouted again.
+    fn reload_cursor(&self) -> Result<(), QueueError> {
+        let trees = self.state.get()?;
+        let saved = read_u64(&trees.meta, ROUTED_KEY)?.unwrap_or(0);
+        let unmatched = read_u64(&trees.meta, UNMATCHED_KEY)?.unwrap_or(0);
+        let mut cursor = self.cursor_saved.lock().expect("cursor lock");
+        let was = self.routed_upto.load(Ordering::Acquire);
+        if saved < was {
+            let (again, _) = self.reader.page(EventId(saved), EventId(was), usize::MAX)?;
+            self.shared
+                .unrouted
+                .fetch_add(again.len() as u64, Ordering::AcqRel);
+        }
+        self.routed_upto.store(saved, Ordering::Release);
+        self.unmatched.store(unmatched, Ordering::Release);
+        *cursor = (std::time::Instant::now(), saved);
+        Ok(())
+    }
+
     /// This data_dir's random id (made when the queue was first opened).
     pub fn install_id(&self) -> u64 {
         self.install
@@ -331,7 +367,7 @@ impl SledQueue {
     pub fn flush(&self) -> Result<(), QueueError> {
         self.shared.settle(SETTLE_LIMIT);
         self.save_cursor()?;
-        self.store.checkpoint()
+        self.state.checkpoint()
     }
 }
 
@@ -457,13 +493,14 @@ impl Queue for SledQueue {
     }
 
     fn stats(&self) -> Result<Stats, QueueError> {
+        let trees = self.state.get()?;
         Ok(Stats {
             inbox: self.shared.unrouted.load(Ordering::Acquire),
-            deliveries: self.deliveries.len() as u64,
-            dead: self.dead.len() as u64,
+            deliveries: trees.deliveries.len() as u64,
+            dead: trees.dead.len() as u64,
             unmatched: self.unmatched.load(Ordering::Acquire),
             seen: self.shared.seen.load(Ordering::Relaxed),
-            disk_bytes: self.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
+            disk_bytes: trees.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
         })
     }
 

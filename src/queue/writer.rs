@@ -33,6 +33,9 @@ pub type Reply = oneshot::Sender<Result<Appended, QueueError>>;
 /// What the writer is asked to do.
 pub enum Job {
     Append(Append),
+    /// After a failure: try again what failed (starting the next
+    /// segment, a write), so readiness returns without waiting for traffic.
+    Probe,
     /// Forget dedupe keys expired at `now_ms`; answers how many.
     Prune {
         now_ms: u64,
@@ -245,6 +248,7 @@ pub fn run_writer(
                 Job::Prune { now_ms, reply } => {
                     let _ = reply.send(prune(&mut seen, &shared, now_ms));
                 }
+                Job::Probe => probe(&mut log, &shared),
             }
             if batch.len() < batch_max {
                 next = rx.try_recv().ok();
@@ -298,6 +302,21 @@ pub fn run_writer(
     }
     drop(to_syncer);
     let _ = syncer.join();
+}
+
+/// Clears `failing` when what failed works again. A poisoned log (a
+/// failed sync) stays so until a restart.
+fn probe(log: &mut Log, shared: &Shared) {
+    if !shared.failing.load(Ordering::Acquire) || shared.poisoned.load(Ordering::Acquire) {
+        return;
+    }
+    match log.retry() {
+        Ok(()) => {
+            shared.failing.store(false, Ordering::Release);
+            tracing::warn!("the event log can be written again");
+        }
+        Err(e) => tracing::debug!(error = %e, "the event log still cannot be written"),
+    }
 }
 
 fn prune(seen: &mut SeenIndex, shared: &Shared, now_ms: u64) -> usize {
@@ -464,7 +483,7 @@ fn sync(shared: &Shared, group: Vec<Written>, to_indexer: &std_mpsc::Sender<Vec<
 /// files and sled durable.
 pub fn run_indexer(
     mut files: KeyFiles,
-    store: Arc<Store>,
+    state: Arc<super::state::StateStore>,
     shared: Arc<Shared>,
     rx: std_mpsc::Receiver<Vec<KeyRecord>>,
 ) {
@@ -499,17 +518,17 @@ pub fn run_indexer(
             }
         }
         // The router and dispatcher write to sled: checkpoint on time.
-        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            if let Err(e) = store.checkpoint() {
-                tracing::error!(error = %e, "sled checkpoint failed; the log keeps every event");
-            }
+        // A failure is noted by the state store (logged once); while it
+        // lasts, the healer probes instead.
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY && state.healthy() {
+            let _ = state.checkpoint();
             last_checkpoint = Instant::now();
         }
     }
     if let Err(e) = files.sync() {
         tracing::error!(error = %e, "cannot sync the dedupe keys; the next start reads them from the log");
     }
-    if let Err(e) = store.checkpoint() {
+    if let Err(e) = state.checkpoint() {
         tracing::error!(error = %e, "final sled checkpoint failed");
     }
 }

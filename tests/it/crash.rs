@@ -158,36 +158,6 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     );
 }
 
-/// A tmpfs of a fixed size, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None` when this process may not mount (not root).
-    fn mount(at: &std::path::Path, mib: u32) -> Option<SmallDisk> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_owned()))
-    }
-
-    fn grow(&self, mib: u32) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}m")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,8 +232,8 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
         acked.len()
     );
     assert!(refused.load(Ordering::Relaxed) >= 30, "the disk filled up");
-    let ready = format!("http://{}/readyz", daemon.admin);
-    let (status, _, _) = hookgate::client::request(Method::GET, &ready, &[], vec![])
+    let ready_url = format!("http://{}/readyz", daemon.admin);
+    let (status, _, _) = hookgate::client::request(Method::GET, &ready_url, &[], vec![])
         .await
         .unwrap();
     assert_eq!(
@@ -272,9 +242,24 @@ async fn full_disk_answers_503_and_loses_nothing_acknowledged() {
         "/readyz reports the queue as not writable"
     );
 
-    // With room again, everything acknowledged is there, and new events land.
-    let daemon = daemon.kill();
+    // With room again, the daemon is ready again by itself: no webhook
+    // has to arrive first (regression: `/readyz` stayed 503 until one did,
+    // and a load balancer gating on it never sent one).
     disk.grow(64);
+    let mut ready = false;
+    for _ in 0..50 {
+        let (status, _, _) = hookgate::client::request(Method::GET, &ready_url, &[], vec![])
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "/readyz is 200 again once space returns");
+    // Everything acknowledged is there after a restart, and new events land.
+    let daemon = daemon.kill();
     let daemon = daemon.restart().await;
     let signed = github.sign(&SignInput {
         body: &body,

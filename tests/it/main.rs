@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod delivery;
+mod faults;
 mod ingress;
 mod sinks;
 mod support;

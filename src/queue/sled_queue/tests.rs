@@ -55,7 +55,7 @@ fn route_all(q: &SledQueue) -> usize {
             dead: vec![],
         })
         .collect();
-    q.routed(&routed, page.next).unwrap();
+    q.routed(&routed, page.from, page.next).unwrap();
     routed.len()
 }
 
@@ -345,7 +345,7 @@ async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
     assert_eq!(inbox, ids[1..]);
     let stats = q.stats().unwrap();
     assert_eq!((stats.inbox, stats.unmatched), (2, 1));
-    let names = q.db.tree_names();
+    let names = q.state.get().unwrap().db.tree_names();
     for old in [&b"inbox"[..], b"unmatched", b"seen"] {
         assert!(!names.iter().any(|n| n.as_ref() == old), "{old:?} kept");
     }
@@ -416,7 +416,7 @@ async fn a_delivery_rescheduled_to_the_same_millisecond_stays() {
         pending: vec![rec.clone()],
         dead: vec![],
     }];
-    q.routed(&page, EventId(0)).unwrap();
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
     let key = rec.due_key();
     // An attempt answered `Retry-After: 0` within the millisecond.
     rec.failures = 1;
@@ -444,7 +444,7 @@ async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
         pending: vec![rec],
         dead: vec![],
     }];
-    q.routed(&page, EventId(0)).unwrap();
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
     q.flush().unwrap();
     let blobs: std::collections::HashSet<std::ffi::OsString> =
         std::fs::read_dir(dir.path().join("sled/blobs"))
@@ -452,7 +452,15 @@ async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
             .map(|e| e.unwrap().file_name())
             .collect();
     assert!(!blobs.is_empty(), "a 300 KB record is a blob");
-    let synced = q.store.synced_blobs.lock().unwrap().clone();
+    let synced = q
+        .state
+        .get()
+        .unwrap()
+        .store
+        .synced_blobs
+        .lock()
+        .unwrap()
+        .clone();
     assert!(blobs.is_subset(&synced), "{blobs:?} synced: {synced:?}");
 }
 

@@ -550,3 +550,33 @@ pub async fn post_push(url: &str, github: &Arc<dyn Provider>, id: &str) -> Statu
         .unwrap()
         .0
 }
+
+/// A tmpfs of a fixed size, unmounted on drop.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` when this process may not mount (not root).
+    pub fn mount(at: &std::path::Path, mib: u32) -> Option<SmallDisk> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_owned()))
+    }
+
+    pub fn grow(&self, mib: u32) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

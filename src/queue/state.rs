@@ -1,0 +1,224 @@
+//! sled, the routing and delivery state, behind a handle that survives its
+//! failures.
+//!
+//! sled 0.34 makes an I/O error sticky: once a write of its log fails (a
+//! full disk), every later operation fails with the same error until the
+//! database is opened again. [`StateStore`] notes the first failure (logged
+//! once), so the router and the dispatcher stop and `/readyz` says not
+//! ready, and [`StateStore::heal`] probes and, when the error is sticky,
+//! closes and reopens sled in process: a daemon outside systemd recovers
+//! without a restart. What the failed sled held only in memory is gone
+//! after the reopen; what it had made durable is back, and the queue
+//! re-reads its cursor from it (`SledQueue::heal`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::writer::Store;
+use super::QueueError;
+
+/// sled's page cache; the default (1 GiB) would dwarf the daemon.
+const CACHE_BYTES: u64 = 8 << 20;
+/// sled's log segment size (its default). Items larger than a quarter of it
+/// (deliveries frozen with bodies over ~128 KiB) go to blob files that
+/// sled does not fsync: `Store::checkpoint` syncs them.
+const SEGMENT_BYTES: usize = 512 << 10;
+/// How long a reopen waits for operations still holding the old handle.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// `meta` key written by a health probe.
+const PROBE_KEY: &[u8] = b"probe";
+
+/// One open sled database and its trees.
+pub struct Trees {
+    pub db: sled::Db,
+    pub meta: sled::Tree,
+    /// Pending deliveries by due time (`delivery.rs`).
+    pub deliveries: sled::Tree,
+    /// Dead deliveries by id.
+    pub dead: sled::Tree,
+    /// What makes sled durable (`writer.rs`).
+    pub store: Store,
+}
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Trees, QueueError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .segment_size(SEGMENT_BYTES)
+            // The indexer makes sled durable at its checkpoints.
+            .flush_every_ms(None)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let deliveries = db.open_tree("deliveries")?;
+        let dead = db.open_tree("dead")?;
+        let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
+        let store = Store {
+            db: db.clone(),
+            file,
+            synced: std::sync::Mutex::new(None),
+            blobs: dir.join("blobs"),
+            synced_blobs: std::sync::Mutex::new(Default::default()),
+        };
+        Ok(Trees {
+            db,
+            meta,
+            deliveries,
+            dead,
+            store,
+        })
+    }
+}
+
+/// sled, reopenable, with its health.
+pub struct StateStore {
+    dir: PathBuf,
+    /// `None` only while a reopen is under way (or failed).
+    current: RwLock<Option<Arc<Trees>>>,
+    /// Set by the first failed operation, cleared by a good probe.
+    failing: AtomicBool,
+}
+
+/// What [`StateStore::heal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Healed {
+    /// Nothing was wrong.
+    Healthy,
+    /// It was failing and writes durably again; `reopened` when sled had to
+    /// be opened again (what it held in memory only is gone).
+    Recovered { reopened: bool },
+    /// Still cannot write.
+    Failing,
+}
+
+impl StateStore {
+    pub fn open(dir: &Path) -> Result<StateStore, QueueError> {
+        Ok(StateStore {
+            current: RwLock::new(Some(Arc::new(Trees::open(dir)?))),
+            dir: dir.to_owned(),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// The open database, or an error while none is (a reopen failed).
+    pub fn get(&self) -> Result<Arc<Trees>, QueueError> {
+        self.current
+            .read()
+            .expect("state lock")
+            .clone()
+            .ok_or_else(|| {
+                QueueError::Storage(std::io::Error::other(
+                    "the state store is closed after a storage failure; reopening",
+                ))
+            })
+    }
+
+    /// Whether the last look found it writable.
+    pub fn healthy(&self) -> bool {
+        !self.failing.load(Ordering::Acquire)
+    }
+
+    /// Notes the outcome of an operation: the first failure marks the store
+    /// failing and is logged (once per failure, not per operation).
+    pub fn check<T, E: Into<QueueError>>(&self, r: Result<T, E>) -> Result<T, QueueError> {
+        r.map_err(|e| {
+            let e = e.into();
+            self.failed(&e);
+            e
+        })
+    }
+
+    /// Marks the store failing because of `e`.
+    pub fn failed(&self, e: &QueueError) {
+        if !matches!(e, QueueError::Storage(_)) {
+            return;
+        }
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "cannot write routing and delivery state: routing and dispatching pause until it can (no delivery is attempted whose outcome cannot be recorded)");
+        }
+    }
+
+    /// Makes what sled holds durable (see [`Store::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), QueueError> {
+        let trees = self.get()?;
+        self.check(trees.store.checkpoint())
+    }
+
+    /// When failing: probes with a durable write, and when that fails
+    /// (sled's error is sticky), closes and reopens sled, then probes
+    /// again.
+    pub fn heal(&self, now_ms: u64) -> Healed {
+        if self.healthy() {
+            return Healed::Healthy;
+        }
+        if self.probe(now_ms).is_ok() {
+            self.failing.store(false, Ordering::Release);
+            return Healed::Recovered { reopened: false };
+        }
+        match self.reopen().and_then(|()| self.probe(now_ms)) {
+            Ok(()) => {
+                self.failing.store(false, Ordering::Release);
+                Healed::Recovered { reopened: true }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the state store still cannot be written");
+                Healed::Failing
+            }
+        }
+    }
+
+    /// A small durable write: it fails while the disk is full.
+    fn probe(&self, now_ms: u64) -> Result<(), QueueError> {
+        let trees = self.get()?;
+        trees.meta.insert(PROBE_KEY, &now_ms.to_be_bytes())?;
+        trees.store.checkpoint()
+    }
+
+    /// Closes sled (once every operation holding it let go) and opens it
+    /// again from what it made durable.
+    fn reopen(&self) -> Result<(), QueueError> {
+        // Taken out first: operations meanwhile fail at once instead of
+        // waiting on the lock.
+        let taken = self.current.write().expect("state lock").take();
+        if let Some(mut old) = taken {
+            // Operations hold the handle for one call; sled lets go of its
+            // file lock only once the last one is dropped.
+            let started = Instant::now();
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(trees) => {
+                        drop(trees);
+                        break;
+                    }
+                    Err(still) if started.elapsed() < RELEASE_WAIT => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(still) => {
+                        *self.current.write().expect("state lock") = Some(still);
+                        return Err(QueueError::Storage(std::io::Error::other(
+                            "the state store is still in use; will retry",
+                        )));
+                    }
+                }
+            }
+        }
+        // sled's background work may hold its file lock a moment longer.
+        let started = Instant::now();
+        loop {
+            match Trees::open(&self.dir) {
+                Ok(trees) => {
+                    *self.current.write().expect("state lock") = Some(Arc::new(trees));
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() < RELEASE_WAIT => {
+                    tracing::debug!(error = %e, "reopening the state store");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
