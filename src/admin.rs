@@ -96,8 +96,8 @@ impl Admin {
                     text(StatusCode::OK, "ready\n")
                 }
             }
-            (&Method::GET, ["api", "queue", "stats"]) => result(self.queue.stats()),
-            (&Method::GET, ["metrics"]) => match self.queue.stats() {
+            (&Method::GET, ["api", "queue", "stats"]) => result(self.stats()),
+            (&Method::GET, ["metrics"]) => match self.stats() {
                 Ok(stats) => {
                     let (log_syncs, synced_events) = self.queue.log_syncs();
                     let (breakers, oldest_due_age) = self
@@ -108,6 +108,8 @@ impl Admin {
                         deliveries: stats.deliveries,
                         dead: stats.dead,
                         unmatched: stats.unmatched,
+                        held: stats.held,
+                        disabled: stats.disabled,
                         oldest_due_age,
                         breakers,
                         log_syncs: Some(log_syncs),
@@ -142,15 +144,21 @@ impl Admin {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
             },
-            (&Method::POST, ["api", "dead", "replay"]) => replayed(self.dispatcher.replay(None)),
+            (&Method::POST, ["api", "dead", "replay"]) => result(self.dispatcher.replay(None)),
             (&Method::POST, ["api", "dead", id, "replay"]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
                 Ok(id) => match self.dispatcher.replay(Some(id)) {
-                    Ok(0) => error(
-                        StatusCode::NOT_FOUND,
-                        "no dead delivery with that id (or nothing to send)",
-                    ),
-                    other => replayed(other),
+                    Ok(done) => match done.refused.first() {
+                        Some(refused) => error(
+                            StatusCode::CONFLICT,
+                            &format!("dead delivery {id} not replayed: {}", refused.reason),
+                        ),
+                        None if done.replayed == 0 => {
+                            error(StatusCode::NOT_FOUND, "no dead delivery with that id")
+                        }
+                        None => json(StatusCode::OK, &done),
+                    },
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
             },
             (_, ["healthz" | "readyz" | "metrics"]) | (_, ["api", ..]) => {
@@ -162,6 +170,16 @@ impl Admin {
 }
 
 impl Admin {
+    /// The queue's counts, with what each disabled sink holds.
+    fn stats(&self) -> Result<crate::queue::Stats, crate::queue::QueueError> {
+        let sinks = self.dispatcher.sinks();
+        self.queue.stats_with(
+            sinks
+                .values()
+                .filter_map(|s| Some((s.config.name.as_str(), s.config.kind.unconfigured()?))),
+        )
+    }
+
     /// The answer for a request without the right bearer token, if any.
     fn refuse<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         let token = match &self.token {
@@ -191,10 +209,6 @@ impl Admin {
             Some(r)
         }
     }
-}
-
-fn replayed(r: Result<usize, crate::queue::QueueError>) -> Response<Full<Bytes>> {
-    result(r.map(|n| serde_json::json!({ "replayed": n })))
 }
 
 fn result<T: Serialize>(r: Result<T, crate::queue::QueueError>) -> Response<Full<Bytes>> {

@@ -236,7 +236,7 @@ fn apply_reload(
 pub fn build_sinks(config: &Config) -> Result<Sinks, DaemonError> {
     for c in config.sinks.values() {
         if let Some(why) = c.kind.unconfigured() {
-            tracing::warn!(sink = %c.name, reason = %why, "sink disabled until its secret is set: routes skip it");
+            tracing::warn!(sink = %c.name, reason = %why, "sink disabled until its secret is set: its deliveries are held (queue stats shows them) and sent once it is set and the config reloaded");
         }
     }
     config

@@ -538,26 +538,40 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
                 Some(id) => format!("/api/dead/{id}/replay"),
                 None => "/api/dead/replay".to_owned(),
             };
-            let n = match admin(config, http::Method::POST, &path).await? {
-                Some(body) => serde_json::from_slice::<serde_json::Value>(&body)?["replayed"]
-                    .as_u64()
-                    .unwrap_or(0),
-                None => offline()?.requeue(
-                    id,
-                    hookgate::queue::unix_millis(std::time::SystemTime::now()),
-                )? as u64,
-            };
+            let done: hookgate::queue::Requeued =
+                match admin(config, http::Method::POST, &path).await? {
+                    Some(body) => serde_json::from_slice(&body)?,
+                    None => offline()?.requeue(
+                        id,
+                        hookgate::queue::unix_millis(std::time::SystemTime::now()),
+                        |rec| {
+                            (!config.sinks.contains_key(&rec.sink)).then(|| {
+                                format!("its sink `{}` is no longer in the config: add it back to replay it", rec.sink)
+                            })
+                        },
+                    )?,
+                };
+            let n = done.replayed;
             if json {
-                println!("{}", serde_json::json!({ "replayed": n }));
+                println!("{}", serde_json::to_string(&done)?);
             } else {
                 println!(
                     "replayed {n} dead deliver{}",
                     if n == 1 { "y" } else { "ies" }
                 );
+                for r in &done.refused {
+                    eprintln!("not replayed: {}: {}", r.id, r.reason);
+                }
             }
-            if let (Some(id), 0) = (id, n) {
-                eprintln!("no dead delivery {id}: see `hookgate queue dead list`");
-                return Ok(ExitCode::FAILURE);
+            if let Some(id) = id {
+                if let Some(r) = done.refused.first() {
+                    eprintln!("dead delivery {id} not replayed: {}", r.reason);
+                    return Ok(ExitCode::FAILURE);
+                }
+                if n == 0 {
+                    eprintln!("no dead delivery {id}: see `hookgate queue dead list`");
+                    return Ok(ExitCode::FAILURE);
+                }
             }
         }
     }
@@ -572,10 +586,13 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         match admin(&loaded.config, http::Method::GET, "/api/queue/stats").await? {
             Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
             // No daemon: read the data directory directly.
-            None => {
-                use hookgate::queue::Queue;
-                hookgate::daemon::inspect_queue(&loaded.config)?.stats()?
-            }
+            None => hookgate::daemon::inspect_queue(&loaded.config)?.stats_with(
+                loaded
+                    .config
+                    .sinks
+                    .values()
+                    .filter_map(|s| Some((s.name.as_str(), s.kind.unconfigured()?))),
+            )?,
         };
     if json {
         println!("{}", serde_json::to_string(&stats)?);
@@ -589,6 +606,12 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             stats.seen,
             stats.disk_bytes
         );
+        for (sink, d) in &stats.disabled {
+            println!(
+                "held {}  for sink `{sink}`, disabled: {} (set it and reload to send them)",
+                d.held, d.reason
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,6 +121,10 @@ pub struct Gauges {
     pub deliveries: u64,
     pub dead: u64,
     pub unmatched: u64,
+    /// Deliveries held for disabled sinks (also counted in `deliveries`).
+    pub held: u64,
+    /// Disabled sinks: why, and what each holds.
+    pub disabled: BTreeMap<String, crate::queue::Disabled>,
     /// Seconds the oldest due delivery has waited past its due time.
     pub oldest_due_age: f64,
     /// Sink name → breaker open.
@@ -289,8 +293,27 @@ impl Metrics {
             ("deliveries", gauges.deliveries),
             ("dead", gauges.dead),
             ("unmatched", gauges.unmatched),
+            ("held", gauges.held),
         ] {
             let _ = writeln!(out, "hookgate_queue_depth{{state=\"{state}\"}} {v}");
+        }
+        let _ = writeln!(out, "# HELP hookgate_sink_disabled A sink that cannot send because its secret is not set (1), with why; it holds its deliveries.\n# TYPE hookgate_sink_disabled gauge");
+        for (sink, d) in &gauges.disabled {
+            let _ = writeln!(
+                out,
+                "hookgate_sink_disabled{{sink=\"{}\",reason=\"{}\"}} 1",
+                escape(sink),
+                escape(&d.reason)
+            );
+        }
+        let _ = writeln!(out, "# HELP hookgate_sink_held_deliveries Deliveries a disabled sink holds.\n# TYPE hookgate_sink_held_deliveries gauge");
+        for (sink, d) in &gauges.disabled {
+            let _ = writeln!(
+                out,
+                "hookgate_sink_held_deliveries{{sink=\"{}\"}} {}",
+                escape(sink),
+                d.held
+            );
         }
         let _ = writeln!(
             out,

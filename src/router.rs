@@ -173,15 +173,6 @@ pub fn route_one(
             } => (route, sink, *item),
             Outcome::Failed { route, sink, .. } => (route, sink, None),
         };
-        // A sink without its secret is disabled until it is set and the
-        // config reloaded (logged at start and at each reload).
-        if sinks
-            .get(sink)
-            .is_some_and(|s| s.config.kind.unconfigured().is_some())
-        {
-            tracing::debug!(event = %id, route = %route, sink = %sink, "skipped: sink disabled until its secret is set");
-            continue;
-        }
         let mut rec = DeliveryRecord {
             id: queue.next_delivery_id()?,
             event_id: id.0,

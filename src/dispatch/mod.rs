@@ -219,6 +219,11 @@ impl Dispatcher {
         }
     }
 
+    /// The sinks as configured now.
+    pub fn sinks(&self) -> Arc<Sinks> {
+        self.sinks.get()
+    }
+
     /// Pending deliveries to sinks the config no longer has go dead with
     /// that reason (at start and after a reload).
     pub fn bury_orphans(&self) {
@@ -249,6 +254,11 @@ impl Dispatcher {
         sinks: &Arc<Sinks>,
         tracker: &TaskTracker,
     ) -> Result<Option<Duration>, crate::queue::QueueError> {
+        // Disabled (its secret is not set): its deliveries are held, not
+        // looked at, until a reload brings the secret.
+        if sink.config.kind.unconfigured().is_some() {
+            return Ok(None);
+        }
         let now = unix_millis(SystemTime::now());
         let mut blocked = None;
         for (key, id) in self.queue.due(name, now, PAGE)? {
@@ -489,25 +499,21 @@ impl Dispatcher {
 
     /// Replays dead deliveries (one, or all with `None`): they are due now
     /// with a fresh schedule, and the sinks they go to are re-enabled (a
-    /// sink disabled by a "gone" answer, its breaker reset). Returns how
-    /// many were requeued.
-    pub fn replay(&self, id: Option<u64>) -> Result<usize, crate::queue::QueueError> {
-        let sinks: HashSet<String> = match id {
-            Some(id) => self
-                .queue
-                .dead_letter(id)?
-                .map(|d| d.sink)
-                .into_iter()
-                .collect(),
-            None => self
-                .queue
-                .dead_letters()?
-                .into_iter()
-                .map(|d| d.sink)
-                .collect(),
-        };
+    /// sink disabled by a "gone" answer, its breaker reset). A delivery to
+    /// a sink no longer in the config stays dead, reported with the reason
+    /// (it would wait for nothing); one to a sink that is disabled is held
+    /// until its secret is set.
+    pub fn replay(
+        &self,
+        id: Option<u64>,
+    ) -> Result<crate::queue::Requeued, crate::queue::QueueError> {
         let live = self.sinks.get();
-        for name in &sinks {
+        let done = self
+            .queue
+            .requeue(id, unix_millis(SystemTime::now()), |rec| {
+                refuse_replay(&live, &rec.sink)
+            })?;
+        for name in &done.sinks {
             if let Some(sink) = live.get(name) {
                 if sink.broken.lock().expect("broken lock").take().is_some() {
                     tracing::info!(sink = %name, "sink re-enabled by a replay");
@@ -515,9 +521,8 @@ impl Dispatcher {
                 sink.breaker.lock().expect("breaker lock").success();
             }
         }
-        let n = self.queue.requeue(id, unix_millis(SystemTime::now()))?;
         self.wake.notify_one();
-        Ok(n)
+        Ok(done)
     }
 
     fn finish_dead(&self, mut rec: DeliveryRecord, reason: String) {
@@ -528,6 +533,15 @@ impl Dispatcher {
             tracing::error!(delivery = rec.id, error = %e, "cannot move a delivery to dead");
         }
     }
+}
+
+/// Why a dead delivery to `sink` cannot be replayed under the `live` sinks.
+pub fn refuse_replay(live: &Sinks, sink: &str) -> Option<String> {
+    (!live.contains_key(sink)).then(|| {
+        format!(
+            "its sink `{sink}` is no longer in the config: add it back (and reload) to replay it"
+        )
+    })
 }
 
 fn outcome_label(v: &Verdict) -> String {

@@ -248,18 +248,42 @@ impl SledQueue {
         }
     }
 
+    /// How many deliveries to `sink` wait (keys only; for sinks that hold
+    /// theirs, which are few).
+    pub fn pending_count(&self, sink: &str) -> Result<u64, QueueError> {
+        let trees = self.state.get()?;
+        let mut n = 0;
+        for k in trees.deliveries.scan_prefix(sink_prefix(sink)).keys() {
+            self.state.check(k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Moves dead deliveries back to pending, due at `now_ms`, with a fresh
-    /// schedule (their attempt history kept). `None` requeues all. Returns
-    /// how many moved.
-    pub fn requeue(&self, id: Option<u64>, now_ms: u64) -> Result<usize, QueueError> {
+    /// schedule (their attempt history kept). `None` requeues all. A
+    /// delivery `refuse` has a reason against (its sink was removed), or
+    /// whose template failed (nothing to send), stays dead and is reported
+    /// with the reason.
+    pub fn requeue(
+        &self,
+        id: Option<u64>,
+        now_ms: u64,
+        refuse: impl Fn(&DeliveryRecord) -> Option<String>,
+    ) -> Result<Requeued, QueueError> {
         let records = match id {
             Some(id) => self.dead_letter(id)?.into_iter().collect(),
             None => self.dead_letters()?,
         };
-        let mut moved = 0;
+        let mut out = Requeued::default();
         for mut rec in records {
-            if rec.frozen.is_none() {
-                // Its template failed: there is nothing to send.
+            let reason = if rec.frozen.is_none() {
+                Some("its template failed, so there is nothing to send: fix the route; the event is routed again only by a new delivery".to_owned())
+            } else {
+                refuse(&rec)
+            };
+            if let Some(reason) = reason {
+                out.refused.push(Refused { id: rec.id, reason });
                 continue;
             }
             rec.due_ms = now_ms;
@@ -276,8 +300,29 @@ impl SledQueue {
                 })
                 .map_err(tx_err);
             self.state.check(moved_one)?;
-            moved += 1;
+            out.replayed += 1;
+            out.sinks.insert(rec.sink);
         }
-        Ok(moved)
+        Ok(out)
     }
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Requeued {
+    /// Dead deliveries made pending again.
+    pub replayed: usize,
+    /// Those left dead, and why.
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+    /// The sinks the replayed deliveries go to.
+    #[serde(skip)]
+    pub sinks: std::collections::BTreeSet<String>,
+}
+
+/// A dead delivery a replay left dead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refused {
+    pub id: u64,
+    pub reason: String,
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-pub use deliveries::Routed;
+pub use deliveries::{Refused, Requeued, Routed};
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
 /// A stored GitHub push, for tests across the crate.
 #[cfg(test)]
@@ -94,6 +94,21 @@ pub struct Stats {
     /// Events no route matched.
     #[serde(default)]
     pub unmatched: u64,
+    /// Of `deliveries`, those held for sinks that are disabled (their
+    /// secret is not set): sent once it is and the config is reloaded.
+    #[serde(default)]
+    pub held: u64,
+    /// The disabled sinks: why, and how many deliveries each holds.
+    #[serde(default)]
+    pub disabled: std::collections::BTreeMap<String, Disabled>,
+}
+
+/// A sink that cannot send (its URL or token secret is not set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Disabled {
+    pub reason: String,
+    /// Deliveries it holds.
+    pub held: u64,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

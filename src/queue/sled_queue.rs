@@ -349,6 +349,27 @@ impl SledQueue {
         Ok(())
     }
 
+    /// [`Queue::stats`], with what each of the `disabled` sinks (name, why)
+    /// holds.
+    pub fn stats_with<'a>(
+        &self,
+        disabled: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Stats, QueueError> {
+        let mut stats = self.stats()?;
+        for (sink, reason) in disabled {
+            let held = self.pending_count(sink)?;
+            stats.held += held;
+            stats.disabled.insert(
+                sink.to_owned(),
+                super::Disabled {
+                    reason: reason.to_owned(),
+                    held,
+                },
+            );
+        }
+        Ok(stats)
+    }
+
     /// This data_dir's random id (made when the queue was first opened).
     pub fn install_id(&self) -> u64 {
         self.install
@@ -501,6 +522,8 @@ impl Queue for SledQueue {
             unmatched: self.unmatched.load(Ordering::Acquire),
             seen: self.shared.seen.load(Ordering::Relaxed),
             disk_bytes: trees.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
+            held: 0,
+            disabled: Default::default(),
         })
     }
 

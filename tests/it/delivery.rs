@@ -233,9 +233,11 @@ async fn permanent_answers_go_dead_at_once_with_their_history() {
         gw.queue
             .requeue(
                 Some(d.id),
-                hookgate::queue::unix_millis(std::time::SystemTime::now())
+                hookgate::queue::unix_millis(std::time::SystemTime::now()),
+                |_| None
             )
-            .unwrap(),
+            .unwrap()
+            .replayed,
         1
     );
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
@@ -770,14 +772,18 @@ async fn a_reload_leaves_an_attempt_in_flight_to_settle_its_record() {
     );
 }
 
+/// Regression (#8.4): deliveries to a sink whose secret was not set were
+/// skipped at routing, counted nowhere, and could never be sent. They are
+/// held, visible in the stats and metrics, and go out once the secret is
+/// set and the config reloaded.
 #[tokio::test]
-async fn a_sink_without_its_secret_is_skipped_not_queued() {
+async fn a_sink_without_its_secret_holds_its_deliveries_until_a_reload_sets_it() {
     let rx = Receiver::start(Reply::status(200)).await;
     let text = format!(
         r#"{GITHUB}
-[sinks.chat]
-kind = "slack"
-url = {{ env = "HOOKGATE_IT_NEVER_SET_SLACK" }}
+[sinks.held]
+kind = "http"
+url = {{ file = "{{dir}}/held-url" }}
 
 [sinks.target]
 kind = "http"
@@ -786,9 +792,9 @@ url = "{}"
 [[routes]]
 name = "both"
 source = "github"
-to = ["chat", "target"]
+to = ["held", "target"]
 "#,
-        rx.url("/")
+        rx.url("/target")
     );
     let gw = TestGateway::start("", &text).await;
     push(&gw, "disabled-1").await;
@@ -798,12 +804,38 @@ to = ["chat", "target"]
         "the configured sink delivers"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = hookgate::queue::Queue::stats(gw.queue.as_ref()).unwrap();
+    let stats_url = format!("http://{}/api/queue/stats", gw.admin);
+    let (_, _, body) = hookgate::client::request(http::Method::GET, &stats_url, &[], vec![])
+        .await
+        .unwrap();
+    let stats: hookgate::queue::Stats = serde_json::from_slice(&body).unwrap();
     assert_eq!(
-        (stats.deliveries, stats.dead),
-        (0, 0),
-        "nothing queued for the disabled sink"
+        (stats.deliveries, stats.held, stats.dead),
+        (1, 1, 0),
+        "{stats:?}"
     );
+    assert!(
+        stats.disabled["held"].reason.contains("held-url"),
+        "{stats:?}"
+    );
+    let metrics_url = format!("http://{}/metrics", gw.admin);
+    let (_, _, body) = hookgate::client::request(http::Method::GET, &metrics_url, &[], vec![])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("hookgate_queue_depth{state=\"held\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hookgate_sink_held_deliveries{sink=\"held\"} 1\n"));
+    assert!(metrics.contains("hookgate_sink_disabled{sink=\"held\",reason="));
+
+    // The secret is set, the config reloaded: the held delivery goes out.
+    std::fs::write(gw.dir.path().join("held-url"), rx.url("/held")).unwrap();
+    gw.reload(&text).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].path, "/held");
 }
 
 #[tokio::test]
@@ -827,4 +859,48 @@ async fn a_reload_keeps_pending_deliveries_to_sinks_that_stay() {
     );
     assert_eq!(got[1].headers["hookgate-delivery"], "pending-1");
     assert!(gw.queue.dead_letters().unwrap().is_empty());
+}
+
+/// Regression (#8.4): replaying a dead letter whose sink was removed
+/// printed "replayed 1" and the delivery hung until the next reload. It is
+/// refused with the reason, and stays dead.
+#[tokio::test]
+async fn replaying_a_dead_letter_whose_sink_was_removed_is_refused_with_the_reason() {
+    let rx = Receiver::start(Reply::status(400)).await;
+    let gw = TestGateway::start("", &config(&rx.url("/"), "", "")).await;
+    push(&gw, "removed-1").await;
+    let dead = gw.wait_dead(1).await;
+    let other = format!(
+        "{GITHUB}\n[sinks.other]\nkind = \"http\"\nurl = \"{}\"\n\n[[routes]]\nname = \"pushes\"\nsource = \"github\"\nto = [\"other\"]\n",
+        rx.url("/")
+    );
+    gw.reload(&other).await;
+    let url = format!("http://{}/api/dead/{}/replay", gw.admin, dead[0].id);
+    let (status, _, body) = hookgate::client::request(
+        http::Method::POST,
+        &url,
+        &[("x-hookgate-csrf".into(), "1".into())],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.contains("`target` is no longer in the config"),
+        "{body}"
+    );
+    assert_eq!(gw.queue.dead_letters().unwrap().len(), 1, "still dead");
+    let all = format!("http://{}/api/dead/replay", gw.admin);
+    let (status, _, body) = hookgate::client::request(
+        http::Method::POST,
+        &all,
+        &[("x-hookgate-csrf".into(), "1".into())],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let done: hookgate::queue::Requeued = serde_json::from_slice(&body).unwrap();
+    assert_eq!((done.replayed, done.refused.len()), (0, 1), "{done:?}");
 }
