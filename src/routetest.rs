@@ -181,7 +181,7 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
 
 fn check_content(want: &Expect, content: &Rendered, failures: &mut Vec<String>) {
     let text = match content {
-        Rendered::Text(t) => Some(t.as_str()),
+        Rendered::Text(t) | Rendered::Json(t) => Some(t.as_str()),
         _ => None,
     };
     if let Some(expected) = &want.message {

@@ -123,6 +123,15 @@ impl Cx<'_> {
             }
             let content = if let Some(m) = &r.message {
                 places.insert((name.clone(), "message".into()), m.span());
+                if looks_like_json_object(m.get_ref()) {
+                    self.warn(
+                        m.span(),
+                        &at("message"),
+                        "this message is sent as text, though it looks like a JSON message: \
+                         blocks, a card or embeds come only from a template file named `*.json` \
+                         (move it to e.g. `templates/NAME.json` and set `template` to that path)",
+                    );
+                }
                 ContentSpec::Template {
                     source: m.get_ref().clone(),
                     json: false,
@@ -132,10 +141,21 @@ impl Cx<'_> {
                 places.insert((name.clone(), "message".into()), t.span());
                 files.insert(name.clone(), t.get_ref().clone());
                 match std::fs::read_to_string(&path) {
-                    Ok(source) => ContentSpec::Template {
-                        source,
-                        json: is_json_template(t.get_ref()),
-                    },
+                    Ok(source) => {
+                        let json = is_json_template(t.get_ref());
+                        if !json && looks_like_json_object(&source) {
+                            self.warn(
+                                t.span(),
+                                &at("template"),
+                                format!(
+                                    "{} is sent as text, though it looks like a JSON message: \
+                                     name it `*.json` (or `*.json.j2`) to send its blocks, card or embeds",
+                                    t.get_ref()
+                                ),
+                            );
+                        }
+                        ContentSpec::Template { source, json }
+                    }
                     Err(e) => {
                         self.err(
                             t.span(),
@@ -247,6 +267,15 @@ fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
 
 /// Whether a template file writes JSON: named `*.json`, before an optional
 /// `.j2`, `.jinja` or `.jinja2`.
+/// A template that starts like a JSON object (`{` then `"`): written for
+/// message structure, which only `*.json` templates give.
+fn looks_like_json_object(source: &str) -> bool {
+    source
+        .trim_start()
+        .strip_prefix('{')
+        .is_some_and(|rest| rest.trim_start().starts_with('"'))
+}
+
 fn is_json_template(path: &str) -> bool {
     let name = [".j2", ".jinja2", ".jinja"]
         .iter()

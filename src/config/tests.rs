@@ -649,3 +649,56 @@ fn tls_files_are_checked_when_the_config_loads() {
         "{problems:?}"
     );
 }
+
+/// A message written as JSON but not in a `*.json` template is sent as
+/// text now: `check` says so, and how to send it as structure.
+#[test]
+fn json_looking_text_messages_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let card =
+        r#"{"type": "AdaptiveCard", "body": [{"type": "TextBlock", "text": {{ payload.x }}}]}"#;
+    std::fs::write(dir.path().join("card.j2"), card).unwrap();
+    std::fs::write(dir.path().join("card.json"), card).unwrap();
+    let text = format!(
+        r#"{GITHUB}
+[sinks.teams]
+kind = "teams"
+url = {{ env = "HOOKGATE_TEST_UNSET_TEAMS" }}
+
+[[routes]]
+name = "inline"
+to = ["teams"]
+message = '{{"type": "AdaptiveCard", "body": []}}'
+
+[[routes]]
+name = "text-file"
+to = ["teams"]
+template = "card.j2"
+
+[[routes]]
+name = "json-file"
+to = ["teams"]
+template = "card.json"
+
+[[routes]]
+name = "plain"
+to = ["teams"]
+message = "{{{{ payload.x }}}} merged"
+"#
+    );
+    let loaded = parse_in(&text, dir.path(), &Resolver::default()).unwrap();
+    let warned: Vec<(&str, &str)> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("looks like a JSON message"))
+        .map(|w| (w.key.as_str(), w.message.as_str()))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    assert_eq!(warned[0].0, "routes[0].message");
+    assert!(warned[0].1.contains("named `*.json`"), "{warned:?}");
+    assert_eq!(warned[1].0, "routes[1].template");
+    assert!(
+        warned[1].1.starts_with("card.j2 is sent as text"),
+        "{warned:?}"
+    );
+}

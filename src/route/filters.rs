@@ -10,6 +10,8 @@
 //! | `striptags` | HTML tags removed, entities decoded, spaces collapsed |
 //! | `slack_escape` | `&`, `<`, `>` escaped for Slack mrkdwn |
 //! | `discord_escape` | Markdown and mentions neutralised for Discord |
+//! | `web_url` | the URL if it is a well-formed http(s) one, else empty text |
+//! | `slack_link(label)` | `<url\|label>` for an http(s) URL, else the label; both made safe for Slack |
 //! | `tojson` | (MiniJinja's) JSON text of a value |
 
 use minijinja::{Error, ErrorKind, Value};
@@ -38,6 +40,12 @@ pub fn register(env: &mut minijinja::Environment<'static>) {
     env.add_filter("striptags", |v: &Value| striptags(&text_of(v)));
     env.add_filter("slack_escape", |v: &Value| slack_escape(&text_of(v)));
     env.add_filter("discord_escape", |v: &Value| discord_escape(&text_of(v)));
+    env.add_filter("web_url", |v: &Value| {
+        web_url(&text_of(v)).unwrap_or_default()
+    });
+    env.add_filter("slack_link", |v: &Value, label: &Value| {
+        slack_link(&text_of(v), &text_of(label))
+    });
 }
 
 /// A template value as text: none and undefined are empty.
@@ -133,6 +141,38 @@ pub fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A payload's URL if it may become a link: well-formed, http or https,
+/// with a host; written as the URL parser normalises it. Anything else
+/// (`javascript:`, `data:`, a mangled URL) is `None`.
+pub fn web_url(text: &str) -> Option<String> {
+    let url = reqwest::Url::parse(text).ok()?;
+    (matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
+        .then(|| url.to_string())
+}
+
+/// A web URL made safe inside Slack's `<url|label>`: the characters that
+/// would end the link or start a mention encoded (an Intercom
+/// conversation's URL is the page its user was on).
+pub fn slack_url(text: &str) -> Option<String> {
+    web_url(text).map(|url| {
+        url.replace('&', "&amp;")
+            .replace('|', "%7C")
+            .replace('<', "%3C")
+            .replace('>', "%3E")
+            .replace(' ', "%20")
+    })
+}
+
+/// A Slack link to `url` reading `label`, or just the label when the URL
+/// may not become a link.
+pub fn slack_link(url: &str, label: &str) -> String {
+    let label = slack_escape(label);
+    match slack_url(url) {
+        Some(url) => format!("<{url}|{label}>"),
+        None => label,
+    }
 }
 
 /// Discord Markdown: backslash-escape formatting characters, and break
@@ -272,6 +312,44 @@ mod tests {
         assert_eq!(
             discord_escape("**hi** @everyone"),
             "\\*\\*hi\\*\\* @\u{200b}everyone"
+        );
+    }
+
+    #[test]
+    fn only_web_urls_become_links() {
+        assert_eq!(
+            web_url("https://github.com/acme/widgets/pull/218").as_deref(),
+            Some("https://github.com/acme/widgets/pull/218")
+        );
+        assert_eq!(
+            web_url("HTTP://Example.com/a b").as_deref(),
+            Some("http://example.com/a%20b")
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "JavaScript://example.com/%0aalert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "vbscript:msgbox(1)",
+            "file:///etc/passwd",
+            "mailto:a@b.example",
+            "https://",
+            "//example.com/x",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(web_url(bad), None, "{bad}");
+            assert_eq!(slack_link(bad, "open"), "open", "{bad}");
+        }
+        assert_eq!(
+            slack_link("https://x.example/a?b=1&c=2|3", "#1 <!channel>"),
+            "<https://x.example/a?b=1&amp;c=2%7C3|#1 &lt;!channel&gt;>"
+        );
+        assert_eq!(
+            render(
+                "{{ u | web_url }}|{{ bad | web_url }}|{{ missing | slack_link('x') }}",
+                serde_json::json!({"u": "https://a.example/", "bad": "javascript:x"})
+            ),
+            "https://a.example/||x"
         );
     }
 }

@@ -118,7 +118,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rendered {
     Default,
+    /// A text template's output: text, whatever the payload put into it
+    /// (chat sinks never read message structure out of it).
     Text(String),
+    /// A `*.json` template's output: the message structure itself.
+    Json(String),
     Action {
         action: String,
         fields: BTreeMap<String, String>,
@@ -376,7 +380,10 @@ impl Routes {
         };
         Ok(match &spec.content {
             ContentSpec::Default => Rendered::Default,
-            ContentSpec::Template { json, .. } => Rendered::Text(render(message_part(*json))?),
+            ContentSpec::Template { json: false, .. } => {
+                Rendered::Text(render(message_part(false))?)
+            }
+            ContentSpec::Template { json: true, .. } => Rendered::Json(render(message_part(true))?),
             ContentSpec::Action { action, fields } => Rendered::Action {
                 action: action.clone(),
                 fields: fields

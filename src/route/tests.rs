@@ -250,10 +250,28 @@ fn json_template_files_escape_without_tojson() {
         "x",
         serde_json::json!({"title": title, "n": 3}),
     ));
-    let t = rendered_text(&out);
+    let Some(Outcome::Rendered {
+        content: Rendered::Json(t),
+        ..
+    }) = out.first()
+    else {
+        panic!("a `*.json` template renders JSON: {out:?}")
+    };
     let v: serde_json::Value = serde_json::from_str(t).unwrap();
     assert_eq!(v["text"], title);
     assert_eq!(v["n"], 3);
+}
+
+/// A text template whose output parses as JSON is still text: the sinks
+/// take no message structure from it.
+#[test]
+fn a_text_template_that_renders_json_is_text() {
+    let mut r = route("r", text("{{ payload.title }}"));
+    r.event = None;
+    let routes = Routes::compile(vec![r]).unwrap();
+    let title = r#"{"text": "<!channel>", "blocks": []}"#;
+    let out = routes.evaluate(&ctx("github", "x", serde_json::json!({ "title": title })));
+    assert_eq!(rendered_text(&out), title);
 }
 
 /// A payload's `null` renders as nothing, not as `none`.

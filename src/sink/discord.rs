@@ -1,6 +1,7 @@
 //! Discord channel webhooks: `content` and `embeds`, posted with
-//! `?wait=true`. Mentions are off (`allowed_mentions: {parse: []}`) unless a
-//! template sets them. Limits: content 2,000; 10 embeds; title 256,
+//! `?wait=true`. Mentions are always off (`allowed_mentions: {parse: []}`,
+//! whatever a template or payload wrote there); a text template's output
+//! is `content`, embeds come only from a `*.json` template. Limits: content 2,000; 10 embeds; title 256,
 //! description 4,096, 25 fields of 256/1,024, footer 2,048; 6,000 across
 //! all embeds. Rate limits come from its headers: a 429's `retry_after` or
 //! `Retry-After`, and a pause when `X-RateLimit-Remaining` reaches 0.
@@ -10,9 +11,12 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, message_object, object, retry_after, Answer, ChatWebhook, Sink, Verdict};
+use super::{
+    frozen_json, json_message, object, retry_after, text_message, Answer, ChatWebhook, Sink,
+    Verdict,
+};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
-use crate::route::filters::{discord_escape, truncate};
+use crate::route::filters::{discord_escape, truncate, web_url};
 use crate::route::Rendered;
 
 const CONTENT_MAX: usize = 2000;
@@ -34,6 +38,13 @@ fn cut(v: &mut Value, key: &str, max: usize) -> usize {
 /// Characters an embed counts towards the 6,000 total, after cutting each
 /// part to its own limit.
 fn fit_embed(e: &mut Value) -> usize {
+    // Only an http(s) URL makes the title a link (an empty or other one
+    // would also make Discord refuse the message).
+    if e["url"].as_str().is_some_and(|u| web_url(u).is_none()) {
+        if let Some(obj) = e.as_object_mut() {
+            obj.remove("url");
+        }
+    }
     let mut n = cut(e, "title", 256) + cut(e, "description", 4096);
     if let Some(f) = e.get_mut("footer") {
         n += cut(f, "text", 2048);
@@ -50,10 +61,9 @@ fn fit_embed(e: &mut Value) -> usize {
     n
 }
 
-/// Keeps a Discord message within the platform's limits.
+/// Keeps a Discord message within the platform's limits, with mentions off.
 pub fn fit(mut msg: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
-    msg.entry("allowed_mentions")
-        .or_insert_with(|| json!({"parse": []}));
+    msg.insert("allowed_mentions".into(), json!({"parse": []}));
     if let Some(Value::String(c)) = msg.get_mut("content") {
         *c = truncate(c, CONTENT_MAX, None);
     }
@@ -115,12 +125,14 @@ impl Sink for DiscordSink {
                 let sum = summarize(event, &crate::router::context(event).payload);
                 let mut embed =
                     json!({"title": sum.place, "description": discord_escape(&sum.text)});
+                // `summarize` gives only http(s) URLs.
                 if let Some(u) = sum.url {
                     embed["url"] = json!(u);
                 }
                 object(json!({"embeds": [embed]}))
             }
-            Rendered::Text(t) => message_object(t, "content"),
+            Rendered::Text(t) => text_message(t, "content"),
+            Rendered::Json(t) => json_message(t)?,
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
         Ok(frozen_json(&Value::Object(fit(msg))))
@@ -239,6 +251,92 @@ mod tests {
             .sum();
         assert!(total <= EMBEDS_TOTAL_MAX, "{total}");
         assert_eq!(embeds[0]["title"].as_str().unwrap().chars().count(), 256);
+    }
+
+    #[test]
+    fn mentions_stay_off_whatever_the_message_says() {
+        for m in [
+            json!({"content": "@everyone", "allowed_mentions": {"parse": ["everyone", "roles"]}}),
+            json!({"content": "x", "allowed_mentions": {"users": ["1"], "replied_user": true}}),
+            json!({"content": "x", "allowed_mentions": "everyone"}),
+        ] {
+            let Value::Object(m) = m else { panic!() };
+            assert_eq!(fit(m)["allowed_mentions"], json!({"parse": []}));
+        }
+    }
+
+    fn pull_request(title: &str, url: &str) -> EventRecord {
+        let mut payload: Value =
+            serde_json::from_str(crate::samples::find("github", "pull_request").unwrap()).unwrap();
+        payload["pull_request"]["title"] = title.into();
+        payload["pull_request"]["html_url"] = url.into();
+        EventRecord {
+            event: "pull_request".into(),
+            body: payload.to_string().into_bytes(),
+            ..crate::queue::sample_record()
+        }
+    }
+
+    fn sent(rendered: &Rendered, event: &EventRecord) -> Value {
+        let sink = DiscordSink(ChatWebhook::new(
+            Err("unset".into()),
+            reqwest::Client::new(),
+        ));
+        serde_json::from_slice(&sink.prepare(rendered, event).unwrap().body).unwrap()
+    }
+
+    /// The default embed: a `url` only for an http(s) URL, and the text's
+    /// Markdown (masked links included) and mentions escaped.
+    #[test]
+    fn default_messages_link_only_web_urls() {
+        let title = "[Log in](javascript:alert(1)) @everyone";
+        let v = sent(
+            &Rendered::Default,
+            &pull_request(title, "https://github.com/a/b/pull/1"),
+        );
+        assert_eq!(v["embeds"][0]["url"], "https://github.com/a/b/pull/1");
+        assert_eq!(
+            v["embeds"][0]["description"],
+            "lee\\-marsh merged pull request \\#218: \\[Log in\\]\\(javascript:alert\\(1\\)\\) @\u{200b}everyone"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "discord://x",
+            "http//x",
+        ] {
+            let v = sent(&Rendered::Default, &pull_request("t", bad));
+            assert!(v["embeds"][0].get("url").is_none(), "{bad}: {v}");
+        }
+    }
+
+    #[test]
+    fn embeds_link_only_to_web_urls() {
+        let Value::Object(m) = json!({"embeds": [
+            {"title": "a", "url": "javascript:alert(1)"},
+            {"title": "b", "url": ""},
+            {"title": "c", "url": "https://x.example/"},
+        ]}) else {
+            panic!()
+        };
+        let out = fit(m);
+        assert!(out["embeds"][0].get("url").is_none());
+        assert!(out["embeds"][1].get("url").is_none());
+        assert_eq!(out["embeds"][2]["url"], "https://x.example/");
+    }
+
+    #[test]
+    fn a_text_template_is_content_and_a_json_one_is_the_message() {
+        let e = pull_request("t", "");
+        let msg = r#"{"embeds": [{"title": "x"}], "allowed_mentions": {"parse": ["everyone"]}}"#;
+        assert_eq!(
+            sent(&Rendered::Text(msg.into()), &e),
+            json!({"content": msg, "allowed_mentions": {"parse": []}})
+        );
+        assert_eq!(
+            sent(&Rendered::Json(msg.into()), &e),
+            json!({"embeds": [{"title": "x"}], "allowed_mentions": {"parse": []}})
+        );
     }
 
     /// One embed over the total by its fields alone: fields go from the end.

@@ -57,7 +57,7 @@ impl Sink for HttpSink {
             .unwrap_or_else(|| "application/json".into());
         let (content_type, body) = match rendered {
             Rendered::Default => (original_type, event.body.clone()),
-            Rendered::Text(t) => {
+            Rendered::Text(t) | Rendered::Json(t) => {
                 let kind = if serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok() {
                     "application/json"
                 } else {

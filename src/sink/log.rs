@@ -72,7 +72,7 @@ impl Sink for LogSink {
     fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
         let message = match rendered {
             Rendered::Default => None,
-            Rendered::Text(t) => Some(t.clone()),
+            Rendered::Text(t) | Rendered::Json(t) => Some(t.clone()),
             Rendered::Action { action, fields } => {
                 Some(serde_json::json!({ "action": action, "fields": fields }).to_string())
             }

@@ -231,15 +231,38 @@ impl ChatWebhook {
     }
 }
 
-/// A chat message from a template's output: the JSON object it wrote, or
-/// its text under `key` (Slack `text`, Discord `content`).
-pub fn message_object(text: &str, key: &str) -> serde_json::Map<String, serde_json::Value> {
+/// A chat message from a text template: its text under `key` (Slack
+/// `text`, Discord `content`), even when the text parses as JSON: the
+/// payload values in it must not become message structure.
+pub fn text_message(text: &str, key: &str) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::Map::from_iter([(key.to_owned(), serde_json::Value::String(text.to_owned()))])
+}
+
+/// A chat message from a `*.json` template: the object it wrote. Any other
+/// output is the template's mistake, and the delivery dies with it rather
+/// than post the template's source as text.
+pub fn json_message(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     match serde_json::from_str(text) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::from_iter([(
-            key.to_owned(),
-            serde_json::Value::String(text.to_owned()),
-        )]),
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(other) => Err(format!(
+            "the `*.json` template wrote {}, not a JSON object: write the message as {{...}}",
+            json_kind(&other)
+        )),
+        Err(e) => Err(format!(
+            "the `*.json` template did not write valid JSON ({e}): check its quotes and commas \
+             (values are written as JSON already: `{{{{ payload.title }}}}`, not `\"{{{{ payload.title }}}}\"`)"
+        )),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -325,6 +348,20 @@ mod tests {
         assert!(matches!(classify(410, None), Verdict::SinkGone(_)));
         assert!(matches!(classify(400, None), Verdict::Permanent(_)));
         assert!(matches!(classify(404, None), Verdict::Permanent(_)));
+    }
+
+    #[test]
+    fn text_stays_text_and_json_templates_must_write_an_object() {
+        let hostile = r#"{"text": "<!channel>", "blocks": []}"#;
+        assert_eq!(
+            serde_json::Value::Object(text_message(hostile, "text")),
+            serde_json::json!({ "text": hostile })
+        );
+        assert_eq!(json_message(hostile).unwrap()["text"], "<!channel>");
+        let e = json_message(r#"{"text": ""oops""}"#).unwrap_err();
+        assert!(e.contains("not `\"{{ payload.title }}\"`"), "{e}");
+        let e = json_message("[1]").unwrap_err();
+        assert!(e.contains("wrote an array, not a JSON object"), "{e}");
     }
 
     #[test]

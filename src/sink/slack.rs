@@ -11,9 +11,12 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, message_object, object, retry_after, Answer, ChatWebhook, Sink, Verdict};
+use super::{
+    frozen_json, json_message, object, retry_after, text_message, Answer, ChatWebhook, Sink,
+    Verdict,
+};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
-use crate::route::filters::{slack_escape, truncate};
+use crate::route::filters::{slack_escape, slack_url, truncate};
 use crate::route::Rendered;
 
 /// Answers that mean the webhook will never work again.
@@ -53,20 +56,6 @@ fn block_chars(v: &Value) -> usize {
         Value::Array(a) => a.iter().map(block_chars).sum(),
         _ => 0,
     }
-}
-
-/// A payload URL made safe inside `<…|open>`: http(s) only, and the
-/// characters that would end the link or start a mention encoded (an
-/// Intercom conversation's URL is the page its user was on).
-fn link_url(url: &str) -> Option<String> {
-    let lower = url.to_ascii_lowercase();
-    (lower.starts_with("https://") || lower.starts_with("http://")).then(|| {
-        url.replace('&', "&amp;")
-            .replace('|', "%7C")
-            .replace('<', "%3C")
-            .replace('>', "%3E")
-            .replace(' ', "%20")
-    })
 }
 
 /// A context block saying how many blocks were left out.
@@ -148,14 +137,15 @@ impl Sink for SlackSink {
                 let link = sum
                     .url
                     .as_deref()
-                    .and_then(link_url)
+                    .and_then(slack_url)
                     .map(|u| format!(" <{u}|open>"))
                     .unwrap_or_default();
                 object(
                     json!({ "text": format!("*{}*: {}{link}", slack_escape(&sum.place), slack_escape(&sum.text)) }),
                 )
             }
-            Rendered::Text(t) => message_object(t, "text"),
+            Rendered::Text(t) => text_message(t, "text"),
+            Rendered::Json(t) => json_message(t)?,
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
         Ok(frozen_json(&Value::Object(fit(msg))))
@@ -248,13 +238,61 @@ mod tests {
     #[test]
     fn payload_urls_cannot_break_out_of_their_link() {
         assert_eq!(
-            link_url("https://x.example/a?b=1&c=<!channel>|pwned").as_deref(),
+            slack_url("https://x.example/a?b=1&c=<!channel>|pwned").as_deref(),
             Some("https://x.example/a?b=1&amp;c=%3C!channel%3E%7Cpwned")
         );
-        assert_eq!(link_url("javascript:alert(1)"), None);
-        assert_eq!(link_url("<!channel>"), None);
+        assert_eq!(slack_url("javascript:alert(1)"), None);
+        assert_eq!(slack_url("<!channel>"), None);
     }
 
+    fn pull_request(title: &str, url: &str) -> EventRecord {
+        let mut payload: Value =
+            serde_json::from_str(crate::samples::find("github", "pull_request").unwrap()).unwrap();
+        payload["pull_request"]["title"] = title.into();
+        payload["pull_request"]["html_url"] = url.into();
+        payload["repository"]["full_name"] = "<!here>/x".into();
+        EventRecord {
+            event: "pull_request".into(),
+            body: payload.to_string().into_bytes(),
+            ..crate::queue::sample_record()
+        }
+    }
+
+    fn sent(rendered: &Rendered, event: &EventRecord) -> Value {
+        let sink = SlackSink(ChatWebhook::new(
+            Err("unset".into()),
+            reqwest::Client::new(),
+        ));
+        serde_json::from_slice(&sink.prepare(rendered, event).unwrap().body).unwrap()
+    }
+
+    /// The default message: payload text escaped, and a link only for an
+    /// http(s) URL.
+    #[test]
+    fn default_messages_mention_no_one_and_link_only_web_urls() {
+        let title = "<!channel> <javascript:alert(1)|click>";
+        let web = sent(
+            &Rendered::Default,
+            &pull_request(title, "https://github.com/a/b/pull/1"),
+        );
+        assert_eq!(
+            web["text"],
+            "*&lt;!here&gt;/x*: lee-marsh merged pull request #218: \
+             &lt;!channel&gt; &lt;javascript:alert(1)|click&gt; <https://github.com/a/b/pull/1|open>"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "https//github.com",
+            "vbscript:x",
+        ] {
+            let v = sent(&Rendered::Default, &pull_request("t", bad));
+            assert!(
+                v["text"].as_str().unwrap().ends_with("#218: t"),
+                "{bad}: {v}"
+            );
+        }
+    }
     #[test]
     fn more_than_fifty_small_blocks_keep_forty_nine_and_a_note() {
         let blocks: Vec<Value> = (0..60)

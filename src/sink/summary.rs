@@ -1,5 +1,6 @@
 //! The default message for any provider event, used by chat sinks when a
-//! route gives no template: who did what, where, with a link.
+//! route gives no template: who did what, where, with a link (only ever an
+//! http(s) one: the URL comes from the payload).
 
 use crate::queue::EventRecord;
 
@@ -10,6 +11,7 @@ pub struct Summary {
     pub place: String,
     /// e.g. `mona merged pull request #218: Add CSV export`.
     pub text: String,
+    /// A well-formed http(s) URL, or none.
     pub url: Option<String>,
 }
 
@@ -172,7 +174,7 @@ pub fn summarize(event: &EventRecord, payload: &serde_json::Value) -> Summary {
             place
         },
         text,
-        url,
+        url: url.as_deref().and_then(crate::route::filters::web_url),
     }
 }
 
@@ -211,6 +213,26 @@ mod tests {
                 "{provider}/{event}: {sum:?}"
             );
         }
+    }
+
+    #[test]
+    fn links_are_web_urls_or_none() {
+        let mut p = sample("github", "pull_request");
+        for (bad, want) in [
+            ("javascript:alert(1)", None),
+            ("data:text/html,<script>x</script>", None),
+            ("https://", None),
+            ("https://github.com/a b", Some("https://github.com/a%20b")),
+        ] {
+            p["pull_request"]["html_url"] = bad.into();
+            let sum = summarize(&record("github", "pull_request"), &p);
+            assert_eq!(sum.url.as_deref(), want, "{bad}");
+        }
+        let jira = serde_json::json!({"issue": {"key": "X-1", "self": "javascript:alert(1)//x/rest/api/2/issue/1"}});
+        assert_eq!(
+            summarize(&record("jira", "jira:issue_updated"), &jira).url,
+            None
+        );
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //! Adaptive Card (version 1.4) attachment. A 202 means the flow was queued,
 //! not that the channel post succeeded; that is all Teams tells us. The
 //! whole message stays under ~28 KB; a larger card is replaced by its text,
-//! truncated with a marker.
+//! truncated with a marker. A text template's output (and the default
+//! message) goes into a TextBlock, where only http(s) Markdown links stay
+//! links; a card comes only from a `*.json` template.
 
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, retry_after, Answer, ChatWebhook, Sink, Verdict};
+use super::{frozen_json, json_message, retry_after, Answer, ChatWebhook, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
-use crate::route::filters::truncate;
+use crate::route::filters::{truncate, web_url};
 use crate::route::Rendered;
 
 /// Bytes a message may take (Teams rejects about 28 KB; keep a margin).
@@ -31,13 +33,38 @@ pub fn envelope(card: Value) -> Value {
     })
 }
 
-/// A card of text blocks (and a link button).
+/// Markdown links (`[label](target)`) whose target is not an http(s) URL
+/// made plain text: a zero-width space between `]` and `(` keeps Teams
+/// from reading a link there. TextBlocks render Markdown, and their text
+/// carries payload values.
+pub fn web_links_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("](") {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let target: String = rest[1..]
+            .trim_start()
+            .trim_start_matches('<')
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, ')' | '>'))
+            .collect();
+        if web_url(&target).is_none() {
+            out.push('\u{200b}');
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A card of text blocks (and a link button, for an http(s) URL only).
 pub fn text_card(title: Option<&str>, text: &str, url: Option<&str>) -> Value {
     let mut body = Vec::new();
     if let Some(t) = title {
-        body.push(json!({"type": "TextBlock", "text": t, "weight": "Bolder", "size": "Medium", "wrap": true}));
+        body.push(json!({"type": "TextBlock", "text": web_links_only(t), "weight": "Bolder", "size": "Medium", "wrap": true}));
     }
-    body.push(json!({"type": "TextBlock", "text": text, "wrap": true}));
+    body.push(json!({"type": "TextBlock", "text": web_links_only(text), "wrap": true}));
+    let url = url.and_then(web_url);
     let mut card = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -93,6 +120,29 @@ fn cap_version(card: &mut Value) {
     }
 }
 
+/// What a `*.json` card may not do with payload values: Markdown links to
+/// anything but http(s) in its text (`text` of TextBlocks, `value` of
+/// facts) become plain text, and an Open button whose URL is empty (a
+/// template's `web_url` found no web URL) is left out rather than have
+/// Teams refuse the card.
+fn web_links_in_card(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                match v {
+                    Value::String(s) if k == "text" || k == "value" => *s = web_links_only(s),
+                    _ => web_links_in_card(v),
+                }
+            }
+        }
+        Value::Array(a) => {
+            a.retain(|e| !(e["type"] == "Action.OpenUrl" && e["url"] == ""));
+            a.iter_mut().for_each(web_links_in_card);
+        }
+        _ => {}
+    }
+}
+
 /// The words of a card (every `text` string in it, in order), for the
 /// fallback of a card too large to send: not its JSON source.
 fn card_text(card: &Value) -> String {
@@ -123,8 +173,11 @@ impl Sink for TeamsSink {
                 let m = envelope(text_card(Some(&sum.place), &sum.text, sum.url.as_deref()));
                 fit(m, &sum.text)
             }
-            Rendered::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(mut v) if v["type"] == "message" => {
+            Rendered::Text(t) => fit(envelope(text_card(None, t, None)), t),
+            Rendered::Json(t) => {
+                let mut v = Value::Object(json_message(t)?);
+                web_links_in_card(&mut v);
+                if v["type"] == "message" {
                     if let Some(Value::Array(attachments)) = v.get_mut("attachments") {
                         for a in attachments {
                             cap_version(&mut a["content"]);
@@ -132,14 +185,18 @@ impl Sink for TeamsSink {
                     }
                     let text = card_text(&v);
                     fit(v, &text)
-                }
-                Ok(mut v) if v["type"] == "AdaptiveCard" => {
+                } else if v["type"] == "AdaptiveCard" {
                     cap_version(&mut v);
                     let text = card_text(&v);
                     fit(envelope(v), &text)
+                } else {
+                    return Err(format!(
+                        "the `*.json` template wrote an object of type {}: a Teams template writes \
+                         an Adaptive Card (\"type\": \"AdaptiveCard\") or a whole message (\"type\": \"message\")",
+                        v["type"]
+                    ));
                 }
-                _ => fit(envelope(text_card(None, t, None)), t),
-            },
+            }
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
         Ok(frozen_json(&message))
@@ -216,6 +273,87 @@ mod tests {
             assert!(s.len() <= MESSAGE_MAX, "{}", s.len());
             assert!(s.len() > MESSAGE_MAX - 100, "as much as fits: {}", s.len());
         }
+    }
+
+    #[test]
+    fn only_web_links_stay_links_in_text() {
+        assert_eq!(
+            web_links_only("[a](https://x.example/) [b](javascript:alert(1)) [c]( <data:x>) [d](mailto:x) x](y"),
+            "[a](https://x.example/) [b]\u{200b}(javascript:alert(1)) [c]\u{200b}( <data:x>) [d]\u{200b}(mailto:x) x]\u{200b}(y"
+        );
+        assert_eq!(web_links_only("no links [here]"), "no links [here]");
+    }
+
+    fn pull_request(title: &str, url: &str) -> EventRecord {
+        let mut payload: Value =
+            serde_json::from_str(crate::samples::find("github", "pull_request").unwrap()).unwrap();
+        payload["pull_request"]["title"] = title.into();
+        payload["pull_request"]["html_url"] = url.into();
+        EventRecord {
+            event: "pull_request".into(),
+            body: payload.to_string().into_bytes(),
+            ..crate::queue::sample_record()
+        }
+    }
+
+    fn sent(rendered: &Rendered, event: &EventRecord) -> Result<Value, String> {
+        let sink = TeamsSink(ChatWebhook::new(
+            Err("unset".into()),
+            reqwest::Client::new(),
+        ));
+        Ok(serde_json::from_slice(&sink.prepare(rendered, event)?.body).unwrap())
+    }
+
+    /// The default message: an Open button only for an http(s) URL, and
+    /// no Markdown link to anything else out of the payload's text.
+    #[test]
+    fn default_messages_link_only_web_urls() {
+        let title = "[Log in](javascript:alert(1)) and [docs](https://docs.example/)";
+        let ok = sent(
+            &Rendered::Default,
+            &pull_request(title, "https://github.com/a/b/pull/1"),
+        )
+        .unwrap();
+        let card = &ok["attachments"][0]["content"];
+        assert_eq!(card["actions"][0]["url"], "https://github.com/a/b/pull/1");
+        assert_eq!(
+            card["body"][1]["text"],
+            "lee-marsh merged pull request #218: [Log in]\u{200b}(javascript:alert(1)) and [docs](https://docs.example/)"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "ms-settings:",
+            "https:",
+        ] {
+            let v = sent(&Rendered::Default, &pull_request("t", bad)).unwrap();
+            let card = &v["attachments"][0]["content"];
+            assert!(card.get("actions").is_none(), "{bad}: {card}");
+        }
+    }
+
+    #[test]
+    fn a_text_template_is_text_and_a_json_one_must_be_a_card() {
+        let e = pull_request("t", "");
+        let card = r#"{"type": "AdaptiveCard", "version": "1.4", "body": []}"#;
+        let v = sent(&Rendered::Text(card.into()), &e).unwrap();
+        assert_eq!(v["attachments"][0]["content"]["body"][0]["text"], card);
+        let v = sent(&Rendered::Json(card.into()), &e).unwrap();
+        assert_eq!(v["attachments"][0]["content"]["body"], json!([]));
+        let card = r#"{"type": "AdaptiveCard", "version": "1.4",
+            "body": [{"type": "TextBlock", "text": "[x](javascript:alert(1))"},
+                     {"type": "FactSet", "facts": [{"title": "t", "value": "[y](data:x)"}]}],
+            "actions": [{"type": "Action.OpenUrl", "title": "Open", "url": ""}]}"#;
+        let v = sent(&Rendered::Json(card.into()), &e).unwrap();
+        let card = &v["attachments"][0]["content"];
+        assert_eq!(card["body"][0]["text"], "[x]\u{200b}(javascript:alert(1))");
+        assert_eq!(card["body"][1]["facts"][0]["value"], "[y]\u{200b}(data:x)");
+        assert_eq!(card["actions"], json!([]));
+        let err = sent(&Rendered::Json(r#"{"text": "hi"}"#.into()), &e).unwrap_err();
+        assert!(
+            err.contains("a Teams template writes an Adaptive Card"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -265,3 +265,154 @@ async fn prodmatic_422_is_dead_at_once() {
         .response
         .contains("status must be one of"));
 }
+
+// --- Hostile payloads (issue #8, items 5 and 6) -------------------------
+
+/// A pull request event whose title is `title`, posted and signed.
+async fn post_titled(gw: &TestGateway, title: &str, id: &str) {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&sample("github", "pull_request")).unwrap();
+    v["pull_request"]["title"] = title.into();
+    let s = gw.sign("github", "pull_request", v.to_string().as_bytes(), id);
+    assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
+}
+
+/// One sink `chat` of `kind`, and a route to it whose content is `content`
+/// (a `message = …` or `template = …` line).
+fn chat_route(kind: &str, url: &str, content: &str) -> String {
+    format!(
+        r#"{GITHUB}
+[sinks.chat]
+kind = "{kind}"
+url = "{url}"
+
+[[routes]]
+name = "prs"
+source = "github"
+event = "pull_request"
+to = ["chat"]
+{content}
+"#
+    )
+}
+
+/// The body the stand-in received, as text.
+async fn one_body(rx: &Receiver) -> String {
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    String::from_utf8(got[0].body.to_vec()).unwrap()
+}
+
+/// The issue's attack: a title that is a whole Slack message, `<!channel>`
+/// and blocks included, in a text template, is sent as that text.
+#[tokio::test]
+async fn a_slack_text_template_sends_a_json_title_as_text() {
+    let rx = Receiver::start(Reply {
+        body: "ok".into(),
+        ..Reply::status(200)
+    })
+    .await;
+    let route = chat_route(
+        "slack",
+        &rx.url("/s"),
+        r#"message = "{{ payload.pull_request.title | slack_escape }}""#,
+    );
+    let gw = TestGateway::start("", &route).await;
+    let title = r#"{"text":"<!channel> urgent","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"<!channel> <https://evil.example|log in>"}}]}"#;
+    post_titled(&gw, title, "slack-json-title").await;
+    assert_eq!(
+        one_body(&rx).await,
+        r#"{"text":"{\"text\":\"&lt;!channel&gt; urgent\",\"blocks\":[{\"type\":\"section\",\"text\":{\"type\":\"mrkdwn\",\"text\":\"&lt;!channel&gt; &lt;https://evil.example|log in&gt;\"}}]}"}"#
+    );
+}
+
+/// A title carrying `allowed_mentions` in a text template is `content`,
+/// and mentions stay off.
+#[tokio::test]
+async fn a_discord_text_template_sends_a_json_title_as_content_with_mentions_off() {
+    let rx = Receiver::start(Reply::status(204)).await;
+    let route = chat_route(
+        "discord",
+        &rx.url("/api/webhooks/1/t"),
+        r#"message = "{{ payload.pull_request.title }}""#,
+    );
+    let gw = TestGateway::start("", &route).await;
+    let title = r#"{"content":"@everyone free nitro","allowed_mentions":{"parse":["everyone"]}}"#;
+    post_titled(&gw, title, "discord-json-title").await;
+    assert_eq!(
+        one_body(&rx).await,
+        r#"{"allowed_mentions":{"parse":[]},"content":"{\"content\":\"@everyone free nitro\",\"allowed_mentions\":{\"parse\":[\"everyone\"]}}"}"#
+    );
+}
+
+/// A `*.json` template may shape the message, but `allowed_mentions` is the
+/// sink's, and a payload string that tries to close its quotes stays one
+/// string.
+#[tokio::test]
+async fn a_discord_json_template_keeps_payload_strings_strings_and_mentions_off() {
+    let rx = Receiver::start(Reply::status(204)).await;
+    let templates = tempfile::tempdir().unwrap();
+    let file = templates.path().join("pr.discord.json");
+    std::fs::write(
+        &file,
+        r#"{"content": {{ payload.pull_request.title }}, "allowed_mentions": {"parse": ["everyone"]}}"#,
+    )
+    .unwrap();
+    let route = chat_route(
+        "discord",
+        &rx.url("/api/webhooks/1/t"),
+        &format!("template = \"{}\"", file.display()),
+    );
+    let gw = TestGateway::start("", &route).await;
+    let title = r#"@everyone", "allowed_mentions": {"parse": ["everyone"]}, "x": ""#;
+    post_titled(&gw, title, "discord-json-template").await;
+    assert_eq!(
+        one_body(&rx).await,
+        r#"{"allowed_mentions":{"parse":[]},"content":"@everyone\", \"allowed_mentions\": {\"parse\": [\"everyone\"]}, \"x\": \""}"#
+    );
+}
+
+/// A title that is an Adaptive Card, in a text template, is the text of a
+/// TextBlock, not the card sent.
+#[tokio::test]
+async fn a_teams_text_template_sends_a_card_title_as_text() {
+    let rx = Receiver::start(Reply::status(202)).await;
+    let route = chat_route(
+        "teams",
+        &rx.url("/workflows/x"),
+        r#"message = "{{ payload.pull_request.title }}""#,
+    );
+    let gw = TestGateway::start("", &route).await;
+    let title = r#"{"type":"AdaptiveCard","version":"1.4","body":[{"type":"TextBlock","text":"pwned"}],"actions":[{"type":"Action.OpenUrl","title":"Log in","url":"https://evil.example"}]}"#;
+    post_titled(&gw, title, "teams-card-title").await;
+    assert_eq!(
+        one_body(&rx).await,
+        r#"{"attachments":[{"content":{"$schema":"http://adaptivecards.io/schemas/adaptive-card.json","body":[{"text":"{\"type\":\"AdaptiveCard\",\"version\":\"1.4\",\"body\":[{\"type\":\"TextBlock\",\"text\":\"pwned\"}],\"actions\":[{\"type\":\"Action.OpenUrl\",\"title\":\"Log in\",\"url\":\"https://evil.example\"}]}","type":"TextBlock","wrap":true}],"type":"AdaptiveCard","version":"1.4"},"contentType":"application/vnd.microsoft.card.adaptive","contentUrl":null}],"type":"message"}"#
+    );
+}
+
+/// A `*.json` Teams card: a payload string that tries to close its quotes
+/// and add an action stays the TextBlock's text.
+#[tokio::test]
+async fn a_teams_json_template_keeps_payload_strings_strings() {
+    let rx = Receiver::start(Reply::status(202)).await;
+    let templates = tempfile::tempdir().unwrap();
+    let file = templates.path().join("pr.teams.json.j2");
+    std::fs::write(
+        &file,
+        r#"{"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": {{ payload.pull_request.title }}}]}"#,
+    )
+    .unwrap();
+    let route = chat_route(
+        "teams",
+        &rx.url("/workflows/x"),
+        &format!("template = \"{}\"", file.display()),
+    );
+    let gw = TestGateway::start("", &route).await;
+    let title = r#"x"}], "actions": [{"type": "Action.OpenUrl", "url": "javascript:alert(1)"}], "y": [{"a": ""#;
+    post_titled(&gw, title, "teams-json-template").await;
+    assert_eq!(
+        one_body(&rx).await,
+        r#"{"attachments":[{"content":{"body":[{"text":"x\"}], \"actions\": [{\"type\": \"Action.OpenUrl\", \"url\": \"javascript:alert(1)\"}], \"y\": [{\"a\": \"","type":"TextBlock"}],"type":"AdaptiveCard","version":"1.4"},"contentType":"application/vnd.microsoft.card.adaptive","contentUrl":null}],"type":"message"}"#
+    );
+}
