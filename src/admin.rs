@@ -8,6 +8,12 @@
 //! | `GET /api/dead` | dead deliveries, summarised |
 //! | `GET /api/dead/{id}` | one, with its attempt history |
 //! | `POST /api/dead/{id}/replay`, `POST /api/dead/replay` | requeue one or all |
+//!
+//! Every request passes [`Guard`] first (`Host`, token, CSRF).
+
+mod guard;
+
+pub use guard::{Guard, Refused, CSRF_HEADER};
 
 use std::sync::Arc;
 
@@ -21,8 +27,8 @@ use crate::queue::{DeliveryRecord, Queue, SledQueue};
 
 /// What the admin API reaches.
 pub struct Admin {
-    /// Required for everything but `/healthz` and `/readyz`, when set.
-    pub token: Option<Result<crate::secret::Secret, String>>,
+    /// Decides who gets an answer (`Host`, bearer token, CSRF).
+    pub guard: Guard,
     pub queue: Arc<SledQueue>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -77,10 +83,9 @@ impl Admin {
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        if !matches!(parts.as_slice(), ["healthz" | "readyz"]) {
-            if let Some(refused) = self.refuse(req) {
-                return refused;
-            }
+        let probe = matches!(parts.as_slice(), ["healthz" | "readyz"]);
+        if let Err(refused) = self.guard.check(req, probe) {
+            return refusal(&refused);
         }
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
@@ -179,36 +184,31 @@ impl Admin {
                 .filter_map(|s| Some((s.config.name.as_str(), s.config.kind.unconfigured()?))),
         )
     }
+}
 
-    /// The answer for a request without the right bearer token, if any.
-    fn refuse<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
-        let token = match &self.token {
-            None => return None,
-            Some(Err(_)) => {
-                return Some(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "admin token not configured",
-                ))
-            }
-            Some(Ok(t)) => t,
-        };
-        let given = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if token.ct_eq(given.as_bytes()) {
-            None
-        } else {
-            let mut r = error(StatusCode::UNAUTHORIZED, "bearer token required");
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("static"),
-            );
-            Some(r)
+/// The answer for a refused request; refusals other than a missing token
+/// are logged, as they are what an attack looks like.
+fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
+    match refused {
+        Refused::Host(host) => {
+            tracing::warn!(host = %host, "admin request refused: unknown Host")
         }
+        Refused::CrossSite(header) => {
+            tracing::warn!(header = %header, "admin request refused: cross-site change")
+        }
+        Refused::Undeclared => {
+            tracing::warn!("admin request refused: a change without the CSRF header")
+        }
+        Refused::Token | Refused::TokenUnset => {}
     }
+    let mut r = error(refused.status(), refused.message());
+    if *refused == Refused::Token {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static"),
+        );
+    }
+    r
 }
 
 fn result<T: Serialize>(r: Result<T, crate::queue::QueueError>) -> Response<Full<Bytes>> {

@@ -187,6 +187,7 @@ fn apply_reload(
             s.max_connections != running.max_connections,
         ),
         ("retention", s.retention != running.retention),
+        ("admin_hosts", s.admin_hosts != running.admin_hosts),
         (
             "admin_token",
             s.admin_token
@@ -315,7 +316,10 @@ pub async fn serve(
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
     let admin_state = Arc::new(crate::admin::Admin {
-        token: config.server.admin_token.clone(),
+        guard: crate::admin::Guard {
+            token: config.server.admin_token.clone(),
+            hosts: config.server.admin_hosts.clone(),
+        },
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
         metrics,

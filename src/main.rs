@@ -416,15 +416,17 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// The admin API's bearer token header, when the config sets one.
+/// The admin API's headers: the bearer token, when the config sets one,
+/// and the CSRF header every change needs.
 fn admin_auth(config: &hookgate::config::Config) -> Vec<(String, String)> {
-    match &config.server.admin_token {
-        Some(Ok(t)) => vec![(
+    let mut headers = vec![(hookgate::admin::CSRF_HEADER.into(), "1".into())];
+    if let Some(Ok(t)) = &config.server.admin_token {
+        headers.push((
             "Authorization".into(),
             format!("Bearer {}", t.expose_str().unwrap_or("")),
-        )],
-        _ => Vec::new(),
+        ));
     }
+    headers
 }
 
 /// Asks the running daemon's admin API; `None` when nothing listens there.

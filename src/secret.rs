@@ -24,10 +24,15 @@ impl Secret {
         std::str::from_utf8(&self.0).ok()
     }
 
-    /// Constant-time equality with `other` (length is not hidden).
+    /// Equality with `other` in time that depends on neither value nor
+    /// length: the SHA-256 digests of both are compared in constant time
+    /// (comparing the bytes themselves would stop early on a length
+    /// mismatch, telling an attacker how long the secret is).
     pub fn ct_eq(&self, other: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
-        self.0.len() == other.len() && bool::from(self.0.as_slice().ct_eq(other))
+        let (ours, theirs) = (Sha256::digest(&self.0), Sha256::digest(other));
+        bool::from(ours.as_slice().ct_eq(theirs.as_slice()))
     }
 }
 
@@ -54,5 +59,8 @@ mod tests {
         assert!(s.ct_eq(b"hunter2"));
         assert!(!s.ct_eq(b"hunter3"));
         assert!(!s.ct_eq(b"hunter"));
+        assert!(!s.ct_eq(b"hunter22"));
+        assert!(!s.ct_eq(b""));
+        assert!(Secret::new("").ct_eq(b""));
     }
 }

@@ -46,6 +46,9 @@ pub struct Server {
     /// Required by the admin API and `/metrics` (`Err`: its secret is
     /// missing, and the API refuses everyone).
     pub admin_token: Option<Result<Secret, String>>,
+    /// Names the admin listener answers to besides IP literals and
+    /// `localhost`: lower-case, each with or without a port.
+    pub admin_hosts: Vec<String>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
@@ -425,6 +428,32 @@ impl Cx<'_> {
         }
     }
 
+    /// `server.admin_hosts`: each a name as clients write it in `Host`.
+    fn hosts(&mut self, list: &[Spanned<String>]) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in list {
+            let s = item.get_ref().trim().to_ascii_lowercase();
+            match s.parse::<http::uri::Authority>() {
+                Ok(a)
+                    if !s.contains('@')
+                        && !a.host().is_empty()
+                        && (a.host().starts_with('[')
+                            || a.host()
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')) =>
+                {
+                    out.push(s)
+                }
+                _ => self.err(
+                    item.span(),
+                    "server.admin_hosts",
+                    format!("`{}` is not a host name: write it as clients send it in Host, like \"hookgate.internal\" or \"hookgate.internal:9090\" (no scheme, no path)", item.get_ref()),
+                ),
+            }
+        }
+        out
+    }
+
     fn cidrs(&mut self, list: &[Spanned<String>], key: &str) -> Vec<IpNet> {
         let mut out = Vec::new();
         for item in list {
@@ -554,10 +583,12 @@ impl Cx<'_> {
             raw.trusted_proxies.as_deref().unwrap_or_default(),
             "server.trusted_proxies",
         );
+        let admin_hosts = self.hosts(raw.admin_hosts.as_deref().unwrap_or_default());
         Server {
             listen,
             admin_listen,
             admin_token,
+            admin_hosts,
             data_dir,
             max_body_bytes,
             trusted_proxies,

@@ -18,6 +18,10 @@ pub struct RawServer {
     /// Bearer token the admin API and `/metrics` require; needed when
     /// `admin_listen` is not a loopback address.
     pub admin_token: Option<Spanned<RawSecret>>,
+    /// Names clients may use in `Host` to reach the admin listener, beyond
+    /// its IP addresses and `localhost` (`"hookgate.internal"`, or with a
+    /// port to allow only that one).
+    pub admin_hosts: Option<Vec<Spanned<String>>>,
     /// Directory of the sled database; `$STATE_DIRECTORY` wins when set.
     pub data_dir: Option<Spanned<String>>,
     /// Largest accepted body, in bytes.

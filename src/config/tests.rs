@@ -702,3 +702,25 @@ message = "{{{{ payload.x }}}} merged"
         "{warned:?}"
     );
 }
+
+#[test]
+fn admin_hosts_are_names_as_clients_send_them() {
+    let text = format!(
+        "[server]\nadmin_hosts = [\"HookGate.internal\", \"admin.example:9443\", \"http://x.example\", \"x.example/api\", \"*\"]\n{GITHUB}"
+    );
+    let problems = parse(&text, &Resolver::default()).unwrap_err();
+    let bad: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.message.contains("is not a host name"))
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(bad.len(), 3, "{problems:#?}");
+    let text = format!(
+        "[server]\nadmin_hosts = [\"HookGate.internal\", \"admin.example:9443\"]\n{GITHUB}"
+    );
+    let c = parse(&text, &Resolver::default()).unwrap().config;
+    assert_eq!(
+        c.server.admin_hosts,
+        ["hookgate.internal", "admin.example:9443"]
+    );
+}

@@ -11,7 +11,7 @@ pub mod listener;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, StatusCode};
@@ -35,6 +35,14 @@ const CREDENTIAL_HEADERS: [&str; 5] = [
     "x-gitlab-token",
     "x-api-key",
 ];
+
+/// How long a body may take to start arriving before [`BODY_MIN_RATE`]
+/// applies (a sender's first write, TCP slow start).
+const BODY_GRACE: Duration = Duration::from_secs(2);
+
+/// Bytes per second a body must average after [`BODY_GRACE`]: a provider's
+/// servers send far faster; a client below it only holds a connection.
+const BODY_MIN_RATE: u64 = 16 * 1024;
 
 /// Longest a request waits for the queue to store its event.
 const APPEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -255,7 +263,10 @@ impl Gateway {
         }
     }
 
-    /// Reads the body under the size cap and the request timeout.
+    /// Reads the body under the size cap, the request timeout and a rate
+    /// floor: from `BODY_GRACE` on, the body must have arrived at
+    /// `BODY_MIN_RATE` on average, so a client that stalls or trickles its
+    /// body is cut off (408) in seconds, not after `request_timeout`.
     async fn read_body(
         &self,
         headers: &HeaderMap,
@@ -269,15 +280,37 @@ impl Gateway {
         if declared.is_some_and(|n| n > max as u64) {
             return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
         }
-        let read = Limited::new(body, max).collect();
-        match tokio::time::timeout(self.server.request_timeout, read).await {
-            Err(_) => Err((StatusCode::REQUEST_TIMEOUT, "request took too long")),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"))
+        let started = tokio::time::Instant::now();
+        let limit = started + self.server.request_timeout;
+        let mut body = Limited::new(body, max);
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received: u64 = 0;
+        loop {
+            let earned = Duration::from_millis(received.saturating_mul(1000) / BODY_MIN_RATE);
+            let deadline = limit.min(started + BODY_GRACE + earned);
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) if deadline == limit => {
+                    return Err((StatusCode::REQUEST_TIMEOUT, "request took too long"))
+                }
+                Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "body arrived too slowly")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err((StatusCode::PAYLOAD_TOO_LARGE, "body too large"))
+                }
+                Ok(Some(Err(_))) => {
+                    return Err((StatusCode::BAD_REQUEST, "body could not be read"))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                received += data.len() as u64;
+                chunks.push(data);
             }
-            Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "body could not be read")),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
         }
+        Ok(match chunks.len() {
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        })
     }
 }
 

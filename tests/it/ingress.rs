@@ -663,3 +663,82 @@ async fn tls_listener_accepts_signed_webhooks_over_https() {
     .await
     .is_err());
 }
+
+/// Issue #8 item 10: bodies that stall or trickle held a connection for the
+/// whole `request_timeout`, so a few clients could stall the server.
+#[tokio::test]
+async fn a_stalled_or_trickling_body_is_cut_off_long_before_request_timeout() {
+    let gw = TestGateway::start(
+        "max_connections = 8\nrequest_timeout = \"30s\"",
+        ALL_SOURCES,
+    )
+    .await;
+    let headers = b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n";
+    let started = std::time::Instant::now();
+    // Seven clients send headers and no body; an eighth trickles it.
+    let mut stalled = Vec::new();
+    for _ in 0..7 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        conn.write_all(headers).await.unwrap();
+        stalled.push(conn);
+    }
+    let trickler = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut from, mut to) = trickler.into_split();
+    to.write_all(headers).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        // 20 bytes a second, until the server hangs up.
+        while to.write_all(b"{{").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Every slot is taken; a normal client gets in once they are cut off.
+    let signed = gw.sign("github", "ping", &sample("github", "ping"), "after-stall");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), gw.post("github", &signed))
+        .await
+        .expect("served long before request_timeout");
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut buf = vec![0; 256];
+    for mut conn in stalled {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let n = tokio::time::timeout(Duration::from_secs(5), from.read(&mut buf))
+        .await
+        .expect("the trickler is answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    trickle.abort();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A body sent in pieces, with pauses a real sender makes, still gets in.
+    let signed = gw.sign("github", "ping", &sample("github", "ping"), "in-pieces");
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut head = String::from("POST /hooks/github HTTP/1.1\r\nHost: x\r\n");
+    for (k, v) in &signed.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", signed.body.len()));
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = signed.body.split_at(signed.body.len() / 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    conn.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    conn.write_all(rest).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+}

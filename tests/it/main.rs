@@ -1,6 +1,7 @@
 //! Integration tests: the real server (in-process, and the real binary) on
 //! loopback, one test binary.
 
+mod admin;
 mod cli;
 mod crash;
 mod delivery;
