@@ -162,6 +162,25 @@ impl Cx<'_> {
             None => None,
         };
         let scheme = self.scheme(name, provider, &raw, secret, signing, max_skew);
+        let timestamped = match provider {
+            ProviderKind::Zendesk | ProviderKind::Standard => true,
+            ProviderKind::Gitlab => raw.signing_secret.is_some(),
+            ProviderKind::Hmac => raw.timestamp_header.is_some(),
+            _ => false,
+        };
+        if timestamped && dedupe_window < 2 * max_skew {
+            let span = raw.dedupe_window.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            self.err(
+                span,
+                &at("dedupe_window"),
+                format!(
+                    "`dedupe_window` ({}) is shorter than twice `max_skew` ({}): a signed request is accepted for that long (its timestamp up to max_skew old or ahead), so a replay could come back as new; set dedupe_window to at least {}",
+                    humantime::format_duration(dedupe_window),
+                    humantime::format_duration(max_skew),
+                    humantime::format_duration(2 * max_skew),
+                ),
+            );
+        }
         if self.problems.len() > before {
             return None;
         }

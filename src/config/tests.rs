@@ -649,3 +649,35 @@ fn tls_files_are_checked_when_the_config_loads() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_dedupe_window_shorter_than_a_replay_window_is_refused() {
+    let s = secret_file("topsecret");
+    let lines = problem_lines(&format!(
+        r#"
+[sources.z]
+provider = "zendesk"
+secret = {{ file = "{s}" }}
+max_skew = "5m"
+dedupe_window = "9m"
+
+[sources.gh]
+provider = "github"
+secret = {{ file = "{s}" }}
+dedupe_window = "1m"
+
+[sources.gl]
+provider = "gitlab"
+secret = {{ file = "{s}" }}
+dedupe_window = "1m"
+"#
+    ));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "sources.z.dedupe_window: `dedupe_window` (9m) is shorter than twice `max_skew` (5m)"
+        ),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("at least 10m"), "{lines:?}");
+}
