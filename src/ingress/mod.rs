@@ -169,6 +169,7 @@ impl Gateway {
                 );
             }
         };
+        self.metrics.secret_match(name, verified.secret);
         let envelope = match provider.envelope(&inbound) {
             Ok(e) => e,
             Err(e) => {

@@ -12,6 +12,7 @@ pub mod gitlab;
 pub mod hmac;
 pub mod intercom;
 pub mod jira;
+pub mod rotation;
 pub mod standard;
 pub mod zendesk;
 

@@ -820,3 +820,58 @@ async fn an_unsigned_id_cannot_be_claimed_for_another_body() {
     }
     gw.stop().await;
 }
+
+/// Issue #8 item 14: while rotating, either listed secret verifies, a third
+/// does not, and the metric says which one matched.
+#[tokio::test]
+async fn a_secret_list_accepts_each_listed_secret_and_counts_which() {
+    // The github file holds the new secret, the jira file the old one.
+    let sources = r#"
+[sources.gh]
+provider = "github"
+secret = [{ file = "{dir}/github" }, { file = "{dir}/jira" }]
+"#;
+    let gw = TestGateway::start("", sources).await;
+    let github = |secret: &str| hookgate::verify::github::Github {
+        secret: hookgate::secret::Secret::new(secret),
+        legacy_sha1: false,
+    };
+    let body = sample("github", "push");
+    let send = |secret: &str, id: &str| {
+        github(secret).sign(&SignInput {
+            body: &body,
+            event: "push",
+            delivery_id: id,
+            now: SystemTime::now(),
+        })
+    };
+    let new = SECRETS.iter().find(|(n, _)| *n == "github").unwrap().1;
+    let old = SECRETS.iter().find(|(n, _)| *n == "jira").unwrap().1;
+    let third = SECRETS.iter().find(|(n, _)| *n == "intercom").unwrap().1;
+    for (i, secret) in [new, old, old].into_iter().enumerate() {
+        let (status, answer) = gw.post("gh", &send(secret, &format!("d{i}"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    assert_eq!(
+        gw.post("gh", &send(third, "d9")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, _, metrics) = hookgate::client::request(
+        Method::GET,
+        &format!("http://{}/metrics", gw.admin),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"hookgate_secret_matches_total{source="gh",secret="0"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hookgate_secret_matches_total{source="gh",secret="1"} 2"#),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
