@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::bucket::Bucket;
-use crate::config::{Proof, Server, Source};
+use crate::config::{Proof, ProviderKind, Server, Source};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::queue::{unix_millis, Appended, EventId, EventRecord, NewEvent, Queue, QueueError};
@@ -120,11 +120,18 @@ impl Gateway {
         };
         let source = &state.source;
         let name = source.name.as_str();
-        if req.method() != Method::POST {
-            tracing::info!(source = name, %peer, method = %req.method(), "rejected: not POST");
-            let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use POST"}"#);
-            r.headers_mut()
-                .insert(header::ALLOW, "POST".parse().expect("static"));
+        let methods = methods(source.provider);
+        if !methods.contains(req.method()) {
+            let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            tracing::info!(source = name, %peer, method = %req.method(), allowed = %allow.join(", "), "rejected: method not allowed");
+            let mut r = answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(r#"{{"error":"use {}"}}"#, allow.join(" or ")),
+            );
+            r.headers_mut().insert(
+                header::ALLOW,
+                allow.join(", ").parse().expect("method names"),
+            );
             return r;
         }
         let ip = client_ip::client_ip(peer.ip(), req.headers(), &self.server.trusted_proxies);
@@ -321,6 +328,16 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(&name.as_str()))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
+}
+
+/// The methods a provider sends webhooks with. Zendesk triggers may use
+/// PUT or PATCH as well (their GET and DELETE carry the fields in the
+/// query string, which the signature does not cover); everyone else POSTs.
+fn methods(provider: ProviderKind) -> &'static [Method] {
+    match provider {
+        ProviderKind::Zendesk => &[Method::POST, Method::PUT, Method::PATCH],
+        _ => &[Method::POST],
+    }
 }
 
 /// 200: the delivery was stored before, as event `id`.

@@ -821,6 +821,38 @@ async fn an_unsigned_id_cannot_be_claimed_for_another_body() {
     gw.stop().await;
 }
 
+/// Issue #8 item 16: Zendesk triggers may PUT or PATCH; other providers
+/// only POST, and the 405 names what the source accepts.
+#[tokio::test]
+async fn zendesk_takes_put_and_patch_and_405_names_the_methods() {
+    let gw = TestGateway::all().await;
+    for (n, method) in [Method::PUT, Method::PATCH].into_iter().enumerate() {
+        let body = format!(r#"{{"ticket":"3543{n}","status":"solved"}}"#);
+        let s = gw.sign("zendesk", "", body.as_bytes(), &format!("inv-{n}"));
+        let (status, answer) = gw
+            .request(method.clone(), "zendesk", &s.headers, s.body.clone())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{method}: {answer}");
+    }
+    for method in [Method::GET, Method::DELETE] {
+        let (status, headers, _) =
+            hookgate::client::request(method, &gw.url("zendesk"), &[], vec![])
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["allow"], "POST, PUT, PATCH");
+    }
+    let s = gw.sign("github", "push", &sample("github", "push"), "put");
+    let (status, headers, _) =
+        hookgate::client::request(Method::PUT, &gw.url("github"), &s.headers, s.body)
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    assert_eq!(gw.events().len(), 2);
+    gw.stop().await;
+}
+
 /// Issue #8 item 14: while rotating, either listed secret verifies, a third
 /// does not, and the metric says which one matched.
 #[tokio::test]
