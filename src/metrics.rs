@@ -148,6 +148,8 @@ pub struct Metrics {
     /// has been seen.
     requests: Mutex<BTreeMap<String, Answers>>,
     verify_failures: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// By source, then by the index of the secret that matched.
+    secret_matches: Mutex<BTreeMap<String, BTreeMap<usize, u64>>>,
     deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
 }
@@ -194,6 +196,15 @@ impl Metrics {
         let mut failures = self.verify_failures.lock().expect("metrics lock");
         *slot(&mut failures, source, BTreeMap::new)
             .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// A proven request of `source`, and which of its secrets (the index in
+    /// its `secret` list) matched.
+    pub fn secret_match(&self, source: &str, secret: usize) {
+        let mut matches = self.secret_matches.lock().expect("metrics lock");
+        *slot(&mut matches, source, BTreeMap::new)
+            .entry(secret)
             .or_default() += 1;
     }
 
@@ -260,6 +271,19 @@ impl Metrics {
             ("source", "reason"),
             &mut self.verify_failures.lock().expect("metrics lock").iter(),
         );
+        {
+            let name = "hookgate_secret_matches_total";
+            let _ = writeln!(out, "# HELP {name} Proven requests by source and the secret that matched (its index in the source's `secret` list).\n# TYPE {name} counter");
+            for (source, by) in self.secret_matches.lock().expect("metrics lock").iter() {
+                for (secret, v) in by {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{source=\"{}\",secret=\"{secret}\"}} {v}",
+                        escape(source)
+                    );
+                }
+            }
+        }
         counters(
             &mut out,
             "hookgate_delivery_attempts_total",

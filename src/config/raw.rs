@@ -109,12 +109,66 @@ impl<'de> Deserialize<'de> for RawSecret {
     }
 }
 
+/// A source's `secret`: one reference, or a list while rotating
+/// (`[{ env = "NEW" }, { env = "OLD" }]`), any of which verifies.
+#[derive(Debug)]
+pub enum RawSecrets {
+    One(RawSecret),
+    List(Vec<Spanned<RawSecret>>),
+}
+
+impl<'de> Deserialize<'de> for RawSecrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawSecrets;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ env = \"NAME\" } (or { file } / { credential }), or a list of them while rotating")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSecrets, A::Error> {
+                RawSecret::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSecrets::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawSecrets, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element::<Spanned<RawSecret>>()? {
+                    list.push(s);
+                }
+                Ok(RawSecrets::List(list))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<RawSecrets, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<RawSecrets, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<RawSecrets, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawSecrets, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<RawSecrets, E> {
+                Err(E::custom(SECRET_INLINE))
+            }
+        }
+        d.deserialize_any(Shape)
+    }
+}
+
 /// `[sources.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub provider: Spanned<String>,
-    pub secret: Option<Spanned<RawSecret>>,
+    /// One secret reference, or a list while rotating.
+    pub secret: Option<Spanned<RawSecrets>>,
     pub signing_secret: Option<Spanned<RawSecret>>,
     pub allow_ips: Option<Vec<Spanned<String>>>,
     pub max_skew: Option<Spanned<String>>,

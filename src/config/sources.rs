@@ -1,6 +1,11 @@
 //! `[sources.NAME]` into a ready [`Source`]: provider, dedupe window,
 //! skew, rate limit, allowlist, and the verifier built once its secret is
 //! resolved (a missing secret closes the source instead).
+//!
+//! `secret` may be a list while rotating: a verifier is built for each
+//! listed secret that is set, and the source is closed only when none is.
+//! A missing entry beside a set one is a warning, not a secret problem, so
+//! `check --strict` and a reload accept a rotation in progress.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -8,14 +13,22 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::RawSource;
+use super::raw::{RawSecret, RawSecrets, RawSource};
 use super::secrets::SecretShape;
 use super::{parse_rate, Cx, Proof, ProviderKind, Source};
 use crate::secret::Secret;
 use crate::verify::{self, Locator, Provider};
 
-/// Builds a verifier once its secret is known.
-type BuildScheme = Box<dyn FnOnce(Secret) -> Result<Arc<dyn Provider>, String>>;
+/// Builds a verifier once its secret is known (once per listed secret).
+type BuildScheme = Box<dyn Fn(Secret) -> Result<Arc<dyn Provider>, String>>;
+
+/// One listed secret: where it is written, its key for messages
+/// (`sources.x.secret[1]`), and whether it resolved.
+struct Listed {
+    span: Range<usize>,
+    key: String,
+    secret: Result<Secret, String>,
+}
 
 const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
@@ -152,7 +165,43 @@ impl Cx<'_> {
         } else {
             SecretShape::Token
         };
-        let secret = self.resolve(secret_raw, &at("secret"), shape)?;
+        let entries: Vec<(Range<usize>, String, &RawSecret)> = match secret_raw.get_ref() {
+            RawSecrets::One(s) => vec![(secret_raw.span(), at("secret"), s)],
+            RawSecrets::List(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.span(), format!("{}[{i}]", at("secret")), s.get_ref()))
+                .collect(),
+        };
+        if entries.is_empty() {
+            self.err(
+                secret_raw.span(),
+                &at("secret"),
+                "an empty list verifies nothing: list at least one secret, e.g. [{ env = \"NEW\" }, { env = \"OLD\" }]",
+            );
+        }
+        let unset_before = self.secret_problems.len();
+        let secrets: Vec<Option<Listed>> = entries
+            .into_iter()
+            .map(|(span, key, raw)| {
+                let secret = self.resolve_at(span.clone(), raw, &key, shape)?;
+                Some(Listed { span, key, secret })
+            })
+            .collect();
+        let secrets: Vec<Listed> = secrets.into_iter().collect::<Option<_>>()?;
+        if secrets.iter().any(|l| l.secret.is_ok()) && self.secret_problems.len() > unset_before {
+            // A rotation in progress: the source still verifies with the rest.
+            for mut p in self
+                .secret_problems
+                .drain(unset_before..)
+                .collect::<Vec<_>>()
+            {
+                p.message.push_str(
+                    "; the source verifies with its other listed secret(s) meanwhile (remove the entry once the rotation is done)",
+                );
+                self.warnings.push(p);
+            }
+        }
         let signing = match raw
             .signing_secret
             .as_ref()
@@ -161,7 +210,26 @@ impl Cx<'_> {
             Some(s) => Some(self.resolve(s, &at("signing_secret"), SecretShape::Whsec)?),
             None => None,
         };
-        let scheme = self.scheme(name, provider, &raw, secret, signing, max_skew);
+        let scheme = self.scheme(name, provider, &raw, secrets, signing, max_skew);
+        let timestamped = match provider {
+            ProviderKind::Zendesk | ProviderKind::Standard => true,
+            ProviderKind::Gitlab => raw.signing_secret.is_some(),
+            ProviderKind::Hmac => raw.timestamp_header.is_some(),
+            _ => false,
+        };
+        if timestamped && dedupe_window < 2 * max_skew {
+            let span = raw.dedupe_window.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            self.err(
+                span,
+                &at("dedupe_window"),
+                format!(
+                    "`dedupe_window` ({}) is shorter than twice `max_skew` ({}): a signed request is accepted for that long (its timestamp up to max_skew old or ahead), so a replay could come back as new; set dedupe_window to at least {}",
+                    humantime::format_duration(dedupe_window),
+                    humantime::format_duration(max_skew),
+                    humantime::format_duration(2 * max_skew),
+                ),
+            );
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -178,18 +246,19 @@ impl Cx<'_> {
         })
     }
 
-    /// Builds the verifier. `Err` closes the source (a secret is missing or unusable).
+    /// Builds the verifier: one per listed secret that is set, behind
+    /// [`verify::rotation::Rotating`] when `secret` is a list. `Err` closes the
+    /// source (no secret is set, or none is usable).
     fn scheme(
         &mut self,
         name: &str,
         provider: ProviderKind,
         raw: &RawSource,
-        secret: Result<Secret, String>,
+        secrets: Vec<Listed>,
         signing: Option<Result<Secret, String>>,
         max_skew: Duration,
     ) -> Result<Arc<dyn Provider>, String> {
         let at = |k: &str| format!("sources.{name}.{k}");
-        let secret_span = raw.secret.as_ref().map(|s| s.span()).unwrap_or(0..0);
         let locator = |cx: &mut Self, v: &Option<Spanned<String>>, key: &str, default: &str| {
             let (text, span) = match v {
                 Some(v) => (v.get_ref().as_str(), v.span()),
@@ -242,7 +311,7 @@ impl Cx<'_> {
                 Some(Box::new(move |token| {
                     Ok(Arc::new(verify::gitlab::Gitlab {
                         token,
-                        signing_secret: signing,
+                        signing_secret: signing.clone(),
                         max_skew,
                     }) as Arc<dyn Provider>)
                 }))
@@ -269,8 +338,8 @@ impl Cx<'_> {
                         Ok(Arc::new(verify::standard::Standard {
                             key: Secret::new(key),
                             max_skew,
-                            event_from,
-                            id_from,
+                            event_from: event_from.clone(),
+                            id_from: id_from.clone(),
                         }) as Arc<dyn Provider>)
                     })),
                     _ => None,
@@ -279,11 +348,30 @@ impl Cx<'_> {
             ProviderKind::Hmac => self.hmac_scheme(name, raw, max_skew, locator),
         };
         let built = built.ok_or_else(|| "invalid configuration".to_string())?;
-        let secret = secret?;
-        built(secret).inspect_err(|reason| {
-            let p = self.problem(secret_span, &at("secret"), reason.clone());
-            self.secret_problems.push(p);
-        })
+        let listed = matches!(
+            raw.secret.as_ref().map(|s| s.get_ref()),
+            Some(RawSecrets::List(_))
+        );
+        let mut schemes = Vec::new();
+        let mut reasons = Vec::new();
+        for (index, l) in secrets.into_iter().enumerate() {
+            match l.secret.and_then(|s| {
+                built(s).inspect_err(|reason| {
+                    let p = self.problem(l.span.clone(), &l.key, reason.clone());
+                    self.secret_problems.push(p);
+                })
+            }) {
+                Ok(p) => schemes.push((index, p)),
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        match (listed, schemes.len()) {
+            (_, 0) => Err(reasons.join("; ")),
+            (false, _) => Ok(schemes.remove(0).1),
+            (true, _) => Ok(Arc::new(
+                verify::rotation::Rotating::new(schemes).expect("not empty"),
+            )),
+        }
     }
 
     fn hmac_scheme(
@@ -369,14 +457,14 @@ impl Cx<'_> {
         Some(Box::new(move |secret| {
             Ok(Arc::new(verify::hmac::Hmac {
                 secret,
-                header,
+                header: header.clone(),
                 algorithm,
                 encoding,
-                prefix,
-                timestamp_header,
+                prefix: prefix.clone(),
+                timestamp_header: timestamp_header.clone(),
                 max_skew,
-                event_from,
-                id_from,
+                event_from: event_from.clone(),
+                id_from: id_from.clone(),
             }) as Arc<dyn Provider>)
         }))
     }

@@ -724,3 +724,110 @@ fn admin_hosts_are_names_as_clients_send_them() {
         ["hookgate.internal", "admin.example:9443"]
     );
 }
+
+#[test]
+fn a_secret_list_stays_open_while_one_entry_is_set() {
+    let s = secret_file("topsecret");
+    let text = format!(
+        r#"
+[sources.gh]
+provider = "github"
+secret = [{{ env = "HOOKGATE_TEST_NEVER_SET_2" }}, {{ file = "{s}" }}]
+"#
+    );
+    let loaded = parse(&text, &Resolver::default()).unwrap();
+    // A rotation in progress: a warning, not a secret problem, so
+    // `check --strict` and a reload accept it.
+    assert!(
+        loaded.secret_problems.is_empty(),
+        "{:?}",
+        loaded.secret_problems
+    );
+    let w = &loaded.warnings[0];
+    assert_eq!((w.key.as_str(), w.line), ("sources.gh.secret[0]", 4));
+    assert!(w.message.contains("HOOKGATE_TEST_NEVER_SET_2 is not set"));
+    assert!(w.message.contains("other listed secret"));
+    assert!(matches!(loaded.config.sources["gh"].proof, Proof::Ready(_)));
+}
+
+#[test]
+fn a_secret_list_with_nothing_set_closes_the_source() {
+    let text = r#"
+[sources.gh]
+provider = "github"
+secret = [{ env = "HOOKGATE_TEST_NEVER_SET_3" }, { env = "HOOKGATE_TEST_NEVER_SET_4" }]
+"#;
+    let loaded = parse(text, &Resolver::default()).unwrap();
+    let keys: Vec<&str> = loaded
+        .secret_problems
+        .iter()
+        .map(|p| p.key.as_str())
+        .collect();
+    assert_eq!(keys, ["sources.gh.secret[0]", "sources.gh.secret[1]"]);
+    assert!(matches!(
+        loaded.config.sources["gh"].proof,
+        Proof::Closed(_)
+    ));
+}
+
+#[test]
+fn a_secret_list_is_checked_entry_by_entry() {
+    let lines = problem_lines(
+        r#"
+[sources.gh]
+provider = "github"
+secret = [{ env = "A" }, { env = "A", file = "/b" }]
+
+[sources.none]
+provider = "github"
+secret = []
+"#,
+    );
+    assert!(
+        lines[0].starts_with("sources.gh.secret[1]: a secret is exactly one of"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("sources.none.secret: an empty list verifies nothing"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let inline = problem_lines("[sources.gh]\nprovider = \"github\"\nsecret = [\"hunter2\"]\n");
+    assert!(
+        inline[0].contains("never written in the file"),
+        "{inline:?}"
+    );
+    assert!(!inline[0].contains("hunter2"), "{inline:?}");
+}
+
+#[test]
+fn a_dedupe_window_shorter_than_a_replay_window_is_refused() {
+    let s = secret_file("topsecret");
+    let lines = problem_lines(&format!(
+        r#"
+[sources.z]
+provider = "zendesk"
+secret = {{ file = "{s}" }}
+max_skew = "5m"
+dedupe_window = "9m"
+
+[sources.gh]
+provider = "github"
+secret = {{ file = "{s}" }}
+dedupe_window = "1m"
+
+[sources.gl]
+provider = "gitlab"
+secret = {{ file = "{s}" }}
+dedupe_window = "1m"
+"#
+    ));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "sources.z.dedupe_window: `dedupe_window` (9m) is shorter than twice `max_skew` (5m)"
+        ),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("at least 10m"), "{lines:?}");
+}

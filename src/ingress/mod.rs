@@ -1,12 +1,13 @@
 //! `POST /hooks/{source}`: the only code that answers providers.
 //!
 //! Checks run in the order DESIGN.md fixes, and the first that fails
-//! answers: unknown source (404) → method (405) → client IP (403) → rate
-//! (429) → size (413) → proof of origin (401) → body shape (400) → dedupe
-//! (200) → queue (202 after fsync, or 503).
+//! answers: unknown source (404) → method (405) → client IP (403) → size
+//! (413) → proof of origin (401) → body shape (400) → rate (429) → replayed
+//! signature (200) → dedupe (200) → queue (202 after fsync, or 503).
 
 pub mod client_ip;
 pub mod listener;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,14 +19,14 @@ use http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use sha2::Digest;
 
 use crate::bucket::Bucket;
-use crate::config::{Proof, Server, Source};
+use crate::config::{Proof, ProviderKind, Server, Source};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::queue::{unix_millis, Appended, EventRecord, NewEvent, Queue, QueueError};
+use crate::queue::{unix_millis, Appended, EventId, EventRecord, NewEvent, Queue, QueueError};
 use crate::verify::Inbound;
+use replay::{Claim, ReplayCache, Ticket};
 
 /// Headers never stored with an event: they carry credentials.
 const CREDENTIAL_HEADERS: [&str; 5] = [
@@ -54,6 +55,8 @@ pub struct Gateway {
     sources: Live<HashMap<String, SourceState>>,
     queue: Arc<dyn Queue>,
     metrics: Arc<Metrics>,
+    /// Verified signatures of timestamped schemes; kept across reloads.
+    replays: ReplayCache,
 }
 
 struct SourceState {
@@ -73,6 +76,7 @@ impl Gateway {
             sources: Live::new(source_states(sources)),
             queue,
             metrics,
+            replays: ReplayCache::new(replay::CAPACITY),
         }
     }
 
@@ -124,11 +128,18 @@ impl Gateway {
         };
         let source = &state.source;
         let name = source.name.as_str();
-        if req.method() != Method::POST {
-            tracing::info!(source = name, %peer, method = %req.method(), "rejected: not POST");
-            let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use POST"}"#);
-            r.headers_mut()
-                .insert(header::ALLOW, "POST".parse().expect("static"));
+        let methods = methods(source.provider);
+        if !methods.contains(req.method()) {
+            let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            tracing::info!(source = name, %peer, method = %req.method(), allowed = %allow.join(", "), "rejected: method not allowed");
+            let mut r = answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(r#"{{"error":"use {}"}}"#, allow.join(" or ")),
+            );
+            r.headers_mut().insert(
+                header::ALLOW,
+                allow.join(", ").parse().expect("method names"),
+            );
             return r;
         }
         let ip = client_ip::client_ip(peer.ip(), req.headers(), &self.server.trusted_proxies);
@@ -162,14 +173,18 @@ impl Gateway {
             body: &body,
             now,
         };
-        if let Err(e) = provider.verify(&inbound) {
-            self.metrics.verify_failure(name, e.reason());
-            tracing::warn!(source = name, client = %ip, reason = e.reason(), detail = %e, "rejected: proof of origin");
-            return answer(
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"signature verification failed"}"#,
-            );
-        }
+        let verified = match provider.verify(&inbound) {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.verify_failure(name, e.reason());
+                tracing::warn!(source = name, client = %ip, reason = e.reason(), detail = %e, "rejected: proof of origin");
+                return answer(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"signature verification failed"}"#,
+                );
+            }
+        };
+        self.metrics.secret_match(name, verified.secret);
         let envelope = match provider.envelope(&inbound) {
             Ok(e) => e,
             Err(e) => {
@@ -191,15 +206,26 @@ impl Gateway {
                 return r;
             }
         }
-        let dedupe_key = envelope
-            .dedupe_key
-            .clone()
-            .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
+        // A signature already seen inside its window is a replay, whatever
+        // unsigned header was changed around it.
+        let ticket = match verified.replay.map(|m| self.replays.claim(name, &m, now)) {
+            None => None,
+            Some(Claim::Fresh(ticket)) => Some(ticket),
+            Some(Claim::Seen(id)) => {
+                tracing::info!(source = name, client = %ip, event = %id, "replayed signature, not queued again");
+                return duplicate(id);
+            }
+            Some(Claim::InFlight) => {
+                tracing::info!(source = name, client = %ip, "the same signed request is being stored now; answered 503");
+                return unavailable();
+            }
+        };
+        let dedupe_key = envelope.id.dedupe_key(&body);
         let record = EventRecord {
             source: source.name.clone(),
             provider: source.provider.name().to_owned(),
             event: envelope.event,
-            delivery_id: envelope.dedupe_key.unwrap_or_default(),
+            delivery_id: envelope.id.as_str().unwrap_or_default().to_owned(),
             received_at_ms: unix_millis(now),
             client_ip: ip.to_string(),
             headers: stored_headers(&parts.headers),
@@ -210,19 +236,21 @@ impl Gateway {
             dedupe_key,
             dedupe_window: source.dedupe_window,
         };
-        self.store(name, &ip, event, now).await
+        self.store(name, &ip, event, now, ticket).await
     }
 
     /// Appends `event` and answers for it: 202, 200 for a duplicate, or 503
     /// when the queue refuses or does not answer within `APPEND_LIMIT` (a
     /// hung disk must not hold every connection; the provider retries, and
-    /// if the event did land after all, the retry is a duplicate).
+    /// if the event did land after all, the retry is a duplicate). A stored
+    /// event settles the request's replay `ticket`.
     async fn store(
         &self,
         name: &str,
         ip: &std::net::IpAddr,
         event: NewEvent,
         now: SystemTime,
+        ticket: Option<Ticket<'_>>,
     ) -> Response<Full<Bytes>> {
         let appended = match tokio::time::timeout(APPEND_LIMIT, self.queue.append(event, now)).await
         {
@@ -236,6 +264,11 @@ impl Gateway {
                 return unavailable();
             }
         };
+        if let (Ok(Appended::Queued(id) | Appended::Duplicate(id)), Some(ticket)) =
+            (&appended, ticket)
+        {
+            ticket.stored(*id);
+        }
         match appended {
             Ok(Appended::Queued(id)) => {
                 tracing::debug!(source = name, event = %id, "queued");
@@ -246,10 +279,7 @@ impl Gateway {
             }
             Ok(Appended::Duplicate(id)) => {
                 tracing::info!(source = name, client = %ip, event = %id, "duplicate delivery, not queued again");
-                answer(
-                    StatusCode::OK,
-                    &format!(r#"{{"id":"{id}","status":"duplicate"}}"#),
-                )
+                duplicate(id)
             }
             Err(e) => {
                 match e {
@@ -333,6 +363,24 @@ fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The methods a provider sends webhooks with. Zendesk triggers may use
+/// PUT or PATCH as well (their GET and DELETE carry the fields in the
+/// query string, which the signature does not cover); everyone else POSTs.
+fn methods(provider: ProviderKind) -> &'static [Method] {
+    match provider {
+        ProviderKind::Zendesk => &[Method::POST, Method::PUT, Method::PATCH],
+        _ => &[Method::POST],
+    }
+}
+
+/// 200: the delivery was stored before, as event `id`.
+fn duplicate(id: EventId) -> Response<Full<Bytes>> {
+    answer(
+        StatusCode::OK,
+        &format!(r#"{{"id":"{id}","status":"duplicate"}}"#),
+    )
+}
+
 /// 503 with `Retry-After`: the queue cannot take the event now.
 fn unavailable() -> Response<Full<Bytes>> {
     let mut r = answer(
@@ -404,7 +452,13 @@ mod tests {
         };
         let started = tokio::time::Instant::now();
         let r = gw
-            .store("s", &"127.0.0.1".parse().unwrap(), event, SystemTime::now())
+            .store(
+                "s",
+                &"127.0.0.1".parse().unwrap(),
+                event,
+                SystemTime::now(),
+                None,
+            )
             .await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");

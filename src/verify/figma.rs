@@ -10,7 +10,8 @@ use std::ops::Range;
 use serde_json::Value;
 
 use super::{
-    json_body, json_str, Envelope, Inbound, Provider, ShapeError, SignInput, Signed, VerifyError,
+    json_body, json_str, DeliveryId, Envelope, Inbound, Provider, ShapeError, SignInput, Signed,
+    Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -22,7 +23,7 @@ pub struct Figma {
 impl Provider for Figma {
     /// A body that is not JSON or has no string `passcode` cannot be
     /// authenticated at all, so it is a proof failure (401), not a shape one.
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         const WHAT: &str = "passcode in body";
         // Only the passcode is read: the rest of an unauthenticated body is
         // skipped, never built into a tree (a `serde_json::Value` of a
@@ -40,7 +41,7 @@ impl Provider for Figma {
             serde_json::from_slice(req.body).map_err(|_| VerifyError::Missing(WHAT))?;
         let passcode = body.passcode.ok_or(VerifyError::Missing(WHAT))?;
         if self.passcode.ct_eq(passcode.as_bytes()) {
-            Ok(())
+            Ok(Verified::UNTIMED)
         } else {
             Err(VerifyError::Mismatch)
         }
@@ -53,7 +54,8 @@ impl Provider for Figma {
             .ok_or(ShapeError::Missing("event_type"))?;
         Ok(Envelope {
             event,
-            dedupe_key: dedupe_key(&body),
+            // Read from the body the passcode came in.
+            id: dedupe_key(&body).map_or(DeliveryId::Absent, DeliveryId::Signed),
         })
     }
 
@@ -251,7 +253,7 @@ mod tests {
     fn docs_sample_verifies() {
         assert_eq!(
             req_with(COMMENT.as_bytes(), |r| figma("secretpasscode").verify(r)),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -299,7 +301,7 @@ mod tests {
         let env = req_with(COMMENT.as_bytes(), |r| figma("x").envelope(r)).unwrap();
         assert_eq!(env.event, "FILE_COMMENT");
         assert_eq!(
-            env.dedupe_key.as_deref(),
+            env.id.as_str(),
             Some(
                 r#"["22","FILE_COMMENT","2020-02-23T20:27:16Z","CL06nJNn5eZLQKDoARMND5","32",null]"#
             )
@@ -315,7 +317,7 @@ mod tests {
             req_with(ping.as_bytes(), |r| figma("x").envelope(r)),
             Ok(Envelope {
                 event: "PING".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(
@@ -334,11 +336,11 @@ mod tests {
         let b = r#"{"event_type":"E","webhook_id":"1","file_key":"2","timestamp":"t"}"#;
         let ka = req_with(a.as_bytes(), |r| figma("x").envelope(r))
             .unwrap()
-            .dedupe_key;
+            .id;
         let kb = req_with(b.as_bytes(), |r| figma("x").envelope(r))
             .unwrap()
-            .dedupe_key;
-        assert!(ka.is_some());
+            .id;
+        assert!(ka.as_str().is_some());
         assert_ne!(ka, kb);
     }
 
@@ -365,7 +367,7 @@ mod tests {
         );
         assert_eq!(
             req_with(out.as_bytes(), |r| figma("new \"pass\"").verify(r)),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
         // Nested `passcode` keys and look-alike strings are left alone.
         let nested =
@@ -387,7 +389,10 @@ mod tests {
             out,
             r#"{"passcode":"pc","event_type":"FILE_UPDATE","file_key":"k","timestamp":"t","webhook_id":"1"}"#
         );
-        assert_eq!(req_with(out.as_bytes(), |r| figma("pc").verify(r)), Ok(()));
+        assert_eq!(
+            req_with(out.as_bytes(), |r| figma("pc").verify(r)),
+            Ok(Verified::UNTIMED)
+        );
         assert_eq!(sign("pc", " {} "), r#" {"passcode":"pc"} "#);
         assert_eq!(sign("pc", "[1]"), "[1]");
     }

@@ -1,7 +1,9 @@
 //! GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, raw body)>`,
 //! optionally the legacy `X-Hub-Signature: sha1=<hex>` when the sha256 header
-//! is absent. The event is the `X-GitHub-Event` header, the dedupe key
-//! `X-GitHub-Delivery` (unchanged on redelivery). Hooks configured as
+//! is absent. The event is the `X-GitHub-Event` header, the delivery id
+//! `X-GitHub-Delivery` (unchanged on redelivery, with the same body). The
+//! signature does not cover that header, so the id dedupes together with the
+//! body's digest. Hooks configured as
 //! `application/x-www-form-urlencoded` carry the JSON in the form field
 //! `payload`; the signature still covers the raw form body.
 
@@ -10,8 +12,8 @@ use std::borrow::Cow;
 use http::HeaderMap;
 
 use super::{
-    ct_eq, header_str, hmac_sha1, hmac_sha256, prefixed_hex, proof_header, Envelope, Inbound,
-    Provider, ShapeError, SignInput, Signed, VerifyError,
+    ct_eq, header_str, hmac_sha1, hmac_sha256, prefixed_hex, proof_header, DeliveryId, Envelope,
+    Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -27,7 +29,7 @@ const SHA256_HEADER: &str = "x-hub-signature-256";
 const SHA1_HEADER: &str = "x-hub-signature";
 
 impl Provider for Github {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         // A present sha256 header must match even when sha1 is allowed, so a
         // stripped or garbled sha256 header cannot downgrade the proof.
         if req.headers.contains_key(SHA256_HEADER) || !self.legacy_sha1 {
@@ -36,7 +38,7 @@ impl Provider for Github {
             let sig = prefixed_hex(value, "sha256=", 32, what)?;
             let expected = hmac_sha256(self.secret.expose(), &[req.body]);
             return if ct_eq(&sig, &expected) {
-                Ok(())
+                Ok(Verified::UNTIMED)
             } else {
                 Err(VerifyError::Mismatch)
             };
@@ -48,7 +50,7 @@ impl Provider for Github {
         let sig = prefixed_hex(value, "sha1=", 20, "X-Hub-Signature header")?;
         let expected = hmac_sha1(self.secret.expose(), &[req.body]);
         if ct_eq(&sig, &expected) {
-            Ok(())
+            Ok(Verified::UNTIMED)
         } else {
             Err(VerifyError::Mismatch)
         }
@@ -62,10 +64,10 @@ impl Provider for Github {
         payload_json(req.headers, req.body)?;
         Ok(Envelope {
             event: event.to_owned(),
-            dedupe_key: header_str(req.headers, "x-github-delivery")
+            id: header_str(req.headers, "x-github-delivery")
                 .map(str::trim)
                 .filter(|d| !d.is_empty())
-                .map(str::to_owned),
+                .map_or(DeliveryId::Absent, |d| DeliveryId::Unsigned(d.to_owned())),
         })
     }
 
@@ -140,7 +142,7 @@ mod tests {
         }
     }
 
-    fn verify(p: &Github, headers: &[(&str, &str)], body: &[u8]) -> Result<(), VerifyError> {
+    fn verify(p: &Github, headers: &[(&str, &str)], body: &[u8]) -> Result<Verified, VerifyError> {
         let headers = header_map(headers);
         p.verify(&Inbound {
             headers: &headers,
@@ -167,7 +169,7 @@ mod tests {
                 &[("X-Hub-Signature-256", DOCS_SHA256)],
                 b"Hello, World!"
             ),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -177,7 +179,7 @@ mod tests {
         let p = github("mysecret", false);
         assert_eq!(
             verify(&p, &[("X-Hub-Signature-256", sig)], br#"{"foo":"bar"}"#),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -187,7 +189,7 @@ mod tests {
         let upper = format!("sha256={}", DOCS_SHA256["sha256=".len()..].to_uppercase());
         assert_eq!(
             verify(&p, &[("X-Hub-Signature-256", &upper)], b"Hello, World!"),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -196,7 +198,7 @@ mod tests {
         let h = [("X-Hub-Signature", DOCS_SHA1)];
         assert_eq!(
             verify(&github(DOCS_SECRET, true), &h, b"Hello, World!"),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
         assert_eq!(
             verify(&github(DOCS_SECRET, false), &h, b"Hello, World!"),
@@ -279,7 +281,7 @@ mod tests {
             body,
             now: SystemTime::UNIX_EPOCH,
         };
-        assert_eq!(github("k", false).verify(&req), Ok(()));
+        assert_eq!(github("k", false).verify(&req), Ok(Verified::UNTIMED));
         let mut sha1_only = headers.clone();
         sha1_only.remove(SHA256_HEADER);
         let req = Inbound {
@@ -287,7 +289,7 @@ mod tests {
             body,
             now: SystemTime::UNIX_EPOCH,
         };
-        assert_eq!(github("k", true).verify(&req), Ok(()));
+        assert_eq!(github("k", true).verify(&req), Ok(Verified::UNTIMED));
         let env = github("k", false).envelope(&Inbound {
             headers: &headers,
             body,
@@ -297,7 +299,7 @@ mod tests {
             env,
             Ok(Envelope {
                 event: "ping".into(),
-                dedupe_key: Some("d-1".into())
+                id: DeliveryId::Unsigned("d-1".into())
             })
         );
     }
@@ -315,7 +317,7 @@ mod tests {
             env,
             Ok(Envelope {
                 event: "pull_request".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(
@@ -349,7 +351,7 @@ mod tests {
             envelope(&h, body),
             Ok(Envelope {
                 event: "issues".into(),
-                dedupe_key: Some("g-1".into())
+                id: DeliveryId::Unsigned("g-1".into())
             })
         );
         let headers = header_map(&h);
@@ -371,7 +373,7 @@ mod tests {
             body,
             now: SystemTime::UNIX_EPOCH,
         };
-        assert_eq!(github("k", false).verify(&req), Ok(()));
+        assert_eq!(github("k", false).verify(&req), Ok(Verified::UNTIMED));
     }
 
     #[test]

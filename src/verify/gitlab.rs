@@ -5,18 +5,19 @@
 //! replayed by stripping it. The event is the body's `object_kind` (more
 //! precise than the header: work items arrive as `Issue Hook`), falling back to
 //! the raw `X-Gitlab-Event` header for custom templates; the dedupe key is
-//! `Idempotency-Key` (stable across retries, unlike `X-Gitlab-Webhook-UUID`).
-//! With a signing token it is the signed `webhook-id` (GitLab sends the two
-//! equal; a different `Idempotency-Key` is refused): an unsigned key would
-//! let a captured request be replayed under a fresh one.
+//! `Idempotency-Key` (stable across retries, unlike `X-Gitlab-Webhook-UUID`),
+//! unsigned, so it dedupes together with the body's digest. With a signing
+//! token it is the signed `webhook-id` (GitLab sends the two equal; a
+//! different `Idempotency-Key` is refused): an unsigned key would let a
+//! captured request be replayed under a fresh one.
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::{
-    header_str, json_body, json_str, standard, unix_secs, Envelope, Inbound, Provider, ShapeError,
-    SignInput, Signed, VerifyError,
+    header_str, json_body, json_str, standard, unix_secs, DeliveryId, Envelope, Inbound, Provider,
+    ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -31,7 +32,7 @@ pub struct Gitlab {
 }
 
 impl Provider for Gitlab {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         let token = req
             .headers
             .get("x-gitlab-token")
@@ -40,13 +41,14 @@ impl Provider for Gitlab {
             return Err(VerifyError::Mismatch);
         }
         let Some(key) = &self.signing_secret else {
-            return Ok(());
+            return Ok(Verified::UNTIMED);
         };
-        standard::verify_headers(key.expose(), req.headers, req.body, req.now, self.max_skew)?;
+        let verified =
+            standard::verify_headers(key.expose(), req.headers, req.body, req.now, self.max_skew)?;
         let signed_id = header_str(req.headers, "webhook-id").map(str::trim);
         match header_str(req.headers, "idempotency-key").map(str::trim) {
             Some(k) if Some(k) != signed_id => Err(VerifyError::Mismatch),
-            _ => Ok(()),
+            _ => Ok(verified),
         }
     }
 
@@ -61,17 +63,22 @@ impl Provider for Gitlab {
                     .map(str::to_owned)
             })
             .ok_or(ShapeError::Missing("object_kind or X-Gitlab-Event"))?;
-        let key_header = if self.signing_secret.is_some() {
-            "webhook-id"
+        let (key_header, signed) = if self.signing_secret.is_some() {
+            ("webhook-id", true)
         } else {
-            "idempotency-key"
+            ("idempotency-key", false)
         };
+        let id = header_str(req.headers, key_header)
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned);
         Ok(Envelope {
             event,
-            dedupe_key: header_str(req.headers, key_header)
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned),
+            id: match id {
+                None => DeliveryId::Absent,
+                Some(id) if signed => DeliveryId::Signed(id),
+                Some(id) => DeliveryId::Unsigned(id),
+            },
         })
     }
 
@@ -200,6 +207,7 @@ mod tests {
             body,
             now,
         })
+        .map(drop)
     }
 
     fn envelope(headers: &[(&str, &str)], body: &[u8]) -> Result<Envelope, ShapeError> {
@@ -295,13 +303,12 @@ mod tests {
                 body,
                 now,
             };
-            p.verify(&req)
-                .map(|()| p.envelope(&req).expect("shape").dedupe_key)
+            p.verify(&req).map(|_| p.envelope(&req).expect("shape").id)
         };
-        assert_eq!(check(&|_| {}), Ok(Some("idem-7".into())));
+        assert_eq!(check(&|_| {}), Ok(DeliveryId::Signed("idem-7".into())));
         assert_eq!(
             check(&|h| h.retain(|(k, _)| k != "Idempotency-Key")),
-            Ok(Some("idem-7".into()))
+            Ok(DeliveryId::Signed("idem-7".into()))
         );
         assert_eq!(
             check(&|h| {
@@ -358,12 +365,16 @@ mod tests {
                 body,
                 now,
             };
-            assert_eq!(p.verify(&req), Ok(()));
+            assert_eq!(p.verify(&req).map(drop), Ok(()));
             assert_eq!(
                 p.envelope(&req),
                 Ok(Envelope {
                     event: "merge_request".into(),
-                    dedupe_key: Some("idem-1".into())
+                    id: if signing {
+                        DeliveryId::Signed("idem-1".into())
+                    } else {
+                        DeliveryId::Unsigned("idem-1".into())
+                    }
                 })
             );
         }
@@ -380,7 +391,7 @@ mod tests {
             envelope(&h, br#"{"object_kind":"work_item"}"#),
             Ok(Envelope {
                 event: "work_item".into(),
-                dedupe_key: Some("k1".into())
+                id: DeliveryId::Unsigned("k1".into())
             })
         );
         // Custom template without object_kind: the raw header value.
@@ -388,7 +399,7 @@ mod tests {
             envelope(&h[..1], br#"{"custom":true}"#),
             Ok(Envelope {
                 event: "Issue Hook".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(

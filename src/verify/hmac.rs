@@ -1,17 +1,19 @@
 //! Generic HMAC scheme for providers without a dedicated module: the
 //! signature header, algorithm, encoding and prefix are configured, and an
 //! optional timestamp header (unix seconds) is prepended to the body in the
-//! signed content and checked against `max_skew`. Event and dedupe key come
+//! signed content and checked against `max_skew`. Event and delivery id come
 //! from configured locators; without an `id_from` the caller hashes the body.
+//! No header is signed here, so an id from `header:…` dedupes together with
+//! the body's digest.
 
 use std::time::Duration;
 
 use http::HeaderName;
 
 use super::{
-    ct_eq, decode_b64, decode_hex, encode_b64, fresh_unix_secs, hmac_sha1, hmac_sha256,
-    hmac_sha512, locate_envelope, parse_unix_secs, proof_header, unix_secs, Envelope, Inbound,
-    Locator, Provider, ShapeError, SignInput, Signed, VerifyError,
+    accepted_until, ct_eq, decode_b64, decode_hex, encode_b64, fresh_unix_secs, hmac_sha1,
+    hmac_sha256, hmac_sha512, locate_envelope, parse_unix_secs, proof_header, unix_secs, Envelope,
+    Inbound, Locator, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -99,7 +101,7 @@ pub struct Hmac {
 }
 
 impl Provider for Hmac {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         const SIG: &str = "signature header";
         const TS: &str = "timestamp header";
         let value = proof_header(req.headers, self.header.as_str(), SIG)?;
@@ -127,7 +129,11 @@ impl Provider for Hmac {
             Some((_, secs)) if !fresh_unix_secs(secs, req.now, self.max_skew) => {
                 Err(VerifyError::Stale)
             }
-            _ => Ok(()),
+            Some((_, secs)) => Ok(Verified::timed(
+                &expected,
+                accepted_until(secs, self.max_skew),
+            )),
+            None => Ok(Verified::UNTIMED),
         }
     }
 
@@ -137,6 +143,7 @@ impl Provider for Hmac {
             req.body,
             &self.event_from,
             self.id_from.as_ref(),
+            &[],
         )
     }
 
@@ -169,7 +176,7 @@ mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::*;
-    use crate::verify::header_map;
+    use crate::verify::{header_map, DeliveryId};
 
     const DOCS_SECRET: &str = "It's a Secret to Everybody";
     const DOCS_SHA256_HEX: &str =
@@ -215,6 +222,7 @@ mod tests {
             body,
             now,
         })
+        .map(drop)
     }
 
     #[test]
@@ -320,7 +328,11 @@ mod tests {
                 now,
             })
         };
-        assert_eq!(check(now), Ok(()));
+        // The signature is remembered until its timestamp leaves the window.
+        assert_eq!(
+            check(now).map(|v| v.replay.map(|m| m.until)),
+            Ok(Some(at(1_700_000_000 + 300)))
+        );
         assert_eq!(check(at(1_700_000_000 + 301)), Err(VerifyError::Stale));
         assert_eq!(check(at(1_700_000_000 - 301)), Err(VerifyError::Stale));
         // The timestamp is signed: moving it breaks the signature.
@@ -388,7 +400,7 @@ mod tests {
                 body,
                 now: at(0)
             }),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
         headers.insert("x-id", http::HeaderValue::from_static("id-1"));
         assert_eq!(
@@ -399,7 +411,7 @@ mod tests {
             }),
             Ok(Envelope {
                 event: "a.b".into(),
-                dedupe_key: Some("id-1".into())
+                id: DeliveryId::Unsigned("id-1".into())
             })
         );
     }
@@ -418,7 +430,7 @@ mod tests {
             env(&github_like(), b"{}"),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(env(&github_like(), b"<xml/>"), Err(ShapeError::NotJson));
@@ -430,7 +442,7 @@ mod tests {
             env(&by_body, br#"{"type":"t","data":{"id":"x"}}"#),
             Ok(Envelope {
                 event: "t".into(),
-                dedupe_key: Some("x".into())
+                id: DeliveryId::Signed("x".into())
             })
         );
         let none = Hmac {
@@ -442,7 +454,7 @@ mod tests {
             env(&none, b"not json"),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
     }

@@ -4,8 +4,8 @@
 //! (`notif_…`). Intercom signs no timestamp, so dedupe is the only replay guard.
 
 use super::{
-    ct_eq, hmac_sha1, json_body, json_str, prefixed_hex, proof_header, Envelope, Inbound, Provider,
-    ShapeError, SignInput, Signed, VerifyError,
+    ct_eq, hmac_sha1, json_body, json_str, prefixed_hex, proof_header, DeliveryId, Envelope,
+    Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -16,13 +16,13 @@ pub struct Intercom {
 }
 
 impl Provider for Intercom {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         let what = "X-Hub-Signature header";
         let value = proof_header(req.headers, "x-hub-signature", what)?;
         let sig = prefixed_hex(value, "sha1=", 20, what)?;
         let expected = hmac_sha1(self.secret.expose(), &[req.body]);
         if ct_eq(&sig, &expected) {
-            Ok(())
+            Ok(Verified::UNTIMED)
         } else {
             Err(VerifyError::Mismatch)
         }
@@ -35,7 +35,9 @@ impl Provider for Intercom {
             .ok_or(ShapeError::Missing("topic"))?;
         Ok(Envelope {
             event,
-            dedupe_key: json_str(&body, "id").filter(|id| !id.is_empty()),
+            id: json_str(&body, "id")
+                .filter(|id| !id.is_empty())
+                .map_or(DeliveryId::Absent, DeliveryId::Signed),
         })
     }
 
@@ -76,7 +78,11 @@ mod tests {
         }
     }
 
-    fn verify(p: &Intercom, headers: &[(&str, &str)], body: &[u8]) -> Result<(), VerifyError> {
+    fn verify(
+        p: &Intercom,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Verified, VerifyError> {
         let headers = header_map(headers);
         p.verify(&Inbound {
             headers: &headers,
@@ -102,7 +108,7 @@ mod tests {
                 &[("X-Hub-Signature", DOCS_SHA1)],
                 b"Hello, World!"
             ),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -156,12 +162,12 @@ mod tests {
             body,
             now: SystemTime::UNIX_EPOCH,
         };
-        assert_eq!(p.verify(&req), Ok(()));
+        assert_eq!(p.verify(&req), Ok(Verified::UNTIMED));
         assert_eq!(
             p.envelope(&req),
             Ok(Envelope {
                 event: "contact.created".into(),
-                dedupe_key: Some("notif_1".into())
+                id: DeliveryId::Signed("notif_1".into())
             })
         );
     }
@@ -172,7 +178,7 @@ mod tests {
             envelope(br#"{"topic":"ping"}"#),
             Ok(Envelope {
                 event: "ping".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(

@@ -1,13 +1,14 @@
 //! Jira (Cloud admin webhooks and Data Center): `X-Hub-Signature:
 //! sha256=<hex HMAC-SHA256(secret, raw body)>`. The header name is GitHub's
 //! legacy SHA-1 one but the value is SHA-256, so a `sha1=` value is malformed
-//! here. The event is the body's `webhookEvent`; the dedupe key is
+//! here. The event is the body's `webhookEvent`; the delivery id is
 //! `X-Atlassian-Webhook-Identifier` (unchanged across retries; Data Center may
-//! not send it, and the caller then hashes the body).
+//! not send it, and the caller then hashes the body). The signature does not
+//! cover that header, so the id dedupes together with the body's digest.
 
 use super::{
-    ct_eq, header_str, hmac_sha256, json_body, json_str, prefixed_hex, proof_header, Envelope,
-    Inbound, Provider, ShapeError, SignInput, Signed, VerifyError,
+    ct_eq, header_str, hmac_sha256, json_body, json_str, prefixed_hex, proof_header, DeliveryId,
+    Envelope, Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -17,13 +18,13 @@ pub struct Jira {
 }
 
 impl Provider for Jira {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         let what = "X-Hub-Signature header";
         let value = proof_header(req.headers, "x-hub-signature", what)?;
         let sig = prefixed_hex(value, "sha256=", 32, what)?;
         let expected = hmac_sha256(self.secret.expose(), &[req.body]);
         if ct_eq(&sig, &expected) {
-            Ok(())
+            Ok(Verified::UNTIMED)
         } else {
             Err(VerifyError::Mismatch)
         }
@@ -36,10 +37,10 @@ impl Provider for Jira {
             .ok_or(ShapeError::Missing("webhookEvent"))?;
         Ok(Envelope {
             event,
-            dedupe_key: header_str(req.headers, "x-atlassian-webhook-identifier")
+            id: header_str(req.headers, "x-atlassian-webhook-identifier")
                 .map(str::trim)
                 .filter(|id| !id.is_empty())
-                .map(str::to_owned),
+                .map_or(DeliveryId::Absent, |id| DeliveryId::Unsigned(id.to_owned())),
         })
     }
 
@@ -82,7 +83,7 @@ mod tests {
         }
     }
 
-    fn verify(p: &Jira, headers: &[(&str, &str)], body: &[u8]) -> Result<(), VerifyError> {
+    fn verify(p: &Jira, headers: &[(&str, &str)], body: &[u8]) -> Result<Verified, VerifyError> {
         let headers = header_map(headers);
         p.verify(&Inbound {
             headers: &headers,
@@ -108,7 +109,7 @@ mod tests {
                 &[("X-Hub-Signature", DOCS_SHA256)],
                 b"Hello, World!"
             ),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
         let sig = "sha256=4864d2759938a15468b5df9ade20bf161da9b4f737ea61794142f3484236bda3";
         assert_eq!(
@@ -117,7 +118,7 @@ mod tests {
                 &[("X-Hub-Signature", sig)],
                 br#"{"foo":"bar"}"#
             ),
-            Ok(())
+            Ok(Verified::UNTIMED)
         );
     }
 
@@ -180,12 +181,12 @@ mod tests {
             body,
             now: SystemTime::UNIX_EPOCH,
         };
-        assert_eq!(p.verify(&req), Ok(()));
+        assert_eq!(p.verify(&req), Ok(Verified::UNTIMED));
         assert_eq!(
             p.envelope(&req),
             Ok(Envelope {
                 event: "jira:issue_updated".into(),
-                dedupe_key: Some("at-1".into())
+                id: DeliveryId::Unsigned("at-1".into())
             })
         );
     }
@@ -196,7 +197,7 @@ mod tests {
             envelope(&[], br#"{"webhookEvent":"comment_created"}"#),
             Ok(Envelope {
                 event: "comment_created".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(

@@ -12,6 +12,7 @@ pub mod gitlab;
 pub mod hmac;
 pub mod intercom;
 pub mod jira;
+pub mod rotation;
 pub mod standard;
 pub mod zendesk;
 
@@ -71,9 +72,105 @@ pub struct Envelope {
     /// The provider's event type (`push`, `jira:issue_updated`…); may be empty
     /// where the provider does not always send one.
     pub event: String,
-    /// The provider's delivery id, stable across retries. `None` means the
-    /// caller dedupes on a hash of the body.
-    pub dedupe_key: Option<String>,
+    /// The provider's delivery id, stable across retries.
+    pub id: DeliveryId,
+}
+
+/// A delivery id, and whether the proof of origin covers it: that decides
+/// what the queue dedupes on (see [`DeliveryId::dedupe_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryId {
+    /// The provider sends none: dedupe on the body's digest.
+    Absent,
+    /// Covered by the proof (read from the verified body, or a signed
+    /// header): nobody without the secret can attach it to other content,
+    /// so it dedupes on its own, across retries that re-sign.
+    Signed(String),
+    /// In a header the proof does not cover (`X-GitHub-Delivery`): anyone
+    /// holding a captured request can send it under another id, so it
+    /// dedupes together with the body's digest. A captured body sent with
+    /// someone else's future id then cannot block that real delivery.
+    Unsigned(String),
+}
+
+impl DeliveryId {
+    /// The id as the provider sent it (for people, logs and templates).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            DeliveryId::Absent => None,
+            DeliveryId::Signed(id) | DeliveryId::Unsigned(id) => Some(id),
+        }
+    }
+
+    /// What the queue dedupes on within the source: a signed id alone, an
+    /// unsigned one with `sha256:<hex of body>`, else the digest alone.
+    pub fn dedupe_key(&self, body: &[u8]) -> String {
+        use sha2::Digest;
+        let digest = || format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)));
+        match self {
+            DeliveryId::Absent => digest(),
+            DeliveryId::Signed(id) => id.clone(),
+            // A space never occurs in a digest, so `id` cannot forge the split.
+            DeliveryId::Unsigned(id) => format!("{id} {}", digest()),
+        }
+    }
+
+    /// `Signed` or `Unsigned` for an id that may be absent.
+    fn from(id: Option<String>, signed: bool) -> DeliveryId {
+        match id {
+            None => DeliveryId::Absent,
+            Some(id) if signed => DeliveryId::Signed(id),
+            Some(id) => DeliveryId::Unsigned(id),
+        }
+    }
+}
+
+/// What a successful proof of origin tells the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Which of the source's secrets matched: its index in the `secret` list
+    /// as written (0 for a single secret).
+    pub secret: usize,
+    /// For timestamped schemes: the signature, to be refused as a replay if
+    /// seen again while its timestamp is still accepted.
+    pub replay: Option<ReplayMark>,
+}
+
+impl Verified {
+    /// A proof with no timestamp (GitHub, Jira, Intercom, Figma, GitLab's token).
+    pub const UNTIMED: Verified = Verified {
+        secret: 0,
+        replay: None,
+    };
+
+    /// A timestamped proof whose signed content had MAC `mac`, accepted
+    /// until `until` (the signed timestamp plus `max_skew`).
+    pub fn timed(mac: &[u8], until: SystemTime) -> Verified {
+        Verified {
+            secret: 0,
+            replay: Some(ReplayMark::new(mac, until)),
+        }
+    }
+}
+
+/// A verified signature, by digest, and until when its timestamp passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayMark {
+    /// SHA-256 of the expected MAC (the MAC of exactly what was signed, not
+    /// the header text, so decoy entries in a signature list change nothing).
+    pub digest: [u8; 32],
+    /// Past this instant `verify` answers `Stale`, so the mark can be forgotten.
+    pub until: SystemTime,
+}
+
+impl ReplayMark {
+    pub fn new(mac: &[u8], until: SystemTime) -> ReplayMark {
+        use sha2::Digest;
+        ReplayMark {
+            digest: sha2::Sha256::digest(mac).into(),
+            until,
+        }
+    }
 }
 
 /// What `sign` needs besides the body.
@@ -96,7 +193,7 @@ pub struct Signed {
 
 /// One provider's scheme, built from a validated source config.
 pub trait Provider: Send + Sync + std::fmt::Debug {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError>;
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError>;
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError>;
     fn sign(&self, input: &SignInput<'_>) -> Signed;
     /// The body as it is kept once proven: byte for byte, except where the
@@ -129,6 +226,15 @@ impl Locator {
             Ok(Locator::Body(parts))
         } else {
             Err(format!("`{s}` must start with `header:` or `body:`"))
+        }
+    }
+
+    /// Whether the proof covers this value: any body path, or one of
+    /// `signed_headers` (lower-case names).
+    fn signed(&self, signed_headers: &[&str]) -> bool {
+        match self {
+            Locator::Header(name) => signed_headers.contains(&name.as_str()),
+            Locator::Body(_) => true,
         }
     }
 
@@ -235,6 +341,14 @@ pub fn within_skew(ts: SystemTime, now: SystemTime, max_skew: Duration) -> bool 
     }
 }
 
+/// `secs` unix seconds plus `max_skew`: until when a timestamp is accepted.
+pub fn accepted_until(secs: u64, max_skew: Duration) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .and_then(|t| t.checked_add(max_skew))
+        .unwrap_or(UNIX_EPOCH)
+}
+
 /// Unix seconds of `t` (0 before the epoch).
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -274,12 +388,15 @@ pub fn prefixed_hex(
 
 /// Reads an envelope through configured locators, parsing the body only when
 /// one of them points into it (`NotJson` then if it is not JSON). An absent
-/// event is empty; an absent id leaves dedupe to a body hash.
+/// event is empty; an absent id leaves dedupe to a body hash. An id read from
+/// the (verified) body is signed; one read from a header is signed only when
+/// the header is one of `signed_headers`.
 pub fn locate_envelope(
     headers: &HeaderMap,
     body: &[u8],
     event_from: &Locator,
     id_from: Option<&Locator>,
+    signed_headers: &[&str],
 ) -> Result<Envelope, ShapeError> {
     let needs_body =
         matches!(event_from, Locator::Body(_)) || matches!(id_from, Some(Locator::Body(_)));
@@ -292,7 +409,10 @@ pub fn locate_envelope(
         event: event_from
             .find(headers, parsed.as_ref())
             .unwrap_or_default(),
-        dedupe_key: id_from.and_then(|l| l.find(headers, parsed.as_ref())),
+        id: match id_from {
+            None => DeliveryId::Absent,
+            Some(l) => DeliveryId::from(l.find(headers, parsed.as_ref()), l.signed(signed_headers)),
+        },
     })
 }
 

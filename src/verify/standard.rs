@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 
 use super::{
-    ct_eq, decode_b64, encode_b64, fresh_unix_secs, hmac_sha256, locate_envelope, parse_unix_secs,
-    proof_header, unix_secs, Envelope, Inbound, Locator, Provider, ShapeError, SignInput, Signed,
-    VerifyError,
+    accepted_until, ct_eq, decode_b64, encode_b64, fresh_unix_secs, hmac_sha256, locate_envelope,
+    parse_unix_secs, proof_header, unix_secs, Envelope, Inbound, Locator, Provider, ShapeError,
+    SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -26,7 +26,7 @@ pub struct Standard {
 }
 
 impl Provider for Standard {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         verify_headers(
             self.key.expose(),
             req.headers,
@@ -37,7 +37,14 @@ impl Provider for Standard {
     }
 
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError> {
-        locate_envelope(req.headers, req.body, &self.event_from, Some(&self.id_from))
+        // `webhook-id` is part of the signed content; any other header is not.
+        locate_envelope(
+            req.headers,
+            req.body,
+            &self.event_from,
+            Some(&self.id_from),
+            &["webhook-id"],
+        )
     }
 
     fn sign(&self, input: &SignInput<'_>) -> Signed {
@@ -92,7 +99,7 @@ pub fn verify_headers(
     body: &[u8],
     now: SystemTime,
     max_skew: Duration,
-) -> Result<(), VerifyError> {
+) -> Result<Verified, VerifyError> {
     const ID: &str = "webhook-id header";
     const TS: &str = "webhook-timestamp header";
     const SIG: &str = "webhook-signature header";
@@ -131,7 +138,7 @@ pub fn verify_headers(
     if !fresh_unix_secs(secs, now, max_skew) {
         return Err(VerifyError::Stale);
     }
-    Ok(())
+    Ok(Verified::timed(&expected, accepted_until(secs, max_skew)))
 }
 
 #[cfg(test)]
@@ -139,7 +146,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::verify::header_map;
+    use crate::verify::{header_map, DeliveryId};
 
     const RUST_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     const RUST_ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
@@ -181,11 +188,13 @@ mod tests {
             ("webhook-timestamp", ts),
             ("webhook-signature", sig),
         ]);
-        standard(secret).verify(&Inbound {
-            headers: &headers,
-            body,
-            now,
-        })
+        standard(secret)
+            .verify(&Inbound {
+                headers: &headers,
+                body,
+                now,
+            })
+            .map(drop)
     }
 
     fn rust(sig: &str, body: &[u8], now: SystemTime) -> Result<(), VerifyError> {
@@ -400,12 +409,12 @@ mod tests {
             body,
             now: now + Duration::from_secs(5),
         };
-        assert_eq!(p.verify(&req), Ok(()));
+        assert_eq!(p.verify(&req).map(drop), Ok(()));
         assert_eq!(
             p.envelope(&req),
             Ok(Envelope {
                 event: "invoice.paid".into(),
-                dedupe_key: Some("msg_1".into())
+                id: DeliveryId::Signed("msg_1".into())
             })
         );
     }
@@ -423,7 +432,7 @@ mod tests {
             p.envelope(&req(b"{}")),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: Some("msg_9".into())
+                id: DeliveryId::Signed("msg_9".into())
             })
         );
         assert_eq!(p.envelope(&req(b"<xml/>")), Err(ShapeError::NotJson));
@@ -437,7 +446,7 @@ mod tests {
             p.envelope(&req(b"<xml/>")),
             Ok(Envelope {
                 event: "k".into(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         let p = Standard {
@@ -448,7 +457,7 @@ mod tests {
             p.envelope(&req(br#"{"type":"a.b","data":{"id":42}}"#)),
             Ok(Envelope {
                 event: "a.b".into(),
-                dedupe_key: Some("42".into())
+                id: DeliveryId::Signed("42".into())
             })
         );
     }

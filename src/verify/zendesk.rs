@@ -3,16 +3,25 @@
 //! `X-Zendesk-Webhook-Signature-Timestamp` (`2021-03-25T05:09:27Z`), prepended
 //! with no separator, and must lie within `max_skew` of now. The event is the
 //! body's `type` (event subscriptions; trigger webhooks have a custom body and
-//! may have none); the dedupe key is the body's `id` for event subscriptions
-//! (a `type` of `zen:event-type:…`), else the invocation id: a trigger's
-//! body is the admin's template, where `"id": "{{ticket.id}}"` is common and
-//! would make every later notification about that ticket a duplicate.
+//! may have none); the delivery id is the body's `id` for event subscriptions
+//! (a `type` of `zen:event-type:…`; signed, as it is in the body), else the
+//! invocation id: a trigger's body is the admin's template, where
+//! `"id": "{{ticket.id}}"` is common and would make every later notification
+//! about that ticket a duplicate. The invocation id is an unsigned header, so
+//! it dedupes together with the body's digest (a retry resends the same body,
+//! re-signed); a captured request sent again under a new invocation id is
+//! caught by its signature (`Verified::replay`), not by the dedupe key.
+//!
+//! Only POST, PUT and PATCH are accepted (the ingress's method check): GET
+//! and DELETE triggers carry their fields in the query string, which the
+//! signature does not cover.
 
 use std::time::Duration;
 
 use super::{
     ct_eq, decode_b64, encode_b64, header_str, hmac_sha256, json_body, json_str, proof_header,
-    within_skew, Envelope, Inbound, Provider, ShapeError, SignInput, Signed, VerifyError,
+    within_skew, DeliveryId, Envelope, Inbound, Provider, ShapeError, SignInput, Signed, Verified,
+    VerifyError,
 };
 use crate::secret::Secret;
 
@@ -50,7 +59,7 @@ fn timestamp(ts: &str) -> Option<std::time::SystemTime> {
 }
 
 impl Provider for Zendesk {
-    fn verify(&self, req: &Inbound<'_>) -> Result<(), VerifyError> {
+    fn verify(&self, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
         const SIG: &str = "X-Zendesk-Webhook-Signature header";
         const TS: &str = "X-Zendesk-Webhook-Signature-Timestamp header";
         let sig = proof_header(req.headers, "x-zendesk-webhook-signature", SIG)?;
@@ -66,11 +75,11 @@ impl Provider for Zendesk {
         if !within_skew(at, req.now, self.max_skew) {
             return Err(VerifyError::Stale);
         }
-        Ok(())
+        Ok(Verified::timed(&expected, at + self.max_skew))
     }
 
-    /// GET and DELETE trigger webhooks arrive with an empty body: that reads as
-    /// no event type and no body id rather than as malformed JSON.
+    /// A trigger webhook may send an empty body: that reads as no event type
+    /// and no body id rather than as malformed JSON.
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError> {
         let body = if req.body.trim_ascii().is_empty() {
             None
@@ -90,10 +99,11 @@ impl Provider for Zendesk {
         };
         let event = field("type").unwrap_or_default();
         let subscription = event.starts_with("zen:event-type:");
-        Ok(Envelope {
-            dedupe_key: field("id").filter(|_| subscription).or_else(invocation),
-            event,
-        })
+        let id = match field("id").filter(|_| subscription) {
+            Some(id) => DeliveryId::Signed(id),
+            None => invocation().map_or(DeliveryId::Absent, DeliveryId::Unsigned),
+        };
+        Ok(Envelope { id, event })
     }
 
     fn sign(&self, input: &SignInput<'_>) -> Signed {
@@ -171,6 +181,7 @@ mod tests {
             body,
             now,
         })
+        .map(drop)
     }
 
     fn signed_headers<'a>(sig: &'a str, ts: &'a str) -> [(&'static str, &'a str); 2] {
@@ -290,12 +301,12 @@ mod tests {
             body: BODY.as_bytes(),
             now,
         };
-        assert_eq!(p.verify(&req), Ok(()));
+        assert_eq!(p.verify(&req).map(drop), Ok(()));
         assert_eq!(
             p.envelope(&req),
             Ok(Envelope {
                 event: "zen:event-type:ticket.created".into(),
-                dedupe_key: Some("01HNZ3Q8J3Y0B8E4X2Q7W5T9RK".into()),
+                id: DeliveryId::Signed("01HNZ3Q8J3Y0B8E4X2Q7W5T9RK".into()),
             })
         );
     }
@@ -317,21 +328,21 @@ mod tests {
             env(&inv, br#"{"ticket":"35436"}"#),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: Some("inv-9".into())
+                id: DeliveryId::Unsigned("inv-9".into())
             })
         );
         assert_eq!(
             env(&[], br#"{"ticket":"35436"}"#),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: None
+                id: DeliveryId::Absent
             })
         );
         assert_eq!(
             env(&inv, b""),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: Some("inv-9".into())
+                id: DeliveryId::Unsigned("inv-9".into())
             })
         );
         assert_eq!(env(&inv, b"ticket=1"), Err(ShapeError::NotJson));
@@ -341,7 +352,7 @@ mod tests {
             env(&inv, br#"{"id":"35436","status":"solved"}"#),
             Ok(Envelope {
                 event: String::new(),
-                dedupe_key: Some("inv-9".into())
+                id: DeliveryId::Unsigned("inv-9".into())
             })
         );
         // An event subscription's `id` is the event's.
@@ -352,7 +363,7 @@ mod tests {
             ),
             Ok(Envelope {
                 event: "zen:event-type:ticket.created".into(),
-                dedupe_key: Some("01HN".into())
+                id: DeliveryId::Signed("01HN".into())
             })
         );
     }

@@ -742,3 +742,247 @@ async fn a_stalled_or_trickling_body_is_cut_off_long_before_request_timeout() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 202"), "{text}");
 }
+
+/// Sources whose delivery id sits in a header the proof does not cover.
+const REPLAY_SOURCES: &str = r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+
+[sources.jira]
+provider = "jira"
+secret = { file = "{dir}/jira" }
+
+[sources.zendesk]
+provider = "zendesk"
+secret = { file = "{dir}/zendesk" }
+
+[sources.gitlab-signed]
+provider = "gitlab"
+secret = { file = "{dir}/gitlab" }
+signing_secret = { file = "{dir}/gitlab_signing" }
+
+[sources.standard-hdr]
+provider = "standard"
+secret = { file = "{dir}/standard" }
+id_from = "header:x-msg-id"
+
+[sources.hmac-ts]
+provider = "hmac"
+secret = { file = "{dir}/jira" }
+header = "x-signature"
+timestamp_header = "x-timestamp"
+id_from = "header:x-id"
+"#;
+
+/// (source, event for the signer, the header carrying the unsigned id).
+const TIMESTAMPED: [(&str, &str, &str); 4] = [
+    ("zendesk", "", "X-Zendesk-Webhook-Invocation-Id"),
+    ("standard-hdr", "t", "x-msg-id"),
+    ("hmac-ts", "t", "x-id"),
+    ("gitlab-signed", "push", "Idempotency-Key"),
+];
+
+/// A request of `source` signed at `at`, carrying delivery id `id`.
+fn signed_with_id(
+    gw: &TestGateway,
+    (source, event, id_header): (&str, &str, &str),
+    body: &[u8],
+    id: &str,
+    at: SystemTime,
+) -> Signed {
+    let mut s = gw.sign_at(source, event, body, id, at);
+    set_header(&mut s, id_header, id);
+    s
+}
+
+fn event_id(answer: &str) -> &str {
+    answer.split('"').nth(3).unwrap_or(answer)
+}
+
+/// Issue #8 item 8: one captured Zendesk trigger request was accepted three
+/// times by changing `X-Zendesk-Webhook-Invocation-Id`. A signature seen once
+/// inside its window is a duplicate, whatever unsigned id comes with it,
+/// while a genuine retry (same id and body, signed anew) still dedupes.
+#[tokio::test]
+async fn a_captured_signed_request_under_a_new_id_is_a_replay() {
+    let gw = TestGateway::start("", REPLAY_SOURCES).await;
+    let now = SystemTime::now();
+    for scheme in TIMESTAMPED {
+        let (source, _, id_header) = scheme;
+        let body: &[u8] = match source {
+            "gitlab-signed" => br#"{"object_kind":"push","ref":"refs/heads/main"}"#,
+            _ => br#"{"type":"t","ticket":"35436","status":"solved"}"#,
+        };
+        let captured = signed_with_id(&gw, scheme, body, "id-1", now);
+        let (status, first) = gw.post(source, &captured).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{source}: {first}");
+        for n in 2..=3 {
+            let mut replay = captured.clone();
+            if source == "gitlab-signed" {
+                // A different Idempotency-Key is refused outright (401);
+                // without one, the signed webhook-id is the key.
+                remove_header(&mut replay, id_header);
+            } else {
+                set_header(&mut replay, id_header, &format!("id-{n}"));
+            }
+            let (status, again) = gw.post(source, &replay).await;
+            assert_eq!(status, StatusCode::OK, "{source} replay {n}: {again}");
+            assert_eq!(event_id(&again), event_id(&first), "{source}");
+        }
+        // The provider's own retry: same id and body, a new timestamp.
+        let retry = signed_with_id(&gw, scheme, body, "id-1", now + Duration::from_secs(2));
+        assert_ne!(retry.headers, captured.headers, "{source}: re-signed");
+        let (status, again) = gw.post(source, &retry).await;
+        assert_eq!(status, StatusCode::OK, "{source} retry: {again}");
+        assert_eq!(event_id(&again), event_id(&first), "{source}");
+    }
+    assert_eq!(gw.events().len(), TIMESTAMPED.len());
+    gw.stop().await;
+}
+
+/// Issue #8 item 8: where the delivery id is not signed, a captured body
+/// sent under someone else's future id must not block that real delivery;
+/// a redelivery (same id, same body) is still a duplicate.
+#[tokio::test]
+async fn an_unsigned_id_cannot_be_claimed_for_another_body() {
+    let gw = TestGateway::start("", REPLAY_SOURCES).await;
+    let now = SystemTime::now();
+    let schemes = [
+        ("github", "push", "X-GitHub-Delivery"),
+        ("jira", "issue_updated", "X-Atlassian-Webhook-Identifier"),
+        TIMESTAMPED[0],
+        TIMESTAMPED[2],
+    ];
+    for scheme in schemes {
+        let source = scheme.0;
+        let (body_a, body_b) = match source {
+            "github" | "jira" => {
+                let body = sample(source, scheme.1);
+                let mut other = body.clone();
+                other.push(b'\n');
+                (body, other)
+            }
+            _ => (
+                br#"{"type":"t","ticket":"1"}"#.to_vec(),
+                br#"{"type":"t","ticket":"2"}"#.to_vec(),
+            ),
+        };
+        let a = signed_with_id(&gw, scheme, &body_a, "a", now);
+        assert_eq!(
+            gw.post(source, &a).await.0,
+            StatusCode::ACCEPTED,
+            "{source}"
+        );
+        // The attacker claims the id "b" for the captured body A.
+        let mut claim = a.clone();
+        set_header(&mut claim, scheme.2, "b");
+        gw.post(source, &claim).await;
+        let b = signed_with_id(&gw, scheme, &body_b, "b", now);
+        let (status, answer) = gw.post(source, &b).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{source}: real b: {answer}");
+        assert_eq!(gw.post(source, &b).await.0, StatusCode::OK, "{source}");
+        // A redelivery of A (GitHub's manual one sends the same body and id).
+        let again = signed_with_id(&gw, scheme, &body_a, "a", now + Duration::from_secs(2));
+        assert_eq!(gw.post(source, &again).await.0, StatusCode::OK, "{source}");
+        let stored = gw.events();
+        assert!(
+            stored
+                .iter()
+                .any(|e| e.source == source && e.body == body_b),
+            "{source}: the real b is stored"
+        );
+        assert!(stored
+            .iter()
+            .filter(|e| e.source == source)
+            .all(|e| !e.delivery_id.contains("sha256")));
+    }
+    gw.stop().await;
+}
+
+/// Issue #8 item 16: Zendesk triggers may PUT or PATCH; other providers
+/// only POST, and the 405 names what the source accepts.
+#[tokio::test]
+async fn zendesk_takes_put_and_patch_and_405_names_the_methods() {
+    let gw = TestGateway::all().await;
+    for (n, method) in [Method::PUT, Method::PATCH].into_iter().enumerate() {
+        let body = format!(r#"{{"ticket":"3543{n}","status":"solved"}}"#);
+        let s = gw.sign("zendesk", "", body.as_bytes(), &format!("inv-{n}"));
+        let (status, answer) = gw
+            .request(method.clone(), "zendesk", &s.headers, s.body.clone())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{method}: {answer}");
+    }
+    for method in [Method::GET, Method::DELETE] {
+        let (status, headers, _) =
+            hookgate::client::request(method, &gw.url("zendesk"), &[], vec![])
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["allow"], "POST, PUT, PATCH");
+    }
+    let s = gw.sign("github", "push", &sample("github", "push"), "put");
+    let (status, headers, _) =
+        hookgate::client::request(Method::PUT, &gw.url("github"), &s.headers, s.body)
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    assert_eq!(gw.events().len(), 2);
+    gw.stop().await;
+}
+
+/// Issue #8 item 14: while rotating, either listed secret verifies, a third
+/// does not, and the metric says which one matched.
+#[tokio::test]
+async fn a_secret_list_accepts_each_listed_secret_and_counts_which() {
+    // The github file holds the new secret, the jira file the old one.
+    let sources = r#"
+[sources.gh]
+provider = "github"
+secret = [{ file = "{dir}/github" }, { file = "{dir}/jira" }]
+"#;
+    let gw = TestGateway::start("", sources).await;
+    let github = |secret: &str| hookgate::verify::github::Github {
+        secret: hookgate::secret::Secret::new(secret),
+        legacy_sha1: false,
+    };
+    let body = sample("github", "push");
+    let send = |secret: &str, id: &str| {
+        github(secret).sign(&SignInput {
+            body: &body,
+            event: "push",
+            delivery_id: id,
+            now: SystemTime::now(),
+        })
+    };
+    let new = SECRETS.iter().find(|(n, _)| *n == "github").unwrap().1;
+    let old = SECRETS.iter().find(|(n, _)| *n == "jira").unwrap().1;
+    let third = SECRETS.iter().find(|(n, _)| *n == "intercom").unwrap().1;
+    for (i, secret) in [new, old, old].into_iter().enumerate() {
+        let (status, answer) = gw.post("gh", &send(secret, &format!("d{i}"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    assert_eq!(
+        gw.post("gh", &send(third, "d9")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, _, metrics) = hookgate::client::request(
+        Method::GET,
+        &format!("http://{}/metrics", gw.admin),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"hookgate_secret_matches_total{source="gh",secret="0"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hookgate_secret_matches_total{source="gh",secret="1"} 2"#),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
