@@ -171,6 +171,10 @@ impl Problem {
         } else {
             format!("{}: ", self.key)
         };
+        // Line 0: about the whole file (it could not be read).
+        if self.line == 0 {
+            return format!("{}: {key}{}", file.display(), self.message);
+        }
         format!(
             "{}:{}:{}: {key}{}",
             file.display(),
@@ -195,12 +199,14 @@ pub struct Loaded {
 /// Reads and validates `path`.
 pub fn load(path: &Path, resolver: &Resolver) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: path.to_owned(),
+        // Said in full: a relative name does not tell which directory the
+        // daemon looked in (systemd's is `/`).
+        file: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
         problems: vec![Problem {
             line: 0,
             column: 0,
             key: String::new(),
-            message: format!("cannot read the config file: {e}"),
+            message: format!("cannot read the config file: {e} (pass its path with --config)"),
         }],
     })?;
     let base_dir = path
