@@ -28,11 +28,17 @@ impl Cx<'_> {
             self.err(
                 raw.provider.span(),
                 &at("provider"),
-                format!(
-                    "unknown provider `{}`: use one of {}",
-                    raw.provider.get_ref(),
-                    names.join(", ")
-                ),
+                match crate::suggest::closest(raw.provider.get_ref(), names.iter().copied()) {
+                    Some(meant) => format!(
+                        "unknown provider `{}`: did you mean `{meant}`?",
+                        raw.provider.get_ref()
+                    ),
+                    None => format!(
+                        "unknown provider `{}`: use one of {}",
+                        raw.provider.get_ref(),
+                        names.join(", ")
+                    ),
+                },
             );
             return None;
         };

@@ -693,3 +693,83 @@ async fn serve_flags_work_without_the_subcommand_and_text_logs_have_no_colours()
         "ANSI escapes in a redirected log:\n{text}"
     );
 }
+
+/// Issue #8 item 11 through the binary: every mistake in one run, sorted
+/// by line, with "did you mean", a misspelt filter included.
+#[test]
+fn check_reports_everything_at_once_in_file_order_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_IT_UNSET_SECRET" }
+allow_ips = ["10.0.0.1/8"]
+
+[sinks.stdout]
+kind = "log"
+
+[[routes]]
+name = "merged"
+source = "github"
+to = ["stdot"]
+tags = 1
+message = "{{ payload.title | regex_captur('x') }}"
+
+[server]
+listen = 8080
+max_body_bytes = "big"
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |line: u32, col: u32| format!("{}:{line}:{col}: ", config.display());
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        vec![
+            format!("{}sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`", at(4, 14)),
+            format!("{}routes[0].to: no sink `stdot`: did you mean `stdout`?", at(12, 7)),
+            format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields", at(13, 1)),
+            format!("{}routes.merged.message: unknown filter `regex_captur`: did you mean `regex_capture`?", at(14, 11)),
+            format!("{}server.listen: invalid type: integer `8080`, expected a string", at(17, 10)),
+            format!("{}server.max_body_bytes: invalid type: string \"big\", expected i64", at(18, 18)),
+            format!("{}: 6 problem(s); nothing was started", config.display()),
+        ]
+    );
+}
+
+/// A typo in `[tests.reject] routes` made a test that could never fail.
+#[test]
+fn route_tests_naming_a_route_the_config_lacks_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_UNSET_SECRET\" }\n[sinks.stdout]\nkind = \"log\"\n[[routes]]\nname = \"merged-prs\"\nto = [\"stdout\"]\nwhen = \"false\"\n",
+    )
+    .unwrap();
+    let tests = dir.path().join("routes.test.toml");
+    std::fs::write(
+        &tests,
+        "[[tests]]\nname = \"quiet\"\nsource = \"github\"\nevent = \"push\"\npayload = '{}'\n[tests.reject]\nroutes = [\"merged-pr\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("test")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "hookgate test: {}:7:11: test `quiet`: [tests.reject] no route `merged-pr` in the config: did you mean `merged-prs`?",
+            tests.display()
+        )
+    );
+}
