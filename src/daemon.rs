@@ -29,12 +29,16 @@ const PRUNE_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create data_dir {path}: {source}")]
+    #[error("cannot create server.data_dir {path}: {source}")]
     DataDir {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write in server.data_dir {path}: {reason} (make it writable for the user hookgate runs as, or set another server.data_dir)")]
+    DataDirUnwritable { path: String, reason: String },
+    #[error("another hookgate is using {path} (stop it, or set another server.data_dir)")]
+    InUse { path: String },
     #[error("cannot open the queue in {path}: {source}")]
     Queue {
         path: String,
@@ -47,8 +51,11 @@ pub enum DaemonError {
     NoQueue { path: String },
     #[error("socket activation: {0}")]
     Activation(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("server.{key}: another program is listening on {addr} (stop it, or set another server.{key})")]
+    InUseAddr { key: &'static str, addr: String },
+    #[error("server.{key}: cannot listen on {addr}: {source}")]
     Bind {
+        key: &'static str,
         addr: String,
         #[source]
         source: std::io::Error,
@@ -86,10 +93,47 @@ fn open_dir(
         path: dir.display().to_string(),
         source,
     })?;
-    open(dir).map_err(|source| DaemonError::Queue {
-        path: dir.display().to_string(),
-        source,
+    open(dir).map_err(|source| {
+        let path = dir.display().to_string();
+        use std::io::ErrorKind;
+        match io_error(&source) {
+            Some(e) if is_sled_lock(e) => DaemonError::InUse { path },
+            Some(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                DaemonError::DataDirUnwritable {
+                    path,
+                    reason: e.to_string(),
+                }
+            }
+            _ => DaemonError::Queue { path, source },
+        }
     })
+}
+
+/// The I/O error under a queue error (sled's is wrapped in ours).
+fn io_error(e: &QueueError) -> Option<&std::io::Error> {
+    let QueueError::Storage(io) = e else {
+        return None;
+    };
+    match io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<sled::Error>())
+    {
+        Some(sled::Error::Io(inner)) => Some(inner),
+        Some(_) => None,
+        None => Some(io),
+    }
+}
+
+/// sled 0.34 reports its `sled/db` lock held elsewhere (`try_lock_exclusive`
+/// failing) as an `Other` error with this text (`Config::open_file`).
+fn is_sled_lock(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock on")
 }
 
 /// Binds the configured addresses (or takes the sockets systemd passed)
@@ -114,16 +158,19 @@ pub async fn run(
                     tracing::info!(key, config = %addr, socket = %local, "using the socket systemd passed, not server.{key}");
                 }
                 TcpListener::from_std(socket).map_err(|source| DaemonError::Bind {
+                    key,
                     addr: local,
                     source,
                 })
             }
-            None => TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                }),
+            None => TcpListener::bind(addr).await.map_err(|source| {
+                let addr = addr.to_string();
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    DaemonError::InUseAddr { key, addr }
+                } else {
+                    DaemonError::Bind { key, addr, source }
+                }
+            }),
         }
     };
     if let Some(admin) = &passed.admin {

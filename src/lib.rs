@@ -21,4 +21,5 @@ pub mod samples;
 pub mod secret;
 pub mod send;
 pub mod sink;
+pub mod suggest;
 pub mod verify;

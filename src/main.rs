@@ -24,8 +24,19 @@ struct Cli {
     /// Log format; JSON is the default when stderr is not a terminal.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// `hookgate [--dev]` is `hookgate serve [--dev]`.
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct ServeArgs {
+    /// Development only: generate the secrets that are not set and keep
+    /// them in hookgate-dev-secrets.toml beside the config.
+    #[arg(long)]
+    dev: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -37,12 +48,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the default).
-    Serve {
-        /// Development only: generate the secrets that are not set and keep
-        /// them in hookgate-dev-secrets.toml beside the config.
-        #[arg(long)]
-        dev: bool,
-    },
+    Serve(ServeArgs),
     /// Validate the config; exit 2 on any problem. Missing secrets are
     /// warnings (CI rarely holds them) unless --strict.
     Check {
@@ -130,7 +136,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hookgate: {e:#}");
+            eprintln!("hookgate: {}", causes(&e));
             // A sink the config describes but that cannot be built is a
             // config problem (2): systemd does not restart on it in a loop.
             match e.downcast_ref::<hookgate::daemon::DaemonError>() {
@@ -141,9 +147,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes, each said once: our errors name their cause
+/// in their message already, and sled's repeat theirs.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve { dev: false }) {
-        Command::Serve { dev } => serve(&cli.config, dev).await,
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    if cli.serve.dev && !matches!(command, Command::Serve(_)) {
+        anyhow::bail!("`--dev` before a subcommand goes with `serve` only: write it after the subcommand (`hookgate send --dev …`)");
+    }
+    match command {
+        Command::Serve(ServeArgs { dev }) => serve(&cli.config, dev || cli.serve.dev).await,
         Command::Check { strict } => Ok(check(&cli.config, strict)),
         Command::Test { tests } => Ok(route_tests(&cli.config, tests)),
         Command::Send {
@@ -224,7 +250,7 @@ fn load_or_report(path: &Path, dev: bool, generate: bool) -> Option<Loaded> {
             eprintln!("{errors}");
             eprintln!(
                 "{}: {} problem(s); nothing was started",
-                path.display(),
+                errors.file.display(),
                 errors.problems.len()
             );
             None
@@ -393,7 +419,7 @@ async fn reload_on_hangup(
             }
             Ok(Err(errors)) => {
                 for problem in &errors.problems {
-                    tracing::error!(problem = %problem.display(&path), "reload refused");
+                    tracing::error!(problem = %problem.display(&errors.file), "reload refused");
                 }
                 tracing::error!(
                     problems = errors.problems.len(),
@@ -629,6 +655,8 @@ fn init_logs(format: Option<LogFormat>) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a redirected file.
+        .with_ansi(std::io::stderr().is_terminal())
         // Otherwise a failed log write (stderr on a full disk) is reported
         // with eprintln!, which panics, and takes the request with it.
         .log_internal_errors(false);

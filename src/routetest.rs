@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::config::Config;
 use crate::queue::EventRecord;
@@ -40,7 +41,7 @@ struct TestFile {
 #[serde(deny_unknown_fields)]
 struct TestCase {
     name: String,
-    source: String,
+    source: Spanned<String>,
     /// The event type as the provider reports it (`pull_request`,
     /// `jira:issue_updated`, …).
     event: String,
@@ -58,8 +59,8 @@ struct TestCase {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
-    route: String,
-    sink: String,
+    route: Spanned<String>,
+    sink: Spanned<String>,
     message: Option<String>,
     contains: Option<String>,
     fields: Option<BTreeMap<String, String>>,
@@ -69,7 +70,7 @@ struct Expect {
 #[serde(deny_unknown_fields)]
 struct Reject {
     #[serde(default)]
-    routes: Vec<String>,
+    routes: Vec<Spanned<String>>,
 }
 
 /// Where the tests for `config` live: `routes.toml` → `routes.test.toml`.
@@ -90,6 +91,14 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let file: TestFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let problems = names_problems(config, &file, &text);
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .into_iter()
+            .map(|(line, col, msg)| format!("{}:{line}:{col}: {msg}", path.display()))
+            .collect();
+        return Err(lines.join("\n"));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     file.tests
         .iter()
@@ -97,11 +106,93 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
         .collect()
 }
 
+/// Sources, routes and sinks the tests name that the config lacks: a typo
+/// there would make a test that can never fail (a `reject` of a route that
+/// does not exist) or always fail for the wrong reason. Sorted by line.
+fn names_problems(config: &Config, file: &TestFile, text: &str) -> Vec<(usize, usize, String)> {
+    let mut problems = Vec::new();
+    let mut say = |at: &Spanned<String>, message: String| {
+        let (line, col) = line_col(text, at.span().start);
+        problems.push((line, col, message));
+    };
+    let no_such = |what: &str, name: &str, names: Vec<&str>| match crate::suggest::closest(
+        name,
+        names.iter().copied(),
+    ) {
+        Some(meant) => format!("no {what} `{name}` in the config: did you mean `{meant}`?"),
+        None => format!(
+            "no {what} `{name}` in the config (the {what}s are {})",
+            names.join(", ")
+        ),
+    };
+    let routes: Vec<&str> = config.routes.names().collect();
+    for t in &file.tests {
+        let test = &t.name;
+        if !config.sources.contains_key(t.source.get_ref()) {
+            let names = config.sources.keys().map(String::as_str).collect();
+            say(
+                &t.source,
+                format!(
+                    "test `{test}`: {}",
+                    no_such("source", t.source.get_ref(), names)
+                ),
+            );
+        }
+        for want in &t.expect {
+            let route = want.route.get_ref();
+            let sink = want.sink.get_ref();
+            match config.routes.targets(route) {
+                None => say(
+                    &want.route,
+                    format!("test `{test}`: {}", no_such("route", route, routes.clone())),
+                ),
+                Some(to) if !to.contains(sink) => {
+                    let message = if config.sinks.contains_key(sink) {
+                        format!(
+                            "route `{route}` does not send to sink `{sink}` (it sends to {})",
+                            to.join(", ")
+                        )
+                    } else {
+                        let names = config.sinks.keys().map(String::as_str).collect();
+                        no_such("sink", sink, names)
+                    };
+                    say(&want.sink, format!("test `{test}`: {message}"));
+                }
+                Some(_) => {}
+            }
+        }
+        for route in &t.reject.routes {
+            if config.routes.targets(route.get_ref()).is_none() {
+                say(
+                    route,
+                    format!(
+                        "test `{test}`: [tests.reject] {}",
+                        no_such("route", route.get_ref(), routes.clone())
+                    ),
+                );
+            }
+        }
+    }
+    problems.sort();
+    problems
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String> {
-    let Some(source) = config.sources.get(&t.source) else {
+    let Some(source) = config.sources.get(t.source.get_ref()) else {
         return Err(format!(
             "test `{}`: no source `{}` in the config",
-            t.name, t.source
+            t.name,
+            t.source.get_ref()
         ));
     };
     let body = match (&t.payload, &t.payload_file) {
@@ -116,7 +207,7 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
         }
     };
     let event = EventRecord {
-        source: t.source.clone(),
+        source: t.source.get_ref().clone(),
         provider: source.provider.name().to_owned(),
         event: t.event.clone(),
         delivery_id: format!("test-{}", t.name),
@@ -152,7 +243,7 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
     for want in &t.expect {
         let found = outcomes.iter().find(|o| match o {
             Outcome::Rendered { route, sink, .. } | Outcome::Failed { route, sink, .. } => {
-                route == &want.route && sink == &want.sink
+                route == want.route.get_ref() && sink == want.sink.get_ref()
             }
         });
         match found {
@@ -169,6 +260,7 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
         }
     }
     for route in &t.reject.routes {
+        let route = route.get_ref();
         if outcomes.iter().any(|o| matches!(o, Outcome::Rendered { route: r, .. } | Outcome::Failed { route: r, .. } if r == route)) {
             failures.push(format!("route `{route}` must not fire, and did"));
         }
@@ -279,11 +371,74 @@ mod tests {
         let tests = dir.path().join("t.toml");
         std::fs::write(
             &tests,
-            "[[tests]]\nname = \"broken\"\nsource = \"github\"\nevent = \"push\"\npayload = '{\"commits\": ['\n[tests.reject]\nroutes = [\"other\"]\n",
+            "[[tests]]\nname = \"broken\"\nsource = \"github\"\nevent = \"push\"\npayload = '{\"commits\": ['\n[tests.reject]\nroutes = [\"r\"]\n",
         )
         .unwrap();
         let e = run(&config, &tests).unwrap_err();
         assert!(e.contains("test `broken`: the payload is not JSON"), "{e}");
+    }
+
+    /// Issue #8 item 11: a misspelt route in `reject` passed silently (it
+    /// never fires); misspelt routes, sinks and sources fail, all at once.
+    #[test]
+    fn names_the_config_lacks_fail_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n[sinks.audit]\nkind = \"log\"\n[sinks.other]\nkind = \"log\"\n[[routes]]\nname = \"merged\"\nto = [\"audit\"]\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap()
+        .config;
+        let tests = dir.path().join("t.toml");
+        std::fs::write(
+            &tests,
+            r#"[[tests]]
+name = "one"
+source = "githib"
+event = "push"
+payload = '{}'
+[[tests.expect]]
+route = "merge"
+sink = "audit"
+[[tests.expect]]
+route = "merged"
+sink = "audt"
+[[tests.expect]]
+route = "merged"
+sink = "other"
+[tests.reject]
+routes = ["mergd"]
+"#,
+        )
+        .unwrap();
+        let e = run(&config, &tests).unwrap_err();
+        let at =
+            |line: usize, col: usize| format!("{}:{line}:{col}: test `one`: ", tests.display());
+        assert_eq!(
+            e.lines().collect::<Vec<_>>(),
+            vec![
+                format!(
+                    "{}no source `githib` in the config: did you mean `github`?",
+                    at(3, 10)
+                ),
+                format!(
+                    "{}no route `merge` in the config: did you mean `merged`?",
+                    at(7, 9)
+                ),
+                format!(
+                    "{}no sink `audt` in the config: did you mean `audit`?",
+                    at(11, 8)
+                ),
+                format!(
+                    "{}route `merged` does not send to sink `other` (it sends to audit)",
+                    at(14, 8)
+                ),
+                format!(
+                    "{}[tests.reject] no route `mergd` in the config: did you mean `merged`?",
+                    at(16, 11)
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -174,6 +174,10 @@ impl Problem {
         } else {
             format!("{}: ", self.key)
         };
+        // Line 0: about the whole file (it could not be read).
+        if self.line == 0 {
+            return format!("{}: {key}{}", file.display(), self.message);
+        }
         format!(
             "{}:{}:{}: {key}{}",
             file.display(),
@@ -198,12 +202,14 @@ pub struct Loaded {
 /// Reads and validates `path`.
 pub fn load(path: &Path, resolver: &Resolver) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: path.to_owned(),
+        // Said in full: a relative name does not tell which directory the
+        // daemon looked in (systemd's is `/`).
+        file: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
         problems: vec![Problem {
             line: 0,
             column: 0,
             key: String::new(),
-            message: format!("cannot read the config file: {e}"),
+            message: format!("cannot read the config file: {e} (pass its path with --config)"),
         }],
     })?;
     let base_dir = path
@@ -242,6 +248,10 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
     let mut sources = BTreeMap::new();
     let mut sinks = BTreeMap::new();
     let mut raw_routes = Vec::new();
+    // Every source and sink the file declares, valid or not: a route that
+    // names one with a mistake of its own is not wrong too.
+    let mut declared_sources = std::collections::BTreeSet::new();
+    let mut declared_sinks = std::collections::BTreeSet::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "server" => {
@@ -256,6 +266,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
                 };
                 for (name, value) in table.iter() {
                     let name = name.get_ref().to_string();
+                    declared_sources.insert(name.clone());
                     let at = format!("sources.{name}");
                     if let Err(msg) = check_name(&name) {
                         cx.err(value.span(), &at, msg);
@@ -274,6 +285,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
                 };
                 for (name, value) in table.iter() {
                     let name = name.get_ref().to_string();
+                    declared_sinks.insert(name.clone());
                     let at = format!("sinks.{name}");
                     if let Err(msg) = check_name(&name) {
                         cx.err(value.span(), &at, msg);
@@ -303,18 +315,25 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
                     }
                 }
             }
-            other => cx.err(
-                key.span(),
-                other,
-                "unknown section (expected `server`, `sources`, `sinks` or `routes`)",
-            ),
+            other => {
+                let message = match crate::suggest::closest(other, SECTIONS) {
+                    Some(meant) => format!("unknown section `{other}`: did you mean `{meant}`?"),
+                    None => format!("unknown section `{other}`: the sections are `server`, `sources`, `sinks` and `routes`"),
+                };
+                cx.err(key.span(), other, message)
+            }
         }
     }
-    let routes = cx.routes(raw_routes, &sources, &sinks, base_dir);
+    let declared = Declared {
+        sources: &declared_sources,
+        sinks: &declared_sinks,
+    };
+    let routes = cx.routes(raw_routes, &declared, &sinks, base_dir);
     let server = server.unwrap_or_else(|| cx.server(RawServer::default()));
     if sources.is_empty() && cx.problems.is_empty() {
         cx.err(0..0, "sources", "no sources: add a [sources.NAME] table");
     }
+    cx.problems.sort_by_key(|p| (p.line, p.column));
     cx.secret_problems.sort_by_key(|p| (p.line, p.column));
     if let (true, Some(routes)) = (cx.problems.is_empty(), routes) {
         Ok(Loaded {
@@ -330,6 +349,14 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
     } else {
         Err(cx.problems)
     }
+}
+
+const SECTIONS: [&str; 4] = ["server", "sources", "sinks", "routes"];
+
+/// The names of every `[sources.NAME]` and `[sinks.NAME]` in the file.
+struct Declared<'a> {
+    sources: &'a std::collections::BTreeSet<String>,
+    sinks: &'a std::collections::BTreeSet<String>,
 }
 
 /// Source names become URL path segments.
@@ -382,6 +409,10 @@ impl Cx<'_> {
         self.err(span, key, message);
     }
 
+    /// Deserialises one section. A key that is unknown or of the wrong type
+    /// is reported, dropped, and the rest read again, so one mistake does
+    /// not hide the next, and the section still exists for what refers to
+    /// it. `None` only when a required key is missing (or was dropped).
     fn deserialize<T: DeserializeOwned>(
         &mut self,
         value: Spanned<toml::de::DeValue<'_>>,
@@ -389,13 +420,62 @@ impl Cx<'_> {
     ) -> Option<T> {
         let mut value = value;
         value.get_mut().make_owned();
-        match T::deserialize(toml::de::ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
+        // Keys dropped, and what a misspelt one was probably meant to be:
+        // neither is then "missing" too.
+        let mut dropped: Vec<String> = Vec::new();
+        // Each round drops a key or renames one to a known key (once).
+        let rounds = match value.get_ref() {
+            toml::de::DeValue::Table(t) => 2 * t.len() + 1,
+            _ => 1,
+        };
+        for _ in 0..rounds {
+            let e = match T::deserialize(toml::de::ValueDeserializer::from(value.clone())) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let message = e.message().trim().replace('\n', " ");
+            if dropped
+                .iter()
+                .any(|k| message == format!("missing field `{k}`"))
+            {
+                return None;
+            }
+            let span = e.span().unwrap_or(0..0);
+            let toml::de::DeValue::Table(table) = value.get_mut() else {
                 self.toml_error(&e, key);
-                None
+                return None;
+            };
+            // The entry the error is in: its key, or anywhere in its value.
+            let inside =
+                |r: std::ops::Range<usize>| r.contains(&span.start) || r.start == span.start;
+            let found = table
+                .iter()
+                .find(|(k, v)| inside(k.span()) || inside(v.span()))
+                .map(|(k, v)| (k.clone(), v.clone()));
+            let Some((culprit, culprit_value)) = found else {
+                self.toml_error(&e, key);
+                return None;
+            };
+            let name = culprit.get_ref().to_string();
+            let (message, meant) = unknown_field_hint(&message);
+            self.err(span.clone(), &format!("{key}.{name}"), message);
+            table.remove(&culprit);
+            dropped.push(name);
+            match meant {
+                // A misspelt key of this table: check its value as the
+                // key it was meant to be.
+                Some(meant)
+                    if inside(culprit.span())
+                        && !table.iter().any(|(k, _)| k.get_ref().as_ref() == meant) =>
+                {
+                    let key = Spanned::new(culprit.span(), std::borrow::Cow::Owned(meant));
+                    table.insert(key, culprit_value);
+                }
+                Some(meant) => dropped.push(meant),
+                None => {}
             }
         }
+        None
     }
 
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
@@ -697,7 +777,28 @@ pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>, St
         .map_err(|e| format!("the certificate and key do not make a TLS config: {e}"))
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// serde's "unknown field `x`, expected one of `a`, `b`" said as the
+/// operator's mistake, with the closest key; and that key.
+fn unknown_field_hint(message: &str) -> (String, Option<String>) {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return (message.to_owned(), None);
+    };
+    let Some((wrong, expected)) = rest.split_once('`') else {
+        return (message.to_owned(), None);
+    };
+    let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let meant = crate::suggest::closest(wrong, keys.iter().copied());
+    let message = match meant {
+        Some(k) => format!("unknown key `{wrong}`: did you mean `{k}`?"),
+        None if keys.is_empty() => format!("unknown key `{wrong}`: this table takes no keys"),
+        None => format!(
+            "unknown key `{wrong}`: the keys here are {}",
+            keys.join(", ")
+        ),
+    };
+    (message, meant.map(str::to_owned))
+}
+
 /// Parses `N/s`, `N/m` or `N/h`.
 fn parse_rate(s: &str) -> Option<Rate> {
     let (n, unit) = s.trim().split_once('/')?;
@@ -714,6 +815,7 @@ fn parse_rate(s: &str) -> Option<Rate> {
     })
 }
 
+/// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::raw::{OneOrMany, RawRoute};
 use super::sinks::SinkConfig;
-use super::{Cx, Source};
+use super::{Cx, Declared};
 use crate::route::{ContentSpec, EventPattern, RouteSpec, Routes};
 
 impl Cx<'_> {
@@ -17,7 +17,7 @@ impl Cx<'_> {
     pub(super) fn routes(
         &mut self,
         raw: Vec<(std::ops::Range<usize>, RawRoute)>,
-        sources: &BTreeMap<String, Source>,
+        declared: &Declared<'_>,
         sinks: &BTreeMap<String, SinkConfig>,
         base_dir: &Path,
     ) -> Option<Routes> {
@@ -51,13 +51,9 @@ impl Cx<'_> {
                 Some(OneOrMany::Many(v)) => v.clone(),
             };
             for s in &source_list {
-                if !sources.contains_key(s) {
+                if !declared.sources.contains(s) {
                     let span = r.source.as_ref().map(Spanned::span).unwrap_or(span.clone());
-                    self.err(
-                        span,
-                        &at("source"),
-                        format!("no source `{s}` (sources: {})", join_keys(sources)),
-                    );
+                    self.err(span, &at("source"), no_such("source", s, declared.sources));
                 }
             }
             let mut to = Vec::new();
@@ -75,6 +71,15 @@ impl Cx<'_> {
                     continue;
                 }
                 named.push(sink.get_ref());
+                if !declared.sinks.contains(sink.get_ref()) {
+                    self.err(
+                        sink.span(),
+                        &at("to"),
+                        no_such("sink", sink.get_ref(), declared.sinks),
+                    );
+                    continue;
+                }
+                // A sink with a mistake of its own: reported there.
                 if let Some(config) = sinks.get(sink.get_ref()) {
                     let is_prodmatic = matches!(config.kind, super::SinkKind::Prodmatic { .. });
                     if is_prodmatic != r.action.is_some() {
@@ -93,14 +98,8 @@ impl Cx<'_> {
                         };
                         self.err(sink.span(), &at("to"), msg);
                     }
-                    to.push(sink.get_ref().clone());
-                } else {
-                    self.err(
-                        sink.span(),
-                        &at("to"),
-                        format!("no sink `{}` (sinks: {})", sink.get_ref(), join_keys(sinks)),
-                    );
                 }
+                to.push(sink.get_ref().clone());
             }
             if r.to.get_ref().is_empty() {
                 self.err(r.to.span(), &at("to"), "`to` names no sink");
@@ -216,11 +215,10 @@ impl Cx<'_> {
                 content,
             });
         }
-        if self.problems.len() > before {
-            return None;
-        }
+        // Compiled even when a route has other mistakes: template errors
+        // are reported in the same run.
         match Routes::compile(specs) {
-            Ok(routes) => Some(routes),
+            Ok(routes) => (self.problems.len() == before).then_some(routes),
             Err(errors) => {
                 for e in errors {
                     // A JSON template file compiles as `message.json`.
@@ -237,10 +235,16 @@ impl Cx<'_> {
                         (Some(f), None) => format!("{f}: {}", e.message),
                         (None, _) => e.message.clone(),
                     };
-                    let mut p = self.problem(span, &format!("routes.{}.{part}", e.route), message);
-                    // A multi-line inline template: the line inside it.
+                    let mut p =
+                        self.problem(span.clone(), &format!("routes.{}.{part}", e.route), message);
+                    // A multi-line inline template: the line inside it
+                    // (TOML drops a newline right after `"""` or `'''`).
                     if let (None, Some(line)) = (file, e.line.filter(|l| *l > 1)) {
-                        p.line += line - 1;
+                        let opening = &self.text[span.start.min(self.text.len())..];
+                        let trimmed = ["\"\"\"\n", "'''\n", "\"\"\"\r\n", "'''\r\n"]
+                            .iter()
+                            .any(|d| opening.starts_with(d));
+                        p.line += line - 1 + usize::from(trimmed);
                         p.column = 1;
                     }
                     self.problems.push(p);
@@ -254,14 +258,16 @@ impl Cx<'_> {
 /// What a ProdMatic route can do.
 pub const ACTIONS: [&str; 3] = ["create_idea", "create_feedback", "update_feature"];
 
-fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
-    if map.is_empty() {
-        "none defined".into()
-    } else {
-        map.keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
+/// "no sink `stdot` (did you mean `stdout`?)", or the names there are.
+fn no_such(what: &str, name: &str, names: &BTreeSet<String>) -> String {
+    let names = names.iter().map(String::as_str);
+    match crate::suggest::closest(name, names.clone()) {
+        Some(meant) => format!("no {what} `{name}`: did you mean `{meant}`?"),
+        None if names.len() == 0 => format!("no {what} `{name}`: the file defines no {what}s"),
+        None => format!(
+            "no {what} `{name}` (the {what}s are {})",
+            names.collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 

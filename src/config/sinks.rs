@@ -216,11 +216,15 @@ impl Cx<'_> {
                 .map(|url| SinkKind::Discord { url }),
             "prodmatic" => self.prodmatic_sink(name, &raw),
             other => {
-                self.err(
-                    raw.kind.span(),
-                    &at("kind"),
-                    format!("unknown sink kind `{other}`: use one of log, http, slack, teams, discord, prodmatic"),
-                );
+                const KINDS: [&str; 6] = ["log", "http", "slack", "teams", "discord", "prodmatic"];
+                let message = match crate::suggest::closest(other, KINDS) {
+                    Some(k) => format!("unknown sink kind `{other}`: did you mean `{k}`?"),
+                    None => format!(
+                        "unknown sink kind `{other}`: use one of {}",
+                        KINDS.join(", ")
+                    ),
+                };
+                self.err(raw.kind.span(), &at("kind"), message);
                 None
             }
         };

@@ -41,11 +41,17 @@ impl Cx<'_> {
             self.err(
                 raw.provider.span(),
                 &at("provider"),
-                format!(
-                    "unknown provider `{}`: use one of {}",
-                    raw.provider.get_ref(),
-                    names.join(", ")
-                ),
+                match crate::suggest::closest(raw.provider.get_ref(), names.iter().copied()) {
+                    Some(meant) => format!(
+                        "unknown provider `{}`: did you mean `{meant}`?",
+                        raw.provider.get_ref()
+                    ),
+                    None => format!(
+                        "unknown provider `{}`: use one of {}",
+                        raw.provider.get_ref(),
+                        names.join(", ")
+                    ),
+                },
             );
             return None;
         };
@@ -153,11 +159,15 @@ impl Cx<'_> {
         }
 
         let Some(secret_raw) = raw.secret.as_ref() else {
-            self.err(
-                raw.provider.span(),
-                &format!("sources.{name}"),
-                "missing `secret`: add secret = { env = \"NAME\" } (or { file } / { credential })",
-            );
+            // A `secret` already reported (and dropped) is not missing too.
+            let key = format!("sources.{name}.secret");
+            if !self.problems.iter().any(|p| p.key.starts_with(&key)) {
+                self.err(
+                    raw.provider.span(),
+                    &format!("sources.{name}"),
+                    "missing `secret`: add secret = { env = \"NAME\" } (or { file } / { credential })",
+                );
+            }
             return None;
         };
         let shape = if provider == ProviderKind::Standard {

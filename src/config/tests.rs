@@ -113,7 +113,10 @@ allow_ips = ["10.0.0.0/8", "10.0.0/8"]
 "#;
     let problems = parse(text, &Resolver::default()).unwrap_err();
     assert_eq!(problems.len(), 3, "{problems:#?}");
-    assert_eq!((problems[0].line, problems[0].key.as_str()), (3, "server"));
+    assert_eq!(
+        (problems[0].line, problems[0].key.as_str()),
+        (3, "server.max_body_byte")
+    );
     assert!(
         problems[0].message.contains("max_body_byte"),
         "{}",
@@ -123,7 +126,10 @@ allow_ips = ["10.0.0.0/8", "10.0.0/8"]
         (problems[1].line, problems[1].key.as_str()),
         (6, "sources.gh.provider")
     );
-    assert!(problems[1].message.contains("use one of github"));
+    assert_eq!(
+        problems[1].message,
+        "unknown provider `githb`: did you mean `github`?"
+    );
     assert_eq!((problems[2].line, problems[2].column), (12, 28));
     assert!(problems[2].message.contains("10.0.0/8"));
 }
@@ -511,7 +517,8 @@ line one
         .collect();
     assert_eq!(
         all,
-        vec!["12:routes.a.when", "18:routes.b.message"],
+        // The unclosed `{{` runs to the end of the template: the `"""` line.
+        vec!["12:routes.a.when", "19:routes.b.message"],
         "{problems:#?}"
     );
 }
@@ -830,4 +837,93 @@ dedupe_window = "1m"
         "{lines:?}"
     );
     assert!(lines[0].ends_with("at least 10m"), "{lines:?}");
+}
+
+/// Issue #8 item 11: one run reports everything, in file order: every
+/// `[server]` type error, an unknown key beside an unknown sink beside a
+/// template error, misspelt filters and tests, and no "no source" for a
+/// source that exists with a mistake of its own.
+#[test]
+fn every_mistake_in_one_run_sorted_by_line_without_cascades() {
+    let text = r#"[server]
+listen = 8080
+admin_listen = true
+retention = "forever"
+
+[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_TEST_UNSET" }
+allow_ips = ["10.0.0.1/8"]
+colour = "red"
+
+[sources.gitlab]
+provder = "gitlab"
+secret = { env = "HOOKGATE_TEST_UNSET" }
+
+[sinks.stdout]
+kind = "log"
+
+[sinks.chat]
+kind = "slak"
+
+[sinks.pm]
+kind = "prodmatic"
+base_url = "https://api.prodmatic.com/v1"
+token = { env = "HOOKGATE_TEST_UNSET" }
+organization = "o"
+product = "p"
+
+[[routes]]
+name = "a"
+source = "github"
+to = ["stdot", "chat"]
+message = "{{ payload.x | regex_captur('a') }}"
+
+[[routes]]
+name = "b"
+source = ["gitlab", "githb"]
+to = ["stdout"]
+when = "payload.x is evn"
+each = "payload.items | selectatr('x')"
+tags = 1
+message = "{{ payload.x | upper }"
+
+[[routes]]
+name = "c"
+to = ["pm"]
+action = "create_idea"
+fields = { title = "{{ payload.t | truncat(10) }}" }
+
+[sinkz.extra]
+kind = "log"
+"#;
+    assert_eq!(
+        problem_lines(text),
+        vec![
+            "server.listen: invalid type: integer `8080`, expected a string",
+            "server.admin_listen: invalid type: boolean `true`, expected a string",
+            "server.retention: `forever` is not a duration: write it like \"30s\", \"5m\" or \"7d\"",
+            "sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`",
+            "sources.github.colour: unknown key `colour`: the keys here are provider, secret, signing_secret, allow_ips, max_skew, dedupe_window, rate_limit, legacy_sha1, event_from, id_from, header, algorithm, encoding, prefix, timestamp_header",
+            "sources.gitlab.provder: unknown key `provder`: did you mean `provider`?",
+            "sinks.chat.kind: unknown sink kind `slak`: did you mean `slack`?",
+            "routes[0].to: no sink `stdot`: did you mean `stdout`?",
+            "routes.a.message: unknown filter `regex_captur`: did you mean `regex_capture`?",
+            "routes[1].source: no source `githb`: did you mean `github`?",
+            "routes.b.when: unknown test `evn`: did you mean `even`?",
+            "routes.b.each: unknown filter `selectatr`: did you mean `selectattr`?",
+            "routes[1].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields",
+            "routes.b.message: unexpected `}`, expected end of variable block",
+            "routes.c.fields.title: unknown filter `truncat`: did you mean `truncate`?",
+            "sinkz: unknown section `sinkz`: did you mean `sinks`?",
+        ]
+    );
+}
+
+#[test]
+fn problems_carry_the_line_they_are_on() {
+    let text = "[sinks.s]\nkind = \"log\"\n[[routes]]\nname = \"r\"\nto = [\"s\"]\nmessage = \"\"\"\nfirst\n{{ x | uper }}\n\"\"\"\n[server]\nlisten = 1\n";
+    let problems = parse(text, &Resolver::default()).unwrap_err();
+    let lines: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(lines, vec![(8, "routes.r.message"), (11, "server.listen")]);
 }

@@ -12,6 +12,7 @@
 
 pub mod filters;
 pub mod glob;
+mod names;
 
 use std::collections::BTreeMap;
 
@@ -214,11 +215,35 @@ impl Routes {
                 .map(str::to_owned)
                 .unwrap_or_else(|| e.kind().to_string()),
         };
+        // Filters and tests are looked up only at render time: find the
+        // unknown ones now, in every branch.
+        let mut unknown_names =
+            |env: &mut Environment<'static>, route: &str, part: &str, name: &str| {
+                for (line, message) in names::unknown(env, name) {
+                    errors.push(RouteError {
+                        route: route.to_owned(),
+                        part: part.to_owned(),
+                        line,
+                        message,
+                    });
+                }
+            };
+        let mut compile_errors = Vec::new();
         for spec in &specs {
             for (part, expr) in [("when", &spec.when), ("each", &spec.each)] {
                 if let Some(expr) = expr {
                     if let Err(e) = env.compile_expression_owned(expr.clone()) {
-                        errors.push(err(&spec.name, part, &e));
+                        compile_errors.push(err(&spec.name, part, &e));
+                    } else {
+                        // An expression's instructions, as a template's.
+                        let probe = template_name(&spec.name, &format!("{part}.probe"));
+                        if env
+                            .add_template_owned(probe.clone(), format!("{{{{ ({expr}) }}}}"))
+                            .is_ok()
+                        {
+                            unknown_names(&mut env, &spec.name, part, &probe);
+                            env.remove_template(&probe);
+                        }
                     }
                 }
             }
@@ -233,13 +258,14 @@ impl Routes {
                     .collect(),
             };
             for (part, source) in templates {
-                if let Err(e) =
-                    env.add_template_owned(template_name(&spec.name, &part), source.clone())
-                {
-                    errors.push(err(&spec.name, &part, &e));
+                let name = template_name(&spec.name, &part);
+                match env.add_template_owned(name.clone(), source.clone()) {
+                    Err(e) => compile_errors.push(err(&spec.name, &part, &e)),
+                    Ok(()) => unknown_names(&mut env, &spec.name, &part, &name),
                 }
             }
         }
+        errors.extend(compile_errors);
         if errors.is_empty() {
             Ok(Routes { env, specs })
         } else {
@@ -255,6 +281,19 @@ impl Routes {
 
     pub fn len(&self) -> usize {
         self.specs.len()
+    }
+
+    /// Every route's name, in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.specs.iter().map(|s| s.name.as_str())
+    }
+
+    /// The sinks a route sends to; `None` when there is no such route.
+    pub fn targets(&self, route: &str) -> Option<&[String]> {
+        self.specs
+            .iter()
+            .find(|s| s.name == route)
+            .map(|s| s.to.as_slice())
     }
 
     pub fn is_empty(&self) -> bool {

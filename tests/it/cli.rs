@@ -478,3 +478,298 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     );
     assert!(cli(&["queue", "dead", "list"]).status.success());
 }
+
+/// A config for the real binary: one GitHub source (secret `GH_IT`), the
+/// given `[server]` lines.
+fn serve_config(dir: &Path, server: &str) -> std::path::PathBuf {
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\n{server}\n[sources.github]\nprovider = \"github\"\nsecret = {{ env = \"GH_IT\" }}\n"),
+    )
+    .unwrap();
+    config
+}
+
+/// Free loopback addresses for `listen` and `admin_listen`.
+fn two_addrs() -> (String, String) {
+    (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    )
+}
+
+/// Runs `hookgate ARGS` on `config` until it exits (a start-up error).
+fn run_to_exit(config: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(binary())
+        .env("GH_IT", "x")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_data_dir_says_another_hookgate_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(
+        dir.path(),
+        "[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n",
+        &[],
+    )
+    .await;
+    let data = dir.path().join("data");
+    let (listen, admin) = two_addrs();
+    let other = tempfile::tempdir().unwrap();
+    let config = serve_config(
+        other.path(),
+        &format!(
+            "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"",
+            data.display()
+        ),
+    );
+    let (code, stderr) = run_to_exit(&config, &["serve"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "hookgate: another hookgate is using {} (stop it, or set another server.data_dir)",
+            data.display()
+        )
+    );
+    drop(first);
+}
+
+#[test]
+fn a_busy_port_names_the_key_and_the_address_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let (listen, admin) = two_addrs();
+    for (key, server) in [
+        (
+            "listen",
+            format!("listen = \"{busy_addr}\"\nadmin_listen = \"{admin}\""),
+        ),
+        (
+            "admin_listen",
+            format!("listen = \"{listen}\"\nadmin_listen = \"{busy_addr}\""),
+        ),
+    ] {
+        let data = dir.path().join(format!("data-{key}"));
+        let config = serve_config(
+            dir.path(),
+            &format!("{server}\ndata_dir = \"{}\"", data.display()),
+        );
+        let (code, stderr) = run_to_exit(&config, &["serve"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("hookgate: server.{key}: another program is listening on {busy_addr} (stop it, or set another server.{key})")
+        );
+    }
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_made_or_written_is_named_with_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Under a regular file: it cannot be created.
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    let data = dir.path().join("file/data");
+    let (listen, admin) = two_addrs();
+    let addrs = format!("listen = \"{listen}\"\nadmin_listen = \"{admin}\"");
+    let config = serve_config(
+        dir.path(),
+        &format!("{addrs}\ndata_dir = \"{}\"", data.display()),
+    );
+    let (code, stderr) = run_to_exit(&config, &["serve"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "hookgate: cannot create server.data_dir {}: Not a directory (os error 20)",
+            data.display()
+        )
+    );
+
+    // Read-only. Root may write anywhere: run as `nobody` then.
+    let data = dir.path().join("ro");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = serve_config(
+        dir.path(),
+        &format!("{addrs}\ndata_dir = \"{}\"", data.display()),
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = std::process::Command::new(binary());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        command.uid(65534).gid(65534);
+    }
+    let out = command
+        .env("GH_IT", "x")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!("hookgate: cannot write in server.data_dir {}: Permission denied (os error 13) (make it writable for the user hookgate runs as, or set another server.data_dir)", data.display())
+    );
+}
+
+#[test]
+fn a_missing_config_is_named_by_its_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .current_dir(dir.path())
+        .args(["check", "--config", "nothere.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let absolute = dir.path().join("nothere.toml");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}: cannot read the config file: No such file or directory (os error 2)",
+            absolute.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(":0:0"), "{stderr}");
+}
+
+/// `hookgate --dev` (no subcommand) is `hookgate serve --dev`, as the
+/// README's CLI block shows; text logs into a file carry no colours.
+#[tokio::test]
+async fn serve_flags_work_without_the_subcommand_and_text_logs_have_no_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_addrs();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ env = \"HOOKGATE_IT_UNSET_SECRET\" }}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["--dev", "--log-format", "text"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{admin}/readyz");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok((http::StatusCode::OK, _, _)) =
+            hookgate::client::request(http::Method::GET, &url, &[], vec![]).await
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(ready, "hookgate --dev did not start:\n{text}");
+    assert!(text.contains("DEV MODE"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "ANSI escapes in a redirected log:\n{text}"
+    );
+}
+
+/// Issue #8 item 11 through the binary: every mistake in one run, sorted
+/// by line, with "did you mean", a misspelt filter included.
+#[test]
+fn check_reports_everything_at_once_in_file_order_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_IT_UNSET_SECRET" }
+allow_ips = ["10.0.0.1/8"]
+
+[sinks.stdout]
+kind = "log"
+
+[[routes]]
+name = "merged"
+source = "github"
+to = ["stdot"]
+tags = 1
+message = "{{ payload.title | regex_captur('x') }}"
+
+[server]
+listen = 8080
+max_body_bytes = "big"
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |line: u32, col: u32| format!("{}:{line}:{col}: ", config.display());
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        vec![
+            format!("{}sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`", at(4, 14)),
+            format!("{}routes[0].to: no sink `stdot`: did you mean `stdout`?", at(12, 7)),
+            format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields", at(13, 1)),
+            format!("{}routes.merged.message: unknown filter `regex_captur`: did you mean `regex_capture`?", at(14, 11)),
+            format!("{}server.listen: invalid type: integer `8080`, expected a string", at(17, 10)),
+            format!("{}server.max_body_bytes: invalid type: string \"big\", expected i64", at(18, 18)),
+            format!("{}: 6 problem(s); nothing was started", config.display()),
+        ]
+    );
+}
+
+/// A typo in `[tests.reject] routes` made a test that could never fail.
+#[test]
+fn route_tests_naming_a_route_the_config_lacks_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_UNSET_SECRET\" }\n[sinks.stdout]\nkind = \"log\"\n[[routes]]\nname = \"merged-prs\"\nto = [\"stdout\"]\nwhen = \"false\"\n",
+    )
+    .unwrap();
+    let tests = dir.path().join("routes.test.toml");
+    std::fs::write(
+        &tests,
+        "[[tests]]\nname = \"quiet\"\nsource = \"github\"\nevent = \"push\"\npayload = '{}'\n[tests.reject]\nroutes = [\"merged-pr\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("test")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "hookgate test: {}:7:11: test `quiet`: [tests.reject] no route `merged-pr` in the config: did you mean `merged-prs`?",
+            tests.display()
+        )
+    );
+}

@@ -1,0 +1,40 @@
+//! "Did you mean": the known name closest to a misspelt one, for errors
+//! that name keys, sources, sinks, routes, filters and tests.
+
+/// The candidate nearest to `wrong` within two edits, if any (and never a
+/// candidate as different from it as a wholly other word).
+pub fn closest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::levenshtein(wrong, c), c))
+        .filter(|(d, c)| *d <= 2 && *d < wrong.chars().count().max(c.chars().count()) / 2 + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// `": did you mean `x`?"`, or nothing.
+pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(wrong, candidates) {
+        Some(c) => format!(": did you mean `{c}`?"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_a_close_name_and_nothing_for_a_stranger() {
+        let names = ["provider", "secret", "allow_ips", "max_skew"];
+        assert_eq!(closest("provder", names), Some("provider"));
+        assert_eq!(closest("secert", names), Some("secret"));
+        assert_eq!(closest("allow_ip", names), Some("allow_ips"));
+        assert_eq!(closest("colour", names), None);
+        assert_eq!(closest("ab", ["xy"]), None);
+        assert_eq!(
+            did_you_mean("stdot", ["stdout", "slack"]),
+            ": did you mean `stdout`?"
+        );
+    }
+}
