@@ -119,6 +119,7 @@ impl Admin {
                         breakers,
                         log_syncs: Some(log_syncs),
                         synced_events,
+                        damaged_frames: self.queue.damaged_frames(),
                     };
                     reply(
                         StatusCode::OK,

@@ -133,6 +133,8 @@ pub struct Gauges {
     pub log_syncs: Option<Histogram>,
     /// Events those syncs made durable.
     pub synced_events: u64,
+    /// Damaged log frames skipped when reading the log back.
+    pub damaged_frames: u64,
 }
 
 /// Answers to one source's requests: counts by outcome, and latency.
@@ -306,6 +308,11 @@ impl Metrics {
                 out,
                 "# HELP hookgate_log_synced_events_total Events made durable by those syncs.\n# TYPE hookgate_log_synced_events_total counter\nhookgate_log_synced_events_total {}",
                 gauges.synced_events
+            );
+            let _ = writeln!(
+                out,
+                "# HELP hookgate_log_damaged_frames_total Damaged event-log frames skipped (each an event lost to disk damage; the log names segment and offset).\n# TYPE hookgate_log_damaged_frames_total counter\nhookgate_log_damaged_frames_total {}",
+                gauges.damaged_frames
             );
         }
         let _ = writeln!(

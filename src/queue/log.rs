@@ -10,14 +10,18 @@
 //! Segments are filled with zeros before use: overwriting allocated blocks
 //! does not change the file's size or extents, so `fdatasync` has no
 //! metadata to journal and costs about half as much. A zero header ends the
-//! chain of frames; so does a torn or corrupt frame (a crash mid-write,
-//! never acknowledged), and recovery stops there.
+//! chain of frames. A frame that does not check out (length, CRC, entry)
+//! with good frames after it is damage: it is skipped by its length when
+//! that is intact, else to the next frame that checks out, and logged with
+//! its segment and offset; with nothing good after it, it is a write a
+//! crash left unfinished (never acknowledged) and ends the chain.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -284,7 +288,7 @@ fn encode_frames<E: Serialize>(
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:016x}.seg"))
+    dir.join(segment_name(seq))
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -406,20 +410,128 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// Every intact frame of segment `seq` from `from`, in order, until the
-/// chain ends.
-pub fn scan(dir: &Path, seq: u64, from: u64) -> std::io::Result<Vec<Found>> {
+/// chain ends. A damaged frame with good frames after it is skipped (by
+/// its length when that is intact, else to the next frame that checks
+/// out), logged with its place and counted in `damaged`; a damaged frame
+/// with nothing good after it is a write a crash left unfinished, and ends
+/// the chain.
+pub fn scan(dir: &Path, seq: u64, from: u64, damaged: &AtomicU64) -> std::io::Result<Vec<Found>> {
     let bytes = std::fs::read(segment_path(dir, seq))?;
     let mut out = Vec::new();
     let mut offset = from as usize;
-    while let Some((entry, frame_len)) = frame_at(&bytes, offset) {
-        out.push(Found {
-            id: id_of(seq, offset as u64),
-            len: frame_len as u32,
-            entry,
-        });
-        offset += frame_len;
+    loop {
+        match look(&bytes, offset) {
+            Look::Frame(entry, frame_len) => {
+                out.push(Found {
+                    id: id_of(seq, offset as u64),
+                    len: frame_len as u32,
+                    entry,
+                });
+                offset += frame_len;
+            }
+            Look::End => break,
+            Look::Damaged => match after_damage(&bytes[offset..]) {
+                Some(skip) => {
+                    report_damage(seq, offset as u64, skip as u64, damaged);
+                    offset += skip;
+                }
+                None => {
+                    report_unfinished(seq, offset as u64);
+                    break;
+                }
+            },
+        }
     }
     Ok(out)
+}
+
+/// What sits at an offset of a segment.
+enum Look {
+    Frame(LogEntry, usize),
+    /// A zero header, or too few bytes for one: the chain ends.
+    End,
+    /// A header that is not zero, for a frame that does not check out.
+    Damaged,
+}
+
+fn look(bytes: &[u8], offset: usize) -> Look {
+    let Some(header) = bytes.get(offset..offset + FRAME_HEADER as usize) else {
+        return Look::End;
+    };
+    if header[..4] == [0; 4] {
+        return Look::End;
+    }
+    match frame_at(bytes, offset) {
+        Some((entry, len)) => Look::Frame(entry, len),
+        None => Look::Damaged,
+    }
+}
+
+/// For `bytes` starting with a damaged frame: how far the next good frame
+/// is. By the damaged frame's own length when that is intact (a good frame
+/// follows it); else the first place further on where a frame checks out
+/// (its entry parses to exactly its length, then its CRC matches). `None`
+/// when nothing good follows: the unfinished tail of a write.
+fn after_damage(bytes: &[u8]) -> Option<usize> {
+    let header = FRAME_HEADER as usize;
+    let declared = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize + header);
+    if let Some(total) = declared.filter(|&t| t < bytes.len()) {
+        if matches!(look(bytes, total), Look::Frame(..)) {
+            return Some(total);
+        }
+    }
+    (1..bytes.len().saturating_sub(header)).find(|&at| plausible(bytes, at))
+}
+
+/// Whether a frame checks out at `at`: cheap structure first, so a search
+/// through damaged bytes costs little.
+fn plausible(bytes: &[u8], at: usize) -> bool {
+    /// An entry's shape without copying its bytes.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum Peek<'a> {
+        V1 {
+            seen_key: &'a [u8],
+            expiry_ms: u64,
+            record: &'a [u8],
+        },
+    }
+    let header = FRAME_HEADER as usize;
+    let Some(head) = bytes.get(at..at + header) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let Some(payload) = bytes.get(at + header..at + header + len) else {
+        return false;
+    };
+    len > 0
+        && matches!(postcard::take_from_bytes::<Peek>(payload), Ok((_, rest)) if rest.is_empty())
+        && crc32fast::hash(payload) == u32::from_le_bytes(head[4..].try_into().expect("4 bytes"))
+}
+
+/// Logs and counts damaged bytes skipped at `offset` of segment `seq`.
+fn report_damage(seq: u64, offset: u64, skipped: u64, damaged: &AtomicU64) {
+    damaged.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        segment = %segment_name(seq),
+        offset,
+        bytes = skipped,
+        "a damaged frame in the event log was skipped (its event is lost; the events after it are kept): check the disk"
+    );
+}
+
+fn report_unfinished(seq: u64, offset: u64) {
+    tracing::warn!(
+        segment = %segment_name(seq),
+        offset,
+        "an unfinished write ends this log segment (a crash mid-write leaves one; it was never acknowledged), ignored"
+    );
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.seg")
 }
 
 /// Decodes the frame at `offset`; `None` where the chain ends.
@@ -444,13 +556,16 @@ fn frame_at(bytes: &[u8], offset: usize) -> Option<(LogEntry, usize)> {
 pub struct Reader {
     dir: PathBuf,
     files: Mutex<HashMap<u64, std::sync::Arc<File>>>,
+    /// Damaged frames skipped (for `/metrics`).
+    damaged: Arc<AtomicU64>,
 }
 
 impl Reader {
-    pub fn new(dir: &Path) -> Reader {
+    pub fn new(dir: &Path, damaged: Arc<AtomicU64>) -> Reader {
         Reader {
             dir: dir.to_owned(),
             files: Mutex::new(HashMap::new()),
+            damaged,
         }
     }
 
@@ -480,7 +595,10 @@ impl Reader {
     /// (the acknowledged end: nothing past it is read), and the position
     /// after the last one returned. In a segment before `until`'s, the end
     /// of the chain of frames ends the segment; in `until`'s own, a chain
-    /// that ends early is corruption.
+    /// that ends early is damage. A damaged frame is skipped as
+    /// [`scan`] does (logged with its place, counted), so one bad byte
+    /// costs one event, not the rest of its segment, and never stops the
+    /// router.
     pub fn page(
         &self,
         from: EventId,
@@ -528,7 +646,8 @@ impl Reader {
             let short = read < requested;
             want = CHUNK;
             let mut at = 0;
-            let mut ended = false;
+            // The chain ends (a zero header), or a frame does not check out.
+            let (mut ended, mut damaged) = (false, false);
             while out.len() < n && offset + (at as u64) < limit {
                 let rest = &bytes[at..];
                 let room = limit - offset - at as u64;
@@ -539,12 +658,16 @@ impl Reader {
                 }
                 let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
                 let total = FRAME_HEADER as usize + len;
-                if len == 0 || total as u64 > room {
+                if len == 0 {
                     ended = true;
                     break;
                 }
+                if total as u64 > room {
+                    damaged = true;
+                    break;
+                }
                 if total > rest.len() {
-                    ended = short;
+                    damaged = short;
                     want = total as u64;
                     break;
                 }
@@ -558,19 +681,32 @@ impl Reader {
                         at += total;
                     }
                     None => {
-                        ended = true;
+                        damaged = true;
                         break;
                     }
                 }
             }
             offset += at as u64;
-            if ended {
-                if seq == last_seq {
-                    return Err(QueueError::Corrupt {
-                        key: id_of(seq, offset).to_string(),
-                        reason: "the log ends before what was acknowledged".into(),
-                    });
+            // Before the acknowledged end, a chain that ends is damage too.
+            if damaged || (ended && seq == last_seq) {
+                let mut region = vec![0; (limit - offset) as usize];
+                let read = read_up_to(&file, &mut region, offset).map_err(QueueError::Storage)?;
+                region.truncate(read);
+                match after_damage(&region) {
+                    Some(skip) => {
+                        report_damage(seq, offset, skip as u64, &self.damaged);
+                        offset += skip as u64;
+                    }
+                    None if seq == last_seq => {
+                        report_damage(seq, offset, limit - offset, &self.damaged);
+                        offset = limit;
+                    }
+                    None => {
+                        report_unfinished(seq, offset);
+                        offset = SEGMENT_BYTES;
+                    }
                 }
+            } else if ended {
                 offset = SEGMENT_BYTES;
             }
         }
@@ -612,10 +748,10 @@ mod tests {
         let b = log.append(&[entry(3)]).unwrap();
         assert!(a[0].0 < a[1].0 && a[1].0 < b[0].0);
         assert_eq!(place_of(a[0].0), (1, 0));
-        let found = scan(dir.path(), 1, 0).unwrap();
+        let found = scan(dir.path(), 1, 0, &AtomicU64::new(0)).unwrap();
         assert_eq!(found.len(), 3);
         assert_eq!((found[2].id, found[2].len), b[0]);
-        let reader = Reader::new(dir.path());
+        let reader = Reader::new(dir.path(), Default::default());
         let end = id_of(1, place_of(b[0].0).1 + u64::from(b[0].1));
         let (page, next) = reader.page(found[1].id, end, 1).unwrap();
         assert_eq!(page[0].entry, entry(2));
@@ -668,7 +804,7 @@ mod tests {
             .filter(|(id, _)| place_of(*id).0 != 3)
             .collect();
         let acked = ids[2].0;
-        let reader = Reader::new(dir.path());
+        let reader = Reader::new(dir.path(), Default::default());
         let (page, next) = reader.page(EventId(0), acked, usize::MAX).unwrap();
         let got: Vec<_> = page.iter().map(|f| (f.id, f.len)).collect();
         assert_eq!(got, ids[..2]);
@@ -686,22 +822,77 @@ mod tests {
         assert!(reader.page(end, end, 2).unwrap().0.is_empty());
     }
 
+    /// Flips one byte of `ids[k]`'s frame, `at` bytes into it.
+    fn damage(dir: &Path, id: EventId, at: u64, byte: u8) {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, place_of(id).0))
+            .unwrap();
+        f.write_all_at(&[byte], place_of(id).1 + at).unwrap();
+    }
+
+    fn keys(found: &[Found]) -> Vec<u8> {
+        found
+            .iter()
+            .map(|f| {
+                let LogEntry::V1 { seen_key, .. } = &f.entry;
+                seen_key[0]
+            })
+            .collect()
+    }
+
+    /// Regression (#8.3): one flipped byte in a frame dropped every event
+    /// after it in its segment, with an INFO line. The frame is skipped by
+    /// its length, reported and counted; the rest are read.
     #[test]
-    fn a_damaged_frame_before_the_acknowledged_end_is_an_error() {
+    fn a_damaged_frame_is_skipped_by_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let ids = log.append(&[entry(1), entry(2), entry(3)]).unwrap();
+        damage(dir.path(), ids[1].0, FRAME_HEADER + 2, 0xff);
+        let damaged = AtomicU64::new(0);
+        assert_eq!(keys(&scan(dir.path(), 1, 0, &damaged).unwrap()), [1, 3]);
+        assert_eq!(damaged.load(Ordering::Relaxed), 1);
+        let end = EventId(ids[2].0 .0 + u64::from(ids[2].1));
+        let counted = Arc::new(AtomicU64::new(0));
+        let reader = Reader::new(dir.path(), counted.clone());
+        let (found, next) = reader.page(EventId(0), end, 10).unwrap();
+        assert_eq!((keys(&found), next), (vec![1, 3], end));
+        assert_eq!(counted.load(Ordering::Relaxed), 1);
+    }
+
+    /// A damaged length: the next frame that checks out is found further on.
+    #[test]
+    fn a_damaged_length_resyncs_at_the_next_good_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let ids = log
+            .append(&[entry(1), entry(2), entry(3), entry(4)])
+            .unwrap();
+        damage(dir.path(), ids[1].0, 1, 0x40);
+        let damaged = AtomicU64::new(0);
+        assert_eq!(keys(&scan(dir.path(), 1, 0, &damaged).unwrap()), [1, 3, 4]);
+        let end = EventId(ids[3].0 .0 + u64::from(ids[3].1));
+        let reader = Reader::new(dir.path(), Default::default());
+        let (found, next) = reader.page(EventId(0), end, 10).unwrap();
+        assert_eq!((keys(&found), next), (vec![1, 3, 4], end));
+    }
+
+    /// Before the acknowledged end, even the last frame's damage never
+    /// stops the reader: it is skipped up to that end.
+    #[test]
+    fn a_damaged_last_acknowledged_frame_is_skipped_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::create(dir.path(), 0).unwrap();
         let ids = log.append(&[entry(1), entry(2)]).unwrap();
-        let f = OpenOptions::new()
-            .write(true)
-            .open(segment_path(dir.path(), 1))
-            .unwrap();
-        f.write_all_at(&[0xff], place_of(ids[1].0).1 + FRAME_HEADER + 2)
-            .unwrap();
+        damage(dir.path(), ids[1].0, FRAME_HEADER + 2, 0xff);
         let end = EventId(ids[1].0 .0 + u64::from(ids[1].1));
-        let err = Reader::new(dir.path())
+        let counted = Arc::new(AtomicU64::new(0));
+        let (found, next) = Reader::new(dir.path(), counted.clone())
             .page(EventId(0), end, 10)
-            .unwrap_err();
-        assert!(matches!(err, QueueError::Corrupt { .. }), "{err}");
+            .unwrap();
+        assert_eq!((keys(&found), next), (vec![1], end));
+        assert_eq!(counted.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -723,19 +914,26 @@ mod tests {
         );
     }
 
+    /// What a crash mid-write leaves (a frame never finished, nothing
+    /// good after it) ends the chain quietly: it was never acknowledged.
     #[test]
-    fn a_torn_frame_ends_the_chain() {
+    fn an_unfinished_write_ends_the_chain_without_counting_damage() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::create(dir.path(), 0).unwrap();
         let ids = log.append(&[entry(1), entry(2), entry(3)]).unwrap();
         drop(log);
-        // Damage the second frame: the scan keeps the first only.
-        let path = segment_path(dir.path(), 1);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        let (_, second) = place_of(ids[1].0);
-        f.write_all_at(&[0xff], second + FRAME_HEADER + 2).unwrap();
-        let found = scan(dir.path(), 1, 0).unwrap();
-        assert_eq!(found.len(), 1);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        // The third frame half written: its tail is still zeros.
+        let (_, third) = place_of(ids[2].0);
+        f.write_all_at(&vec![0; ids[2].1 as usize - 10], third + 10)
+            .unwrap();
+        let damaged = AtomicU64::new(0);
+        let found = scan(dir.path(), 1, 0, &damaged).unwrap();
+        assert_eq!(keys(&found), [1, 2]);
+        assert_eq!(damaged.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -751,6 +949,6 @@ mod tests {
         let second = log.append(std::slice::from_ref(&big)).unwrap();
         assert_eq!(place_of(first[0].0).0, 7);
         assert_eq!(place_of(second[0].0), (8, 0));
-        assert_eq!(scan(dir.path(), 8, 0).unwrap().len(), 1);
+        assert_eq!(scan(dir.path(), 8, 0, &AtomicU64::new(0)).unwrap().len(), 1);
     }
 }

@@ -258,7 +258,12 @@ pub struct Recovered {
 
 /// Loads every keys file, completes each from its segment, and returns
 /// the unexpired keys and where the log ends.
-pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Recovered> {
+pub fn recover(
+    dir: &Path,
+    now_ms: u64,
+    cursor: EventId,
+    damaged: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<Recovered> {
     let mut seqs = log::segments(dir)?;
     seqs.extend(key_files(dir)?);
     seqs.sort_unstable();
@@ -274,7 +279,7 @@ pub fn recover(dir: &Path, now_ms: u64, cursor: EventId) -> std::io::Result<Reco
     for seq in seqs {
         let mut records = load(dir, seq)?;
         let start = records.last().map_or(0, |r| log::place_of(r.end()).1);
-        let (present, missing): (bool, Vec<KeyRecord>) = match log::scan(dir, seq, start) {
+        let (present, missing): (bool, Vec<KeyRecord>) = match log::scan(dir, seq, start, damaged) {
             Ok(found) => (true, found.iter().map(KeyRecord::of).collect()),
             // Pruned: the keys outlive the events when the window is longer.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (false, Vec::new()),

@@ -52,6 +52,8 @@ pub struct SledQueue {
     pub(super) shared: Arc<Shared>,
     log_dir: std::path::PathBuf,
     reader: log::Reader,
+    /// Damaged log frames skipped so far (recovery and reading).
+    damaged: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
     closed: AtomicBool,
     /// The writer and indexer threads, joined on drop.
@@ -125,7 +127,9 @@ impl SledQueue {
                 id
             }
         };
-        let recovered = seen::recover(&log_dir, now_ms, cursor).map_err(QueueError::Storage)?;
+        let damaged = Arc::new(AtomicU64::new(0));
+        let recovered =
+            seen::recover(&log_dir, now_ms, cursor, &damaged).map_err(QueueError::Storage)?;
         if recovered.reread > 0 {
             tracing::info!(
                 events = recovered.reread,
@@ -153,7 +157,8 @@ impl SledQueue {
             unmatched: AtomicU64::new(unmatched),
             cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
             shared: shared.clone(),
-            reader: log::Reader::new(&log_dir),
+            reader: log::Reader::new(&log_dir, damaged.clone()),
+            damaged: damaged.clone(),
             log_dir: log_dir.clone(),
             jobs,
             closed: AtomicBool::new(false),
@@ -207,7 +212,9 @@ impl SledQueue {
     pub fn events(&self) -> Result<Vec<(EventId, EventRecord)>, QueueError> {
         let mut out = Vec::new();
         for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
-            for found in log::scan(&self.log_dir, seq, 0).map_err(QueueError::Storage)? {
+            for found in
+                log::scan(&self.log_dir, seq, 0, &self.damaged).map_err(QueueError::Storage)?
+            {
                 let log::LogEntry::V1 { record, .. } = found.entry;
                 out.push((found.id, decode(found.id, &record)?));
             }
@@ -373,6 +380,11 @@ impl SledQueue {
     /// This data_dir's random id (made when the queue was first opened).
     pub fn install_id(&self) -> u64 {
         self.install
+    }
+
+    /// Damaged log frames skipped since the queue opened.
+    pub fn damaged_frames(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
     }
 
     /// The event log's syncs so far, and the events they made durable.
