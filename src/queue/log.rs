@@ -100,6 +100,9 @@ pub struct Log {
     starved: bool,
 }
 
+/// Room a segment must have left to be written on after a restart.
+const RESUME_ROOM: u64 = 1 << 20;
+
 /// Largest frame buffer kept for the next write.
 const KEEP_BUFFER: usize = 1 << 20;
 
@@ -134,6 +137,42 @@ impl Log {
             seq,
             file: std::sync::Arc::new(file),
             len: 0,
+            next: None,
+            buf: Vec::new(),
+            starved: false,
+        };
+        log.prepare_next();
+        Ok(log)
+    }
+
+    /// Goes on writing where the log ends: at `end`, in its segment, when
+    /// that segment has room left and nothing past its end (a clean stop,
+    /// or a crash between writes); else in a fresh one after it (as
+    /// [`Log::create`]). A restart no longer costs a segment.
+    pub fn resume(dir: &Path, end: EventId) -> std::io::Result<Log> {
+        let (seq, offset) = place_of(end);
+        let path = segment_path(dir, seq);
+        let usable = seq > 0
+            && offset + RESUME_ROOM <= SEGMENT_BYTES
+            && std::fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_BYTES);
+        if !usable {
+            return Log::create(dir, seq);
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut tail = vec![0; (SEGMENT_BYTES - offset) as usize];
+        let read = read_up_to(&file, &mut tail, offset)?;
+        if tail[..read].iter().any(|&b| b != 0) {
+            // Something past the end: a crash's unfinished write, or damage
+            // to the last frame. Written over, a new event would take the
+            // id (and idempotency keys) of one that may have been
+            // acknowledged: a fresh segment it is.
+            return Log::create(dir, seq);
+        }
+        let mut log = Log {
+            dir: dir.to_owned(),
+            seq,
+            file: std::sync::Arc::new(file),
+            len: offset,
             next: None,
             buf: Vec::new(),
             starved: false,
@@ -934,6 +973,36 @@ mod tests {
         let found = scan(dir.path(), 1, 0, &damaged).unwrap();
         assert_eq!(keys(&found), [1, 2]);
         assert_eq!(damaged.load(Ordering::Relaxed), 0);
+    }
+
+    /// Regression (#8.12): each start began a new 8 MiB segment. The log
+    /// goes on in the last one when nothing lies past its end.
+    #[test]
+    fn a_restart_goes_on_in_the_last_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::create(dir.path(), 0).unwrap();
+        let ids = log.append(&[entry(1), entry(2)]).unwrap();
+        drop(log);
+        let end = EventId(ids[1].0 .0 + u64::from(ids[1].1));
+        let mut log = Log::resume(dir.path(), end).unwrap();
+        let more = log.append(&[entry(3)]).unwrap();
+        assert_eq!(more[0].0, end, "written where the log ended");
+        drop(log);
+        let found = scan(dir.path(), 1, 0, &AtomicU64::new(0)).unwrap();
+        assert_eq!(keys(&found), [1, 2, 3]);
+        assert_eq!(segments(dir.path()).unwrap(), [1], "no segment started");
+        // Debris past the end (a crash mid-write): a fresh segment, so no
+        // id is given out twice.
+        let end = EventId(more[0].0 .0 + u64::from(more[0].1));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 1))
+            .unwrap();
+        f.write_all_at(&[7; 100], place_of(end).1 + 20).unwrap();
+        assert_eq!(Log::resume(dir.path(), end).unwrap().seq, 2);
+        // A segment without room: the next one.
+        let full = id_of(1, SEGMENT_BYTES - 100);
+        assert_eq!(Log::resume(dir.path(), full).unwrap().seq, 2);
     }
 
     #[test]

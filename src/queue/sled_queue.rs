@@ -170,7 +170,7 @@ impl SledQueue {
             return Ok(queue(jobs, Vec::new()));
         };
         log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
-        let log = Log::create(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
+        let log = Log::resume(&log_dir, recovered.end).map_err(QueueError::Storage)?;
         let (to_indexer, indexed) = std::sync::mpsc::channel();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
         let writer = {
