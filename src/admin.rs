@@ -120,6 +120,7 @@ impl Admin {
                         log_syncs: Some(log_syncs),
                         synced_events,
                         damaged_frames: self.queue.damaged_frames(),
+                        dead_by_sink: self.queue.dead_by_sink().unwrap_or_default(),
                     };
                     reply(
                         StatusCode::OK,

@@ -27,6 +27,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Pause between deleting two log segments (8 MiB each: up to 80 MB/s).
 const PRUNE_PAUSE: Duration = Duration::from_millis(100);
 
+/// What SIGHUP handling hands the daemon: a config it loaded and checked,
+/// or word that it refused one (for `/metrics`).
+#[derive(Debug)]
+pub enum Reload {
+    Apply(Box<Config>),
+    Refused,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot create server.data_dir {path}: {source}")]
@@ -141,7 +149,7 @@ fn is_sled_lock(e: &std::io::Error) -> bool {
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    reloads: tokio::sync::mpsc::Receiver<Config>,
+    reloads: tokio::sync::mpsc::Receiver<Reload>,
 ) -> Result<(), DaemonError> {
     let passed = crate::activation::passed().map_err(DaemonError::Activation)?;
     let queue = Arc::new(open_queue(&config)?);
@@ -205,12 +213,12 @@ fn apply_reload(
     routes: &Live<crate::route::Routes>,
     sinks: &Live<Sinks>,
     dispatcher: &Dispatcher,
-) {
+) -> bool {
     let built = match build_sinks(&new) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "reload refused: the old config keeps serving");
-            return;
+            return false;
         }
     };
     let s = &new.server;
@@ -278,6 +286,7 @@ fn apply_reload(
         routes = n_routes,
         "config reloaded"
     );
+    true
 }
 
 /// Builds every configured sink (and says which are disabled).
@@ -312,7 +321,7 @@ pub async fn serve(
     config: Config,
     queue: Arc<SledQueue>,
     shutdown: CancellationToken,
-    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
 ) -> Result<(), DaemonError> {
     let sinks = Arc::new(Live::new(build_sinks(&config)?));
     let running_server = config.server.clone();
@@ -369,7 +378,7 @@ pub async fn serve(
         },
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
-        metrics,
+        metrics: metrics.clone(),
     });
     let admin_task = listener::run(
         admin,
@@ -442,22 +451,30 @@ pub async fn serve(
             dispatcher.clone(),
         );
         let stop = shutdown.clone();
+        let reload_metrics = metrics.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     c = reloads.recv() => c,
                     _ = stop.cancelled() => None,
                 };
-                let Some(new) = next else { return };
-                apply_reload(
-                    &running_server,
-                    new,
-                    tls.as_deref(),
-                    &gateway,
-                    &routes,
-                    &sinks,
-                    &dispatcher,
-                );
+                let applied = match next {
+                    None => return,
+                    Some(Reload::Refused) => false,
+                    Some(Reload::Apply(new)) => apply_reload(
+                        &running_server,
+                        *new,
+                        tls.as_deref(),
+                        &gateway,
+                        &routes,
+                        &sinks,
+                        &dispatcher,
+                    ),
+                };
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                reload_metrics.reload(applied, now);
             }
         });
     }
@@ -468,6 +485,7 @@ pub async fn serve(
         routes,
         sinks.clone(),
         wake.clone(),
+        metrics.clone(),
         Arc::clone(&router_beat),
         stages.clone(),
     ));

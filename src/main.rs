@@ -368,8 +368,9 @@ async fn serve(path: &Path, dev: bool) -> anyhow::Result<ExitCode> {
 async fn reload_on_hangup(
     path: PathBuf,
     dev: bool,
-    reloads: tokio::sync::mpsc::Sender<config::Config>,
+    reloads: tokio::sync::mpsc::Sender<hookgate::daemon::Reload>,
 ) {
+    use hookgate::daemon::Reload;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     while hup.recv().await.is_some() {
@@ -380,6 +381,7 @@ async fn reload_on_hangup(
                 Ok(r) => resolver = r,
                 Err(e) => {
                     tracing::error!(error = %e, "reload refused: dev secrets unreadable; the old config keeps serving");
+                    let _ = reloads.send(Reload::Refused).await;
                     continue;
                 }
             }
@@ -408,12 +410,17 @@ async fn reload_on_hangup(
                         problems = closed.len(),
                         "reload refused: the old config keeps serving"
                     );
+                    let _ = reloads.send(Reload::Refused).await;
                     continue;
                 }
                 for w in loaded.secret_problems.iter().chain(&loaded.warnings) {
                     tracing::warn!(problem = %w.display(&path), "config");
                 }
-                if reloads.send(loaded.config).await.is_err() {
+                if reloads
+                    .send(Reload::Apply(Box::new(loaded.config)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -425,8 +432,12 @@ async fn reload_on_hangup(
                     problems = errors.problems.len(),
                     "reload refused: the old config keeps serving"
                 );
+                let _ = reloads.send(Reload::Refused).await;
             }
-            Err(e) => tracing::error!(error = %e, "reload failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed");
+                let _ = reloads.send(Reload::Refused).await;
+            }
         }
     }
 }

@@ -135,6 +135,8 @@ pub struct Gauges {
     pub synced_events: u64,
     /// Damaged log frames skipped when reading the log back.
     pub damaged_frames: u64,
+    /// Dead deliveries by sink.
+    pub dead_by_sink: BTreeMap<String, u64>,
 }
 
 /// Answers to one source's requests: counts by outcome, and latency.
@@ -154,6 +156,10 @@ pub struct Metrics {
     secret_matches: Mutex<BTreeMap<String, BTreeMap<usize, u64>>>,
     deliveries: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    /// By route: events it matched, deliveries whose template failed.
+    routes: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// The last reload: when (Unix seconds), and whether it was applied.
+    last_reload: Mutex<Option<(u64, bool)>>,
 }
 
 /// The outcome label of an ingress answer.
@@ -220,6 +226,20 @@ impl Metrics {
         drop(deliveries);
         let mut latency = self.latency.lock().expect("metrics lock");
         slot(&mut latency, sink, || Histogram::new(ATTEMPT_BUCKETS)).observe(took);
+    }
+
+    /// One event `route` matched; `failed` of its deliveries could not be
+    /// rendered (they are dead with the template's error).
+    pub fn route(&self, route: &str, failed: u64) {
+        let mut routes = self.routes.lock().expect("metrics lock");
+        let by = slot(&mut routes, route, BTreeMap::new);
+        *by.entry("matched").or_default() += 1;
+        *by.entry("render_failed").or_default() += failed;
+    }
+
+    /// A reload was applied (`ok`) or refused, at `unix_s`.
+    pub fn reload(&self, ok: bool, unix_s: u64) {
+        *self.last_reload.lock().expect("metrics lock") = Some((unix_s, ok));
     }
 
     /// The Prometheus text exposition.
@@ -313,6 +333,43 @@ impl Metrics {
                 out,
                 "# HELP hookgate_log_damaged_frames_total Damaged event-log frames skipped (each an event lost to disk damage; the log names segment and offset).\n# TYPE hookgate_log_damaged_frames_total counter\nhookgate_log_damaged_frames_total {}",
                 gauges.damaged_frames
+            );
+        }
+        {
+            let routes = self.routes.lock().expect("metrics lock");
+            for (kind, name, help) in [
+                ("matched", "hookgate_route_matches_total", "Events each route matched."),
+                ("render_failed", "hookgate_route_render_failures_total", "Deliveries whose template failed to render (dead at once, with the error), by route."),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (route, by) in routes.iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\"}} {}",
+                        escape(route),
+                        by.get(kind).copied().unwrap_or(0)
+                    );
+                }
+            }
+        }
+        if let Some((at, ok)) = *self.last_reload.lock().expect("metrics lock") {
+            let _ = writeln!(
+                out,
+                "# HELP hookgate_config_last_reload_successful Whether the last reload (SIGHUP) was applied (1) or refused (0).\n# TYPE hookgate_config_last_reload_successful gauge\nhookgate_config_last_reload_successful {}\n# HELP hookgate_config_last_reload_timestamp_seconds When the last reload was tried.\n# TYPE hookgate_config_last_reload_timestamp_seconds gauge\nhookgate_config_last_reload_timestamp_seconds {at}",
+                u8::from(ok)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hookgate_build_info The running build.\n# TYPE hookgate_build_info gauge\nhookgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(out, "# HELP hookgate_sink_dead_deliveries Dead deliveries (dead letters) by sink.\n# TYPE hookgate_sink_dead_deliveries gauge");
+        for (sink, n) in &gauges.dead_by_sink {
+            let _ = writeln!(
+                out,
+                "hookgate_sink_dead_deliveries{{sink=\"{}\"}} {n}",
+                escape(sink)
             );
         }
         let _ = writeln!(

@@ -31,6 +31,7 @@ pub async fn run(
     routes: Arc<Live<Routes>>,
     sinks: Arc<Live<Sinks>>,
     wake: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
     heartbeat: Arc<crate::notify::Heartbeat>,
     shutdown: CancellationToken,
 ) {
@@ -76,8 +77,9 @@ pub async fn run(
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());
         let routed = route_page(&queue, &routes, &sinks, &page.events);
-        match routed.and_then(|r| queue.routed(&r, page.from, page.next)) {
-            Ok(()) | Err(QueueError::Moved) => {}
+        match routed.and_then(|r| queue.routed(&r, page.from, page.next).map(|()| r)) {
+            Ok(routed) => count(&metrics, &routed),
+            Err(QueueError::Moved) => {}
             // A storage failure is logged once by the state store.
             Err(e @ QueueError::Storage(_)) => {
                 tracing::debug!(error = %e, "cannot record routing; the events will be routed again")
@@ -90,6 +92,27 @@ pub async fn run(
         wake.notify_one();
         if shutdown.is_cancelled() {
             return;
+        }
+    }
+}
+
+/// Counts, per route, the events it matched and its deliveries whose
+/// template failed (born dead with a `template:` reason).
+fn count(metrics: &crate::metrics::Metrics, routed: &[Routed]) {
+    for r in routed {
+        let mut by_route: BTreeMap<&str, u64> = BTreeMap::new();
+        for d in &r.pending {
+            by_route.entry(&d.route).or_default();
+        }
+        for d in &r.dead {
+            let failed = d
+                .reason
+                .as_deref()
+                .is_some_and(|w| w.starts_with("template:"));
+            *by_route.entry(&d.route).or_default() += u64::from(failed);
+        }
+        for (route, failed) in by_route {
+            metrics.route(route, failed);
         }
     }
 }

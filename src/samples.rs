@@ -61,12 +61,31 @@ pub const SAMPLES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The bundled body for `provider`/`event`.
+/// The bundled body for `provider`/`event`, where `event` is the sample's
+/// name or the event type routes see for it (`issue_updated` or
+/// `jira:issue_updated`; `ticket.created` or
+/// `zen:event-type:ticket.created`).
 pub fn find(provider: &str, event: &str) -> Option<&'static str> {
+    find_named(provider, event).map(|(_, body)| body)
+}
+
+/// Like [`find`], with the sample's own name.
+pub fn find_named(provider: &str, event: &str) -> Option<(&'static str, &'static str)> {
     SAMPLES
         .iter()
-        .find(|(p, e, _)| *p == provider && *e == event)
-        .map(|(_, _, body)| *body)
+        .find(|(p, e, _)| *p == provider && (*e == event || route_event(p, e) == event))
+        .map(|(_, e, body)| (*e, *body))
+}
+
+/// The event type routes match for a sample (what the provider's body or
+/// header carries): Jira's `webhookEvent` and Zendesk's `type` have a
+/// prefix the sample's short name leaves out.
+pub fn route_event(provider: &str, sample: &str) -> String {
+    match provider {
+        "jira" => format!("jira:{sample}"),
+        "zendesk" => format!("zen:event-type:{sample}"),
+        _ => sample.to_owned(),
+    }
 }
 
 /// The events bundled for `provider`.
@@ -110,6 +129,26 @@ mod tests {
                 "{p}/{e}"
             );
         }
+    }
+
+    /// #8.13: `send` takes the event type routes see, too.
+    #[test]
+    fn samples_are_found_by_route_event_names_too() {
+        for (p, e, body) in SAMPLES {
+            assert_eq!(find(p, &route_event(p, e)), Some(*body), "{p}/{e}");
+            assert_eq!(find(p, e), Some(*body));
+        }
+        assert_eq!(
+            find_named("jira", "jira:issue_updated").map(|(e, _)| e),
+            Some("issue_updated")
+        );
+        // The route event of a sample matches what its body carries.
+        let jira: serde_json::Value =
+            serde_json::from_str(find("jira", "issue_updated").unwrap()).unwrap();
+        assert_eq!(jira["webhookEvent"], "jira:issue_updated");
+        let zendesk: serde_json::Value =
+            serde_json::from_str(find("zendesk", "ticket.created").unwrap()).unwrap();
+        assert_eq!(zendesk["type"], "zen:event-type:ticket.created");
     }
 
     #[test]

@@ -64,20 +64,28 @@ pub async fn send(config: &Config, opts: SendOptions) -> Result<Sent, SendError>
     };
     let kind = source.provider.name();
     let delivery_id = opts.delivery_id.unwrap_or_else(fresh_id);
-    let body = match opts.body {
-        Some(b) => b,
+    let (event, body) = match opts.body {
+        Some(b) => (opts.event.clone(), b),
         None => {
-            let sample = samples::find(kind, &opts.event).ok_or_else(|| SendError::NoSample {
-                provider: kind.to_owned(),
-                event: opts.event.clone(),
-                known: samples::events(kind).join(", "),
-            })?;
-            samples::with_delivery_id(kind, sample.as_bytes(), &delivery_id)
+            let (name, sample) =
+                samples::find_named(kind, &opts.event).ok_or_else(|| SendError::NoSample {
+                    provider: kind.to_owned(),
+                    event: opts.event.clone(),
+                    known: samples::events(kind)
+                        .iter()
+                        .map(|e| format!("{e} ({})", samples::route_event(kind, e)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            (
+                name.to_owned(),
+                samples::with_delivery_id(kind, sample.as_bytes(), &delivery_id),
+            )
         }
     };
     let signed = provider.sign(&SignInput {
         body: &body,
-        event: &opts.event,
+        event: &event,
         delivery_id: &delivery_id,
         now: SystemTime::now(),
     });

@@ -70,7 +70,7 @@ impl Drop for Lease {
             tracing::error!(sink = %self.sink, delivery = self.id, "an attempt ended without an outcome; the delivery is due again");
             if let Some(sink) = self.sinks.get(&self.sink) {
                 if let Ok(mut breaker) = sink.breaker.lock() {
-                    breaker.failure(unix_millis(SystemTime::now()));
+                    let _ = breaker.failure(unix_millis(SystemTime::now()));
                 }
             }
         }
@@ -414,14 +414,22 @@ impl Dispatcher {
         {
             let mut breaker = sink.breaker.lock().expect("breaker lock");
             match &answer.verdict {
-                Verdict::Retry { .. } => breaker.failure(now),
+                Verdict::Retry { .. } => {
+                    if let Some(open) = breaker.failure(now) {
+                        tracing::warn!(sink = %name, open_for_s = open.as_secs(), "circuit breaker open: attempts to this sink pause, then one probe goes");
+                    }
+                }
                 // Any other answer means the sink is up (a 4xx or a 429
                 // too): a probe that gets one closes the breaker.
-                _ => breaker.success(),
+                _ => {
+                    if breaker.success() {
+                        tracing::info!(sink = %name, "circuit breaker closed: the sink answers again");
+                    }
+                }
             }
         }
         if let Verdict::SinkGone(why) = &answer.verdict {
-            tracing::error!(sink = %name, reason = %why, "sink disabled: the platform says this webhook is gone; replay its dead letters after fixing it");
+            tracing::error!(sink = %name, route = %rec.route, delivery_id = %rec.delivery_id, reason = %why, "sink disabled: the platform says this webhook is gone; replay its dead letters after fixing it");
             *sink.broken.lock().expect("broken lock") = Some(why.clone());
         }
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
@@ -449,7 +457,7 @@ impl Dispatcher {
         self.metrics.attempt(name, label, started.elapsed());
         let write = match next {
             Next::Done => {
-                tracing::debug!(sink = %name, delivery = rec.id, "delivered");
+                tracing::debug!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, "delivered");
                 Write::Done
             }
             Next::At { due_ms, counted } => {
@@ -457,11 +465,11 @@ impl Dispatcher {
                     rec.failures += 1;
                 }
                 rec.due_ms = due_ms;
-                tracing::info!(sink = %name, delivery = rec.id, outcome = %outcome_label(&answer.verdict), retry_in_ms = due_ms.saturating_sub(now), "will retry");
+                tracing::info!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, outcome = %outcome_label(&answer.verdict), retry_in_ms = due_ms.saturating_sub(now), "will retry");
                 Write::Reschedule
             }
             Next::Dead(reason) => {
-                tracing::warn!(sink = %name, delivery = rec.id, reason = %reason, "delivery is dead");
+                tracing::warn!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, reason = %reason, "delivery is dead");
                 rec.reason = Some(reason);
                 rec.dead_ms = Some(now);
                 Write::Bury
@@ -470,7 +478,7 @@ impl Dispatcher {
         match self.record(&old_key, &rec, write) {
             Ok(()) => None,
             Err(e) => {
-                tracing::warn!(sink = %name, delivery = rec.id, error = %e, "cannot record a delivery's outcome yet; it is kept and written once storage recovers");
+                tracing::warn!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, error = %e, "cannot record a delivery's outcome yet; it is kept and written once storage recovers");
                 Some(Unrecorded {
                     old_key,
                     rec,
@@ -518,7 +526,7 @@ impl Dispatcher {
                 if sink.broken.lock().expect("broken lock").take().is_some() {
                     tracing::info!(sink = %name, "sink re-enabled by a replay");
                 }
-                sink.breaker.lock().expect("breaker lock").success();
+                let _ = sink.breaker.lock().expect("breaker lock").success();
             }
         }
         self.wake.notify_one();

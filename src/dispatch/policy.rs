@@ -113,14 +113,18 @@ impl Breaker {
         self.probing = false;
     }
 
-    pub fn success(&mut self) {
+    /// The sink answered: the breaker closes. Returns whether it was open.
+    pub fn success(&mut self) -> bool {
+        let was_open = self.failures >= THRESHOLD;
         *self = Breaker::default();
+        was_open
     }
 
     /// A failure that says the sink is unwell (not a permanent 4xx).
     /// Attempts that were already in flight when the breaker opened do not
-    /// extend it; only a failed probe doubles the wait.
-    pub fn failure(&mut self, now_ms: u64) {
+    /// extend it; only a failed probe doubles the wait. Returns how long it
+    /// opened for, when this failure opened it (again).
+    pub fn failure(&mut self, now_ms: u64) -> Option<Duration> {
         self.failures += 1;
         let reopen = if self.probing {
             self.probing = false;
@@ -134,6 +138,7 @@ impl Breaker {
             self.open_for = wait;
             self.open_until_ms = now_ms + wait.as_millis() as u64;
         }
+        reopen
     }
 }
 
@@ -237,14 +242,14 @@ mod tests {
             b.failure(0);
             assert!(b.allows(0));
         }
-        b.failure(0);
+        assert_eq!(b.failure(0), Some(FIRST_OPEN), "the fifth opens it");
         assert!(!b.allows(1000), "open after 5 failures");
         assert!(b.allows(30_000), "one probe after 30 s");
         assert!(!b.allows(30_001), "only one");
-        b.failure(30_002);
+        assert_eq!(b.failure(30_002), Some(FIRST_OPEN * 2));
         assert!(!b.allows(60_000), "open again, for twice as long");
         assert!(b.allows(90_002));
-        b.success();
+        assert!(b.success());
         assert!(b.allows(90_003) && b.allows(90_004));
     }
 

@@ -248,6 +248,26 @@ impl SledQueue {
         }
     }
 
+    /// Dead deliveries by sink (each record's head only).
+    pub fn dead_by_sink(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+        let trees = self.state.get()?;
+        let mut by = std::collections::BTreeMap::<String, u64>::new();
+        for kv in trees.dead.iter() {
+            let (k, v) = self.state.check(kv)?;
+            let sink = DeliveryRecord::sink_of(&v).ok_or_else(|| QueueError::Corrupt {
+                key: hex::encode(&k),
+                reason: "not a delivery record".into(),
+            })?;
+            match by.get_mut(sink) {
+                Some(n) => *n += 1,
+                None => {
+                    by.insert(sink.to_owned(), 1);
+                }
+            }
+        }
+        Ok(by)
+    }
+
     /// How many deliveries to `sink` wait (keys only; for sinks that hold
     /// theirs, which are few).
     pub fn pending_count(&self, sink: &str) -> Result<u64, QueueError> {

@@ -67,7 +67,33 @@ enum Stored {
     V1(DeliveryRecord),
 }
 
+/// The first fields of a stored record, borrowed (no body decoded).
+#[derive(Deserialize)]
+enum StoredHead<'a> {
+    #[allow(dead_code)]
+    V1(#[serde(borrow)] Head<'a>),
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Head<'a> {
+    id: u64,
+    event_id: u64,
+    source: &'a str,
+    event: &'a str,
+    delivery_id: &'a str,
+    route: &'a str,
+    sink: &'a str,
+}
+
 impl DeliveryRecord {
+    /// The sink of a stored record, reading nothing after it.
+    pub fn sink_of(bytes: &[u8]) -> Option<&str> {
+        match postcard::from_bytes::<StoredHead>(bytes).ok()? {
+            StoredHead::V1(h) => Some(h.sink),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(&Stored::V1(self.clone())).expect("in-memory encoding cannot fail")
     }

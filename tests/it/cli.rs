@@ -285,6 +285,17 @@ async fn sighup_refuses_a_config_whose_source_secret_is_missing() {
         .reload_until_logged("the old config keeps serving")
         .await;
     assert!(log.contains("a source would have no secret"), "{log}");
+    // The refusal shows in /metrics (#8.13).
+    let metrics = format!("http://{}/metrics", daemon.admin);
+    let (_, _, body) = hookgate::client::request(http::Method::GET, &metrics, &[], vec![])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("hookgate_config_last_reload_successful 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("hookgate_config_last_reload_timestamp_seconds "));
     let github = providers_of(dir.path(), sources)["github"].clone();
     assert_eq!(
         post_push(&daemon.url("github"), &github, "after-refused-reload").await,

@@ -904,3 +904,36 @@ async fn replaying_a_dead_letter_whose_sink_was_removed_is_refused_with_the_reas
     let done: hookgate::queue::Requeued = serde_json::from_slice(&body).unwrap();
     assert_eq!((done.replayed, done.refused.len()), (0, 1), "{done:?}");
 }
+
+/// #8.13: what an operator needs to see what fails, in /metrics: per-route
+/// matches and render failures, dead letters per sink, the last reload,
+/// the build; and each delivery's log lines name route, sink and the
+/// provider's delivery id.
+#[tokio::test]
+async fn metrics_show_routes_dead_letters_per_sink_and_the_last_reload() {
+    let rx = Receiver::start(Reply::status(400)).await;
+    let text = format!(
+        "{}\n[[routes]]\nname = \"broken\"\nsource = \"github\"\nto = [\"target\"]\nmessage = \"{{{{ range(1000000) | length }}}}\"\n",
+        config(&rx.url("/"), "", "")
+    );
+    let gw = TestGateway::start("", &text).await;
+    push(&gw, "observed-1").await;
+    gw.wait_dead(2).await;
+    gw.reload(&text).await;
+    let url = format!("http://{}/metrics", gw.admin);
+    let (_, _, body) = hookgate::client::request(http::Method::GET, &url, &[], vec![])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "hookgate_route_matches_total{route=\"pushes\"} 1\n",
+        "hookgate_route_matches_total{route=\"broken\"} 1\n",
+        "hookgate_route_render_failures_total{route=\"broken\"} 1\n",
+        "hookgate_route_render_failures_total{route=\"pushes\"} 0\n",
+        "hookgate_sink_dead_deliveries{sink=\"target\"} 2\n",
+        "hookgate_config_last_reload_successful 1\n",
+        "hookgate_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}

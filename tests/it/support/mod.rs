@@ -68,7 +68,7 @@ secret = { file = "{dir}/standard" }
 "#;
 
 pub struct TestGateway {
-    reloads: tokio::sync::mpsc::Sender<config::Config>,
+    reloads: tokio::sync::mpsc::Sender<hookgate::daemon::Reload>,
     server: String,
     sources: String,
     pub addr: SocketAddr,
@@ -171,7 +171,10 @@ impl TestGateway {
         let config = config::parse(&text, &Resolver::default())
             .unwrap_or_else(|p| panic!("{p:#?}"))
             .config;
-        self.reloads.send(config).await.unwrap();
+        self.reloads
+            .send(hookgate::daemon::Reload::Apply(Box::new(config)))
+            .await
+            .unwrap();
     }
 
     /// Waits (up to 5 s) until there are `n` dead letters; returns them.
