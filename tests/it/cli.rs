@@ -286,11 +286,7 @@ async fn sighup_refuses_a_config_whose_source_secret_is_missing() {
         .await;
     assert!(log.contains("a source would have no secret"), "{log}");
     // The refusal shows in /metrics (#8.13).
-    let metrics = format!("http://{}/metrics", daemon.admin);
-    let (_, _, body) = hookgate::client::request(http::Method::GET, &metrics, &[], vec![])
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&body);
+    let (_, text) = admin_get(daemon.admin, "/metrics").await;
     assert!(
         text.contains("hookgate_config_last_reload_successful 0\n"),
         "{text}"

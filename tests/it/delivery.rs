@@ -804,11 +804,8 @@ to = ["held", "target"]
         "the configured sink delivers"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats_url = format!("http://{}/api/queue/stats", gw.admin);
-    let (_, _, body) = hookgate::client::request(http::Method::GET, &stats_url, &[], vec![])
-        .await
-        .unwrap();
-    let stats: hookgate::queue::Stats = serde_json::from_slice(&body).unwrap();
+    let (_, body) = admin_get(gw.admin, "/api/queue/stats").await;
+    let stats: hookgate::queue::Stats = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (stats.deliveries, stats.held, stats.dead),
         (1, 1, 0),
@@ -818,11 +815,7 @@ to = ["held", "target"]
         stats.disabled["held"].reason.contains("held-url"),
         "{stats:?}"
     );
-    let metrics_url = format!("http://{}/metrics", gw.admin);
-    let (_, _, body) = hookgate::client::request(http::Method::GET, &metrics_url, &[], vec![])
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(
         metrics.contains("hookgate_queue_depth{state=\"held\"} 1\n"),
         "{metrics}"
@@ -920,11 +913,7 @@ async fn metrics_show_routes_dead_letters_per_sink_and_the_last_reload() {
     push(&gw, "observed-1").await;
     gw.wait_dead(2).await;
     gw.reload(&text).await;
-    let url = format!("http://{}/metrics", gw.admin);
-    let (_, _, body) = hookgate::client::request(http::Method::GET, &url, &[], vec![])
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     for line in [
         "hookgate_route_matches_total{route=\"pushes\"} 1\n",
         "hookgate_route_matches_total{route=\"broken\"} 1\n",

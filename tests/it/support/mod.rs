@@ -583,3 +583,13 @@ impl Drop for SmallDisk {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// `GET http://{admin}{path}` on an admin listener: the status and the body
+/// as text.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
+    let url = format!("http://{admin}{path}");
+    let (status, _, body) = hookgate::client::request(Method::GET, &url, &[], vec![])
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
