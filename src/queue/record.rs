@@ -81,6 +81,25 @@ pub enum DecodeError {
     Format(#[from] postcard::Error),
     #[error("body does not decompress: {0}")]
     Body(#[from] lz4_flex::block::DecompressError),
+    #[error("body claims {claimed} bytes, more than {compressed} compressed bytes can hold")]
+    BodySize { claimed: usize, compressed: usize },
+}
+
+/// An LZ4 block expands at most 255 times (a match-length byte of 255 adds
+/// 255 bytes of output), so a stored size beyond that is corrupt.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// `lz4_flex::decompress_size_prepended`, except that the stored size is
+/// checked before it is allocated: four corrupt bytes must not ask for 4 GiB.
+fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let (claimed, block) = lz4_flex::block::uncompressed_size(stored)?;
+    if claimed > block.len().saturating_mul(LZ4_MAX_RATIO) {
+        return Err(DecodeError::BodySize {
+            claimed,
+            compressed: block.len(),
+        });
+    }
+    Ok(lz4_flex::block::decompress(block, claimed)?)
 }
 
 impl EventRecord {
@@ -116,7 +135,7 @@ impl EventRecord {
     pub fn decode(bytes: &[u8]) -> Result<EventRecord, DecodeError> {
         match postcard::from_bytes::<StoredEvent>(bytes)? {
             StoredEvent::V1(v) => Ok(EventRecord {
-                body: lz4_flex::decompress_size_prepended(&v.body_lz4)?,
+                body: decompress_body(&v.body_lz4)?,
                 source: v.source,
                 provider: v.provider,
                 event: v.event,
@@ -212,5 +231,34 @@ pub(crate) mod tests {
         let n = bytes.len();
         bytes.truncate(n - 10);
         assert!(EventRecord::decode(&bytes).is_err());
+    }
+
+    /// Found by the `record` fuzz target: a body whose stored size was
+    /// corrupt made `decode` allocate that size (up to 4 GiB) up front.
+    #[test]
+    fn huge_stored_body_size_is_refused_before_allocating() {
+        let mut r = sample();
+        r.body = b"{}".to_vec();
+        let bytes = r.encode();
+        // The body is last: its size prefix sits just before its block.
+        let block_len = lz4_flex::compress(b"{}").len();
+        let at = bytes.len() - block_len - 4;
+        assert_eq!(bytes[at..at + 4], 2u32.to_le_bytes());
+        let mut corrupt = bytes.clone();
+        corrupt[at..at + 4].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+        assert!(matches!(
+            EventRecord::decode(&corrupt),
+            Err(DecodeError::BodySize {
+                claimed: 0x8000_0000,
+                ..
+            })
+        ));
+        // A body that compresses as well as LZ4 allows still decodes.
+        let highly_compressible = vec![b'a'; 1 << 20];
+        r.body = highly_compressible.clone();
+        assert_eq!(
+            EventRecord::decode(&r.encode()).unwrap().body,
+            highly_compressible
+        );
     }
 }

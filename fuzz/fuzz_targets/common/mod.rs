@@ -2,18 +2,20 @@
 //! as text: `name: value` lines, a blank line, then the body (an input
 //! without a blank line is all body). Two properties, per provider:
 //!
-//! - any request: `verify` and, when it passes, `envelope` and
-//!   `stored_body` return instead of panicking;
+//! - any request: `verify` and, when it passes, `envelope`, the dedupe key
+//!   and `stored_body` return instead of panicking; a proof names secret 0
+//!   (each source has one) and a replay mark is not already expired;
 //! - the same body signed as the provider signs it (`Provider::sign`, what
 //!   `hookgate send` uses) always verifies (for Figma: when the body is a
-//!   JSON object, where the passcode goes), and its envelope returns.
+//!   JSON object, where the passcode goes), the same way twice, with a
+//!   replay mark for the timestamped schemes, and its envelope returns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hookgate::config::{secrets::Resolver, Proof};
-use hookgate::verify::{Inbound, Provider, SignInput};
+use hookgate::verify::{Inbound, Provider, SignInput, Verified};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// One source per scheme; the timestamped ones check against [`now`].
@@ -113,9 +115,9 @@ pub fn exercise(name: &str, data: &[u8]) {
         body,
         now: now(),
     };
-    if provider.verify(&inbound).is_ok() {
-        let _ = provider.envelope(&inbound);
-        let _ = provider.stored_body(body);
+    if let Ok(verified) = provider.verify(&inbound) {
+        proof_holds(name, &verified);
+        accept(provider.as_ref(), &inbound);
     }
 
     // The event the signer names, from the input when it has one.
@@ -147,9 +149,54 @@ pub fn exercise(name: &str, data: &[u8]) {
             serde_json::from_slice::<serde_json::Value>(body),
             Ok(serde_json::Value::Object(_))
         );
-    if let (true, Err(e)) = (provable, provider.verify(&inbound)) {
-        panic!("{name}: a request signed as {name} signs did not verify: {e}");
+    match provider.verify(&inbound) {
+        Ok(verified) => {
+            proof_holds(name, &verified);
+            assert_eq!(
+                provider.verify(&inbound).as_ref(),
+                Ok(&verified),
+                "{name}: the same request verified differently twice"
+            );
+            // Item 8 of issue 8: a timestamped proof is refused when replayed.
+            if TIMESTAMPED.contains(&name) {
+                assert!(
+                    verified.replay.is_some(),
+                    "{name}: a timestamped proof carries no replay mark"
+                );
+            }
+        }
+        Err(e) if provable => {
+            panic!("{name}: a request signed as {name} signs did not verify: {e}")
+        }
+        Err(_) => {}
     }
-    let _ = provider.envelope(&inbound);
-    let _ = provider.stored_body(&signed.body);
+    accept(provider.as_ref(), &inbound);
+}
+
+/// The schemes configured above whose signed requests carry a timestamp.
+const TIMESTAMPED: &[&str] = &["zendesk", "standard", "hmac"];
+
+/// What any accepted proof must say: each source here has one secret, and
+/// a replay mark outlives the request it was made for.
+fn proof_holds(name: &str, verified: &Verified) {
+    assert_eq!(
+        verified.secret, 0,
+        "{name}: a secret that is not configured matched"
+    );
+    if let Some(mark) = verified.replay {
+        assert!(
+            mark.until >= now(),
+            "{name}: a proof accepted now is marked as expired"
+        );
+    }
+}
+
+/// What ingress does with a proven request: the envelope, its dedupe key
+/// (from the body as received) and the body as stored.
+fn accept(provider: &dyn Provider, inbound: &Inbound<'_>) {
+    if let Ok(envelope) = provider.envelope(inbound) {
+        let key = envelope.id.dedupe_key(inbound.body);
+        assert!(!key.is_empty(), "an empty dedupe key");
+    }
+    let _ = provider.stored_body(inbound.body);
 }
