@@ -321,13 +321,15 @@ impl SledQueue {
         }
         let healed = self.state.heal(unix_millis(SystemTime::now()));
         if let Healed::Recovered { reopened } = healed {
+            // Still marked failing: the router and the dispatcher wait
+            // until the cursor is what the reopened sled holds.
             if reopened {
                 if let Err(e) = self.reload_cursor() {
                     tracing::error!(error = %e, "cannot read the router's place back after reopening the state store");
-                    self.state.failed(&e);
                     return Healed::Failing;
                 }
             }
+            self.state.recovered();
             tracing::warn!(
                 reopened,
                 "routing and delivery state can be written again: routing and dispatching resume"

@@ -1,7 +1,6 @@
 //! SIGKILL under concurrent signed load: every delivery that got a 202 is in
 //! the queue after restart, once.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -74,30 +73,6 @@ fn signed_load(
         })
         .collect();
     (workers, acked)
-}
-
-/// Each delivery id the queue under `dir/data` holds, and how many times.
-fn stored_ids(dir: &std::path::Path) -> (SledQueue, BTreeMap<String, usize>) {
-    let queue = SledQueue::inspect(&dir.join("data")).unwrap();
-    let mut stored = BTreeMap::<String, usize>::new();
-    for (_, record) in queue.events().unwrap() {
-        *stored.entry(record.delivery_id).or_default() += 1;
-    }
-    (queue, stored)
-}
-
-/// Fails naming a few of the acknowledged deliveries the queue lacks.
-fn assert_none_lost(acked: &[String], stored: &BTreeMap<String, usize>) {
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !stored.contains_key(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged deliveries lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

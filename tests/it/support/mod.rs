@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod shim;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -592,4 +593,28 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
         .await
         .unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Each delivery id the queue under `dir/data` holds, and how many times.
+pub fn stored_ids(dir: &std::path::Path) -> (SledQueue, BTreeMap<String, usize>) {
+    let queue = SledQueue::inspect(&dir.join("data")).unwrap();
+    let mut stored = BTreeMap::<String, usize>::new();
+    for (_, record) in queue.events().unwrap() {
+        *stored.entry(record.delivery_id).or_default() += 1;
+    }
+    (queue, stored)
+}
+
+/// Fails naming a few of the acknowledged deliveries the queue lacks.
+pub fn assert_none_lost(acked: &[String], stored: &BTreeMap<String, usize>) {
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged deliveries lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
