@@ -912,7 +912,7 @@ kind = "log"
             "routes[1].source: no source `githb`: did you mean `github`?",
             "routes.b.when: unknown test `evn`: did you mean `even`?",
             "routes.b.each: unknown filter `selectatr`: did you mean `selectattr`?",
-            "routes[1].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields",
+            "routes[1].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields, order_key",
             "routes.b.message: unexpected `}`, expected end of variable block",
             "routes.c.fields.title: unknown filter `truncat`: did you mean `truncate`?",
             "sinkz: unknown section `sinkz`: did you mean `sinks`?",
