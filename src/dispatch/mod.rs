@@ -276,11 +276,12 @@ impl Dispatcher {
         }
         let now = unix_millis(SystemTime::now());
         let mut blocked = None;
-        // Order keys looked at in this pass: their head started, is out or
-        // must wait, so the rest of each key is skipped without a look at
-        // the index. Records skipped so do not count against the page, so a
-        // long queue behind one blocked key cannot hide other keys' work.
-        let mut keys_seen = HashSet::new();
+        // Order keys looked at in this pass, each with the one delivery of
+        // it that may start (its head; none when one is out or started):
+        // the rest of each key is skipped without a look at the index.
+        // Records skipped so do not count against the page, so a long queue
+        // behind one blocked key cannot hide other keys' work.
+        let mut heads: HashMap<String, Option<u64>> = HashMap::new();
         let mut looked = 0;
         let mut after: Option<sled::IVec> = None;
         'pages: loop {
@@ -313,18 +314,34 @@ impl Dispatcher {
                     continue;
                 }
                 if let Some(order) = &rec.order_key {
-                    if !keys_seen.insert(order.clone()) {
-                        looked -= 1;
+                    let head = match heads.get(order) {
+                        Some(head) => {
+                            looked -= 1;
+                            *head
+                        }
+                        None => {
+                            let out = self
+                                .keys_out
+                                .lock()
+                                .expect("keys lock")
+                                .contains(&(name.to_owned(), order.clone()));
+                            // Not filed at all (cannot happen but by damage):
+                            // let it go rather than hold it forever.
+                            let head = match out {
+                                true => None,
+                                false => {
+                                    Some(self.queue.order_head(name, order)?.unwrap_or(rec.id))
+                                }
+                            };
+                            heads.insert(order.clone(), head);
+                            head
+                        }
+                    };
+                    if head != Some(rec.id) {
                         continue;
                     }
-                    let out = self
-                        .keys_out
-                        .lock()
-                        .expect("keys lock")
-                        .contains(&(name.to_owned(), order.clone()));
-                    if out || !self.queue.order_head(name, order, rec.id)? {
-                        continue;
-                    }
+                    // Nothing more of this key in this pass, whatever happens.
+                    heads.insert(order.clone(), None);
                 }
                 let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
                     blocked = Some(IDLE);

@@ -280,18 +280,17 @@ impl SledQueue {
         self.state.check(moved)
     }
 
-    /// Whether delivery `id`, whose order key is `key`, is the first
-    /// pending delivery of that key to `sink` (the only one that may go).
-    /// An `order` entry whose record is no longer in `deliveries` is stale:
-    /// it is removed (unless it changed meanwhile) and the next one looked
-    /// at. A record missing from `order` altogether is let go rather than
-    /// held forever.
-    pub fn order_head(&self, sink: &str, key: &str, id: u64) -> Result<bool, QueueError> {
+    /// The id of the first pending delivery of order key `key` to `sink`
+    /// in event order (the only one of that key that may go); `None` when
+    /// none is filed. An `order` entry whose record is no longer in
+    /// `deliveries` is stale: it is removed (unless it changed meanwhile)
+    /// and the next one looked at.
+    pub fn order_head(&self, sink: &str, key: &str) -> Result<Option<u64>, QueueError> {
         let prefix = order_prefix(sink, key);
         let trees = self.state.get()?;
         loop {
             let Some(kv) = trees.order.scan_prefix(&prefix).next() else {
-                return Ok(true);
+                return Ok(None);
             };
             let (k, due_key) = self.state.check(kv)?;
             if self.state.check(trees.deliveries.contains_key(&due_key))? {
@@ -300,7 +299,13 @@ impl SledQueue {
                     .checked_sub(8)
                     .and_then(|at| k[at..].try_into().ok())
                     .map(u64::from_be_bytes);
-                return Ok(head == Some(id));
+                return match head {
+                    Some(id) => Ok(Some(id)),
+                    None => Err(QueueError::Corrupt {
+                        key: hex::encode(&k),
+                        reason: "order entry too short".into(),
+                    }),
+                };
             }
             let cleared = (&trees.order, &trees.deliveries)
                 .transaction(|(order, deliveries)| {
