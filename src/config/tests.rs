@@ -508,6 +508,11 @@ message = """
 line one
 {{{{ payload.x
 """
+
+[[routes]]
+name = "c"
+to = ["ok"]
+order_key = "{{{{ payload.issue.key | no_such_filter }}}}"
 "#
     );
     let problems = parse(&text, &Resolver::default()).unwrap_err();
@@ -518,7 +523,11 @@ line one
     assert_eq!(
         all,
         // The unclosed `{{` runs to the end of the template: the `"""` line.
-        vec!["12:routes.a.when", "19:routes.b.message"],
+        vec![
+            "12:routes.a.when",
+            "19:routes.b.message",
+            "25:routes.c.order_key"
+        ],
         "{problems:#?}"
     );
 }
