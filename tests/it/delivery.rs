@@ -994,3 +994,46 @@ async fn a_dead_head_unblocks_its_order_key() {
     assert_eq!(dead[0].order_key.as_deref(), Some("A"));
     gw.stop().await;
 }
+
+/// More deliveries of a blocked key than the dispatcher reads in one page
+/// (256) do not hide another key's delivery behind them.
+#[tokio::test]
+async fn a_long_queue_behind_a_blocked_key_hides_no_other_key() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"30s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 0).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    for n in 1..=300 {
+        issue_event(&gw, "A", n).await;
+    }
+    issue_event(&gw, "B", 1).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    let bodies: Vec<_> = got.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [&b"A0"[..], b"B1"], "B went; A waits for A0");
+    gw.stop().await;
+}
+
+/// The order survives a restart: the index is in sled beside the records.
+#[tokio::test]
+async fn a_restart_keeps_a_key_waiting_for_its_head() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"2s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 1).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    issue_event(&gw, "A", 2).await;
+    let gw = gw.restart().await;
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    let bodies: Vec<_> = got.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [&b"A1"[..], b"A1", b"A2"]);
+    gw.stop().await;
+}
