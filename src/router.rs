@@ -190,11 +190,15 @@ pub fn route_one(
     let mut pending = Vec::new();
     let mut dead = Vec::new();
     for outcome in routes.evaluate(&ctx) {
-        let (route, sink, item) = match &outcome {
+        let (route, sink, item, order_key) = match &outcome {
             Outcome::Rendered {
-                route, sink, item, ..
-            } => (route, sink, *item),
-            Outcome::Failed { route, sink, .. } => (route, sink, None),
+                route,
+                sink,
+                item,
+                order_key,
+                ..
+            } => (route, sink, *item, order_key.clone()),
+            Outcome::Failed { route, sink, .. } => (route, sink, None, None),
         };
         let mut rec = DeliveryRecord {
             id: queue.next_delivery_id()?,
@@ -213,6 +217,7 @@ pub fn route_one(
             reason: None,
             dead_ms: None,
             frozen: None,
+            order_key,
         };
         let frozen = match &outcome {
             Outcome::Failed { error, .. } => Err(format!("template: {error}")),

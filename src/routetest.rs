@@ -64,6 +64,8 @@ struct Expect {
     message: Option<String>,
     contains: Option<String>,
     fields: Option<BTreeMap<String, String>>,
+    /// The rendered `order_key`; `""` for none (unordered).
+    order_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,7 +258,18 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
             Some(Outcome::Failed { error, .. }) => {
                 failures.push(format!("route `{}` failed to render: {error}", want.route))
             }
-            Some(Outcome::Rendered { content, .. }) => check_content(want, content, &mut failures),
+            Some(Outcome::Rendered {
+                content, order_key, ..
+            }) => {
+                check_content(want, content, &mut failures);
+                let got = order_key.as_deref().unwrap_or("");
+                if let Some(expected) = want.order_key.as_deref().filter(|e| *e != got) {
+                    failures.push(format!(
+                        "route `{}` to `{}`: order_key is `{got}`, expected `{expected}`",
+                        want.route, want.sink
+                    ));
+                }
+            }
         }
     }
     for route in &t.reject.routes {
@@ -438,6 +451,31 @@ routes = ["mergd"]
                     at(16, 11)
                 ),
             ]
+        );
+    }
+
+    /// A test can pin a route's rendered `order_key` (`""` for none).
+    #[test]
+    fn order_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n[sinks.audit]\nkind = \"log\"\n[[routes]]\nname = \"r\"\nto = [\"audit\"]\norder_key = \"{{ payload.key }}\"\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap()
+        .config;
+        let tests = dir.path().join("t.toml");
+        let case = |payload: &str, want: &str| {
+            format!("[[tests]]\nname = \"k\"\nsource = \"github\"\nevent = \"push\"\npayload = '{payload}'\n[[tests.expect]]\nroute = \"r\"\nsink = \"audit\"\norder_key = \"{want}\"\n")
+        };
+        std::fs::write(&tests, case(r#"{"key": "A"}"#, "A") + &case("{}", "")).unwrap();
+        let reports = run(&config, &tests).unwrap();
+        assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+        std::fs::write(&tests, case(r#"{"key": "B"}"#, "A")).unwrap();
+        let reports = run(&config, &tests).unwrap();
+        assert_eq!(
+            reports[0].failures,
+            ["route `r` to `audit`: order_key is `B`, expected `A`"]
         );
     }
 

@@ -248,4 +248,5 @@ pub struct RawRoute {
     pub template: Option<Spanned<String>>,
     pub action: Option<Spanned<String>>,
     pub fields: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub order_key: Option<Spanned<String>>,
 }

@@ -200,7 +200,11 @@ impl Cx<'_> {
             } else {
                 ContentSpec::Default
             };
-            for (part, v) in [("when", &r.when), ("each", &r.each)] {
+            for (part, v) in [
+                ("when", &r.when),
+                ("each", &r.each),
+                ("order_key", &r.order_key),
+            ] {
                 if let Some(v) = v {
                     places.insert((name.clone(), part.into()), v.span());
                 }
@@ -213,6 +217,7 @@ impl Cx<'_> {
                 each: r.each.as_ref().map(|e| e.get_ref().clone()),
                 to,
                 content,
+                order_key: r.order_key.as_ref().map(|k| k.get_ref().clone()),
             });
         }
         // Compiled even when a route has other mistakes: template errors

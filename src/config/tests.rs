@@ -508,6 +508,11 @@ message = """
 line one
 {{{{ payload.x
 """
+
+[[routes]]
+name = "c"
+to = ["ok"]
+order_key = "{{{{ payload.issue.key | no_such_filter }}}}"
 "#
     );
     let problems = parse(&text, &Resolver::default()).unwrap_err();
@@ -518,7 +523,11 @@ line one
     assert_eq!(
         all,
         // The unclosed `{{` runs to the end of the template: the `"""` line.
-        vec!["12:routes.a.when", "19:routes.b.message"],
+        vec![
+            "12:routes.a.when",
+            "19:routes.b.message",
+            "25:routes.c.order_key"
+        ],
         "{problems:#?}"
     );
 }
@@ -912,7 +921,7 @@ kind = "log"
             "routes[1].source: no source `githb`: did you mean `github`?",
             "routes.b.when: unknown test `evn`: did you mean `even`?",
             "routes.b.each: unknown filter `selectatr`: did you mean `selectattr`?",
-            "routes[1].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields",
+            "routes[1].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields, order_key",
             "routes.b.message: unexpected `}`, expected end of variable block",
             "routes.c.fields.title: unknown filter `truncat`: did you mean `truncate`?",
             "sinkz: unknown section `sinkz`: did you mean `sinks`?",

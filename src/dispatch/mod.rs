@@ -5,6 +5,11 @@
 //! In-flight records are leased in memory only: after a crash they are
 //! simply due again (at least once). Each sink's deliveries are their own
 //! range in sled, so a slow or broken sink never delays another.
+//!
+//! A delivery with an order key starts only when it is the head of its key
+//! (`SledQueue::order_head`: the oldest pending one in event order) and no
+//! other delivery of that key to its sink is out: one at a time, in order;
+//! a head that is being retried holds back its key only.
 
 pub mod policy;
 
@@ -58,6 +63,8 @@ struct Lease {
     sinks: Arc<Sinks>,
     sink: String,
     id: u64,
+    /// The delivery's order key: in flight with it.
+    order_key: Option<String>,
     settled: bool,
     /// The outcome could not be written: the lease stays until it is
     /// (`Dispatcher::settle_unrecorded`), so the delivery is not sent again.
@@ -77,6 +84,9 @@ impl Drop for Lease {
         if !self.keep {
             if let Ok(mut leased) = self.dispatcher.leased.lock() {
                 leased.remove(&self.id);
+            }
+            if let Some(key) = self.order_key.take() {
+                self.dispatcher.release_key(&self.sink, key);
             }
         }
         self.dispatcher.wake.notify_one();
@@ -130,6 +140,10 @@ pub struct Dispatcher {
     /// Rung by the router when it adds deliveries, and by finished attempts.
     wake: Arc<Notify>,
     leased: Mutex<HashSet<u64>>,
+    /// (sink, order key) of the ordered deliveries in flight: a replayed
+    /// dead letter can become the head while a later delivery of its key
+    /// is out, and must wait for it.
+    keys_out: Mutex<HashSet<(String, String)>>,
     /// Outcomes of attempts that could not be written (the state store
     /// failed): kept, with their leases, until they can be.
     unrecorded: Mutex<Vec<Unrecorded>>,
@@ -164,6 +178,7 @@ impl Dispatcher {
             sinks,
             wake,
             leased: Mutex::new(HashSet::new()),
+            keys_out: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(Vec::new()),
         })
     }
@@ -261,78 +276,132 @@ impl Dispatcher {
         }
         let now = unix_millis(SystemTime::now());
         let mut blocked = None;
-        for (key, id) in self.queue.due(name, now, PAGE)? {
-            if self.leased.lock().expect("lease lock").contains(&id) {
-                continue;
-            }
-            let broken = sink.broken.lock().expect("broken lock").clone();
-            // Held back: checked before the record is read and decoded.
-            if broken.is_none() {
-                let paused = *sink.paused_until.lock().expect("pause lock");
-                if paused > now {
-                    blocked = Some(Duration::from_millis(paused - now));
-                    break;
+        // Order keys looked at in this pass, each with the one delivery of
+        // it that may start (its head; none when one is out or started):
+        // the rest of each key is skipped without a look at the index.
+        // Records skipped so do not count against the page, so a long queue
+        // behind one blocked key cannot hide other keys' work.
+        let mut heads: HashMap<String, Option<u64>> = HashMap::new();
+        let mut looked = 0;
+        let mut after: Option<sled::IVec> = None;
+        'pages: loop {
+            let page = self.queue.due_after(name, now, after.as_deref(), PAGE)?;
+            let more = page.len() == PAGE;
+            for (key, id) in page {
+                after = Some(key.clone());
+                looked += 1;
+                if self.leased.lock().expect("lease lock").contains(&id) {
+                    continue;
                 }
-                if let Some(wait) = sink.breaker.lock().expect("breaker lock").held(now) {
-                    blocked = Some(wait);
-                    break;
+                let broken = sink.broken.lock().expect("broken lock").clone();
+                // Held back: checked before the record is read and decoded.
+                if broken.is_none() {
+                    let paused = *sink.paused_until.lock().expect("pause lock");
+                    if paused > now {
+                        blocked = Some(Duration::from_millis(paused - now));
+                        break 'pages;
+                    }
+                    if let Some(wait) = sink.breaker.lock().expect("breaker lock").held(now) {
+                        blocked = Some(wait);
+                        break 'pages;
+                    }
                 }
-            }
-            let Some(rec) = self.queue.delivery(&key)? else {
-                continue;
-            };
-            if let Some(reason) = broken {
-                self.finish_dead(rec, format!("sink disabled: {reason}"));
-                continue;
-            }
-            let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
-                blocked = Some(IDLE);
-                break;
-            };
-            {
-                let mut breaker = sink.breaker.lock().expect("breaker lock");
-                if !breaker.allows(now) {
-                    blocked = Some(breaker.held(now).unwrap_or(IDLE));
-                    break;
+                let Some(rec) = self.queue.delivery(&key)? else {
+                    continue;
+                };
+                if let Some(reason) = broken {
+                    self.finish_dead(rec, format!("sink disabled: {reason}"));
+                    continue;
                 }
-                if sink
-                    .bucket
-                    .as_ref()
-                    .is_some_and(|b| !b.try_take(Instant::now()))
+                if let Some(order) = &rec.order_key {
+                    let head = match heads.get(order) {
+                        Some(head) => {
+                            looked -= 1;
+                            *head
+                        }
+                        None => {
+                            let out = self
+                                .keys_out
+                                .lock()
+                                .expect("keys lock")
+                                .contains(&(name.to_owned(), order.clone()));
+                            // Not filed at all (cannot happen but by damage):
+                            // let it go rather than hold it forever.
+                            let head = match out {
+                                true => None,
+                                false => {
+                                    Some(self.queue.order_head(name, order)?.unwrap_or(rec.id))
+                                }
+                            };
+                            heads.insert(order.clone(), head);
+                            head
+                        }
+                    };
+                    if head != Some(rec.id) {
+                        continue;
+                    }
+                    // Nothing more of this key in this pass, whatever happens.
+                    heads.insert(order.clone(), None);
+                }
+                let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
+                    blocked = Some(IDLE);
+                    break 'pages;
+                };
                 {
-                    // No attempt after all: the probe slot is free again.
-                    breaker.abandon_probe();
-                    blocked = Some(BUCKET_POLL);
-                    break;
+                    let mut breaker = sink.breaker.lock().expect("breaker lock");
+                    if !breaker.allows(now) {
+                        blocked = Some(breaker.held(now).unwrap_or(IDLE));
+                        break 'pages;
+                    }
+                    if sink
+                        .bucket
+                        .as_ref()
+                        .is_some_and(|b| !b.try_take(Instant::now()))
+                    {
+                        // No attempt after all: the probe slot is free again.
+                        breaker.abandon_probe();
+                        blocked = Some(BUCKET_POLL);
+                        break 'pages;
+                    }
                 }
-            }
-            self.leased.lock().expect("lease lock").insert(rec.id);
-            let lease = Lease {
-                dispatcher: self.clone(),
-                sinks: sinks.clone(),
-                sink: name.to_owned(),
-                id: rec.id,
-                settled: false,
-                keep: false,
-            };
-            tracker.spawn(async move {
-                let mut lease = lease;
-                let unrecorded = lease
-                    .dispatcher
-                    .attempt(&lease.sinks, &lease.sink, rec)
-                    .await;
-                lease.settled = true;
-                if let Some(u) = unrecorded {
-                    lease.keep = true;
-                    lease
-                        .dispatcher
-                        .unrecorded
+                self.leased.lock().expect("lease lock").insert(rec.id);
+                if let Some(order) = &rec.order_key {
+                    self.keys_out
                         .lock()
-                        .expect("unrecorded lock")
-                        .push(u);
+                        .expect("keys lock")
+                        .insert((name.to_owned(), order.clone()));
                 }
-                drop(permit);
-            });
+                let lease = Lease {
+                    dispatcher: self.clone(),
+                    sinks: sinks.clone(),
+                    sink: name.to_owned(),
+                    id: rec.id,
+                    order_key: rec.order_key.clone(),
+                    settled: false,
+                    keep: false,
+                };
+                tracker.spawn(async move {
+                    let mut lease = lease;
+                    let unrecorded = lease
+                        .dispatcher
+                        .attempt(&lease.sinks, &lease.sink, rec)
+                        .await;
+                    lease.settled = true;
+                    if let Some(u) = unrecorded {
+                        lease.keep = true;
+                        lease
+                            .dispatcher
+                            .unrecorded
+                            .lock()
+                            .expect("unrecorded lock")
+                            .push(u);
+                    }
+                    drop(permit);
+                });
+            }
+            if !more || looked >= PAGE {
+                break;
+            }
         }
         let next = self.queue.next_due(name)?;
         Ok(wake_after(next, now, blocked))
@@ -349,7 +418,18 @@ impl Dispatcher {
             }
             let u = waiting.remove(0);
             self.leased.lock().expect("lease lock").remove(&u.rec.id);
+            if let Some(key) = u.rec.order_key.clone() {
+                self.release_key(&u.rec.sink, key);
+            }
             tracing::info!(sink = %u.rec.sink, delivery = u.rec.id, "recorded an attempt's outcome that had to wait for storage");
+        }
+    }
+
+    /// An ordered delivery's attempt is over and its outcome written: the
+    /// next of its key may go.
+    fn release_key(&self, sink: &str, key: String) {
+        if let Ok(mut out) = self.keys_out.lock() {
+            out.remove(&(sink.to_owned(), key));
         }
     }
 

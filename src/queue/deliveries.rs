@@ -1,12 +1,17 @@
 //! Routing results and delivery state in sled: the router hands over a
 //! page of events' deliveries and moves its cursor in one transaction; the
 //! dispatcher moves records between `deliveries` (by due time) and `dead`.
+//!
+//! Records with an order key are also filed in `order` (sink, key, event
+//! order → their current `deliveries` key), written in the same
+//! transaction as `deliveries`: the first entry of a key is its head, the
+//! only one of that key the dispatcher may start.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use std::sync::atomic::Ordering;
 
-use super::delivery::sink_prefix;
+use super::delivery::{order_prefix, sink_prefix};
 use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 use super::{DeliveryRecord, EventId, QueueError, SledQueue};
 
@@ -55,10 +60,16 @@ impl SledQueue {
     /// are routed (to nowhere) again, and nothing else is.
     pub fn routed(&self, page: &[Routed], from: EventId, next: EventId) -> Result<(), QueueError> {
         let mut pending = Vec::new();
+        let mut ordered = Vec::new();
         let mut dead = Vec::new();
         let mut unmatched = 0u64;
         for r in page {
             pending.extend(r.pending.iter().map(|d| (d.due_key(), d.encode())));
+            ordered.extend(
+                r.pending
+                    .iter()
+                    .filter_map(|d| Some((d.order_index_key()?, d.due_key()))),
+            );
             dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
             if r.pending.is_empty() && r.dead.is_empty() {
                 unmatched += 1;
@@ -71,10 +82,13 @@ impl SledQueue {
         let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
         if !pending.is_empty() || !dead.is_empty() || saved.0.elapsed() >= SAVE_CURSOR_EVERY {
             let trees = self.state.get()?;
-            let done = (&trees.deliveries, &trees.dead, &trees.meta)
-                .transaction(|(deliveries, dead_tree, meta)| {
+            let done = (&trees.deliveries, &trees.dead, &trees.meta, &trees.order)
+                .transaction(|(deliveries, dead_tree, meta, order)| {
                     for (k, v) in &pending {
                         deliveries.insert(&k[..], v.as_slice())?;
+                    }
+                    for (k, v) in &ordered {
+                        order.insert(&k[..], &v[..])?;
                     }
                     for (k, v) in &dead {
                         dead_tree.insert(&k[..], v.as_slice())?;
@@ -121,13 +135,30 @@ impl SledQueue {
         now_ms: u64,
         n: usize,
     ) -> Result<Vec<(sled::IVec, u64)>, QueueError> {
+        self.due_after(sink, now_ms, None, n)
+    }
+
+    /// As [`SledQueue::due`], after the key `after` (the last one a
+    /// previous page ended with).
+    pub fn due_after(
+        &self,
+        sink: &str,
+        now_ms: u64,
+        after: Option<&[u8]>,
+        n: usize,
+    ) -> Result<Vec<(sled::IVec, u64)>, QueueError> {
+        use std::ops::Bound;
         let start = sink_prefix(sink);
         let mut end = start.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(start),
+        };
         let trees = self.state.get()?;
         let due = trees
             .deliveries
-            .range(start..end)
+            .range::<Vec<u8>, _>((start, Bound::Excluded(end)))
             .keys()
             .take(n)
             .map(|k| {
@@ -196,32 +227,99 @@ impl SledQueue {
     }
 
     /// Replaces the record at `old` (its previous due key) with `rec`:
-    /// rescheduled when `rec` is pending, removed when `done`. New before
-    /// old: a crash in between leaves the record twice (attempted twice, at
-    /// least once), never zero times.
-    /// Rescheduled to the same millisecond (a `Retry-After: 0` answered
-    /// at once), the key is the same: overwritten, not removed.
+    /// rescheduled when `rec` is pending, removed when `done`; its `order`
+    /// entry follows it (to the new key, or gone) in the same transaction,
+    /// so the next delivery of its key becomes the head only once this
+    /// one's outcome is written. Rescheduled to the same millisecond (a
+    /// `Retry-After: 0` answered at once), the key is the same:
+    /// overwritten, not removed.
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
         let trees = self.state.get()?;
-        if !done {
-            let new = rec.due_key();
-            self.state
-                .check(trees.deliveries.insert(&new, rec.encode()))?;
-            if new == old {
-                return Ok(());
-            }
-        }
-        self.state.check(trees.deliveries.remove(old))?;
-        Ok(())
+        let new = (!done).then(|| (rec.due_key(), rec.encode()));
+        let ordered = rec.order_index_key();
+        let written = (&trees.deliveries, &trees.order)
+            .transaction(|(deliveries, order)| {
+                match &new {
+                    Some((key, value)) => {
+                        deliveries.insert(&key[..], value.as_slice())?;
+                        if key[..] != *old {
+                            deliveries.remove(old)?;
+                        }
+                        if let Some(o) = &ordered {
+                            order.insert(&o[..], &key[..])?;
+                        }
+                    }
+                    None => {
+                        deliveries.remove(old)?;
+                        if let Some(o) = &ordered {
+                            order.remove(&o[..])?;
+                        }
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err);
+        self.state.check(written)
     }
 
-    /// Moves the record at `old` to `dead` (dead first, for the same reason).
+    /// Moves the record at `old` to `dead`, in one transaction with its
+    /// `order` entry: a dead head lets the next delivery of its key go.
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
         let trees = self.state.get()?;
-        self.state
-            .check(trees.dead.insert(rec.id.to_be_bytes(), rec.encode()))?;
-        self.state.check(trees.deliveries.remove(old))?;
-        Ok(())
+        let (id, value, ordered) = (rec.id.to_be_bytes(), rec.encode(), rec.order_index_key());
+        let moved = (&trees.dead, &trees.deliveries, &trees.order)
+            .transaction(|(dead, deliveries, order)| {
+                dead.insert(&id[..], value.as_slice())?;
+                deliveries.remove(old)?;
+                if let Some(o) = &ordered {
+                    order.remove(&o[..])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err);
+        self.state.check(moved)
+    }
+
+    /// The id of the first pending delivery of order key `key` to `sink`
+    /// in event order (the only one of that key that may go); `None` when
+    /// none is filed. An `order` entry whose record is no longer in
+    /// `deliveries` is stale: it is removed (unless it changed meanwhile)
+    /// and the next one looked at.
+    pub fn order_head(&self, sink: &str, key: &str) -> Result<Option<u64>, QueueError> {
+        let prefix = order_prefix(sink, key);
+        let trees = self.state.get()?;
+        loop {
+            let Some(kv) = trees.order.scan_prefix(&prefix).next() else {
+                return Ok(None);
+            };
+            let (k, due_key) = self.state.check(kv)?;
+            if self.state.check(trees.deliveries.contains_key(&due_key))? {
+                let head = k
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| k[at..].try_into().ok())
+                    .map(u64::from_be_bytes);
+                return match head {
+                    Some(id) => Ok(Some(id)),
+                    None => Err(QueueError::Corrupt {
+                        key: hex::encode(&k),
+                        reason: "order entry too short".into(),
+                    }),
+                };
+            }
+            let cleared = (&trees.order, &trees.deliveries)
+                .transaction(|(order, deliveries)| {
+                    if order.get(&k)?.as_ref() == Some(&due_key)
+                        && deliveries.get(&due_key)?.is_none()
+                    {
+                        order.remove(&k)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(tx_err);
+            self.state.check(cleared)?;
+            tracing::warn!(sink, order_key = %key, entry = %hex::encode(&k), "removed a stale entry of the order index");
+        }
     }
 
     /// Every dead delivery, oldest id first.
@@ -311,11 +409,17 @@ impl SledQueue {
             rec.reason = None;
             rec.dead_ms = None;
             let (key, value, id) = (rec.due_key(), rec.encode(), rec.id.to_be_bytes());
+            let ordered = rec.order_index_key();
             let trees = self.state.get()?;
-            let moved_one = (&trees.deliveries, &trees.dead)
-                .transaction(|(deliveries, dead)| {
+            let moved_one = (&trees.deliveries, &trees.dead, &trees.order)
+                .transaction(|(deliveries, dead, order)| {
                     dead.remove(&id[..])?;
                     deliveries.insert(&key[..], value.as_slice())?;
+                    // Back in its place in event order: the head of its key
+                    // again if it is the oldest.
+                    if let Some(o) = &ordered {
+                        order.insert(&o[..], &key[..])?;
+                    }
                     Ok::<_, ConflictableTransactionError<()>>(())
                 })
                 .map_err(tx_err);

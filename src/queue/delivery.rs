@@ -52,6 +52,55 @@ pub struct DeliveryRecord {
     pub dead_ms: Option<u64>,
     /// `None` when rendering failed: the record is born dead.
     pub frozen: Option<Frozen>,
+    /// The route's `order_key`, rendered: deliveries with the same key to
+    /// the same sink go one at a time, in event order. Last, so the head
+    /// fields ([`DeliveryRecord::sink_of`]) read the same in every version.
+    pub order_key: Option<String>,
+}
+
+/// A record as version 1 stored it (no `order_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordV1 {
+    id: u64,
+    event_id: u64,
+    source: String,
+    event: String,
+    delivery_id: String,
+    route: String,
+    sink: String,
+    item: Option<u32>,
+    idempotency_key: String,
+    created_ms: u64,
+    due_ms: u64,
+    failures: u32,
+    attempts: Vec<Attempt>,
+    reason: Option<String>,
+    dead_ms: Option<u64>,
+    frozen: Option<Frozen>,
+}
+
+impl From<RecordV1> for DeliveryRecord {
+    fn from(r: RecordV1) -> DeliveryRecord {
+        DeliveryRecord {
+            id: r.id,
+            event_id: r.event_id,
+            source: r.source,
+            event: r.event,
+            delivery_id: r.delivery_id,
+            route: r.route,
+            sink: r.sink,
+            item: r.item,
+            idempotency_key: r.idempotency_key,
+            created_ms: r.created_ms,
+            due_ms: r.due_ms,
+            failures: r.failures,
+            attempts: r.attempts,
+            reason: r.reason,
+            dead_ms: r.dead_ms,
+            frozen: r.frozen,
+            order_key: None,
+        }
+    }
 }
 
 /// The start of every `deliveries` key of `sink`.
@@ -62,16 +111,25 @@ pub fn sink_prefix(sink: &str) -> Vec<u8> {
     k
 }
 
+/// The start of every `order` entry of `key` on `sink`.
+pub fn order_prefix(sink: &str, key: &str) -> Vec<u8> {
+    let mut k = sink_prefix(sink);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum Stored {
-    V1(DeliveryRecord),
+    V1(RecordV1),
+    V2(DeliveryRecord),
 }
 
 /// The first fields of a stored record, borrowed (no body decoded).
 #[derive(Deserialize)]
 enum StoredHead<'a> {
-    #[allow(dead_code)]
     V1(#[serde(borrow)] Head<'a>),
+    V2(#[serde(borrow)] Head<'a>),
 }
 
 #[derive(Deserialize)]
@@ -90,18 +148,34 @@ impl DeliveryRecord {
     /// The sink of a stored record, reading nothing after it.
     pub fn sink_of(bytes: &[u8]) -> Option<&str> {
         match postcard::from_bytes::<StoredHead>(bytes).ok()? {
-            StoredHead::V1(h) => Some(h.sink),
+            StoredHead::V1(h) | StoredHead::V2(h) => Some(h.sink),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&Stored::V1(self.clone())).expect("in-memory encoding cannot fail")
+        postcard::to_stdvec(&Stored::V2(self.clone())).expect("in-memory encoding cannot fail")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DeliveryRecord, postcard::Error> {
         match postcard::from_bytes(bytes)? {
-            Stored::V1(r) => Ok(r),
+            Stored::V1(r) => Ok(r.into()),
+            Stored::V2(r) => Ok(r),
         }
+    }
+
+    /// Key in the `order` tree when the record has an order key: sink, 0,
+    /// the key's length (u32) and bytes, event id, item (0 for none, else
+    /// index + 1, so none sorts first), id. All deliveries of one key to
+    /// one sink are a range in event order, its first entry the head. The
+    /// length prefix keeps a key from being the prefix of another (a
+    /// rendered key may hold any byte, a 0 too).
+    pub fn order_index_key(&self) -> Option<Vec<u8>> {
+        let key = self.order_key.as_deref()?;
+        let mut k = order_prefix(&self.sink, key);
+        k.extend_from_slice(&self.event_id.to_be_bytes());
+        k.extend_from_slice(&self.item.map_or(0, |i| u64::from(i) + 1).to_be_bytes());
+        k.extend_from_slice(&self.id.to_be_bytes());
+        Some(k)
     }
 
     /// Key in the `deliveries` tree: sink, 0, due time, id. Each sink's
@@ -149,6 +223,7 @@ pub(crate) mod tests {
                 method: None,
                 path: None,
             }),
+            order_key: None,
         }
     }
 
@@ -159,5 +234,72 @@ pub(crate) mod tests {
         let early = r.due_key();
         r.due_ms = 501;
         assert!(early < r.due_key());
+    }
+
+    /// Records stored before `order_key` existed read back without one,
+    /// and their sink is found without decoding them.
+    #[test]
+    fn reads_version_1_records() {
+        let mut r = sample(7, 500);
+        let v1 = RecordV1 {
+            id: r.id,
+            event_id: r.event_id,
+            source: r.source.clone(),
+            event: r.event.clone(),
+            delivery_id: r.delivery_id.clone(),
+            route: r.route.clone(),
+            sink: r.sink.clone(),
+            item: r.item,
+            idempotency_key: r.idempotency_key.clone(),
+            created_ms: r.created_ms,
+            due_ms: r.due_ms,
+            failures: r.failures,
+            attempts: r.attempts.clone(),
+            reason: None,
+            dead_ms: None,
+            frozen: r.frozen.clone(),
+        };
+        let bytes = postcard::to_stdvec(&Stored::V1(v1)).unwrap();
+        // As version 1 wrote it (variant 0, then the fields in order).
+        assert_eq!(
+            hex::encode(&bytes),
+            "0007010667697468756204707573680164017201730102016b01f40300000000\
+             01106170706c69636174696f6e2f6a736f6e00027b7d0000"
+        );
+        assert_eq!(DeliveryRecord::decode(&bytes).unwrap(), r);
+        assert_eq!(DeliveryRecord::sink_of(&bytes), Some("s"));
+        r.order_key = Some("PM-1".into());
+        let v2 = r.encode();
+        assert_eq!(v2[0], 1, "written as version 2");
+        assert_eq!(DeliveryRecord::decode(&v2).unwrap(), r);
+        assert_eq!(DeliveryRecord::sink_of(&v2), Some("s"));
+    }
+
+    /// One key's entries sort by event, then item (none first), and no
+    /// key's prefix is another's.
+    #[test]
+    fn order_entries_sort_in_event_order() {
+        let mut a = sample(9, 0);
+        a.order_key = Some("A".into());
+        a.item = None;
+        let mut b = a.clone();
+        b.id = 3;
+        b.item = Some(0);
+        let mut c = a.clone();
+        c.id = 1;
+        c.event_id = 2;
+        let (ka, kb, kc) = (
+            a.order_index_key().unwrap(),
+            b.order_index_key().unwrap(),
+            c.order_index_key().unwrap(),
+        );
+        assert!(ka < kb && kb < kc);
+        let prefix = order_prefix("s", "A");
+        assert!(ka.starts_with(&prefix));
+        let mut other = a.clone();
+        other.order_key = Some("A\0x".into());
+        assert!(!other.order_index_key().unwrap().starts_with(&prefix));
+        a.order_key = None;
+        assert_eq!(a.order_index_key(), None);
     }
 }

@@ -38,6 +38,10 @@ pub struct Trees {
     pub deliveries: sled::Tree,
     /// Dead deliveries by id.
     pub dead: sled::Tree,
+    /// Pending deliveries that have an order key, by sink, key and event
+    /// order, each to its current `deliveries` key: the first entry of a
+    /// key is the one that may go (`deliveries.rs`).
+    pub order: sled::Tree,
     /// What makes sled durable (`writer.rs`).
     pub store: Store,
 }
@@ -55,6 +59,7 @@ impl Trees {
         let meta = db.open_tree("meta")?;
         let deliveries = db.open_tree("deliveries")?;
         let dead = db.open_tree("dead")?;
+        let order = db.open_tree("order")?;
         let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
         let store = Store {
             db: db.clone(),
@@ -68,6 +73,7 @@ impl Trees {
             meta,
             deliveries,
             dead,
+            order,
             store,
         })
     }

@@ -21,6 +21,9 @@ use serde::Serialize;
 
 pub use glob::EventPattern;
 
+/// Longest rendered `order_key` (it becomes part of a sled key).
+pub const ORDER_KEY_MAX: usize = 1024;
+
 /// Instructions one render may execute: far above any sane template, far
 /// below a hang.
 const FUEL: u64 = 200_000;
@@ -39,6 +42,10 @@ pub struct RouteSpec {
     pub each: Option<String>,
     pub to: Vec<String>,
     pub content: ContentSpec,
+    /// `order_key`: a template rendered per delivery (with `item` for
+    /// `each`); deliveries with the same output to the same sink go one at
+    /// a time, in event order. Empty output: unordered.
+    pub order_key: Option<String>,
 }
 
 impl RouteSpec {
@@ -80,7 +87,7 @@ pub struct EventContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
     pub route: String,
-    /// `when`, `each`, `message`/`template` or `fields.NAME`.
+    /// `when`, `each`, `message`/`template`, `fields.NAME` or `order_key`.
     pub part: String,
     /// Line within that part, when MiniJinja knows it.
     pub line: Option<usize>,
@@ -106,6 +113,9 @@ pub enum Outcome {
         /// The item's index with `each`.
         item: Option<usize>,
         content: Rendered,
+        /// The rendered `order_key`; `None` when the route has none or it
+        /// rendered empty.
+        order_key: Option<String>,
     },
     /// Rendering failed: becomes a dead delivery with this error.
     Failed {
@@ -247,7 +257,7 @@ impl Routes {
                     }
                 }
             }
-            let templates: Vec<(String, &String)> = match &spec.content {
+            let mut templates: Vec<(String, &String)> = match &spec.content {
                 ContentSpec::Default => Vec::new(),
                 ContentSpec::Template { source, json } => {
                     vec![(message_part(*json).to_owned(), source)]
@@ -257,6 +267,9 @@ impl Routes {
                     .map(|(k, v)| (format!("fields.{k}"), v))
                     .collect(),
             };
+            if let Some(key) = &spec.order_key {
+                templates.push(("order_key".to_owned(), key));
+            }
             for (part, source) in templates {
                 let name = template_name(&spec.name, &part);
                 match env.add_template_owned(name.clone(), source.clone()) {
@@ -346,13 +359,19 @@ impl Routes {
                 },
             };
             for (item, context) in items {
-                match self.render(spec, &context) {
-                    Ok(content) => out.extend(spec.to.iter().map(|sink| Outcome::Rendered {
-                        route: spec.name.clone(),
-                        sink: sink.clone(),
-                        item,
-                        content: content.clone(),
-                    })),
+                let rendered = self
+                    .render(spec, &context)
+                    .and_then(|content| Ok((content, self.order_key(spec, &context)?)));
+                match rendered {
+                    Ok((content, order_key)) => {
+                        out.extend(spec.to.iter().map(|sink| Outcome::Rendered {
+                            route: spec.name.clone(),
+                            sink: sink.clone(),
+                            item,
+                            content: content.clone(),
+                            order_key: order_key.clone(),
+                        }))
+                    }
                     Err(e) => out.extend(failed(e)),
                 }
             }
@@ -392,31 +411,25 @@ impl Routes {
         Ok(items)
     }
 
+    /// The route's `order_key` for this delivery: trimmed, `None` when
+    /// empty. A failure fails the delivery, as a message's would.
+    fn order_key(&self, spec: &RouteSpec, ctx: &Value) -> Result<Option<String>, String> {
+        if spec.order_key.is_none() {
+            return Ok(None);
+        }
+        let key = self.render_part(spec, "order_key", ctx)?;
+        let key = key.trim();
+        if key.len() > ORDER_KEY_MAX {
+            return Err(format!(
+                "order_key: {} bytes, more than the {ORDER_KEY_MAX} allowed",
+                key.len()
+            ));
+        }
+        Ok((!key.is_empty()).then(|| key.to_owned()))
+    }
+
     fn render(&self, spec: &RouteSpec, ctx: &Value) -> Result<Rendered, String> {
-        let render = |part: &str| -> Result<String, String> {
-            self.env
-                .get_template(&template_name(&spec.name, part))
-                .and_then(|t| {
-                    let mut out = Capped(Vec::new());
-                    t.render_captured_to(ctx, &mut out).map(|_| out.0)
-                })
-                .map_err(|e| {
-                    if e.kind() == minijinja::ErrorKind::WriteFailure {
-                        minijinja::Error::new(
-                            e.kind(),
-                            format!("the output is over {} bytes", OUTPUT_MAX),
-                        )
-                    } else {
-                        e
-                    }
-                })
-                .and_then(|bytes| {
-                    String::from_utf8(bytes).map_err(|_| {
-                        minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "not UTF-8")
-                    })
-                })
-                .map_err(|e| format!("{part}: {e}"))
-        };
+        let render = |part: &str| self.render_part(spec, part, ctx);
         Ok(match &spec.content {
             ContentSpec::Default => Rendered::Default,
             ContentSpec::Template { json: false, .. } => {
@@ -431,6 +444,32 @@ impl Routes {
                     .collect::<Result<_, String>>()?,
             },
         })
+    }
+
+    /// Renders one of a route's templates.
+    fn render_part(&self, spec: &RouteSpec, part: &str, ctx: &Value) -> Result<String, String> {
+        self.env
+            .get_template(&template_name(&spec.name, part))
+            .and_then(|t| {
+                let mut out = Capped(Vec::new());
+                t.render_captured_to(ctx, &mut out).map(|_| out.0)
+            })
+            .map_err(|e| {
+                if e.kind() == minijinja::ErrorKind::WriteFailure {
+                    minijinja::Error::new(
+                        e.kind(),
+                        format!("the output is over {} bytes", OUTPUT_MAX),
+                    )
+                } else {
+                    e
+                }
+            })
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| {
+                    minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "not UTF-8")
+                })
+            })
+            .map_err(|e| format!("{part}: {e}"))
     }
 }
 

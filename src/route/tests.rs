@@ -20,6 +20,7 @@ fn route(name: &str, content: ContentSpec) -> RouteSpec {
         each: None,
         to: vec!["slack".into()],
         content,
+        order_key: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn merged_pull_request_renders_for_every_sink() {
             sink: "slack".into(),
             item: None,
             content: Rendered::Text("A &lt;b&gt; merged by mona".into()),
+            order_key: None,
         }
     );
     // Closed without merging, another event, another source: nothing.
@@ -332,4 +334,48 @@ fn each_takes_lists_only() {
             "{out:?}"
         );
     }
+}
+
+/// `order_key` renders per delivery (with `item` under `each`), trimmed;
+/// empty is unordered, a failure fails the delivery, a syntax error names
+/// the part.
+#[test]
+fn order_key_renders_per_item_and_empty_is_unordered() {
+    let mut r = route("features", text("{{ item.key }}"));
+    r.event = None;
+    r.each = Some("payload.items".into());
+    r.order_key = Some(" {{ item.key }} ".into());
+    let routes = Routes::compile(vec![r.clone()]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "github",
+        "push",
+        serde_json::json!({"items": [{"key": "PM-1"}, {"key": ""}]}),
+    ));
+    let keys: Vec<_> = out
+        .iter()
+        .map(|o| match o {
+            Outcome::Rendered { order_key, .. } => order_key.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, [Some("PM-1".to_owned()), None]);
+
+    r.order_key = Some("{{ item.key | nope }}".into());
+    let errors = Routes::compile(vec![r.clone()]).unwrap_err();
+    assert!(errors.iter().any(|e| e.part == "order_key"), "{errors:?}");
+    r.order_key = Some("{{ item.key ".into());
+    let errors = Routes::compile(vec![r.clone()]).unwrap_err();
+    assert_eq!(errors[0].part, "order_key");
+
+    r.order_key = Some("{{ item.n + 'x' }}".into());
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "github",
+        "push",
+        serde_json::json!({"items": [{"key": "PM-1", "n": 0}]}),
+    ));
+    assert!(
+        matches!(&out[0], Outcome::Failed { error, .. } if error.contains("order_key")),
+        "{out:?}"
+    );
 }

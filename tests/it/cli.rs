@@ -739,7 +739,7 @@ max_body_bytes = "big"
         vec![
             format!("{}sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`", at(4, 14)),
             format!("{}routes[0].to: no sink `stdot`: did you mean `stdout`?", at(12, 7)),
-            format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields", at(13, 1)),
+            format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields, order_key", at(13, 1)),
             format!("{}routes.merged.message: unknown filter `regex_captur`: did you mean `regex_capture`?", at(14, 11)),
             format!("{}server.listen: invalid type: integer `8080`, expected a string", at(17, 10)),
             format!("{}server.max_body_bytes: invalid type: string \"big\", expected i64", at(18, 18)),

@@ -926,3 +926,114 @@ async fn metrics_show_routes_dead_letters_per_sink_and_the_last_reload() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
 }
+
+/// Posts a push whose payload names an issue `key` and a number `n`.
+async fn issue_event(gw: &TestGateway, key: &str, n: u32) {
+    let body = format!(r#"{{"issue": {{"key": "{key}"}}, "n": {n}}}"#);
+    let signed = gw.sign("github", "push", body.as_bytes(), &format!("{key}{n}"));
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
+}
+
+const ORDERED: &str = r#"message = "{{ payload.issue.key }}{{ payload.n }}"
+order_key = "{{ payload.issue.key }}""#;
+
+/// Item 15 of #8: with `order_key`, deliveries of one key go one at a
+/// time in event order, even on a sink with four slots; a failing head
+/// holds back its key only. Without it, A2 and A3 overtook A1's retry.
+#[tokio::test]
+async fn deliveries_with_the_same_order_key_go_one_at_a_time_in_event_order() {
+    // Slow answers: two attempts of one key would overlap if allowed.
+    let rx = Receiver::start(Reply::status(200).delay(Duration::from_millis(150))).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"1s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 1).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    issue_event(&gw, "A", 2).await;
+    issue_event(&gw, "A", 3).await;
+    issue_event(&gw, "B", 1).await;
+    let got = rx.wait_for(5, Duration::from_secs(15)).await;
+    let bodies: Vec<_> = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["A1", "B1", "A1", "A2", "A3"],
+        "B does not wait for A's retry; A's later events wait for A1"
+    );
+    // One at a time: each starts only after the last one's answer.
+    assert!(got[3].at - got[2].at >= Duration::from_millis(150));
+    assert!(got[4].at - got[3].at >= Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 5, "each delivered once");
+    gw.stop().await;
+}
+
+/// A head that goes dead lets the next delivery of its key go; the dead
+/// letter stays visible (and replayable).
+#[tokio::test]
+async fn a_dead_head_unblocks_its_order_key() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(400)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"1s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 1).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    issue_event(&gw, "A", 2).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(&got[1].body[..], b"A2");
+    let dead = gw.wait_dead(1).await;
+    assert_eq!(dead[0].order_key.as_deref(), Some("A"));
+    gw.stop().await;
+}
+
+/// More deliveries of a blocked key than the dispatcher reads in one page
+/// (256) do not hide another key's delivery behind them.
+#[tokio::test]
+async fn a_long_queue_behind_a_blocked_key_hides_no_other_key() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"30s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 0).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    for n in 1..=300 {
+        issue_event(&gw, "A", n).await;
+    }
+    issue_event(&gw, "B", 1).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    let bodies: Vec<_> = got.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [&b"A0"[..], b"B1"], "B went; A waits for A0");
+    gw.stop().await;
+}
+
+/// The order survives a restart: the index is in sled beside the records.
+#[tokio::test]
+async fn a_restart_keeps_a_key_waiting_for_its_head() {
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply::status(503)]);
+    let gw = TestGateway::start(
+        "",
+        &config(&rx.url("/"), "concurrency = 4\nretry = [\"2s\"]", ORDERED),
+    )
+    .await;
+    issue_event(&gw, "A", 1).await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+    issue_event(&gw, "A", 2).await;
+    let gw = gw.restart().await;
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    let bodies: Vec<_> = got.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [&b"A1"[..], b"A1", b"A2"]);
+    gw.stop().await;
+}

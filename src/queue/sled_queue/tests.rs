@@ -495,3 +495,91 @@ async fn a_stuck_sync_makes_the_queue_not_writable() {
     q.shared.sync_started_ms.store(0, Ordering::Release);
     assert!(q.writable());
 }
+
+/// A delivery of key `key` on event `event` (item none), id `id`.
+fn ordered(id: u64, event: u64, key: &str, due_ms: u64) -> crate::queue::DeliveryRecord {
+    let mut rec = super::super::delivery::tests::sample(id, due_ms);
+    rec.event_id = event;
+    rec.item = None;
+    rec.order_key = Some(key.into());
+    rec
+}
+
+/// The order index: the oldest pending delivery of a key is its head; a
+/// reschedule keeps it the head, done or dead lets the next go, a replay
+/// puts it back in its place; other keys never wait for it.
+#[tokio::test]
+async fn the_order_index_lets_only_the_head_of_each_key_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    // Routed out of id order: event order is what counts.
+    let (a1, a2, a3, b1) = (
+        ordered(7, 1, "A", 1_000),
+        ordered(3, 2, "A", 1_000),
+        ordered(5, 3, "A", 1_000),
+        ordered(6, 2, "B", 1_000),
+    );
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![a3.clone(), b1.clone(), a2.clone(), a1.clone()],
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    let heads = |q: &SledQueue| {
+        q.order_head("s", "A")
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(heads(&q), [7]);
+    assert_eq!(
+        q.order_head("s", "B").unwrap(),
+        Some(6),
+        "B waits for nothing"
+    );
+    assert_eq!(q.order_head("t", "A").unwrap(), None, "per sink");
+
+    // Failed and rescheduled: still the head, the others wait.
+    let mut failing = a1.clone();
+    failing.failures = 1;
+    failing.due_ms = 60_000;
+    q.update(&a1.due_key(), &failing, false).unwrap();
+    assert_eq!(heads(&q), [7]);
+    // Delivered: the next in event order goes.
+    q.update(&failing.due_key(), &failing, true).unwrap();
+    assert_eq!(heads(&q), [3]);
+    // Dead: the next goes; replayed, it is the head again (its event is
+    // older than the pending one).
+    let mut dead = a2.clone();
+    dead.reason = Some("permanent".into());
+    q.bury(&a2.due_key(), &dead).unwrap();
+    assert_eq!(heads(&q), [5]);
+    let replayed = q.requeue(Some(3), 2_000, |_| None).unwrap();
+    assert_eq!(replayed.replayed, 1);
+    assert_eq!(heads(&q), [3]);
+    let trees = q.state.get().unwrap();
+    assert_eq!(trees.order.len(), 3, "A twice and B");
+    // Removing the sink buries the rest and leaves no entry behind.
+    drop(trees);
+    assert_eq!(q.bury_orphans(&[], &Default::default(), 3_000).unwrap(), 3);
+    assert!(q.state.get().unwrap().order.is_empty());
+}
+
+/// An index entry whose record is gone (written by a version that lost
+/// it) is stale: removed, and the next one is the head.
+#[tokio::test]
+async fn a_stale_head_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let (a1, a2) = (ordered(1, 1, "A", 1_000), ordered(2, 2, "A", 1_000));
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![a1.clone(), a2.clone()],
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    let trees = q.state.get().unwrap();
+    trees.deliveries.remove(a1.due_key()).unwrap();
+    assert_eq!(q.order_head("s", "A").unwrap(), Some(2));
+    assert_eq!(trees.order.len(), 1);
+}
