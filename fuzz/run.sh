@@ -5,6 +5,7 @@
 # longer than 10 s is a crash: the run stops at the first one, prints the
 # reproducer's path and base64, and exits non-zero. Make it a regression
 # test beside the code, and add the input as corpus/TARGET/seed-regress-*.
+# Runs use -seed=$FUZZ_SEED (default 1), so a CI failure replays here.
 #
 # Usage: fuzz/run.sh [SECONDS]
 #        fuzz/run.sh --within TOTAL   (CI: build, then share what is left of
@@ -37,7 +38,7 @@ for target in $targets; do
     mkdir -p "corpus/$target" "artifacts/$target"
     touch "$stamp"
     if ! cargo +nightly fuzz run "$target" -- \
-        -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+        -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 -seed="${FUZZ_SEED:-1}" \
         -print_final_stats=1; then
         echo "fuzz: $target FAILED; reproducer(s), run one with" >&2
         echo "  cargo +nightly fuzz run $target PATH   (from fuzz/):" >&2

@@ -379,3 +379,18 @@ fn order_key_renders_per_item_and_empty_is_unordered() {
         "{out:?}"
     );
 }
+
+/// Regression (the `config` fuzz target): an expression holding `}}` made
+/// MiniJinja panic ("empty lexer stack") while the config loaded. It is a
+/// compile error of that route, with what to write instead.
+#[test]
+fn an_expression_holding_a_closing_brace_pair_is_an_error_not_a_panic() {
+    let mut r = route("r", text("x"));
+    r.when = Some("payload.status == (80) | discord_escape }} {{ item.url".into());
+    let errors = match Routes::compile(vec![r]) {
+        Err(e) => e,
+        Ok(_) => panic!("compiled"),
+    };
+    let shown = format!("{errors:?}");
+    assert!(shown.contains("holds no `}}`"), "{shown}");
+}
