@@ -1,5 +1,6 @@
-//! The admin listener (loopback only): `/healthz`, `/readyz`, and the JSON
-//! API the CLI talks to while the daemon holds the sled lock:
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the JSON API
+//! the CLI talks to (on the local backend the daemon holds the data
+//! directory's lock, so the CLI asks it):
 //!
 //! | request | answer |
 //! |---|---|
@@ -23,13 +24,13 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::dispatch::Dispatcher;
-use crate::queue::{DeliveryRecord, Queue, SledQueue};
+use crate::queue::{DeliveryRecord, Queue};
 
 /// What the admin API reaches.
 pub struct Admin {
     /// Decides who gets an answer (`Host`, bearer token, CSRF).
     pub guard: Guard,
-    pub queue: Arc<SledQueue>,
+    pub queue: Arc<dyn Queue>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -80,7 +81,7 @@ pub struct DeadDetail {
 
 impl Admin {
     /// Answers one admin request.
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let probe = matches!(parts.as_slice(), ["healthz" | "readyz"]);
@@ -101,13 +102,18 @@ impl Admin {
                     text(StatusCode::OK, "ready\n")
                 }
             }
-            (&Method::GET, ["api", "queue", "stats"]) => result(self.stats()),
-            (&Method::GET, ["metrics"]) => match self.stats() {
+            (&Method::GET, ["api", "queue", "stats"]) => result(self.stats().await),
+            (&Method::GET, ["metrics"]) => match self.stats().await {
                 Ok(stats) => {
-                    let (log_syncs, synced_events) = self.queue.log_syncs();
+                    let backend = self.queue.gauges();
+                    let (log_syncs, synced_events) = match backend.log_syncs {
+                        Some((h, n)) => (Some(h), n),
+                        None => (None, 0),
+                    };
                     let (breakers, oldest_due_age) = self
                         .dispatcher
-                        .gauges(crate::queue::unix_millis(std::time::SystemTime::now()));
+                        .gauges(crate::queue::unix_millis(std::time::SystemTime::now()))
+                        .await;
                     let gauges = crate::metrics::Gauges {
                         inbox: stats.inbox,
                         deliveries: stats.deliveries,
@@ -117,10 +123,10 @@ impl Admin {
                         disabled: stats.disabled,
                         oldest_due_age,
                         breakers,
-                        log_syncs: Some(log_syncs),
+                        log_syncs,
                         synced_events,
-                        damaged_frames: self.queue.damaged_frames(),
-                        dead_by_sink: self.queue.dead_by_sink().unwrap_or_default(),
+                        damaged_frames: backend.damaged_frames,
+                        dead_by_sink: self.queue.dead_by_sink().await.unwrap_or_default(),
                     };
                     reply(
                         StatusCode::OK,
@@ -132,12 +138,13 @@ impl Admin {
             },
             (&Method::GET, ["api", "dead"]) => result(
                 self.queue
-                    .dead_letters()
+                    .dead_letters(None, usize::MAX)
+                    .await
                     .map(|all| all.iter().map(DeadSummary::of).collect::<Vec<_>>()),
             ),
             (&Method::GET, ["api", "dead", id]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
-                Ok(id) => match self.queue.dead_letter(id) {
+                Ok(id) => match self.queue.dead_letter(id).await {
                     Ok(Some(d)) => json(
                         StatusCode::OK,
                         &DeadDetail {
@@ -151,10 +158,12 @@ impl Admin {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
             },
-            (&Method::POST, ["api", "dead", "replay"]) => result(self.dispatcher.replay(None)),
+            (&Method::POST, ["api", "dead", "replay"]) => {
+                result(self.dispatcher.replay(None).await)
+            }
             (&Method::POST, ["api", "dead", id, "replay"]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
-                Ok(id) => match self.dispatcher.replay(Some(id)) {
+                Ok(id) => match self.dispatcher.replay(Some(id)).await {
                     Ok(done) => match done.refused.first() {
                         Some(refused) => error(
                             StatusCode::CONFLICT,
@@ -178,13 +187,17 @@ impl Admin {
 
 impl Admin {
     /// The queue's counts, with what each disabled sink holds.
-    fn stats(&self) -> Result<crate::queue::Stats, crate::queue::QueueError> {
-        let sinks = self.dispatcher.sinks();
-        self.queue.stats_with(
-            sinks
-                .values()
-                .filter_map(|s| Some((s.config.name.as_str(), s.config.kind.unconfigured()?))),
-        )
+    async fn stats(&self) -> Result<crate::queue::Stats, crate::queue::QueueError> {
+        let disabled: Vec<(String, String)> = self
+            .dispatcher
+            .sinks()
+            .values()
+            .filter_map(|s| {
+                let why = s.config.kind.unconfigured()?;
+                Some((s.config.name.clone(), why.to_owned()))
+            })
+            .collect();
+        self.queue.stats(&disabled).await
     }
 }
 

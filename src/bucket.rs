@@ -22,6 +22,15 @@ impl Bucket {
         }
     }
 
+    /// Whole tokens there are now (none taken).
+    pub fn available(&self, now: Instant) -> u32 {
+        let mut s = self.state.lock().expect("bucket lock");
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        s.0 = (s.0 + elapsed * self.rate.per_second).min(f64::from(self.rate.burst));
+        s.1 = now;
+        s.0.floor() as u32
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&self, now: Instant) -> bool {
         let mut s = self.state.lock().expect("bucket lock");

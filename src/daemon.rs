@@ -12,7 +12,7 @@ use crate::config::{Config, Proof};
 use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::live::Live;
-use crate::queue::{Queue, QueueError, SledQueue};
+use crate::queue::{Local, Queue, QueueError, SledQueue};
 
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -22,10 +22,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// `TimeoutStopSec` (30 s) has systemd kill the daemon.
 pub const DELIVERY_DRAIN: Duration = Duration::from_secs(8);
 
-/// How often expired dedupe keys are pruned.
+/// How often what is past retention, and expired dedupe keys, are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Pause between deleting two log segments (8 MiB each: up to 80 MB/s).
-const PRUNE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What SIGHUP handling hands the daemon: a config it loaded and checked,
 /// or word that it refused one (for `/metrics`).
@@ -74,6 +72,11 @@ pub enum DaemonError {
 pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     let group_commit = config.server.group_commit;
     open_dir(config, |dir| SledQueue::open(dir, group_commit))
+}
+
+/// Opens the storage the config names, for the daemon.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
+    Ok(Arc::new(Local::new(open_queue(config)?)))
 }
 
 /// Opens the queue under `config.server.data_dir` for the CLI to look at
@@ -152,7 +155,7 @@ pub async fn run(
     reloads: tokio::sync::mpsc::Receiver<Reload>,
 ) -> Result<(), DaemonError> {
     let passed = crate::activation::passed().map_err(DaemonError::Activation)?;
-    let queue = Arc::new(open_queue(&config)?);
+    let queue = open_storage(&config).await?;
     let listen = |key: &'static str,
                   passed: Option<std::net::TcpListener>,
                   addr: std::net::SocketAddr| async move {
@@ -205,7 +208,7 @@ fn admin_reachable(addr: Option<std::net::SocketAddr>, token: bool) -> Result<()
 /// Swaps in a new config's sources, sinks and routes, or keeps the old
 /// ones if a sink cannot be built.
 #[allow(clippy::too_many_arguments)]
-fn apply_reload(
+async fn apply_reload(
     running: &crate::config::Server,
     new: Config,
     tls: Option<&Live<Arc<rustls::ServerConfig>>>,
@@ -279,7 +282,7 @@ fn apply_reload(
     gateway.set_sources(new.sources.into_values());
     sinks.set(built);
     routes.set(new.routes);
-    dispatcher.bury_orphans();
+    dispatcher.bury_orphans().await;
     tracing::info!(
         sources = n_sources,
         sinks = n_sinks,
@@ -319,7 +322,7 @@ pub async fn serve(
     ingress: TcpListener,
     admin: TcpListener,
     config: Config,
-    queue: Arc<SledQueue>,
+    queue: Arc<dyn Queue>,
     shutdown: CancellationToken,
     mut reloads: tokio::sync::mpsc::Receiver<Reload>,
 ) -> Result<(), DaemonError> {
@@ -347,12 +350,11 @@ pub async fn serve(
         group_commit = config.server.group_commit,
         "hookgate listening"
     );
-    let dyn_queue: Arc<dyn Queue> = queue.clone();
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let gateway = Arc::new(Gateway::new(
         config.server.clone(),
         config.sources.into_values(),
-        dyn_queue.clone(),
+        queue.clone(),
         metrics.clone(),
     ));
     let reload_gateway = gateway.clone();
@@ -385,7 +387,7 @@ pub async fn serve(
         admin_limits,
         move |req, _peer| {
             let a = admin_state.clone();
-            async move { a.handle(&req) }
+            async move { a.handle(&req).await }
         },
         shutdown.clone(),
     );
@@ -399,37 +401,12 @@ pub async fn serve(
                 _ = tick.tick() => {}
                 _ = prune_stop.cancelled() => return,
             }
-            let now = SystemTime::now();
-            match prune_queue.prune_seen(now).await {
-                Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
-                Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
-                _ => {}
-            }
-            // One segment at a time, paced: deleting many at once frees
-            // their blocks in one journal commit, and on a filesystem
-            // mounted with `discard` every log sync waits for that.
-            let mut removed = 0;
-            loop {
-                let q = prune_queue.clone();
-                match tokio::task::spawn_blocking(move || q.prune_log(now, retention, 1)).await {
-                    Ok(Ok(1)) => removed += 1,
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "pruning the log failed");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "log pruner failed");
-                        break;
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(PRUNE_PAUSE) => {}
-                    _ = prune_stop.cancelled() => break,
-                }
-            }
-            if removed > 0 {
-                tracing::info!(removed, "deleted log segments past retention");
+            let pruned = tokio::select! {
+                r = prune_queue.prune(SystemTime::now(), retention) => r,
+                _ = prune_stop.cancelled() => return,
+            };
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "dropping what is past retention failed");
             }
         }
     });
@@ -461,15 +438,18 @@ pub async fn serve(
                 let applied = match next {
                     None => return,
                     Some(Reload::Refused) => false,
-                    Some(Reload::Apply(new)) => apply_reload(
-                        &running_server,
-                        *new,
-                        tls.as_deref(),
-                        &gateway,
-                        &routes,
-                        &sinks,
-                        &dispatcher,
-                    ),
+                    Some(Reload::Apply(new)) => {
+                        apply_reload(
+                            &running_server,
+                            *new,
+                            tls.as_deref(),
+                            &gateway,
+                            &routes,
+                            &sinks,
+                            &dispatcher,
+                        )
+                        .await
+                    }
                 };
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -507,7 +487,7 @@ pub async fn serve(
     let _ = heal_task.await;
     // Every accepted request has had its answer; nothing new can come in.
     queue.close();
-    match queue.flush() {
+    match queue.flush().await {
         Ok(()) => tracing::info!("queue flushed; stopped"),
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
@@ -519,19 +499,17 @@ const HEAL_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to reopen a failed state store.
 const HEAL_BACKOFF_MAX: Duration = Duration::from_secs(16);
 
-/// Recovers from storage failures without a restart (`SledQueue::heal`):
-/// every second while all is well (a look costs two atomic loads), backing
-/// off while the state store still cannot be reopened.
-async fn heal(queue: Arc<SledQueue>, shutdown: CancellationToken) {
+/// Recovers from storage failures without a restart (`Queue::heal`):
+/// every second while all is well, backing off while storage still fails.
+async fn heal(queue: Arc<dyn Queue>, shutdown: CancellationToken) {
     let mut wait = HEAL_EVERY;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        let q = queue.clone();
-        wait = match tokio::task::spawn_blocking(move || q.heal()).await {
-            Ok(crate::queue::Healed::Failing) => (wait * 2).min(HEAL_BACKOFF_MAX),
+        wait = match queue.heal().await {
+            crate::queue::Healed::Failing => (wait * 2).min(HEAL_BACKOFF_MAX),
             _ => HEAL_EVERY,
         };
     }

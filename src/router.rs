@@ -1,8 +1,8 @@
-//! The router stage: reads accepted events back from the log in order,
-//! evaluates every route, freezes each delivery's request with its sink,
-//! and in one sled transaction writes a page's deliveries and moves its
-//! cursor past them. An event
-//! no route matches is recorded as unmatched; a route whose template fails
+//! The router stage: claims a page of accepted events from storage
+//! ([`Queue::inbox`]), evaluates every route, freezes each delivery's
+//! request with its sink, and records the page's deliveries and that its
+//! events are routed in one transaction ([`Queue::routed`]). An event no
+//! route matches is recorded as unmatched; a route whose template fails
 //! makes dead deliveries with the error, and the other routes go on.
 
 use std::collections::BTreeMap;
@@ -14,20 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Sinks;
 use crate::live::Live;
-use crate::queue::{
-    unix_millis, DeliveryRecord, EventId, EventRecord, QueueError, Routed, SledQueue,
-};
-use crate::route::{EventContext, Outcome, Routes};
+use crate::queue::{unix_millis, DeliveryRecord, EventId, EventRecord, Queue, QueueError, Routed};
+use crate::route::{context, Outcome, Routes};
 
 /// Events routed per pass.
 const PAGE: usize = 64;
-/// Longest wait between looks at an empty inbox (the syncer wakes the
-/// router when it acknowledges events).
+/// Longest wait between looks at an empty inbox (storage wakes the router
+/// when it accepts events: [`Queue::appended`]).
 const IDLE: Duration = Duration::from_millis(500);
 
 /// Routes until `shutdown`. `wake` tells the dispatcher about new work.
 pub async fn run(
-    queue: Arc<SledQueue>,
+    queue: Arc<dyn Queue>,
     routes: Arc<Live<Routes>>,
     sinks: Arc<Live<Sinks>>,
     wake: Arc<Notify>,
@@ -38,23 +36,23 @@ pub async fn run(
     loop {
         heartbeat.beat();
         // What routing makes could not be recorded: wait for the state
-        // store to recover (`SledQueue::heal`).
+        // store to recover (`Queue::heal`).
         if !queue.state_writable() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(IDLE) => continue,
             }
         }
-        let q = queue.clone();
-        let page = match tokio::task::spawn_blocking(move || q.inbox_page(PAGE)).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read accepted events back from the log");
+        let page = match queue.inbox(PAGE).await {
+            Ok(page) => page,
+            // A storage failure is logged once by the backend.
+            Err(e @ QueueError::Storage(_)) => {
+                tracing::debug!(error = %e, "cannot read accepted events back");
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
             Err(e) => {
-                tracing::error!(error = %e, "log reader failed");
+                tracing::error!(error = %e, "cannot read accepted events back");
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
@@ -68,16 +66,19 @@ pub async fn run(
             // Nothing came for a while: save the place pages that made no
             // deliveries left in memory (under load they are saved every
             // few seconds; saving at every lull would sync sled each time).
-            let q = queue.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || q.save_cursor()).await {
-                tracing::error!(error = %e, "cannot save the router's place in the log");
+            if let Err(e) = queue.routing_idle().await {
+                tracing::error!(error = %e, "cannot save the router's place");
             }
             continue;
         }
         // One snapshot per page: a reload applies from the next page on.
         let (routes, sinks) = (routes.get(), sinks.get());
-        let routed = route_page(&queue, &routes, &sinks, &page.events);
-        match routed.and_then(|r| queue.routed(&r, page.from, page.next).map(|()| r)) {
+        let routed = route_page(queue.install_id(), &routes, &sinks, &page.events);
+        let recorded = match routed {
+            Ok(routed) => queue.routed(&page, routed).await,
+            Err(e) => Err(e),
+        };
+        match recorded {
             Ok(routed) => count(&metrics, &routed),
             Err(QueueError::Moved) => {}
             // A storage failure is logged once by the state store.
@@ -122,14 +123,14 @@ fn count(metrics: &crate::metrics::Metrics, routed: &[Routed]) {
 /// as unmatched: it stays in the log, and the events after it are routed.
 /// Any other failure fails the page, to be routed again.
 fn route_page(
-    queue: &SledQueue,
+    install: u64,
     routes: &Routes,
     sinks: &Sinks,
     events: &[(EventId, Vec<u8>)],
 ) -> Result<Vec<Routed>, QueueError> {
     events
         .iter()
-        .map(|(id, stored)| match route_stored(queue, routes, sinks, *id, stored) {
+        .map(|(id, stored)| match route_stored(install, routes, sinks, *id, stored) {
             Err(QueueError::Corrupt { key, reason }) => {
                 tracing::error!(event = %key, reason = %reason, "cannot read a stored event: passed over unrouted (counted as unmatched); it stays in the log");
                 Ok(Routed {
@@ -146,7 +147,7 @@ fn route_page(
 /// Routes one event as stored. When no route's `source` and `event`
 /// filters admit it, its payload is not even decompressed.
 fn route_stored(
-    queue: &SledQueue,
+    install: u64,
     routes: &Routes,
     sinks: &Sinks,
     id: EventId,
@@ -165,12 +166,14 @@ fn route_stored(
         });
     }
     let event = EventRecord::decode(stored).map_err(corrupt)?;
-    route_one(queue, routes, sinks, id, &event)
+    route_one(install, routes, sinks, id, &event)
 }
 
-/// Routes one event (the caller records the result).
+/// Routes one event (the caller records the result; storage gives the
+/// deliveries their ids). `install` is the store's id, part of each
+/// idempotency key.
 pub fn route_one(
-    queue: &SledQueue,
+    install: u64,
     routes: &Routes,
     sinks: &Sinks,
     id: EventId,
@@ -201,7 +204,7 @@ pub fn route_one(
             Outcome::Failed { route, sink, .. } => (route, sink, None, None),
         };
         let mut rec = DeliveryRecord {
-            id: queue.next_delivery_id()?,
+            id: 0,
             event_id: id.0,
             source: event.source.clone(),
             event: event.event.clone(),
@@ -209,7 +212,7 @@ pub fn route_one(
             route: route.clone(),
             sink: sink.clone(),
             item: item.map(|i| i as u32),
-            idempotency_key: idempotency_key(queue.install_id(), id, route, sink, item),
+            idempotency_key: idempotency_key(install, id, route, sink, item),
             created_ms: now,
             due_ms: now,
             failures: 0,
@@ -252,11 +255,9 @@ pub fn route_one(
     })
 }
 
-/// Stable across re-routing after a crash, so a sink that honours
-/// `Idempotency-Key` applies a delivery once.
 /// Stable across crashes and re-routing (the event's log position, route,
-/// sink, item), and unique across data_dirs: log positions start again in
-/// a fresh or restored one, and a platform that dedupes on the key (ProdMatic)
+/// sink, item), and unique across stores: event ids start again in a fresh
+/// or restored one, and a platform that dedupes on the key (ProdMatic)
 /// would drop a new event under an old key.
 fn idempotency_key(
     install: u64,
@@ -271,33 +272,6 @@ fn idempotency_key(
     }
 }
 
-/// What routes see of an event.
-pub fn context(event: &EventRecord) -> EventContext {
-    let headers: BTreeMap<String, String> = event
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    let mut map = http::HeaderMap::new();
-    if let Some(ct) = headers.get("content-type").and_then(|v| v.parse().ok()) {
-        map.insert(http::header::CONTENT_TYPE, ct);
-    }
-    // GitHub's form-encoded deliveries carry the JSON in `payload`.
-    let json = crate::verify::github::payload_json(&map, &event.body)
-        .map(|b| b.into_owned())
-        .unwrap_or_else(|_| event.body.clone());
-    let payload = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
-    let received = SystemTime::UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
-    EventContext {
-        source: event.source.clone(),
-        event: event.event.clone(),
-        delivery_id: event.delivery_id.clone(),
-        received_at: humantime::format_rfc3339_millis(received).to_string(),
-        headers,
-        payload,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,12 +279,10 @@ mod tests {
     /// One unreadable record does not stop the events after it.
     #[test]
     fn an_unreadable_event_is_passed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = SledQueue::open(dir.path(), true).unwrap();
         let routes = Routes::compile(Vec::new()).unwrap();
         let sinks = Sinks::new();
         let routed = route_page(
-            &queue,
+            1,
             &routes,
             &sinks,
             &[(EventId(7), b"not a record".to_vec())],

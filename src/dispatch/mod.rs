@@ -1,34 +1,36 @@
-//! The delivery loop: for each sink, take its due deliveries, attempt them
-//! within the sink's concurrency, rate limit and circuit breaker, and write
-//! each outcome back (done, rescheduled, or dead with its history).
+//! The delivery loop: for each sink, claim its due deliveries from storage
+//! within the sink's concurrency, rate limit and circuit breaker, attempt
+//! them, and settle each outcome (done, rescheduled, or dead with its
+//! history).
 //!
-//! In-flight records are leased in memory only: after a crash they are
-//! simply due again (at least once). Each sink's deliveries are their own
-//! range in sled, so a slow or broken sink never delays another.
-//!
-//! A delivery with an order key starts only when it is the head of its key
-//! (`SledQueue::order_head`: the oldest pending one in event order) and no
-//! other delivery of that key to its sink is out: one at a time, in order;
-//! a head that is being retried holds back its key only.
+//! Storage decides what may start ([`Queue::claim`]): due deliveries not
+//! claimed already, and of each order key only its head (the oldest
+//! pending one in event order) while no other of the key is out. A crash
+//! leaves claims unsettled: the local backend's are in memory and simply
+//! due again at the next start; PostgreSQL's lapse after their lease and
+//! another instance takes them. Each sink is claimed on its own, so a slow
+//! or broken sink never delays another.
 
 pub mod policy;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bucket::Bucket;
 use crate::config::SinkConfig;
 use crate::live::Live;
-use crate::queue::{unix_millis, Attempt, DeliveryRecord, SledQueue};
+use crate::queue::{
+    unix_millis, Attempt, Claimed, DeliveryRecord, Lease, Limits, Queue, QueueError, Settle,
+};
 use crate::sink::{Sink, Verdict};
 use policy::{Breaker, Next};
 
-/// Most due records looked at per sink per pass.
+/// Most deliveries claimed per sink per pass.
 const PAGE: usize = 256;
 /// Longest sleep between passes; also the poll interval while a sink is
 /// blocked (breaker open, all slots busy).
@@ -55,39 +57,27 @@ fn wake_after(next_due: Option<u64>, now: u64, blocked: Option<Duration>) -> Opt
 }
 
 /// An attempt in flight. Dropped when the attempt ends, however it ends:
-/// the lease goes, the loop wakes, and an attempt that did not settle (a
-/// panic in a sink) counts as a breaker failure so a probe cannot stay
-/// outstanding; its record is due again.
-struct Lease {
+/// the loop wakes, and an attempt that did not settle (a panic in a sink)
+/// counts as a breaker failure so a probe cannot stay outstanding, and its
+/// claim is released: the record is due again.
+struct InFlight {
     dispatcher: Arc<Dispatcher>,
     sinks: Arc<Sinks>,
-    sink: String,
-    id: u64,
-    /// The delivery's order key: in flight with it.
-    order_key: Option<String>,
+    lease: Lease,
     settled: bool,
-    /// The outcome could not be written: the lease stays until it is
-    /// (`Dispatcher::settle_unrecorded`), so the delivery is not sent again.
-    keep: bool,
 }
 
-impl Drop for Lease {
+impl Drop for InFlight {
     fn drop(&mut self) {
+        let sink = &self.lease.sink;
         if !self.settled {
-            tracing::error!(sink = %self.sink, delivery = self.id, "an attempt ended without an outcome; the delivery is due again");
-            if let Some(sink) = self.sinks.get(&self.sink) {
+            tracing::error!(sink = %sink, delivery = self.lease.id, "an attempt ended without an outcome; the delivery is due again");
+            if let Some(sink) = self.sinks.get(sink) {
                 if let Ok(mut breaker) = sink.breaker.lock() {
                     let _ = breaker.failure(unix_millis(SystemTime::now()));
                 }
             }
-        }
-        if !self.keep {
-            if let Ok(mut leased) = self.dispatcher.leased.lock() {
-                leased.remove(&self.id);
-            }
-            if let Some(key) = self.order_key.take() {
-                self.dispatcher.release_key(&self.sink, key);
-            }
+            self.dispatcher.queue.release(&self.lease);
         }
         self.dispatcher.wake.notify_one();
     }
@@ -135,39 +125,25 @@ pub type Sinks = HashMap<String, SinkRuntime>;
 
 pub struct Dispatcher {
     metrics: Arc<crate::metrics::Metrics>,
-    queue: Arc<SledQueue>,
+    queue: Arc<dyn Queue>,
     sinks: Arc<Live<Sinks>>,
     /// Rung by the router when it adds deliveries, and by finished attempts.
     wake: Arc<Notify>,
-    leased: Mutex<HashSet<u64>>,
-    /// (sink, order key) of the ordered deliveries in flight: a replayed
-    /// dead letter can become the head while a later delivery of its key
-    /// is out, and must wait for it.
-    keys_out: Mutex<HashSet<(String, String)>>,
-    /// Outcomes of attempts that could not be written (the state store
-    /// failed): kept, with their leases, until they can be.
+    /// Outcomes of attempts that could not be written (storage failed):
+    /// kept, with their claims, until they can be.
     unrecorded: Mutex<Vec<Unrecorded>>,
 }
 
 /// An attempt's outcome waiting to be written.
 struct Unrecorded {
-    /// The record's key before the attempt.
-    old_key: Vec<u8>,
+    lease: Lease,
     rec: DeliveryRecord,
-    write: Write,
-}
-
-/// What an outcome changes in the queue.
-#[derive(Clone, Copy)]
-enum Write {
-    Done,
-    Reschedule,
-    Bury,
+    how: Settle,
 }
 
 impl Dispatcher {
     pub fn new(
-        queue: Arc<SledQueue>,
+        queue: Arc<dyn Queue>,
         sinks: Arc<Live<Sinks>>,
         wake: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
@@ -177,8 +153,6 @@ impl Dispatcher {
             queue,
             sinks,
             wake,
-            leased: Mutex::new(HashSet::new()),
-            keys_out: Mutex::new(HashSet::new()),
             unrecorded: Mutex::new(Vec::new()),
         })
     }
@@ -191,7 +165,7 @@ impl Dispatcher {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
-        self.bury_orphans();
+        self.bury_orphans().await;
         let tracker = TaskTracker::new();
         let mut last_bury = Instant::now();
         loop {
@@ -204,21 +178,25 @@ impl Dispatcher {
                     _ = tokio::time::sleep(IDLE) => continue,
                 }
             }
-            self.settle_unrecorded();
+            self.settle_unrecorded().await;
             // A page routed with the old sinks just before a reload can
             // still add deliveries to a removed one.
             if last_bury.elapsed() >= BURY_EVERY {
-                self.bury_orphans();
+                self.bury_orphans().await;
                 last_bury = Instant::now();
             }
             let mut sleep = IDLE;
             let sinks = self.sinks.get();
             for (name, sink) in sinks.iter() {
-                match self.pass(name, sink, &sinks, &tracker) {
+                match self.pass(name, sink, &sinks, &tracker).await {
                     Ok(Some(wait)) => sleep = sleep.min(wait),
                     Ok(None) => {}
+                    // A storage failure is logged once by the backend.
+                    Err(e @ QueueError::Storage(_)) => {
+                        tracing::debug!(sink = %name, error = %e, "cannot claim due deliveries")
+                    }
                     Err(e) => {
-                        tracing::error!(sink = %name, error = %e, "cannot read due deliveries")
+                        tracing::error!(sink = %name, error = %e, "cannot claim due deliveries")
                     }
                 }
             }
@@ -241,13 +219,12 @@ impl Dispatcher {
 
     /// Pending deliveries to sinks the config no longer has go dead with
     /// that reason (at start and after a reload).
-    pub fn bury_orphans(&self) {
-        let sinks = self.sinks.get();
-        let names: Vec<&str> = sinks.keys().map(String::as_str).collect();
-        let in_flight = self.leased.lock().expect("lease lock").clone();
+    pub async fn bury_orphans(&self) {
+        let names: Vec<String> = self.sinks.get().keys().cloned().collect();
         match self
             .queue
-            .bury_orphans(&names, &in_flight, unix_millis(SystemTime::now()))
+            .bury_orphans(&names, unix_millis(SystemTime::now()))
+            .await
         {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -260,203 +237,185 @@ impl Dispatcher {
 
     /// Starts what `sink` may start now. Returns how long until there may
     /// be more to start: the next due time, or, when something is due but
-    /// cannot start (in flight, paused, breaker open, no slot or token),
-    /// when that may change. Attempts that finish wake the loop anyway.
-    fn pass(
+    /// cannot start (paused, breaker open, no slot or token, held by the
+    /// cluster's limits), when that may change. Attempts that finish wake
+    /// the loop anyway.
+    async fn pass(
         self: &Arc<Self>,
         name: &str,
         sink: &SinkRuntime,
         sinks: &Arc<Sinks>,
         tracker: &TaskTracker,
-    ) -> Result<Option<Duration>, crate::queue::QueueError> {
+    ) -> Result<Option<Duration>, QueueError> {
         // Disabled (its secret is not set): its deliveries are held, not
         // looked at, until a reload brings the secret.
         if sink.config.kind.unconfigured().is_some() {
             return Ok(None);
         }
         let now = unix_millis(SystemTime::now());
-        let mut blocked = None;
-        // Order keys looked at in this pass, each with the one delivery of
-        // it that may start (its head; none when one is out or started):
-        // the rest of each key is skipped without a look at the index.
-        // Records skipped so do not count against the page, so a long queue
-        // behind one blocked key cannot hide other keys' work.
-        let mut heads: HashMap<String, Option<u64>> = HashMap::new();
-        let mut looked = 0;
-        let mut after: Option<sled::IVec> = None;
-        'pages: loop {
-            let page = self.queue.due_after(name, now, after.as_deref(), PAGE)?;
-            let more = page.len() == PAGE;
-            for (key, id) in page {
-                after = Some(key.clone());
-                looked += 1;
-                if self.leased.lock().expect("lease lock").contains(&id) {
-                    continue;
-                }
-                let broken = sink.broken.lock().expect("broken lock").clone();
-                // Held back: checked before the record is read and decoded.
-                if broken.is_none() {
-                    let paused = *sink.paused_until.lock().expect("pause lock");
-                    if paused > now {
-                        blocked = Some(Duration::from_millis(paused - now));
-                        break 'pages;
-                    }
-                    if let Some(wait) = sink.breaker.lock().expect("breaker lock").held(now) {
-                        blocked = Some(wait);
-                        break 'pages;
-                    }
-                }
-                let Some(rec) = self.queue.delivery(&key)? else {
-                    continue;
+        // The platform said this webhook is gone: what comes due goes dead.
+        let broken = sink.broken.lock().expect("broken lock").clone();
+        if let Some(reason) = broken {
+            let limits = Limits {
+                max: PAGE,
+                concurrency: usize::MAX,
+                rate: None,
+            };
+            let due = self.queue.claim(name, limits, now).await?;
+            for c in due.claimed {
+                self.finish_dead(c, format!("sink disabled: {reason}"))
+                    .await;
+            }
+            return Ok(wake_after(due.next_due, now, None));
+        }
+        match self.may_start(sink, now) {
+            Err(blocked) => {
+                let next = self.queue.next_due(name).await?;
+                Ok(wake_after(next, now, Some(blocked)))
+            }
+            Ok(max) => {
+                let limits = Limits {
+                    max,
+                    concurrency: sink.config.concurrency,
+                    rate: sink.config.rate_limit,
                 };
-                if let Some(reason) = broken {
-                    self.finish_dead(rec, format!("sink disabled: {reason}"));
-                    continue;
+                let due = self.queue.claim(name, limits, now).await?;
+                let mut breaker = sink.breaker.lock().expect("breaker lock");
+                if due.claimed.is_empty() && breaker.probing() {
+                    // No attempt after all: the probe slot is free again.
+                    breaker.abandon_probe();
                 }
-                if let Some(order) = &rec.order_key {
-                    let head = match heads.get(order) {
-                        Some(head) => {
-                            looked -= 1;
-                            *head
-                        }
-                        None => {
-                            let out = self
-                                .keys_out
-                                .lock()
-                                .expect("keys lock")
-                                .contains(&(name.to_owned(), order.clone()));
-                            // Not filed at all (cannot happen but by damage):
-                            // let it go rather than hold it forever.
-                            let head = match out {
-                                true => None,
-                                false => {
-                                    Some(self.queue.order_head(name, order)?.unwrap_or(rec.id))
-                                }
-                            };
-                            heads.insert(order.clone(), head);
-                            head
-                        }
-                    };
-                    if head != Some(rec.id) {
-                        continue;
-                    }
-                    // Nothing more of this key in this pass, whatever happens.
-                    heads.insert(order.clone(), None);
-                }
-                let Ok(permit) = sink.slots.clone().try_acquire_owned() else {
-                    blocked = Some(IDLE);
-                    break 'pages;
-                };
-                {
-                    let mut breaker = sink.breaker.lock().expect("breaker lock");
-                    if !breaker.allows(now) {
-                        blocked = Some(breaker.held(now).unwrap_or(IDLE));
-                        break 'pages;
-                    }
-                    if sink
+                drop(breaker);
+                let started = due.claimed.len();
+                for claimed in due.claimed {
+                    if let Some(bucket) = sink
                         .bucket
                         .as_ref()
-                        .is_some_and(|b| !b.try_take(Instant::now()))
+                        .filter(|_| !self.queue.limits_cluster_wide())
                     {
-                        // No attempt after all: the probe slot is free again.
-                        breaker.abandon_probe();
-                        blocked = Some(BUCKET_POLL);
-                        break 'pages;
+                        bucket.try_take(Instant::now());
                     }
+                    let permit = sink
+                        .slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("claimed no more than the free slots");
+                    self.start(claimed, permit, sinks, tracker);
                 }
-                self.leased.lock().expect("lease lock").insert(rec.id);
-                if let Some(order) = &rec.order_key {
-                    self.keys_out
-                        .lock()
-                        .expect("keys lock")
-                        .insert((name.to_owned(), order.clone()));
-                }
-                let lease = Lease {
-                    dispatcher: self.clone(),
-                    sinks: sinks.clone(),
-                    sink: name.to_owned(),
-                    id: rec.id,
-                    order_key: rec.order_key.clone(),
-                    settled: false,
-                    keep: false,
+                let blocked = match started == max {
+                    true => Some(IDLE),
+                    false => due.held,
                 };
-                tracker.spawn(async move {
-                    let mut lease = lease;
-                    let unrecorded = lease
-                        .dispatcher
-                        .attempt(&lease.sinks, &lease.sink, rec)
-                        .await;
-                    lease.settled = true;
-                    if let Some(u) = unrecorded {
-                        lease.keep = true;
-                        lease
-                            .dispatcher
-                            .unrecorded
-                            .lock()
-                            .expect("unrecorded lock")
-                            .push(u);
-                    }
-                    drop(permit);
-                });
-            }
-            if !more || looked >= PAGE {
-                break;
+                Ok(wake_after(due.next_due, now, blocked))
             }
         }
-        let next = self.queue.next_due(name)?;
-        Ok(wake_after(next, now, blocked))
     }
 
-    /// Writes the outcomes the state store could not take before, oldest
-    /// first, releasing each one's lease; stops at the first that still
-    /// fails.
-    fn settle_unrecorded(&self) {
-        let mut waiting = self.unrecorded.lock().expect("unrecorded lock");
-        while let Some(u) = waiting.first() {
-            if self.record(&u.old_key, &u.rec, u.write).is_err() {
+    /// How many of `sink`'s deliveries may start now (at least one), or
+    /// how long until that may change. In this instance: its pause, breaker,
+    /// free slots and, unless storage holds it for the cluster, its rate
+    /// limit. A probe `allows` grants is one attempt.
+    fn may_start(&self, sink: &SinkRuntime, now: u64) -> Result<usize, Duration> {
+        let paused = *sink.paused_until.lock().expect("pause lock");
+        if paused > now {
+            return Err(Duration::from_millis(paused - now));
+        }
+        let free = sink.slots.available_permits().min(PAGE);
+        if free == 0 {
+            return Err(IDLE);
+        }
+        let mut max = free;
+        if !self.queue.limits_cluster_wide() {
+            if let Some(bucket) = &sink.bucket {
+                match bucket.available(Instant::now()) as usize {
+                    0 => return Err(BUCKET_POLL),
+                    tokens => max = max.min(tokens),
+                }
+            }
+        }
+        let mut breaker = sink.breaker.lock().expect("breaker lock");
+        if let Some(wait) = breaker.held(now) {
+            return Err(wait);
+        }
+        if !breaker.allows(now) {
+            return Err(breaker.held(now).unwrap_or(IDLE));
+        }
+        if breaker.probing() {
+            max = 1;
+        }
+        Ok(max)
+    }
+
+    /// Runs one claimed delivery's attempt on the tracker.
+    fn start(
+        self: &Arc<Self>,
+        claimed: Claimed,
+        permit: OwnedSemaphorePermit,
+        sinks: &Arc<Sinks>,
+        tracker: &TaskTracker,
+    ) {
+        let Claimed { rec, lease } = claimed;
+        let flight = InFlight {
+            dispatcher: self.clone(),
+            sinks: sinks.clone(),
+            lease,
+            settled: false,
+        };
+        tracker.spawn(async move {
+            let mut flight = flight;
+            let unrecorded = flight
+                .dispatcher
+                .attempt(&flight.sinks, &flight.lease, rec)
+                .await;
+            flight.settled = true;
+            if let Some(u) = unrecorded {
+                flight
+                    .dispatcher
+                    .unrecorded
+                    .lock()
+                    .expect("unrecorded lock")
+                    .push(u);
+            }
+            drop(permit);
+        });
+    }
+
+    /// Writes the outcomes storage could not take before, oldest first
+    /// (each releases its claim); stops at the first that still fails.
+    async fn settle_unrecorded(&self) {
+        loop {
+            let Some(u) = self
+                .unrecorded
+                .lock()
+                .expect("unrecorded lock")
+                .first()
+                .map(|u| Unrecorded {
+                    lease: u.lease.clone(),
+                    rec: u.rec.clone(),
+                    how: u.how,
+                })
+            else {
+                return;
+            };
+            if self.queue.settle(&u.lease, &u.rec, u.how).await.is_err() {
                 return;
             }
-            let u = waiting.remove(0);
-            self.leased.lock().expect("lease lock").remove(&u.rec.id);
-            if let Some(key) = u.rec.order_key.clone() {
-                self.release_key(&u.rec.sink, key);
-            }
+            self.unrecorded.lock().expect("unrecorded lock").remove(0);
             tracing::info!(sink = %u.rec.sink, delivery = u.rec.id, "recorded an attempt's outcome that had to wait for storage");
         }
     }
 
-    /// An ordered delivery's attempt is over and its outcome written: the
-    /// next of its key may go.
-    fn release_key(&self, sink: &str, key: String) {
-        if let Ok(mut out) = self.keys_out.lock() {
-            out.remove(&(sink.to_owned(), key));
-        }
-    }
-
-    fn record(
-        &self,
-        old_key: &[u8],
-        rec: &DeliveryRecord,
-        write: Write,
-    ) -> Result<(), crate::queue::QueueError> {
-        match write {
-            Write::Done => self.queue.update(old_key, rec, true),
-            Write::Reschedule => self.queue.update(old_key, rec, false),
-            Write::Bury => self.queue.bury(old_key, rec),
-        }
-    }
-
-    /// One attempt, its outcome written back. Returns the outcome when it
-    /// could not be written (the state store failed): the caller keeps the
-    /// lease so the delivery is not attempted again meanwhile.
+    /// One attempt, its outcome settled. Returns the outcome when it could
+    /// not be written (storage failed): its claim is kept, so the delivery
+    /// is not attempted again meanwhile, and it is written later.
     async fn attempt(
         &self,
         sinks: &Sinks,
-        name: &str,
+        lease: &Lease,
         mut rec: DeliveryRecord,
     ) -> Option<Unrecorded> {
+        let name = lease.sink.as_str();
         let sink = &sinks[name];
-        let old_key = rec.due_key();
         let started = Instant::now();
         // The sink has its own timeout; this one only guards against a sink
         // that ignores it.
@@ -535,10 +494,10 @@ impl Dispatcher {
             Next::Dead(_) => "dead",
         };
         self.metrics.attempt(name, label, started.elapsed());
-        let write = match next {
+        let how = match next {
             Next::Done => {
                 tracing::debug!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, "delivered");
-                Write::Done
+                Settle::Done
             }
             Next::At { due_ms, counted } => {
                 if counted {
@@ -546,23 +505,23 @@ impl Dispatcher {
                 }
                 rec.due_ms = due_ms;
                 tracing::info!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, outcome = %outcome_label(&answer.verdict), retry_in_ms = due_ms.saturating_sub(now), "will retry");
-                Write::Reschedule
+                Settle::Reschedule
             }
             Next::Dead(reason) => {
                 tracing::warn!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, reason = %reason, "delivery is dead");
                 rec.reason = Some(reason);
                 rec.dead_ms = Some(now);
-                Write::Bury
+                Settle::Bury
             }
         };
-        match self.record(&old_key, &rec, write) {
+        match self.queue.settle(lease, &rec, how).await {
             Ok(()) => None,
             Err(e) => {
                 tracing::warn!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, error = %e, "cannot record a delivery's outcome yet; it is kept and written once storage recovers");
                 Some(Unrecorded {
-                    old_key,
+                    lease: lease.clone(),
                     rec,
-                    write,
+                    how,
                 })
             }
         }
@@ -570,7 +529,7 @@ impl Dispatcher {
 
     /// What `/metrics` shows of the sinks: breaker states, and how long the
     /// most overdue delivery has waited.
-    pub fn gauges(&self, now_ms: u64) -> (std::collections::BTreeMap<String, bool>, f64) {
+    pub async fn gauges(&self, now_ms: u64) -> (std::collections::BTreeMap<String, bool>, f64) {
         let mut oldest = 0u64;
         let mut breakers = std::collections::BTreeMap::new();
         for (name, sink) in self.sinks.get().iter() {
@@ -578,7 +537,7 @@ impl Dispatcher {
                 name.clone(),
                 sink.breaker.lock().expect("breaker lock").is_open(now_ms),
             );
-            if let Ok(Some(due)) = self.queue.next_due(name) {
+            if let Ok(Some(due)) = self.queue.next_due(name).await {
                 oldest = oldest.max(now_ms.saturating_sub(due));
             }
         }
@@ -591,16 +550,13 @@ impl Dispatcher {
     /// a sink no longer in the config stays dead, reported with the reason
     /// (it would wait for nothing); one to a sink that is disabled is held
     /// until its secret is set.
-    pub fn replay(
-        &self,
-        id: Option<u64>,
-    ) -> Result<crate::queue::Requeued, crate::queue::QueueError> {
+    pub async fn replay(&self, id: Option<u64>) -> Result<crate::queue::Requeued, QueueError> {
         let live = self.sinks.get();
+        let refuse = |rec: &DeliveryRecord| refuse_replay(&live, &rec.sink);
         let done = self
             .queue
-            .requeue(id, unix_millis(SystemTime::now()), |rec| {
-                refuse_replay(&live, &rec.sink)
-            })?;
+            .requeue(id, unix_millis(SystemTime::now()), &refuse)
+            .await?;
         for name in &done.sinks {
             if let Some(sink) = live.get(name) {
                 if sink.broken.lock().expect("broken lock").take().is_some() {
@@ -613,12 +569,13 @@ impl Dispatcher {
         Ok(done)
     }
 
-    fn finish_dead(&self, mut rec: DeliveryRecord, reason: String) {
-        let old = rec.due_key();
+    async fn finish_dead(&self, claimed: Claimed, reason: String) {
+        let Claimed { mut rec, lease } = claimed;
         rec.dead_ms = Some(unix_millis(SystemTime::now()));
         rec.reason = Some(reason);
-        if let Err(e) = self.queue.bury(&old, &rec) {
+        if let Err(e) = self.queue.settle(&lease, &rec, Settle::Bury).await {
             tracing::error!(delivery = rec.id, error = %e, "cannot move a delivery to dead");
+            self.queue.release(&lease);
         }
     }
 }

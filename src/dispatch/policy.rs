@@ -90,6 +90,11 @@ impl Breaker {
         true
     }
 
+    /// Whether the one attempt `allows` let through is a probe.
+    pub fn probing(&self) -> bool {
+        self.probing
+    }
+
     /// Whether attempts are held back now.
     pub fn is_open(&self, now_ms: u64) -> bool {
         self.failures >= THRESHOLD && (now_ms < self.open_until_ms || self.probing)

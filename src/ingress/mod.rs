@@ -24,7 +24,7 @@ use crate::bucket::Bucket;
 use crate::config::{Proof, ProviderKind, Server, Source};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::queue::{unix_millis, Appended, EventId, EventRecord, NewEvent, Queue, QueueError};
+use crate::queue::{unix_millis, Appended, EventId, EventRecord, Ingest, NewEvent, QueueError};
 use crate::verify::Inbound;
 use replay::{Claim, ReplayCache, Ticket};
 
@@ -53,7 +53,7 @@ pub struct Gateway {
     server: Server,
     /// Swapped whole by a reload.
     sources: Live<HashMap<String, SourceState>>,
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn Ingest>,
     metrics: Arc<Metrics>,
     /// Verified signatures of timestamped schemes; kept across reloads.
     replays: ReplayCache,
@@ -68,7 +68,7 @@ impl Gateway {
     pub fn new(
         server: Server,
         sources: impl IntoIterator<Item = Source>,
-        queue: Arc<dyn Queue>,
+        queue: Arc<dyn Ingest>,
         metrics: Arc<Metrics>,
     ) -> Gateway {
         Gateway {
@@ -89,7 +89,7 @@ impl Gateway {
         &self.server
     }
 
-    pub fn queue(&self) -> &Arc<dyn Queue> {
+    pub fn queue(&self) -> &Arc<dyn Ingest> {
         &self.queue
     }
 
@@ -410,24 +410,17 @@ fn json_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{BoxFuture, Stats};
 
     /// A queue on a hung disk: appends never finish.
     struct Hung;
 
-    impl Queue for Hung {
-        fn append(
-            &self,
-            _: NewEvent,
-            _: SystemTime,
-        ) -> BoxFuture<'_, Result<Appended, QueueError>> {
-            Box::pin(std::future::pending())
+    #[async_trait::async_trait]
+    impl Ingest for Hung {
+        async fn append(&self, _: NewEvent, _: SystemTime) -> Result<Appended, QueueError> {
+            std::future::pending().await
         }
         fn writable(&self) -> bool {
             true
-        }
-        fn stats(&self) -> Result<Stats, QueueError> {
-            Ok(Stats::default())
         }
         fn close(&self) {}
     }

@@ -5,27 +5,21 @@
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
 //! an error, nothing of the event remains.
 
-mod deliveries;
 mod delivery;
-mod log;
+pub mod local;
 mod record;
-mod seen;
-mod sled_queue;
-mod state;
-mod writer;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-pub use deliveries::{Refused, Requeued, Routed};
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
+pub use local::{Local, Page, SledQueue};
 /// A stored GitHub push, for tests across the crate.
 #[cfg(test)]
 pub(crate) use record::tests::sample as sample_record;
 pub use record::{DecodeError, EventRecord};
-pub use sled_queue::{Page, SledQueue};
-pub use state::Healed;
 
 /// An event that passed its proof, ready to be stored.
 #[derive(Debug, Clone)]
@@ -111,22 +105,243 @@ pub struct Disabled {
     pub held: u64,
 }
 
+/// What routing made of one event.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub event: EventId,
+    pub pending: Vec<DeliveryRecord>,
+    pub dead: Vec<DeliveryRecord>,
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Requeued {
+    /// Dead deliveries made pending again.
+    pub replayed: usize,
+    /// Those left dead, and why.
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+    /// The sinks the replayed deliveries go to.
+    #[serde(skip)]
+    pub sinks: std::collections::BTreeSet<String>,
+}
+
+/// A dead delivery a replay left dead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refused {
+    pub id: u64,
+    pub reason: String,
+}
+
+/// What [`Queue::heal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Healed {
+    /// Nothing was wrong.
+    Healthy,
+    /// It was failing and writes durably again; `reopened` when sled had to
+    /// be opened again, or the database connection made anew (what the
+    /// local state store held in memory only is gone).
+    Recovered { reopened: bool },
+    /// Still cannot write.
+    Failing,
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What ingress needs of a queue. Small on purpose: a distributed backend
-/// (NATS JetStream) must be able to implement it.
-pub trait Queue: Send + Sync + 'static {
+/// Accepted events claimed for routing, oldest first.
+#[derive(Debug)]
+pub struct InboxPage {
+    /// Each event's id and stored record (`EventRecord::encode` bytes).
+    pub events: Vec<(EventId, Vec<u8>)>,
+    /// The backend's hold on them, handed back with [`Queue::routed`].
+    pub claim: PageClaim,
+}
+
+/// What a backend needs to record a page's routing exactly once: the
+/// local backend's cursor before and after the page; PostgreSQL's claim
+/// token. Opaque outside the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageClaim {
+    pub(crate) from: u64,
+    pub(crate) next: u64,
+}
+
+/// What a sink allows (the config's `concurrency` and `rate_limit`), for
+/// a backend that holds them across instances.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most deliveries to claim now.
+    pub max: usize,
+    /// Most attempts out at once to this sink.
+    pub concurrency: usize,
+    pub rate: Option<crate::config::Rate>,
+}
+
+/// A delivery claimed for an attempt: nobody else attempts it until it is
+/// settled or its lease lapses.
+#[derive(Debug)]
+pub struct Claimed {
+    pub rec: DeliveryRecord,
+    pub lease: Lease,
+}
+
+/// A backend's hold on a claimed delivery: which delivery, and the local
+/// backend's key of its record or PostgreSQL's lease token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub sink: String,
+    pub order_key: Option<String>,
+    pub(crate) key: Vec<u8>,
+    pub(crate) token: u64,
+}
+
+/// A sink's claim.
+#[derive(Debug, Default)]
+pub struct Due {
+    pub claimed: Vec<Claimed>,
+    /// When its earliest delivery not claimed now is due (ms), if any.
+    pub next_due: Option<u64>,
+    /// Something is due but the cluster-wide limits hold it back this long.
+    pub held: Option<Duration>,
+}
+
+/// What an attempt's outcome does to its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Delivered (or nothing more to do): it leaves the queue.
+    Done,
+    /// Due again at its `due_ms`.
+    Reschedule,
+    /// Dead, with its `reason`.
+    Bury,
+}
+
+/// Why a replay leaves a dead delivery dead (its sink was removed), or `None`.
+pub type RefuseReplay<'a> = &'a (dyn Fn(&DeliveryRecord) -> Option<String> + Send + Sync);
+
+/// Figures only one backend has, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct BackendGauges {
+    /// The event log's syncs and the events they made durable (local).
+    pub log_syncs: Option<(crate::metrics::Histogram, u64)>,
+    /// Damaged log frames skipped (local).
+    pub damaged_frames: u64,
+}
+
+/// What ingress needs of storage (the part of [`Queue`] the gateway sees).
+#[async_trait::async_trait]
+pub trait Ingest: Send + Sync + 'static {
     /// Stores `event` unless its dedupe key was seen; resolves once durable.
-    fn append(
-        &self,
-        event: NewEvent,
-        now: SystemTime,
-    ) -> BoxFuture<'_, Result<Appended, QueueError>>;
+    async fn append(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError>;
     /// Whether appends can succeed now (for `/readyz`).
     fn writable(&self) -> bool;
-    fn stats(&self) -> Result<Stats, QueueError>;
     /// Refuses new appends; those in flight finish.
     fn close(&self);
+}
+
+/// The storage port: everything the daemon, the admin API and the CLI
+/// ask of storage. Two adapters: `local` (the event log and sled, one
+/// daemon per `data_dir`) and `postgres` (any number of daemons on one
+/// database). The behavioural suite in `tests/it/storage.rs` runs the same
+/// cases against both.
+///
+/// The contract that matters: when [`Queue::append`] returns `Queued`, the
+/// event is durable; when it returns an error, nothing of it remains.
+/// Every event is routed once ([`Queue::inbox`] then [`Queue::routed`]);
+/// a delivery is attempted only under a claim ([`Queue::claim`]) and
+/// leaves the queue only when its outcome is settled.
+#[async_trait::async_trait]
+pub trait Queue: Ingest {
+    // Routing.
+
+    /// Up to `n` accepted events not yet routed, claimed for routing.
+    async fn inbox(&self, n: usize) -> Result<InboxPage, QueueError>;
+    /// Records what routing made of a claimed page, in one transaction:
+    /// each event's deliveries (given their ids here) or that no route
+    /// matched, and the events are routed. [`QueueError::Moved`] when the
+    /// claim was lost meanwhile: nothing is recorded, and the events are
+    /// claimed again.
+    async fn routed(
+        &self,
+        page: &InboxPage,
+        routed: Vec<Routed>,
+    ) -> Result<Vec<Routed>, QueueError>;
+    /// The router is idle: a good moment to save what it keeps in memory.
+    async fn routing_idle(&self) -> Result<(), QueueError>;
+    /// Resolves when events may have been accepted since the last call.
+    async fn appended(&self);
+    /// This store's random id, part of every idempotency key: event ids
+    /// start again in a fresh store.
+    fn install_id(&self) -> u64;
+
+    // Delivery.
+
+    /// Claims `sink`'s due deliveries that may start now: in due order, the
+    /// head of each order key only, none already claimed, within `limits`.
+    async fn claim(&self, sink: &str, limits: Limits, now_ms: u64) -> Result<Due, QueueError>;
+    /// Writes a claimed delivery's outcome (`rec` as it now is) and
+    /// releases its claim.
+    async fn settle(
+        &self,
+        lease: &Lease,
+        rec: &DeliveryRecord,
+        how: Settle,
+    ) -> Result<(), QueueError>;
+    /// Releases a claim without an outcome (the attempt never ended): the
+    /// delivery is due again.
+    fn release(&self, lease: &Lease);
+    /// When `sink`'s earliest pending delivery is due (ms), if it has one.
+    async fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError>;
+    /// Whether this backend holds each sink's `concurrency` and
+    /// `rate_limit` itself (for every instance at once).
+    fn limits_cluster_wide(&self) -> bool;
+    /// Buries pending deliveries to sinks not in `sinks` (removed from the
+    /// config), except those claimed now; returns how many.
+    async fn bury_orphans(&self, sinks: &[String], now_ms: u64) -> Result<usize, QueueError>;
+
+    // Dead letters.
+
+    /// Dead deliveries by id, after `after`, at most `limit`.
+    async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, QueueError>;
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeliveryRecord>, QueueError>;
+    /// Dead deliveries per sink.
+    async fn dead_by_sink(&self) -> Result<BTreeMap<String, u64>, QueueError>;
+    /// Moves dead deliveries (one, or all with `None`) back to pending, due
+    /// at `now_ms` with a fresh schedule (their history kept). One that
+    /// `refuse` has a reason against, or whose template failed, stays dead
+    /// and is reported.
+    async fn requeue(
+        &self,
+        id: Option<u64>,
+        now_ms: u64,
+        refuse: RefuseReplay<'_>,
+    ) -> Result<Requeued, QueueError>;
+
+    // Looking.
+
+    /// Counts by state, with what each of the `disabled` sinks (name, why)
+    /// holds.
+    async fn stats(&self, disabled: &[(String, String)]) -> Result<Stats, QueueError>;
+    /// One stored event.
+    async fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError>;
+    fn gauges(&self) -> BackendGauges;
+
+    // Health and upkeep.
+
+    /// Whether routing and delivery state can be written now.
+    fn state_writable(&self) -> bool;
+    /// Looks for a failure to recover from, and recovers if it can.
+    async fn heal(&self) -> Healed;
+    /// Drops what is past `retention` and expired dedupe keys; returns how
+    /// many events went.
+    async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError>;
+    /// After `close` and the last append: makes everything durable.
+    async fn flush(&self) -> Result<(), QueueError>;
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

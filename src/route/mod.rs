@@ -6,10 +6,8 @@
 //! so a syntax error is a config error with the route's name; rendering runs
 //! sandboxed under a fuel limit, so an operator's mistake cannot hang the
 //! router, and a failure in one route does not stop the others.
-//!
-//! Not wired into the config or the daemon yet (issue #3): this is the
-//! routing core the router stage will call.
 
+mod context;
 pub mod filters;
 pub mod glob;
 mod names;
@@ -19,6 +17,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
+pub use context::context;
 pub use glob::EventPattern;
 
 /// Longest rendered `order_key` (it becomes part of a sled key).

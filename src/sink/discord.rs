@@ -122,7 +122,7 @@ impl Sink for DiscordSink {
     fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
         let msg = match rendered {
             Rendered::Default => {
-                let sum = summarize(event, &crate::router::context(event).payload);
+                let sum = summarize(event, &crate::route::context(event).payload);
                 let mut embed =
                     json!({"title": sum.place, "description": discord_escape(&sum.text)});
                 // `summarize` gives only http(s) URLs.

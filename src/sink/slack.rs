@@ -133,7 +133,7 @@ impl Sink for SlackSink {
     fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
         let msg = match rendered {
             Rendered::Default => {
-                let sum = summarize(event, &crate::router::context(event).payload);
+                let sum = summarize(event, &crate::route::context(event).payload);
                 let link = sum
                     .url
                     .as_deref()

@@ -169,7 +169,7 @@ impl Sink for TeamsSink {
     fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String> {
         let message = match rendered {
             Rendered::Default => {
-                let sum = summarize(event, &crate::router::context(event).payload);
+                let sum = summarize(event, &crate::route::context(event).payload);
                 let m = envelope(text_card(Some(&sum.place), &sum.text, sum.url.as_deref()));
                 fit(m, &sum.text)
             }

@@ -123,7 +123,7 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
     // The restarted daemon routed every event (to nowhere: no routes) and
     // saved its place at shutdown; the count went with the place, so a
     // crash that took the place back did not count anything twice.
-    let stats = hookgate::queue::Queue::stats(&queue).unwrap();
+    let stats = queue.stats().unwrap();
     assert_eq!(stats.inbox, 0, "{stats:?}");
     assert_eq!(stats.unmatched, stored.len() as u64, "{stats:?}");
     eprintln!(
@@ -303,6 +303,6 @@ async fn the_routers_place_is_saved_once_it_idles_so_a_sigkill_routes_nothing_tw
     tokio::time::sleep(Duration::from_millis(2500)).await;
     drop(daemon.kill());
     let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
-    let stats = hookgate::queue::Queue::stats(&queue).unwrap();
+    let stats = queue.stats().unwrap();
     assert_eq!((stats.inbox, stats.unmatched), (0, 3), "{stats:?}");
 }

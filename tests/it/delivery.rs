@@ -93,12 +93,7 @@ async fn a_message_replaces_the_body_and_unmatched_events_are_kept() {
     assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.received().len(), 1);
-    assert_eq!(
-        hookgate::queue::Queue::stats(gw.queue.as_ref())
-            .unwrap()
-            .unmatched,
-        1
-    );
+    assert_eq!(gw.queue.stats().unwrap().unmatched, 1);
 }
 
 /// An endpoint that answers 200 and then streams without end: the answer
@@ -129,7 +124,7 @@ async fn an_endless_answer_is_cut_off() {
     let started = Instant::now();
     push(&gw, "endless-1").await;
     loop {
-        let stats = hookgate::queue::Queue::stats(&*gw.queue).unwrap();
+        let stats = gw.queue.stats().unwrap();
         if stats.inbox == 0 && stats.deliveries == 0 {
             break;
         }
@@ -737,11 +732,7 @@ async fn a_reload_leaves_an_attempt_in_flight_to_settle_its_record() {
     let slow = Receiver::start(Reply::status(200).delay(Duration::from_secs(2))).await;
     let other = Receiver::start(Reply::status(200)).await;
     let gw = TestGateway::start("", &config(&slow.url("/"), "", "")).await;
-    let pending = || {
-        hookgate::queue::Queue::stats(&*gw.queue)
-            .unwrap()
-            .deliveries
-    };
+    let pending = || gw.queue.stats().unwrap().deliveries;
     push(&gw, "in-flight").await;
     // Routed, and its attempt out (the receiver answers after 2 s).
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -130,7 +130,10 @@ impl TestGateway {
                 Proof::Closed(_) => None,
             })
             .collect();
-        let queue = Arc::new(hookgate::daemon::open_queue(&config).unwrap());
+        let local = Arc::new(hookgate::queue::Local::new(
+            hookgate::daemon::open_queue(&config).unwrap(),
+        ));
+        let queue = local.sled().clone();
         let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -140,7 +143,7 @@ impl TestGateway {
             ingress,
             admin,
             config,
-            queue.clone(),
+            local,
             shutdown.clone(),
             reloaded,
         ));

@@ -1,4 +1,4 @@
-//! The embedded backend: the event log and sled, under `data_dir`.
+//! The event log and sled, under `data_dir`, opened together.
 //!
 //! Layout under `data_dir`: `log/` (the events, `log.rs`, and their dedupe
 //! keys, `seen.rs`) and `sled/`, with the trees `meta` (the router's cursor
@@ -17,11 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, Log};
 use super::seen::{self, KeyFiles};
-use super::state::{Healed, StateStore};
+use super::state::StateStore;
 use super::writer::{self, Append, Job, Shared};
-use super::{
-    unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, Queue, QueueError, Stats,
-};
+use super::Healed;
+use super::{unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, QueueError, Stats};
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -199,6 +198,18 @@ impl SledQueue {
             .into_iter()
             .map(|(id, bytes)| Ok((id, decode(id, &bytes)?)))
             .collect()
+    }
+
+    /// One event, if the log still holds it.
+    pub fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError> {
+        let (found, _) = self.reader.page(id, self.shared.acked(), 1)?;
+        match found.into_iter().next() {
+            Some(f) if f.id == id => {
+                let log::LogEntry::V1 { record, .. } = f.entry;
+                Ok(Some(decode(id, &record)?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Waits until events were acknowledged (or returns at once when some
@@ -490,8 +501,9 @@ fn cursor_of(
     Ok(EventId(cursor))
 }
 
-impl Queue for SledQueue {
-    fn append(
+impl SledQueue {
+    /// Stores `event` unless its dedupe key was seen; resolves once durable.
+    pub fn append(
         &self,
         event: NewEvent,
         now: SystemTime,
@@ -521,13 +533,15 @@ impl Queue for SledQueue {
         })
     }
 
-    fn writable(&self) -> bool {
+    /// Whether appends can succeed now.
+    pub fn writable(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
             && !self.shared.failing.load(Ordering::Acquire)
             && !self.shared.sync_stuck(unix_millis(SystemTime::now()))
     }
 
-    fn stats(&self) -> Result<Stats, QueueError> {
+    /// Counts by state.
+    pub fn stats(&self) -> Result<Stats, QueueError> {
         let trees = self.state.get()?;
         Ok(Stats {
             inbox: self.shared.unrouted.load(Ordering::Acquire),
@@ -541,7 +555,8 @@ impl Queue for SledQueue {
         })
     }
 
-    fn close(&self) {
+    /// Refuses new appends; those in flight finish.
+    pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
 }

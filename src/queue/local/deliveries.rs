@@ -13,15 +13,7 @@ use std::sync::atomic::Ordering;
 
 use super::delivery::{order_prefix, sink_prefix};
 use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
-use super::{DeliveryRecord, EventId, QueueError, SledQueue};
-
-/// What routing made of one event.
-#[derive(Debug, Clone)]
-pub struct Routed {
-    pub event: EventId,
-    pub pending: Vec<DeliveryRecord>,
-    pub dead: Vec<DeliveryRecord>,
-}
+use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
 
 fn tx_err(e: TransactionError<()>) -> QueueError {
     match e {
@@ -336,6 +328,28 @@ impl SledQueue {
     }
 
     /// One dead delivery.
+    /// Dead deliveries by id, after `after`, at most `limit`.
+    pub fn dead_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, QueueError> {
+        let trees = self.state.get()?;
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        trees
+            .dead
+            .range(from.to_be_bytes()..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = self.state.check(kv)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     pub fn dead_letter(&self, id: u64) -> Result<Option<DeliveryRecord>, QueueError> {
         match self
             .state
@@ -429,24 +443,4 @@ impl SledQueue {
         }
         Ok(out)
     }
-}
-
-/// What a replay did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Requeued {
-    /// Dead deliveries made pending again.
-    pub replayed: usize,
-    /// Those left dead, and why.
-    #[serde(default)]
-    pub refused: Vec<Refused>,
-    /// The sinks the replayed deliveries go to.
-    #[serde(skip)]
-    pub sinks: std::collections::BTreeSet<String>,
-}
-
-/// A dead delivery a replay left dead.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Refused {
-    pub id: u64,
-    pub reason: String,
 }

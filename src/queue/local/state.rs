@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::writer::Store;
-use super::QueueError;
+use super::{Healed, QueueError};
 
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 8 << 20;
@@ -114,18 +114,6 @@ pub struct StateStore {
     /// after a reopen must hear of it, even when the probe right after the
     /// reopen failed and a later one succeeds without reopening.
     reopened: AtomicBool,
-}
-
-/// What [`StateStore::heal`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Healed {
-    /// Nothing was wrong.
-    Healthy,
-    /// It was failing and writes durably again; `reopened` when sled had to
-    /// be opened again (what it held in memory only is gone).
-    Recovered { reopened: bool },
-    /// Still cannot write.
-    Failing,
 }
 
 impl StateStore {

@@ -1,0 +1,345 @@
+//! The embedded backend, [`Local`]: the event log and sled under
+//! `data_dir`, one daemon per directory.
+//!
+//! `sled_queue.rs` opens both and pages events from the router's cursor;
+//! `log.rs`, `writer.rs` and `seen.rs` are the event log, its writer,
+//! syncer and indexer threads, and the dedupe keys; `state.rs` keeps sled
+//! reopenable; `deliveries.rs` the routing results and delivery records.
+//! This file puts them behind the storage port: claims are leases held in
+//! memory (a crash makes claimed deliveries due again), and the order of
+//! keyed deliveries is read from sled's `order` index.
+
+mod deliveries;
+mod log;
+mod seen;
+mod sled_queue;
+mod state;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+pub use sled_queue::{Page, SledQueue};
+
+use super::{
+    delivery, unix_millis, Appended, BackendGauges, BoxFuture, Claimed, DeliveryRecord, Disabled,
+    Due, EventId, EventRecord, Healed, InboxPage, Ingest, Lease, Limits, NewEvent, PageClaim,
+    Queue, QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
+};
+
+/// Most due records looked at per sink per claim.
+const PAGE: usize = 256;
+
+/// The local backend behind the storage port.
+pub struct Local {
+    q: Arc<SledQueue>,
+    /// Deliveries claimed and not yet settled.
+    leased: Mutex<HashSet<u64>>,
+    /// (sink, order key) of the keyed deliveries claimed: a replayed dead
+    /// letter can become its key's head while a later delivery of the key
+    /// is out, and must wait for it.
+    keys_out: Mutex<HashSet<(String, String)>>,
+}
+
+impl Local {
+    pub fn new(q: SledQueue) -> Local {
+        Local {
+            q: Arc::new(q),
+            leased: Mutex::new(HashSet::new()),
+            keys_out: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The event log and sled underneath (tests, migration, inspection).
+    pub fn sled(&self) -> &Arc<SledQueue> {
+        &self.q
+    }
+
+    fn unlease(&self, lease: &Lease) {
+        self.leased.lock().expect("lease lock").remove(&lease.id);
+        if let Some(key) = &lease.order_key {
+            self.keys_out
+                .lock()
+                .expect("keys lock")
+                .remove(&(lease.sink.clone(), key.clone()));
+        }
+    }
+
+    /// The claim itself (sled calls are short: they run where they are
+    /// called, as the dispatcher always did).
+    fn claim_now(&self, sink: &str, max: usize, now_ms: u64) -> Result<Due, QueueError> {
+        // Order keys looked at in this claim, each with the one delivery of
+        // it that may start (its head; none when one is out or claimed):
+        // the rest of each key is skipped without a look at the index.
+        // Records skipped so do not count against the page, so a long
+        // queue behind one blocked key cannot hide other keys' work.
+        let mut heads: HashMap<String, Option<u64>> = HashMap::new();
+        let mut claimed = Vec::new();
+        let mut looked = 0;
+        let mut after: Option<sled::IVec> = None;
+        'pages: loop {
+            let page = self.q.due_after(sink, now_ms, after.as_deref(), PAGE)?;
+            let more = page.len() == PAGE;
+            for (key, id) in page {
+                after = Some(key.clone());
+                looked += 1;
+                if self.leased.lock().expect("lease lock").contains(&id) {
+                    continue;
+                }
+                let Some(rec) = self.q.delivery(&key)? else {
+                    continue;
+                };
+                if let Some(order) = &rec.order_key {
+                    let head = match heads.get(order) {
+                        Some(head) => {
+                            looked -= 1;
+                            *head
+                        }
+                        None => {
+                            let out = self
+                                .keys_out
+                                .lock()
+                                .expect("keys lock")
+                                .contains(&(sink.to_owned(), order.clone()));
+                            // Not filed at all (cannot happen but by
+                            // damage): let it go rather than hold it forever.
+                            let head = match out {
+                                true => None,
+                                false => Some(self.q.order_head(sink, order)?.unwrap_or(rec.id)),
+                            };
+                            heads.insert(order.clone(), head);
+                            head
+                        }
+                    };
+                    if head != Some(rec.id) {
+                        continue;
+                    }
+                    // Nothing more of this key in this claim.
+                    heads.insert(order.clone(), None);
+                    self.keys_out
+                        .lock()
+                        .expect("keys lock")
+                        .insert((sink.to_owned(), order.clone()));
+                }
+                self.leased.lock().expect("lease lock").insert(rec.id);
+                claimed.push(Claimed {
+                    lease: Lease {
+                        id: rec.id,
+                        sink: sink.to_owned(),
+                        order_key: rec.order_key.clone(),
+                        key: key.to_vec(),
+                        token: 0,
+                    },
+                    rec,
+                });
+                if claimed.len() >= max {
+                    break 'pages;
+                }
+            }
+            if !more || looked >= PAGE {
+                break;
+            }
+        }
+        Ok(Due {
+            claimed,
+            next_due: self.q.next_due(sink)?,
+            held: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` on the blocking pool (log reads and sled scans that may take
+/// a while).
+async fn blocking<T: Send + 'static>(
+    q: &Arc<SledQueue>,
+    f: impl FnOnce(&SledQueue) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let q = q.clone();
+    tokio::task::spawn_blocking(move || f(&q))
+        .await
+        .map_err(|e| QueueError::Storage(std::io::Error::other(e)))?
+}
+
+#[async_trait::async_trait]
+impl Ingest for Local {
+    async fn append(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError> {
+        self.q.append(event, now).await
+    }
+
+    fn writable(&self) -> bool {
+        self.q.writable()
+    }
+
+    fn close(&self) {
+        self.q.close()
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Local {
+    async fn inbox(&self, n: usize) -> Result<InboxPage, QueueError> {
+        let page = blocking(&self.q, move |q| q.inbox_page(n)).await?;
+        Ok(InboxPage {
+            events: page.events,
+            claim: PageClaim {
+                from: page.from.0,
+                next: page.next.0,
+            },
+        })
+    }
+
+    async fn routed(
+        &self,
+        page: &InboxPage,
+        mut routed: Vec<Routed>,
+    ) -> Result<Vec<Routed>, QueueError> {
+        for r in &mut routed {
+            for d in r.pending.iter_mut().chain(r.dead.iter_mut()) {
+                d.id = self.q.next_delivery_id()?;
+            }
+        }
+        let (from, next) = (EventId(page.claim.from), EventId(page.claim.next));
+        self.q.routed(&routed, from, next)?;
+        Ok(routed)
+    }
+
+    async fn routing_idle(&self) -> Result<(), QueueError> {
+        blocking(&self.q, |q| q.save_cursor()).await
+    }
+
+    async fn appended(&self) {
+        self.q.appended().await
+    }
+
+    fn install_id(&self) -> u64 {
+        self.q.install_id()
+    }
+
+    async fn claim(&self, sink: &str, limits: Limits, now_ms: u64) -> Result<Due, QueueError> {
+        self.claim_now(sink, limits.max, now_ms)
+    }
+
+    async fn settle(
+        &self,
+        lease: &Lease,
+        rec: &DeliveryRecord,
+        how: Settle,
+    ) -> Result<(), QueueError> {
+        match how {
+            Settle::Done => self.q.update(&lease.key, rec, true)?,
+            Settle::Reschedule => self.q.update(&lease.key, rec, false)?,
+            Settle::Bury => self.q.bury(&lease.key, rec)?,
+        }
+        self.unlease(lease);
+        Ok(())
+    }
+
+    fn release(&self, lease: &Lease) {
+        self.unlease(lease);
+    }
+
+    async fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError> {
+        self.q.next_due(sink)
+    }
+
+    fn limits_cluster_wide(&self) -> bool {
+        false
+    }
+
+    async fn bury_orphans(&self, sinks: &[String], now_ms: u64) -> Result<usize, QueueError> {
+        let names: Vec<&str> = sinks.iter().map(String::as_str).collect();
+        let in_flight = self.leased.lock().expect("lease lock").clone();
+        self.q.bury_orphans(&names, &in_flight, now_ms)
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, QueueError> {
+        self.q.dead_page(after, limit)
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeliveryRecord>, QueueError> {
+        self.q.dead_letter(id)
+    }
+
+    async fn dead_by_sink(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        self.q.dead_by_sink()
+    }
+
+    async fn requeue(
+        &self,
+        id: Option<u64>,
+        now_ms: u64,
+        refuse: RefuseReplay<'_>,
+    ) -> Result<Requeued, QueueError> {
+        self.q.requeue(id, now_ms, refuse)
+    }
+
+    async fn stats(&self, disabled: &[(String, String)]) -> Result<Stats, QueueError> {
+        let disabled = disabled.to_vec();
+        blocking(&self.q, move |q| {
+            q.stats_with(disabled.iter().map(|(s, r)| (s.as_str(), r.as_str())))
+        })
+        .await
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError> {
+        blocking(&self.q, move |q| q.event(id)).await
+    }
+
+    fn gauges(&self) -> BackendGauges {
+        BackendGauges {
+            log_syncs: Some(self.q.log_syncs()),
+            damaged_frames: self.q.damaged_frames(),
+        }
+    }
+
+    fn state_writable(&self) -> bool {
+        self.q.state_writable()
+    }
+
+    async fn heal(&self) -> Healed {
+        blocking(&self.q, |q| Ok(q.heal()))
+            .await
+            .unwrap_or(Healed::Failing)
+    }
+
+    async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError> {
+        match self.q.prune_seen(now).await {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired dedupe keys"),
+            Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
+            _ => {}
+        }
+        // One segment at a time, paced: deleting many at once frees their
+        // blocks in one journal commit, and on a filesystem mounted with
+        // `discard` every log sync waits for that.
+        let mut removed = 0;
+        loop {
+            match blocking(&self.q, move |q| q.prune_log(now, retention, 1)).await? {
+                1 => removed += 1,
+                _ => break,
+            }
+            tokio::time::sleep(PRUNE_PAUSE).await;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "deleted log segments past retention");
+        }
+        Ok(removed)
+    }
+
+    async fn flush(&self) -> Result<(), QueueError> {
+        blocking(&self.q, |q| q.flush()).await
+    }
+}
+
+/// Pause between two log segments deleted.
+const PRUNE_PAUSE: Duration = Duration::from_millis(200);
