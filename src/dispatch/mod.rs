@@ -56,6 +56,17 @@ fn wake_after(next_due: Option<u64>, now: u64, blocked: Option<Duration>) -> Opt
     })
 }
 
+/// The longest an attempt to a sink can take (`attempt` cuts a sink that
+/// ignores its own timeout off 5 s after it).
+fn attempt_limit(config: &SinkConfig) -> Duration {
+    config.timeout + Duration::from_secs(5)
+}
+
+/// How long a claim holds: an attempt's longest, plus time to settle it.
+fn lease_for(config: &SinkConfig) -> Duration {
+    attempt_limit(config) + Duration::from_secs(15)
+}
+
 /// An attempt in flight. Dropped when the attempt ends, however it ends:
 /// the loop wakes, and an attempt that did not settle (a panic in a sink)
 /// counts as a breaker failure so a probe cannot stay outstanding, and its
@@ -260,6 +271,7 @@ impl Dispatcher {
                 max: PAGE,
                 concurrency: usize::MAX,
                 rate: None,
+                lease: lease_for(&sink.config),
             };
             let due = self.queue.claim(name, limits, now).await?;
             for c in due.claimed {
@@ -278,6 +290,7 @@ impl Dispatcher {
                     max,
                     concurrency: sink.config.concurrency,
                     rate: sink.config.rate_limit,
+                    lease: lease_for(&sink.config),
                 };
                 let due = self.queue.claim(name, limits, now).await?;
                 let mut breaker = sink.breaker.lock().expect("breaker lock");
@@ -419,7 +432,7 @@ impl Dispatcher {
         let started = Instant::now();
         // The sink has its own timeout; this one only guards against a sink
         // that ignores it.
-        let limit = sink.config.timeout + Duration::from_secs(5);
+        let limit = attempt_limit(&sink.config);
         let answer = match tokio::time::timeout(limit, sink.sink.send(&rec)).await {
             Ok(a) => a,
             Err(_) => crate::sink::no_answer(Verdict::Retry {

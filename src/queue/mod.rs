@@ -175,6 +175,9 @@ pub struct Limits {
     /// Most attempts out at once to this sink.
     pub concurrency: usize,
     pub rate: Option<crate::config::Rate>,
+    /// How long a claim holds when its instance stops answering (longer
+    /// than an attempt can take): then another instance may claim it.
+    pub lease: Duration,
 }
 
 /// A delivery claimed for an attempt: nobody else attempts it until it is
