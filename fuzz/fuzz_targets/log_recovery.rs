@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hookgate::queue::{Queue, SledQueue};
+use hookgate::queue::SledQueue;
 
 /// Size of a log segment (`queue/log.rs`).
 const SEGMENT_BYTES: u64 = 8 << 20;

@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use crate::secret::Secret;
 use crate::verify::Provider;
-use raw::{RawRoute, RawSecret, RawServer, RawSink, RawSource};
+use raw::{RawQueue, RawRoute, RawSecret, RawServer, RawSink, RawSource};
 use secrets::{Resolver, SecretRef, SecretShape};
 pub use sinks::{SinkConfig, SinkKind};
 
@@ -31,6 +31,7 @@ pub use sinks::{SinkConfig, SinkKind};
 #[derive(Debug)]
 pub struct Config {
     pub server: Server,
+    pub queue: QueueConfig,
     pub sources: BTreeMap<String, Source>,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub routes: crate::route::Routes,
@@ -38,6 +39,23 @@ pub struct Config {
 
 /// Longest duration any key takes (larger ones overflow time arithmetic).
 const LONGEST_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// `[queue]`: which storage backend.
+#[derive(Debug, Clone, Default)]
+pub enum QueueConfig {
+    /// The event log and sled under `server.data_dir`.
+    #[default]
+    Local,
+    /// A PostgreSQL database shared by any number of instances.
+    Postgres {
+        /// The connection string (`Err`: its secret is missing).
+        url: Result<Secret, String>,
+        pool_size: usize,
+    },
+}
+
+/// Connections an instance keeps to PostgreSQL unless `pool_size` says.
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -245,6 +263,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
         }
     };
     let mut server = None;
+    let mut queue = None;
     let mut sources = BTreeMap::new();
     let mut sinks = BTreeMap::new();
     let mut raw_routes = Vec::new();
@@ -257,6 +276,11 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
             "server" => {
                 if let Some(raw) = cx.deserialize::<RawServer>(value.clone(), "server") {
                     server = Some(cx.server(raw));
+                }
+            }
+            "queue" => {
+                if let Some(raw) = cx.deserialize::<RawQueue>(value.clone(), "queue") {
+                    queue = Some(cx.queue(raw));
                 }
             }
             "sources" => {
@@ -318,7 +342,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
             other => {
                 let message = match crate::suggest::closest(other, SECTIONS) {
                     Some(meant) => format!("unknown section `{other}`: did you mean `{meant}`?"),
-                    None => format!("unknown section `{other}`: the sections are `server`, `sources`, `sinks` and `routes`"),
+                    None => format!("unknown section `{other}`: the sections are `server`, `queue`, `sources`, `sinks` and `routes`"),
                 };
                 cx.err(key.span(), other, message)
             }
@@ -339,6 +363,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
         Ok(Loaded {
             config: Config {
                 server,
+                queue: queue.unwrap_or_default(),
                 sources,
                 sinks,
                 routes,
@@ -351,7 +376,7 @@ pub fn parse_in(text: &str, base_dir: &Path, resolver: &Resolver) -> Result<Load
     }
 }
 
-const SECTIONS: [&str; 4] = ["server", "sources", "sinks", "routes"];
+const SECTIONS: [&str; 5] = ["server", "queue", "sources", "sinks", "routes"];
 
 /// The names of every `[sources.NAME]` and `[sinks.NAME]` in the file.
 struct Declared<'a> {
@@ -703,6 +728,56 @@ impl Cx<'_> {
                 "server.retention",
                 Duration::from_secs(7 * 24 * 3600),
             ),
+        }
+    }
+
+    fn queue(&mut self, raw: RawQueue) -> QueueConfig {
+        let backend = raw.backend.as_ref();
+        match backend.map(|b| b.get_ref().as_str()) {
+            None | Some("local") => {
+                for (set, key) in [
+                    (raw.url.as_ref().map(|u| u.span()), "queue.url"),
+                    (raw.pool_size.as_ref().map(|p| p.span()), "queue.pool_size"),
+                ] {
+                    if let Some(span) = set {
+                        self.err(
+                            span,
+                            key,
+                            "only the postgres backend takes it: set `backend = \"postgres\"` or remove it",
+                        );
+                    }
+                }
+                QueueConfig::Local
+            }
+            Some("postgres") => {
+                let pool_size =
+                    self.positive(&raw.pool_size, "queue.pool_size", DEFAULT_POOL_SIZE, 1024);
+                let url = match raw.url.as_ref() {
+                    None => {
+                        let span = backend.map(|b| b.span()).unwrap_or(0..0);
+                        self.err(
+                            span,
+                            "queue.url",
+                            "the postgres backend needs `url = { env = \"HOOKGATE_DATABASE_URL\" }` (a libpq connection string)",
+                        );
+                        return QueueConfig::Local;
+                    }
+                    Some(u) => self.resolve(u, "queue.url", SecretShape::External),
+                };
+                let Some(url) = url else {
+                    return QueueConfig::Local;
+                };
+                QueueConfig::Postgres { url, pool_size }
+            }
+            Some(other) => {
+                let message = match crate::suggest::closest(other, ["local", "postgres"]) {
+                    Some(meant) => format!("unknown backend `{other}`: did you mean `{meant}`?"),
+                    None => format!("unknown backend `{other}`: it is `local` or `postgres`"),
+                };
+                let span = backend.map(|b| b.span()).unwrap_or(0..0);
+                self.err(span, "queue.backend", message);
+                QueueConfig::Local
+            }
         }
     }
 

@@ -43,6 +43,19 @@ pub struct RawServer {
     pub tls: Option<Spanned<RawTls>>,
 }
 
+/// `[queue]`: where events and delivery state are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// `"local"` (the default: `server.data_dir`) or `"postgres"`.
+    pub backend: Option<Spanned<String>>,
+    /// postgres: a libpq connection string or URI, as a secret (it holds
+    /// the password).
+    pub url: Option<Spanned<RawSecret>>,
+    /// postgres: connections this instance keeps open at most.
+    pub pool_size: Option<Spanned<i64>>,
+}
+
 /// `tls = { cert = "…", key = "…" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

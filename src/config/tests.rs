@@ -936,3 +936,65 @@ fn problems_carry_the_line_they_are_on() {
     let lines: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
     assert_eq!(lines, vec![(8, "routes.r.message"), (11, "server.listen")]);
 }
+
+#[test]
+fn the_queue_section_picks_a_backend() {
+    let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
+    let loaded = parse(src, &Resolver::default()).unwrap();
+    assert!(matches!(loaded.config.queue, QueueConfig::Local));
+    let url = secret_file("host=127.0.0.1 dbname=hookgate");
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\nurl = {{ file = \"{url}\" }}\npool_size = 4\n{src}"
+    );
+    match parse(&text, &Resolver::default()).unwrap().config.queue {
+        QueueConfig::Postgres { url, pool_size } => {
+            assert_eq!(url.unwrap().expose(), b"host=127.0.0.1 dbname=hookgate");
+            assert_eq!(pool_size, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A missing secret is a secret problem (a warning for `check`), and
+    // the daemon cannot start on it.
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\nurl = {{ env = \"HOOKGATE_TEST_UNSET_URL\" }}\n{src}"
+    );
+    let loaded = parse(&text, &Resolver::default()).unwrap();
+    assert_eq!(loaded.secret_problems[0].key, "queue.url");
+    assert!(matches!(
+        loaded.config.queue,
+        QueueConfig::Postgres { url: Err(_), .. }
+    ));
+}
+
+#[test]
+fn queue_mistakes_say_what_to_write() {
+    let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
+    let lines = problem_lines(&format!("[queue]\nbackend = \"postgress\"\n{src}"));
+    assert_eq!(
+        lines,
+        ["queue.backend: unknown backend `postgress`: did you mean `postgres`?"]
+    );
+    let lines = problem_lines(&format!("[queue]\nbackend = \"postgres\"\n{src}"));
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("queue.url: the postgres backend needs `url = "),
+        "{lines:?}"
+    );
+    let lines = problem_lines(&format!(
+        "[queue]\nurl = {{ env = \"X\" }}\npool_size = 0\n{src}"
+    ));
+    assert_eq!(
+        lines,
+        [
+            "queue.url: only the postgres backend takes it: set `backend = \"postgres\"` or remove it",
+            "queue.pool_size: only the postgres backend takes it: set `backend = \"postgres\"` or remove it",
+        ]
+    );
+    let lines = problem_lines(&format!(
+        "[queue]\nbackend = \"postgres\"\nurl = {{ env = \"X\" }}\npool_size = 0\n{src}"
+    ));
+    assert_eq!(lines, ["queue.pool_size: must be a number from 1 to 1024"]);
+    let lines = problem_lines(&format!("[queue]\nbakend = \"local\"\n{src}"));
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("did you mean `backend`"), "{lines:?}");
+}
