@@ -95,6 +95,12 @@ pub fn inspect_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     open_dir(config, SledQueue::inspect)
 }
 
+/// The storage the config names, for the CLI while no daemon answers:
+/// on the local backend, `inspect_queue`.
+pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
+    Ok(Arc::new(Local::new(inspect_queue(config)?)))
+}
+
 fn open_dir(
     config: &Config,
     open: impl FnOnce(&std::path::Path) -> Result<SledQueue, QueueError>,

@@ -494,14 +494,16 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
     };
     let config = &loaded.config;
     // Without a daemon, read (or requeue in) the data directory directly.
-    let offline = || hookgate::daemon::inspect_queue(config);
+    let offline = || hookgate::daemon::inspect_storage(config);
     match what {
         DeadCommand::List { json } => {
             let list: Vec<DeadSummary> = match admin(config, http::Method::GET, "/api/dead").await?
             {
                 Some(body) => serde_json::from_slice(&body)?,
-                None => offline()?
-                    .dead_letters()?
+                None => offline()
+                    .await?
+                    .dead_letters(None, usize::MAX)
+                    .await?
                     .iter()
                     .map(DeadSummary::of)
                     .collect(),
@@ -534,8 +536,10 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
                 match admin(config, http::Method::GET, &format!("/api/dead/{id}")).await? {
                     Some(body) => serde_json::from_slice(&body)?,
                     None => {
-                        let d = offline()?
-                            .dead_letter(id)?
+                        let d = offline()
+                            .await?
+                            .dead_letter(id)
+                            .await?
                             .ok_or_else(|| anyhow::anyhow!("no dead delivery {id}"))?;
                         DeadDetail {
                             summary: DeadSummary::of(&d),
@@ -577,19 +581,26 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
                 Some(id) => format!("/api/dead/{id}/replay"),
                 None => "/api/dead/replay".to_owned(),
             };
-            let done: hookgate::queue::Requeued =
-                match admin(config, http::Method::POST, &path).await? {
-                    Some(body) => serde_json::from_slice(&body)?,
-                    None => offline()?.requeue(
-                        id,
-                        hookgate::queue::unix_millis(std::time::SystemTime::now()),
-                        |rec| {
-                            (!config.sinks.contains_key(&rec.sink)).then(|| {
+            let done: hookgate::queue::Requeued = match admin(config, http::Method::POST, &path)
+                .await?
+            {
+                Some(body) => serde_json::from_slice(&body)?,
+                None => {
+                    let refuse = |rec: &hookgate::queue::DeliveryRecord| {
+                        (!config.sinks.contains_key(&rec.sink)).then(|| {
                                 format!("its sink `{}` is no longer in the config: add it back to replay it", rec.sink)
                             })
-                        },
-                    )?,
-                };
+                    };
+                    offline()
+                        .await?
+                        .requeue(
+                            id,
+                            hookgate::queue::unix_millis(std::time::SystemTime::now()),
+                            &refuse,
+                        )
+                        .await?
+                }
+            };
             let n = done.replayed;
             if json {
                 println!("{}", serde_json::to_string(&done)?);
@@ -625,13 +636,18 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         match admin(&loaded.config, http::Method::GET, "/api/queue/stats").await? {
             Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
             // No daemon: read the data directory directly.
-            None => hookgate::daemon::inspect_queue(&loaded.config)?.stats_with(
-                loaded
+            None => {
+                let disabled: Vec<(String, String)> = loaded
                     .config
                     .sinks
                     .values()
-                    .filter_map(|s| Some((s.name.as_str(), s.kind.unconfigured()?))),
-            )?,
+                    .filter_map(|s| Some((s.name.clone(), s.kind.unconfigured()?.to_owned())))
+                    .collect();
+                hookgate::daemon::inspect_storage(&loaded.config)
+                    .await?
+                    .stats(&disabled)
+                    .await?
+            }
         };
     if json {
         println!("{}", serde_json::to_string(&stats)?);
