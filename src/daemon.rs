@@ -95,6 +95,55 @@ pub fn inspect_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     open_dir(config, SledQueue::inspect)
 }
 
+/// What the local backend still holds under `data_dir` (nothing when it
+/// holds no queue): events not yet routed, pending deliveries, dead letters.
+pub fn local_work(config: &Config) -> Result<(u64, u64, u64), DaemonError> {
+    if !config.server.data_dir.join("sled").is_dir() {
+        return Ok((0, 0, 0));
+    }
+    let q = inspect_queue(config)?;
+    let stats = q.stats().map_err(|source| DaemonError::Queue {
+        path: config.server.data_dir.display().to_string(),
+        source,
+    })?;
+    Ok((stats.inbox, stats.deliveries, stats.dead))
+}
+
+/// Moves the local backend's unfinished work under `data_dir` into
+/// `target` (PostgreSQL) in one transaction, then moves the local files
+/// aside (`data_dir/migrated-SECONDS/`), so neither backend has it twice.
+/// A second run after a crash between the two imports nothing again (the
+/// database remembers the local store's id) and only moves the files.
+pub async fn migrate(
+    config: &Config,
+    target: &dyn Queue,
+) -> Result<crate::queue::Imported, DaemonError> {
+    let dir = &config.server.data_dir;
+    let queue_err = |source| DaemonError::Queue {
+        path: dir.display().to_string(),
+        source,
+    };
+    let carried = inspect_queue(config)?.export().map_err(queue_err)?;
+    let imported = target.import(carried).await.map_err(queue_err)?;
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("migrated-{secs}"));
+    let moved = std::fs::create_dir_all(&aside).and_then(|()| {
+        for part in ["log", "sled"] {
+            if dir.join(part).exists() {
+                std::fs::rename(dir.join(part), aside.join(part))?;
+            }
+        }
+        Ok(())
+    });
+    moved.map_err(|source| DaemonError::DataDir {
+        path: aside.display().to_string(),
+        source,
+    })?;
+    Ok(imported)
+}
+
 /// The storage the config names, for the CLI while no daemon answers:
 /// on the local backend, `inspect_queue`.
 pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {

@@ -62,6 +62,9 @@ pub enum QueueError {
     Moved,
     #[error("stored record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// What the backend cannot do (with what to do instead).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<sled::Error> for QueueError {
@@ -223,6 +226,39 @@ pub enum Settle {
 /// Why a replay leaves a dead delivery dead (its sink was removed), or `None`.
 pub type RefuseReplay<'a> = &'a (dyn Fn(&DeliveryRecord) -> Option<String> + Send + Sync);
 
+/// What `hookgate queue migrate` carries from the local backend into
+/// PostgreSQL: the work not yet done.
+#[derive(Debug, Default)]
+pub struct Carried {
+    /// The local store's id: a database remembers what it imported, so a
+    /// second run after a crash imports nothing twice.
+    pub from_install: u64,
+    /// Events not yet routed, oldest first (routed again there).
+    pub events: Vec<CarriedEvent>,
+    /// Pending and dead deliveries (dead ones have `dead_ms`), with their
+    /// frozen requests and idempotency keys as they are.
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// An accepted event not yet routed, with its dedupe key.
+#[derive(Debug, Clone)]
+pub struct CarriedEvent {
+    pub record: EventRecord,
+    pub dedupe_key: String,
+    /// When its dedupe key is forgotten (ms).
+    pub expires_ms: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Imported {
+    pub events: usize,
+    pub pending: usize,
+    pub dead: usize,
+    /// This store had imported that one before: nothing was imported again.
+    pub already: bool,
+}
+
 /// Figures only one backend has, for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct BackendGauges {
@@ -345,6 +381,12 @@ pub trait Queue: Ingest {
     async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError>;
     /// After `close` and the last append: makes everything durable.
     async fn flush(&self) -> Result<(), QueueError>;
+
+    // Moving between backends.
+
+    /// Takes in another store's unfinished work in one transaction (once
+    /// per `from_install`). A backend that cannot take it says why.
+    async fn import(&self, carried: Carried) -> Result<Imported, QueueError>;
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

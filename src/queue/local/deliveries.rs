@@ -328,6 +328,19 @@ impl SledQueue {
     }
 
     /// One dead delivery.
+    /// Every pending delivery, by sink and due time.
+    pub fn pending(&self) -> Result<Vec<DeliveryRecord>, QueueError> {
+        let trees = self.state.get()?;
+        trees
+            .deliveries
+            .iter()
+            .map(|kv| {
+                let (k, v) = self.state.check(kv)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     /// Dead deliveries by id, after `after`, at most `limit`.
     pub fn dead_page(
         &self,

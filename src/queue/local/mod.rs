@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime};
 pub use sled_queue::{Page, SledQueue};
 
 use super::{
-    delivery, unix_millis, Appended, BackendGauges, BoxFuture, Claimed, DeliveryRecord, Disabled,
-    Due, EventId, EventRecord, Healed, InboxPage, Ingest, Lease, Limits, NewEvent, PageClaim,
-    Queue, QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
+    delivery, unix_millis, Appended, BackendGauges, BoxFuture, Carried, CarriedEvent, Claimed,
+    DeliveryRecord, Disabled, Due, EventId, EventRecord, Healed, Imported, InboxPage, Ingest,
+    Lease, Limits, NewEvent, PageClaim, Queue, QueueError, RefuseReplay, Refused, Requeued, Routed,
+    Settle, Stats,
 };
 
 /// Most due records looked at per sink per claim.
@@ -338,6 +339,13 @@ impl Queue for Local {
 
     async fn flush(&self) -> Result<(), QueueError> {
         blocking(&self.q, |q| q.flush()).await
+    }
+
+    async fn import(&self, _carried: Carried) -> Result<Imported, QueueError> {
+        Err(QueueError::Unsupported(
+            "the local backend takes no imports: work moves from it into PostgreSQL, not back"
+                .into(),
+        ))
     }
 }
 

@@ -200,6 +200,38 @@ impl SledQueue {
             .collect()
     }
 
+    /// The work not yet done, for `hookgate queue migrate`: events not yet
+    /// routed (with their dedupe keys), pending deliveries and dead letters.
+    pub fn export(&self) -> Result<super::Carried, QueueError> {
+        let from = EventId(self.routed_upto.load(Ordering::Acquire));
+        let (found, _) = self.reader.page(from, self.shared.acked(), usize::MAX)?;
+        let mut events = Vec::with_capacity(found.len());
+        for f in found {
+            let log::LogEntry::V1 {
+                seen_key,
+                expiry_ms,
+                record,
+            } = f.entry;
+            // `source ‖ 0 ‖ dedupe key` (`seen_key` below).
+            let dedupe_key = match seen_key.iter().position(|&b| b == 0) {
+                Some(at) => String::from_utf8_lossy(&seen_key[at + 1..]).into_owned(),
+                None => String::from_utf8_lossy(&seen_key).into_owned(),
+            };
+            events.push(super::CarriedEvent {
+                record: decode(f.id, &record)?,
+                dedupe_key,
+                expires_ms: expiry_ms,
+            });
+        }
+        let mut deliveries = self.pending()?;
+        deliveries.extend(self.dead_letters()?);
+        Ok(super::Carried {
+            from_install: self.install,
+            events,
+            deliveries,
+        })
+    }
+
     /// One event, if the log still holds it.
     pub fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError> {
         let (found, _) = self.reader.page(id, self.shared.acked(), 1)?;
