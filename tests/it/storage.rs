@@ -110,6 +110,7 @@ both!(
     dead_letters_page_by_id,
     requeue_one_all_and_refused,
     bury_orphans_spares_claimed_and_configured,
+    close_refuses_new_appends,
 );
 
 postgres_only!(
@@ -120,7 +121,212 @@ postgres_only!(
     postgres_a_lapsed_lease_goes_to_another_instance,
     postgres_refuses_a_newer_schema,
     postgres_group_commit_shares_transactions,
+    postgres_prune_drops_whole_days_once_routed,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_together_migrate_once() {
+    let Some((db, url)) = Cluster::fresh_database() else {
+        return;
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Postgres::open(&url, 2).await.unwrap().install_id() })
+        })
+        .collect();
+    let mut installs = HashSet::new();
+    for o in opens {
+        installs.insert(o.await.unwrap());
+    }
+    assert_eq!(installs.len(), 1, "one install id: {installs:?}");
+    assert_eq!(
+        Cluster::shared_psql(&db, "SELECT count(*) FROM hookgate_schema"),
+        hookgate::queue::postgres::SCHEMA_VERSION.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_database_refuses_appends_until_writable() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let db = cluster.create_database();
+    let q = Postgres::open(&cluster.url(&db), 4).await.unwrap();
+    let now = SystemTime::now();
+    queued(q.append(event("gh", "one", now), now).await.unwrap());
+    // What a demoted primary or a guard against a full disk does.
+    let admin = "dbname=postgres options='-c default_transaction_read_only=off'";
+    cluster.psql(admin, "ALTER SYSTEM SET default_transaction_read_only = on");
+    cluster.psql(admin, "SELECT pg_reload_conf()");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = q.append(event("gh", "two", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::Storage(_)), "{e:?}");
+    assert!(!q.writable() && !q.state_writable());
+    assert_eq!(q.heal().await, Healed::Failing);
+    cluster.psql(admin, "ALTER SYSTEM RESET default_transaction_read_only");
+    cluster.psql(admin, "SELECT pg_reload_conf()");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.heal().await, Healed::Recovered { reopened: true });
+    assert!(q.writable());
+    queued(q.append(event("gh", "two", now), now).await.unwrap());
+}
+
+/// Makes a CA and a server certificate for `san` in `dir` with openssl;
+/// false (and a message) when openssl is missing.
+fn make_certs(dir: &std::path::Path, san: &str) -> bool {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let Ok(out) = run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hookgate test CA",
+        ],
+    ]
+    .concat()) else {
+        eprintln!("skipped: openssl not installed");
+        return false;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=server",
+        ],
+    ]
+    .concat())
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.join("ext"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// sslmode as libpq has it: `require` encrypts without checking,
+/// `verify-ca` checks the chain, `verify-full` the chain and the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_modes_check_what_libpq_checks() {
+    let Some(cluster) = Cluster::init() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    if !make_certs(certs.path(), "IP:127.0.0.1,DNS:localhost") {
+        return;
+    }
+    let install = |cluster: &Cluster| {
+        for f in ["server.crt", "server.key"] {
+            cluster.write_file(f, &std::fs::read(certs.path().join(f)).unwrap());
+        }
+    };
+    install(&cluster);
+    // TLS or nothing over TCP.
+    cluster.write_file(
+        "pg_hba.conf",
+        b"local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    );
+    cluster.add_option("-c ssl=on");
+    cluster.start_server();
+    let db = cluster.create_database();
+    let ca = certs.path().join("ca.pem");
+    let url = |extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5 {extra}",
+            cluster.port()
+        )
+    };
+    let opens = |u: String| async move { Postgres::open(&u, 2).await.map(|_| ()) };
+    assert!(
+        opens(url("sslmode=disable")).await.is_err(),
+        "no TLS, no entry"
+    );
+    opens(url("sslmode=require")).await.unwrap();
+    opens(url(&format!(
+        "sslmode=verify-full sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap();
+    let e = opens(url("sslmode=verify-full")).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "unknown CA: {e}");
+    // A certificate for another name: the chain holds, the name does not.
+    cluster.stop("fast");
+    assert!(make_certs(certs.path(), "DNS:db.example"));
+    install(&cluster);
+    cluster.start_server();
+    opens(url(&format!(
+        "sslmode=verify-ca sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap();
+    let e = opens(url(&format!(
+        "sslmode=verify-full sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "wrong name: {e}");
+    opens(url("sslmode=require")).await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_stopped_then_back() {
@@ -695,6 +901,25 @@ async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
     assert_eq!(q.stats(&[]).await.unwrap().deliveries, 2);
 }
 
+async fn close_refuses_new_appends(b: Backend) {
+    let now = SystemTime::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let q = b.q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.append(event("gh", &format!("k{i}"), now), now).await
+        }));
+    }
+    for t in tasks {
+        queued(t.await.unwrap().unwrap());
+    }
+    b.q.close();
+    let e = b.q.append(event("gh", "late", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::ShuttingDown), "{e:?}");
+    b.q.flush().await.unwrap();
+    assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 50);
+}
+
 /// The PostgreSQL-only cases.
 mod cases {
     use super::*;
@@ -886,6 +1111,47 @@ mod cases {
         );
         Cluster::shared_psql(&b.db, "DELETE FROM hookgate_schema WHERE version = 99");
         Postgres::open(&b.url, 2).await.unwrap();
+    }
+
+    pub async fn postgres_prune_drops_whole_days_once_routed(b: Backend) {
+        let q = &b.q;
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(10 * 86_400);
+        // Its day has no partition yet: made on demand.
+        let gone = queued(q.append(event("gh", "old", old), now).await.unwrap());
+        let kept = queued(q.append(event("gh", "new", now), now).await.unwrap());
+        let partitions = || {
+            Cluster::shared_psql(
+                &b.db,
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'hookgate_events'::regclass",
+            )
+            .parse::<u32>()
+            .unwrap()
+        };
+        let before = partitions();
+        assert!(
+            before >= 5,
+            "yesterday to two days ahead, and the old day: {before}"
+        );
+        let retention = Duration::from_secs(2 * 86_400);
+        assert_eq!(
+            q.prune(now, retention).await.unwrap(),
+            0,
+            "not routed: kept"
+        );
+        assert!(q.event(gone).await.unwrap().is_some());
+        route_with(q, |_| (vec![], vec![])).await;
+        assert_eq!(q.prune(now, retention).await.unwrap(), 1);
+        assert_eq!(partitions(), before - 1);
+        assert_eq!(q.event(gone).await.unwrap(), None);
+        assert!(q.event(kept).await.unwrap().is_some());
+        // Dedupe keys go once their window passed.
+        assert_eq!(q.stats(&[]).await.unwrap().seen, 2);
+        q.prune(now + Duration::from_secs(61), retention)
+            .await
+            .unwrap();
+        assert_eq!(q.stats(&[]).await.unwrap().seen, 0);
+        assert!(q.event(kept).await.unwrap().is_some());
     }
 
     /// Many appends at once share transactions: fewer commits than

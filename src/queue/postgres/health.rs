@@ -92,7 +92,7 @@ pub fn pool_err(health: &Health, e: PoolError) -> QueueError {
         PoolError::Backend(be) if !unavailable(be) => {}
         // Every connection busy: the database is fine.
         PoolError::Closed | PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {}
-        _ => health.down(&e),
+        _ => health.down(&super::with_causes(&e)),
     }
-    QueueError::Storage(std::io::Error::other(e))
+    QueueError::Storage(std::io::Error::other(super::with_causes(&e)))
 }

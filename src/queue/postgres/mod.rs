@@ -70,6 +70,21 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
+/// `e` and its causes, `: `-separated (deadpool's errors hide theirs).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 fn storage(msg: impl Into<String>) -> QueueError {
     QueueError::Storage(std::io::Error::other(msg.into()))
 }
@@ -83,10 +98,12 @@ impl Postgres {
         })?;
         let described = format!("{target:?}");
         let pool = connect::pool(&target, pool_size).map_err(storage)?;
-        let mut conn = pool
-            .get()
-            .await
-            .map_err(|e| storage(format!("cannot connect to {described}: {e}")))?;
+        let mut conn = pool.get().await.map_err(|e| {
+            storage(format!(
+                "cannot connect to {described}: {}",
+                with_causes(&e)
+            ))
+        })?;
         let install = schema::migrate_or_refuse(&mut conn).await?;
         let now_ms = unix_millis(SystemTime::now()) as i64;
         partitions::ensure(&conn, &partitions::around(now_ms))

@@ -22,6 +22,8 @@ pub struct Cluster {
     port: u16,
     /// Run PostgreSQL's tools as the `postgres` user (the tests run as root).
     as_postgres: bool,
+    /// Server options added by the test (`-c ssl=on` …), for every start.
+    options: Mutex<Vec<String>>,
     /// The tempdir, removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -70,6 +72,14 @@ impl Cluster {
     /// A cluster of its own, started; `None` when PostgreSQL is missing
     /// (the test returns: it is skipped).
     pub fn start() -> Option<Cluster> {
+        let cluster = Cluster::init()?;
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    /// A cluster made (`initdb`) but not started: the test may write
+    /// files into [`Cluster::data_dir`] and add options first.
+    pub fn init() -> Option<Cluster> {
         let bindir = available()?;
         let dir = tempfile::Builder::new()
             .prefix("hookgate-pg")
@@ -81,6 +91,7 @@ impl Cluster {
             root: dir.path().to_owned(),
             port: super::free_port(),
             as_postgres,
+            options: Mutex::new(Vec::new()),
             _dir: dir,
         };
         if as_postgres {
@@ -105,8 +116,29 @@ impl Cluster {
             ],
             &[cluster.data_dir().as_os_str()],
         );
-        cluster.start_server();
         Some(cluster)
+    }
+
+    /// Adds a server option (`-c name=value`) to every later start.
+    pub fn add_option(&self, option: &str) {
+        self.options.lock().unwrap().push(option.to_owned());
+    }
+
+    /// Writes `contents` to `name` in the data directory, owned by the
+    /// server's user and readable by it only (as keys must be).
+    pub fn write_file(&self, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
     }
 
     /// The cluster every test in this binary shares; `None` when
@@ -222,11 +254,15 @@ impl Cluster {
     pub fn start_server(&self) {
         let data = self.data_dir();
         let log = self.root.join("postgres.log");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c unix_socket_directories={} -p {} -c max_connections=200",
             self.root.display(),
             self.port
         );
+        for o in self.options.lock().unwrap().iter() {
+            options.push(' ');
+            options.push_str(o);
+        }
         self.run(
             "pg_ctl",
             &["-w", "-t", "60", "-o", &options, "-l"],
