@@ -221,8 +221,8 @@ pub fn parse(url: &str) -> Result<Target, String> {
             }
         }
     }
-    let mut pg =
-        tokio_postgres::Config::from_str(&passed).map_err(|e| format!("queue.url: {e}"))?;
+    let mut pg = tokio_postgres::Config::from_str(&passed)
+        .map_err(|e| format!("queue.url: {}", super::with_causes(&e)))?;
     pg.ssl_mode(match ssl {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
