@@ -1,10 +1,10 @@
 //! Claims, outcomes and releases of deliveries, under leases by the
 //! database's clock.
 //!
-//! A claim holds the sink's row of `hookgate_sink_limits` for its
-//! transaction, so claims of one sink are serial across the cluster: its
-//! token bucket is refilled and debited there, and the leases out are
-//! counted against its concurrency. A delivery starts only as the head of
+//! A claim that finds something due takes the sink's advisory lock for
+//! its transaction, so claims of one sink are serial across the cluster:
+//! its token bucket (`hookgate_sink_limits`) is refilled and debited
+//! there, and the leases out are counted against its concurrency. A delivery starts only as the head of
 //! its order key (lowest (event, item) pending) while no delivery of that
 //! key is under a lease. An outcome is written only where the lease token
 //! still stands: once a lease lapsed and another instance claimed the
@@ -40,18 +40,24 @@ pub fn record_of(row: &Row) -> Result<DeliveryRecord, QueueError> {
     Ok(rec)
 }
 
-/// Locks the sink's limits row (made if missing) and reads its bucket
-/// and how long since it was counted. The leases out are counted by the
-/// next statement: its snapshot, taken once the lock is held, sees every
-/// claim committed before.
-const LIMITS: &str = "
-INSERT INTO hookgate_sink_limits AS l (sink, tokens, refilled_at) VALUES ($1, $2, clock_timestamp())
-ON CONFLICT (sink) DO UPDATE SET sink = l.sink
-RETURNING l.tokens, extract(epoch FROM clock_timestamp() - l.refilled_at)::float8";
+/// Claims of one sink wait for each other (an advisory lock: taking it
+/// writes nothing, so a claim that finds nothing commits without a WAL
+/// flush). Key: hookgate's class and the sink's name hashed.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(1752133483, hashtext($1))";
 
-const ACTIVE: &str = "
-SELECT count(*) FROM hookgate_deliveries
-WHERE sink = $1 AND NOT dead AND lease_until > now()";
+/// The sink's bucket as last written, how long ago, and the leases out;
+/// read once the lock is held, so every claim committed before is seen.
+const LIMITS: &str = "
+SELECT
+    (SELECT tokens FROM hookgate_sink_limits WHERE sink = $1),
+    (SELECT extract(epoch FROM clock_timestamp() - refilled_at)::float8
+     FROM hookgate_sink_limits WHERE sink = $1),
+    (SELECT count(*) FROM hookgate_deliveries
+     WHERE sink = $1 AND NOT dead AND lease_until > now())";
+
+const SAVE_TOKENS: &str = "
+INSERT INTO hookgate_sink_limits (sink, tokens, refilled_at) VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (sink) DO UPDATE SET tokens = EXCLUDED.tokens, refilled_at = EXCLUDED.refilled_at";
 
 /// Due, unleased deliveries that head their order key and whose key has
 /// none out, in due order, leased for `$4` seconds under token `$5`.
@@ -79,23 +85,36 @@ RETURNING d.id, d.due_ms, d.failures, d.reason, d.dead_ms, d.record";
 const NEXT_DUE: &str = "
 SELECT due_ms FROM hookgate_deliveries WHERE sink = $1 AND NOT dead ORDER BY due_ms LIMIT 1";
 
-const MORE_DUE: &str = "
-SELECT EXISTS (SELECT 1 FROM hookgate_deliveries
-    WHERE sink = $1 AND NOT dead AND due_ms <= $2
-      AND (lease_until IS NULL OR lease_until <= now()))";
+/// The earliest pending due time, and whether any delivery is due and
+/// unleased (one round trip, no lock: what an idle sink costs).
+const LOOK: &str = "
+SELECT
+    (SELECT due_ms FROM hookgate_deliveries WHERE sink = $1 AND NOT dead ORDER BY due_ms LIMIT 1),
+    EXISTS (SELECT 1 FROM hookgate_deliveries
+        WHERE sink = $1 AND NOT dead AND due_ms <= $2
+          AND (lease_until IS NULL OR lease_until <= now()))";
 
 pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<Due, QueueError> {
     let token: i64 = rand::random();
     let now_ms = now_ms.min(i64::MAX as u64) as i64;
-    let burst = limits.rate.map_or(0.0, |r| f64::from(r.burst));
     let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let done = async {
+        let look = conn.query_one(LOOK, &[&sink, &now_ms]).await?;
+        let (next_due, any): (Option<i64>, bool) = (look.get(0), look.get(1));
+        if !any {
+            return Ok((Vec::new(), next_due, None));
+        }
         let tx = conn.transaction().await?;
-        let row = tx.query_one(LIMITS, &[&sink, &burst]).await?;
-        let (stored, elapsed): (f64, f64) = (row.get(0), row.get(1));
-        let active: i64 = tx.query_one(ACTIVE, &[&sink]).await?.get(0);
+        tx.execute(LOCK, &[&sink]).await?;
+        let row = tx.query_one(LIMITS, &[&sink]).await?;
+        let (stored, elapsed, active): (Option<f64>, Option<f64>, i64) =
+            (row.get(0), row.get(1), row.get(2));
         let tokens = limits.rate.map(|r| {
-            (stored + elapsed.max(0.0) * r.per_second).min(f64::from(r.burst))
+            let burst = f64::from(r.burst);
+            match stored {
+                Some(t) => (t + elapsed.unwrap_or(0.0).max(0.0) * r.per_second).min(burst),
+                None => burst,
+            }
         });
         let free = limits.concurrency.saturating_sub(active.max(0) as usize);
         let mut allowed = limits.max.min(free);
@@ -106,35 +125,26 @@ pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<D
         if allowed > 0 {
             let lease = limits.lease.as_secs_f64();
             let limit = allowed.min(i64::MAX as usize) as i64;
-            for row in tx
+            claimed = tx
                 .query(PICK, &[&sink, &now_ms, &limit, &lease, &token])
-                .await?
-            {
-                claimed.push(row);
-            }
+                .await?;
         }
         let left = tokens.map(|t| t - claimed.len() as f64);
-        if let Some(left) = left {
-            tx.execute(
-                "UPDATE hookgate_sink_limits SET tokens = $2, refilled_at = clock_timestamp() WHERE sink = $1",
-                &[&sink, &left],
-            )
-            .await?;
+        if let (Some(left), false) = (left, claimed.is_empty()) {
+            tx.execute(SAVE_TOKENS, &[&sink, &left]).await?;
         }
-        let next_due: Option<i64> = tx.query_opt(NEXT_DUE, &[&sink]).await?.map(|r| r.get(0));
+        let look = tx.query_one(LOOK, &[&sink, &now_ms]).await?;
+        let (next_due, more): (Option<i64>, bool) = (look.get(0), look.get(1));
         // Held by the limits: all that was allowed went, less than asked,
         // and more is due.
         let mut held = None;
-        if claimed.len() == allowed && allowed < limits.max {
-            let more: bool = tx.query_one(MORE_DUE, &[&sink, &now_ms]).await?.get(0);
-            if more {
-                held = Some(match (left, limits.rate) {
-                    (Some(left), Some(rate)) if left < 1.0 && rate.per_second > 0.0 => {
-                        Duration::from_secs_f64(((1.0 - left) / rate.per_second).min(3600.0))
-                    }
-                    _ => CONCURRENCY_POLL,
-                });
-            }
+        if claimed.len() == allowed && allowed < limits.max && more {
+            held = Some(match (left, limits.rate) {
+                (Some(left), Some(rate)) if left < 1.0 && rate.per_second > 0.0 => {
+                    Duration::from_secs_f64(((1.0 - left) / rate.per_second).min(3600.0))
+                }
+                _ => CONCURRENCY_POLL,
+            });
         }
         tx.commit().await?;
         Ok::<_, tokio_postgres::Error>((claimed, next_due, held))
