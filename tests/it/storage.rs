@@ -1207,3 +1207,43 @@ mod cases {
         assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 400);
     }
 }
+
+/// A measurement, not a check: appends per second from many concurrent
+/// writers, and how many share a commit. `cargo test --test it
+/// storage::postgres_append_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn postgres_append_throughput() {
+    let Some(b) = Backend::postgres().await else {
+        return;
+    };
+    let now = SystemTime::now();
+    let writers = 64;
+    let each = 200;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let q = b.q.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    queued(
+                        q.append(event("gh", &format!("{w}-{i}"), now), now)
+                            .await
+                            .unwrap(),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let (commits, events) = b.q.gauges().log_syncs.unwrap();
+    eprintln!(
+        "{events} appends from {writers} writers in {took:?}: {:.0}/s, {} commits ({:.1} appends each)",
+        events as f64 / took.as_secs_f64(),
+        commits.count(),
+        events as f64 / commits.count() as f64
+    );
+}

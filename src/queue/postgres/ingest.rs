@@ -21,8 +21,10 @@ use crate::queue::{Appended, EventId, NewEvent, QueueError};
 
 /// Most appends one transaction takes.
 pub const BATCH_MAX: usize = 512;
-/// Batches committing at once.
-pub const IN_FLIGHT: usize = 3;
+/// Batches committing at once. Measured (`storage::postgres_append_throughput`,
+/// 64 writers, 2 cores, local disk): 1 → 7.7k appends/s, 2 → 10.6k,
+/// 3 → 10.3k, 4 → 7.8k.
+pub const IN_FLIGHT: usize = 2;
 /// Attempts at a batch that met a deadlock or a missing partition.
 const TRIES: usize = 3;
 
