@@ -46,9 +46,17 @@ impl Health {
 /// read-only (a standby, during a failover): the connection is not to be
 /// used again.
 pub fn unavailable(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error;
     use tokio_postgres::error::SqlState;
     match e.code() {
-        None => true,
+        // Not the server's answer: the connection closed, failed (I/O,
+        // TLS, timeout) or lost its place in the protocol. A value that
+        // does not convert (hookgate's own mistake) says nothing of it.
+        None => {
+            e.is_closed()
+                || e.source().is_some_and(|s| s.is::<std::io::Error>())
+                || e.to_string().starts_with("unexpected message")
+        }
         Some(code) => {
             let c = code.code();
             *code == SqlState::READ_ONLY_SQL_TRANSACTION
@@ -56,7 +64,6 @@ pub fn unavailable(e: &tokio_postgres::Error) -> bool {
                 || c.starts_with("57P")
                 || c.starts_with("53")
                 || c.starts_with("58")
-                || c == "XX000" && e.is_closed()
         }
     }
 }

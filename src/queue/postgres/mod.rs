@@ -358,6 +358,8 @@ impl Queue for Postgres {
         match result {
             Ok(()) if self.db.health.recovered() => Healed::Recovered { reopened: true },
             Ok(()) => Healed::Healthy,
+            // No connection free, but the database is not down.
+            Err(_) if self.db.health.up() => Healed::Healthy,
             Err(_) => Healed::Failing,
         }
     }
