@@ -122,6 +122,7 @@ postgres_only!(
     postgres_refuses_a_newer_schema,
     postgres_group_commit_shares_transactions,
     postgres_prune_drops_whole_days_once_routed,
+    postgres_two_instances_appending_one_key_queue_it_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1138,6 +1139,44 @@ mod cases {
         );
         Cluster::shared_psql(&b.db, "DELETE FROM hookgate_schema WHERE version = 99");
         Postgres::open(&b.url, 2).await.unwrap();
+    }
+
+    pub async fn postgres_two_instances_appending_one_key_queue_it_once(b: Backend) {
+        let other = b.another().await;
+        let now = SystemTime::now();
+        for round in 0..5 {
+            let key = format!("same-{round}");
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let q = if i % 2 == 0 {
+                        b.q.clone()
+                    } else {
+                        other.clone()
+                    };
+                    let key = key.clone();
+                    tokio::spawn(
+                        async move { q.append(event("gh", &key, now), now).await.unwrap() },
+                    )
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            let firsts: HashSet<EventId> = answers
+                .iter()
+                .filter_map(|a| match a {
+                    Appended::Queued(id) => Some(*id),
+                    Appended::Duplicate(_) => None,
+                })
+                .collect();
+            assert_eq!(firsts.len(), 1, "{answers:?}");
+            let first = firsts.into_iter().next().unwrap();
+            assert!(answers.iter().all(
+                |a| matches!(a, Appended::Queued(id) | Appended::Duplicate(id) if *id == first)
+            ));
+        }
+        assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 5);
     }
 
     pub async fn postgres_prune_drops_whole_days_once_routed(b: Backend) {
