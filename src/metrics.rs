@@ -42,6 +42,11 @@ impl Histogram {
         }
     }
 
+    /// How many observations it holds.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     fn observe(&mut self, took: Duration) {
         let secs = took.as_secs_f64();
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {

@@ -7,6 +7,7 @@
 
 mod delivery;
 pub mod local;
+pub mod postgres;
 mod record;
 
 use std::collections::BTreeMap;
@@ -222,6 +223,9 @@ pub enum Settle {
     /// Dead, with its `reason`.
     Bury,
 }
+
+/// Why a replay leaves a delivery whose template failed dead (both backends).
+pub(crate) const NOTHING_TO_SEND: &str = "its template failed, so there is nothing to send: fix the route; the event is routed again only by a new delivery";
 
 /// Why a replay leaves a dead delivery dead (its sink was removed), or `None`.
 pub type RefuseReplay<'a> = &'a (dyn Fn(&DeliveryRecord) -> Option<String> + Send + Sync);

@@ -8,4 +8,5 @@ mod delivery;
 mod faults;
 mod ingress;
 mod sinks;
+mod storage;
 mod support;

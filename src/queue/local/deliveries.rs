@@ -423,7 +423,7 @@ impl SledQueue {
         let mut out = Requeued::default();
         for mut rec in records {
             let reason = if rec.frozen.is_none() {
-                Some("its template failed, so there is nothing to send: fix the route; the event is routed again only by a new delivery".to_owned())
+                Some(super::super::NOTHING_TO_SEND.to_owned())
             } else {
                 refuse(&rec)
             };

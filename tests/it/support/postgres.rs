@@ -1,60 +1,65 @@
-//! Throwaway PostgreSQL clusters for the tests: `initdb` in a temp dir, a
-//! free loopback port, stopped (`-m immediate`) and removed on drop. Run
-//! as the `postgres` system user when the tests run as root (PostgreSQL
-//! refuses root). Missing binaries skip the test with a message, unless
-//! `HOOKGATE_REQUIRE_POSTGRES=1` (CI), where they fail it.
+//! Throwaway PostgreSQL clusters: `initdb` in a tempdir, started on a
+//! free loopback port (fsync on), stopped and removed at the end. One
+//! cluster is shared by the test binary ([`Cluster::shared`], a fresh
+//! database per test); a test that stops or breaks its server starts its
+//! own ([`Cluster::start`]).
+//!
+//! PostgreSQL runs as the `postgres` system user when the tests run as
+//! root (it refuses to run as root). When PostgreSQL is not installed a
+//! test is skipped, with a message, unless `HOOKGATE_REQUIRE_POSTGRES=1`
+//! (CI), where that fails it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-/// A running cluster of our own.
+/// A running (or stopped) cluster, removed when dropped.
 pub struct Cluster {
-    pub bindir: PathBuf,
-    pub port: u16,
-    /// Holds `data/` (the cluster) and the unix socket.
-    pub dir: tempfile::TempDir,
-    /// Run the binaries as `postgres` (we are root).
+    bindir: PathBuf,
+    /// The tempdir: `data/` (the cluster), the socket and the log.
+    root: PathBuf,
+    port: u16,
+    /// Run PostgreSQL's tools as the `postgres` user (the tests run as root).
     as_postgres: bool,
+    /// Server options added by the test (`-c ssl=on` …), for every start.
+    options: Mutex<Vec<String>>,
+    /// The tempdir, removed on drop.
+    _dir: tempfile::TempDir,
 }
 
-/// The server binaries, if PostgreSQL is installed.
+/// The shared cluster, stopped at exit (statics are never dropped).
+static SHARED: OnceLock<Option<Mutex<Option<Cluster>>>> = OnceLock::new();
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// Where PostgreSQL's programs are: `pg_config --bindir`, else the
+/// highest `/usr/lib/postgresql/*/bin`.
 pub fn bindir() -> Option<PathBuf> {
-    let from_config = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .filter(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file());
-    if from_config.is_some() {
-        return from_config;
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").is_file() {
+            return Some(dir);
+        }
     }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
-        .flatten()
         .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
             let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
+            bin.join("initdb").is_file().then_some((v, bin))
         })
         .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin)
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
 }
 
-/// Whether PostgreSQL tests must run (CI) rather than skip.
-fn required() -> bool {
-    std::env::var("HOOKGATE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
-}
-
-/// The binaries, or `None` after saying the test is skipped.
-pub fn available() -> Option<PathBuf> {
+/// `None` (and a message) when PostgreSQL is missing and not required.
+fn available() -> Option<PathBuf> {
     match bindir() {
-        Some(b) => Some(b),
-        None if required() => {
-            panic!("PostgreSQL is required here (HOOKGATE_REQUIRE_POSTGRES=1) but not installed: apt install postgresql")
+        Some(dir) => Some(dir),
+        None if std::env::var("HOOKGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("PostgreSQL is not installed and HOOKGATE_REQUIRE_POSTGRES=1")
         }
         None => {
             eprintln!("skipped: PostgreSQL not installed (apt install postgresql)");
@@ -64,61 +69,152 @@ pub fn available() -> Option<PathBuf> {
 }
 
 impl Cluster {
-    /// Creates and starts a cluster (`synchronous_commit` and `fsync` as
-    /// the server defaults them: on), with `extra` lines in its
-    /// `postgresql.conf`.
-    pub fn start(bindir: &Path, extra: &str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+    /// A cluster of its own, started; `None` when PostgreSQL is missing
+    /// (the test returns: it is skipped).
+    pub fn start() -> Option<Cluster> {
+        let cluster = Cluster::init()?;
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    /// A cluster made (`initdb`) but not started: the test may write
+    /// files into [`Cluster::data_dir`] and add options first.
+    pub fn init() -> Option<Cluster> {
+        let bindir = available()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hookgate-pg")
+            .tempdir()
+            .expect("tempdir");
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let cluster = Cluster {
-            bindir: bindir.to_owned(),
+            bindir,
+            root: dir.path().to_owned(),
             port: super::free_port(),
-            dir,
             as_postgres,
+            options: Mutex::new(Vec::new()),
+            _dir: dir,
         };
         if as_postgres {
-            cluster.chown(cluster.dir.path());
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.root)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown the cluster's directory to postgres");
         }
-        let data = cluster.data();
         cluster.run(
             "initdb",
             &[
-                "-D",
-                data.to_str().unwrap(),
                 "-A",
                 "trust",
                 "-U",
                 "postgres",
-                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "-D",
             ],
+            &[cluster.data_dir().as_os_str()],
         );
-        let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\nlog_min_messages = warning\n{extra}\n",
-            cluster.port,
-            cluster.dir.path().display()
-        );
-        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-        text.push_str(&conf);
-        std::fs::write(data.join("postgresql.conf"), text).unwrap();
-        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
-        cluster
+        Some(cluster)
     }
 
-    /// The cluster's data directory.
-    pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+    /// Adds a server option (`-c name=value`) to every later start.
+    pub fn add_option(&self, option: &str) {
+        self.options.lock().unwrap().push(option.to_owned());
     }
 
-    /// A URL for `database` on this cluster.
-    pub fn url(&self, database: &str) -> String {
+    /// Writes `contents` to `name` in the data directory, owned by the
+    /// server's user and readable by it only (as keys must be).
+    pub fn write_file(&self, name: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+
+    /// The cluster every test in this binary shares; `None` when
+    /// PostgreSQL is missing.
+    pub fn shared() -> Option<&'static Mutex<Option<Cluster>>> {
+        SHARED
+            .get_or_init(|| {
+                let c = Cluster::start()?;
+                extern "C" fn stop_shared() {
+                    if let Some(Some(m)) = SHARED.get() {
+                        if let Ok(mut c) = m.lock() {
+                            drop(c.take());
+                        }
+                    }
+                }
+                unsafe { libc::atexit(stop_shared) };
+                Some(Mutex::new(Some(c)))
+            })
+            .as_ref()
+    }
+
+    /// A fresh, empty database on the shared cluster: its name and URL.
+    pub fn fresh_database() -> Option<(String, String)> {
+        let shared = Self::shared()?.lock().expect("cluster lock");
+        let c = shared.as_ref().expect("the shared cluster runs");
+        let name = c.create_database();
+        let url = c.url(&name);
+        Some((name, url))
+    }
+
+    /// Runs `sql` in database `db` of the shared cluster.
+    pub fn shared_psql(db: &str, sql: &str) -> String {
+        let shared = Self::shared()
+            .expect("PostgreSQL installed")
+            .lock()
+            .expect("cluster lock");
+        shared
+            .as_ref()
+            .expect("the shared cluster runs")
+            .psql(db, sql)
+    }
+
+    /// Makes a database of a fresh name; its name.
+    pub fn create_database(&self) -> String {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// A key=value URL of database `db`.
+    pub fn url(&self, db: &str) -> String {
         format!(
-            "postgresql://postgres@127.0.0.1:{}/{database}?connect_timeout=5",
+            "host=127.0.0.1 port={} user=postgres dbname={db} sslmode=disable connect_timeout=5",
             self.port
         )
     }
 
-    /// Runs SQL with psql as `postgres`; panics with its output on failure.
-    pub fn psql(&self, database: &str, sql: &str) -> String {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Runs `sql` in `db` with psql; its output (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
         let out = self.run(
             "psql",
             &[
@@ -130,156 +226,95 @@ impl Cluster {
                 "ON_ERROR_STOP=1",
                 "-h",
                 "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
                 "-U",
                 "postgres",
+                "-p",
+                &port,
                 "-d",
-                database,
+                db,
                 "-c",
                 sql,
             ],
+            &[],
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// A fresh, empty database; its URL.
-    pub fn database(&self) -> String {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        self.psql("postgres", &format!("CREATE DATABASE {name}"));
-        self.url(&name)
-    }
-
-    /// `pg_ctl ARGS -D data`.
-    pub fn pg_ctl(&self, args: &[&str]) -> Output {
-        let data = self.data();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-D", data.to_str().unwrap(), "-l"]);
-        let log = self.dir.path().join("server.log");
-        all.push(log.to_str().unwrap());
-        self.run("pg_ctl", &all)
-    }
-
-    /// Stops the server (`smart`, `fast` or `immediate`).
+    /// Stops the server: `mode` is pg_ctl's (`fast`, `immediate`, `smart`).
     pub fn stop(&self, mode: &str) {
-        self.pg_ctl(&["stop", "-w", "-m", mode]);
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-w", "-m", mode, "stop", "-D"],
+            &[data.as_os_str()],
+        );
     }
 
-    /// Starts it again after `stop`.
-    pub fn restart(&self) {
-        self.pg_ctl(&["start", "-w", "-t", "60"]);
-    }
-
-    /// Runs a server binary (as `postgres` when we are root).
-    pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        let path = self.bindir.join(program);
-        let path = if path.is_file() {
-            path
-        } else {
-            PathBuf::from(program)
-        };
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let out = command
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-        if !out.status.success() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            panic!(
-                "{program} {args:?} failed: {}\n{}\n{}\nserver log:\n{log}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+    /// Starts the server again (on the same port).
+    pub fn start_server(&self) {
+        let data = self.data_dir();
+        let log = self.root.join("postgres.log");
+        let mut options = format!(
+            "-c listen_addresses=127.0.0.1 -c unix_socket_directories={} -p {} -c max_connections=200",
+            self.root.display(),
+            self.port
+        );
+        for o in self.options.lock().unwrap().iter() {
+            options.push(' ');
+            options.push_str(o);
         }
-        out
+        self.run(
+            "pg_ctl",
+            &["-w", "-t", "60", "-o", &options, "-l"],
+            &[
+                log.as_os_str(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "start".as_ref(),
+            ],
+        );
     }
 
-    fn chown(&self, path: &Path) {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot give {} to the postgres user", path.display());
+    /// Runs one of PostgreSQL's programs (as `postgres` when root);
+    /// panics with its output when it fails.
+    fn run(&self, program: &str, args: &[&str], more: &[&std::ffi::OsStr]) -> Output {
+        let path = self.bindir.join(program);
+        let mut cmd = match self.as_postgres {
+            true => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&path);
+                c
+            }
+            false => Command::new(&path),
+        };
+        cmd.args(args).args(more).current_dir(&self.root);
+        let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let data = self.data();
-        let pg_ctl = self.bindir.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            Command::new(&pg_ctl)
+        let data = self.data_dir();
+        let path = self.bindir.join("pg_ctl");
+        let mut cmd = match self.as_postgres {
+            true => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&path);
+                c
+            }
+            false => Command::new(&path),
         };
-        let _ = command
-            .args(["stop", "-m", "immediate", "-D"])
+        // Already stopped by the test: pg_ctl says so, and that is fine.
+        let _ = cmd
+            .args(["-w", "-m", "immediate", "stop", "-D"])
             .arg(&data)
             .output();
     }
-}
-
-static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
-
-/// One cluster for the whole test binary, stopped and removed when the
-/// binary exits (statics are never dropped: an `atexit` handler does it).
-fn shared() -> Option<&'static Cluster> {
-    SHARED
-        .get_or_init(|| {
-            let cluster = available().map(|bin| Cluster::start(&bin, ""))?;
-            extern "C" fn stop_shared() {
-                if let Some(Some(c)) = SHARED.get() {
-                    let mut command = Command::new(c.bindir.join("pg_ctl"));
-                    if c.as_postgres {
-                        command = Command::new("runuser");
-                        command
-                            .args(["-u", "postgres", "--"])
-                            .arg(c.bindir.join("pg_ctl"));
-                    }
-                    let _ = command
-                        .args(["stop", "-m", "immediate", "-D"])
-                        .arg(c.data())
-                        .output();
-                    let _ = std::fs::remove_dir_all(c.dir.path());
-                }
-            }
-            // SAFETY: registers a plain function to run at exit.
-            unsafe { libc::atexit(stop_shared) };
-            Some(cluster)
-        })
-        .as_ref()
-}
-
-/// A fresh database on the shared cluster, or `None` (skipped) when
-/// PostgreSQL is not installed.
-pub async fn database() -> Option<String> {
-    tokio::task::spawn_blocking(|| shared().map(Cluster::database))
-        .await
-        .unwrap()
-}
-
-#[tokio::test]
-async fn a_throwaway_cluster_starts_with_synchronous_commit_on() {
-    let url = database().await.unwrap();
-    let c = shared().unwrap();
-    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(c.psql(name, "SELECT 1 + 1"), "2");
-    assert_eq!(c.psql(name, "SHOW synchronous_commit"), "on");
 }

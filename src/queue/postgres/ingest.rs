@@ -1,0 +1,301 @@
+//! Appends, group-committed: one writer task takes every append waiting
+//! and stores them in one transaction (one statement for the dedupe keys,
+//! events and inbox rows, one more for the duplicates' ids, and the
+//! COMMIT). A few batches may be in flight at once, each on its own
+//! pooled connection. No answer goes out before its transaction commits.
+//!
+//! Dedupe: `INSERT … ON CONFLICT DO UPDATE … WHERE expired` on
+//! `hookgate_seen`. An instance appending a key another has stored but
+//! not committed waits on that row, so a duplicate is never answered
+//! before its first copy is durable. Duplicates within one batch are
+//! resolved here (the first wins).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::health::{conn_err, pool_err};
+use super::{partitions, Db};
+use crate::queue::{Appended, EventId, NewEvent, QueueError};
+
+/// Most appends one transaction takes.
+pub const BATCH_MAX: usize = 512;
+/// Batches committing at once. Measured (`storage::postgres_append_throughput`,
+/// 64 writers, 2 cores, local disk): 1 → 7.7k appends/s, 2 → 10.6k,
+/// 3 → 10.3k, 4 → 7.8k.
+pub const IN_FLIGHT: usize = 2;
+/// Attempts at a batch that met a deadlock or a missing partition.
+const TRIES: usize = 3;
+
+/// An append, encoded on the request's task.
+pub struct Job {
+    pub source: String,
+    pub key: String,
+    pub stored_ms: i64,
+    pub expires_ms: i64,
+    pub received_ms: i64,
+    pub record: Vec<u8>,
+    pub reply: oneshot::Sender<Result<Appended, QueueError>>,
+}
+
+impl Job {
+    pub fn new(
+        event: NewEvent,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Appended, QueueError>>,
+    ) -> Job {
+        let window = event.dedupe_window.as_millis().min(i64::MAX as u128) as i64;
+        let now_ms = now_ms.min(i64::MAX as u64) as i64;
+        Job {
+            record: event.record.encode(),
+            received_ms: event.record.received_at_ms.min(i64::MAX as u64) as i64,
+            source: event.record.source,
+            key: event.dedupe_key,
+            stored_ms: now_ms,
+            expires_ms: now_ms.saturating_add(window),
+            reply,
+        }
+    }
+}
+
+pub enum Msg {
+    Append(Job),
+    /// Answered once every batch taken before it has committed (or failed).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The writer: runs until every sender is gone.
+pub async fn run(db: Arc<Db>, mut rx: mpsc::Receiver<Msg>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        // A free slot first, then everything that waits: while batches
+        // commit, the next one grows.
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Append(job) => batch.push(job),
+                Msg::Flush(done) => {
+                    flushes.push(done);
+                    break;
+                }
+            }
+            if batch.len() < BATCH_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let db = db.clone();
+            tokio::spawn(async move {
+                commit(&db, batch).await;
+                drop(slot);
+            });
+        } else {
+            drop(slot);
+        }
+        if !flushes.is_empty() {
+            // Every slot free: every batch before the flush is done.
+            let all = slots
+                .acquire_many(IN_FLIGHT as u32)
+                .await
+                .expect("never closed");
+            drop(all);
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Stores `batch` and answers each append.
+async fn commit(db: &Db, batch: Vec<Job>) {
+    // Within the batch, the first of each key goes to the database; the
+    // others are its duplicates.
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut of = vec![None; batch.len()];
+    let mut unique = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        match first_of.get(&(job.source.as_str(), job.key.as_str())) {
+            Some(&f) => of[i] = Some(f),
+            None => {
+                first_of.insert((job.source.as_str(), job.key.as_str()), i);
+                unique.push(i);
+            }
+        }
+    }
+    let mut result = Err(Retry::Conflict);
+    for attempt in 1..=TRIES {
+        let started = std::time::Instant::now();
+        result = store(db, &batch, &unique).await;
+        if result.is_ok() {
+            db.commits.observe(started.elapsed());
+            db.committed
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        match &result {
+            Err(Retry::Partition(days)) => {
+                let made = match db.pool.get().await {
+                    Ok(c) => partitions::ensure(&c, days)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = made {
+                    tracing::error!(error = %e, "cannot make a partition for new events");
+                }
+            }
+            Err(Retry::Conflict) if attempt < TRIES => {}
+            _ => break,
+        }
+    }
+    let answers: Result<Vec<Appended>, String> = match result {
+        Ok(a) => Ok(a),
+        Err(Retry::Partition(_) | Retry::Conflict) => {
+            Err("could not store the events after retrying".to_owned())
+        }
+        Err(Retry::Fail(e)) => Err(e.to_string()),
+    };
+    if answers.is_ok() {
+        db.appended.notify_one();
+    }
+    let mut answers = match answers {
+        Ok(a) => a.into_iter().map(Some).collect::<Vec<_>>(),
+        Err(msg) => {
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(QueueError::Storage(std::io::Error::other(msg.clone()))));
+            }
+            return;
+        }
+    };
+    // Fill in the duplicates within the batch, from their first.
+    let mut full = vec![None; batch.len()];
+    for (slot, &i) in unique.iter().enumerate() {
+        full[i] = answers[slot].take();
+    }
+    for i in 0..batch.len() {
+        if let Some(f) = of[i] {
+            let id = match &full[f] {
+                Some(Appended::Queued(id) | Appended::Duplicate(id)) => *id,
+                None => unreachable!("firsts answered"),
+            };
+            full[i] = Some(Appended::Duplicate(id));
+        }
+    }
+    for (job, answer) in batch.into_iter().zip(full) {
+        let _ = job.reply.send(Ok(answer.expect("every append answered")));
+    }
+}
+
+enum Retry {
+    /// Some event's day has no partition yet.
+    Partition(BTreeSet<i64>),
+    /// A deadlock with another instance's batch.
+    Conflict,
+    Fail(QueueError),
+}
+
+impl From<QueueError> for Retry {
+    fn from(e: QueueError) -> Retry {
+        Retry::Fail(e)
+    }
+}
+
+/// The one statement storing a batch: dedupe keys (in key order, so two
+/// batches lock them in the same order), then the events that won their
+/// key and their inbox rows. Returns (ordinal, id) of those stored.
+const STORE: &str = "
+WITH input AS (
+    SELECT nextval('hookgate_event_id') AS id, t.*
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
+        WITH ORDINALITY AS t(source, key, stored_ms, expires_ms, received_ms, record, ord)
+),
+won AS (
+    INSERT INTO hookgate_seen AS s (source, key, event_id, stored_ms, expires_ms)
+    SELECT source, key, id, stored_ms, expires_ms FROM input ORDER BY source, key
+    ON CONFLICT (source, key) DO UPDATE
+        SET event_id = EXCLUDED.event_id, stored_ms = EXCLUDED.stored_ms,
+            expires_ms = EXCLUDED.expires_ms
+        WHERE s.expires_ms <= EXCLUDED.stored_ms
+    RETURNING s.event_id
+),
+ev AS (
+    INSERT INTO hookgate_events (id, received_ms, source, record)
+    SELECT i.id, i.received_ms, i.source, i.record FROM input i JOIN won w ON w.event_id = i.id
+    RETURNING id, received_ms
+),
+inbox AS (
+    INSERT INTO hookgate_inbox (event_id, received_ms) SELECT id, received_ms FROM ev
+)
+SELECT i.ord, i.id FROM input i JOIN won w ON w.event_id = i.id";
+
+/// The ids the keys that lost are stored under (read after the insert
+/// waited for whoever held them, so committed).
+const HOLDERS: &str = "
+SELECT t.ord, s.event_id
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(source, key, ord)
+JOIN hookgate_seen s ON s.source = t.source AND s.key = t.key";
+
+async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>, Retry> {
+    let jobs: Vec<&Job> = unique.iter().map(|&i| &batch[i]).collect();
+    let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
+    let sources: Vec<&str> = jobs.iter().map(|j| j.source.as_str()).collect();
+    let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+    let stored: Vec<i64> = jobs.iter().map(|j| j.stored_ms).collect();
+    let expires: Vec<i64> = jobs.iter().map(|j| j.expires_ms).collect();
+    let received: Vec<i64> = jobs.iter().map(|j| j.received_ms).collect();
+    let records: Vec<&[u8]> = jobs.iter().map(|j| j.record.as_slice()).collect();
+    let done = async {
+        let tx = conn.transaction().await?;
+        let won = tx
+            .query(
+                STORE,
+                &[&sources, &keys, &stored, &expires, &received, &records],
+            )
+            .await?;
+        let mut out: Vec<Option<Appended>> = vec![None; jobs.len()];
+        for row in won {
+            let (ord, id): (i64, i64) = (row.get(0), row.get(1));
+            out[ord as usize - 1] = Some(Appended::Queued(EventId(id as u64)));
+        }
+        let lost: Vec<usize> = (0..jobs.len()).filter(|&i| out[i].is_none()).collect();
+        if !lost.is_empty() {
+            let s: Vec<&str> = lost.iter().map(|&i| sources[i]).collect();
+            let k: Vec<&str> = lost.iter().map(|&i| keys[i]).collect();
+            for row in tx.query(HOLDERS, &[&s, &k]).await? {
+                let (ord, id): (i64, i64) = (row.get(0), row.get(1));
+                out[lost[ord as usize - 1]] = Some(Appended::Duplicate(EventId(id as u64)));
+            }
+        }
+        tx.commit().await?;
+        Ok::<_, tokio_postgres::Error>(out)
+    }
+    .await;
+    match done {
+        Ok(out) => out
+            .into_iter()
+            .map(|a| {
+                a.ok_or_else(|| {
+                    Retry::Fail(QueueError::Storage(std::io::Error::other(
+                        "a dedupe key was neither stored nor found",
+                    )))
+                })
+            })
+            .collect(),
+        Err(e) if partitions::no_partition(&e) => Err(Retry::Partition(
+            received.iter().map(|&ms| partitions::day_of(ms)).collect(),
+        )),
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                || e.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
+        {
+            Err(Retry::Conflict)
+        }
+        Err(e) => Err(Retry::Fail(conn_err(&db.health, &db.pool, conn, e))),
+    }
+}

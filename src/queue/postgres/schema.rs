@@ -1,0 +1,174 @@
+//! The schema, versioned: each migration runs once, in order, in its own
+//! transaction, under an advisory lock so that instances starting
+//! together do not race; an instance refuses a schema newer than it knows.
+
+use tokio_postgres::Client;
+
+use super::super::QueueError;
+
+/// `pg_advisory_lock` key held while migrating ("hookgate" in ASCII).
+const MIGRATE_LOCK: i64 = 0x686f_6f6b_6761_7465;
+
+/// Migration `i` makes version `i + 1`. Never change one that shipped; add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: events (partitioned by day, `partitions.rs`), the inbox of
+    // unrouted events, dedupe keys, deliveries and dead letters, the
+    // sinks' cluster-wide limits, and counters.
+    r#"
+CREATE TABLE hookgate_meta (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    install_id bigint NOT NULL
+);
+CREATE SEQUENCE hookgate_event_id;
+CREATE TABLE hookgate_events (
+    id bigint NOT NULL,
+    received_ms bigint NOT NULL,
+    source text NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (received_ms, id)
+) PARTITION BY RANGE (received_ms);
+CREATE INDEX hookgate_events_id ON hookgate_events (id);
+CREATE TABLE hookgate_inbox (
+    event_id bigint PRIMARY KEY,
+    received_ms bigint NOT NULL,
+    claim_token bigint,
+    claim_until timestamptz
+);
+CREATE TABLE hookgate_seen (
+    source text NOT NULL,
+    key text NOT NULL,
+    event_id bigint NOT NULL,
+    stored_ms bigint NOT NULL,
+    expires_ms bigint NOT NULL,
+    PRIMARY KEY (source, key)
+);
+CREATE INDEX hookgate_seen_expiry ON hookgate_seen (expires_ms);
+CREATE SEQUENCE hookgate_delivery_id;
+CREATE TABLE hookgate_deliveries (
+    id bigint PRIMARY KEY,
+    sink text NOT NULL,
+    event_id bigint NOT NULL,
+    -- 0 for none, else the item's index + 1: none sorts first.
+    item bigint NOT NULL,
+    order_key text,
+    dead boolean NOT NULL,
+    due_ms bigint NOT NULL,
+    failures integer NOT NULL,
+    reason text,
+    dead_ms bigint,
+    lease_token bigint,
+    lease_until timestamptz,
+    -- The postcard `DeliveryRecord`; the columns above override its
+    -- fields of the same name, so replay and bury are plain UPDATEs.
+    record bytea NOT NULL
+);
+CREATE INDEX hookgate_deliveries_due ON hookgate_deliveries (sink, due_ms, id) WHERE NOT dead;
+CREATE INDEX hookgate_deliveries_order ON hookgate_deliveries (sink, order_key, event_id, item, id)
+    WHERE NOT dead AND order_key IS NOT NULL;
+CREATE INDEX hookgate_deliveries_leased ON hookgate_deliveries (sink, lease_until)
+    WHERE NOT dead AND lease_until IS NOT NULL;
+CREATE INDEX hookgate_deliveries_dead ON hookgate_deliveries (sink) WHERE dead;
+CREATE TABLE hookgate_sink_limits (
+    sink text PRIMARY KEY,
+    tokens double precision NOT NULL,
+    refilled_at timestamptz NOT NULL
+);
+-- Local data directories whose work `hookgate queue migrate` carried in
+-- (by their install id): a second run imports nothing twice.
+CREATE TABLE hookgate_imports (
+    install_id bigint PRIMARY KEY,
+    imported_at timestamptz NOT NULL DEFAULT now(),
+    events bigint NOT NULL,
+    pending bigint NOT NULL,
+    dead bigint NOT NULL
+);
+-- Events no route matched: a few rows added to at random, so that
+-- routers do not queue on one row.
+CREATE TABLE hookgate_unmatched (
+    slot integer PRIMARY KEY,
+    n bigint NOT NULL
+);
+"#,
+];
+
+/// The newest schema this build knows.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Brings the schema to [`VERSION`]; returns the install id.
+pub async fn migrate(client: &mut Client) -> Result<u64, String> {
+    let e = |e: tokio_postgres::Error| format!("migrating the schema: {e}");
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(e)?;
+    let done = migrate_locked(client).await;
+    // Unlocked by closing the session too, if this fails.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+        .await;
+    done
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<u64, String> {
+    let e = |e: tokio_postgres::Error| format!("migrating the schema: {e}");
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS hookgate_schema (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(e)?;
+    let row = client
+        .query_one("SELECT coalesce(max(version), 0) FROM hookgate_schema", &[])
+        .await
+        .map_err(e)?;
+    let current: i32 = row.get(0);
+    if current > VERSION {
+        return Err(newer_schema(current));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i32 + 1;
+        let tx = client.transaction().await.map_err(e)?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|err| format!("migrating the schema to version {version}: {err}"))?;
+        tx.execute(
+            "INSERT INTO hookgate_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)?;
+        tracing::info!(version, "migrated the database schema");
+    }
+    let made: i64 = rand::random();
+    client
+        .execute(
+            "INSERT INTO hookgate_meta (install_id) VALUES ($1) ON CONFLICT (one) DO NOTHING",
+            &[&made],
+        )
+        .await
+        .map_err(e)?;
+    let install: i64 = client
+        .query_one("SELECT install_id FROM hookgate_meta", &[])
+        .await
+        .map_err(e)?
+        .get(0);
+    Ok(install as u64)
+}
+
+fn newer_schema(found: i32) -> String {
+    format!(
+        "the database's hookgate schema is version {found}, newer than this hookgate knows \
+         (versions 1 to {VERSION}): a newer hookgate migrated it; run that version, or point \
+         queue.url at another database"
+    )
+}
+
+/// As [`migrate`], for the port.
+pub async fn migrate_or_refuse(client: &mut Client) -> Result<u64, QueueError> {
+    migrate(client)
+        .await
+        .map_err(|m| QueueError::Storage(std::io::Error::other(m)))
+}

@@ -1,0 +1,1287 @@
+//! The storage port's behaviour, the same cases against both adapters:
+//! `both!` makes `case::local` (the event log and sled in a tempdir) and
+//! `case::postgres` (a fresh database on the shared throwaway cluster;
+//! skipped with a message when PostgreSQL is not installed) from one
+//! `async fn case(b: Backend)`. Cases only PostgreSQL has (several
+//! instances on one database, leases, cluster-wide limits, the database
+//! going away) are `postgres_*`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hookgate::config::Rate;
+use hookgate::queue::postgres::Postgres;
+use hookgate::queue::{
+    unix_millis, Appended, Attempt, DeliveryRecord, EventId, EventRecord, Frozen, Healed,
+    InboxPage, Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
+};
+
+use crate::support::postgres::Cluster;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Local,
+    Postgres,
+}
+
+/// A queue under test, and what keeps it alive.
+struct Backend {
+    q: Arc<dyn Queue>,
+    kind: Kind,
+    /// The database's URL and name (PostgreSQL).
+    url: String,
+    db: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn local() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Local::new(SledQueue::open(dir.path(), true).unwrap());
+        Backend {
+            q: Arc::new(q),
+            kind: Kind::Local,
+            url: String::new(),
+            db: String::new(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// `None` when PostgreSQL is not installed (the test is skipped).
+    async fn postgres() -> Option<Backend> {
+        let (db, url) = Cluster::fresh_database()?;
+        let q = Postgres::open(&url, 8).await.unwrap();
+        Some(Backend {
+            q: Arc::new(q),
+            kind: Kind::Postgres,
+            url,
+            db,
+            _dir: None,
+        })
+    }
+
+    /// Another instance on the same database.
+    async fn another(&self) -> Arc<dyn Queue> {
+        Arc::new(Postgres::open(&self.url, 8).await.unwrap())
+    }
+}
+
+/// `case::local` and `case::postgres` for each case.
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$case(super::Backend::local()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(b) = super::Backend::postgres().await {
+                    super::$case(b).await
+                }
+            }
+        }
+    )*};
+}
+
+/// PostgreSQL-only cases.
+macro_rules! postgres_only {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            if let Some(b) = Backend::postgres().await {
+                cases::$case(b).await
+            }
+        }
+    )*};
+}
+
+both!(
+    append_then_duplicate_then_queued_after_the_window,
+    concurrent_appends_of_one_key_queue_it_once,
+    event_returns_what_was_stored,
+    inbox_claims_each_event_once,
+    routed_assigns_delivery_ids_and_counts,
+    claim_goes_in_due_order_and_not_twice,
+    claim_starts_only_the_head_of_an_order_key,
+    settle_done_reschedule_bury,
+    dead_letters_page_by_id,
+    requeue_one_all_and_refused,
+    bury_orphans_spares_claimed_and_configured,
+    close_refuses_new_appends,
+);
+
+postgres_only!(
+    postgres_two_instances_route_every_event_exactly_once,
+    postgres_a_router_that_lost_its_page_is_moved,
+    postgres_concurrency_holds_across_instances,
+    postgres_rate_holds_across_instances,
+    postgres_a_lapsed_lease_goes_to_another_instance,
+    postgres_refuses_a_newer_schema,
+    postgres_group_commit_shares_transactions,
+    postgres_prune_drops_whole_days_once_routed,
+    postgres_two_instances_appending_one_key_queue_it_once,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_together_migrate_once() {
+    let Some((db, url)) = Cluster::fresh_database() else {
+        return;
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Postgres::open(&url, 2).await.unwrap().install_id() })
+        })
+        .collect();
+    let mut installs = HashSet::new();
+    for o in opens {
+        installs.insert(o.await.unwrap());
+    }
+    assert_eq!(installs.len(), 1, "one install id: {installs:?}");
+    assert_eq!(
+        Cluster::shared_psql(&db, "SELECT count(*) FROM hookgate_schema"),
+        hookgate::queue::postgres::SCHEMA_VERSION.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_database_refuses_appends_until_writable() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let db = cluster.create_database();
+    let q = Postgres::open(&cluster.url(&db), 4).await.unwrap();
+    let now = SystemTime::now();
+    queued(q.append(event("gh", "one", now), now).await.unwrap());
+    // What a demoted primary or a guard against a full disk does.
+    let admin = "dbname=postgres options='-c default_transaction_read_only=off'";
+    cluster.psql(admin, "ALTER SYSTEM SET default_transaction_read_only = on");
+    cluster.psql(admin, "SELECT pg_reload_conf()");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = q.append(event("gh", "two", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::Storage(_)), "{e:?}");
+    assert!(!q.writable() && !q.state_writable());
+    assert_eq!(q.heal().await, Healed::Failing);
+    cluster.psql(admin, "ALTER SYSTEM RESET default_transaction_read_only");
+    cluster.psql(admin, "SELECT pg_reload_conf()");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.heal().await, Healed::Recovered { reopened: true });
+    assert!(q.writable());
+    queued(q.append(event("gh", "two", now), now).await.unwrap());
+}
+
+/// Makes a CA and a server certificate for `san` in `dir` with openssl;
+/// false (and a message) when openssl is missing.
+fn make_certs(dir: &std::path::Path, san: &str) -> bool {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let Ok(out) = run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hookgate test CA",
+        ],
+    ]
+    .concat()) else {
+        eprintln!("skipped: openssl not installed");
+        return false;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=server",
+        ],
+    ]
+    .concat())
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.join("ext"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+/// sslmode as libpq has it: `require` encrypts without checking,
+/// `verify-ca` checks the chain, `verify-full` the chain and the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_modes_check_what_libpq_checks() {
+    let Some(cluster) = Cluster::init() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    if !make_certs(certs.path(), "IP:127.0.0.1,DNS:localhost") {
+        return;
+    }
+    let install = |cluster: &Cluster| {
+        for f in ["server.crt", "server.key"] {
+            cluster.write_file(f, &std::fs::read(certs.path().join(f)).unwrap());
+        }
+    };
+    install(&cluster);
+    // TLS or nothing over TCP.
+    cluster.write_file(
+        "pg_hba.conf",
+        b"local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    );
+    cluster.add_option("-c ssl=on");
+    cluster.start_server();
+    let db = cluster.create_database();
+    let ca = certs.path().join("ca.pem");
+    let url = |extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5 {extra}",
+            cluster.port()
+        )
+    };
+    let opens = |u: String| async move { Postgres::open(&u, 2).await.map(|_| ()) };
+    assert!(
+        opens(url("sslmode=disable")).await.is_err(),
+        "no TLS, no entry"
+    );
+    opens(url("sslmode=require")).await.unwrap();
+    opens(url(&format!(
+        "sslmode=verify-full sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap();
+    let e = opens(url("sslmode=verify-full")).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "unknown CA: {e}");
+    // A certificate for another name: the chain holds, the name does not.
+    cluster.stop("fast");
+    assert!(make_certs(certs.path(), "DNS:db.example"));
+    install(&cluster);
+    cluster.start_server();
+    opens(url(&format!(
+        "sslmode=verify-ca sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap();
+    let e = opens(url(&format!(
+        "sslmode=verify-full sslrootcert={}",
+        ca.display()
+    )))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "wrong name: {e}");
+    opens(url("sslmode=require")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_stopped_then_back() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let db = cluster.create_database();
+    let q = Postgres::open(&cluster.url(&db), 4).await.unwrap();
+    let now = SystemTime::now();
+    let before = q.append(event("gh", "one", now), now).await.unwrap();
+    assert!(q.writable() && q.state_writable());
+    cluster.stop("immediate");
+    let e = q.append(event("gh", "two", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::Storage(_)), "{e:?}");
+    assert!(!q.writable() && !q.state_writable());
+    // Refused at once while down, no connection tried.
+    let e = q.append(event("gh", "three", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::Storage(_)), "{e:?}");
+    assert_eq!(q.heal().await, Healed::Failing);
+    cluster.start_server();
+    assert_eq!(q.heal().await, Healed::Recovered { reopened: true });
+    assert!(q.writable() && q.state_writable());
+    assert_eq!(q.heal().await, Healed::Healthy);
+    let after = q.append(event("gh", "two", now), now).await.unwrap();
+    assert!(matches!(after, Appended::Queued(_)), "{after:?}");
+    let Appended::Queued(id) = before else {
+        panic!("{before:?}")
+    };
+    assert!(q.event(id).await.unwrap().is_some());
+}
+
+// Helpers.
+
+fn record(source: &str, received: SystemTime) -> EventRecord {
+    EventRecord {
+        source: source.into(),
+        provider: "github".into(),
+        event: "push".into(),
+        delivery_id: "d-1".into(),
+        received_at_ms: unix_millis(received),
+        client_ip: "192.0.2.1".into(),
+        headers: vec![("x-github-event".into(), b"push".to_vec())],
+        body: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+    }
+}
+
+fn event(source: &str, key: &str, received: SystemTime) -> NewEvent {
+    NewEvent {
+        record: record(source, received),
+        dedupe_key: key.into(),
+        dedupe_window: Duration::from_secs(60),
+    }
+}
+
+fn queued(a: Appended) -> EventId {
+    match a {
+        Appended::Queued(id) => id,
+        other => panic!("expected Queued, got {other:?}"),
+    }
+}
+
+/// A delivery of `event` to `sink`, due at `due_ms`.
+fn delivery(event: EventId, sink: &str, due_ms: u64) -> DeliveryRecord {
+    DeliveryRecord {
+        id: 0,
+        event_id: event.0,
+        source: "gh".into(),
+        event: "push".into(),
+        delivery_id: "d-1".into(),
+        route: "r".into(),
+        sink: sink.into(),
+        item: None,
+        idempotency_key: format!("{}-{sink}", event.0),
+        created_ms: 1,
+        due_ms,
+        failures: 0,
+        attempts: vec![],
+        reason: None,
+        dead_ms: None,
+        frozen: Some(Frozen {
+            content_type: "application/json".into(),
+            headers: vec![],
+            body: serde_bytes::ByteBuf::from(b"{}".to_vec()),
+            method: None,
+            path: None,
+        }),
+        order_key: None,
+    }
+}
+
+fn dead(mut d: DeliveryRecord, reason: &str) -> DeliveryRecord {
+    d.reason = Some(reason.into());
+    d.dead_ms = Some(5);
+    d
+}
+
+fn limits(max: usize) -> Limits {
+    Limits {
+        max,
+        concurrency: 1000,
+        rate: None,
+        lease: Duration::from_secs(60),
+    }
+}
+
+/// Appends `n` events (fresh keys); their ids.
+async fn append_n(q: &Arc<dyn Queue>, n: usize, tag: &str) -> Vec<EventId> {
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(queued(
+            q.append(event("gh", &format!("{tag}-{i}"), now), now)
+                .await
+                .unwrap(),
+        ));
+    }
+    ids
+}
+
+/// Routes every event in the inbox with `make` (its deliveries, pending
+/// and dead); returns what `routed` gave back.
+async fn route_with(
+    q: &Arc<dyn Queue>,
+    make: impl Fn(EventId) -> (Vec<DeliveryRecord>, Vec<DeliveryRecord>),
+) -> Vec<Routed> {
+    let page = q.inbox(1000).await.unwrap();
+    let routed = page
+        .events
+        .iter()
+        .map(|(id, _)| {
+            let (pending, dead) = make(*id);
+            Routed {
+                event: *id,
+                pending,
+                dead,
+            }
+        })
+        .collect();
+    q.routed(&page, routed).await.unwrap()
+}
+
+fn claimed_ids(due: &hookgate::queue::Due) -> Vec<u64> {
+    due.claimed.iter().map(|c| c.rec.id).collect()
+}
+
+/// Claims until `want` shows up (a release is written in the background
+/// by PostgreSQL's adapter), for at most 5 s.
+async fn claim_until(q: &Arc<dyn Queue>, sink: &str, now_ms: u64, want: u64) -> Vec<u64> {
+    let start = std::time::Instant::now();
+    loop {
+        let due = q.claim(sink, limits(10), now_ms).await.unwrap();
+        let ids = claimed_ids(&due);
+        if ids.contains(&want) || start.elapsed() > Duration::from_secs(5) {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// The cases both adapters pass.
+
+async fn append_then_duplicate_then_queued_after_the_window(b: Backend) {
+    let q = &b.q;
+    let now = SystemTime::now();
+    let first = queued(q.append(event("gh", "k", now), now).await.unwrap());
+    let later = now + Duration::from_secs(30);
+    assert_eq!(
+        q.append(event("gh", "k", later), later).await.unwrap(),
+        Appended::Duplicate(first)
+    );
+    // The same key from another source is another delivery.
+    let other = queued(q.append(event("gl", "k", later), later).await.unwrap());
+    assert_ne!(other, first);
+    let past = now + Duration::from_secs(61);
+    let again = queued(q.append(event("gh", "k", past), past).await.unwrap());
+    assert!(again > first, "{again:?} after {first:?}");
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!(stats.inbox, 3);
+}
+
+async fn concurrent_appends_of_one_key_queue_it_once(b: Backend) {
+    let now = SystemTime::now();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let q = b.q.clone();
+        let key = if i % 2 == 0 {
+            "same".to_owned()
+        } else {
+            format!("own-{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            (
+                key.clone(),
+                q.append(event("gh", &key, now), now).await.unwrap(),
+            )
+        }));
+    }
+    let mut same = Vec::new();
+    let mut own = HashSet::new();
+    for t in tasks {
+        let (key, a) = t.await.unwrap();
+        match key.as_str() {
+            "same" => same.push(a),
+            _ => assert!(own.insert(queued(a))),
+        }
+    }
+    let firsts: Vec<EventId> = same
+        .iter()
+        .filter_map(|a| match a {
+            Appended::Queued(id) => Some(*id),
+            Appended::Duplicate(_) => None,
+        })
+        .collect();
+    assert_eq!(firsts.len(), 1, "{same:?}");
+    for a in &same {
+        if let Appended::Duplicate(id) = a {
+            assert_eq!(*id, firsts[0]);
+        }
+    }
+    assert!(!own.contains(&firsts[0]));
+    assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 21);
+}
+
+async fn event_returns_what_was_stored(b: Backend) {
+    let now = SystemTime::now();
+    let e = event("gh", "k", now);
+    let id = queued(b.q.append(e.clone(), now).await.unwrap());
+    assert_eq!(b.q.event(id).await.unwrap(), Some(e.record.clone()));
+    assert_eq!(b.q.event(EventId(id.0 + 1000)).await.unwrap(), None);
+    let page = b.q.inbox(10).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].0, id);
+    assert_eq!(EventRecord::decode(&page.events[0].1).unwrap(), e.record);
+}
+
+async fn inbox_claims_each_event_once(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 3, "e").await;
+    let page = q.inbox(10).await.unwrap();
+    let got: Vec<EventId> = page.events.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got, ids, "oldest first");
+    let again = q.inbox(10).await.unwrap();
+    match b.kind {
+        // Claimed: another router (this instance's or another's) does not
+        // see them until the claim lapses.
+        Kind::Postgres => assert!(again.events.is_empty(), "{:?}", again.events),
+        // One router per data_dir, reading from its cursor: the page is
+        // read again until it is routed.
+        Kind::Local => assert_eq!(again.events.len(), 3),
+    }
+    let none = page
+        .events
+        .iter()
+        .map(|(id, _)| Routed {
+            event: *id,
+            pending: vec![],
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&page, none).await.unwrap();
+    assert!(q.inbox(10).await.unwrap().events.is_empty());
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!((stats.inbox, stats.unmatched), (0, 3));
+    // A page read before those were routed is stale now.
+    if b.kind == Kind::Local {
+        let stale = q.routed(&again, vec![]).await;
+        assert!(matches!(stale, Err(QueueError::Moved)), "{stale:?}");
+    }
+    // New events come after.
+    let more = append_n(q, 1, "f").await;
+    let page = q.inbox(10).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.0).collect::<Vec<_>>(), more);
+}
+
+async fn routed_assigns_delivery_ids_and_counts(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 2, "e").await;
+    let routed = route_with(q, |id| match id == ids[0] {
+        true => {
+            let mut broken = dead(delivery(id, "c", 0), "template failed");
+            broken.frozen = None;
+            (
+                vec![delivery(id, "a", 0), delivery(id, "b", 0)],
+                vec![broken],
+            )
+        }
+        false => (vec![], vec![]),
+    })
+    .await;
+    assert_eq!(routed.len(), 2);
+    let all: Vec<u64> = routed
+        .iter()
+        .flat_map(|r| r.pending.iter().chain(&r.dead).map(|d| d.id))
+        .collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "distinct ids: {all:?}"
+    );
+    let stats = q
+        .stats(&[("b".into(), "its secret is not set".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stats.inbox,
+            stats.deliveries,
+            stats.dead,
+            stats.unmatched,
+            stats.held
+        ),
+        (0, 2, 1, 1, 1)
+    );
+    assert_eq!(stats.disabled["b"].held, 1);
+    assert!(stats.disk_bytes > 0);
+    let dead_id = routed[0].dead[0].id;
+    let stored = q.dead_letter(dead_id).await.unwrap().unwrap();
+    assert_eq!(stored.sink, "c");
+    assert_eq!(stored.reason.as_deref(), Some("template failed"));
+    assert_eq!(stored.frozen, None);
+    // Pending ones are not dead letters.
+    assert_eq!(q.dead_letter(routed[0].pending[0].id).await.unwrap(), None);
+    assert_eq!(q.next_due("a").await.unwrap(), Some(0));
+    assert_eq!(q.next_due("nowhere").await.unwrap(), None);
+}
+
+async fn claim_goes_in_due_order_and_not_twice(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 4, "e").await;
+    let dues = [300, 100, 200, 5000];
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        (vec![delivery(id, "s", dues[i])], vec![])
+    })
+    .await;
+    let by_due = |d: u64| routed[dues.iter().position(|x| *x == d).unwrap()].pending[0].id;
+    let due = q.claim("s", limits(2), 1000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![by_due(100), by_due(200)]);
+    assert_eq!(due.next_due, Some(100), "earliest pending");
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    assert_eq!(
+        claimed_ids(&due),
+        vec![by_due(300)],
+        "claimed ones skipped, 5000 not due"
+    );
+    assert!(claimed_ids(&q.claim("s", limits(10), 1000).await.unwrap()).is_empty());
+    assert!(claimed_ids(&q.claim("other", limits(10), 1000).await.unwrap()).is_empty());
+    // Released: due again.
+    let first = q.claim("s", limits(10), 6000).await.unwrap();
+    assert_eq!(claimed_ids(&first), vec![by_due(5000)]);
+    q.release(&first.claimed[0].lease);
+    assert_eq!(
+        claim_until(q, "s", 6000, by_due(5000)).await,
+        vec![by_due(5000)]
+    );
+}
+
+async fn claim_starts_only_the_head_of_an_order_key(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 5, "e").await;
+    // e0, e1: key A (e0 two items); e2: key B; e3 (not due yet), e4: key C.
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        let mut ds = match i {
+            0 => {
+                let mut x = delivery(id, "s", 100);
+                x.item = Some(0);
+                let mut y = delivery(id, "s", 10);
+                y.item = Some(1);
+                vec![x, y]
+            }
+            3 => vec![delivery(id, "s", 9000)],
+            _ => vec![delivery(id, "s", 50)],
+        };
+        let key = ["A", "A", "B", "C", "C"][i];
+        for d in &mut ds {
+            d.order_key = Some(key.into());
+        }
+        (ds, vec![])
+    })
+    .await;
+    let id_of = |event: usize, n: usize| routed[event].pending[n].id;
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    // B's head (due 50), then A's head (item 0, due 100); A's item 1 and
+    // e1 wait for it; C's head is not due, so e4 waits too.
+    assert_eq!(claimed_ids(&due), vec![id_of(2, 0), id_of(0, 0)]);
+    assert!(claimed_ids(&q.claim("s", limits(10), 1000).await.unwrap()).is_empty());
+    let a = due
+        .claimed
+        .iter()
+        .find(|c| c.rec.id == id_of(0, 0))
+        .unwrap();
+    q.settle(&a.lease, &a.rec, Settle::Done).await.unwrap();
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![id_of(0, 1)]);
+    // Buried, the head lets the next go.
+    let mut rec = due.claimed[0].rec.clone();
+    rec.reason = Some("gave up".into());
+    rec.dead_ms = Some(1000);
+    q.settle(&due.claimed[0].lease, &rec, Settle::Bury)
+        .await
+        .unwrap();
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![id_of(1, 0)]);
+}
+
+async fn settle_done_reschedule_bury(b: Backend) {
+    let q = &b.q;
+    append_n(q, 3, "e").await;
+    route_with(q, |id| (vec![delivery(id, "s", 10)], vec![])).await;
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    assert_eq!(due.claimed.len(), 3);
+    let [done, later, bury] = &due.claimed[..] else {
+        unreachable!()
+    };
+    q.settle(&done.lease, &done.rec, Settle::Done)
+        .await
+        .unwrap();
+    let mut rec = later.rec.clone();
+    rec.due_ms = 5000;
+    rec.failures = 1;
+    rec.attempts.push(Attempt {
+        at_ms: 1000,
+        status: Some(503),
+        latency_ms: 12,
+        outcome: "retry: 503".into(),
+        response: "busy".into(),
+    });
+    q.settle(&later.lease, &rec, Settle::Reschedule)
+        .await
+        .unwrap();
+    let mut gone = bury.rec.clone();
+    gone.reason = Some("410 Gone".into());
+    gone.dead_ms = Some(1000);
+    gone.failures = 4;
+    q.settle(&bury.lease, &gone, Settle::Bury).await.unwrap();
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!((stats.deliveries, stats.dead), (1, 1));
+    assert!(claimed_ids(&q.claim("s", limits(10), 1000).await.unwrap()).is_empty());
+    assert_eq!(q.next_due("s").await.unwrap(), Some(5000));
+    let due = q.claim("s", limits(10), 5000).await.unwrap();
+    assert_eq!(due.claimed.len(), 1);
+    assert_eq!(due.claimed[0].rec, rec, "rescheduled as settled");
+    let stored = q.dead_letter(gone.id).await.unwrap().unwrap();
+    assert_eq!(stored, gone);
+    assert_eq!(q.dead_by_sink().await.unwrap().get("s"), Some(&1));
+}
+
+async fn dead_letters_page_by_id(b: Backend) {
+    let q = &b.q;
+    append_n(q, 5, "e").await;
+    let routed = route_with(q, |id| {
+        let sink = if id.0 % 2 == 0 { "a" } else { "b" };
+        (vec![], vec![dead(delivery(id, sink, 0), "no")])
+    })
+    .await;
+    let mut ids: Vec<u64> = routed.iter().map(|r| r.dead[0].id).collect();
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q.dead_letters(after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|d| d.id));
+    }
+    assert_eq!(seen, ids);
+    assert!(q.dead_letters(Some(u64::MAX), 10).await.unwrap().is_empty());
+    let by_sink = q.dead_by_sink().await.unwrap();
+    assert_eq!(by_sink.values().sum::<u64>(), 5);
+}
+
+async fn requeue_one_all_and_refused(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 3, "e").await;
+    let attempt = Attempt {
+        at_ms: 3,
+        status: Some(500),
+        latency_ms: 1,
+        outcome: "retry: 500".into(),
+        response: String::new(),
+    };
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        let mut d = dead(delivery(id, ["a", "gone", "a"][i], 0), "failed");
+        d.failures = 7;
+        d.attempts.push(attempt.clone());
+        if i == 2 {
+            d.frozen = None;
+        }
+        (vec![], vec![d])
+    })
+    .await;
+    let id = |i: usize| routed[i].dead[0].id;
+    let keep = |d: &DeliveryRecord| {
+        (d.sink == "gone").then(|| "sink `gone` is not in the config".to_owned())
+    };
+    let one = q.requeue(Some(id(0)), 2000, &keep).await.unwrap();
+    assert_eq!(one.replayed, 1);
+    assert!(one.refused.is_empty());
+    assert_eq!(one.sinks, BTreeSet::from(["a".to_owned()]));
+    assert_eq!(q.dead_letter(id(0)).await.unwrap(), None);
+    let due = q.claim("a", limits(10), 2000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![id(0)]);
+    let rec = &due.claimed[0].rec;
+    assert_eq!(
+        (rec.due_ms, rec.failures, rec.reason.as_deref(), rec.dead_ms),
+        (2000, 0, None, None)
+    );
+    assert_eq!(rec.attempts, vec![attempt.clone()], "history kept");
+    let all = q.requeue(None, 2000, &keep).await.unwrap();
+    assert_eq!(all.replayed, 0);
+    let refused: Vec<u64> = all.refused.iter().map(|r| r.id).collect();
+    assert_eq!(refused, vec![id(1), id(2)]);
+    assert!(all.refused[0].reason.contains("not in the config"));
+    assert!(
+        all.refused[1].reason.contains("template failed"),
+        "{:?}",
+        all.refused[1]
+    );
+    assert_eq!(q.stats(&[]).await.unwrap().dead, 2);
+    // Replaying all takes every one that may go.
+    let every = q.requeue(None, 2000, &|_| None).await.unwrap();
+    assert_eq!(every.replayed, 1);
+    assert_eq!(every.refused.len(), 1);
+    assert_eq!(
+        q.requeue(Some(999_999), 0, &|_| None)
+            .await
+            .unwrap()
+            .replayed,
+        0
+    );
+}
+
+async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 4, "e").await;
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        (
+            vec![delivery(id, ["a", "gone", "gone", "b"][i], 10 + i as u64)],
+            vec![],
+        )
+    })
+    .await;
+    let mut one = limits(1);
+    one.max = 1;
+    let claimed = q.claim("gone", one, 1000).await.unwrap();
+    assert_eq!(claimed_ids(&claimed), vec![routed[1].pending[0].id]);
+    let n = q
+        .bury_orphans(&["a".into(), "b".into()], 2000)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let buried = q
+        .dead_letter(routed[2].pending[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        buried.reason.as_deref(),
+        Some("sink `gone` removed from the config")
+    );
+    assert_eq!(buried.dead_ms, Some(2000));
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!((stats.deliveries, stats.dead), (3, 1));
+    // The claimed one settles itself.
+    let c = &claimed.claimed[0];
+    q.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
+    assert_eq!(q.stats(&[]).await.unwrap().deliveries, 2);
+}
+
+async fn close_refuses_new_appends(b: Backend) {
+    let now = SystemTime::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let q = b.q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.append(event("gh", &format!("k{i}"), now), now).await
+        }));
+    }
+    for t in tasks {
+        queued(t.await.unwrap().unwrap());
+    }
+    b.q.close();
+    let e = b.q.append(event("gh", "late", now), now).await.unwrap_err();
+    assert!(matches!(e, QueueError::ShuttingDown), "{e:?}");
+    b.q.flush().await.unwrap();
+    assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 50);
+}
+
+/// The PostgreSQL-only cases.
+mod cases {
+    use super::*;
+
+    pub async fn postgres_two_instances_route_every_event_exactly_once(b: Backend) {
+        let other = b.another().await;
+        let ids = append_n(&b.q, 300, "e").await;
+        let route = |q: Arc<dyn Queue>| {
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut idle = 0;
+                while idle < 3 {
+                    let page = q.inbox(16).await.unwrap();
+                    if page.events.is_empty() {
+                        idle += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let routed = page
+                        .events
+                        .iter()
+                        .map(|(id, _)| Routed {
+                            event: *id,
+                            pending: vec![delivery(*id, "s", 0)],
+                            dead: vec![],
+                        })
+                        .collect();
+                    q.routed(&page, routed).await.unwrap();
+                    mine.extend(page.events.iter().map(|(id, _)| *id));
+                }
+                mine
+            })
+        };
+        let (a, c) = (route(b.q.clone()), route(other.clone()));
+        let (a, c) = (a.await.unwrap(), c.await.unwrap());
+        assert!(
+            !a.is_empty() && !c.is_empty(),
+            "both routed: {} and {}",
+            a.len(),
+            c.len()
+        );
+        let mut all: Vec<EventId> = a.iter().chain(&c).copied().collect();
+        all.sort();
+        assert_eq!(all, ids, "each event once");
+        let stats = other.stats(&[]).await.unwrap();
+        assert_eq!((stats.inbox, stats.deliveries), (0, 300));
+    }
+
+    pub async fn postgres_a_router_that_lost_its_page_is_moved(b: Backend) {
+        let other = b.another().await;
+        append_n(&b.q, 2, "e").await;
+        let page = b.q.inbox(10).await.unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert!(other.inbox(10).await.unwrap().events.is_empty());
+        // The first router stalled past its claim.
+        Cluster::shared_psql(
+            &b.db,
+            "UPDATE hookgate_inbox SET claim_until = now() - interval '1 second'",
+        );
+        let taken = other.inbox(10).await.unwrap();
+        assert_eq!(taken.events.len(), 2);
+        let late = b.q.routed(&page, routed_to(&page, "s")).await;
+        assert!(matches!(late, Err(QueueError::Moved)), "{late:?}");
+        other.routed(&taken, routed_to(&taken, "s")).await.unwrap();
+        let stats = b.q.stats(&[]).await.unwrap();
+        assert_eq!((stats.inbox, stats.deliveries), (0, 2));
+    }
+
+    fn routed_to(page: &InboxPage, sink: &str) -> Vec<Routed> {
+        page.events
+            .iter()
+            .map(|(id, _)| Routed {
+                event: *id,
+                pending: vec![delivery(*id, sink, 0)],
+                dead: vec![],
+            })
+            .collect()
+    }
+
+    pub async fn postgres_concurrency_holds_across_instances(b: Backend) {
+        let other = b.another().await;
+        append_n(&b.q, 20, "e").await;
+        route_with(&b.q, |id| (vec![delivery(id, "s", 0)], vec![])).await;
+        let limits = Limits {
+            max: 10,
+            concurrency: 3,
+            rate: None,
+            lease: Duration::from_secs(60),
+        };
+        // Many claims at once from both instances.
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let q = if i % 2 == 0 {
+                b.q.clone()
+            } else {
+                other.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                q.claim("s", limits, 1000).await.unwrap()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.extend(t.await.unwrap().claimed);
+        }
+        assert_eq!(out.len(), 3, "never more than the concurrency out");
+        let due = other.claim("s", limits, 1000).await.unwrap();
+        assert!(due.claimed.is_empty());
+        assert!(due.held.is_some(), "held by the cluster's concurrency");
+        b.q.settle(&out[0].lease, &out[0].rec, Settle::Done)
+            .await
+            .unwrap();
+        let due = other.claim("s", limits, 1000).await.unwrap();
+        assert_eq!(due.claimed.len(), 1, "a slot freed");
+    }
+
+    pub async fn postgres_rate_holds_across_instances(b: Backend) {
+        let other = b.another().await;
+        append_n(&b.q, 20, "e").await;
+        route_with(&b.q, |id| (vec![delivery(id, "s", 0)], vec![])).await;
+        let limits = Limits {
+            max: 10,
+            concurrency: 100,
+            rate: Some(Rate {
+                burst: 3,
+                per_second: 2.0,
+            }),
+            lease: Duration::from_secs(60),
+        };
+        // Many claims at once from both instances share the burst.
+        let started = std::time::Instant::now();
+        // What the bucket can have given since the start: the burst and
+        // two a second.
+        let allowed = || 3 + (started.elapsed().as_secs_f64() * 2.0).floor() as usize;
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let q = if i % 2 == 0 {
+                b.q.clone()
+            } else {
+                other.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                q.claim("s", limits, 1000).await.unwrap()
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap().claimed.len();
+        }
+        assert!(
+            total >= 3 && total <= allowed(),
+            "{total} claimed, {} allowed",
+            allowed()
+        );
+        // Spent: held until the next token, at most half a second away.
+        let held = other.claim("s", limits, 1000).await.unwrap();
+        total += held.claimed.len();
+        if held.claimed.is_empty() {
+            let wait = held.held.expect("held by the rate");
+            assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        }
+        assert!(total <= allowed(), "{total} claimed, {} allowed", allowed());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let more = b.q.claim("s", limits, 1000).await.unwrap();
+        assert!(!more.claimed.is_empty(), "refilled");
+        total += more.claimed.len();
+        assert!(total <= allowed(), "{total} claimed, {} allowed", allowed());
+    }
+
+    pub async fn postgres_a_lapsed_lease_goes_to_another_instance(b: Backend) {
+        let other = b.another().await;
+        append_n(&b.q, 1, "e").await;
+        route_with(&b.q, |id| (vec![delivery(id, "s", 0)], vec![])).await;
+        let short = Limits {
+            lease: Duration::from_millis(500),
+            ..limits(10)
+        };
+        let mine = b.q.claim("s", short, 1000).await.unwrap();
+        assert_eq!(mine.claimed.len(), 1);
+        assert!(other
+            .claim("s", short, 1000)
+            .await
+            .unwrap()
+            .claimed
+            .is_empty());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let theirs = other.claim("s", short, 1000).await.unwrap();
+        assert_eq!(claimed_ids(&theirs), claimed_ids(&mine));
+        // The first instance's late outcome is ignored.
+        let c = &mine.claimed[0];
+        b.q.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
+        assert_eq!(b.q.stats(&[]).await.unwrap().deliveries, 1);
+        let mut later = c.rec.clone();
+        later.due_ms = 99;
+        b.q.settle(&c.lease, &later, Settle::Reschedule)
+            .await
+            .unwrap();
+        b.q.release(&c.lease);
+        let c = &theirs.claimed[0];
+        other.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
+        assert_eq!(b.q.stats(&[]).await.unwrap().deliveries, 0);
+    }
+
+    pub async fn postgres_refuses_a_newer_schema(b: Backend) {
+        drop(b.q);
+        Cluster::shared_psql(&b.db, "INSERT INTO hookgate_schema (version) VALUES (99)");
+        let e = Postgres::open(&b.url, 2).await.unwrap_err().to_string();
+        assert!(e.contains("version 99"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "versions 1 to {}",
+                hookgate::queue::postgres::SCHEMA_VERSION
+            )),
+            "{e}"
+        );
+        Cluster::shared_psql(&b.db, "DELETE FROM hookgate_schema WHERE version = 99");
+        Postgres::open(&b.url, 2).await.unwrap();
+    }
+
+    pub async fn postgres_two_instances_appending_one_key_queue_it_once(b: Backend) {
+        let other = b.another().await;
+        let now = SystemTime::now();
+        for round in 0..5 {
+            let key = format!("same-{round}");
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let q = if i % 2 == 0 {
+                        b.q.clone()
+                    } else {
+                        other.clone()
+                    };
+                    let key = key.clone();
+                    tokio::spawn(
+                        async move { q.append(event("gh", &key, now), now).await.unwrap() },
+                    )
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.unwrap());
+            }
+            let firsts: HashSet<EventId> = answers
+                .iter()
+                .filter_map(|a| match a {
+                    Appended::Queued(id) => Some(*id),
+                    Appended::Duplicate(_) => None,
+                })
+                .collect();
+            assert_eq!(firsts.len(), 1, "{answers:?}");
+            let first = firsts.into_iter().next().unwrap();
+            assert!(answers.iter().all(
+                |a| matches!(a, Appended::Queued(id) | Appended::Duplicate(id) if *id == first)
+            ));
+        }
+        assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 5);
+    }
+
+    pub async fn postgres_prune_drops_whole_days_once_routed(b: Backend) {
+        let q = &b.q;
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(10 * 86_400);
+        // Its day has no partition yet: made on demand.
+        let gone = queued(q.append(event("gh", "old", old), now).await.unwrap());
+        let kept = queued(q.append(event("gh", "new", now), now).await.unwrap());
+        let partitions = || {
+            Cluster::shared_psql(
+                &b.db,
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'hookgate_events'::regclass",
+            )
+            .parse::<u32>()
+            .unwrap()
+        };
+        let before = partitions();
+        assert!(
+            before >= 5,
+            "yesterday to two days ahead, and the old day: {before}"
+        );
+        let retention = Duration::from_secs(2 * 86_400);
+        assert_eq!(
+            q.prune(now, retention).await.unwrap(),
+            0,
+            "not routed: kept"
+        );
+        assert!(q.event(gone).await.unwrap().is_some());
+        route_with(q, |_| (vec![], vec![])).await;
+        assert_eq!(q.prune(now, retention).await.unwrap(), 1);
+        assert_eq!(partitions(), before - 1);
+        assert_eq!(q.event(gone).await.unwrap(), None);
+        assert!(q.event(kept).await.unwrap().is_some());
+        // Dedupe keys go once their window passed.
+        assert_eq!(q.stats(&[]).await.unwrap().seen, 2);
+        q.prune(now + Duration::from_secs(61), retention)
+            .await
+            .unwrap();
+        assert_eq!(q.stats(&[]).await.unwrap().seen, 0);
+        assert!(q.event(kept).await.unwrap().is_some());
+    }
+
+    /// Many appends at once share transactions: fewer commits than
+    /// appends, and every one answered.
+    pub async fn postgres_group_commit_shares_transactions(b: Backend) {
+        let now = SystemTime::now();
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let q = b.q.clone();
+            tasks.push(tokio::spawn(async move {
+                q.append(event("gh", &format!("k{i}"), now), now)
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            queued(t.await.unwrap());
+        }
+        let (commits, events) = b.q.gauges().log_syncs.expect("commits counted");
+        assert_eq!(events, 400);
+        assert!(
+            commits.count() < 200,
+            "400 appends took {} commits",
+            commits.count()
+        );
+        assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 400);
+    }
+}
+
+/// A measurement, not a check: appends per second from many concurrent
+/// writers, and how many share a commit. `cargo test --test it
+/// storage::postgres_append_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn postgres_append_throughput() {
+    let Some(b) = Backend::postgres().await else {
+        return;
+    };
+    let now = SystemTime::now();
+    let writers = 64;
+    let each = 200;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let q = b.q.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    queued(
+                        q.append(event("gh", &format!("{w}-{i}"), now), now)
+                            .await
+                            .unwrap(),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let (commits, events) = b.q.gauges().log_syncs.unwrap();
+    eprintln!(
+        "{events} appends from {writers} writers in {took:?}: {:.0}/s, {} commits ({:.1} appends each)",
+        events as f64 / took.as_secs_f64(),
+        commits.count(),
+        events as f64 / commits.count() as f64
+    );
+}
