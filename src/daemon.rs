@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Proof};
+use crate::config::{Config, Proof, QueueConfig};
 use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::live::Live;
+use crate::queue::postgres::Postgres;
 use crate::queue::{Local, Queue, QueueError, SledQueue};
 
 /// How long in-flight requests get to finish once shutdown starts.
@@ -51,6 +52,17 @@ pub enum DaemonError {
         #[source]
         source: QueueError,
     },
+    #[error("queue.url: {0}")]
+    DatabaseUrl(String),
+    #[error("cannot use the PostgreSQL queue: {0}")]
+    Database(String),
+    #[error("server.data_dir {path} still holds the local backend's unfinished work ({inbox} events not yet routed, {deliveries} pending deliveries, {dead} dead letters): move it into PostgreSQL with `hookgate queue migrate` (with no daemon running on it), or remove the directory if that work is not wanted")]
+    LocalWork {
+        path: String,
+        inbox: u64,
+        deliveries: u64,
+        dead: u64,
+    },
     #[error("sink `{name}`: {reason}")]
     Sink { name: String, reason: String },
     #[error("no queue in {path}: is data_dir the daemon's? (under systemd it is $STATE_DIRECTORY, /var/lib/hookgate)")]
@@ -74,9 +86,45 @@ pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     open_dir(config, |dir| SledQueue::open(dir, group_commit))
 }
 
-/// Opens the storage the config names, for the daemon.
+/// Opens the storage the config names, for the daemon. On `postgres`,
+/// refuses while `data_dir` still holds the local backend's unfinished
+/// work (it would wait there unseen).
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
-    Ok(Arc::new(Local::new(open_queue(config)?)))
+    match &config.queue {
+        QueueConfig::Local => Ok(Arc::new(Local::new(open_queue(config)?))),
+        QueueConfig::Postgres { .. } => {
+            let (inbox, deliveries, dead) = local_work(config)?;
+            if inbox + deliveries + dead > 0 {
+                return Err(DaemonError::LocalWork {
+                    path: config.server.data_dir.display().to_string(),
+                    inbox,
+                    deliveries,
+                    dead,
+                });
+            }
+            open_database(config).await
+        }
+    }
+}
+
+/// Connects to the PostgreSQL database `[queue]` names (migrating its
+/// schema). An error when the config names the local backend.
+pub async fn open_database(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
+    let QueueConfig::Postgres { url, pool_size } = &config.queue else {
+        return Err(DaemonError::Database(
+            "the config's [queue] backend is local: set backend = \"postgres\" and its url".into(),
+        ));
+    };
+    let url = url
+        .as_ref()
+        .map_err(|e| DaemonError::DatabaseUrl(e.clone()))?;
+    let text = std::str::from_utf8(url.expose())
+        .map_err(|_| DaemonError::DatabaseUrl("the connection string is not UTF-8 text".into()))?;
+    match Postgres::open(text.trim(), *pool_size).await {
+        Ok(pg) => Ok(Arc::new(pg)),
+        Err(QueueError::Storage(e)) => Err(DaemonError::Database(e.to_string())),
+        Err(e) => Err(DaemonError::Database(e.to_string())),
+    }
 }
 
 /// Opens the queue under `config.server.data_dir` for the CLI to look at
@@ -145,9 +193,12 @@ pub async fn migrate(
 }
 
 /// The storage the config names, for the CLI while no daemon answers:
-/// on the local backend, `inspect_queue`.
+/// on the local backend, `inspect_queue`; on PostgreSQL, the database.
 pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
-    Ok(Arc::new(Local::new(inspect_queue(config)?)))
+    match &config.queue {
+        QueueConfig::Local => Ok(Arc::new(Local::new(inspect_queue(config)?))),
+        QueueConfig::Postgres { .. } => open_database(config).await,
+    }
 }
 
 fn open_dir(

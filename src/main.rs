@@ -98,6 +98,13 @@ enum QueueCommand {
         #[command(subcommand)]
         what: DeadCommand,
     },
+    /// Moves the local backend's unfinished work (events not yet routed,
+    /// pending deliveries, dead letters) under server.data_dir into the
+    /// PostgreSQL database `[queue]` names. Stop the local daemon first.
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,7 +223,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue {
             what: QueueCommand::Dead { what },
         } => dead(&cli.config, what).await,
+        Command::Queue {
+            what: QueueCommand::Migrate { json },
+        } => migrate(&cli.config, json).await,
     }
+}
+
+async fn migrate(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_or_report(path, false, false) else {
+        return Ok(ExitCode::from(2));
+    };
+    let config = &loaded.config;
+    if matches!(config.queue, hookgate::config::QueueConfig::Local) {
+        eprintln!("queue migrate moves the local backend's work into PostgreSQL: set [queue] backend = \"postgres\" and its url in {} first", path.display());
+        return Ok(ExitCode::from(2));
+    }
+    let (inbox, deliveries, dead) = hookgate::daemon::local_work(config)?;
+    if inbox + deliveries + dead == 0 {
+        println!(
+            "nothing to move: {} holds no unfinished work of the local backend",
+            config.server.data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = hookgate::daemon::open_database(config).await?;
+    let done = hookgate::daemon::migrate(config, target.as_ref()).await?;
+    target.close();
+    target.flush().await?;
+    if json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else if done.already {
+        println!("the database had taken this data directory's work before: nothing imported twice; the local files are moved aside");
+    } else {
+        println!(
+            "moved {} events not yet routed, {} pending deliveries and {} dead letters into PostgreSQL; the local files are under {}/migrated-*",
+            done.events,
+            done.pending,
+            done.dead,
+            config.server.data_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dev_secrets_path(config: &Path) -> PathBuf {
@@ -338,6 +385,22 @@ fn check(path: &Path, strict: bool) -> ExitCode {
         c.sinks.len(),
         c.routes.len()
     );
+    match &c.queue {
+        config::QueueConfig::Local => {
+            println!("queue: local, in {}", c.server.data_dir.display())
+        }
+        config::QueueConfig::Postgres { url, pool_size } => {
+            let target = url
+                .as_ref()
+                .ok()
+                .and_then(|u| std::str::from_utf8(u.expose()).ok())
+                .and_then(|u| hookgate::queue::postgres::describe_url(u.trim()).ok())
+                .unwrap_or_else(|| "(its url is not set here)".to_owned());
+            println!(
+                "queue: postgres, {target}, up to {pool_size} connections (not connected by check)"
+            );
+        }
+    }
     ExitCode::SUCCESS
 }
 

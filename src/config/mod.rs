@@ -767,6 +767,17 @@ impl Cx<'_> {
                 let Some(url) = url else {
                     return QueueConfig::Local;
                 };
+                if let Ok(text) = &url {
+                    let span = raw.url.as_ref().map_or(0..0, |u| u.span());
+                    let checked = std::str::from_utf8(text.expose())
+                        .map_err(|_| "the connection string is not UTF-8 text".to_owned())
+                        .and_then(|t| crate::queue::postgres::describe_url(t.trim()));
+                    if let Err(e) = checked {
+                        // `describe_url` names the key itself.
+                        let e = e.strip_prefix("queue.url: ").unwrap_or(&e).to_owned();
+                        self.err(span, "queue.url", e);
+                    }
+                }
                 QueueConfig::Postgres { url, pool_size }
             }
             Some(other) => {

@@ -998,3 +998,21 @@ fn queue_mistakes_say_what_to_write() {
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("did you mean `backend`"), "{lines:?}");
 }
+
+#[test]
+fn a_queue_url_libpq_would_refuse_is_a_config_error() {
+    let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
+    let url = secret_file("postgresql://hg:pw@db1:5432/hookgate?sslmod=require");
+    let lines = problem_lines(&format!(
+        "[queue]\nbackend = \"postgres\"\nurl = {{ file = \"{url}\" }}\n{src}"
+    ));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("queue.url: unknown parameter `sslmod` (did you mean `sslmode`?)"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines[0].contains("pw"),
+        "the password is never echoed: {lines:?}"
+    );
+}

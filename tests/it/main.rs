@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod faults;

@@ -123,6 +123,7 @@ postgres_only!(
     postgres_group_commit_shares_transactions,
     postgres_prune_drops_whole_days_once_routed,
     postgres_two_instances_appending_one_key_queue_it_once,
+    postgres_imports_a_local_stores_work_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1122,6 +1123,68 @@ mod cases {
         let c = &theirs.claimed[0];
         other.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
         assert_eq!(b.q.stats(&[]).await.unwrap().deliveries, 0);
+    }
+
+    /// `queue migrate`'s far end: the local store's unrouted events (with
+    /// their dedupe keys), pending and dead deliveries, once.
+    pub async fn postgres_imports_a_local_stores_work_once(b: Backend) {
+        let local = Backend::local();
+        let now = SystemTime::now();
+        let first = queued(local.q.append(event("gh", "m-1", now), now).await.unwrap());
+        queued(local.q.append(event("gh", "m-2", now), now).await.unwrap());
+        // One routed to a waiting and a dead delivery; one left unrouted.
+        let page = local.q.inbox(1).await.unwrap();
+        assert_eq!(page.events[0].0, first);
+        let mut dead = delivery(first, "s", 1_000);
+        dead.reason = Some("permanent: 400".into());
+        dead.dead_ms = Some(2_000);
+        let routed = vec![Routed {
+            event: first,
+            pending: vec![delivery(first, "s", 1_000)],
+            dead: vec![dead],
+        }];
+        local.q.routed(&page, routed).await.unwrap();
+        // Closed (the daemon stopped), its directory kept.
+        let Backend { q, _dir: dir, .. } = local;
+        drop(q);
+        let dir = dir.unwrap();
+        let carried = SledQueue::inspect(dir.path()).unwrap().export().unwrap();
+        assert_eq!(carried.events.len(), 1);
+        assert_eq!(carried.events[0].dedupe_key, "m-2");
+        assert_eq!(carried.deliveries.len(), 2);
+        let install = carried.from_install;
+        let keys: BTreeSet<String> = carried
+            .deliveries
+            .iter()
+            .map(|d| d.idempotency_key.clone())
+            .collect();
+
+        let done = b.q.import(carried).await.unwrap();
+        assert_eq!((done.events, done.pending, done.dead), (1, 1, 1));
+        assert!(!done.already);
+        // The event waits in the inbox, its key remembered.
+        let page = b.q.inbox(10).await.unwrap();
+        assert_eq!(page.events.len(), 1);
+        let again = b.q.append(event("gh", "m-2", now), now).await.unwrap();
+        assert_eq!(again, Appended::Duplicate(page.events[0].0));
+        // The deliveries keep their idempotency keys.
+        let due = b.q.claim("s", limits(10), unix_millis(now)).await.unwrap();
+        assert_eq!(due.claimed.len(), 1);
+        let dead = b.q.dead_letters(None, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        let got: BTreeSet<String> = [&due.claimed[0].rec, &dead[0]]
+            .iter()
+            .map(|d| d.idempotency_key.clone())
+            .collect();
+        assert_eq!(got, keys);
+        // Once: the same store's work again imports nothing.
+        let carried = hookgate::queue::Carried {
+            from_install: install,
+            ..Default::default()
+        };
+        let twice = b.q.import(carried).await.unwrap();
+        assert!(twice.already);
+        assert_eq!(b.q.dead_letters(None, 10).await.unwrap().len(), 1);
     }
 
     pub async fn postgres_refuses_a_newer_schema(b: Backend) {

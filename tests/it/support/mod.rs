@@ -343,7 +343,7 @@ impl Daemon {
     }
 
     /// Writes `routes.toml` into `dir`: free ports, data under `dir/data`.
-    fn write_config(dir: &std::path::Path, sources: &str) -> (PathBuf, SocketAddr, SocketAddr) {
+    pub fn write_config(dir: &std::path::Path, sources: &str) -> (PathBuf, SocketAddr, SocketAddr) {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = with_secrets(
