@@ -126,6 +126,7 @@ impl Admin {
                         log_syncs,
                         synced_events,
                         damaged_frames: backend.damaged_frames,
+                        db_commits: backend.db_commits,
                         dead_by_sink: self.queue.dead_by_sink().await.unwrap_or_default(),
                     };
                     reply(

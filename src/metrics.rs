@@ -142,6 +142,9 @@ pub struct Gauges {
     pub damaged_frames: u64,
     /// Dead deliveries by sink.
     pub dead_by_sink: BTreeMap<String, u64>,
+    /// PostgreSQL: the group commits of appends, and the events they
+    /// made durable.
+    pub db_commits: Option<(Histogram, u64)>,
 }
 
 /// Answers to one source's requests: counts by outcome, and latency.
@@ -325,6 +328,15 @@ impl Metrics {
             "sink",
             &mut self.latency.lock().expect("metrics lock").iter(),
         );
+        if let Some((commits, events)) = &gauges.db_commits {
+            let name = "hookgate_db_commit_duration_seconds";
+            let _ = writeln!(out, "# HELP {name} Time one group commit of accepted events to PostgreSQL took.\n# TYPE {name} histogram");
+            commits.render(&mut out, name, "");
+            let _ = writeln!(
+                out,
+                "# HELP hookgate_db_committed_events_total Events made durable by those commits.\n# TYPE hookgate_db_committed_events_total counter\nhookgate_db_committed_events_total {events}"
+            );
+        }
         if let Some(syncs) = &gauges.log_syncs {
             let name = "hookgate_log_sync_duration_seconds";
             let _ = writeln!(out, "# HELP {name} Time one fdatasync of the event log took (one group commit).\n# TYPE {name} histogram");

@@ -449,8 +449,13 @@ impl Dispatcher {
         if let Some(pause) = pause {
             let until = unix_millis(SystemTime::now())
                 .saturating_add(pause.min(crate::sink::LONGEST_WAIT).as_millis() as u64);
-            let mut p = sink.paused_until.lock().expect("pause lock");
-            *p = (*p).max(until);
+            {
+                let mut p = sink.paused_until.lock().expect("pause lock");
+                *p = (*p).max(until);
+            }
+            if let Err(e) = self.queue.pause(name, until).await {
+                tracing::warn!(sink = %name, error = %e, "cannot tell the other instances to pause this sink; this one pauses");
+            }
         }
         let now = unix_millis(SystemTime::now());
         rec.attempts.push(Attempt {

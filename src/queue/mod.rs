@@ -270,6 +270,9 @@ pub struct BackendGauges {
     pub log_syncs: Option<(crate::metrics::Histogram, u64)>,
     /// Damaged log frames skipped (local).
     pub damaged_frames: u64,
+    /// Group commits of appends and the events they made durable
+    /// (PostgreSQL).
+    pub db_commits: Option<(crate::metrics::Histogram, u64)>,
 }
 
 /// What ingress needs of storage (the part of [`Queue`] the gateway sees).
@@ -334,6 +337,10 @@ pub trait Queue: Ingest {
     /// Releases a claim without an outcome (the attempt never ended): the
     /// delivery is due again.
     fn release(&self, lease: &Lease);
+    /// The platform asked `sink` to wait (a 429's Retry-After) until
+    /// `until_ms`: a backend shared by several instances pauses it for all
+    /// of them (each instance pauses itself in any case).
+    async fn pause(&self, sink: &str, until_ms: u64) -> Result<(), QueueError>;
     /// When `sink`'s earliest pending delivery is due (ms), if it has one.
     async fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError>;
     /// Whether this backend holds each sink's `concurrency` and

@@ -151,6 +151,24 @@ async fn two_instances_deliver_each_acknowledged_event_and_dedupe_across_each_ot
     }
     let keys = wait_keys(&rx, accepted, Duration::from_secs(30)).await;
     assert_eq!(keys.len(), accepted, "one idempotency key per 202");
+    // /metrics, /readyz and `queue stats` on this backend.
+    let (status, metrics) = admin_get(a.admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let committed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookgate_db_committed_events_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no commit count in:\n{metrics}"));
+    assert!(committed > 0, "{committed}");
+    assert!(metrics.contains("hookgate_db_commit_duration_seconds_count"));
+    assert_eq!(admin_get(b.admin, "/readyz").await.0, StatusCode::OK);
+    let stats = b.cli(&["queue", "stats", "--json"]);
+    let stats: hookgate::queue::Stats = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (stats.inbox, stats.deliveries, stats.dead),
+        (0, 0, 0),
+        "{stats:?}"
+    );
     let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!(
         "two instances: {accepted} accepted, {} keys delivered, {} sent twice",

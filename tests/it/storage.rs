@@ -124,6 +124,7 @@ postgres_only!(
     postgres_prune_drops_whole_days_once_routed,
     postgres_two_instances_appending_one_key_queue_it_once,
     postgres_imports_a_local_stores_work_once,
+    postgres_a_platforms_pause_holds_for_every_instance,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,6 +1000,21 @@ mod cases {
                 dead: vec![],
             })
             .collect()
+    }
+
+    /// A 429 one instance got pauses the sink for the others too.
+    pub async fn postgres_a_platforms_pause_holds_for_every_instance(b: Backend) {
+        let other = b.another().await;
+        append_n(&b.q, 3, "p").await;
+        route_with(&b.q, |id| (vec![delivery(id, "s", 0)], vec![])).await;
+        b.q.pause("s", 6_000).await.unwrap();
+        // An earlier pause does not shorten it.
+        other.pause("s", 2_000).await.unwrap();
+        let due = other.claim("s", limits(10), 1_000).await.unwrap();
+        assert!(due.claimed.is_empty(), "paused for every instance");
+        assert_eq!(due.held, Some(Duration::from_secs(5)));
+        let due = other.claim("s", limits(10), 6_001).await.unwrap();
+        assert_eq!(due.claimed.len(), 3, "claimed once the pause is over");
     }
 
     pub async fn postgres_concurrency_holds_across_instances(b: Backend) {

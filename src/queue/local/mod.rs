@@ -246,6 +246,11 @@ impl Queue for Local {
         self.unlease(lease);
     }
 
+    async fn pause(&self, _sink: &str, _until_ms: u64) -> Result<(), QueueError> {
+        // One daemon: the dispatcher's own pause is the whole of it.
+        Ok(())
+    }
+
     async fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError> {
         self.q.next_due(sink)
     }
@@ -301,6 +306,7 @@ impl Queue for Local {
         BackendGauges {
             log_syncs: Some(self.q.log_syncs()),
             damaged_frames: self.q.damaged_frames(),
+            db_commits: None,
         }
     }
 

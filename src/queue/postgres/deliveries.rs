@@ -53,7 +53,14 @@ SELECT
     (SELECT extract(epoch FROM clock_timestamp() - refilled_at)::float8
      FROM hookgate_sink_limits WHERE sink = $1),
     (SELECT count(*) FROM hookgate_deliveries
-     WHERE sink = $1 AND NOT dead AND lease_until > now())";
+     WHERE sink = $1 AND NOT dead AND lease_until > now()),
+    (SELECT paused_until_ms FROM hookgate_sink_limits WHERE sink = $1)";
+
+/// A pause for the whole cluster (the later of two wins).
+const PAUSE: &str = "
+INSERT INTO hookgate_sink_limits AS l (sink, tokens, refilled_at, paused_until_ms)
+VALUES ($1, 0, clock_timestamp(), $2)
+ON CONFLICT (sink) DO UPDATE SET paused_until_ms = greatest(l.paused_until_ms, EXCLUDED.paused_until_ms)";
 
 const SAVE_TOKENS: &str = "
 INSERT INTO hookgate_sink_limits (sink, tokens, refilled_at) VALUES ($1, $2, clock_timestamp())
@@ -94,6 +101,16 @@ SELECT
         WHERE sink = $1 AND NOT dead AND due_ms <= $2
           AND (lease_until IS NULL OR lease_until <= now()))";
 
+/// No claims of `sink` before `until_ms`, on any instance.
+pub async fn pause(db: &Db, sink: &str, until_ms: u64) -> Result<(), QueueError> {
+    let until = until_ms.min(i64::MAX as u64) as i64;
+    let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
+    match conn.execute(PAUSE, &[&sink, &until]).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(conn_err(&db.health, &db.pool, conn, e)),
+    }
+}
+
 pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<Due, QueueError> {
     let token: i64 = rand::random();
     let now_ms = now_ms.min(i64::MAX as u64) as i64;
@@ -107,8 +124,14 @@ pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<D
         let tx = conn.transaction().await?;
         tx.execute(LOCK, &[&sink]).await?;
         let row = tx.query_one(LIMITS, &[&sink]).await?;
-        let (stored, elapsed, active): (Option<f64>, Option<f64>, i64) =
-            (row.get(0), row.get(1), row.get(2));
+        let (stored, elapsed, active, paused): (Option<f64>, Option<f64>, i64, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        // A platform's pause holds for every instance.
+        if let Some(until) = paused.filter(|&u| u > now_ms) {
+            let wait = Duration::from_millis((until - now_ms) as u64);
+            tx.commit().await?;
+            return Ok((Vec::new(), next_due, Some(wait)));
+        }
         let tokens = limits.rate.map(|r| {
             let burst = f64::from(r.burst);
             match stored {

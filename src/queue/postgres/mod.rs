@@ -229,6 +229,10 @@ impl Queue for Postgres {
         });
     }
 
+    async fn pause(&self, sink: &str, until_ms: u64) -> Result<(), QueueError> {
+        deliveries::pause(&self.db, sink, until_ms).await
+    }
+
     async fn next_due(&self, sink: &str) -> Result<Option<u64>, QueueError> {
         deliveries::next_due(&self.db, sink).await
     }
@@ -338,11 +342,11 @@ impl Queue for Postgres {
 
     fn gauges(&self) -> BackendGauges {
         BackendGauges {
-            log_syncs: Some((
+            db_commits: Some((
                 self.db.commits.snapshot(),
                 self.db.committed.load(Ordering::Relaxed),
             )),
-            damaged_frames: 0,
+            ..BackendGauges::default()
         }
     }
 

@@ -71,7 +71,10 @@ CREATE INDEX hookgate_deliveries_dead ON hookgate_deliveries (sink) WHERE dead;
 CREATE TABLE hookgate_sink_limits (
     sink text PRIMARY KEY,
     tokens double precision NOT NULL,
-    refilled_at timestamptz NOT NULL
+    refilled_at timestamptz NOT NULL,
+    -- The platform asked the sink to wait (a 429, Retry-After) until then
+    -- (ms): no instance claims before.
+    paused_until_ms bigint NOT NULL DEFAULT 0
 );
 -- Local data directories whose work `hookgate queue migrate` carried in
 -- (by their install id): a second run imports nothing twice.
