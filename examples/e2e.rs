@@ -2,7 +2,7 @@
 //! hookgate at a fixed rate, an in-process stand-in sink that records when
 //! each delivery arrives, and the time from sending to arrival.
 //!
-//!   cargo run --release --example e2e -- HOOKGATE_URL SECRET SINK_PORT RATE SECONDS [backlog]
+//!   cargo run --release --example e2e -- HOOKGATE_URL[,URL…] SECRET SINK_PORT RATE SECONDS [backlog]
 //!
 //! `bench/e2e.sh` starts hookgate with an http sink pointed at SINK_PORT and
 //! runs this three times: paced (latency), as fast as it can, and with the
@@ -96,7 +96,11 @@ async fn main() {
     for w in 0..workers {
         let (client, url, body, sent, run) = (
             client.clone(),
-            url.clone(),
+            // Several URLs, comma-separated: each worker keeps to one.
+            url.split(',')
+                .nth(w % url.split(',').count())
+                .unwrap()
+                .to_owned(),
             body.clone(),
             sent.clone(),
             run.clone(),

@@ -4,7 +4,7 @@
 //! answer before sending again on a connection, so a stall lowers the rate
 //! it offers and hides itself; this does not (no coordinated omission).
 //!
-//!   cargo run --release --example paced -- HOOKGATE_URL SECRET RATE SECONDS
+//!   cargo run --release --example paced -- HOOKGATE_URL[,URL…] SECRET RATE SECONDS
 //!
 //! Prints one line: offered and reached rate, answers by status, and the
 //! latency percentiles. `bench/ingest.sh` runs it at 5,000 req/s.
@@ -50,7 +50,11 @@ async fn main() {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http::<Full<Bytes>>();
-    let url: http::Uri = url.parse().expect("HOOKGATE_URL is a URL");
+    // Several URLs, comma-separated (instances of one cluster): taken in turn.
+    let urls: Vec<http::Uri> = url
+        .split(',')
+        .map(|u| u.parse().expect("HOOKGATE_URL is a URL"))
+        .collect();
     let run = format!("paced{}", std::process::id());
     let total = (rate * seconds) as usize;
     // (latency, status, when due); status 0: no answer.
@@ -63,7 +67,7 @@ async fn main() {
         tokio::time::sleep_until(due.into()).await;
         let (client, url, body, headers, results) = (
             client.clone(),
-            url.clone(),
+            urls[i % urls.len()].clone(),
             body.clone(),
             headers.clone(),
             results.clone(),

@@ -1314,7 +1314,7 @@ mod cases {
         for t in tasks {
             queued(t.await.unwrap());
         }
-        let (commits, events) = b.q.gauges().log_syncs.expect("commits counted");
+        let (commits, events) = b.q.gauges().db_commits.expect("commits counted");
         assert_eq!(events, 400);
         assert!(
             commits.count() < 200,

@@ -116,14 +116,19 @@ pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<D
     let now_ms = now_ms.min(i64::MAX as u64) as i64;
     let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let done = async {
-        let look = conn.query_one(LOOK, &[&sink, &now_ms]).await?;
+        let look = conn
+            .query_one(&conn.prepare_cached(LOOK).await?, &[&sink, &now_ms])
+            .await?;
         let (next_due, any): (Option<i64>, bool) = (look.get(0), look.get(1));
         if !any {
             return Ok((Vec::new(), next_due, None));
         }
         let tx = conn.transaction().await?;
-        tx.execute(LOCK, &[&sink]).await?;
-        let row = tx.query_one(LIMITS, &[&sink]).await?;
+        tx.execute(&tx.prepare_cached(LOCK).await?, &[&sink])
+            .await?;
+        let row = tx
+            .query_one(&tx.prepare_cached(LIMITS).await?, &[&sink])
+            .await?;
         let (stored, elapsed, active, paused): (Option<f64>, Option<f64>, i64, Option<i64>) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         // A platform's pause holds for every instance.
@@ -149,14 +154,20 @@ pub async fn claim(db: &Db, sink: &str, limits: Limits, now_ms: u64) -> Result<D
             let lease = limits.lease.as_secs_f64();
             let limit = allowed.min(i64::MAX as usize) as i64;
             claimed = tx
-                .query(PICK, &[&sink, &now_ms, &limit, &lease, &token])
+                .query(
+                    &tx.prepare_cached(PICK).await?,
+                    &[&sink, &now_ms, &limit, &lease, &token],
+                )
                 .await?;
         }
         let left = tokens.map(|t| t - claimed.len() as f64);
         if let (Some(left), false) = (left, claimed.is_empty()) {
-            tx.execute(SAVE_TOKENS, &[&sink, &left]).await?;
+            tx.execute(&tx.prepare_cached(SAVE_TOKENS).await?, &[&sink, &left])
+                .await?;
         }
-        let look = tx.query_one(LOOK, &[&sink, &now_ms]).await?;
+        let look = tx
+            .query_one(&tx.prepare_cached(LOOK).await?, &[&sink, &now_ms])
+            .await?;
         let (next_due, more): (Option<i64>, bool) = (look.get(0), look.get(1));
         // Held by the limits: all that was allowed went, less than asked,
         // and more is due.
@@ -276,7 +287,12 @@ pub async fn release(db: &Db, lease: &Lease) -> Result<(), QueueError> {
 
 pub async fn next_due(db: &Db, sink: &str) -> Result<Option<u64>, QueueError> {
     let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
-    match conn.query_opt(NEXT_DUE, &[&sink]).await {
+    let found = async {
+        let stmt = conn.prepare_cached(NEXT_DUE).await?;
+        conn.query_opt(&stmt, &[&sink]).await
+    }
+    .await;
+    match found {
         Ok(r) => Ok(r.map(|r| r.get::<_, i64>(0) as u64)),
         Err(e) => Err(conn_err(&db.health, &db.pool, conn, e)),
     }

@@ -253,7 +253,7 @@ async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>
         let tx = conn.transaction().await?;
         let won = tx
             .query(
-                STORE,
+                &tx.prepare_cached(STORE).await?,
                 &[&sources, &keys, &stored, &expires, &received, &records],
             )
             .await?;
@@ -266,7 +266,10 @@ async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>
         if !lost.is_empty() {
             let s: Vec<&str> = lost.iter().map(|&i| sources[i]).collect();
             let k: Vec<&str> = lost.iter().map(|&i| keys[i]).collect();
-            for row in tx.query(HOLDERS, &[&s, &k]).await? {
+            for row in tx
+                .query(&tx.prepare_cached(HOLDERS).await?, &[&s, &k])
+                .await?
+            {
                 let (ord, id): (i64, i64) = (row.get(0), row.get(1));
                 out[lost[ord as usize - 1]] = Some(Appended::Duplicate(EventId(id as u64)));
             }

@@ -46,7 +46,7 @@ pub async fn ensure(client: &Client, days: &BTreeSet<i64>) -> Result<(), tokio_p
     let mut sql = format!("SELECT pg_advisory_xact_lock({PARTITION_LOCK});");
     for &day in days {
         sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF hookgate_events FOR VALUES FROM ({}) TO ({});",
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF hookgate_events FOR VALUES FROM ({}) TO ({}) WITH (toast_tuple_target = 8160);",
             name(day),
             day * DAY_MS,
             (day + 1) * DAY_MS

@@ -28,15 +28,37 @@ claimed AS (
     FROM picked WHERE i.event_id = picked.event_id
     RETURNING i.event_id, i.received_ms
 )
+SELECT received_ms, event_id FROM claimed";
+
+/// The claimed events' records, each looked up by its key (a lateral
+/// join: one index probe per event in its day's partition, where a plain
+/// join may hash the whole table).
+const RECORDS: &str = "
 SELECT e.id, e.record
-FROM claimed c JOIN hookgate_events e ON e.received_ms = c.received_ms AND e.id = c.event_id
+FROM unnest($1::int8[], $2::int8[]) AS k(received_ms, id)
+CROSS JOIN LATERAL (
+    SELECT id, record FROM hookgate_events
+    WHERE received_ms = k.received_ms AND id = k.id
+) e
 ORDER BY e.id";
 
 pub async fn inbox(db: &Db, n: usize) -> Result<InboxPage, QueueError> {
     let token: i64 = rand::random();
     let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let n = n.min(i64::MAX as usize) as i64;
-    let rows = match conn.query(CLAIM, &[&n, &token, &CLAIM_SECS]).await {
+    let claimed = async {
+        let stmt = conn.prepare_cached(CLAIM).await?;
+        let keys = conn.query(&stmt, &[&n, &token, &CLAIM_SECS]).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let days: Vec<i64> = keys.iter().map(|r| r.get(0)).collect();
+        let ids: Vec<i64> = keys.iter().map(|r| r.get(1)).collect();
+        let stmt = conn.prepare_cached(RECORDS).await?;
+        conn.query(&stmt, &[&days, &ids]).await
+    }
+    .await;
+    let rows = match claimed {
         Ok(rows) => rows,
         Err(e) => return Err(conn_err(&db.health, &db.pool, conn, e)),
     };
@@ -94,10 +116,10 @@ impl Columns {
     /// Inserts the deliveries pushed.
     pub(super) async fn insert(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<u64, tokio_postgres::Error> {
         tx.execute(
-            INSERT_DELIVERIES,
+            &tx.prepare_cached(INSERT_DELIVERIES).await?,
             &[
                 &self.id,
                 &self.sink,

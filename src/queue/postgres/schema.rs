@@ -61,7 +61,13 @@ CREATE TABLE hookgate_deliveries (
     -- The postcard `DeliveryRecord`; the columns above override its
     -- fields of the same name, so replay and bury are plain UPDATEs.
     record bytea NOT NULL
-);
+) WITH (toast_tuple_target = 8160, fillfactor = 80);
+-- Records are postcard with an LZ4 body: PostgreSQL's compression would
+-- spend CPU on each for little. Rows up to a page stay inline
+-- (toast_tuple_target, on each partition); larger ones go out of line
+-- as they are. Updates of a delivery's columns leave room for HOT.
+ALTER TABLE hookgate_events ALTER COLUMN record SET STORAGE EXTERNAL;
+ALTER TABLE hookgate_deliveries ALTER COLUMN record SET STORAGE EXTERNAL;
 CREATE INDEX hookgate_deliveries_due ON hookgate_deliveries (sink, due_ms, id) WHERE NOT dead;
 CREATE INDEX hookgate_deliveries_order ON hookgate_deliveries (sink, order_key, event_id, item, id)
     WHERE NOT dead AND order_key IS NOT NULL;
