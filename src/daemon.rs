@@ -311,91 +311,123 @@ fn admin_reachable(addr: Option<std::net::SocketAddr>, token: bool) -> Result<()
     }
 }
 
-/// Swaps in a new config's sources, sinks and routes, or keeps the old
-/// ones if a sink cannot be built.
-#[allow(clippy::too_many_arguments)]
-async fn apply_reload(
-    running: &crate::config::Server,
-    new: Config,
-    tls: Option<&Live<Arc<rustls::ServerConfig>>>,
-    gateway: &Gateway,
-    routes: &Live<crate::route::Routes>,
-    sinks: &Live<Sinks>,
-    dispatcher: &Dispatcher,
-) -> bool {
-    let built = match build_sinks(&new) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: the old config keeps serving");
-            return false;
-        }
-    };
-    let s = &new.server;
-    for (key, changed) in [
-        ("listen", s.listen != running.listen),
-        ("admin_listen", s.admin_listen != running.admin_listen),
-        ("data_dir", s.data_dir != running.data_dir),
-        ("max_body_bytes", s.max_body_bytes != running.max_body_bytes),
+/// What a reload swaps, and the running settings it compares a new file
+/// against (those take effect at the next start only).
+struct Swappable {
+    running: crate::config::Server,
+    queue: QueueConfig,
+    tls: Option<Arc<Live<Arc<rustls::ServerConfig>>>>,
+    gateway: Arc<Gateway>,
+    routes: Arc<Live<crate::route::Routes>>,
+    sinks: Arc<Live<Sinks>>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+/// Whether `[queue]` differs (its secret compared by value).
+fn queue_changed(a: &QueueConfig, b: &QueueConfig) -> bool {
+    let url =
+        |u: &Result<crate::secret::Secret, String>| u.as_ref().ok().map(|s| s.expose().to_vec());
+    match (a, b) {
+        (QueueConfig::Local, QueueConfig::Local) => false,
         (
-            "trusted_proxies",
-            s.trusted_proxies != running.trusted_proxies,
-        ),
-        ("group_commit", s.group_commit != running.group_commit),
-        ("header_timeout", s.header_timeout != running.header_timeout),
-        (
-            "request_timeout",
-            s.request_timeout != running.request_timeout,
-        ),
-        (
-            "max_connections",
-            s.max_connections != running.max_connections,
-        ),
-        ("retention", s.retention != running.retention),
-        ("admin_hosts", s.admin_hosts != running.admin_hosts),
-        (
-            "admin_token",
-            s.admin_token
-                .as_ref()
-                .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec()))
-                != running
-                    .admin_token
+            QueueConfig::Postgres {
+                url: u1,
+                pool_size: p1,
+            },
+            QueueConfig::Postgres {
+                url: u2,
+                pool_size: p2,
+            },
+        ) => p1 != p2 || url(u1) != url(u2),
+        _ => true,
+    }
+}
+
+impl Swappable {
+    /// Swaps in a new config's sources, sinks and routes, or keeps the old
+    /// ones if a sink cannot be built.
+    async fn apply(&self, new: Config) -> bool {
+        let running = &self.running;
+        let built = match build_sinks(&new) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the old config keeps serving");
+                return false;
+            }
+        };
+        let s = &new.server;
+        for (key, changed) in [
+            ("listen", s.listen != running.listen),
+            ("admin_listen", s.admin_listen != running.admin_listen),
+            ("data_dir", s.data_dir != running.data_dir),
+            ("max_body_bytes", s.max_body_bytes != running.max_body_bytes),
+            (
+                "trusted_proxies",
+                s.trusted_proxies != running.trusted_proxies,
+            ),
+            ("group_commit", s.group_commit != running.group_commit),
+            ("header_timeout", s.header_timeout != running.header_timeout),
+            (
+                "request_timeout",
+                s.request_timeout != running.request_timeout,
+            ),
+            (
+                "max_connections",
+                s.max_connections != running.max_connections,
+            ),
+            ("retention", s.retention != running.retention),
+            ("admin_hosts", s.admin_hosts != running.admin_hosts),
+            (
+                "admin_token",
+                s.admin_token
                     .as_ref()
-                    .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec())),
-        ),
-    ] {
-        if changed {
-            tracing::warn!(key = %format!("server.{key}"), "changed in the file; takes effect at the next restart");
-        }
-    }
-    match (tls, &new.server.tls) {
-        // New certificates apply to new connections.
-        (Some(live), Some(config)) => live.set(config.clone()),
-        (None, None) => {}
-        _ => tracing::warn!(
-            key = "server.tls",
-            "TLS turned on or off in the file; takes effect at the next restart"
-        ),
-    }
-    {
-        let old = sinks.get();
-        for (name, sink) in &built {
-            if let Some(o) = old.get(name) {
-                sink.inherit(o);
+                    .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec()))
+                    != running
+                        .admin_token
+                        .as_ref()
+                        .map(|t| t.as_ref().ok().map(|t| t.expose().to_vec())),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(key = %format!("server.{key}"), "changed in the file; takes effect at the next restart");
             }
         }
+        if queue_changed(&new.queue, &self.queue) {
+            tracing::warn!(
+                key = "queue",
+                "changed in the file; takes effect at the next restart"
+            );
+        }
+        match (self.tls.as_deref(), &new.server.tls) {
+            // New certificates apply to new connections.
+            (Some(live), Some(config)) => live.set(config.clone()),
+            (None, None) => {}
+            _ => tracing::warn!(
+                key = "server.tls",
+                "TLS turned on or off in the file; takes effect at the next restart"
+            ),
+        }
+        {
+            let old = self.sinks.get();
+            for (name, sink) in &built {
+                if let Some(o) = old.get(name) {
+                    sink.inherit(o);
+                }
+            }
+        }
+        let (n_sources, n_sinks, n_routes) = (new.sources.len(), built.len(), new.routes.len());
+        self.gateway.set_sources(new.sources.into_values());
+        self.sinks.set(built);
+        self.routes.set(new.routes);
+        self.dispatcher.bury_orphans().await;
+        tracing::info!(
+            sources = n_sources,
+            sinks = n_sinks,
+            routes = n_routes,
+            "config reloaded"
+        );
+        true
     }
-    let (n_sources, n_sinks, n_routes) = (new.sources.len(), built.len(), new.routes.len());
-    gateway.set_sources(new.sources.into_values());
-    sinks.set(built);
-    routes.set(new.routes);
-    dispatcher.bury_orphans().await;
-    tracing::info!(
-        sources = n_sources,
-        sinks = n_sinks,
-        routes = n_routes,
-        "config reloaded"
-    );
-    true
 }
 
 /// Builds every configured sink (and says which are disabled).
@@ -430,7 +462,7 @@ pub async fn serve(
     config: Config,
     queue: Arc<dyn Queue>,
     shutdown: CancellationToken,
-    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
+    reloads: tokio::sync::mpsc::Receiver<Reload>,
 ) -> Result<(), DaemonError> {
     let sinks = Arc::new(Live::new(build_sinks(&config)?));
     let running_server = config.server.clone();
@@ -439,15 +471,6 @@ pub async fn serve(
             tracing::error!(source = %source.name, reason = %reason, "source closed: it answers 503 until its secret is set");
         }
     }
-    let limits = listener::Limits {
-        max_connections: config.server.max_connections,
-        header_timeout: config.server.header_timeout,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
-    let admin_limits = listener::Limits {
-        max_connections: 64,
-        ..limits
-    };
     tracing::info!(
         listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -463,59 +486,35 @@ pub async fn serve(
         queue.clone(),
         metrics.clone(),
     ));
-    let reload_gateway = gateway.clone();
     let tls = config.server.tls.clone().map(|c| Arc::new(Live::new(c)));
-    let handler = move |req, peer| {
-        let gw = gateway.clone();
-        async move { gw.handle(req, peer).await }
-    };
-    let ingress_stop = shutdown.clone();
-    let ingress_tls = tls.clone();
-    let ingress_task = async move {
-        match ingress_tls {
-            Some(tls) => listener::run_tls(ingress, limits, tls, handler, ingress_stop).await,
-            None => listener::run(ingress, limits, handler, ingress_stop).await,
-        }
-    };
+    let ingress_task = serve_ingress(
+        ingress,
+        &config.server,
+        gateway.clone(),
+        tls.clone(),
+        shutdown.clone(),
+    );
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
-    let admin_state = Arc::new(crate::admin::Admin {
-        guard: crate::admin::Guard {
-            token: config.server.admin_token.clone(),
-            hosts: config.server.admin_hosts.clone(),
-        },
-        queue: queue.clone(),
-        dispatcher: dispatcher.clone(),
-        metrics: metrics.clone(),
-    });
-    let admin_task = listener::run(
+    let admin_task = serve_admin(
         admin,
-        admin_limits,
-        move |req, _peer| {
-            let a = admin_state.clone();
-            async move { a.handle(&req).await }
+        &config.server,
+        crate::admin::Admin {
+            guard: crate::admin::Guard {
+                token: config.server.admin_token.clone(),
+                hosts: config.server.admin_hosts.clone(),
+            },
+            queue: queue.clone(),
+            dispatcher: dispatcher.clone(),
+            metrics: metrics.clone(),
         },
         shutdown.clone(),
     );
-    let prune_queue = queue.clone();
-    let retention = config.server.retention;
-    let prune_stop = shutdown.clone();
-    let prune_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = prune_stop.cancelled() => return,
-            }
-            let pruned = tokio::select! {
-                r = prune_queue.prune(SystemTime::now(), retention) => r,
-                _ = prune_stop.cancelled() => return,
-            };
-            if let Err(e) = pruned {
-                tracing::warn!(error = %e, "dropping what is past retention failed");
-            }
-        }
-    });
+    let prune_task = tokio::spawn(prune(
+        queue.clone(),
+        config.server.retention,
+        shutdown.clone(),
+    ));
     let heal_task = tokio::spawn(heal(queue.clone(), shutdown.clone()));
     crate::notify::notify("READY=1");
     let stopping = shutdown.clone();
@@ -526,44 +525,21 @@ pub async fn serve(
     // Routing and delivery stop after ingress: what was accepted during the
     // drain is routed at the next start (it is in the log).
     let routes = Arc::new(Live::new(config.routes));
-    {
-        let (gateway, routes, sinks, dispatcher) = (
-            reload_gateway,
-            routes.clone(),
-            sinks.clone(),
-            dispatcher.clone(),
-        );
-        let stop = shutdown.clone();
-        let reload_metrics = metrics.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    c = reloads.recv() => c,
-                    _ = stop.cancelled() => None,
-                };
-                let applied = match next {
-                    None => return,
-                    Some(Reload::Refused) => false,
-                    Some(Reload::Apply(new)) => {
-                        apply_reload(
-                            &running_server,
-                            *new,
-                            tls.as_deref(),
-                            &gateway,
-                            &routes,
-                            &sinks,
-                            &dispatcher,
-                        )
-                        .await
-                    }
-                };
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                reload_metrics.reload(applied, now);
-            }
-        });
-    }
+    let swappable = Swappable {
+        running: running_server,
+        queue: config.queue,
+        tls,
+        gateway,
+        routes: routes.clone(),
+        sinks: sinks.clone(),
+        dispatcher: dispatcher.clone(),
+    };
+    tokio::spawn(reloading(
+        reloads,
+        swappable,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let stages = CancellationToken::new();
     let (router_beat, dispatch_beat) = (Arc::default(), Arc::default());
     let router_task = tokio::spawn(crate::router::run(
@@ -598,6 +574,93 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
     Ok(())
+}
+
+/// The ingress listener: webhooks, over TLS when configured.
+async fn serve_ingress(
+    listener: TcpListener,
+    server: &crate::config::Server,
+    gateway: Arc<Gateway>,
+    tls: Option<Arc<Live<Arc<rustls::ServerConfig>>>>,
+    stop: CancellationToken,
+) {
+    let limits = listener::Limits {
+        max_connections: server.max_connections,
+        header_timeout: server.header_timeout,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let handler = move |req, peer| {
+        let gw = gateway.clone();
+        async move { gw.handle(req, peer).await }
+    };
+    match tls {
+        Some(tls) => listener::run_tls(listener, limits, tls, handler, stop).await,
+        None => listener::run(listener, limits, handler, stop).await,
+    }
+}
+
+/// The admin listener (at most 64 connections).
+async fn serve_admin(
+    listener: TcpListener,
+    server: &crate::config::Server,
+    admin: crate::admin::Admin,
+    stop: CancellationToken,
+) {
+    let limits = listener::Limits {
+        max_connections: 64,
+        header_timeout: server.header_timeout,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let admin = Arc::new(admin);
+    let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
+        let a = admin.clone();
+        async move { a.handle(&req).await }
+    };
+    listener::run(listener, limits, handler, stop).await
+}
+
+/// Applies each config SIGHUP handling sends (or notes its refusal) until
+/// `stop`.
+async fn reloading(
+    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
+    swap: Swappable,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            c = reloads.recv() => c,
+            _ = stop.cancelled() => None,
+        };
+        let applied = match next {
+            None => return,
+            Some(Reload::Refused) => false,
+            Some(Reload::Apply(new)) => swap.apply(*new).await,
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metrics.reload(applied, now);
+    }
+}
+
+/// Drops what is past `retention` (and expired dedupe keys) every
+/// `PRUNE_EVERY` until `stop`.
+async fn prune(queue: Arc<dyn Queue>, retention: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let pruned = tokio::select! {
+            r = queue.prune(SystemTime::now(), retention) => r,
+            _ = stop.cancelled() => return,
+        };
+        if let Err(e) = pruned {
+            tracing::warn!(error = %e, "dropping what is past retention failed");
+        }
+    }
 }
 
 /// How often storage is looked at for a failure to recover from.
