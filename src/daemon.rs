@@ -678,7 +678,9 @@ async fn heal(queue: Arc<dyn Queue>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         wait = match queue.heal().await {
-            crate::queue::Healed::Failing => (wait * 2).min(HEAL_BACKOFF_MAX),
+            crate::queue::Healed::Failing => {
+                (wait * 2).min(queue.heal_backoff_max().unwrap_or(HEAL_BACKOFF_MAX))
+            }
             _ => HEAL_EVERY,
         };
     }

@@ -286,6 +286,12 @@ impl Gateway {
                     QueueError::ShuttingDown => {
                         tracing::info!(source = name, "refused: shutting down")
                     }
+                    // Storage is down and said so once, when it went: an
+                    // error line per refused request would flood the log
+                    // for as long as the outage lasts.
+                    ref e if !self.queue.writable() => {
+                        tracing::debug!(source = name, error = %e, "refused: storage cannot take writes")
+                    }
                     ref e => tracing::error!(source = name, error = %e, "cannot store the event"),
                 }
                 unavailable()

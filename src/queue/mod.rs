@@ -387,6 +387,12 @@ pub trait Queue: Ingest {
     fn state_writable(&self) -> bool;
     /// Looks for a failure to recover from, and recovers if it can.
     async fn heal(&self) -> Healed;
+    /// Longest wait between two `heal`s while it says `Failing`, when the
+    /// backend wants one shorter than the daemon's own backoff (its look
+    /// is cheap, and the end of the failure is to be noticed at once).
+    fn heal_backoff_max(&self) -> Option<Duration> {
+        None
+    }
     /// Drops what is past `retention` and expired dedupe keys; returns how
     /// many events went.
     async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError>;

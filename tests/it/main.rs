@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod failover;
 mod faults;
 mod ingress;
 mod sinks;

@@ -369,6 +369,13 @@ impl Queue for Postgres {
         }
     }
 
+    /// Every second: a look is one connection attempt per host (bounded by
+    /// `connect_timeout`), and a failover ends when the new primary takes
+    /// writes, which is to be noticed then, not up to 16 s later.
+    fn heal_backoff_max(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+
     async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError> {
         let db = &self.db;
         let now_ms = unix_millis(now).min(i64::MAX as u64) as i64;

@@ -80,6 +80,67 @@ impl Cluster {
     /// A cluster made (`initdb`) but not started: the test may write
     /// files into [`Cluster::data_dir`] and add options first.
     pub fn init() -> Option<Cluster> {
+        let cluster = Cluster::empty()?;
+        cluster.run(
+            "initdb",
+            &[
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+                "-D",
+            ],
+            &[cluster.data_dir().as_os_str()],
+        );
+        Some(cluster)
+    }
+
+    /// A streaming standby of `primary` (running), made with
+    /// `pg_basebackup -R` and started on its own port. It does not
+    /// inherit `primary`'s server options (those given with
+    /// [`Cluster::add_option`]); it does inherit its `postgresql.conf` and
+    /// `postgresql.auto.conf`, so `synchronous_standby_names` is to be set
+    /// on the primary only after this.
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let standby = Cluster::empty().expect("PostgreSQL is installed: the primary runs");
+        let port = primary.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+            ],
+            &[standby.data_dir().as_os_str()],
+        );
+        standby.start_server();
+        standby
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote -w`).
+    pub fn promote(&self) {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-w", "-t", "60", "promote", "-D"],
+            &[data.as_os_str()],
+        );
+    }
+
+    /// The tempdir and a free port; no cluster in it yet.
+    fn empty() -> Option<Cluster> {
         let bindir = available()?;
         let dir = tempfile::Builder::new()
             .prefix("hookgate-pg")
@@ -102,20 +163,6 @@ impl Cluster {
                 .expect("chown");
             assert!(ok.success(), "chown the cluster's directory to postgres");
         }
-        cluster.run(
-            "initdb",
-            &[
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-                "-D",
-            ],
-            &[cluster.data_dir().as_os_str()],
-        );
         Some(cluster)
     }
 
