@@ -29,7 +29,6 @@ const PASSED: &[&str] = &[
     "hostaddr",
     "port",
     "connect_timeout",
-    "tcp_user_timeout",
     "keepalives",
     "keepalives_idle",
     "keepalives_interval",
@@ -39,7 +38,7 @@ const PASSED: &[&str] = &[
     "load_balance_hosts",
 ];
 /// Parameters hookgate handles itself.
-const OWN: &[&str] = &["sslmode", "sslrootcert"];
+const OWN: &[&str] = &["sslmode", "sslrootcert", "tcp_user_timeout"];
 /// libpq parameters hookgate does not support (said so, rather than "unknown").
 const UNSUPPORTED: &[&str] = &[
     "sslcert",
@@ -66,6 +65,11 @@ const UNSUPPORTED: &[&str] = &[
 /// How long making a connection may take when the URL sets no
 /// `connect_timeout` (per host).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sent data may go unacknowledged before the connection counts
+/// as broken, when the URL sets no `tcp_user_timeout`: a primary that
+/// hangs, or a network that drops everything, is found out in seconds
+/// (marked down, `/readyz` 503) instead of when TCP gives up, minutes later.
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the server's certificate is checked (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,9 +187,17 @@ pub fn parse(url: &str) -> Result<Target, String> {
     };
     let mut ssl = SslMode::Prefer;
     let mut roots = None;
+    let mut tcp_user_timeout = None;
     let mut passed = String::new();
     for (key, value) in pairs {
         match key.as_str() {
+            // Milliseconds in libpq; tokio-postgres would read seconds.
+            "tcp_user_timeout" => {
+                let ms: u64 = value.trim().parse().map_err(|_| {
+                    format!("queue.url: `tcp_user_timeout` is `{value}`: it is a number of milliseconds")
+                })?;
+                tcp_user_timeout = Some(Duration::from_millis(ms));
+            }
             "sslmode" => {
                 ssl = SslMode::parse(&value).ok_or_else(|| {
                     format!("queue.url: `sslmode` is `{value}`: it is one of disable, prefer, require, verify-ca, verify-full")
@@ -230,6 +242,16 @@ pub fn parse(url: &str) -> Result<Target, String> {
     });
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    // 0 is libpq's "the system default".
+    match tcp_user_timeout {
+        None => {
+            pg.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+        }
+        Some(t) if !t.is_zero() => {
+            pg.tcp_user_timeout(t);
+        }
+        Some(_) => {}
     }
     if pg.get_application_name().is_none() {
         pg.application_name("hookgate");
@@ -659,5 +681,11 @@ mod tests {
         assert_eq!(t.roots, Roots::BuiltIn);
         assert_eq!(t.pg.get_ports(), &[6432]);
         assert_eq!(t.pg.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(t.pg.get_tcp_user_timeout(), Some(&DEFAULT_TCP_USER_TIMEOUT));
+        // Milliseconds, as libpq reads it.
+        let t = parse("host=a tcp_user_timeout=3000").unwrap();
+        assert_eq!(t.pg.get_tcp_user_timeout(), Some(&Duration::from_secs(3)));
+        let t = parse("host=a tcp_user_timeout=0").unwrap();
+        assert_eq!(t.pg.get_tcp_user_timeout(), None);
     }
 }
