@@ -12,6 +12,9 @@
 # on loopback (examples/e2e.rs, as fast as possible).
 #
 #   bench/postgres.sh          # DURATION=10 RATE=2000
+#   bench/postgres.sh soak     # SOAK=180 SOAK_RATE=500: one instance, events
+#                              # routed and delivered at a steady rate; the
+#                              # tables' sizes every 15 s
 #
 # Prints one Markdown table. Needs wrk and PostgreSQL's server binaries.
 set -euo pipefail
@@ -158,6 +161,40 @@ backend = \"postgres\"
 url = { env = \"HOOKGATE_BENCH_DB\" }
 pool_size = 16"
 export HOOKGATE_BENCH_DB="host=127.0.0.1 port=$PG_PORT user=postgres dbname=bench sslmode=disable"
+
+soak() {
+  local seconds=${SOAK:-180} rate=${SOAK_RATE:-500}
+  instances soak "$pg_queue" 1 yes
+  echo "Soak: $rate events/s for $seconds s, routed to an http sink on loopback and delivered; sizes in kB (pg_total_relation_size)"
+  echo
+  echo "| after | events | inbox | deliveries (pending+dead) | seen (dedupe keys) | WAL since start |"
+  echo "|---|---|---|---|---|---|"
+  local lsn0
+  lsn0=$(psql_pg -d bench -At -c "SELECT pg_current_wal_lsn()")
+  ./target/release/examples/e2e "$list" "$secret" "$SINK_PORT" "$rate" "$seconds" > "$work/soak.e2e" &
+  local load=$! t
+  for t in $(seq 15 15 "$seconds"); do
+    sleep 15
+    psql_pg -d bench -At -F ' | ' -c "SELECT '$t s',
+      (SELECT sum(pg_total_relation_size(c.oid)) / 1024 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+       WHERE i.inhparent = 'hookgate_events'::regclass),
+      pg_total_relation_size('hookgate_inbox') / 1024,
+      pg_total_relation_size('hookgate_deliveries') / 1024,
+      pg_total_relation_size('hookgate_seen') / 1024,
+      pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1024" | sed 's/^/| /; s/$/ |/'
+  done
+  wait "$load" || true
+  echo
+  echo "e2e: $(cat "$work/soak.e2e")"
+  psql_pg -d bench -At -c "SELECT 'autovacuum runs: inbox ' || autovacuum_count || ', ' FROM pg_stat_user_tables WHERE relname = 'hookgate_inbox'" -c "SELECT 'deliveries ' || autovacuum_count FROM pg_stat_user_tables WHERE relname = 'hookgate_deliveries'" | tr -d '\n'
+  echo
+  stop_instances
+}
+
+if [ "${1:-}" = soak ]; then
+  soak
+  exit 0
+fi
 
 echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on loopback, fsync on; wrk -c32 -d${DURATION}s; open loop at $RATE req/s"
 echo
