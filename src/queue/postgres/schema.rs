@@ -35,7 +35,12 @@ CREATE TABLE hookgate_inbox (
     received_ms bigint NOT NULL,
     claim_token bigint,
     claim_until timestamptz
-) WITH (fillfactor = 50);
+) WITH (
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_cost_delay = 0
+);
 CREATE TABLE hookgate_seen (
     source text NOT NULL,
     key text NOT NULL,
@@ -65,11 +70,26 @@ CREATE TABLE hookgate_deliveries (
     -- The postcard `DeliveryRecord`; the columns above override its
     -- fields of the same name, so replay and bury are plain UPDATEs.
     record bytea NOT NULL
-) WITH (toast_tuple_target = 8160, fillfactor = 80);
--- Records are postcard with an LZ4 body: PostgreSQL's compression would
--- spend CPU on each for little. Rows up to a page stay inline
--- (toast_tuple_target, on each partition); larger ones go out of line
--- as they are. Updates of a delivery's columns leave room for HOT.
+) WITH (
+    fillfactor = 70,
+    -- A queue: rows come and go all day. Vacuum as soon as a few thousand
+    -- are dead rather than a fifth of the table, and without pauses, so
+    -- the space is reused instead of the table growing.
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 2000,
+    autovacuum_vacuum_cost_delay = 0,
+    toast.autovacuum_vacuum_scale_factor = 0,
+    toast.autovacuum_vacuum_threshold = 2000,
+    toast.autovacuum_vacuum_cost_delay = 0
+);
+-- Records are stored as they are, never compressed by PostgreSQL (an
+-- event's body is LZ4 already). An event's stays inline up to a page
+-- (toast_tuple_target, on each partition: it is written once). A
+-- delivery's frozen request goes out of line (TOAST) past 2 kB, so the
+-- row a claim or an outcome updates stays small: the update is HOT, and
+-- the request is written once, not once per update.
 ALTER TABLE hookgate_events ALTER COLUMN record SET STORAGE EXTERNAL;
 ALTER TABLE hookgate_deliveries ALTER COLUMN record SET STORAGE EXTERNAL;
 CREATE INDEX hookgate_deliveries_due ON hookgate_deliveries (sink, due_ms, id) WHERE NOT dead;
