@@ -165,7 +165,7 @@ export HOOKGATE_BENCH_DB="host=127.0.0.1 port=$PG_PORT user=postgres dbname=benc
 soak() {
   local seconds=${SOAK:-180} rate=${SOAK_RATE:-500}
   instances soak "$pg_queue" 1 yes
-  echo "Soak: $rate events/s for $seconds s, routed to an http sink on loopback and delivered; sizes in kB (pg_total_relation_size)"
+  echo "Soak: $rate events/s for $seconds s, routed to an http sink on loopback and delivered; sizes in MiB (pg_total_relation_size)"
   echo
   echo "| after | events | inbox | deliveries (pending+dead) | seen (dedupe keys) | WAL since start |"
   echo "|---|---|---|---|---|---|"
@@ -176,12 +176,12 @@ soak() {
   for t in $(seq 15 15 "$seconds"); do
     sleep 15
     psql_pg -d bench -At -F ' | ' -c "SELECT '$t s',
-      (SELECT sum(pg_total_relation_size(c.oid)) / 1024 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-       WHERE i.inhparent = 'hookgate_events'::regclass),
-      pg_total_relation_size('hookgate_inbox') / 1024,
-      pg_total_relation_size('hookgate_deliveries') / 1024,
-      pg_total_relation_size('hookgate_seen') / 1024,
-      pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1024" | sed 's/^/| /; s/$/ |/'
+      round((SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+       WHERE i.inhparent = 'hookgate_events'::regclass) / 1048576.0, 1),
+      round(pg_total_relation_size('hookgate_inbox') / 1048576.0, 1),
+      round(pg_total_relation_size('hookgate_deliveries') / 1048576.0, 1),
+      round(pg_total_relation_size('hookgate_seen') / 1048576.0, 1),
+      round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576.0, 0)" | sed 's/^/| /; s/$/ |/'
   done
   wait "$load" || true
   echo
