@@ -292,13 +292,16 @@ impl Dispatcher {
                     rate: sink.config.rate_limit,
                     lease: lease_for(&sink.config),
                 };
-                let due = self.queue.claim(name, limits, now).await?;
+                let claimed = self.queue.claim(name, limits, now).await;
                 let mut breaker = sink.breaker.lock().expect("breaker lock");
-                if due.claimed.is_empty() && breaker.probing() {
-                    // No attempt after all: the probe slot is free again.
+                if claimed.as_ref().map_or(true, |d| d.claimed.is_empty()) && breaker.probing() {
+                    // No attempt after all: the probe slot is free again
+                    // (else a failed claim would hold the sink as long as
+                    // the breaker may stay open).
                     breaker.abandon_probe();
                 }
                 drop(breaker);
+                let due = claimed?;
                 let started = due.claimed.len();
                 for claimed in due.claimed {
                     if let Some(bucket) = sink
