@@ -23,10 +23,9 @@ use std::time::{Duration, SystemTime};
 pub use sled_queue::{Page, SledQueue};
 
 use super::{
-    delivery, unix_millis, Appended, BackendGauges, BoxFuture, Carried, CarriedEvent, Claimed,
-    DeliveryRecord, Disabled, Due, EventId, EventRecord, Healed, Imported, InboxPage, Ingest,
-    Lease, Limits, NewEvent, PageClaim, Queue, QueueError, RefuseReplay, Refused, Requeued, Routed,
-    Settle, Stats,
+    delivery, unix_millis, Appended, BackendGauges, Carried, CarriedEvent, Claimed, DeliveryRecord,
+    Disabled, Due, EventId, EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits,
+    NewEvent, PageClaim, Queue, QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
 };
 
 /// Most due records looked at per sink per claim.

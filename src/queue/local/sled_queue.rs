@@ -20,7 +20,7 @@ use super::seen::{self, KeyFiles};
 use super::state::StateStore;
 use super::writer::{self, Append, Job, Shared};
 use super::Healed;
-use super::{unix_millis, Appended, BoxFuture, EventId, EventRecord, NewEvent, QueueError, Stats};
+use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, Stats};
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -535,34 +535,28 @@ fn cursor_of(
 
 impl SledQueue {
     /// Stores `event` unless its dedupe key was seen; resolves once durable.
-    pub fn append(
-        &self,
-        event: NewEvent,
-        now: SystemTime,
-    ) -> BoxFuture<'_, Result<Appended, QueueError>> {
-        Box::pin(async move {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(QueueError::ShuttingDown);
-            }
-            // Encoding (and compressing) runs here, on the request's task,
-            // so the writer thread only writes.
-            let now_ms = unix_millis(now);
-            let (reply, answer) = oneshot::channel();
-            let seen_key = seen_key(&event.record.source, &event.dedupe_key);
-            let job = Job::Append(Append {
-                key: seen::hash(&seen_key),
-                seen_key,
-                expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
-                now_ms,
-                value: event.record.encode(),
-                reply,
-            });
-            self.jobs
-                .send(job)
-                .await
-                .map_err(|_| QueueError::ShuttingDown)?;
-            answer.await.map_err(|_| QueueError::ShuttingDown)?
-        })
+    pub async fn append(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::ShuttingDown);
+        }
+        // Encoding (and compressing) runs here, on the request's task,
+        // so the writer thread only writes.
+        let now_ms = unix_millis(now);
+        let (reply, answer) = oneshot::channel();
+        let seen_key = seen_key(&event.record.source, &event.dedupe_key);
+        let job = Job::Append(Append {
+            key: seen::hash(&seen_key),
+            seen_key,
+            expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
+            now_ms,
+            value: event.record.encode(),
+            reply,
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| QueueError::ShuttingDown)?;
+        answer.await.map_err(|_| QueueError::ShuttingDown)?
     }
 
     /// Whether appends can succeed now.
