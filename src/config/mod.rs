@@ -57,6 +57,10 @@ pub enum QueueConfig {
 /// Connections an instance keeps to PostgreSQL unless `pool_size` says.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
+/// How long dead letters are kept unless `server.dead_letter_retention`
+/// says: long enough to notice and replay them after a holiday.
+pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
@@ -76,6 +80,8 @@ pub struct Server {
     pub group_commit: bool,
     /// How long routed events stay in the log.
     pub retention: Duration,
+    /// How long a dead letter stays after it died (its `dead_ms`).
+    pub dead_letter_retention: Duration,
     /// TLS for the ingress listener, certificates already loaded.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -727,6 +733,11 @@ impl Cx<'_> {
                 &raw.retention,
                 "server.retention",
                 Duration::from_secs(7 * 24 * 3600),
+            ),
+            dead_letter_retention: self.duration(
+                &raw.dead_letter_retention,
+                "server.dead_letter_retention",
+                DEFAULT_DEAD_LETTER_RETENTION,
             ),
         }
     }

@@ -39,6 +39,9 @@ pub struct RawServer {
     pub group_commit: Option<bool>,
     /// How long routed events stay in the log for inspection (`"7d"`).
     pub retention: Option<Spanned<String>>,
+    /// How long a dead letter is kept for inspection and replay after it
+    /// died (`"30d"`); then it is deleted and counted.
+    pub dead_letter_retention: Option<Spanned<String>>,
     /// Serve the ingress over TLS (PEM files; re-read on reload).
     pub tls: Option<Spanned<RawTls>>,
 }

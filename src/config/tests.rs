@@ -937,6 +937,53 @@ fn problems_carry_the_line_they_are_on() {
     assert_eq!(lines, vec![(8, "routes.r.message"), (11, "server.listen")]);
 }
 
+/// Dead letters are kept 30 days unless `server.dead_letter_retention`
+/// says, and a bad value is reported like any duration, with its line.
+#[test]
+fn dead_letter_retention_defaults_to_30_days_and_parses_like_a_duration() {
+    let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
+    let loaded = parse(src, &Resolver::default()).unwrap();
+    assert_eq!(
+        loaded.config.server.dead_letter_retention,
+        Duration::from_secs(30 * 86_400)
+    );
+    let text = format!("[server]\ndead_letter_retention = \"12h\"\n{src}");
+    let loaded = parse(&text, &Resolver::default()).unwrap();
+    assert_eq!(
+        loaded.config.server.dead_letter_retention,
+        Duration::from_secs(12 * 3600)
+    );
+    assert_eq!(
+        loaded.config.server.retention,
+        Duration::from_secs(7 * 86_400),
+        "the events' retention is its own key"
+    );
+    for (value, message) in [
+        (
+            "\"a month\"",
+            "server.dead_letter_retention: `a month` is not a duration: write it like \"30s\", \"5m\" or \"7d\"",
+        ),
+        ("\"0s\"", "server.dead_letter_retention: must be longer than zero"),
+        (
+            "\"4000d\"",
+            "server.dead_letter_retention: `4000d` is too long: at most 3650 days",
+        ),
+        (
+            "30",
+            "server.dead_letter_retention: invalid type: integer `30`, expected a string",
+        ),
+    ] {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\ndead_letter_retention = {value}\n{src}");
+        let problems = parse(&text, &Resolver::default()).unwrap_err();
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        assert_eq!(lines, vec![message.to_owned()], "{value}");
+        assert_eq!(problems[0].line, 3, "{value}: on its own line");
+    }
+}
+
 #[test]
 fn the_queue_section_picks_a_backend() {
     let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
