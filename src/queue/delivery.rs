@@ -111,6 +111,13 @@ pub fn sink_prefix(sink: &str) -> Vec<u8> {
     k
 }
 
+/// The first `dead_at` key of letters that died at `ms` or later.
+pub fn dead_at_bound(ms: u64) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&ms.to_be_bytes());
+    k
+}
+
 /// The start of every `order` entry of `key` on `sink`.
 pub fn order_prefix(sink: &str, key: &str) -> Vec<u8> {
     let mut k = sink_prefix(sink);
@@ -185,6 +192,23 @@ impl DeliveryRecord {
         let mut k = sink_prefix(&self.sink);
         k.extend_from_slice(&self.due_ms.to_be_bytes());
         k.extend_from_slice(&self.id.to_be_bytes());
+        k
+    }
+
+    /// When a dead record died: `dead_ms`, or, for one written without it
+    /// (none is, but a record cannot say so), its `due_ms`, when its last
+    /// attempt was due. Dead letters expire by it.
+    pub fn dead_at(&self) -> u64 {
+        self.dead_ms.unwrap_or(self.due_ms)
+    }
+
+    /// Key in the `dead_at` tree: [`DeliveryRecord::dead_at`], id (both
+    /// big-endian). The dead letters past a retention are the range
+    /// before [`dead_at_bound`] of the cutoff.
+    pub fn dead_at_key(&self) -> [u8; 16] {
+        let mut k = [0; 16];
+        k[..8].copy_from_slice(&self.dead_at().to_be_bytes());
+        k[8..].copy_from_slice(&self.id.to_be_bytes());
         k
     }
 
@@ -273,6 +297,22 @@ pub(crate) mod tests {
         assert_eq!(v2[0], 1, "written as version 2");
         assert_eq!(DeliveryRecord::decode(&v2).unwrap(), r);
         assert_eq!(DeliveryRecord::sink_of(&v2), Some("s"));
+    }
+
+    /// Dead letters sort by when they died, whatever their id; one
+    /// without a dead time is dated by its due time.
+    #[test]
+    fn dead_at_keys_sort_by_death_then_id() {
+        let mut young = sample(1, 0);
+        young.dead_ms = Some(2_000);
+        let mut old = sample(9, 0);
+        old.dead_ms = Some(1_000);
+        assert!(old.dead_at_key() < young.dead_at_key());
+        assert!(old.dead_at_key() < dead_at_bound(1_001));
+        assert!(young.dead_at_key() >= dead_at_bound(2_000));
+        assert_eq!(&young.dead_at_key()[8..], &1u64.to_be_bytes());
+        let undated = sample(3, 1_500);
+        assert_eq!(undated.dead_at(), 1_500);
     }
 
     /// One key's entries sort by event, then item (none first), and no

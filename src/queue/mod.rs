@@ -396,6 +396,15 @@ pub trait Queue: Ingest {
     /// Drops what is past `retention` and expired dedupe keys; returns how
     /// many events went.
     async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError>;
+    /// Deletes the dead letters that died (`dead_ms`; one without it is
+    /// dated by its `due_ms`) more than `keep` before `now`, in batches
+    /// of bounded size, looking at no other; returns how many went, by
+    /// sink. A letter replayed meanwhile is not deleted.
+    async fn prune_dead(
+        &self,
+        now: SystemTime,
+        keep: Duration,
+    ) -> Result<BTreeMap<String, u64>, QueueError>;
     /// After `close` and the last append: makes everything durable.
     async fn flush(&self) -> Result<(), QueueError>;
 

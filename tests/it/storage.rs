@@ -110,6 +110,8 @@ both!(
     dead_letters_page_by_id,
     requeue_one_all_and_refused,
     bury_orphans_spares_claimed_and_configured,
+    dead_letters_expire_by_when_they_died,
+    dead_letters_expire_past_one_batch,
     close_refuses_new_appends,
 );
 
@@ -125,6 +127,7 @@ postgres_only!(
     postgres_two_instances_appending_one_key_queue_it_once,
     postgres_imports_a_local_stores_work_once,
     postgres_a_platforms_pause_holds_for_every_instance,
+    postgres_schema_2_indexes_dead_letters_of_a_version_1_database,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -904,6 +907,146 @@ async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
     assert_eq!(q.stats(&[]).await.unwrap().deliveries, 2);
 }
 
+/// `SystemTime` at `ms` after the epoch (the tests' clock for dead times).
+fn at_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Dead letters go once they died longer ago than the retention, the
+/// oldest and only those, by sink; a young one can still be replayed,
+/// and one replayed and dead again is dated by its second death.
+async fn dead_letters_expire_by_when_they_died(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 5, "e").await;
+    // e0..e3 are pending (buried below at different times); e4 is born
+    // dead at 1 500 (its template failed).
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        let sink = ["a", "b", "a", "b", "b"][i];
+        match i {
+            4 => {
+                let mut d = dead(delivery(id, sink, 0), "template: boom");
+                d.dead_ms = Some(1_500);
+                (vec![], vec![d])
+            }
+            _ => (vec![delivery(id, sink, 10 + i as u64)], vec![]),
+        }
+    })
+    .await;
+    let id = |i: usize| match i {
+        4 => routed[4].dead[0].id,
+        _ => routed[i].pending[0].id,
+    };
+    // e0 (a) dies at 1 000, e1 (b) at 2 000, e2 (a) at 5 000, e3 (b) at 9 000.
+    for (sink, of) in [("a", [0, 2]), ("b", [1, 3])] {
+        let due = q.claim(sink, limits(10), 1_000).await.unwrap();
+        assert_eq!(claimed_ids(&due), vec![id(of[0]), id(of[1])]);
+        for c in &due.claimed {
+            let i = (0..4).find(|&i| id(i) == c.rec.id).unwrap();
+            let mut rec = c.rec.clone();
+            rec.reason = Some("410 Gone".into());
+            rec.dead_ms = Some([1_000, 2_000, 5_000, 9_000][i]);
+            q.settle(&c.lease, &rec, Settle::Bury).await.unwrap();
+        }
+    }
+    assert_eq!(q.stats(&[]).await.unwrap().dead, 5);
+    // Kept 3 s, at 6 s: what died before 3 s goes (e0, e4, e1).
+    let keep = Duration::from_millis(3_000);
+    let expired = q.prune_dead(at_ms(6_000), keep).await.unwrap();
+    assert_eq!(
+        expired,
+        [("a".to_owned(), 1), ("b".to_owned(), 2)].into(),
+        "by sink"
+    );
+    for i in [0, 1, 4] {
+        assert_eq!(q.dead_letter(id(i)).await.unwrap(), None, "e{i} expired");
+    }
+    for i in [2, 3] {
+        assert!(q.dead_letter(id(i)).await.unwrap().is_some(), "e{i} kept");
+    }
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!((stats.dead, stats.deliveries), (2, 0));
+    assert_eq!(
+        q.dead_by_sink().await.unwrap(),
+        [("a".to_owned(), 1), ("b".to_owned(), 1)].into()
+    );
+    let listed: Vec<u64> = q
+        .dead_letters(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, vec![id(2), id(3)]);
+    // Nothing more is due: a second pass deletes nothing.
+    assert!(q.prune_dead(at_ms(6_000), keep).await.unwrap().is_empty());
+    // An expired one is gone for replay too.
+    assert_eq!(
+        q.requeue(Some(id(0)), 7_000, &|_| None)
+            .await
+            .unwrap()
+            .replayed,
+        0
+    );
+    // A young one still replays; it fails again at 20 s.
+    assert_eq!(
+        q.requeue(Some(id(2)), 7_000, &|_| None)
+            .await
+            .unwrap()
+            .replayed,
+        1
+    );
+    assert_eq!(q.stats(&[]).await.unwrap().dead, 1);
+    let due = q.claim("a", limits(10), 7_000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![id(2)]);
+    let mut again = due.claimed[0].rec.clone();
+    again.reason = Some("410 Gone".into());
+    again.dead_ms = Some(20_000);
+    q.settle(&due.claimed[0].lease, &again, Settle::Bury)
+        .await
+        .unwrap();
+    // At 13 s, what died before 10 s goes: e3 (9 s), not e2, whose first
+    // death (5 s) no longer counts.
+    let expired = q.prune_dead(at_ms(13_000), keep).await.unwrap();
+    assert_eq!(expired, [("b".to_owned(), 1)].into());
+    assert_eq!(
+        q.dead_letter(id(2)).await.unwrap().unwrap().dead_ms,
+        Some(20_000)
+    );
+    // It goes once its second death is past the retention.
+    assert!(q.prune_dead(at_ms(23_000), keep).await.unwrap().is_empty());
+    let expired = q.prune_dead(at_ms(23_001), keep).await.unwrap();
+    assert_eq!(expired, [("a".to_owned(), 1)].into());
+    let stats = q.stats(&[]).await.unwrap();
+    assert_eq!((stats.dead, stats.deliveries), (0, 0));
+    assert!(q.dead_by_sink().await.unwrap().is_empty());
+}
+
+/// More dead letters than one batch deletes: every one goes, each once.
+async fn dead_letters_expire_past_one_batch(b: Backend) {
+    let q = &b.q;
+    append_n(q, 3, "e").await;
+    route_with(q, |id| {
+        let dead = (0..900)
+            .map(|item| {
+                let mut d = dead(delivery(id, "s", 0), "template: boom");
+                d.item = Some(item);
+                d.dead_ms = Some(1_000 + u64::from(item));
+                d
+            })
+            .collect();
+        (vec![], dead)
+    })
+    .await;
+    // One of each event's young enough to stay.
+    let keep = Duration::from_millis(1_000);
+    let expired = q.prune_dead(at_ms(2_899), keep).await.unwrap();
+    assert_eq!(expired, [("s".to_owned(), 3 * 899)].into());
+    let left = q.dead_letters(None, 10).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|d| d.dead_ms == Some(1_899)), "{left:?}");
+}
+
 async fn close_refuses_new_appends(b: Backend) {
     let now = SystemTime::now();
     let mut tasks = Vec::new();
@@ -1217,6 +1360,52 @@ mod cases {
         );
         Cluster::shared_psql(&b.db, "DELETE FROM hookgate_schema WHERE version = 99");
         Postgres::open(&b.url, 2).await.unwrap();
+    }
+
+    /// A database of schema version 1 (dead letters not indexed by time,
+    /// one even without its time) is brought to version 2 at open: its
+    /// dead letters expire like new ones, found by the new index.
+    pub async fn postgres_schema_2_indexes_dead_letters_of_a_version_1_database(b: Backend) {
+        append_n(&b.q, 2, "e").await;
+        let routed = route_with(&b.q, |id| {
+            let mut d = dead(delivery(id, "s", 2_000), "template: boom");
+            d.dead_ms = Some(1_000);
+            (vec![], vec![d])
+        })
+        .await;
+        let (first, second) = (routed[0].dead[0].id, routed[1].dead[0].id);
+        drop(b.q);
+        Cluster::shared_psql(
+            &b.db,
+            &format!(
+                "UPDATE hookgate_deliveries SET dead_ms = NULL WHERE id = {second};
+                 DROP INDEX hookgate_deliveries_dead_at;
+                 DELETE FROM hookgate_schema WHERE version = 2"
+            ),
+        );
+        let q = Postgres::open(&b.url, 2).await.unwrap();
+        assert_eq!(
+            Cluster::shared_psql(&b.db, "SELECT max(version) FROM hookgate_schema"),
+            "2"
+        );
+        // Without a time, it is dated by its due time.
+        assert_eq!(
+            q.dead_letter(second).await.unwrap().unwrap().dead_ms,
+            Some(2_000)
+        );
+        let plan = Cluster::shared_psql(
+            &b.db,
+            "SET enable_seqscan = off; EXPLAIN SELECT ctid FROM hookgate_deliveries
+             WHERE dead AND dead_ms < 5 ORDER BY dead_ms LIMIT 1000",
+        );
+        assert!(plan.contains("hookgate_deliveries_dead_at"), "{plan}");
+        let keep = Duration::from_millis(1_000);
+        let expired = q.prune_dead(at_ms(2_500), keep).await.unwrap();
+        assert_eq!(expired, [("s".to_owned(), 1)].into());
+        assert_eq!(q.dead_letter(first).await.unwrap(), None);
+        let expired = q.prune_dead(at_ms(3_001), keep).await.unwrap();
+        assert_eq!(expired, [("s".to_owned(), 1)].into());
+        assert_eq!(q.stats(&[]).await.unwrap().dead, 0);
     }
 
     pub async fn postgres_two_instances_appending_one_key_queue_it_once(b: Backend) {

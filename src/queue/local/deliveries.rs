@@ -5,13 +5,16 @@
 //! Records with an order key are also filed in `order` (sink, key, event
 //! order → their current `deliveries` key), written in the same
 //! transaction as `deliveries`: the first entry of a key is its head, the
-//! only one of that key the dispatcher may start.
+//! only one of that key the dispatcher may start. Dead records are filed
+//! in `dead_at` (when they died, id), in the same transaction as `dead`:
+//! [`SledQueue::prune_dead`] reads only the front of it.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use super::delivery::{order_prefix, sink_prefix};
+use super::delivery::{dead_at_bound, order_prefix, sink_prefix};
 use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
 
@@ -54,6 +57,7 @@ impl SledQueue {
         let mut pending = Vec::new();
         let mut ordered = Vec::new();
         let mut dead = Vec::new();
+        let mut dead_at = Vec::new();
         let mut unmatched = 0u64;
         for r in page {
             pending.extend(r.pending.iter().map(|d| (d.due_key(), d.encode())));
@@ -63,6 +67,7 @@ impl SledQueue {
                     .filter_map(|d| Some((d.order_index_key()?, d.due_key()))),
             );
             dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
+            dead_at.extend(r.dead.iter().map(DeliveryRecord::dead_at_key));
             if r.pending.is_empty() && r.dead.is_empty() {
                 unmatched += 1;
             }
@@ -74,8 +79,14 @@ impl SledQueue {
         let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
         if !pending.is_empty() || !dead.is_empty() || saved.0.elapsed() >= SAVE_CURSOR_EVERY {
             let trees = self.state.get()?;
-            let done = (&trees.deliveries, &trees.dead, &trees.meta, &trees.order)
-                .transaction(|(deliveries, dead_tree, meta, order)| {
+            let done = (
+                &trees.deliveries,
+                &trees.dead,
+                &trees.dead_at,
+                &trees.meta,
+                &trees.order,
+            )
+                .transaction(|(deliveries, dead_tree, dead_at_tree, meta, order)| {
                     for (k, v) in &pending {
                         deliveries.insert(&k[..], v.as_slice())?;
                     }
@@ -84,6 +95,9 @@ impl SledQueue {
                     }
                     for (k, v) in &dead {
                         dead_tree.insert(&k[..], v.as_slice())?;
+                    }
+                    for k in &dead_at {
+                        dead_at_tree.insert(&k[..], &[][..])?;
                     }
                     meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
                     meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
@@ -254,14 +268,17 @@ impl SledQueue {
         self.state.check(written)
     }
 
-    /// Moves the record at `old` to `dead`, in one transaction with its
-    /// `order` entry: a dead head lets the next delivery of its key go.
+    /// Moves the record at `old` to `dead`, filed in `dead_at` by when it
+    /// died, in one transaction with its `order` entry: a dead head lets
+    /// the next delivery of its key go.
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
         let trees = self.state.get()?;
         let (id, value, ordered) = (rec.id.to_be_bytes(), rec.encode(), rec.order_index_key());
-        let moved = (&trees.dead, &trees.deliveries, &trees.order)
-            .transaction(|(dead, deliveries, order)| {
+        let died = rec.dead_at_key();
+        let moved = (&trees.dead, &trees.dead_at, &trees.deliveries, &trees.order)
+            .transaction(|(dead, dead_at, deliveries, order)| {
                 dead.insert(&id[..], value.as_slice())?;
+                dead_at.insert(&died[..], &[][..])?;
                 deliveries.remove(old)?;
                 if let Some(o) = &ordered {
                     order.remove(&o[..])?;
@@ -431,6 +448,8 @@ impl SledQueue {
                 out.refused.push(Refused { id: rec.id, reason });
                 continue;
             }
+            // Its entry in `dead_at`, dated as it died.
+            let died = rec.dead_at_key();
             rec.due_ms = now_ms;
             rec.failures = 0;
             rec.reason = None;
@@ -438,22 +457,74 @@ impl SledQueue {
             let (key, value, id) = (rec.due_key(), rec.encode(), rec.id.to_be_bytes());
             let ordered = rec.order_index_key();
             let trees = self.state.get()?;
-            let moved_one = (&trees.deliveries, &trees.dead, &trees.order)
-                .transaction(|(deliveries, dead, order)| {
-                    dead.remove(&id[..])?;
+            let moved_one = (&trees.deliveries, &trees.dead, &trees.dead_at, &trees.order)
+                .transaction(|(deliveries, dead, dead_at, order)| {
+                    // Expired (or replayed) since it was read: gone, not
+                    // brought back.
+                    if dead.remove(&id[..])?.is_none() {
+                        return Ok(false);
+                    }
+                    dead_at.remove(&died[..])?;
                     deliveries.insert(&key[..], value.as_slice())?;
                     // Back in its place in event order: the head of its key
                     // again if it is the oldest.
                     if let Some(o) = &ordered {
                         order.insert(&o[..], &key[..])?;
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(())
+                    Ok::<_, ConflictableTransactionError<()>>(true)
                 })
                 .map_err(tx_err);
-            self.state.check(moved_one)?;
+            if !self.state.check(moved_one)? {
+                continue;
+            }
             out.replayed += 1;
             out.sinks.insert(rec.sink);
         }
         Ok(out)
+    }
+
+    /// Deletes up to `limit` dead letters that died before `cutoff_ms`,
+    /// oldest first, in one transaction: the front of `dead_at`, so none
+    /// younger is read. Returns how many went, by sink, and whether more
+    /// may be due. An entry whose record is gone, or dated otherwise (it
+    /// was replayed and died again: its own entry is later), is stale and
+    /// only removed.
+    pub fn prune_dead(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<(BTreeMap<String, u64>, bool), QueueError> {
+        let trees = self.state.get()?;
+        let due: Vec<sled::IVec> = self.state.check(
+            trees
+                .dead_at
+                .range(..dead_at_bound(cutoff_ms))
+                .keys()
+                .take(limit)
+                .collect::<Result<_, _>>(),
+        )?;
+        let removed = (&trees.dead, &trees.dead_at)
+            .transaction(|(dead, dead_at)| {
+                let mut sinks = Vec::new();
+                for k in &due {
+                    dead_at.remove(k)?;
+                    let Some(id) = k.get(8..16) else { continue };
+                    let Some(v) = dead.get(id)? else { continue };
+                    let dated =
+                        DeliveryRecord::decode(&v).is_ok_and(|rec| rec.dead_at_key()[..] == k[..]);
+                    if dated {
+                        dead.remove(id)?;
+                        // A record that decodes has a sink.
+                        sinks.push(DeliveryRecord::sink_of(&v).unwrap_or_default().to_owned());
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<()>>(sinks)
+            })
+            .map_err(tx_err);
+        let mut by = BTreeMap::new();
+        for sink in self.state.check(removed)? {
+            *by.entry(sink).or_default() += 1;
+        }
+        Ok((by, due.len() == limit))
     }
 }

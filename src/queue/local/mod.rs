@@ -342,6 +342,26 @@ impl Queue for Local {
         Ok(removed)
     }
 
+    async fn prune_dead(
+        &self,
+        now: SystemTime,
+        keep: Duration,
+    ) -> Result<BTreeMap<String, u64>, QueueError> {
+        let cutoff = unix_millis(now).saturating_sub(keep.as_millis().min(u64::MAX as u128) as u64);
+        let mut expired = BTreeMap::new();
+        loop {
+            let (by, more) =
+                blocking(&self.q, move |q| q.prune_dead(cutoff, DEAD_PRUNE_BATCH)).await?;
+            for (sink, n) in by {
+                *expired.entry(sink).or_default() += n;
+            }
+            if !more {
+                return Ok(expired);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn flush(&self) -> Result<(), QueueError> {
         blocking(&self.q, |q| q.flush()).await
     }
@@ -356,3 +376,5 @@ impl Queue for Local {
 
 /// Pause between two log segments deleted.
 const PRUNE_PAUSE: Duration = Duration::from_millis(200);
+/// Dead letters deleted per sled transaction.
+const DEAD_PRUNE_BATCH: usize = 1000;

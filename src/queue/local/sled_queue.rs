@@ -2,8 +2,8 @@
 //!
 //! Layout under `data_dir`: `log/` (the events, `log.rs`, and their dedupe
 //! keys, `seen.rs`) and `sled/`, with the trees `meta` (the router's cursor
-//! into the log and the count of unmatched events), `deliveries` and `dead`
-//! (`deliveries.rs`). Accepted events go through the writer, syncer and
+//! into the log and the count of unmatched events), `deliveries`, `order`,
+//! `dead` and `dead_at` (`deliveries.rs`). Accepted events go through the writer, syncer and
 //! indexer threads (`writer.rs`); the router reads them back from the log
 //! in order, and one sled transaction records what it made of a page of
 //! them and moves its cursor past them.

@@ -38,6 +38,11 @@ pub struct Trees {
     pub deliveries: sled::Tree,
     /// Dead deliveries by id.
     pub dead: sled::Tree,
+    /// The dead deliveries by when they died: `dead_at` ‖ id (big-endian)
+    /// → nothing, written in the same transaction as `dead`
+    /// (`DeliveryRecord::dead_at_key`), so expiring them reads only those
+    /// past their retention.
+    pub dead_at: sled::Tree,
     /// Pending deliveries that have an order key, by sink, key and event
     /// order, each to its current `deliveries` key: the first entry of a
     /// key is the one that may go (`deliveries.rs`).
@@ -59,6 +64,7 @@ impl Trees {
         let meta = db.open_tree("meta")?;
         let deliveries = db.open_tree("deliveries")?;
         let dead = db.open_tree("dead")?;
+        let dead_at = db.open_tree("dead_at")?;
         let order = db.open_tree("order")?;
         let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
         let store = Store {
@@ -68,15 +74,60 @@ impl Trees {
             blobs: dir.join("blobs"),
             synced_blobs: std::sync::Mutex::new(Default::default()),
         };
-        Ok(Trees {
+        let trees = Trees {
             db,
             meta,
             deliveries,
             dead,
+            dead_at,
             order,
             store,
-        })
+        };
+        index_dead_letters(&trees)?;
+        Ok(trees)
     }
+}
+
+/// `meta` key: the dead letters stored before the `dead_at` index existed
+/// have been filed in it.
+const DEAD_AT_INDEXED: &[u8] = b"dead_at_indexed";
+
+/// Files every dead letter in `dead_at`, once per data directory: those
+/// written before the index existed have no entry. Filing is idempotent
+/// (the key is the record's), and the mark goes in only once the entries
+/// are durable, so a crash in between files them again at the next open.
+/// A record that does not decode cannot be dated: it is left out (kept)
+/// and logged.
+fn index_dead_letters(trees: &Trees) -> Result<(), QueueError> {
+    if trees.meta.contains_key(DEAD_AT_INDEXED)? {
+        return Ok(());
+    }
+    let (mut filed, mut batch) = (0u64, sled::Batch::default());
+    for kv in trees.dead.iter() {
+        let (k, v) = kv?;
+        match super::DeliveryRecord::decode(&v) {
+            Ok(rec) => {
+                batch.insert(&rec.dead_at_key()[..], &[][..]);
+                filed += 1;
+                if filed % 1024 == 0 {
+                    trees.dead_at.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %hex::encode(&k), error = %e, "a dead letter that does not decode is kept: it has no date to expire by")
+            }
+        }
+    }
+    trees.dead_at.apply_batch(batch)?;
+    trees.store.checkpoint()?;
+    trees.meta.insert(DEAD_AT_INDEXED, &[1])?;
+    if filed > 0 {
+        tracing::info!(
+            dead_letters = filed,
+            "filed the dead letters by the time they died, for their retention"
+        );
+    }
+    Ok(())
 }
 
 /// Removes `snap.*.generating` files: sled 0.34 writes a snapshot at every

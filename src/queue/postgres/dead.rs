@@ -1,5 +1,7 @@
-//! Dead letters: listed by id, counted by sink, and replayed with plain
-//! UPDATEs (the record's mutable fields are columns).
+//! Dead letters: listed by id, counted by sink, replayed with plain
+//! UPDATEs (the record's mutable fields are columns), and deleted once
+//! past their retention, a batch per statement, found by the partial
+//! index on `dead_ms` (schema version 2).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,22 @@ use crate::queue::{DeliveryRecord, QueueError, RefuseReplay, Refused, Requeued, 
 
 /// Dead letters read per page when replaying them all.
 const REPLAY_PAGE: i64 = 500;
+/// Dead letters deleted per statement when expiring them: each statement
+/// is its own short transaction.
+const PRUNE_BATCH: i64 = 1000;
+
+/// One batch of expired dead letters, oldest first, by sink. The conditions
+/// are checked again on each row as it is deleted, so one replayed (or
+/// deleted by another instance) since the batch was picked stays.
+const PRUNE: &str = "
+WITH gone AS (
+    DELETE FROM hookgate_deliveries
+    WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM hookgate_deliveries
+            WHERE dead AND dead_ms < $1 ORDER BY dead_ms LIMIT $2))
+      AND dead AND dead_ms < $1
+    RETURNING sink)
+SELECT sink, count(*) FROM gone GROUP BY sink";
 
 pub async fn page(
     db: &Db,
@@ -123,4 +141,28 @@ pub async fn requeue(
         }
     }
     Ok(out)
+}
+
+/// Deletes the dead letters that died before `cutoff_ms`, a batch per
+/// statement until one finds fewer; returns how many went, by sink.
+pub async fn prune(db: &Db, cutoff_ms: u64) -> Result<BTreeMap<String, u64>, QueueError> {
+    let cutoff = cutoff_ms.min(i64::MAX as u64) as i64;
+    let mut expired = BTreeMap::new();
+    loop {
+        let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
+        let rows = match conn.query(PRUNE, &[&cutoff, &PRUNE_BATCH]).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(conn_err(&db.health, &db.pool, conn, e)),
+        };
+        drop(conn);
+        let mut deleted = 0;
+        for r in &rows {
+            let n = r.get::<_, i64>(1);
+            deleted += n;
+            *expired.entry(r.get::<_, String>(0)).or_default() += n as u64;
+        }
+        if deleted < PRUNE_BATCH {
+            return Ok(expired);
+        }
+    }
 }

@@ -240,7 +240,7 @@ pub async fn settle(
         Settle::Bury => {
             conn.execute(
                 "UPDATE hookgate_deliveries
-                 SET dead = true, reason = $3, dead_ms = $4, failures = $5, record = $6,
+                 SET dead = true, reason = $3, dead_ms = coalesce($4, due_ms), failures = $5, record = $6,
                      lease_token = NULL, lease_until = NULL
                  WHERE id = $1 AND lease_token = $2 AND NOT dead",
                 &[

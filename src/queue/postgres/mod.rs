@@ -5,7 +5,7 @@
 //! `connect.rs` reads the URL and makes the TLS config and the pool;
 //! `schema.rs` migrates; `ingest.rs` group-commits appends; `routing.rs`
 //! claims and records pages of the inbox; `deliveries.rs` claims and
-//! settles deliveries; `dead.rs` lists and replays dead letters;
+//! settles deliveries; `dead.rs` lists, replays and expires dead letters;
 //! `partitions.rs` makes and drops the event table's days; `health.rs`
 //! tells when the database cannot take writes. Nothing here lowers
 //! `synchronous_commit`: an answer waits for the COMMIT of its event.
@@ -392,6 +392,15 @@ impl Queue for Postgres {
         }
         .await;
         done.map_err(|e| conn_err(&db.health, &db.pool, conn, e))
+    }
+
+    async fn prune_dead(
+        &self,
+        now: SystemTime,
+        keep: Duration,
+    ) -> Result<BTreeMap<String, u64>, QueueError> {
+        let cutoff = unix_millis(now).saturating_sub(keep.as_millis().min(u64::MAX as u128) as u64);
+        dead::prune(&self.db, cutoff).await
     }
 
     async fn flush(&self) -> Result<(), QueueError> {

@@ -122,6 +122,16 @@ CREATE TABLE hookgate_unmatched (
     n bigint NOT NULL
 );
 "#,
+    // 2: dead letters by when they died, so that expiring them
+    // (`server.dead_letter_retention`, `dead.rs`) reads only those past
+    // it. Every dead row has its time (one without would be dated by its
+    // due time, as the local backend dates it). A plain CREATE INDEX (a
+    // migration is a transaction): it holds off writes to the table while
+    // it reads it, once.
+    r#"
+UPDATE hookgate_deliveries SET dead_ms = due_ms WHERE dead AND dead_ms IS NULL;
+CREATE INDEX hookgate_deliveries_dead_at ON hookgate_deliveries (dead_ms) WHERE dead;
+"#,
 ];
 
 /// The newest schema this build knows.

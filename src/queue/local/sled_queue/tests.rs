@@ -583,3 +583,81 @@ async fn a_stale_head_is_passed_over() {
     assert_eq!(q.order_head("s", "A").unwrap(), Some(2));
     assert_eq!(trees.order.len(), 1);
 }
+
+/// A dead letter of `sink` that died at `dead_ms`, id `id`.
+fn dead_at(id: u64, sink: &str, dead_ms: u64) -> crate::queue::DeliveryRecord {
+    let mut rec = super::super::delivery::tests::sample(id, 0);
+    rec.sink = sink.into();
+    rec.reason = Some("gone".into());
+    rec.dead_ms = Some(dead_ms);
+    rec
+}
+
+/// A data directory whose dead letters were stored before the `dead_at`
+/// index existed has them filed at open, once: they expire like new ones.
+#[tokio::test]
+async fn dead_letters_from_before_the_index_are_filed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        let page = [crate::queue::Routed {
+            event: EventId(0),
+            pending: vec![],
+            dead: vec![dead_at(1, "a", 1_000), dead_at(2, "b", 5_000)],
+        }];
+        q.routed(&page, EventId(0), EventId(0)).unwrap();
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        // As the earlier layout had it: no index, no mark.
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        db.drop_tree("dead_at").unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .remove(b"dead_at_indexed")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    assert_eq!(q.state.get().unwrap().dead_at.len(), 2);
+    let (expired, more) = q.prune_dead(3_000, 100).unwrap();
+    assert_eq!(expired, [("a".to_owned(), 1)].into());
+    assert!(!more);
+    assert_eq!(q.stats().unwrap().dead, 1);
+    assert!(q.dead_letter(2).unwrap().is_some());
+}
+
+/// An index entry whose record is gone, or that dates it otherwise, is
+/// removed and nothing else: the record goes by its own entry.
+#[tokio::test]
+async fn stale_dead_at_entries_delete_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![],
+        dead: vec![dead_at(1, "a", 9_000)],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    let trees = q.state.get().unwrap();
+    trees
+        .dead_at
+        .insert(dead_at(1, "a", 1_000).dead_at_key(), &[])
+        .unwrap();
+    trees
+        .dead_at
+        .insert(dead_at(7, "a", 1_000).dead_at_key(), &[])
+        .unwrap();
+    let (expired, more) = q.prune_dead(5_000, 100).unwrap();
+    assert!(expired.is_empty(), "{expired:?}");
+    assert!(!more);
+    assert_eq!(trees.dead_at.len(), 1, "only the record's own entry");
+    assert!(q.dead_letter(1).unwrap().is_some());
+    // A batch that is full says more may be due.
+    let (expired, more) = q.prune_dead(10_000, 1).unwrap();
+    assert_eq!(expired, [("a".to_owned(), 1)].into());
+    assert!(more);
+    assert!(trees.dead_at.is_empty() && trees.dead.is_empty());
+}
