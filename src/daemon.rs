@@ -23,7 +23,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// `TimeoutStopSec` (30 s) has systemd kill the daemon.
 pub const DELIVERY_DRAIN: Duration = Duration::from_secs(8);
 
-/// How often what is past retention, and expired dedupe keys, are dropped.
+/// How often what is past retention (events, dead letters), and expired
+/// dedupe keys, are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// What SIGHUP handling hands the daemon: a config it loaded and checked,
@@ -376,6 +377,10 @@ impl Swappable {
                 s.max_connections != running.max_connections,
             ),
             ("retention", s.retention != running.retention),
+            (
+                "dead_letter_retention",
+                s.dead_letter_retention != running.dead_letter_retention,
+            ),
             ("admin_hosts", s.admin_hosts != running.admin_hosts),
             (
                 "admin_token",
@@ -512,7 +517,11 @@ pub async fn serve(
     );
     let prune_task = tokio::spawn(prune(
         queue.clone(),
-        config.server.retention,
+        Retention {
+            events: config.server.retention,
+            dead_letters: config.server.dead_letter_retention,
+        },
+        metrics.clone(),
         shutdown.clone(),
     ));
     let heal_task = tokio::spawn(heal(queue.clone(), shutdown.clone()));
@@ -644,9 +653,22 @@ async fn reloading(
     }
 }
 
-/// Drops what is past `retention` (and expired dedupe keys) every
-/// `PRUNE_EVERY` until `stop`.
-async fn prune(queue: Arc<dyn Queue>, retention: Duration, stop: CancellationToken) {
+/// How long what storage keeps is kept (`server.retention`,
+/// `server.dead_letter_retention`).
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    events: Duration,
+    dead_letters: Duration,
+}
+
+/// Drops what is past its retention (and expired dedupe keys) every
+/// `PRUNE_EVERY` until `stop`; counts the dead letters dropped by sink.
+async fn prune(
+    queue: Arc<dyn Queue>,
+    retention: Retention,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
@@ -654,13 +676,43 @@ async fn prune(queue: Arc<dyn Queue>, retention: Duration, stop: CancellationTok
             _ = stop.cancelled() => return,
         }
         let pruned = tokio::select! {
-            r = queue.prune(SystemTime::now(), retention) => r,
+            r = queue.prune(SystemTime::now(), retention.events) => r,
             _ = stop.cancelled() => return,
         };
         if let Err(e) = pruned {
             tracing::warn!(error = %e, "dropping what is past retention failed");
         }
+        let expired = tokio::select! {
+            r = queue.prune_dead(SystemTime::now(), retention.dead_letters) => r,
+            _ = stop.cancelled() => return,
+        };
+        match expired {
+            Ok(by_sink) if !by_sink.is_empty() => {
+                for (sink, n) in &by_sink {
+                    metrics.dead_expired(sink, *n);
+                }
+                tracing::info!(
+                    expired = by_sink.values().sum::<u64>(),
+                    by_sink = %per_sink(&by_sink),
+                    retention = %humantime::format_duration(retention.dead_letters),
+                    "deleted dead letters past server.dead_letter_retention"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting dead letters past their retention failed")
+            }
+        }
     }
+}
+
+/// `sink=n` pairs, space-separated, for a log line.
+fn per_sink(by_sink: &std::collections::BTreeMap<String, u64>) -> String {
+    by_sink
+        .iter()
+        .map(|(sink, n)| format!("{sink}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How often storage is looked at for a failure to recover from.

@@ -168,6 +168,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     /// The last reload: when (Unix seconds), and whether it was applied.
     last_reload: Mutex<Option<(u64, bool)>>,
+    /// By sink: dead letters deleted past `server.dead_letter_retention`.
+    dead_expired: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The outcome label of an ingress answer.
@@ -243,6 +245,12 @@ impl Metrics {
         let by = slot(&mut routes, route, BTreeMap::new);
         *by.entry("matched").or_default() += 1;
         *by.entry("render_failed").or_default() += failed;
+    }
+
+    /// `n` dead letters of `sink` were deleted, past their retention.
+    pub fn dead_expired(&self, sink: &str, n: u64) {
+        let mut expired = self.dead_expired.lock().expect("metrics lock");
+        *slot(&mut expired, sink, || 0) += n;
     }
 
     /// A reload was applied (`ok`) or refused, at `unix_s`.
@@ -328,6 +336,13 @@ impl Metrics {
             "sink",
             &mut self.latency.lock().expect("metrics lock").iter(),
         );
+        {
+            let name = "hookgate_dead_letters_expired_total";
+            let _ = writeln!(out, "# HELP {name} Dead letters deleted past server.dead_letter_retention, by sink.\n# TYPE {name} counter");
+            for (sink, n) in self.dead_expired.lock().expect("metrics lock").iter() {
+                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {n}", escape(sink));
+            }
+        }
         if let Some((commits, events)) = &gauges.db_commits {
             let name = "hookgate_db_commit_duration_seconds";
             let _ = writeln!(out, "# HELP {name} Time one group commit of accepted events to PostgreSQL took.\n# TYPE {name} histogram");
@@ -481,6 +496,8 @@ mod tests {
         m.request("_unknown", 404, Duration::from_micros(10));
         m.verify_failure("github", "mismatch");
         m.attempt("slack", "delivered", Duration::from_millis(30));
+        m.dead_expired("slack", 3);
+        m.dead_expired("slack", 2);
         let text = m.render(&Gauges {
             inbox: 1,
             breakers: BTreeMap::from([("slack".to_string(), true)]),
@@ -501,6 +518,10 @@ mod tests {
         assert!(text
             .contains("hookgate_attempt_duration_seconds_bucket{sink=\"slack\",le=\"0.05\"} 1\n"));
         assert!(text.contains("hookgate_queue_depth{state=\"inbox\"} 1\n"));
+        assert!(
+            text.contains("# TYPE hookgate_dead_letters_expired_total counter\nhookgate_dead_letters_expired_total{sink=\"slack\"} 5\n"),
+            "{text}"
+        );
         // Buckets are cumulative; the count includes what no bound holds.
         for line in [
             "hookgate_ingest_duration_seconds_bucket{source=\"github\",le=\"0.0005\"} 0\n",
