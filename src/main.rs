@@ -604,12 +604,7 @@ async fn dead(path: &Path, what: DeadCommand) -> anyhow::Result<ExitCode> {
                             .dead_letter(id)
                             .await?
                             .ok_or_else(|| anyhow::anyhow!("no dead delivery {id}"))?;
-                        DeadDetail {
-                            summary: DeadSummary::of(&d),
-                            idempotency_key: d.idempotency_key.clone(),
-                            body_bytes: d.frozen.as_ref().map_or(0, |f| f.body.len()),
-                            history: d.attempts.clone(),
-                        }
+                        DeadDetail::of(&d)
                     }
                 };
             if json {
@@ -700,12 +695,7 @@ async fn queue_stats(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
             // No daemon: read the data directory directly.
             None => {
-                let disabled: Vec<(String, String)> = loaded
-                    .config
-                    .sinks
-                    .values()
-                    .filter_map(|s| Some((s.name.clone(), s.kind.unconfigured()?.to_owned())))
-                    .collect();
+                let disabled = hookgate::admin::disabled_sinks(loaded.config.sinks.values());
                 hookgate::daemon::inspect_storage(&loaded.config)
                     .await?
                     .stats(&disabled)
