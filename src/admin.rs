@@ -23,6 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::config::SinkConfig;
 use crate::dispatch::Dispatcher;
 use crate::queue::{DeliveryRecord, Queue};
 
@@ -77,6 +78,29 @@ pub struct DeadDetail {
     pub idempotency_key: String,
     pub body_bytes: usize,
     pub history: Vec<crate::queue::Attempt>,
+}
+
+impl DeadDetail {
+    pub fn of(d: &DeliveryRecord) -> DeadDetail {
+        DeadDetail {
+            summary: DeadSummary::of(d),
+            idempotency_key: d.idempotency_key.clone(),
+            body_bytes: d.frozen.as_ref().map_or(0, |f| f.body.len()),
+            history: d.attempts.clone(),
+        }
+    }
+}
+
+/// The sinks a missing secret disables, with the reason: what
+/// `Queue::stats` reports as held (the daemon's sinks, or the config's
+/// when the CLI reads storage itself).
+pub fn disabled_sinks<'a>(
+    sinks: impl IntoIterator<Item = &'a SinkConfig>,
+) -> Vec<(String, String)> {
+    sinks
+        .into_iter()
+        .filter_map(|s| Some((s.name.clone(), s.kind.unconfigured()?.to_owned())))
+        .collect()
 }
 
 impl Admin {
@@ -146,15 +170,7 @@ impl Admin {
             (&Method::GET, ["api", "dead", id]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
                 Ok(id) => match self.queue.dead_letter(id).await {
-                    Ok(Some(d)) => json(
-                        StatusCode::OK,
-                        &DeadDetail {
-                            summary: DeadSummary::of(&d),
-                            idempotency_key: d.idempotency_key.clone(),
-                            body_bytes: d.frozen.as_ref().map_or(0, |f| f.body.len()),
-                            history: d.attempts.clone(),
-                        },
-                    ),
+                    Ok(Some(d)) => json(StatusCode::OK, &DeadDetail::of(&d)),
                     Ok(None) => error(StatusCode::NOT_FOUND, "no dead delivery with that id"),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
@@ -189,15 +205,8 @@ impl Admin {
 impl Admin {
     /// The queue's counts, with what each disabled sink holds.
     async fn stats(&self) -> Result<crate::queue::Stats, crate::queue::QueueError> {
-        let disabled: Vec<(String, String)> = self
-            .dispatcher
-            .sinks()
-            .values()
-            .filter_map(|s| {
-                let why = s.config.kind.unconfigured()?;
-                Some((s.config.name.clone(), why.to_owned()))
-            })
-            .collect();
+        let sinks = self.dispatcher.sinks();
+        let disabled = disabled_sinks(sinks.values().map(|s| &s.config));
         self.queue.stats(&disabled).await
     }
 }

@@ -1,10 +1,12 @@
 //! hookgate: a webhook gateway. Providers post to `ingress`, which proves
 //! each request (`verify`), stores it durably (`queue`), and answers; the
-//! daemon (`daemon`) ties them to the listeners and shutdown.
+//! daemon (`daemon`) ties them to the listeners and shutdown; `cli` is the
+//! `hookgate` command line.
 
 pub mod activation;
 pub mod admin;
 pub mod bucket;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

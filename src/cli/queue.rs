@@ -1,0 +1,274 @@
+//! `hookgate queue`: `stats`, `dead list|show|replay` and `migrate`. Stats
+//! and dead letters come from the running daemon's admin API; when none
+//! answers, from storage itself (the data directory, or the database).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Subcommand;
+use http::Method;
+
+use super::admin_client::AdminClient;
+use super::{bad_config, load_or_report, Json, Secrets};
+use crate::admin::{disabled_sinks, DeadDetail, DeadSummary};
+use crate::config::{Config, QueueConfig};
+use crate::daemon::inspect_storage;
+use crate::queue::{unix_millis, DeliveryRecord, Requeued, Stats};
+
+#[derive(Subcommand)]
+pub(super) enum Command {
+    /// Counts by state.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliveries that failed for good.
+    Dead {
+        #[command(subcommand)]
+        what: DeadCommand,
+    },
+    /// Moves the local backend's unfinished work (events not yet routed,
+    /// pending deliveries, dead letters) under server.data_dir into the
+    /// PostgreSQL database `[queue]` names. Stop the local daemon first.
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum DeadCommand {
+    /// Every dead delivery.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One, with its attempt history.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send again (re-enables a sink that a "gone" answer disabled).
+    Replay {
+        /// The dead delivery's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead delivery.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_or_report(path, Secrets::Configured) else {
+        return Ok(bad_config());
+    };
+    let config = &loaded.config;
+    match command {
+        Command::Stats { json } => stats(config, json).await,
+        Command::Dead {
+            what: DeadCommand::List { json },
+        } => dead_list(config, json).await,
+        Command::Dead {
+            what: DeadCommand::Show { id, json },
+        } => dead_show(config, id, json).await,
+        Command::Dead {
+            what: DeadCommand::Replay { id, all, json },
+        } => dead_replay(config, if all { None } else { id }, json).await,
+        Command::Migrate { json } => migrate(path, config, json).await,
+    }
+}
+
+async fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::of(&config.server);
+    let stats: Stats = match admin.request(Method::GET, "/api/queue/stats").await? {
+        Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
+        None => {
+            let disabled = disabled_sinks(config.sinks.values());
+            inspect_storage(config).await?.stats(&disabled).await?
+        }
+    };
+    if json {
+        Json::Line.print(&stats)?;
+    } else {
+        println!(
+            "inbox {}  deliveries {}  dead {}  unmatched {}  seen {}  disk {} bytes",
+            stats.inbox,
+            stats.deliveries,
+            stats.dead,
+            stats.unmatched,
+            stats.seen,
+            stats.disk_bytes
+        );
+        for (sink, d) in &stats.disabled {
+            println!(
+                "held {}  for sink `{sink}`, disabled: {} (set it and reload to send them)",
+                d.held, d.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let list: Vec<DeadSummary> = match AdminClient::of(&config.server).get("/api/dead").await? {
+        Some(list) => list,
+        None => inspect_storage(config)
+            .await?
+            .dead_letters(None, usize::MAX)
+            .await?
+            .iter()
+            .map(DeadSummary::of)
+            .collect(),
+    };
+    if json {
+        Json::Indented.print(&list)?;
+    } else if list.is_empty() {
+        println!("no dead deliveries");
+    } else {
+        for d in &list {
+            let status = d.last_status.map_or("-".to_owned(), |s| s.to_string());
+            println!(
+                "{}  {}  {}/{} {}  route {} → {}  attempts {}  last {}  {}",
+                d.id,
+                d.dead_at,
+                d.source,
+                d.event,
+                d.delivery_id,
+                d.route,
+                d.sink,
+                d.attempts,
+                status,
+                d.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_show(config: &Config, id: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let admin = AdminClient::of(&config.server);
+    let detail: DeadDetail = match admin.get(&format!("/api/dead/{id}")).await? {
+        Some(detail) => detail,
+        None => {
+            let d = inspect_storage(config)
+                .await?
+                .dead_letter(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no dead delivery {id}"))?;
+            DeadDetail::of(&d)
+        }
+    };
+    if json {
+        Json::Indented.print(&detail)?;
+    } else {
+        let s = &detail.summary;
+        println!(
+            "delivery {}: {}/{} (delivery id {}) via route {} to sink {}",
+            s.id, s.source, s.event, s.delivery_id, s.route, s.sink
+        );
+        println!("dead since {}: {}", s.dead_at, s.reason);
+        println!(
+            "idempotency key {}, body {} bytes",
+            detail.idempotency_key, detail.body_bytes
+        );
+        for a in &detail.history {
+            let at = UNIX_EPOCH + Duration::from_millis(a.at_ms);
+            let status = a.status.map_or("-".to_owned(), |s| s.to_string());
+            println!(
+                "  {}  {status}  {} ms  {}  {}",
+                humantime::format_rfc3339_seconds(at),
+                a.latency_ms,
+                a.outcome,
+                a.response.replace('\n', " ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays one dead delivery (`id`), or every one (`None`).
+async fn dead_replay(config: &Config, id: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
+    let path = match id {
+        Some(id) => format!("/api/dead/{id}/replay"),
+        None => "/api/dead/replay".to_owned(),
+    };
+    let done: Requeued = match AdminClient::of(&config.server).post(&path).await? {
+        Some(done) => done,
+        None => {
+            let refuse = |rec: &DeliveryRecord| {
+                (!config.sinks.contains_key(&rec.sink)).then(|| {
+                    format!(
+                        "its sink `{}` is no longer in the config: add it back to replay it",
+                        rec.sink
+                    )
+                })
+            };
+            inspect_storage(config)
+                .await?
+                .requeue(id, unix_millis(SystemTime::now()), &refuse)
+                .await?
+        }
+    };
+    let n = done.replayed;
+    if json {
+        Json::Line.print(&done)?;
+    } else {
+        println!(
+            "replayed {n} dead deliver{}",
+            if n == 1 { "y" } else { "ies" }
+        );
+        for r in &done.refused {
+            eprintln!("not replayed: {}: {}", r.id, r.reason);
+        }
+    }
+    if let Some(id) = id {
+        if let Some(r) = done.refused.first() {
+            eprintln!("dead delivery {id} not replayed: {}", r.reason);
+            return Ok(ExitCode::FAILURE);
+        }
+        if n == 0 {
+            eprintln!("no dead delivery {id}: see `hookgate queue dead list`");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(path: &Path, config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    if matches!(config.queue, QueueConfig::Local) {
+        eprintln!("queue migrate moves the local backend's work into PostgreSQL: set [queue] backend = \"postgres\" and its url in {} first", path.display());
+        return Ok(bad_config());
+    }
+    let (inbox, deliveries, dead) = crate::daemon::local_work(config)?;
+    if inbox + deliveries + dead == 0 {
+        println!(
+            "nothing to move: {} holds no unfinished work of the local backend",
+            config.server.data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = crate::daemon::open_database(config).await?;
+    let done = crate::daemon::migrate(config, target.as_ref()).await?;
+    target.close();
+    target.flush().await?;
+    if json {
+        Json::Line.print(&done)?;
+    } else if done.already {
+        println!("the database had taken this data directory's work before: nothing imported twice; the local files are moved aside");
+    } else {
+        println!(
+            "moved {} events not yet routed, {} pending deliveries and {} dead letters into PostgreSQL; the local files are under {}/migrated-*",
+            done.events,
+            done.pending,
+            done.dead,
+            config.server.data_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
