@@ -12,6 +12,8 @@
 # on loopback (examples/e2e.rs, as fast as possible).
 #
 #   bench/postgres.sh          # DURATION=10 RATE=2000
+#   PIN=1 bench/postgres.sh    # PostgreSQL on core 1, everything else
+#                              # (hookgate, wrk, the load examples) on core 0
 #   bench/postgres.sh soak     # SOAK=180 SOAK_RATE=500: one instance, events
 #                              # routed and delivered at a steady rate; the
 #                              # tables' sizes every 15 s
@@ -26,6 +28,14 @@ BASE=${BASE:-18300}
 PG_PORT=$((BASE + 90))
 SINK_PORT=$((BASE + 91))
 BODY=samples/github/push.json
+
+# PIN=1: the database gets a core of its own, as it has a machine of its
+# own in production; hookgate and its load share the other, whichever the
+# backend, so that both backends' rows have the same CPU for hookgate.
+db_core=() app_core=()
+if [ "${PIN:-0}" = 1 ]; then
+  db_core=(taskset -c 1) app_core=(taskset -c 0)
+fi
 
 command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
 bindir=$(pg_config --bindir 2>/dev/null || true)
@@ -47,7 +57,7 @@ trap stop_all EXIT
 mkdir -p "$work/pg"
 [ ${#as_pg[@]} -gt 0 ] && chown postgres: "$work/pg"
 "${as_pg[@]}" "$bindir/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
-"${as_pg[@]}" "$bindir/pg_ctl" start -w -D "$work/pg" -l "$work/pg/server.log" \
+"${db_core[@]}" "${as_pg[@]}" "$bindir/pg_ctl" start -w -D "$work/pg" -l "$work/pg/server.log" \
   -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pg -c max_connections=200" >/dev/null
 psql_pg() { "${as_pg[@]}" psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 
@@ -91,7 +101,7 @@ concurrency = 32
 retry = ["2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s"]
 $route
 TOML
-  HOOKGATE_LOG=warn ./target/release/hookgate --config "$dir/routes.toml" serve 2>"$dir/log" &
+  HOOKGATE_LOG=warn "${app_core[@]}" ./target/release/hookgate --config "$dir/routes.toml" serve 2>"$dir/log" &
   pids+=($!)
   wait_port "$port"
 }
@@ -100,7 +110,7 @@ TOML
 wrk_sum() {
   local conns=$((32 / $#)) wrks=() port
   for port in "$@"; do
-    wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s bench/github_push.lua \
+    "${app_core[@]}" wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s bench/github_push.lua \
       "http://127.0.0.1:$port/hooks/github" -- "$BODY" "$sig" "w$port$RANDOM" > "$work/wrk.$port" &
     wrks+=($!)
   done
@@ -141,11 +151,11 @@ row() {
   local ingest paced e2e rss=""
   instances "$name" "$queue" "$n" no
   ingest=$(wrk_sum "${ports[@]}")
-  paced=$(./target/release/examples/paced "$list" "$secret" "$RATE" "$DURATION")
+  paced=$("${app_core[@]}" ./target/release/examples/paced "$list" "$secret" "$RATE" "$DURATION")
   for p in "${pids[@]}"; do rss+="$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$p/status) "; done
   stop_instances
   instances "$name" "$queue" "$n" yes
-  e2e=$(./target/release/examples/e2e "$list" "$secret" "$SINK_PORT" 0 "$DURATION")
+  e2e=$("${app_core[@]}" ./target/release/examples/e2e "$list" "$secret" "$SINK_PORT" 0 "$DURATION")
   stop_instances
   local p50 p99 delivered
   p50=$(sed -n 's/.*p50 \([0-9.]*\) ms, p90.*/\1/p' <<<"$paced")
@@ -196,7 +206,7 @@ if [ "${1:-}" = soak ]; then
   exit 0
 fi
 
-echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on loopback, fsync on; wrk -c32 -d${DURATION}s; open loop at $RATE req/s"
+echo "Machine: $(nproc) cores$([ "${PIN:-0}" = 1 ] && echo ', PostgreSQL on core 1, the rest on core 0'), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on loopback, fsync on; wrk -c32 -d${DURATION}s; open loop at $RATE req/s"
 echo
 echo "| backend | ingest req/s (wrk) | wrk p50 | wrk p99 | non-2xx | p50 at $RATE/s | p99 at $RATE/s | delivered/s (e2e) | peak RSS (ingest) |"
 echo "|---|---|---|---|---|---|---|---|---|"

@@ -49,6 +49,8 @@ pub(crate) struct Db {
     /// they answered: `/metrics` shows them as the log's syncs.
     commits: crate::metrics::AtomicHistogram,
     committed: std::sync::atomic::AtomicU64,
+    /// The inbox page this instance's router holds.
+    page: routing::HeldPage,
 }
 
 /// The PostgreSQL backend behind the storage port.
@@ -117,6 +119,7 @@ impl Postgres {
             appended: Notify::new(),
             commits: crate::metrics::AtomicHistogram::new(crate::metrics::SYNC_BUCKETS),
             committed: std::sync::atomic::AtomicU64::new(0),
+            page: routing::HeldPage::default(),
         });
         let (jobs, rx) = mpsc::channel(ingest::BATCH_MAX * ingest::IN_FLIGHT * 2);
         tokio::spawn(ingest::run(db.clone(), rx));

@@ -1,34 +1,35 @@
-//! Routing exactly once across instances: a router claims the oldest
-//! unclaimed inbox rows (`FOR UPDATE SKIP LOCKED`, stamped with a random
-//! token and an expiry by the database's clock), and records the page in
-//! one transaction that deletes those rows only where its token still
-//! stands. A router that stalls past the expiry loses its page to another
-//! (its `routed` then finds fewer rows and rolls back: `Moved`).
+//! Routing exactly once across instances: a router takes the oldest
+//! inbox rows nobody holds (`FOR UPDATE SKIP LOCKED`) in a transaction it
+//! keeps open while it routes them, and records the page (deliveries in,
+//! inbox rows out) in that same transaction. The row locks are the claim:
+//! a router that dies or loses its connection rolls back, and its page is
+//! free at once; one that stalls is cut off by the database after
+//! `HOLD_SECS` idle (`idle_in_transaction_session_timeout`). Its `routed`
+//! then fails, and the page goes to whoever takes it next.
+//!
+//! Holding the page costs no write per event (a claim column updated,
+//! then committed, was one more row version per event) and one commit per
+//! page fewer.
+
+use std::sync::Mutex;
+
+use deadpool_postgres::{GenericClient, Object};
+use tokio_postgres::error::SqlState;
 
 use super::health::{conn_err, pool_err};
 use super::Db;
 use crate::queue::{DeliveryRecord, EventId, InboxPage, PageClaim, QueueError, Routed};
 
-/// How long a router's claim on a page holds.
-const CLAIM_SECS: f64 = 30.0;
+/// How long a router may hold a page without a word to the database.
+const HOLD_SECS: u32 = 30;
 /// Slots of `hookgate_unmatched` (routers add to one at random).
 const UNMATCHED_SLOTS: i32 = 16;
 
 const CLAIM: &str = "
-WITH picked AS (
-    SELECT event_id FROM hookgate_inbox
-    WHERE claim_until IS NULL OR claim_until < now()
-    ORDER BY event_id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-),
-claimed AS (
-    UPDATE hookgate_inbox i
-    SET claim_token = $2, claim_until = now() + make_interval(secs => $3)
-    FROM picked WHERE i.event_id = picked.event_id
-    RETURNING i.event_id, i.received_ms
-)
-SELECT received_ms, event_id FROM claimed";
+SELECT received_ms, event_id FROM hookgate_inbox
+ORDER BY event_id
+LIMIT $1
+FOR UPDATE SKIP LOCKED";
 
 /// The claimed events' records, each looked up by its key (a lateral
 /// join: one index probe per event in its day's partition, where a plain
@@ -42,36 +43,94 @@ CROSS JOIN LATERAL (
 ) e
 ORDER BY e.id";
 
+/// The page this instance's router holds: a pooled connection with its
+/// transaction open. Dropped without `routed`, the connection is closed,
+/// not returned to the pool (the database rolls the transaction back).
+#[derive(Default)]
+pub struct HeldPage(Mutex<Option<(u64, Object)>>);
+
+impl HeldPage {
+    fn hold(&self, token: u64, conn: Object) {
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace((token, conn));
+        if let Some((_, conn)) = old {
+            let _ = Object::take(conn);
+        }
+    }
+
+    fn take(&self, token: u64) -> Option<Object> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held.take() {
+            Some((t, conn)) if t == token => Some(conn),
+            other => {
+                *held = other;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for HeldPage {
+    fn drop(&mut self) {
+        if let Some((_, conn)) = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = Object::take(conn);
+        }
+    }
+}
+
 pub async fn inbox(db: &Db, n: usize) -> Result<InboxPage, QueueError> {
-    let token: i64 = rand::random();
+    let token: u64 = rand::random();
     let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let n = n.min(i64::MAX as usize) as i64;
     let claimed = async {
+        conn.batch_execute(&format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{HOLD_SECS}s'"
+        ))
+        .await?;
         let stmt = conn.prepare_cached(CLAIM).await?;
-        let keys = conn.query(&stmt, &[&n, &token, &CLAIM_SECS]).await?;
+        let keys = conn.query(&stmt, &[&n]).await?;
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let days: Vec<i64> = keys.iter().map(|r| r.get(0)).collect();
         let ids: Vec<i64> = keys.iter().map(|r| r.get(1)).collect();
         let stmt = conn.prepare_cached(RECORDS).await?;
-        conn.query(&stmt, &[&days, &ids]).await
+        conn.query(&stmt, &[&days, &ids]).await.map(Some)
     }
     .await;
     let rows = match claimed {
-        Ok(rows) => rows,
-        Err(e) => return Err(conn_err(&db.health, &db.pool, conn, e)),
+        Ok(Some(rows)) => rows,
+        Ok(None) => {
+            // Nothing to hold: end the transaction, keep the connection.
+            return match conn.batch_execute("ROLLBACK").await {
+                Ok(()) => Ok(InboxPage {
+                    events: Vec::new(),
+                    claim: PageClaim { from: 0, next: 0 },
+                }),
+                Err(e) => Err(conn_err(&db.health, &db.pool, conn, e)),
+            };
+        }
+        Err(e) => {
+            // Whatever state the transaction is in, the connection goes.
+            let e = conn_err(&db.health, &db.pool, conn, e);
+            return Err(e);
+        }
     };
-    Ok(InboxPage {
+    let page = InboxPage {
         events: rows
             .iter()
             .map(|r| (EventId(r.get::<_, i64>(0) as u64), r.get::<_, Vec<u8>>(1)))
             .collect(),
         claim: PageClaim {
-            from: token as u64,
+            from: token,
             next: 0,
         },
-    })
+    };
+    db.page.hold(token, conn);
+    Ok(page)
 }
 
 pub(super) const INSERT_DELIVERIES: &str = "
@@ -116,7 +175,7 @@ impl Columns {
     /// Inserts the deliveries pushed.
     pub(super) async fn insert(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &impl GenericClient,
     ) -> Result<u64, tokio_postgres::Error> {
         tx.execute(
             &tx.prepare_cached(INSERT_DELIVERIES).await?,
@@ -148,8 +207,10 @@ pub async fn routed(
     page: &InboxPage,
     mut routed: Vec<Routed>,
 ) -> Result<Vec<Routed>, QueueError> {
+    let Some(conn) = db.page.take(page.claim.from) else {
+        return Err(QueueError::Moved);
+    };
     let ids: Vec<i64> = page.events.iter().map(|(id, _)| id.0 as i64).collect();
-    let token = page.claim.from as i64;
     let count = routed
         .iter()
         .map(|r| r.pending.len() + r.dead.len())
@@ -158,25 +219,17 @@ pub async fn routed(
         .iter()
         .filter(|r| r.pending.is_empty() && r.dead.is_empty())
         .count() as i64;
-    let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let done = async {
-        let tx = conn.transaction().await?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM hookgate_inbox WHERE event_id = ANY($1) AND claim_token = $2",
-                &[&ids, &token],
-            )
+        let deleted = conn
+            .execute(&conn.prepare_cached(DELETE_PAGE).await?, &[&ids])
             .await?;
         if deleted != ids.len() as u64 {
-            tx.rollback().await?;
+            conn.batch_execute("ROLLBACK").await?;
             return Ok(false);
         }
         if count > 0 {
-            let fresh = tx
-                .query(
-                    "SELECT nextval('hookgate_delivery_id') FROM generate_series(1, $1::int8)",
-                    &[&count],
-                )
+            let fresh = conn
+                .query(&conn.prepare_cached(DELIVERY_IDS).await?, &[&count])
                 .await?;
             let mut fresh = fresh.iter().map(|r| r.get::<_, i64>(0) as u64);
             let mut cols = Columns::default();
@@ -190,24 +243,36 @@ pub async fn routed(
                     cols.push(d, true);
                 }
             }
-            cols.insert(&tx).await?;
+            cols.insert(&conn).await?;
         }
         if unmatched > 0 {
             let slot = rand::random::<i32>().rem_euclid(UNMATCHED_SLOTS);
-            tx.execute(
-                "INSERT INTO hookgate_unmatched (slot, n) VALUES ($1, $2)
-                 ON CONFLICT (slot) DO UPDATE SET n = hookgate_unmatched.n + EXCLUDED.n",
-                &[&slot, &unmatched],
-            )
-            .await?;
+            conn.execute(&conn.prepare_cached(UNMATCHED).await?, &[&slot, &unmatched])
+                .await?;
         }
-        tx.commit().await?;
+        conn.batch_execute("COMMIT").await?;
         Ok::<_, tokio_postgres::Error>(true)
     }
     .await;
     match done {
         Ok(true) => Ok(routed),
         Ok(false) => Err(QueueError::Moved),
+        // The database ended the transaction (the page was held too long,
+        // or the session was cut): the page is back in the inbox.
+        Err(e)
+            if e.is_closed()
+                || e.code() == Some(&SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT) =>
+        {
+            let _ = Object::take(conn);
+            Err(QueueError::Moved)
+        }
         Err(e) => Err(conn_err(&db.health, &db.pool, conn, e)),
     }
 }
+
+const DELETE_PAGE: &str = "DELETE FROM hookgate_inbox WHERE event_id = ANY($1)";
+const DELIVERY_IDS: &str =
+    "SELECT nextval('hookgate_delivery_id') FROM generate_series(1, $1::int8)";
+const UNMATCHED: &str = "
+INSERT INTO hookgate_unmatched (slot, n) VALUES ($1, $2)
+ON CONFLICT (slot) DO UPDATE SET n = hookgate_unmatched.n + EXCLUDED.n";

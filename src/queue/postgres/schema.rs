@@ -132,6 +132,16 @@ CREATE TABLE hookgate_unmatched (
 UPDATE hookgate_deliveries SET dead_ms = due_ms WHERE dead AND dead_ms IS NULL;
 CREATE INDEX hookgate_deliveries_dead_at ON hookgate_deliveries (dead_ms) WHERE dead;
 "#,
+    // 3: a router holds its page by the rows' locks in an open
+    // transaction (`routing.rs`), not by a token and an expiry written to
+    // each row. The columns go, so that a router of an older build, which
+    // would not see the locks as a claim, fails loudly instead of routing
+    // a page twice.
+    r#"
+ALTER TABLE hookgate_inbox DROP COLUMN claim_token, DROP COLUMN claim_until;
+-- Its rows are inserted and deleted, never updated: no room to keep.
+ALTER TABLE hookgate_inbox SET (fillfactor = 100);
+"#,
 ];
 
 /// The newest schema this build knows.
