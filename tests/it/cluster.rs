@@ -7,70 +7,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use hookgate::verify::{Provider, SignInput};
-use http::{Method, StatusCode};
+use http::StatusCode;
 
-use crate::support::postgres::Cluster;
+use crate::support::postgres::{instance, pushes_to, Cluster, URL_ENV};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
-
-/// The environment variable the configs read the database URL from.
-const URL_ENV: &str = "HOOKGATE_TEST_DATABASE_URL";
-
-/// GitHub pushes to one http sink (extra sink keys in `sink`), on the
-/// PostgreSQL backend.
-fn config(sink_url: &str, sink: &str) -> String {
-    format!(
-        r#"
-[queue]
-backend = "postgres"
-url = {{ env = "{URL_ENV}" }}
-pool_size = 4
-
-[sources.github]
-provider = "github"
-secret = {{ file = "{{dir}}/github" }}
-
-[sinks.capture]
-kind = "http"
-url = "{sink_url}"
-{sink}
-
-[[routes]]
-name = "pushes"
-source = "github"
-event = "push"
-to = ["capture"]
-"#
-    )
-}
 
 /// A fresh database on the shared cluster (its URL), or `None`: skipped.
 async fn database() -> Option<String> {
     tokio::task::spawn_blocking(|| Cluster::fresh_database().map(|(_, url)| url))
         .await
         .unwrap()
-}
-
-async fn instance(dir: &std::path::Path, text: &str, url: &str) -> Daemon {
-    Daemon::start_env(dir, text, &[], &[(URL_ENV, url)]).await
-}
-
-/// Posts a signed push with `id` to `url`; the status, or `None` when the
-/// instance did not answer.
-async fn push(url: &str, github: &Arc<dyn Provider>, id: &str) -> Option<StatusCode> {
-    let signed = github.sign(&SignInput {
-        body: &sample("github", "push"),
-        event: "push",
-        delivery_id: id,
-        now: SystemTime::now(),
-    });
-    hookgate::client::request(Method::POST, url, &signed.headers, signed.body)
-        .await
-        .ok()
-        .map(|(status, _, _)| status)
 }
 
 /// The `Idempotency-Key`s the sink received, with how often each came.
@@ -101,7 +50,7 @@ async fn two_instances_deliver_each_acknowledged_event_and_dedupe_across_each_ot
         return;
     };
     let rx = Receiver::start(Reply::status(200)).await;
-    let text = config(&rx.url("/"), "");
+    let text = pushes_to(&rx.url("/"), "");
     let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(da.path(), &text, &db).await;
     let b = instance(dbb.path(), &text, &db).await;
@@ -122,11 +71,14 @@ async fn two_instances_deliver_each_acknowledged_event_and_dedupe_across_each_ot
                 for i in 0..40 {
                     let id = format!("two-{w}-{i}");
                     let got = if i % 5 == 0 {
-                        let (x, y) = tokio::join!(push(&ua, &github, &id), push(&ub, &github, &id));
+                        let (x, y) = tokio::join!(
+                            try_post_push(&ua, &github, &id),
+                            try_post_push(&ub, &github, &id)
+                        );
                         vec![x.unwrap(), y.unwrap()]
                     } else {
                         let url = if i % 2 == 0 { &ua } else { &ub };
-                        vec![push(url, &github, &id).await.unwrap()]
+                        vec![post_push(url, &github, &id).await]
                     };
                     statuses.lock().unwrap().insert(id, got);
                 }
@@ -186,7 +138,7 @@ async fn a_killed_instances_claimed_deliveries_are_finished_by_the_other() {
     };
     // A slow sink: the killed instance has attempts out when it dies.
     let rx = Receiver::start(Reply::status(200).delay(Duration::from_millis(300))).await;
-    let text = config(&rx.url("/"), "timeout = \"2s\"\nconcurrency = 8");
+    let text = pushes_to(&rx.url("/"), "timeout = \"2s\"\nconcurrency = 8");
     let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(da.path(), &text, &db).await;
     let github = providers_of(da.path(), &text)["github"].clone();
@@ -203,12 +155,12 @@ async fn a_killed_instances_claimed_deliveries_are_finished_by_the_other() {
                         break;
                     }
                     let id = format!("kill-{w}-{i}");
-                    match push(&url, &github, &id).await {
-                        Some(StatusCode::ACCEPTED) => {
+                    match try_post_push(&url, &github, &id).await {
+                        Ok(StatusCode::ACCEPTED) => {
                             acked.lock().unwrap().insert(id);
                         }
-                        Some(other) => panic!("{id}: unexpected {other}"),
-                        None => break,
+                        Ok(other) => panic!("{id}: unexpected {other}"),
+                        Err(_) => break,
                     }
                 }
             })
@@ -251,7 +203,7 @@ async fn a_sinks_rate_limit_holds_for_the_whole_cluster() {
         return;
     };
     let rx = Receiver::start(Reply::status(200)).await;
-    let text = config(&rx.url("/"), "rate_limit = \"2/s\"");
+    let text = pushes_to(&rx.url("/"), "rate_limit = \"2/s\"");
     let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(da.path(), &text, &db).await;
     let b = instance(dbb.path(), &text, &db).await;
@@ -264,8 +216,8 @@ async fn a_sinks_rate_limit_holds_for_the_whole_cluster() {
             b.url("github")
         };
         assert_eq!(
-            push(&url, &github, &format!("rate-{i}")).await,
-            Some(StatusCode::ACCEPTED)
+            post_push(&url, &github, &format!("rate-{i}")).await,
+            StatusCode::ACCEPTED
         );
     }
     tokio::time::sleep_until((started + Duration::from_secs(10)).into()).await;
@@ -331,8 +283,8 @@ async fn queue_migrate_moves_the_local_work_into_postgres_and_the_daemon_insists
     let github = providers_of(dir.path(), &local)["github"].clone();
     for i in 0..3 {
         assert_eq!(
-            push(&d.url("github"), &github, &format!("move-{i}")).await,
-            Some(StatusCode::ACCEPTED)
+            post_push(&d.url("github"), &github, &format!("move-{i}")).await,
+            StatusCode::ACCEPTED
         );
     }
     strict.wait_for(3, Duration::from_secs(10)).await;

@@ -12,16 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use hookgate::verify::{Provider, SignInput};
-use http::{Method, StatusCode};
+use hookgate::verify::Provider;
+use http::StatusCode;
 
-use crate::support::postgres::Cluster;
+use crate::support::postgres::{instance, pushes_to, Cluster};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
 
-const URL_ENV: &str = "HOOKGATE_TEST_DATABASE_URL";
 const WORKERS: usize = 8;
 /// How long there is no primary: the standby is promoted this long after
 /// the primary stopped. Long enough that a daemon backing off its looks
@@ -33,32 +32,6 @@ const BACK_WITHIN: Duration = Duration::from_secs(3);
 /// Most requests one worker sends (the load is bounded even if the test
 /// loses track of time).
 const PER_WORKER: usize = 20_000;
-
-fn config(sink_url: &str) -> String {
-    format!(
-        r#"
-[queue]
-backend = "postgres"
-url = {{ env = "{URL_ENV}" }}
-pool_size = 4
-
-[sources.github]
-provider = "github"
-secret = {{ file = "{{dir}}/github" }}
-
-[sinks.capture]
-kind = "http"
-url = "{sink_url}"
-timeout = "2s"
-
-[[routes]]
-name = "pushes"
-source = "github"
-event = "push"
-to = ["capture"]
-"#
-    )
-}
 
 /// One request of the load: when it was sent and answered, and how.
 #[derive(Debug, Clone)]
@@ -155,22 +128,20 @@ async fn failover_to_a_synchronous_standby_answers_503_then_202_and_loses_nothin
     );
 
     let rx = Receiver::start(Reply::status(200)).await;
-    let text = config(&rx.url("/"));
+    let text = pushes_to(&rx.url("/"), "timeout = \"2s\"");
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_env(dir.path(), &text, &[], &[(URL_ENV, &url)]).await;
+    let daemon = instance(dir.path(), &text, &url).await;
     let github: Arc<dyn Provider> = providers_of(dir.path(), &text)["github"].clone();
     let started = Instant::now();
 
     // The load: unique ids from several clients, every answer recorded.
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let body = sample("github", "push");
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let (url, github, body, stop, sent) = (
+            let (url, github, stop, sent) = (
                 daemon.url("github"),
                 github.clone(),
-                body.clone(),
                 stop.clone(),
                 sent.clone(),
             );
@@ -180,18 +151,8 @@ async fn failover_to_a_synchronous_standby_answers_503_then_202_and_loses_nothin
                         break;
                     }
                     let id = format!("failover-{w}-{i}");
-                    let signed = github.sign(&SignInput {
-                        body: &body,
-                        event: "push",
-                        delivery_id: &id,
-                        now: SystemTime::now(),
-                    });
                     let at = Instant::now();
-                    let status =
-                        hookgate::client::request(Method::POST, &url, &signed.headers, signed.body)
-                            .await
-                            .map(|(status, _, _)| status)
-                            .map_err(|e| e.to_string());
+                    let status = try_post_push(&url, &github, &id).await;
                     let was_503 = status == Ok(StatusCode::SERVICE_UNAVAILABLE);
                     sent.lock().unwrap().push(Sent {
                         id,

@@ -547,6 +547,16 @@ pub fn providers_of(dir: &std::path::Path, sources: &str) -> HashMap<String, Arc
 /// A GitHub push with delivery id `id`, signed by `github` and posted to
 /// `url`: the status it got.
 pub async fn post_push(url: &str, github: &Arc<dyn Provider>, id: &str) -> StatusCode {
+    try_post_push(url, github, id).await.unwrap()
+}
+
+/// The same, when no answer is an outcome to count (an instance killed,
+/// a failover): the status, or why none came.
+pub async fn try_post_push(
+    url: &str,
+    github: &Arc<dyn Provider>,
+    id: &str,
+) -> Result<StatusCode, String> {
     let signed = github.sign(&SignInput {
         body: &sample("github", "push"),
         event: "push",
@@ -555,8 +565,8 @@ pub async fn post_push(url: &str, github: &Arc<dyn Provider>, id: &str) -> Statu
     });
     hookgate::client::request(Method::POST, url, &signed.headers, signed.body)
         .await
-        .unwrap()
-        .0
+        .map(|(status, _, _)| status)
+        .map_err(|e| e.to_string())
 }
 
 /// A tmpfs of a fixed size, unmounted on drop.

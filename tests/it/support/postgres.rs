@@ -365,3 +365,39 @@ impl Drop for Cluster {
             .output();
     }
 }
+
+/// The environment variable the configs below read the database URL from.
+pub const URL_ENV: &str = "HOOKGATE_TEST_DATABASE_URL";
+
+/// GitHub pushes to one http sink (extra sink keys in `sink`), on the
+/// PostgreSQL backend whose URL is in [`URL_ENV`].
+pub fn pushes_to(sink_url: &str, sink: &str) -> String {
+    format!(
+        r#"
+[queue]
+backend = "postgres"
+url = {{ env = "{URL_ENV}" }}
+pool_size = 4
+
+[sources.github]
+provider = "github"
+secret = {{ file = "{{dir}}/github" }}
+
+[sinks.capture]
+kind = "http"
+url = "{sink_url}"
+{sink}
+
+[[routes]]
+name = "pushes"
+source = "github"
+event = "push"
+to = ["capture"]
+"#
+    )
+}
+
+/// The real binary on `text`, its database at `url`.
+pub async fn instance(dir: &std::path::Path, text: &str, url: &str) -> super::Daemon {
+    super::Daemon::start_env(dir, text, &[], &[(URL_ENV, url)]).await
+}
