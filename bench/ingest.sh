@@ -22,33 +22,18 @@ command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; 
 cargo build --release --quiet --bin hookgate --example paced
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-secret="bench-secret-$(date +%s)"
-printf %s "$secret" > "$work/secret"
-sig="sha256=$(openssl dgst -sha256 -hmac "$secret" -r < "$BODY" | cut -d' ' -f1)"
-
-peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listening on $1" >&2; return 1
-}
+. bench/lib.sh
+signing_secret bench-secret
 
 # run_wrk NAME PID -> one table row
 run_wrk() {
   local name=$1 pid=$2
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s bench/github_push.lua "http://127.0.0.1:$PORT/hooks/github" \
-    -- "$BODY" "$sig" "run$RANDOM$RANDOM")
+    -- "$BODY" "$sig" "run$RANDOM$RANDOM" > "$work/wrk.out"
   local rps p50 p99 non2xx
-  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-  printf '| %s | %s | %s | %s | %s MiB | %s |\n' "$name" "$rps" "$p50" "$p99" "$(peak_rss_mib "$pid")" "${non2xx:-0}"
+  read -r rps p50 p99 non2xx < <(wrk_figures "$work/wrk.out")
+  printf '| %s | %s | %s | %s | %s MiB | %s |\n' "$name" "$rps" "$p50" "$p99" "$(peak_rss_mib "$pid")" "$non2xx"
 }
 
 # start_hookgate GROUP_COMMIT -> sets $pid

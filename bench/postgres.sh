@@ -61,17 +61,8 @@ mkdir -p "$work/pg"
   -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pg -c max_connections=200" >/dev/null
 psql_pg() { "${as_pg[@]}" psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 
-secret="pg-bench-$(date +%s)"
-printf %s "$secret" > "$work/secret"
-sig="sha256=$(openssl dgst -sha256 -hmac "$secret" -r < "$BODY" | cut -d' ' -f1)"
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listening on $1" >&2; return 1
-}
+. bench/lib.sh
+signing_secret pg-bench
 
 # start NAME PORT QUEUE_TOML ROUTED -> appends the pid to $pids. ROUTED:
 # "yes" for the route to the sink (else ingest alone: a sink that is not
@@ -115,12 +106,11 @@ wrk_sum() {
     wrks+=($!)
   done
   wait "${wrks[@]}"
-  local total=0 p50="" p99="" non2xx=0
+  local total=0 p50="" p99="" non2xx=0 rps a50 a99 non
   for port in "$@"; do
-    total=$((total + $(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/wrk.$port")))
-    [ -n "$p50" ] || p50=$(awk '$1=="50%" {print $2}' "$work/wrk.$port")
-    [ -n "$p99" ] || p99=$(awk '$1=="99%" {print $2}' "$work/wrk.$port")
-    non2xx=$((non2xx + $(awk '/Non-2xx/ {print $5}' "$work/wrk.$port" || true) + 0))
+    read -r rps a50 a99 non < <(wrk_figures "$work/wrk.$port")
+    total=$((total + rps)) non2xx=$((non2xx + non))
+    [ -n "$p50" ] || p50=$a50 p99=$a99
   done
   echo "$total | $p50 | $p99 | $non2xx"
 }
@@ -152,7 +142,7 @@ row() {
   instances "$name" "$queue" "$n" no
   ingest=$(wrk_sum "${ports[@]}")
   paced=$("${app_core[@]}" ./target/release/examples/paced "$list" "$secret" "$RATE" "$DURATION")
-  for p in "${pids[@]}"; do rss+="$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$p/status) "; done
+  for p in "${pids[@]}"; do rss+="$(peak_rss_mib "$p") "; done
   stop_instances
   instances "$name" "$queue" "$n" yes
   e2e=$("${app_core[@]}" ./target/release/examples/e2e "$list" "$secret" "$SINK_PORT" 0 "$DURATION")

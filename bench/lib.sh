@@ -1,0 +1,26 @@
+# Shared by the bench scripts (sourced): the signing secret, waiting for a
+# port, peak RSS, and reading wrk's figures. Expects $work and $BODY.
+
+# signing_secret PREFIX -> $secret (also in $work/secret) and $sig, the
+# GitHub signature of $BODY
+signing_secret() {
+  secret="$1-$(date +%s)"
+  printf %s "$secret" > "$work/secret"
+  sig="sha256=$(openssl dgst -sha256 -hmac "$secret" -r < "$BODY" | cut -d' ' -f1)"
+}
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on $1" >&2; return 1
+}
+
+peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+# wrk_figures FILE -> "req/s p50 p99 non-2xx" of wrk's --latency output
+wrk_figures() {
+  awk '/Requests\/sec/ {rps = sprintf("%.0f", $2)} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
+       /Non-2xx/ {non = $5} END {print rps, p50, p99, non + 0}' "$1"
+}
