@@ -459,16 +459,21 @@ pub fn tls(target: &Target) -> Result<rustls::ClientConfig, String> {
     let verifier: Arc<dyn ServerCertVerifier> = match target.ssl {
         // No verification, as libpq does without a root certificate:
         // encrypted, but open to a man in the middle.
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unverified {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Lenient {
+            chain: None,
             algs: provider.signature_verification_algorithms,
         }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
+            let algs = provider.signature_verification_algorithms;
             let roots = Arc::new(root_store(&target.roots)?);
             let full = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| format!("TLS: {e}"))?;
             match target.ssl {
-                SslMode::VerifyCa => Arc::new(ChainOnly(full)),
+                SslMode::VerifyCa => Arc::new(Lenient {
+                    chain: Some(full),
+                    algs,
+                }),
                 _ => full,
             }
         }
@@ -499,13 +504,17 @@ fn root_store(roots: &Roots) -> Result<rustls::RootCertStore, String> {
     Ok(store)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name is not
-/// checked. rustls checks the chain first, so a name mismatch means the
-/// chain was good.
+/// `verify-ca` (`chain`: the chain must lead to a trusted root; the name
+/// is not checked), or `disable`/`prefer`/`require` (`chain` is `None`:
+/// any certificate). Either way the handshake's signatures are checked,
+/// so the session is encrypted to whoever holds the certificate's key.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -514,57 +523,17 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // rustls checks the chain first, so a name mismatch means the
+        // chain was good.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `require`/`prefer`: any certificate (the handshake's signatures are
-/// still checked, so the session is encrypted to whoever holds the key).
-#[derive(Debug)]
-struct Unverified {
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
