@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
+pub mod dryrun;
 pub mod ingress;
 pub mod live;
 pub mod metrics;

@@ -188,11 +188,41 @@ pub fn route_one(
             dead: Vec::new(),
         });
     }
-    let ctx = context(event);
-    let now = unix_millis(SystemTime::now());
+    let routed = freeze(
+        install,
+        sinks,
+        id,
+        event,
+        routes.evaluate(&context(event)),
+        SystemTime::now(),
+    );
+    for rec in &routed.dead {
+        let reason = rec.reason.as_deref().unwrap_or_default();
+        tracing::warn!(event = %id, route = %rec.route, sink = %rec.sink, reason = %reason, "delivery is dead before its first attempt");
+    }
+    if routed.pending.is_empty() && routed.dead.is_empty() {
+        tracing::debug!(event = %id, source = %event.source, kind = %event.event, "no route matched");
+    }
+    Ok(routed)
+}
+
+/// The delivery records routing's `outcomes` for `event` make at `now`:
+/// each with its request frozen by its sink, or dead before its first
+/// attempt with the reason (a template that failed, a sink that cannot
+/// send what the route made). What the router records, and what
+/// `hookgate route` shows.
+pub fn freeze(
+    install: u64,
+    sinks: &Sinks,
+    id: EventId,
+    event: &EventRecord,
+    outcomes: Vec<Outcome>,
+    now: SystemTime,
+) -> Routed {
+    let now = unix_millis(now);
     let mut pending = Vec::new();
     let mut dead = Vec::new();
-    for outcome in routes.evaluate(&ctx) {
+    for outcome in outcomes {
         let (route, sink, item, order_key) = match &outcome {
             Outcome::Rendered {
                 route,
@@ -238,21 +268,17 @@ pub fn route_one(
                 pending.push(rec);
             }
             Err(reason) => {
-                tracing::warn!(event = %id, route = %route, sink = %sink, reason = %reason, "delivery is dead before its first attempt");
                 rec.reason = Some(reason);
                 rec.dead_ms = Some(now);
                 dead.push(rec);
             }
         }
     }
-    if pending.is_empty() && dead.is_empty() {
-        tracing::debug!(event = %id, source = %event.source, kind = %event.event, "no route matched");
-    }
-    Ok(Routed {
+    Routed {
         event: id,
         pending,
         dead,
-    })
+    }
 }
 
 /// Stable across crashes and re-routing (the event's log position, route,

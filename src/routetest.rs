@@ -117,16 +117,7 @@ fn names_problems(config: &Config, file: &TestFile, text: &str) -> Vec<(usize, u
         let (line, col) = line_col(text, at.span().start);
         problems.push((line, col, message));
     };
-    let no_such = |what: &str, name: &str, names: Vec<&str>| match crate::suggest::closest(
-        name,
-        names.iter().copied(),
-    ) {
-        Some(meant) => format!("no {what} `{name}` in the config: did you mean `{meant}`?"),
-        None => format!(
-            "no {what} `{name}` in the config (the {what}s are {})",
-            names.join(", ")
-        ),
-    };
+    let no_such = crate::suggest::not_in_config;
     let routes: Vec<&str> = config.routes.names().collect();
     for t in &file.tests {
         let test = &t.name;

@@ -20,6 +20,24 @@ pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a st
     }
 }
 
+/// "no source `githb` in the config: did you mean `github`?", or the
+/// names there are when none is close: for a name given on the command
+/// line or in a test file that the config lacks.
+pub fn not_in_config<'a>(
+    what: &str,
+    name: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match closest(name, names.iter().copied()) {
+        Some(meant) => format!("no {what} `{name}` in the config: did you mean `{meant}`?"),
+        None => format!(
+            "no {what} `{name}` in the config (the {what}s are {})",
+            names.join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,14 @@
 //! parses, sets up logs and hands the arguments to [`run`].
 //!
 //! Exit codes: 0 done; 1 failed (an error, a failing route test, a send
-//! that was not answered 2xx, a replay that did not happen); 2 the config
-//! is wrong, or names a sink that cannot be built.
+//! that was not answered 2xx, a replay that did not happen, a delivery
+//! `route` shows could not be made); 2 the config is wrong, or names a
+//! sink that cannot be built (or, for `route`, lacks the source named).
 
 mod admin_client;
 mod check;
 mod queue;
+mod route;
 mod send;
 mod serve;
 mod test;
@@ -57,6 +59,9 @@ enum Command {
     Check(check::Args),
     /// Run the route tests beside the config (routes.test.toml).
     Test(test::Args),
+    /// Show which routes an event fires and exactly what each sink would
+    /// receive (secrets redacted); nothing is sent or queued.
+    Route(route::Args),
     /// Post a bundled sample, signed as the source's provider signs.
     Send(send::Args),
     /// Inspect the queue.
@@ -78,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(config, args.dev || cli.serve.dev).await,
         Command::Check(args) => Ok(check::run(config, args)),
         Command::Test(args) => Ok(test::run(config, args)),
+        Command::Route(args) => route::run(config, args),
         Command::Send(args) => send::run(config, args).await,
         Command::Queue { what } => queue::run(config, what).await,
     }

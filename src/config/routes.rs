@@ -134,6 +134,7 @@ impl Cx<'_> {
                 ContentSpec::Template {
                     source: m.get_ref().clone(),
                     json: false,
+                    file: None,
                 }
             } else if let Some(t) = &r.template {
                 let path = base_dir.join(t.get_ref());
@@ -153,7 +154,11 @@ impl Cx<'_> {
                                 ),
                             );
                         }
-                        ContentSpec::Template { source, json }
+                        ContentSpec::Template {
+                            source,
+                            json,
+                            file: Some(t.get_ref().clone()),
+                        }
                     }
                     Err(e) => {
                         self.err(

@@ -1,6 +1,7 @@
 //! Where secrets come from: `{ env }`, `{ file }` or `{ credential }`
-//! (systemd's `$CREDENTIALS_DIRECTORY`), and the explicit dev mode that
-//! generates the missing ones into a file beside the config.
+//! (systemd's `$CREDENTIALS_DIRECTORY`), the explicit dev mode that
+//! generates the missing ones into a file beside the config, and the
+//! placeholders `hookgate route` builds a closed source's provider with.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +68,8 @@ pub enum SecretError {
 pub struct Resolver {
     credentials_dir: Option<PathBuf>,
     dev: Option<DevStore>,
+    /// A secret that cannot be read is a fixed placeholder of its shape.
+    placeholders: bool,
 }
 
 impl Resolver {
@@ -75,7 +78,17 @@ impl Resolver {
         Resolver {
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             dev: None,
+            placeholders: false,
         }
+    }
+
+    /// Every secret that cannot be read becomes a fixed placeholder of its
+    /// shape (nothing is written anywhere). For `hookgate route`, which
+    /// needs a source's provider to shape and read a request as ingress
+    /// does, never to prove one: a placeholder is public.
+    pub fn with_placeholders(mut self) -> Resolver {
+        self.placeholders = true;
+        self
     }
 
     /// Adds the dev store: secrets that cannot be read come from `path`, and
@@ -102,6 +115,7 @@ impl Resolver {
             Ok(s) => Ok(s),
             Err(e) => match &self.dev {
                 Some(dev) => dev.get_or_generate(r, shape).ok_or(e),
+                None if self.placeholders => Ok(Secret::new(placeholder(shape))),
                 None => Err(e),
             },
         }
@@ -185,6 +199,16 @@ impl DevStore {
     }
 }
 
+/// A secret of `shape` that anyone may know: its bytes are fixed.
+fn placeholder(shape: SecretShape) -> String {
+    match shape {
+        SecretShape::Token => "hookgate-placeholder".into(),
+        SecretShape::Whsec => format!("whsec_{}", crate::verify::encode_b64(&[0; 32])),
+        // Sink URLs are checked to be http(s) URLs.
+        SecretShape::External => "https://placeholder.invalid/".into(),
+    }
+}
+
 fn generate(shape: SecretShape) -> String {
     let bytes: [u8; 32] = rand::random();
     match shape {
@@ -239,7 +263,7 @@ mod tests {
         std::fs::write(dir.path().join("gh"), "k3y").unwrap();
         let r = Resolver {
             credentials_dir: Some(dir.path().to_owned()),
-            dev: None,
+            ..Resolver::default()
         };
         let s = r
             .resolve(&SecretRef::Credential("gh".into()), SecretShape::Token)
@@ -270,5 +294,28 @@ mod tests {
         let b = Resolver::default().with_dev(path, false).unwrap();
         assert_eq!(b.resolve(&r, SecretShape::Whsec).unwrap(), first);
         assert!(b.generated().is_empty());
+    }
+
+    /// `hookgate route`: a secret not set is a fixed placeholder of its
+    /// shape, written nowhere; one that is set is itself.
+    #[test]
+    fn placeholders_stand_in_for_secrets_not_set() {
+        let r = Resolver::default().with_placeholders();
+        let unset = SecretRef::Env("HOOKGATE_TEST_PLACEHOLDER_UNSET".into());
+        let whsec = r.resolve(&unset, SecretShape::Whsec).unwrap();
+        assert!(crate::verify::standard::decode_whsec(whsec.expose_str().unwrap()).is_some());
+        let url = r.resolve(&unset, SecretShape::External).unwrap();
+        assert!(url.expose_str().unwrap().parse::<http::Uri>().is_ok());
+        assert_eq!(
+            r.resolve(&unset, SecretShape::Token).unwrap(),
+            r.resolve(&unset, SecretShape::Token).unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s"), "real").unwrap();
+        let set = SecretRef::File(dir.path().join("s"));
+        assert_eq!(
+            r.resolve(&set, SecretShape::Token).unwrap().expose(),
+            b"real"
+        );
     }
 }

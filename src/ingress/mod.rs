@@ -25,7 +25,7 @@ use crate::config::{Proof, ProviderKind, Server, Source};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::queue::{unix_millis, Appended, EventId, EventRecord, Ingest, NewEvent, QueueError};
-use crate::verify::Inbound;
+use crate::verify::{Envelope, Inbound, Provider};
 use replay::{Claim, ReplayCache, Ticket};
 
 /// Headers never stored with an event: they carry credentials.
@@ -221,16 +221,15 @@ impl Gateway {
             }
         };
         let dedupe_key = envelope.id.dedupe_key(&body);
-        let record = EventRecord {
-            source: source.name.clone(),
-            provider: source.provider.name().to_owned(),
-            event: envelope.event,
-            delivery_id: envelope.id.as_str().unwrap_or_default().to_owned(),
-            received_at_ms: unix_millis(now),
-            client_ip: ip.to_string(),
-            headers: stored_headers(&parts.headers),
-            body: provider.stored_body(&body).into_owned(),
-        };
+        let record = event_record(
+            source,
+            provider.as_ref(),
+            &parts.headers,
+            &body,
+            envelope,
+            &ip,
+            now,
+        );
         let event = NewEvent {
             record,
             dedupe_key,
@@ -358,6 +357,30 @@ fn source_states(sources: impl IntoIterator<Item = Source>) -> HashMap<String, S
             (source.name.clone(), SourceState { source, bucket })
         })
         .collect()
+}
+
+/// The event a proven request becomes, as it is stored and routed:
+/// credential headers dropped, a proof carried in the body blanked.
+/// `hookgate route` makes its sample event here too.
+pub fn event_record(
+    source: &Source,
+    provider: &dyn Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+    envelope: Envelope,
+    client_ip: &std::net::IpAddr,
+    now: SystemTime,
+) -> EventRecord {
+    EventRecord {
+        source: source.name.clone(),
+        provider: source.provider.name().to_owned(),
+        event: envelope.event,
+        delivery_id: envelope.id.as_str().unwrap_or_default().to_owned(),
+        received_at_ms: unix_millis(now),
+        client_ip: client_ip.to_string(),
+        headers: stored_headers(headers),
+        body: provider.stored_body(body).into_owned(),
+    }
 }
 
 /// Headers kept with the event, for routes to look at. Credentials are dropped.

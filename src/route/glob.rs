@@ -10,6 +10,11 @@ impl EventPattern {
         EventPattern(pattern.to_owned())
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn matches(&self, event: &str) -> bool {
         glob(self.0.as_bytes(), event.as_bytes())
     }

@@ -49,8 +49,95 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     fn admits(&self, source: &str, event: &str) -> bool {
-        (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
-            && self.event.as_ref().is_none_or(|p| p.matches(event))
+        self.refuses(source, event).is_none()
+    }
+
+    /// Why its `source` or `event` filter keeps this event out, if one does.
+    fn refuses(&self, source: &str, event: &str) -> Option<Filter> {
+        if !(self.sources.is_empty() || self.sources.iter().any(|s| s == source)) {
+            Some(Filter::Source)
+        } else if !self.event.as_ref().is_none_or(|p| p.matches(event)) {
+            Some(Filter::Event)
+        } else {
+            None
+        }
+    }
+}
+
+/// A route filter that kept an event out.
+#[derive(Clone, Copy)]
+enum Filter {
+    Source,
+    Event,
+}
+
+/// A route that made no delivery of an event, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub route: String,
+    pub why: Skip,
+}
+
+/// Why a route made no delivery of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Its `source` names others.
+    Source { sources: Vec<String> },
+    /// Its `event` pattern does not match the event type.
+    Event { pattern: String, event: String },
+    /// Its `when` is false. `failing` is the first of its `and`-joined
+    /// conditions that is false, when it has more than one.
+    When {
+        when: String,
+        failing: Option<String>,
+    },
+    /// Its `each` gave no items.
+    NoItems { each: String },
+}
+
+impl Skip {
+    /// A short stable label (`source`, `event`, `when`, `each`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Skip::Source { .. } => "source",
+            Skip::Event { .. } => "event",
+            Skip::When { .. } => "when",
+            Skip::NoItems { .. } => "each",
+        }
+    }
+
+    /// Whether the route takes events of this source and type at all.
+    pub fn takes_the_event(&self) -> bool {
+        matches!(self, Skip::When { .. } | Skip::NoItems { .. })
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Source { sources } => {
+                write!(
+                    f,
+                    "it takes events from source `{}` only",
+                    sources.join("`, `")
+                )
+            }
+            Skip::Event { pattern, event } => {
+                write!(f, "its event = \"{pattern}\" does not match `{event}`")
+            }
+            Skip::When {
+                when,
+                failing: Some(part),
+            } => write!(
+                f,
+                "its when is false: `{part}` is false (when = \"{when}\")"
+            ),
+            Skip::When {
+                when,
+                failing: None,
+            } => write!(f, "its when is false (when = \"{when}\")"),
+            Skip::NoItems { each } => write!(f, "its each gave no items (each = \"{each}\")"),
+        }
     }
 }
 
@@ -61,8 +148,13 @@ pub enum ContentSpec {
     Default,
     /// An inline `message`, or a `template` file's text, to render;
     /// `json` when the file is named `*.json` (or `*.json.j2`): values are
-    /// then written as JSON.
-    Template { source: String, json: bool },
+    /// then written as JSON. `file`: the template file's path as written,
+    /// which render errors name (with the line in it).
+    Template {
+        source: String,
+        json: bool,
+        file: Option<String>,
+    },
     /// A ProdMatic action with templated fields.
     Action {
         action: String,
@@ -258,7 +350,7 @@ impl Routes {
             }
             let mut templates: Vec<(String, &String)> = match &spec.content {
                 ContentSpec::Default => Vec::new(),
-                ContentSpec::Template { source, json } => {
+                ContentSpec::Template { source, json, .. } => {
                     vec![(message_part(*json).to_owned(), source)]
                 }
                 ContentSpec::Action { fields, .. } => fields
@@ -314,14 +406,57 @@ impl Routes {
 
     /// Every delivery this event makes. Empty when no route matches.
     pub fn evaluate(&self, ctx: &EventContext) -> Vec<Outcome> {
+        self.run(ctx, None)
+    }
+
+    /// Every delivery this event makes, and every route that made none
+    /// with the reason (`hookgate route`).
+    pub fn explain(&self, ctx: &EventContext) -> (Vec<Outcome>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let out = self.run(ctx, Some(&mut skipped));
+        (out, skipped)
+    }
+
+    /// Evaluates every route; notes in `skipped`, when given, each route
+    /// that made no delivery (the router passes none: it only costs).
+    fn run(&self, ctx: &EventContext, mut skipped: Option<&mut Vec<Skipped>>) -> Vec<Outcome> {
         let mut out = Vec::new();
+        let explaining = skipped.is_some();
+        let mut skip = |spec: &RouteSpec, why: Skip| {
+            if let Some(s) = skipped.as_deref_mut() {
+                s.push(Skipped {
+                    route: spec.name.clone(),
+                    why,
+                });
+            }
+        };
         // Built once, and only if some route's filters let the event in.
         let mut base: Option<Value> = None;
-        for spec in self
-            .specs
-            .iter()
-            .filter(|s| s.admits(&ctx.source, &ctx.event))
-        {
+        for spec in &self.specs {
+            match spec.refuses(&ctx.source, &ctx.event) {
+                None => {}
+                Some(_) if !explaining => continue,
+                Some(Filter::Source) => {
+                    skip(
+                        spec,
+                        Skip::Source {
+                            sources: spec.sources.clone(),
+                        },
+                    );
+                    continue;
+                }
+                Some(Filter::Event) => {
+                    let pattern = spec.event.as_ref().map_or("", |p| p.as_str()).to_owned();
+                    skip(
+                        spec,
+                        Skip::Event {
+                            pattern,
+                            event: ctx.event.clone(),
+                        },
+                    );
+                    continue;
+                }
+            }
             let base: &Value = base.get_or_insert_with(|| Value::from_serialize(ctx));
             let failed = |error: String| {
                 spec.to
@@ -336,7 +471,19 @@ impl Routes {
             if let Some(when) = &spec.when {
                 match self.eval(when, base) {
                     Ok(v) if v.is_true() => {}
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        if explaining {
+                            let failing = self.failing_condition(when, base);
+                            skip(
+                                spec,
+                                Skip::When {
+                                    when: when.clone(),
+                                    failing,
+                                },
+                            );
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         out.extend(failed(format!("when: {e}")));
                         continue;
@@ -346,6 +493,10 @@ impl Routes {
             let items: Vec<(Option<usize>, Value)> = match &spec.each {
                 None => vec![(None, base.clone())],
                 Some(each) => match self.items(each, base) {
+                    Ok(items) if items.is_empty() => {
+                        skip(spec, Skip::NoItems { each: each.clone() });
+                        continue;
+                    }
                     Ok(items) => items
                         .into_iter()
                         .enumerate()
@@ -380,6 +531,17 @@ impl Routes {
 
     fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, minijinja::Error> {
         compile_expression(&self.env, expr)?.eval(ctx)
+    }
+
+    /// The first of a false `when`'s `and`-joined conditions that is
+    /// false (or fails), as written; `None` when it is a single condition.
+    fn failing_condition(&self, when: &str, ctx: &Value) -> Option<String> {
+        and_joined(when)?
+            .into_iter()
+            .find_map(|part| match self.eval(part, ctx) {
+                Ok(v) if v.is_true() => None,
+                _ => Some(part.to_owned()),
+            })
     }
 
     fn items(&self, each: &str, ctx: &Value) -> Result<Vec<Value>, String> {
@@ -466,8 +628,61 @@ impl Routes {
                     minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "not UTF-8")
                 })
             })
-            .map_err(|e| format!("{part}: {e}"))
+            .map_err(|e| match (&spec.content, part.starts_with("message")) {
+                // Name the file and the line in it, not the route's
+                // internal template name.
+                (
+                    ContentSpec::Template {
+                        file: Some(file), ..
+                    },
+                    true,
+                ) => {
+                    let what = match e.detail() {
+                        Some(d) => format!("{}: {d}", e.kind()),
+                        None => e.kind().to_string(),
+                    };
+                    match e.line() {
+                        Some(line) => format!("{part}: {what} (in {file}:{line})"),
+                        None => format!("{part}: {what} (in {file})"),
+                    }
+                }
+                _ => format!("{part}: {e}"),
+            })
     }
+}
+
+/// The conditions of an expression that is `a and b and …` at its top
+/// level, as written; `None` for anything else (one condition, or an
+/// `or` or `if` at the top level, where the parts do not decide alone).
+fn and_joined(expr: &str) -> Option<Vec<&str>> {
+    use minijinja::machinery::{tokenize, Token};
+    let mut depth = 0usize;
+    let mut cuts = Vec::new();
+    for token in tokenize(expr, true, Default::default(), Default::default()) {
+        let (token, span) = token.ok()?;
+        match token {
+            Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => depth += 1,
+            Token::ParenClose | Token::BracketClose | Token::BraceClose => {
+                depth = depth.saturating_sub(1)
+            }
+            Token::Ident("or" | "if") if depth == 0 => return None,
+            Token::Ident("and") if depth == 0 => {
+                cuts.push((span.start_offset as usize, span.end_offset as usize))
+            }
+            _ => {}
+        }
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut from = 0;
+    for (start, end) in cuts {
+        parts.push(expr.get(from..start)?.trim());
+        from = end;
+    }
+    parts.push(expr.get(from..)?.trim());
+    Some(parts)
 }
 
 /// The event context plus `item`.

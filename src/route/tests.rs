@@ -39,6 +39,7 @@ fn text(source: &str) -> ContentSpec {
     ContentSpec::Template {
         source: source.into(),
         json: false,
+        file: None,
     }
 }
 
@@ -241,6 +242,7 @@ fn json_template_files_escape_without_tojson() {
         ContentSpec::Template {
             source: r#"{"text": {{ payload.title }}, "n": {{ payload.n }}}"#.into(),
             json: true,
+            file: None,
         },
     );
     r.event = None;
@@ -393,4 +395,112 @@ fn an_expression_holding_a_closing_brace_pair_is_an_error_not_a_panic() {
     };
     let shown = format!("{errors:?}");
     assert!(shown.contains("holds no `}}`"), "{shown}");
+}
+
+/// `hookgate route` says why each route made nothing: its source, its
+/// event pattern, the first false condition of its `when`, an empty
+/// `each`. The deliveries are those `evaluate` makes.
+#[test]
+fn explain_names_the_filter_that_kept_each_route_out() {
+    let mut other_source = route("zendesk-only", ContentSpec::Default);
+    other_source.sources = vec!["zendesk".into()];
+    let mut other_event = route("pushes", ContentSpec::Default);
+    other_event.event = Some(EventPattern::new("push"));
+    let mut merged = route("merged", ContentSpec::Default);
+    merged.when = Some(
+        "payload.action == 'closed' and (payload.pull_request.merged or false) and payload.number > 1000"
+            .into(),
+    );
+    let mut single = route("single", ContentSpec::Default);
+    single.when = Some("payload.action == 'opened'".into());
+    let mut each = route("labels", ContentSpec::Default);
+    each.each = Some("payload.labels".into());
+    let fires = route("fires", ContentSpec::Default);
+    let routes =
+        Routes::compile(vec![other_source, other_event, merged, single, each, fires]).unwrap();
+    let event = ctx(
+        "github",
+        "pull_request",
+        serde_json::json!({"action": "closed", "pull_request": {"merged": true}, "number": 7, "labels": []}),
+    );
+    let (out, skipped) = routes.explain(&event);
+    assert_eq!(out, routes.evaluate(&event));
+    assert!(matches!(&out[..], [Outcome::Rendered { route, .. }] if route == "fires"));
+    let why: Vec<(&str, String)> = skipped
+        .iter()
+        .map(|s| (s.route.as_str(), s.why.to_string()))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("zendesk-only", "it takes events from source `zendesk` only".to_string()),
+            ("pushes", "its event = \"push\" does not match `pull_request`".into()),
+            (
+                "merged",
+                "its when is false: `payload.number > 1000` is false (when = \"payload.action == 'closed' and (payload.pull_request.merged or false) and payload.number > 1000\")".into()
+            ),
+            ("single", "its when is false (when = \"payload.action == 'opened'\")".into()),
+            ("labels", "its each gave no items (each = \"payload.labels\")".into()),
+        ]
+    );
+    assert_eq!(
+        skipped
+            .iter()
+            .map(|s| s.why.takes_the_event())
+            .collect::<Vec<_>>(),
+        [false, false, true, true, true]
+    );
+}
+
+/// Only a top-level `and` splits a `when` into conditions; `or` or `if`
+/// at the top, or an `and` inside brackets or a string, does not.
+#[test]
+fn and_joined_conditions_are_split_at_the_top_level_only() {
+    assert_eq!(
+        and_joined("a == 'x and y' and (b or c and d) and e | f('and')"),
+        Some(vec!["a == 'x and y'", "(b or c and d)", "e | f('and')"])
+    );
+    assert_eq!(and_joined("a and b or c"), None);
+    assert_eq!(and_joined("a and b if c else d"), None);
+    assert_eq!(and_joined("a == 1"), None);
+}
+
+/// A render error in a template file names the file and the line in it
+/// (not the route's internal template name); an inline message names
+/// the route and its part.
+#[test]
+fn a_template_file_render_error_names_the_file_and_line() {
+    let content = |file: Option<&str>| ContentSpec::Template {
+        source: "{\n  \"text\": {{ payload.n + 'x' }}\n}".into(),
+        json: true,
+        file: file.map(str::to_owned),
+    };
+    let mut in_file = route("card", content(Some("templates/card.teams.json")));
+    in_file.event = None;
+    let mut inline = route("inline", content(None));
+    inline.event = None;
+    let routes = Routes::compile(vec![in_file, inline]).unwrap();
+    let out = routes.evaluate(&ctx("github", "push", serde_json::json!({"n": 1})));
+    let errors: Vec<&str> = out
+        .iter()
+        .map(|o| match o {
+            Outcome::Failed { error, .. } => error.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        errors[0].starts_with("message.json: invalid operation"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].ends_with("(in templates/card.teams.json:2)"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].ends_with("(in inline/message.json:2)"),
+        "{}",
+        errors[1]
+    );
 }

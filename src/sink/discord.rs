@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::summary::summarize;
 use super::{
-    frozen_json, json_message, object, retry_after, text_message, Answer, ChatWebhook, Sink,
-    Verdict,
+    frozen_json, json_message, object, retry_after, text_message, Answer, ChatWebhook, Outgoing,
+    Sink, Verdict,
 };
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{discord_escape, truncate, web_url};
@@ -136,6 +136,10 @@ impl Sink for DiscordSink {
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
         Ok(frozen_json(&Value::Object(fit(msg))))
+    }
+
+    fn outgoing(&self, d: &DeliveryRecord, _now: SystemTime) -> Result<Outgoing, String> {
+        self.0.request(|u| with_wait(&u), d).map(Outgoing::Http)
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {

@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use serde_bytes::ByteBuf;
 
 use super::{
-    classify, configured, excerpt, exchange, no_answer, retry_after, Answer, Sink, Verdict,
+    classify, excerpt, exchange, no_answer, retry_after, Answer, Outgoing, Part, Request, Sink,
+    Verdict,
 };
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
@@ -39,6 +40,64 @@ impl HttpSink {
             signing,
             client,
         }
+    }
+
+    /// What an attempt at `d` made at `now` sends: the configured method
+    /// and headers, the Standard Webhooks headers when signing (the
+    /// signature shown redacted: anyone holding it could replay the
+    /// request within the receiver's window), then the frozen request.
+    fn request(&self, d: &DeliveryRecord, now: SystemTime) -> Result<Request, String> {
+        let frozen = d.frozen.as_ref().ok_or("nothing to send")?;
+        let mut headers: Vec<(String, Part)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                let value = if v.is_sensitive() || credential_header(k.as_str()) {
+                    Part::Secret {
+                        value: Secret::new(text),
+                        shown: "[redacted]".into(),
+                    }
+                } else {
+                    Part::Plain(text)
+                };
+                (k.as_str().to_owned(), value)
+            })
+            .collect();
+        match &self.signing {
+            None => {}
+            Some(Err(why)) => headers.push((
+                "webhook-signature".into(),
+                Part::Missing {
+                    what: "signing secret",
+                    why: why.clone(),
+                    shown: "[signing secret not set]".into(),
+                },
+            )),
+            Some(Ok(key)) => {
+                let id = message_id(&d.idempotency_key);
+                for (k, v) in
+                    crate::verify::standard::sign_headers(key.expose(), &id, now, &frozen.body)
+                {
+                    let value = if k == "webhook-signature" {
+                        Part::Secret {
+                            value: Secret::new(v),
+                            shown: "v1,[redacted]".into(),
+                        }
+                    } else {
+                        Part::Plain(v)
+                    };
+                    headers.push((k, value));
+                }
+            }
+        }
+        Ok(Request::new(
+            self.method.clone(),
+            Part::secret_url(&self.url, |u| u),
+            headers,
+            frozen,
+            &d.idempotency_key,
+        ))
     }
 }
 
@@ -79,40 +138,17 @@ impl Sink for HttpSink {
         })
     }
 
+    fn outgoing(&self, d: &DeliveryRecord, now: SystemTime) -> Result<Outgoing, String> {
+        self.request(d, now).map(Outgoing::Http)
+    }
+
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
-            let url = match configured(&self.url) {
-                Ok(u) => u,
-                Err(answer) => return answer,
+            let req = match self.request(d, SystemTime::now()) {
+                Ok(req) => req,
+                Err(why) => return no_answer(Verdict::Permanent(why)),
             };
-            let Some(frozen) = &d.frozen else {
-                return no_answer(Verdict::Permanent("nothing to send".into()));
-            };
-            let mut req = self.client.request(self.method.clone(), &url);
-            for (k, v) in &self.headers {
-                req = req.header(k, v);
-            }
-            match &self.signing {
-                None => {}
-                Some(Err(why)) => {
-                    return no_answer(Verdict::Retry {
-                        after: None,
-                        why: format!("signing secret not configured: {why}"),
-                    })
-                }
-                Some(Ok(key)) => {
-                    let id = message_id(&d.idempotency_key);
-                    for (k, v) in crate::verify::standard::sign_headers(
-                        key.expose(),
-                        &id,
-                        SystemTime::now(),
-                        &frozen.body,
-                    ) {
-                        req = req.header(k, v);
-                    }
-                }
-            }
-            match exchange(req, frozen, &d.idempotency_key).await {
+            match exchange(&self.client, req).await {
                 Err(answer) => answer,
                 Ok((status, headers, body)) => Answer {
                     verdict: classify(status, retry_after(&headers, SystemTime::now())),
@@ -123,4 +159,17 @@ impl Sink for HttpSink {
             }
         })
     }
+}
+
+/// Headers that carry credentials by their name: an `http` sink's
+/// `headers` may set one in the file, and it is shown redacted.
+fn credential_header(name: &str) -> bool {
+    const NAMES: [&str; 5] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "x-auth-token",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
 }

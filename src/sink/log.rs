@@ -7,14 +7,14 @@
 //! answering webhooks.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use super::{Answer, Sink, Verdict};
+use super::{Answer, Outgoing, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
 
@@ -30,6 +30,8 @@ struct Line {
 }
 
 pub struct LogSink {
+    /// The file; stdout when `None`.
+    to: Option<PathBuf>,
     lines: mpsc::SyncSender<Line>,
 }
 
@@ -64,7 +66,37 @@ impl LogSink {
                 }
             })
             .map_err(|e| format!("cannot start the log sink's writer: {e}"))?;
-        Ok(LogSink { lines })
+        Ok(LogSink {
+            to: path.map(Path::to_path_buf),
+            lines,
+        })
+    }
+
+    /// A sink that only says what it would write (`hookgate route`): it
+    /// opens nothing and has no writer, so a delivery to it would wait as
+    /// if its writer had stopped.
+    pub fn unopened(path: Option<&Path>) -> LogSink {
+        let (lines, _) = mpsc::sync_channel(0);
+        LogSink {
+            to: path.map(Path::to_path_buf),
+            lines,
+        }
+    }
+
+    /// The line a delivery writes: the frozen object with the delivery's
+    /// identity added.
+    fn line(d: &DeliveryRecord) -> Result<String, String> {
+        let frozen = d.frozen.as_ref().ok_or("nothing to send")?;
+        let mut line = match serde_json::from_slice::<serde_json::Value>(&frozen.body) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        line.insert("route".into(), d.route.clone().into());
+        line.insert("sink".into(), d.sink.clone().into());
+        line.insert("idempotency_key".into(), d.idempotency_key.clone().into());
+        let mut text = serde_json::Value::Object(line).to_string();
+        text.push('\n');
+        Ok(text)
     }
 }
 
@@ -93,21 +125,19 @@ impl Sink for LogSink {
         })
     }
 
+    fn outgoing(&self, d: &DeliveryRecord, _now: SystemTime) -> Result<Outgoing, String> {
+        Ok(Outgoing::Line {
+            to: self.to.clone(),
+            text: Self::line(d)?,
+        })
+    }
+
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
-            let Some(frozen) = &d.frozen else {
-                return super::no_answer(Verdict::Permanent("nothing to send".into()));
+            let text = match Self::line(d) {
+                Ok(text) => text,
+                Err(why) => return super::no_answer(Verdict::Permanent(why)),
             };
-            // One line: the frozen object with the delivery's identity added.
-            let mut line = match serde_json::from_slice::<serde_json::Value>(&frozen.body) {
-                Ok(serde_json::Value::Object(map)) => map,
-                _ => serde_json::Map::new(),
-            };
-            line.insert("route".into(), d.route.clone().into());
-            line.insert("sink".into(), d.sink.clone().into());
-            line.insert("idempotency_key".into(), d.idempotency_key.clone().into());
-            let mut text = serde_json::Value::Object(line).to_string();
-            text.push('\n');
             let (written, result) = oneshot::channel();
             match self.lines.try_send(Line { text, written }) {
                 Ok(()) => {}

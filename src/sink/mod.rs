@@ -1,5 +1,7 @@
 //! Sinks, one file each, one trait: `prepare` freezes what will be sent
-//! (at routing time), `send` makes one attempt and says what it means.
+//! (at routing time), `outgoing` says what an attempt does with it (the
+//! request, secrets marked), and `send` does exactly that once and says
+//! what the answer means. `hookgate route` shows `outgoing` without sending.
 
 pub mod discord;
 pub mod http;
@@ -9,11 +11,13 @@ pub mod slack;
 pub mod summary;
 pub mod teams;
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
+use crate::secret::Secret;
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +54,161 @@ pub struct Answer {
 pub trait Sink: Send + Sync {
     /// Freezes the request for `rendered` content of `event`.
     fn prepare(&self, rendered: &Rendered, event: &EventRecord) -> Result<Frozen, String>;
+    /// What an attempt at `d` made at `now` does: `send` does exactly
+    /// this. `Err` when the delivery has nothing to send.
+    fn outgoing(&self, d: &DeliveryRecord, now: SystemTime) -> Result<Outgoing, String>;
     /// One attempt to deliver `d`.
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer>;
 }
 
-/// Builds the sink a config describes.
+/// What one attempt at a delivery does.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Http(Request),
+    /// A line the log sink writes to its file (stdout when `None`).
+    Line {
+        to: Option<PathBuf>,
+        text: String,
+    },
+}
+
+/// An HTTP request as a sink sends it. Credentials are [`Part::Secret`],
+/// so what may be shown of it is at hand without them.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: ::http::Method,
+    pub url: Part,
+    /// In the order they are sent. The HTTP client adds `Host`,
+    /// `Content-Length` and `Accept: */*`.
+    pub headers: Vec<(String, Part)>,
+    pub body: bytes::Bytes,
+}
+
+/// Every request's `User-Agent`, unless a sink's `headers` set one.
+pub const USER_AGENT: &str = concat!("hookgate/", env!("CARGO_PKG_VERSION"));
+
+impl Request {
+    /// `method` to `url` with the sink's own `headers`, then the
+    /// delivery's: `Content-Type`, `Idempotency-Key`, the frozen headers,
+    /// and hookgate's `User-Agent` unless one is set already.
+    pub fn new(
+        method: ::http::Method,
+        url: Part,
+        mut headers: Vec<(String, Part)>,
+        frozen: &Frozen,
+        idempotency_key: &str,
+    ) -> Request {
+        let plain = |k: &str, v: &str| (k.to_owned(), Part::Plain(v.to_owned()));
+        headers.push(plain("Content-Type", &frozen.content_type));
+        headers.push(plain("Idempotency-Key", idempotency_key));
+        headers.extend(frozen.headers.iter().map(|(k, v)| plain(k, v)));
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+        {
+            headers.push(plain("User-Agent", USER_AGENT));
+        }
+        Request {
+            method,
+            url,
+            headers,
+            body: bytes::Bytes::copy_from_slice(&frozen.body),
+        }
+    }
+}
+
+/// A part of a request that may be, or hold, a credential.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Plain(String),
+    /// A credential, or a value holding one; `shown` is what may be printed.
+    Secret {
+        value: Secret,
+        shown: String,
+    },
+    /// A credential that is not set (`why`: as the config says it): no
+    /// attempt goes out; it waits, `what` is not configured. `shown`
+    /// stands in for it.
+    Missing {
+        what: &'static str,
+        why: String,
+        shown: String,
+    },
+}
+
+impl Part {
+    /// A URL that is itself the credential (chat webhooks, `http` sinks):
+    /// shown as its origin only. `adjust` makes the URL sent of the
+    /// configured one (Discord's `?wait=true`).
+    pub fn secret_url(url: &Result<Secret, String>, adjust: fn(String) -> String) -> Part {
+        match url {
+            Ok(u) => {
+                let sent = adjust(u.expose_str().unwrap_or_default().to_owned());
+                Part::Secret {
+                    shown: redact_url(&sent),
+                    value: Secret::new(sent),
+                }
+            }
+            Err(why) => Part::Missing {
+                what: "sink",
+                why: why.clone(),
+                shown: "[secret not set]".into(),
+            },
+        }
+    }
+
+    /// What may be printed of it.
+    pub fn shown(&self) -> &str {
+        match self {
+            Part::Plain(s) => s,
+            Part::Secret { shown, .. } | Part::Missing { shown, .. } => shown,
+        }
+    }
+
+    /// The value to send, or the answer of an attempt that cannot go out.
+    fn sendable(&self) -> Result<&str, Answer> {
+        match self {
+            Part::Plain(s) => Ok(s),
+            Part::Secret { value, .. } => Ok(value.expose_str().unwrap_or_default()),
+            Part::Missing { what, why, .. } => Err(no_answer(Verdict::Retry {
+                after: None,
+                why: format!("{what} not configured: {why}"),
+            })),
+        }
+    }
+}
+
+/// A credential URL as it may be shown: scheme, host and port; the rest
+/// (and any user info) `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<::http::Uri>() else {
+        return "[redacted]".into();
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return "[redacted]".into();
+    };
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = uri.authority().is_some_and(|a| a.as_str().contains('@'))
+        || uri.path_and_query().is_some_and(|p| p.as_str() != "/");
+    let rest = if hidden { "/[redacted]" } else { "/" };
+    format!("{scheme}://{host}{port}{rest}")
+}
+
+/// Builds the sink a config describes, to deliver.
 pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
+    build_as(config, true)
+}
+
+/// Builds the sink a config describes only to prepare and show requests
+/// (`hookgate route`): a log sink opens no file and starts no writer.
+pub fn build_to_show(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
+    build_as(config, false)
+}
+
+fn build_as(config: &SinkConfig, deliver: bool) -> Result<Box<dyn Sink>, String> {
     Ok(match &config.kind {
-        SinkKind::Log { path } => Box::new(log::LogSink::open(path.as_deref())?),
+        SinkKind::Log { path } if deliver => Box::new(log::LogSink::open(path.as_deref())?),
+        SinkKind::Log { path } => Box::new(log::LogSink::unopened(path.as_deref())),
         SinkKind::Http {
             url,
             method,
@@ -104,7 +255,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("hookgate/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
@@ -119,32 +270,25 @@ pub fn no_answer(verdict: Verdict) -> Answer {
     }
 }
 
-/// The URL (or token) of a sink whose credential is a secret, or the
-/// verdict when it is missing (deliveries wait and retry until it is set).
-pub fn configured(secret: &Result<crate::secret::Secret, String>) -> Result<String, Answer> {
-    match secret {
-        Ok(u) => Ok(u.expose_str().unwrap_or_default().to_owned()),
-        Err(why) => Err(no_answer(Verdict::Retry {
-            after: None,
-            why: format!("sink not configured: {why}"),
-        })),
-    }
-}
-
-/// Sends a frozen request and reads the answer. Transport failures are
-/// retryable; the URL is never echoed (for chat sinks it is the credential).
+/// Sends a request and reads the answer. Transport failures are
+/// retryable; a credential that is not set sends nothing and waits; the
+/// URL is never echoed (for chat sinks it is the credential).
 pub async fn exchange(
-    req: reqwest::RequestBuilder,
-    frozen: &Frozen,
-    key: &str,
+    client: &reqwest::Client,
+    req: Request,
 ) -> Result<(u16, ::http::HeaderMap, bytes::Bytes), Answer> {
-    let mut req = req
-        .header(::http::header::CONTENT_TYPE, &frozen.content_type)
-        .header("Idempotency-Key", key);
-    for (k, v) in &frozen.headers {
-        req = req.header(k.as_str(), v.as_str());
+    let mut builder = client.request(req.method.clone(), req.url.sendable()?);
+    for (name, value) in &req.headers {
+        let text = value.sendable()?;
+        builder = match (value, ::http::HeaderValue::from_str(text)) {
+            (Part::Secret { .. }, Ok(mut v)) => {
+                v.set_sensitive(true);
+                builder.header(name.as_str(), v)
+            }
+            _ => builder.header(name.as_str(), text),
+        };
     }
-    match req.body(frozen.body.to_vec()).send().await {
+    match builder.body(req.body).send().await {
         Err(e) => {
             let why = if e.is_timeout() {
                 "timeout"
@@ -201,22 +345,36 @@ impl ChatWebhook {
         ChatWebhook { url, client }
     }
 
-    /// One attempt: POST the frozen request to the URL, `url_for`
-    /// adjusting it, and let `judge` read the answer.
+    /// What an attempt at `d` sends: the frozen request POSTed to the
+    /// URL, `url_for` adjusting it.
+    pub fn request(
+        &self,
+        url_for: fn(String) -> String,
+        d: &DeliveryRecord,
+    ) -> Result<Request, String> {
+        let frozen = d.frozen.as_ref().ok_or("nothing to send")?;
+        Ok(Request::new(
+            ::http::Method::POST,
+            Part::secret_url(&self.url, url_for),
+            Vec::new(),
+            frozen,
+            &d.idempotency_key,
+        ))
+    }
+
+    /// One attempt: sends [`ChatWebhook::request`] and lets `judge` read
+    /// the answer.
     pub async fn post(
         &self,
         url_for: fn(String) -> String,
         d: &DeliveryRecord,
         judge: Judge,
     ) -> Answer {
-        let url = match configured(&self.url) {
-            Ok(u) => url_for(u),
-            Err(answer) => return answer,
+        let req = match self.request(url_for, d) {
+            Ok(req) => req,
+            Err(why) => return no_answer(Verdict::Permanent(why)),
         };
-        let Some(frozen) = &d.frozen else {
-            return no_answer(Verdict::Permanent("nothing to send".into()));
-        };
-        match exchange(self.client.post(&url), frozen, &d.idempotency_key).await {
+        match exchange(&self.client, req).await {
             Err(answer) => answer,
             Ok((status, headers, body)) => {
                 let (verdict, pause) = judge(status, &headers, &body);
@@ -332,6 +490,27 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL that is a credential shows its origin only.
+    #[test]
+    fn credential_urls_show_their_origin_only() {
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T1/B1/x"),
+            "https://hooks.slack.com/[redacted]"
+        );
+        assert_eq!(
+            redact_url("https://user:pw@example.com:8443/in?token=abc"),
+            "https://example.com:8443/[redacted]"
+        );
+        assert_eq!(redact_url("https://example.com/"), "https://example.com/");
+        assert_eq!(redact_url("not a url"), "[redacted]");
+        let missing = Part::secret_url(&Err("env:X is not set".into()), |u| u);
+        assert_eq!(missing.shown(), "[secret not set]");
+        assert!(matches!(
+            missing.sendable(),
+            Err(Answer { verdict: Verdict::Retry { why, .. }, .. }) if why == "sink not configured: env:X is not set"
+        ));
+    }
 
     #[test]
     fn statuses_mean_what_webhook_senders_expect() {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::{
-    classify, configured, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Sink,
-    Verdict,
+    classify, excerpt, exchange, frozen_json, no_answer, retry_after, Answer, Outgoing, Part,
+    Request, Sink, Verdict,
 };
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
@@ -41,6 +41,36 @@ impl ProdmaticSink {
             product,
             client,
         }
+    }
+
+    /// What an attempt at `d` sends: the frozen method and path under
+    /// `base_url`, with the bearer token.
+    fn request(&self, d: &DeliveryRecord) -> Result<Request, String> {
+        let frozen = d.frozen.as_ref().ok_or("nothing to send")?;
+        let method = frozen
+            .method
+            .as_deref()
+            .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or(http::Method::POST);
+        let url = format!("{}{}", self.base_url, frozen.path.as_deref().unwrap_or(""));
+        let auth = match &self.token {
+            Ok(t) => Part::Secret {
+                value: Secret::new(format!("Bearer {}", t.expose_str().unwrap_or_default())),
+                shown: "Bearer [redacted]".into(),
+            },
+            Err(why) => Part::Missing {
+                what: "sink",
+                why: why.clone(),
+                shown: "Bearer [secret not set]".into(),
+            },
+        };
+        Ok(Request::new(
+            method,
+            Part::Plain(url),
+            vec![("Authorization".into(), auth)],
+            frozen,
+            &d.idempotency_key,
+        ))
     }
 }
 
@@ -108,23 +138,17 @@ impl Sink for ProdmaticSink {
         })
     }
 
+    fn outgoing(&self, d: &DeliveryRecord, _now: SystemTime) -> Result<Outgoing, String> {
+        self.request(d).map(Outgoing::Http)
+    }
+
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
-            let token = match configured(&self.token) {
-                Ok(t) => t,
-                Err(answer) => return answer,
+            let req = match self.request(d) {
+                Ok(req) => req,
+                Err(why) => return no_answer(Verdict::Permanent(why)),
             };
-            let Some(frozen) = &d.frozen else {
-                return no_answer(Verdict::Permanent("nothing to send".into()));
-            };
-            let method = frozen
-                .method
-                .as_deref()
-                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                .unwrap_or(http::Method::POST);
-            let url = format!("{}{}", self.base_url, frozen.path.as_deref().unwrap_or(""));
-            let req = self.client.request(method, &url).bearer_auth(token);
-            match exchange(req, frozen, &d.idempotency_key).await {
+            match exchange(&self.client, req).await {
                 Err(answer) => answer,
                 Ok((status, headers, body)) => {
                     let now = SystemTime::now();

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::summary::summarize;
-use super::{frozen_json, json_message, retry_after, Answer, ChatWebhook, Sink, Verdict};
+use super::{frozen_json, json_message, retry_after, Answer, ChatWebhook, Outgoing, Sink, Verdict};
 use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::filters::{truncate, web_url};
 use crate::route::Rendered;
@@ -200,6 +200,10 @@ impl Sink for TeamsSink {
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
         Ok(frozen_json(&message))
+    }
+
+    fn outgoing(&self, d: &DeliveryRecord, _now: SystemTime) -> Result<Outgoing, String> {
+        self.0.request(|u| u, d).map(Outgoing::Http)
     }
 
     fn send<'a>(&'a self, d: &'a DeliveryRecord) -> BoxFuture<'a, Answer> {

@@ -780,3 +780,632 @@ fn route_tests_naming_a_route_the_config_lacks_fail() {
         )
     );
 }
+
+/// The shipped config's secrets: `hookgate route` tests set the ones they
+/// mean to and no other.
+const SHIPPED_SECRETS: [&str; 10] = [
+    "GITHUB_WEBHOOK_SECRET",
+    "GITLAB_WEBHOOK_TOKEN",
+    "JIRA_WEBHOOK_SECRET",
+    "FIGMA_WEBHOOK_PASSCODE",
+    "ZENDESK_WEBHOOK_SECRET",
+    "INTERCOM_CLIENT_SECRET",
+    "SLACK_WEBHOOK_URL",
+    "TEAMS_WORKFLOW_URL",
+    "DISCORD_WEBHOOK_URL",
+    "PRODMATIC_API_TOKEN",
+];
+
+/// `hookgate --config CONFIG route ARGS` with `env` set (and the shipped
+/// secrets unset otherwise), `stdin` piped in when given.
+fn route(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(binary());
+    for name in SHIPPED_SECRETS {
+        cmd.env_remove(name);
+    }
+    cmd.env_remove("CREDENTIALS_DIRECTORY")
+        .envs(env.iter().copied())
+        .arg("--config")
+        .arg(config)
+        .arg("route")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn shipped() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml")
+}
+
+fn sample_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples/github")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// What Slack gets for the bundled merged pull request from the shipped
+/// `merged-prs-slack` route: the bytes `routes.test.toml` checks the text
+/// of, as the Slack sink freezes them.
+const MERGED_PR_SLACK_BODY: &str = r#"{"text":":rocket: *Add CSV export [FEAT-123]* merged into `acme/widgets` by lee-marsh <https://github.com/acme/widgets/pull/218|#218>"}"#;
+
+/// Issue #11 item 5: the shipped config, a merged pull request: Slack's
+/// request with its exact body bytes and its URL (the credential)
+/// redacted; a sink whose secret is not set is still shown, and said to
+/// be held. Nothing is sent: the Slack URL points nowhere reachable.
+#[test]
+fn route_shows_the_exact_slack_request_for_a_merged_pull_request() {
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "github",
+            "--event",
+            "pull_request",
+            "--payload",
+            &sample_file("pull_request.json"),
+        ],
+        &[(
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.com/services/T0SECRET/B0SECRET/sekrit",
+        )],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("github `pull_request` (delivery dry-run): 4 route(s) fire, 5 deliveries; nothing was sent or queued\n"),
+        "{stdout}"
+    );
+    let slack = format!(
+        "== merged-prs-slack -> product-updates (slack)\n\
+         POST https://hooks.slack.com/[redacted]\n\
+         Content-Type: application/json\n\
+         Idempotency-Key: evt_0000000000000000-0000000000000000.merged-prs-slack.product-updates\n\
+         User-Agent: hookgate/{}\n\
+         body ({} bytes):\n{MERGED_PR_SLACK_BODY}\n",
+        env!("CARGO_PKG_VERSION"),
+        MERGED_PR_SLACK_BODY.len()
+    );
+    assert!(stdout.contains(&slack), "{stdout}");
+    for secret in ["T0SECRET", "B0SECRET", "sekrit"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("== merged-prs-teams -> teams-product (teams)\nPOST [secret not set]\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("secret missing: secret env:TEAMS_WORKFLOW_URL is unavailable"),
+        "{stdout}"
+    );
+    // The source's own secret is not set either: said, and not in the way.
+    assert!(
+        stderr.contains("note: source `github` has no secret here"),
+        "{stderr}"
+    );
+}
+
+/// The body `hookgate route` shows is the body the Slack sink sends
+/// (`sinks::slack_gets_a_default_message_and_no_service_disables_it`
+/// receives the same text from the same config and sample), here with the
+/// source's secret set.
+#[test]
+fn route_shows_the_slack_body_the_sink_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    let text = with_secrets(
+        dir.path(),
+        r#"
+[sources.github]
+provider = "github"
+secret = { file = "{dir}/github" }
+
+[sinks.chat]
+kind = "slack"
+url = "https://hooks.slack.com/services/T1/B1/x"
+
+[[routes]]
+name = "prs"
+source = "github"
+event = "pull_request"
+to = ["chat"]
+"#,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = route(
+        &config,
+        &[
+            "--source",
+            "github",
+            "--event",
+            "pull_request",
+            "--payload",
+            &sample_file("pull_request.json"),
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["notes"], serde_json::json!([]));
+    let d = &v["routes"][0]["deliveries"][0];
+    assert_eq!(d["url"], "https://hooks.slack.com/[redacted]");
+    assert_eq!(
+        d["body"].as_str().unwrap(),
+        serde_json::json!({ "text": SLACK_DEFAULT_PR_TEXT }).to_string()
+    );
+}
+
+/// A push on the shipped config: no chat route takes it; one ProdMatic
+/// update per commit naming a feature, each body byte for byte, with the
+/// token redacted (here: not set).
+#[test]
+fn route_shows_each_prodmatic_request_for_a_push() {
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "github",
+            "--event",
+            "push",
+            "--payload",
+            &sample_file("push.json"),
+        ],
+        &[],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let first = r#"{"externalLinks":[{"title":"Add streaming CSV writer for report export [FEAT-123]","type":"commit","url":"https://github.com/acme/widgets/commit/2f22765d04931a078909145ca628d2264c852d7d"}]}"#;
+    let second = r#"{"externalLinks":[{"title":"Wire CSV export into reports endpoint [FEAT-123] [CLOSES]","type":"commit","url":"https://github.com/acme/widgets/commit/6b1f53303a732ccc8c6aae6640399827c15250e3"}],"status":"COMPLETED"}"#;
+    for (item, body) in [(0, first), (1, second)] {
+        let expected = format!(
+            "== commits-link-features -> prodmatic (prodmatic), item {item}, order key FEAT-123\n\
+             PATCH https://api.prodmatic.com/v1/organizations/org123/products/prod456/features/FEAT-123\n\
+             Authorization: Bearer [secret not set]\n\
+             Content-Type: application/json\n\
+             Idempotency-Key: evt_0000000000000000-0000000000000000.commits-link-features.prodmatic.{item}\n\
+             User-Agent: hookgate/{}\n\
+             secret missing: secret env:PRODMATIC_API_TOKEN is unavailable",
+            env!("CARGO_PKG_VERSION"),
+        );
+        assert!(stdout.contains(&expected), "{stdout}");
+        assert!(
+            stdout.contains(&format!("body ({} bytes):\n{body}\n", body.len())),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("== log-everything -> stdout (log)\nwrites to stdout"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("(slack)"), "{stdout}");
+}
+
+/// `--json`: one object of a stable shape, per delivery its sink, kind,
+/// method, URL, headers, body and idempotency key.
+#[test]
+fn route_json_has_a_stable_shape() {
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "github",
+            "--event",
+            "pull_request",
+            "--payload",
+            &sample_file("pull_request.json"),
+            "--json",
+        ],
+        &[(
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.com/services/T0SECRET/B0SECRET/sekrit",
+        )],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains("sekrit"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&v),
+        [
+            "delivery_id",
+            "event",
+            "fired",
+            "not_fired",
+            "notes",
+            "provider",
+            "routes",
+            "source"
+        ]
+    );
+    assert_eq!(
+        (&v["source"], &v["event"], &v["delivery_id"], &v["fired"]),
+        (
+            &"github".into(),
+            &"pull_request".into(),
+            &"dry-run".into(),
+            &true.into()
+        )
+    );
+    let names: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "log-everything",
+            "merged-prs-slack",
+            "merged-prs-teams",
+            "merged-prs-discord"
+        ]
+    );
+    let slack = &v["routes"][1]["deliveries"][0];
+    assert_eq!(
+        keys(slack),
+        [
+            "body",
+            "error",
+            "headers",
+            "idempotency_key",
+            "item",
+            "kind",
+            "method",
+            "missing_secrets",
+            "order_key",
+            "sink",
+            "url",
+            "writes_to"
+        ]
+    );
+    assert_eq!(
+        slack,
+        &serde_json::json!({
+            "sink": "product-updates",
+            "kind": "slack",
+            "item": null,
+            "order_key": null,
+            "idempotency_key": "evt_0000000000000000-0000000000000000.merged-prs-slack.product-updates",
+            "error": null,
+            "method": "POST",
+            "url": "https://hooks.slack.com/[redacted]",
+            "writes_to": null,
+            "headers": [
+                {"name": "Content-Type", "value": "application/json"},
+                {"name": "Idempotency-Key", "value": "evt_0000000000000000-0000000000000000.merged-prs-slack.product-updates"},
+                {"name": "User-Agent", "value": concat!("hookgate/", env!("CARGO_PKG_VERSION"))},
+            ],
+            "body": MERGED_PR_SLACK_BODY,
+            "missing_secrets": [],
+        })
+    );
+    let log = &v["routes"][1]["deliveries"][1];
+    assert_eq!(
+        (&log["kind"], &log["method"], &log["writes_to"]),
+        (&"log".into(), &serde_json::Value::Null, &"stdout".into())
+    );
+    assert!(
+        log["body"]
+            .as_str()
+            .unwrap()
+            .ends_with("\"source\":\"github\"}\n"),
+        "{log}"
+    );
+    let teams = &v["routes"][2]["deliveries"][0];
+    assert_eq!(teams["url"], "[secret not set]");
+    assert!(teams["missing_secrets"][0]
+        .as_str()
+        .unwrap()
+        .contains("TEAMS_WORKFLOW_URL"));
+    let zendesk = v["not_fired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["route"] == "tickets-become-feedback")
+        .unwrap();
+    assert_eq!(zendesk["reason"], "source");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("has no secret here"),
+        "{v}"
+    );
+}
+
+/// When nothing fires, it says why in an operator's words: the route
+/// whose `when` is false and the condition that is, or that no route
+/// takes the event at all. Exit 0: that is an answer. Nothing is written:
+/// no data_dir, no log sink file.
+#[test]
+fn route_says_why_nothing_fires_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+data_dir = "{d}/data"
+
+[sources.github]
+provider = "github"
+secret = {{ env = "HOOKGATE_IT_UNSET_SECRET" }}
+
+[sinks.audit]
+kind = "log"
+path = "{d}/audit.jsonl"
+
+[[routes]]
+name = "merged"
+source = "github"
+event = "pull_request"
+when = "payload.pull_request.merged and payload.action == 'closed'"
+to = ["audit"]
+
+[[routes]]
+name = "pushes"
+source = "github"
+event = "push"
+to = ["audit"]
+"#,
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let payload = dir.path().join("opened.json");
+    std::fs::write(
+        &payload,
+        r#"{"action": "opened", "pull_request": {"merged": false}}"#,
+    )
+    .unwrap();
+    let payload = payload.display().to_string();
+    let run = |event: &str| {
+        let out = route(
+            &config,
+            &[
+                "--source",
+                "github",
+                "--event",
+                event,
+                "--payload",
+                &payload,
+            ],
+            &[],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run("pull_request"),
+        "github `pull_request` (delivery dry-run): nothing fires: 1 route(s) take `pull_request` events from source `github`, and none matched\n\
+         \n\
+         did not fire:\n  \
+         merged: its when is false: `payload.pull_request.merged` is false (when = \"payload.pull_request.merged and payload.action == 'closed'\")\n  \
+         pushes: its event = \"push\" does not match `pull_request`\n"
+    );
+    let issues = run("issues");
+    assert!(
+        issues.starts_with("github `issues` (delivery dry-run): nothing fires: no route takes `issues` events from source `github`\n"),
+        "{issues}"
+    );
+    assert!(
+        issues.contains("  merged: its event = \"pull_request\" does not match `issues`\n"),
+        "{issues}"
+    );
+    // A route to the log sink fires: it is shown, not written.
+    let pushed = run("push");
+    assert!(
+        pushed.contains(&format!(
+            "== pushes -> audit (log)\nwrites to {}/audit.jsonl",
+            dir.path().display()
+        )),
+        "{pushed}"
+    );
+    assert!(
+        !dir.path().join("audit.jsonl").exists(),
+        "the log sink's file was created"
+    );
+    assert!(!dir.path().join("data").exists(), "data_dir was created");
+}
+
+/// A source the config lacks: the closest one is suggested; exit 2.
+#[test]
+fn route_to_an_unknown_source_suggests_the_closest() {
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "githb",
+            "--event",
+            "push",
+            "--payload",
+            &sample_file("push.json"),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "hookgate route: no source `githb` in the config: did you mean `github`?"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// A payload file that is not there is named, with the reason; exit 1.
+#[test]
+fn route_with_a_missing_payload_file_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.json");
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "github",
+            "--event",
+            "push",
+            "--payload",
+            &missing.display().to_string(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "hookgate: cannot read the payload file {}: No such file or directory",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// `--payload -` reads the payload from stdin.
+#[test]
+fn route_reads_the_payload_from_stdin() {
+    let body = std::fs::read(sample_file("push.json")).unwrap();
+    let out = route(
+        &shipped(),
+        &[
+            "--source",
+            "github",
+            "--event",
+            "push",
+            "--payload",
+            "-",
+            "--json",
+        ],
+        &[],
+        Some(&body),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deliveries = &v["routes"][1]["deliveries"];
+    assert_eq!(v["routes"][1]["name"], "commits-link-features");
+    assert_eq!(deliveries.as_array().unwrap().len(), 2);
+    assert_eq!(
+        deliveries[1]["body"],
+        r#"{"externalLinks":[{"title":"Wire CSV export into reports endpoint [FEAT-123] [CLOSES]","type":"commit","url":"https://github.com/acme/widgets/commit/6b1f53303a732ccc8c6aae6640399827c15250e3"}],"status":"COMPLETED"}"#
+    );
+    // The log line counts the payload's bytes: all of stdin arrived.
+    let line: serde_json::Value =
+        serde_json::from_str(v["routes"][0]["deliveries"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(line["bytes"], body.len());
+}
+
+/// A template that fails is shown with its file and line, the other
+/// routes still render, and the exit code is 1.
+#[test]
+fn route_shows_a_template_error_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    std::fs::write(
+        dir.path().join("templates/pr.slack.json"),
+        "{\n  \"text\": {{ payload.pull_request.title }},\n  \"n\": {{ payload.number + 'x' }}\n}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        r#"[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_IT_UNSET_SECRET" }
+
+[sinks.chat]
+kind = "slack"
+url = { env = "HOOKGATE_IT_UNSET_URL" }
+
+[[routes]]
+name = "card"
+source = "github"
+to = ["chat"]
+template = "templates/pr.slack.json"
+
+[[routes]]
+name = "plain"
+source = "github"
+to = ["chat"]
+"#,
+    )
+    .unwrap();
+    let out = route(
+        &config,
+        &[
+            "--source",
+            "github",
+            "--event",
+            "pull_request",
+            "--payload",
+            &sample_file("pull_request.json"),
+        ],
+        &[],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("== card -> chat (slack)\nFAILED: template: message.json: invalid operation: tried to use + operator on unsupported types number and string (in templates/pr.slack.json:3)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("== plain -> chat (slack)\nPOST [secret not set]\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 delivery(ies) could not be made"),
+        "{stdout}"
+    );
+}

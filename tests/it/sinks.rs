@@ -49,10 +49,7 @@ async fn slack_gets_a_default_message_and_no_service_disables_it() {
     assert_eq!(got[0].path, "/services/T1/B1/x");
     assert_eq!(got[0].headers["content-type"], "application/json");
     let v: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
-    assert_eq!(
-        v,
-        serde_json::json!({"text": "*acme/widgets*: lee-marsh merged pull request #218: Add CSV export [FEAT-123] <https://github.com/acme/widgets/pull/218|open>"})
-    );
+    assert_eq!(v, serde_json::json!({ "text": SLACK_DEFAULT_PR_TEXT }));
 
     rx.script([Reply {
         body: "no_service".into(),

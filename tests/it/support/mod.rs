@@ -33,6 +33,11 @@ pub const SECRETS: &[(&str, &str)] = &[
     ("standard", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
 ];
 
+/// The text of Slack's default message for the bundled merged pull
+/// request: what the Slack sink sends (`sinks.rs`) and what `hookgate
+/// route` shows it would send (`cli.rs`).
+pub const SLACK_DEFAULT_PR_TEXT: &str = "*acme/widgets*: lee-marsh merged pull request #218: Add CSV export [FEAT-123] <https://github.com/acme/widgets/pull/218|open>";
+
 /// One source per provider; `{dir}` is the secrets directory.
 pub const ALL_SOURCES: &str = r#"
 [sources.github]
