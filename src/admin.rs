@@ -5,14 +5,22 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /api/openapi.json` | this table, as OpenAPI 3.0 (`openapi.rs`) |
 //! | `GET /api/queue/stats` | counts by state |
-//! | `GET /api/dead` | dead deliveries, summarised |
+//! | `GET /api/events`, `GET /api/events/{id}` | events searched; one with its deliveries |
+//! | `GET /api/deliveries` | deliveries searched (pending, delivered, dead) |
+//! | `GET /api/dead` | dead deliveries searched |
 //! | `GET /api/dead/{id}` | one, with its attempt history |
-//! | `POST /api/dead/{id}/replay`, `POST /api/dead/replay` | requeue one or all |
+//! | `POST /api/dead/{id}/replay`, `POST /api/dead/replay` | requeue one, or those a filter selects |
+//! | `POST /api/reroute` | route kept events again, making what is missing |
 //!
-//! Every request passes [`Guard`] first (`Host`, token, CSRF).
+//! Every request passes [`Guard`] first (`Host`, token, CSRF). Searches
+//! and filters are `lookup.rs`, their query strings `query.rs`.
 
 mod guard;
+pub mod lookup;
+pub mod openapi;
+pub mod query;
 
 pub use guard::{Guard, Refused, CSRF_HEADER};
 
@@ -34,6 +42,8 @@ pub struct Admin {
     pub queue: Arc<dyn Queue>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The routes in force, for re-routing.
+    pub routes: Arc<crate::live::Live<crate::route::Routes>>,
 }
 
 /// A dead delivery, as `dead list` shows it.
@@ -66,6 +76,28 @@ impl DeadSummary {
             last_status: d.last_status(),
             reason: d.reason.clone().unwrap_or_default(),
             dead_at: humantime::format_rfc3339_seconds(at).to_string(),
+        }
+    }
+}
+
+impl DeadSummary {
+    /// The same, from a search's answer.
+    pub fn of_item(d: &lookup::DeliveryItem) -> DeadSummary {
+        DeadSummary {
+            id: d.id,
+            source: d.source.clone(),
+            event: d.event.clone(),
+            delivery_id: d.delivery_id.clone(),
+            route: d.route.clone(),
+            sink: d.sink.clone(),
+            attempts: d.attempts.len(),
+            last_status: d.attempts.last().and_then(|a| a.status),
+            reason: d.reason.clone().unwrap_or_default(),
+            dead_at: d
+                .dead_at
+                .as_deref()
+                .map(|t| t.split('.').next().unwrap_or(t).to_owned() + "Z")
+                .unwrap_or_default(),
         }
     }
 }
@@ -161,12 +193,18 @@ impl Admin {
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
-            (&Method::GET, ["api", "dead"]) => result(
-                self.queue
-                    .dead_letters(None, usize::MAX)
-                    .await
-                    .map(|all| all.iter().map(DeadSummary::of).collect::<Vec<_>>()),
-            ),
+            (&Method::GET, ["api", "openapi.json"]) => {
+                json(StatusCode::OK, &openapi::document())
+            }
+            (&Method::GET, ["api", "events"]) => self.search_events(req.uri().query()).await,
+            (&Method::GET, ["api", "events", id]) => self.show_event(id).await,
+            (&Method::GET, ["api", "deliveries"]) => {
+                self.search_deliveries(req.uri().query(), false).await
+            }
+            (&Method::GET, ["api", "dead"]) => {
+                self.search_deliveries(req.uri().query(), true).await
+            }
+            (&Method::POST, ["api", "reroute"]) => self.reroute(req.uri().query()).await,
             (&Method::GET, ["api", "dead", id]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),
                 Ok(id) => match self.queue.dead_letter(id).await {
@@ -176,7 +214,7 @@ impl Admin {
                 },
             },
             (&Method::POST, ["api", "dead", "replay"]) => {
-                result(self.dispatcher.replay(None).await)
+                self.replay_where(req.uri().query()).await
             }
             (&Method::POST, ["api", "dead", id, "replay"]) => match id.parse::<u64>() {
                 Err(_) => error(StatusCode::BAD_REQUEST, "the id is a number"),

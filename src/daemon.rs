@@ -501,6 +501,7 @@ pub async fn serve(
     );
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(queue.clone(), sinks.clone(), wake.clone(), metrics.clone());
+    let routes = Arc::new(Live::new(config.routes));
     let admin_task = serve_admin(
         admin,
         &config.server,
@@ -512,6 +513,7 @@ pub async fn serve(
             queue: queue.clone(),
             dispatcher: dispatcher.clone(),
             metrics: metrics.clone(),
+            routes: routes.clone(),
         },
         shutdown.clone(),
     );
@@ -533,7 +535,6 @@ pub async fn serve(
     });
     // Routing and delivery stop after ingress: what was accepted during the
     // drain is routed at the next start (it is in the log).
-    let routes = Arc::new(Live::new(config.routes));
     let swappable = Swappable {
         running: running_server,
         queue: config.queue,

@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod reroute;
 pub mod route;
 pub mod router;
 pub mod routetest;

@@ -37,6 +37,31 @@ impl AdminClient {
         AdminClient::new(server.admin_listen, token)
     }
 
+    /// The daemon of the config file at `path`, read for the admin
+    /// listener's address and token alone (the rest may have mistakes).
+    pub(super) fn from_file(path: &std::path::Path) -> anyhow::Result<AdminClient> {
+        let resolver = crate::config::secrets::Resolver::from_env();
+        let (listen, token) = crate::config::admin_of(path, &resolver).map_err(anyhow::Error::msg)?;
+        Ok(AdminClient::new(listen, token.as_ref()))
+    }
+
+    /// `GET path`, the answer read as JSON; no daemon answering is an error.
+    pub(super) async fn must_get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get(path).await?.ok_or_else(|| self.nobody())
+    }
+
+    /// `POST path`, the answer read as JSON; no daemon answering is an error.
+    pub(super) async fn must_post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.post(path).await?.ok_or_else(|| self.nobody())
+    }
+
+    fn nobody(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no daemon answers on {} (server.admin_listen): start it with `hookgate serve`, or point --config at the file it runs with",
+            self.listen
+        )
+    }
+
     /// The body of a 2xx answer; `None` when nothing listens there (no
     /// daemon runs); any other answer is an error with the API's message.
     pub(super) async fn request(

@@ -10,6 +10,8 @@
 
 mod admin_client;
 mod check;
+mod events;
+mod filters;
 mod queue;
 mod route;
 mod send;
@@ -69,6 +71,16 @@ enum Command {
         #[command(subcommand)]
         what: queue::Command,
     },
+    /// Find events, see what became of them, route them again.
+    Events {
+        #[command(subcommand)]
+        what: events::Command,
+    },
+    /// Find deliveries: pending, delivered or dead.
+    Deliveries {
+        #[command(subcommand)]
+        what: events::DeliveriesCommand,
+    },
 }
 
 /// Runs the command the arguments name; `Err` is printed by `main` with
@@ -86,6 +98,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route(args) => route::run(config, args),
         Command::Send(args) => send::run(config, args).await,
         Command::Queue { what } => queue::run(config, what).await,
+        Command::Events { what } => events::run(config, what).await,
+        Command::Deliveries { what } => events::deliveries(config, what).await,
     }
 }
 

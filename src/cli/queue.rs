@@ -11,11 +11,14 @@ use clap::Subcommand;
 use http::Method;
 
 use super::admin_client::AdminClient;
+use super::filters::{query, DeliveryFilter};
 use super::{bad_config, load_or_report, Json, Secrets};
+use crate::admin::lookup::{DeliveryItem, Replayed};
+use crate::admin::query::{Query, DEAD_PARAMS, LIMIT_MAX};
 use crate::admin::{disabled_sinks, DeadDetail, DeadSummary};
 use crate::config::{Config, QueueConfig};
 use crate::daemon::inspect_storage;
-use crate::queue::{unix_millis, DeliveryRecord, Requeued, Stats};
+use crate::queue::{unix_millis, DeliveryRecord, DeliveryStatus, Requeued, Stats};
 
 #[derive(Subcommand)]
 pub(super) enum Command {
@@ -40,8 +43,10 @@ pub(super) enum Command {
 
 #[derive(Subcommand)]
 pub(super) enum DeadCommand {
-    /// Every dead delivery.
+    /// Dead deliveries, newest first (every one, or those the filters select).
     List {
+        #[command(flatten)]
+        filter: DeliveryFilter,
         #[arg(long)]
         json: bool,
     },
@@ -51,14 +56,20 @@ pub(super) enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send again (re-enables a sink that a "gone" answer disabled).
+    /// Send again (re-enables a sink that a "gone" answer disabled): one
+    /// by id, --all, or those the filters select (--sink slack --since 09:00…).
     Replay {
         /// The dead delivery's id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(conflicts_with = "all")]
         id: Option<u64>,
         /// Every dead delivery.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        filter: DeliveryFilter,
+        /// Count what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -72,14 +83,38 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
     match command {
         Command::Stats { json } => stats(config, json).await,
         Command::Dead {
-            what: DeadCommand::List { json },
-        } => dead_list(config, json).await,
+            what: DeadCommand::List { filter, json },
+        } => dead_list(config, &filter, json).await,
         Command::Dead {
             what: DeadCommand::Show { id, json },
         } => dead_show(config, id, json).await,
         Command::Dead {
-            what: DeadCommand::Replay { id, all, json },
-        } => dead_replay(config, if all { None } else { id }, json).await,
+            what:
+                DeadCommand::Replay {
+                    id,
+                    all,
+                    filter,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let filtered = filter.pairs().iter().any(|(_, v)| v.is_some());
+            match (id, all, filtered) {
+                (Some(id), _, false) if !dry_run => dead_replay(config, Some(id), json).await,
+                (None, true, false) if !dry_run => dead_replay(config, None, json).await,
+                (None, _, _) if filtered || (all && dry_run) => {
+                    replay_where(config, &filter, dry_run, json).await
+                }
+                (Some(_), _, _) => {
+                    eprintln!("hookgate: replay one dead delivery by its id, or those filters select: not both (and --dry-run goes with filters or --all)");
+                    Ok(ExitCode::from(2))
+                }
+                (None, _, _) => {
+                    eprintln!("hookgate: say which dead deliveries to replay: an id, --all, or filters such as --sink slack --since 2h (see `hookgate queue dead replay --help`)");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
         Command::Migrate { json } => migrate(path, config, json).await,
     }
 }
@@ -115,16 +150,35 @@ async fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn dead_list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let list: Vec<DeadSummary> = match AdminClient::of(&config.server).get("/api/dead").await? {
-        Some(list) => list,
-        None => inspect_storage(config)
-            .await?
-            .dead_letters(None, usize::MAX)
+async fn dead_list(
+    config: &Config,
+    filter: &DeliveryFilter,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let qs = query(filter.pairs());
+    let admin = AdminClient::of(&config.server);
+    let list: Vec<DeadSummary> = match admin.get::<serde_json::Value>("/api/queue/stats").await? {
+        Some(_) => super::events::collect::<DeliveryItem>(&admin, "/api/dead", &qs, usize::MAX)
             .await?
             .iter()
-            .map(DeadSummary::of)
+            .map(DeadSummary::of_item)
             .collect(),
+        None => {
+            let mut f = offline_filter(&qs)?;
+            f.status = Some(DeliveryStatus::Dead);
+            let queue = inspect_storage(config).await?;
+            let mut out = Vec::new();
+            let mut before = None;
+            loop {
+                let page = queue.deliveries(&f, before, LIMIT_MAX).await?;
+                out.extend(page.items.iter().map(|v| DeadSummary::of(&v.record)));
+                before = page.next_before;
+                if before.is_none() {
+                    break;
+                }
+            }
+            out
+        }
     };
     if json {
         Json::Indented.print(&list)?;
@@ -149,6 +203,64 @@ async fn dead_list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The filters as the admin API reads them, for the storage read directly.
+fn offline_filter(qs: &str) -> anyhow::Result<crate::queue::DeliveryFilter> {
+    Query::parse(Some(qs), DEAD_PARAMS)
+        .and_then(|q| q.delivery_filter(SystemTime::now()))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Replays the dead letters the filters select (or, dry, counts them).
+async fn replay_where(
+    config: &Config,
+    filter: &DeliveryFilter,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut pairs = filter.pairs();
+    pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
+    let qs = query(pairs);
+    let done: Replayed = match AdminClient::of(&config.server)
+        .post(&format!("/api/dead/replay?{qs}"))
+        .await?
+    {
+        Some(done) => done,
+        None => {
+            let f = offline_filter(&query(filter.pairs()))?;
+            let refuse = |rec: &DeliveryRecord| gone_sink(config, rec);
+            let done = inspect_storage(config)
+                .await?
+                .requeue_where(&f, unix_millis(SystemTime::now()), &refuse, dry_run)
+                .await?;
+            Replayed { dry_run, done }
+        }
+    };
+    let n = done.done.replayed;
+    if json {
+        Json::Line.print(&done)?;
+    } else {
+        println!(
+            "{} {n} dead deliver{}",
+            if dry_run { "would replay" } else { "replayed" },
+            if n == 1 { "y" } else { "ies" }
+        );
+        for r in &done.done.refused {
+            eprintln!("not replayed: {}: {}", r.id, r.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why a dead letter to a sink the config no longer has stays dead.
+fn gone_sink(config: &Config, rec: &DeliveryRecord) -> Option<String> {
+    (!config.sinks.contains_key(&rec.sink)).then(|| {
+        format!(
+            "its sink `{}` is no longer in the config: add it back to replay it",
+            rec.sink
+        )
+    })
 }
 
 async fn dead_show(config: &Config, id: u64, json: bool) -> anyhow::Result<ExitCode> {
@@ -201,14 +313,7 @@ async fn dead_replay(config: &Config, id: Option<u64>, json: bool) -> anyhow::Re
     let done: Requeued = match AdminClient::of(&config.server).post(&path).await? {
         Some(done) => done,
         None => {
-            let refuse = |rec: &DeliveryRecord| {
-                (!config.sinks.contains_key(&rec.sink)).then(|| {
-                    format!(
-                        "its sink `{}` is no longer in the config: add it back to replay it",
-                        rec.sink
-                    )
-                })
-            };
+            let refuse = |rec: &DeliveryRecord| gone_sink(config, rec);
             inspect_storage(config)
                 .await?
                 .requeue(id, unix_millis(SystemTime::now()), &refuse)

@@ -3,6 +3,7 @@
 //! durations, built verifiers). All problems are collected with their line
 //! and column, so `hookgate check` reports every mistake at once.
 
+mod admin_only;
 mod raw;
 mod routes;
 pub mod secrets;
@@ -23,6 +24,7 @@ use toml::Spanned;
 
 use crate::secret::Secret;
 use crate::verify::Provider;
+pub use admin_only::admin_of;
 use raw::{RawQueue, RawRoute, RawSecret, RawServer, RawSink, RawSource};
 use secrets::{Resolver, SecretRef, SecretShape};
 pub use sinks::{SinkConfig, SinkKind};

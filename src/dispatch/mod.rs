@@ -578,6 +578,39 @@ impl Dispatcher {
             .queue
             .requeue(id, unix_millis(SystemTime::now()), &refuse)
             .await?;
+        self.replayed(&done);
+        Ok(done)
+    }
+
+    /// Replays the dead letters `filter` selects, as [`Dispatcher::replay`]
+    /// does one; with `dry_run`, only counts what would go (and what would
+    /// be refused, with why).
+    pub async fn replay_where(
+        &self,
+        filter: &crate::queue::DeliveryFilter,
+        dry_run: bool,
+    ) -> Result<crate::queue::Requeued, QueueError> {
+        let live = self.sinks.get();
+        let refuse = |rec: &DeliveryRecord| refuse_replay(&live, &rec.sink);
+        let done = self
+            .queue
+            .requeue_where(filter, unix_millis(SystemTime::now()), &refuse, dry_run)
+            .await?;
+        if !dry_run {
+            self.replayed(&done);
+        }
+        Ok(done)
+    }
+
+    /// Wakes the delivery loop (deliveries were added outside routing).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// After a replay: the sinks replayed to are re-enabled, and the loop
+    /// woken.
+    fn replayed(&self, done: &crate::queue::Requeued) {
+        let live = self.sinks.get();
         for name in &done.sinks {
             if let Some(sink) = live.get(name) {
                 if sink.broken.lock().expect("broken lock").take().is_some() {
@@ -587,7 +620,6 @@ impl Dispatcher {
             }
         }
         self.wake.notify_one();
-        Ok(done)
     }
 
     async fn finish_dead(&self, claimed: Claimed, reason: String) {

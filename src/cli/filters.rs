@@ -1,0 +1,74 @@
+//! The filters `events`, `deliveries` and `queue dead` share, as flags;
+//! they travel to the daemon as the admin API's query parameters, which
+//! check them (a bad time or status comes back with what to write).
+
+use clap::Args;
+
+/// Which events.
+#[derive(Args, Default, Clone)]
+pub(super) struct EventFilter {
+    /// The source's name in routes.toml.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The provider's event type (push, pull_request, …).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// The provider's id for the delivery (GitHub's X-GitHub-Delivery).
+    #[arg(long)]
+    pub delivery_id: Option<String>,
+    /// From this time on: RFC 3339 (2026-11-28T09:00:00Z) or how long ago (2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time: RFC 3339 or how long ago.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+/// Which deliveries.
+#[derive(Args, Default, Clone)]
+pub(super) struct DeliveryFilter {
+    #[command(flatten)]
+    pub event: EventFilter,
+    /// One event's deliveries.
+    #[arg(long)]
+    pub event_id: Option<u64>,
+    /// The route's name.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// The sink's name.
+    #[arg(long)]
+    pub sink: Option<String>,
+}
+
+/// A query string of `pairs` whose value is set.
+pub(super) fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<String>)>) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            q.append_pair(name, &v);
+        }
+    }
+    q.finish()
+}
+
+impl EventFilter {
+    pub fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("source", self.source.clone()),
+            ("event", self.event.clone()),
+            ("delivery_id", self.delivery_id.clone()),
+            ("since", self.since.clone()),
+            ("until", self.until.clone()),
+        ]
+    }
+}
+
+impl DeliveryFilter {
+    pub fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut p = self.event.pairs();
+        p.push(("event_id", self.event_id.map(|i| i.to_string())));
+        p.push(("route", self.route.clone()));
+        p.push(("sink", self.sink.clone()));
+        p
+    }
+}
