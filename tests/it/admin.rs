@@ -10,7 +10,7 @@ use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
 
 /// A request to the admin listener with exactly these extra headers.
-async fn admin(
+pub async fn admin(
     gw: &TestGateway,
     method: Method,
     path: &str,
@@ -51,7 +51,7 @@ async fn a_rebound_name_cannot_read_the_admin_api() {
 }
 
 /// A dead letter to aim at: a Slack sink that answers `channel_not_found`.
-async fn with_a_dead_letter(server: &str) -> (TestGateway, Receiver, u64) {
+pub async fn with_a_dead_letter(server: &str) -> (TestGateway, Receiver, u64) {
     let rx = Receiver::start(Reply::status(200)).await;
     rx.script([Reply {
         body: "channel_not_found".into(),

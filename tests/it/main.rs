@@ -7,6 +7,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod failover;
+mod lookup;
 mod faults;
 mod ingress;
 mod sinks;
