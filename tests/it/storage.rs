@@ -1558,3 +1558,111 @@ async fn postgres_append_throughput() {
         events as f64 / commits.count() as f64
     );
 }
+
+/// A measurement, not a check: what ingest, routing and settling cost
+/// per event and per delivery, on a cluster of its own with
+/// `pg_stat_statements` (time and WAL per statement). `cargo test --test
+/// it storage::postgres_costs -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn postgres_costs() {
+    let Some(cluster) = Cluster::init() else {
+        return;
+    };
+    cluster.add_option("-c shared_preload_libraries=pg_stat_statements");
+    cluster.add_option("-c pg_stat_statements.track=all");
+    cluster.start_server();
+    let db = cluster.create_database();
+    cluster.psql(&db, "CREATE EXTENSION pg_stat_statements");
+    let q: Arc<dyn Queue> = Arc::new(Postgres::open(&cluster.url(&db), 8).await.unwrap());
+    cluster.psql(&db, "SELECT pg_stat_statements_reset()");
+    let phases = measure_phases(&q, 20_000).await;
+    eprintln!("{phases}");
+    let top = cluster.psql(
+        &db,
+        "SELECT calls, rows, round(total_exec_time::numeric, 1) AS total_ms,
+                round((total_exec_time / greatest(rows, 1) * 1000)::numeric, 1) AS us_per_row,
+                round(wal_bytes / greatest(rows, 1)) AS wal_per_row,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+         FROM pg_stat_statements WHERE calls >= 10 ORDER BY total_exec_time DESC LIMIT 12",
+    );
+    eprintln!("calls|rows|total_ms|us_per_row|wal_per_row|query\n{top}");
+}
+
+/// The same measurement against the local backend (no statement
+/// statistics: wall time per phase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn local_costs() {
+    let b = Backend::local();
+    let phases = measure_phases(&b.q, 20_000).await;
+    eprintln!("{phases}");
+}
+
+/// Appends `n` events (64 writers), routes them a page of 64 at a time
+/// to one delivery each, then claims and settles each Done; the time of
+/// each phase.
+async fn measure_phases(q: &Arc<dyn Queue>, n: usize) -> String {
+    let now = SystemTime::now();
+    let started = std::time::Instant::now();
+    let writers = 64;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..n / writers {
+                    let mut e = event("gh", &format!("{w}-{i}"), now);
+                    e.record.delivery_id = format!("{w}-{i}");
+                    queued(q.append(e, now).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ingest = started.elapsed();
+    let n = n / writers * writers;
+    let started = std::time::Instant::now();
+    let mut routed = 0;
+    while routed < n {
+        let page = q.inbox(64).await.unwrap();
+        let made = page
+            .events
+            .iter()
+            .map(|(id, _)| Routed {
+                event: *id,
+                pending: vec![delivery(*id, "s", 0)],
+                dead: vec![],
+            })
+            .collect();
+        routed += page.events.len();
+        q.routed(&page, made).await.unwrap();
+    }
+    let route = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut settled = 0;
+    while settled < n {
+        let due = q.claim("s", limits(64), 1_000).await.unwrap();
+        for c in due.claimed {
+            let mut rec = c.rec.clone();
+            rec.attempts.push(Attempt {
+                at_ms: unix_millis(SystemTime::now()),
+                status: Some(200),
+                latency_ms: 3,
+                outcome: "delivered".into(),
+                response: "ok".into(),
+            });
+            q.settle(&c.lease, &rec, Settle::Done).await.unwrap();
+            settled += 1;
+        }
+    }
+    let settle = started.elapsed();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    format!(
+        "{n} events: ingest {ingest:?} ({:.1} us each), routing {route:?} ({:.1} us each), claim+settle {settle:?} ({:.1} us each)",
+        per(ingest),
+        per(route),
+        per(settle)
+    )
+}
