@@ -139,23 +139,32 @@ enum StoredHead<'a> {
     V2(#[serde(borrow)] Head<'a>),
 }
 
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Head<'a> {
-    id: u64,
-    event_id: u64,
-    source: &'a str,
-    event: &'a str,
-    delivery_id: &'a str,
-    route: &'a str,
-    sink: &'a str,
+/// What a stored delivery is (the same fields in every version): read
+/// without its attempts or request, to filter listings and to tell one
+/// (event, route, sink, item) from another.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub id: u64,
+    pub event_id: u64,
+    pub source: &'a str,
+    pub event: &'a str,
+    pub delivery_id: &'a str,
+    pub route: &'a str,
+    pub sink: &'a str,
+    pub item: Option<u32>,
 }
 
 impl DeliveryRecord {
     /// The sink of a stored record, reading nothing after it.
     pub fn sink_of(bytes: &[u8]) -> Option<&str> {
+        Self::head(bytes).map(|h| h.sink)
+    }
+
+    /// The identifying fields of a stored record, reading nothing after
+    /// them.
+    pub fn head(bytes: &[u8]) -> Option<Head<'_>> {
         match postcard::from_bytes::<StoredHead>(bytes).ok()? {
-            StoredHead::V1(h) | StoredHead::V2(h) => Some(h.sink),
+            StoredHead::V1(h) | StoredHead::V2(h) => Some(h),
         }
     }
 
@@ -208,6 +217,32 @@ impl DeliveryRecord {
     pub fn dead_at_key(&self) -> [u8; 16] {
         let mut k = [0; 16];
         k[..8].copy_from_slice(&self.dead_at().to_be_bytes());
+        k[8..].copy_from_slice(&self.id.to_be_bytes());
+        k
+    }
+
+    /// When a delivered record was delivered: its last attempt, or, for
+    /// one settled without any (none is), its due time. Its history is
+    /// kept for `server.retention` from then.
+    pub fn delivered_ms(&self) -> u64 {
+        self.attempts.last().map_or(self.due_ms, |a| a.at_ms)
+    }
+
+    /// Key in the `delivered_at` tree: [`DeliveryRecord::delivered_ms`],
+    /// id (both big-endian); the history past a retention is the range
+    /// before [`dead_at_bound`] of the cutoff.
+    pub fn delivered_at_key(&self) -> [u8; 16] {
+        let mut k = [0; 16];
+        k[..8].copy_from_slice(&self.delivered_ms().to_be_bytes());
+        k[8..].copy_from_slice(&self.id.to_be_bytes());
+        k
+    }
+
+    /// Key in the `by_event` tree: event id, id (both big-endian). An
+    /// event's deliveries, in every state, are the range of its id.
+    pub fn by_event_key(&self) -> [u8; 16] {
+        let mut k = [0; 16];
+        k[..8].copy_from_slice(&self.event_id.to_be_bytes());
         k[8..].copy_from_slice(&self.id.to_be_bytes());
         k
     }
@@ -292,6 +327,7 @@ pub(crate) mod tests {
         );
         assert_eq!(DeliveryRecord::decode(&bytes).unwrap(), r);
         assert_eq!(DeliveryRecord::sink_of(&bytes), Some("s"));
+        assert_eq!(DeliveryRecord::head(&bytes).unwrap().item, Some(2));
         r.order_key = Some("PM-1".into());
         let v2 = r.encode();
         assert_eq!(v2[0], 1, "written as version 2");

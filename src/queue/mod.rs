@@ -7,6 +7,7 @@
 
 mod delivery;
 pub mod local;
+mod lookup;
 pub mod postgres;
 mod record;
 
@@ -17,6 +18,10 @@ use std::time::{Duration, SystemTime};
 
 pub use delivery::{Attempt, DeliveryRecord, Frozen};
 pub use local::{Local, Page, SledQueue};
+pub use lookup::{
+    Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter, EventPage,
+    EventSummary, MAX_PAGE,
+};
 /// A stored GitHub push, for tests across the crate.
 #[cfg(test)]
 pub(crate) use record::tests::sample as sample_record;
@@ -216,7 +221,8 @@ pub struct Due {
 /// What an attempt's outcome does to its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
-    /// Delivered (or nothing more to do): it leaves the queue.
+    /// Delivered (or nothing more to do): it leaves the queue for the
+    /// delivered history, kept for `server.retention`.
     Done,
     /// Due again at its `due_ms`.
     Reschedule,
@@ -371,6 +377,23 @@ pub trait Queue: Ingest {
         now_ms: u64,
         refuse: RefuseReplay<'_>,
     ) -> Result<Requeued, QueueError>;
+    /// Replays the dead letters `filter` selects (its status is ignored:
+    /// dead only) as [`Queue::requeue`] does (same refusals, same
+    /// counts), oldest first, a transaction per batch. With `dry_run`
+    /// nothing changes and the counts say what would go.
+    async fn requeue_where(
+        &self,
+        filter: &DeliveryFilter,
+        now_ms: u64,
+        refuse: RefuseReplay<'_>,
+        dry_run: bool,
+    ) -> Result<Requeued, QueueError>;
+    /// Re-routing: stores the deliveries given (fresh ids, as
+    /// [`Queue::routed`] gives them; one with `dead_ms` as a dead letter)
+    /// except those whose (event_id, route, sink, item) exists already,
+    /// pending, delivered (in the history) or dead, and those of events
+    /// not routed yet (routing makes theirs). A transaction per batch.
+    async fn add_missing(&self, deliveries: Vec<DeliveryRecord>) -> Result<Added, QueueError>;
 
     // Looking.
 
@@ -379,6 +402,26 @@ pub trait Queue: Ingest {
     async fn stats(&self, disabled: &[(String, String)]) -> Result<Stats, QueueError>;
     /// One stored event.
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError>;
+    /// Events received (routed or not), newest first (id descending),
+    /// ids below `before` only, at most `limit` (and [`MAX_PAGE`]). A
+    /// delivery id is looked up by index; for other filters a backend
+    /// may read a bounded stretch per call and say where to go on
+    /// ([`EventPage::next_before`]).
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<EventPage, QueueError>;
+    /// Deliveries pending, delivered (kept for `server.retention`) and
+    /// dead, newest first by delivery id, ids below `before`, paged as
+    /// [`Queue::events`]. An event's deliveries are looked up by index.
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<DeliveryPage, QueueError>;
     fn gauges(&self) -> BackendGauges;
 
     // Health and upkeep.
@@ -393,8 +436,9 @@ pub trait Queue: Ingest {
     fn heal_backoff_max(&self) -> Option<Duration> {
         None
     }
-    /// Drops what is past `retention` and expired dedupe keys; returns how
-    /// many events went.
+    /// Drops what is past `retention` (events, and deliveries delivered
+    /// longer ago) and expired dedupe keys; returns how many events (the
+    /// local backend: log segments) went.
     async fn prune(&self, now: SystemTime, retention: Duration) -> Result<u64, QueueError>;
     /// Deletes the dead letters that died (`dead_ms`; one without it is
     /// dated by its `due_ms`) more than `keep` before `now`, in batches

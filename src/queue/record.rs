@@ -75,6 +75,23 @@ pub struct Head<'a> {
     pub event: &'a str,
 }
 
+/// The first fields of a stored record up to when it was received, as
+/// [`StoredHead`] reads them: what a lookup lists.
+#[derive(Debug, Deserialize)]
+enum StoredSummary<'a> {
+    V1(#[serde(borrow)] Summary<'a>),
+}
+
+/// What an event listing shows of a stored event (nothing decompressed).
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Summary<'a> {
+    pub source: &'a str,
+    pub provider: &'a str,
+    pub event: &'a str,
+    pub delivery_id: &'a str,
+    pub received_at_ms: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a stored event: {0}")]
@@ -128,6 +145,14 @@ impl EventRecord {
     pub fn head(bytes: &[u8]) -> Result<Head<'_>, DecodeError> {
         match postcard::from_bytes::<StoredHead>(bytes)? {
             StoredHead::V1(head) => Ok(head),
+        }
+    }
+
+    /// Reads the source, provider, event, delivery id and time received
+    /// of any stored format.
+    pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, DecodeError> {
+        match postcard::from_bytes::<StoredSummary>(bytes)? {
+            StoredSummary::V1(s) => Ok(s),
         }
     }
 
@@ -216,6 +241,11 @@ pub(crate) mod tests {
             }
         );
         assert!(EventRecord::head(&bytes[..3]).is_err());
+        let summary = EventRecord::summary(&bytes).unwrap();
+        assert_eq!(
+            (summary.delivery_id, summary.received_at_ms),
+            ("d-1", 1_700_000_000_000)
+        );
     }
 
     #[test]

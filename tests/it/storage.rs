@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 use hookgate::config::Rate;
 use hookgate::queue::postgres::Postgres;
 use hookgate::queue::{
-    unix_millis, Appended, Attempt, DeliveryRecord, EventId, EventRecord, Frozen, Healed,
-    InboxPage, Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
+    unix_millis, Added, Appended, Attempt, DeliveryFilter, DeliveryRecord, DeliveryStatus,
+    DeliveryView, EventFilter, EventId, EventRecord, EventSummary, Frozen, Healed, InboxPage,
+    Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
 };
 
 use crate::support::postgres::Cluster;
@@ -113,6 +114,12 @@ both!(
     dead_letters_expire_by_when_they_died,
     dead_letters_expire_past_one_batch,
     close_refuses_new_appends,
+    events_list_by_each_filter_and_page,
+    events_pages_are_bounded_and_delivery_ids_indexed,
+    deliveries_by_event_sink_status_and_time,
+    delivered_history_expires_after_retention,
+    requeue_where_dry_run_then_replays,
+    add_missing_creates_only_what_is_missing,
 );
 
 postgres_only!(
@@ -128,6 +135,10 @@ postgres_only!(
     postgres_imports_a_local_stores_work_once,
     postgres_a_platforms_pause_holds_for_every_instance,
     postgres_schema_2_indexes_dead_letters_of_a_version_1_database,
+    postgres_two_instances_requeue_where_replay_each_once,
+    postgres_two_instances_add_missing_create_each_once,
+    postgres_lookups_read_indexes,
+    postgres_events_stored_before_version_4_are_looked_up,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +501,89 @@ async fn claim_until(q: &Arc<dyn Queue>, sink: &str, now_ms: u64, want: u64) -> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every page of events `filter` selects, following `next_before`; and
+/// how many calls it took.
+async fn all_events(
+    q: &Arc<dyn Queue>,
+    filter: &EventFilter,
+    limit: usize,
+) -> (Vec<EventSummary>, usize) {
+    let (mut all, mut calls, mut before) = (Vec::new(), 0, None);
+    loop {
+        let page = q.events(filter, before, limit).await.unwrap();
+        calls += 1;
+        assert!(page.items.len() <= limit);
+        all.extend(page.items);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => return (all, calls),
+        }
+        assert!(calls < 1000, "paging ends");
+    }
+}
+
+fn ids_of(events: &[EventSummary]) -> Vec<u64> {
+    events.iter().map(|e| e.id).collect()
+}
+
+/// The ids of every delivery `filter` selects, newest first, following
+/// `next_before`.
+async fn all_deliveries(
+    q: &Arc<dyn Queue>,
+    filter: &DeliveryFilter,
+    limit: usize,
+) -> Vec<DeliveryView> {
+    let (mut all, mut before, mut calls) = (Vec::new(), None, 0);
+    loop {
+        let page = q.deliveries(filter, before, limit).await.unwrap();
+        calls += 1;
+        assert!(page.items.len() <= limit);
+        all.extend(page.items);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => return all,
+        }
+        assert!(calls < 1000, "paging ends");
+    }
+}
+
+async fn delivery_ids(q: &Arc<dyn Queue>, filter: DeliveryFilter) -> Vec<u64> {
+    all_deliveries(q, &filter, 50)
+        .await
+        .iter()
+        .map(|v| v.record.id)
+        .collect()
+}
+
+/// An event of `source` and `event` type with `delivery_id`, received at
+/// `received_ms`.
+fn looked_up(source: &str, event_type: &str, delivery_id: &str, received_ms: u64) -> NewEvent {
+    let mut e = event(
+        source,
+        &format!("{source}-{delivery_id}-{received_ms}"),
+        SystemTime::now(),
+    );
+    e.record.provider = if source == "gl" { "gitlab" } else { "github" }.into();
+    e.record.event = event_type.into();
+    e.record.delivery_id = delivery_id.into();
+    e.record.received_at_ms = received_ms;
+    e
+}
+
+/// Settles a claimed delivery as delivered, its last attempt at `at_ms`.
+async fn deliver(q: &Arc<dyn Queue>, c: &hookgate::queue::Claimed, at_ms: u64) -> DeliveryRecord {
+    let mut rec = c.rec.clone();
+    rec.attempts.push(Attempt {
+        at_ms,
+        status: Some(200),
+        latency_ms: 4,
+        outcome: "delivered".into(),
+        response: "ok".into(),
+    });
+    q.settle(&c.lease, &rec, Settle::Done).await.unwrap();
+    rec
 }
 
 // The cases both adapters pass.
@@ -905,6 +999,631 @@ async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
     let c = &claimed.claimed[0];
     q.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
     assert_eq!(q.stats(&[]).await.unwrap().deliveries, 2);
+}
+
+/// Events are listed newest first, routed or not, by each filter, and
+/// page by `before`.
+async fn events_list_by_each_filter_and_page(b: Backend) {
+    let q = &b.q;
+    let t = unix_millis(SystemTime::now()) - 3_600_000;
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    for (source, kind, did, at) in [
+        ("gh", "push", "d-a", t),
+        ("gl", "merge_request", "d-b", t + 10_000),
+        ("gh", "pull_request", "d-c", t + 20_000),
+        ("gh", "push", "d-a", t + 30_000),
+        ("gl", "merge_request", "", t + 40_000),
+    ] {
+        ids.push(
+            queued(
+                q.append(looked_up(source, kind, did, at), now)
+                    .await
+                    .unwrap(),
+            )
+            .0,
+        );
+    }
+    // The first three are routed; the last two wait.
+    let page = q.inbox(3).await.unwrap();
+    assert_eq!(page.events.len(), 3);
+    let none = page
+        .events
+        .iter()
+        .map(|(id, _)| Routed {
+            event: *id,
+            pending: vec![],
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&page, none).await.unwrap();
+    let newest_first = |of: &[usize]| of.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    let list = |f: EventFilter| async move { ids_of(&all_events(q, &f, 50).await.0) };
+
+    let (all, _) = all_events(q, &EventFilter::default(), 50).await;
+    assert_eq!(ids_of(&all), newest_first(&[4, 3, 2, 1, 0]));
+    assert_eq!(
+        all[3],
+        EventSummary {
+            id: ids[1],
+            received_ms: t + 10_000,
+            source: "gl".into(),
+            provider: "gitlab".into(),
+            event: "merge_request".into(),
+            delivery_id: "d-b".into(),
+        }
+    );
+    let f = |source: Option<&str>, event: Option<&str>, delivery_id: Option<&str>| EventFilter {
+        source: source.map(Into::into),
+        event: event.map(Into::into),
+        delivery_id: delivery_id.map(Into::into),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(f(Some("gh"), None, None)).await,
+        newest_first(&[3, 2, 0])
+    );
+    assert_eq!(
+        list(f(None, Some("push"), None)).await,
+        newest_first(&[3, 0])
+    );
+    // Routed and not: both found by their delivery id.
+    assert_eq!(
+        list(f(None, None, Some("d-a"))).await,
+        newest_first(&[3, 0])
+    );
+    assert!(list(f(Some("gl"), None, Some("d-a"))).await.is_empty());
+    assert_eq!(
+        list(f(Some("gh"), Some("push"), Some("d-a"))).await,
+        newest_first(&[3, 0])
+    );
+    // No delivery id is one too.
+    assert_eq!(list(f(None, None, Some(""))).await, newest_first(&[4]));
+    assert!(list(f(None, None, Some("d-zz"))).await.is_empty());
+    let range = EventFilter {
+        since_ms: Some(t + 10_000),
+        until_ms: Some(t + 40_000),
+        ..Default::default()
+    };
+    assert_eq!(list(range).await, newest_first(&[3, 2, 1]));
+    // Pages of two.
+    let page = q.events(&EventFilter::default(), None, 2).await.unwrap();
+    assert_eq!(
+        (ids_of(&page.items), page.next_before),
+        (newest_first(&[4, 3]), Some(ids[3]))
+    );
+    let page = q
+        .events(&EventFilter::default(), page.next_before, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids_of(&page.items), page.next_before),
+        (newest_first(&[2, 1]), Some(ids[1]))
+    );
+    let page = q
+        .events(&EventFilter::default(), page.next_before, 2)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&page.items), newest_first(&[0]));
+    if let Some(b) = page.next_before {
+        assert!(q
+            .events(&EventFilter::default(), Some(b), 2)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+    }
+    let (paged, _) = all_events(q, &f(Some("gh"), None, None), 1).await;
+    assert_eq!(ids_of(&paged), newest_first(&[3, 2, 0]));
+    let below = q
+        .events(&EventFilter::default(), Some(ids[2]), 50)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&below.items), newest_first(&[1, 0]));
+    // The events themselves still read.
+    assert_eq!(
+        q.event(EventId(ids[1])).await.unwrap().unwrap().delivery_id,
+        "d-b"
+    );
+}
+
+/// Past what a call reads for a filter without an index, a page says
+/// where to go on; a delivery id is found at once however old.
+async fn events_pages_are_bounded_and_delivery_ids_indexed(b: Backend) {
+    let q = &b.q;
+    let now = SystemTime::now();
+    let t = unix_millis(now) - 3_600_000;
+    let needle = queued(
+        q.append(looked_up("rare", "push", "needle", t), now)
+            .await
+            .unwrap(),
+    )
+    .0;
+    let n = 10_048;
+    let tasks: Vec<_> = (0..64)
+        .map(|w| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..n / 64 {
+                    let did = format!("hay-{w}-{i}");
+                    queued(
+                        q.append(looked_up("gh", "push", &did, t + 1), now)
+                            .await
+                            .unwrap(),
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    loop {
+        let page = q.inbox(1000).await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        let none = page
+            .events
+            .iter()
+            .map(|(id, _)| Routed {
+                event: *id,
+                pending: vec![],
+                dead: vec![],
+            })
+            .collect();
+        q.routed(&page, none).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let page = q.events(&EventFilter::default(), None, 50).await.unwrap();
+    eprintln!(
+        "{:?}: the newest 50 of {} events in {:?}",
+        b.kind,
+        n + 1,
+        started.elapsed()
+    );
+    assert_eq!(page.items.len(), 50);
+    let by_id = EventFilter {
+        delivery_id: Some("needle".into()),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let page = q.events(&by_id, None, 50).await.unwrap();
+    eprintln!("{:?}: one delivery id in {:?}", b.kind, started.elapsed());
+    assert_eq!(
+        (ids_of(&page.items), page.next_before),
+        (vec![needle], None)
+    );
+    let by_source = EventFilter {
+        source: Some("rare".into()),
+        ..Default::default()
+    };
+    let page = q.events(&by_source, None, 50).await.unwrap();
+    assert!(
+        page.items.is_empty(),
+        "the oldest is past what one call reads"
+    );
+    assert!(page.next_before.is_some_and(|b| b > needle));
+    let (found, calls) = all_events(q, &by_source, 50).await;
+    assert_eq!(ids_of(&found), vec![needle]);
+    assert!(calls >= 2, "{calls}");
+}
+
+/// Deliveries in every state, by event, sink, route, state and the time
+/// of the state, newest first, paged.
+async fn deliveries_by_event_sink_status_and_time(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 3, "e").await;
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        let made = |sink: &str, created_ms: u64| {
+            let mut d = delivery(id, sink, 0);
+            d.created_ms = created_ms;
+            d
+        };
+        match i {
+            0 => {
+                let mut c = dead(made("c", 120), "template: boom");
+                c.frozen = None;
+                c.dead_ms = Some(1_500);
+                (vec![made("a", 100), made("b", 110)], vec![c])
+            }
+            1 => (vec![made("a", 200)], vec![]),
+            _ => {
+                let mut d = made("b", 300);
+                d.route = "r2".into();
+                (vec![d], vec![])
+            }
+        }
+    })
+    .await;
+    let (d0a, d0b, d0c) = (
+        routed[0].pending[0].id,
+        routed[0].pending[1].id,
+        routed[0].dead[0].id,
+    );
+    let (d1a, d2b) = (routed[1].pending[0].id, routed[2].pending[0].id);
+    // e0's to `a` is delivered at 2 000; e1's dies at 3 000.
+    let due = q.claim("a", limits(10), 1_000).await.unwrap();
+    assert_eq!(claimed_ids(&due), vec![d0a, d1a]);
+    let delivered = deliver(q, &due.claimed[0], 2_000).await;
+    let mut buried = due.claimed[1].rec.clone();
+    buried.reason = Some("410 Gone".into());
+    buried.dead_ms = Some(3_000);
+    q.settle(&due.claimed[1].lease, &buried, Settle::Bury)
+        .await
+        .unwrap();
+
+    let of_event = all_deliveries(
+        q,
+        &DeliveryFilter {
+            event_id: Some(ids[0].0),
+            ..Default::default()
+        },
+        50,
+    )
+    .await;
+    let seen: Vec<(u64, DeliveryStatus)> =
+        of_event.iter().map(|v| (v.record.id, v.status)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (d0c, DeliveryStatus::Dead),
+            (d0b, DeliveryStatus::Pending),
+            (d0a, DeliveryStatus::Delivered)
+        ]
+    );
+    assert_eq!(
+        of_event[2].record, delivered,
+        "the final record, attempts and all"
+    );
+    assert_eq!(of_event[0].record.reason.as_deref(), Some("template: boom"));
+    let f = |status: Option<DeliveryStatus>,
+             sink: Option<&str>,
+             since: Option<u64>,
+             until: Option<u64>| DeliveryFilter {
+        status,
+        sink: sink.map(Into::into),
+        since_ms: since,
+        until_ms: until,
+        ..Default::default()
+    };
+    use DeliveryStatus::{Dead, Delivered, Pending};
+    assert_eq!(
+        delivery_ids(q, f(None, None, None, None)).await,
+        vec![d2b, d1a, d0c, d0b, d0a]
+    );
+    assert_eq!(
+        delivery_ids(q, f(None, Some("a"), None, None)).await,
+        vec![d1a, d0a]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Pending), None, None, None)).await,
+        vec![d2b, d0b]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Pending), Some("b"), None, None)).await,
+        vec![d2b, d0b]
+    );
+    assert!(delivery_ids(q, f(Some(Pending), Some("a"), None, None))
+        .await
+        .is_empty());
+    assert_eq!(
+        delivery_ids(q, f(Some(Dead), None, None, None)).await,
+        vec![d1a, d0c]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Delivered), None, None, None)).await,
+        vec![d0a]
+    );
+    // The time of each state: died, delivered, made.
+    assert_eq!(
+        delivery_ids(q, f(Some(Dead), None, Some(2_000), None)).await,
+        vec![d1a]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Dead), None, None, Some(2_000))).await,
+        vec![d0c]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Delivered), None, Some(2_000), Some(2_001))).await,
+        vec![d0a]
+    );
+    assert!(delivery_ids(q, f(Some(Delivered), None, Some(2_001), None))
+        .await
+        .is_empty());
+    assert_eq!(
+        delivery_ids(q, f(None, None, Some(200), None)).await,
+        vec![d2b, d1a]
+    );
+    assert_eq!(
+        delivery_ids(q, f(Some(Pending), None, Some(105), Some(301))).await,
+        vec![d2b, d0b]
+    );
+    let by_route = DeliveryFilter {
+        route: Some("r2".into()),
+        ..Default::default()
+    };
+    assert_eq!(delivery_ids(q, by_route).await, vec![d2b]);
+    let by_event_type = DeliveryFilter {
+        event_id: Some(ids[0].0),
+        status: Some(Dead),
+        ..Default::default()
+    };
+    assert_eq!(delivery_ids(q, by_event_type).await, vec![d0c]);
+    // Pages of two, and below an id.
+    let page = q
+        .deliveries(&DeliveryFilter::default(), None, 2)
+        .await
+        .unwrap();
+    let got: Vec<u64> = page.items.iter().map(|v| v.record.id).collect();
+    assert_eq!((got, page.next_before), (vec![d2b, d1a], Some(d1a)));
+    let paged: Vec<u64> = all_deliveries(q, &DeliveryFilter::default(), 2)
+        .await
+        .iter()
+        .map(|v| v.record.id)
+        .collect();
+    assert_eq!(paged, vec![d2b, d1a, d0c, d0b, d0a]);
+    let below = q
+        .deliveries(&DeliveryFilter::default(), Some(d0c), 50)
+        .await
+        .unwrap();
+    let got: Vec<u64> = below.items.iter().map(|v| v.record.id).collect();
+    assert_eq!((got, below.next_before), (vec![d0b, d0a], None));
+    // Pending ones read as they now are.
+    let pending = all_deliveries(q, &f(Some(Pending), Some("b"), None, None), 50).await;
+    assert_eq!(pending[1].record, routed[0].pending[1]);
+}
+
+/// The delivered history goes once delivered longer ago than the
+/// retention (whole days at a time on PostgreSQL).
+async fn delivered_history_expires_after_retention(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 2, "e").await;
+    route_with(q, |id| (vec![delivery(id, "s", 0)], vec![])).await;
+    let due = q.claim("s", limits(10), 1_000).await.unwrap();
+    assert_eq!(due.claimed.len(), 2);
+    const DAY: u64 = 86_400_000;
+    let old = deliver(q, &due.claimed[0], DAY + 5_000).await;
+    let young = deliver(q, &due.claimed[1], 10 * DAY).await;
+    let delivered = DeliveryFilter {
+        status: Some(DeliveryStatus::Delivered),
+        ..Default::default()
+    };
+    assert_eq!(
+        delivery_ids(q, delivered.clone()).await,
+        vec![young.id, old.id]
+    );
+    assert_eq!(
+        q.stats(&[]).await.unwrap().deliveries,
+        0,
+        "out of the queue"
+    );
+    q.prune(at_ms(10 * DAY + 3_600_000), Duration::from_millis(2 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(delivery_ids(q, delivered).await, vec![young.id]);
+    let of = |e: EventId| DeliveryFilter {
+        event_id: Some(e.0),
+        ..Default::default()
+    };
+    assert!(delivery_ids(q, of(ids[0])).await.is_empty());
+    assert_eq!(delivery_ids(q, of(ids[1])).await, vec![young.id]);
+    // The events themselves are younger than the retention: kept.
+    assert!(q.event(ids[0]).await.unwrap().is_some());
+}
+
+/// Dead letters replayed by filter: a dry run counts and changes
+/// nothing; the same refusals as `requeue`; the status asked is ignored.
+async fn requeue_where_dry_run_then_replays(b: Backend) {
+    let q = &b.q;
+    let ids = append_n(q, 5, "e").await;
+    let routed = route_with(q, |id| {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        let sink = if i == 3 { "gone" } else { "a" };
+        let mut d = dead(delivery(id, sink, 0), "failed");
+        d.dead_ms = Some([1_000, 2_000, 2_500, 2_000, 2_000][i]);
+        if i == 2 {
+            d.route = "r2".into();
+        }
+        if i == 4 {
+            d.frozen = None;
+        }
+        let pending = match i {
+            0 => vec![delivery(id, "a", 50)],
+            _ => vec![],
+        };
+        (pending, vec![d])
+    })
+    .await;
+    let id = |i: usize| routed[i].dead[0].id;
+    let refuse = |d: &DeliveryRecord| {
+        (d.sink == "gone").then(|| "sink `gone` is not in the config".to_owned())
+    };
+    let window = DeliveryFilter {
+        sink: Some("a".into()),
+        since_ms: Some(1_500),
+        until_ms: Some(3_000),
+        status: Some(DeliveryStatus::Pending),
+        ..Default::default()
+    };
+    let dry = q
+        .requeue_where(&window, 9_000, &refuse, true)
+        .await
+        .unwrap();
+    assert_eq!(dry.replayed, 2, "{dry:?}");
+    assert_eq!(
+        dry.refused.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![id(4)]
+    );
+    assert!(dry.refused[0].reason.contains("template failed"));
+    assert_eq!(dry.sinks, BTreeSet::from(["a".to_owned()]));
+    assert_eq!(
+        q.stats(&[]).await.unwrap().dead,
+        5,
+        "a dry run changes nothing"
+    );
+    let route_r = DeliveryFilter {
+        route: Some("r".into()),
+        ..window.clone()
+    };
+    let one = q
+        .requeue_where(&route_r, 9_000, &refuse, false)
+        .await
+        .unwrap();
+    assert_eq!((one.replayed, one.refused.len()), (1, 1));
+    assert_eq!(q.dead_letter(id(1)).await.unwrap(), None);
+    let claimed = q.claim("a", limits(10), 9_000).await.unwrap();
+    let mut got = claimed_ids(&claimed);
+    got.sort();
+    assert_eq!(got, vec![routed[0].pending[0].id, id(1)]);
+    let rec = &claimed
+        .claimed
+        .iter()
+        .find(|c| c.rec.id == id(1))
+        .unwrap()
+        .rec;
+    assert_eq!(
+        (rec.due_ms, rec.failures, rec.reason.as_deref(), rec.dead_ms),
+        (9_000, 0, None, None)
+    );
+    for c in &claimed.claimed {
+        q.release(&c.lease);
+    }
+    // Everything dead: the one to a removed sink and the one with nothing
+    // to send stay, and say why.
+    let all = DeliveryFilter::default();
+    let dry = q.requeue_where(&all, 9_000, &refuse, true).await.unwrap();
+    assert_eq!(dry.replayed, 2);
+    let mut refused: Vec<u64> = dry.refused.iter().map(|r| r.id).collect();
+    refused.sort();
+    assert_eq!(refused, vec![id(3), id(4)]);
+    let real = q.requeue_where(&all, 9_000, &refuse, false).await.unwrap();
+    assert_eq!((real.replayed, real.refused.len()), (2, 2));
+    let dead_ids = delivery_ids(
+        q,
+        DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(dead_ids, vec![id(4), id(3)]);
+    let again = q.requeue_where(&all, 9_000, &refuse, false).await.unwrap();
+    assert_eq!(again.replayed, 0);
+    let of_event = DeliveryFilter {
+        event_id: Some(ids[3].0),
+        ..Default::default()
+    };
+    let gone = q
+        .requeue_where(&of_event, 9_000, &|_| None, false)
+        .await
+        .unwrap();
+    assert_eq!((gone.replayed, gone.refused.len()), (1, 0));
+    assert_eq!(q.stats(&[]).await.unwrap().dead, 1);
+}
+
+/// Re-routing stores only what is missing (pending, delivered and dead
+/// ones exist), under fresh ids; an event not routed yet is left to
+/// routing.
+async fn add_missing_creates_only_what_is_missing(b: Backend) {
+    let q = &b.q;
+    let e0 = append_n(q, 1, "e").await[0];
+    let routed = route_with(q, |id| {
+        let mut c = dead(delivery(id, "c", 0), "failed");
+        c.dead_ms = Some(10);
+        (vec![delivery(id, "a", 0), delivery(id, "b", 0)], vec![c])
+    })
+    .await;
+    let due = q.claim("b", limits(10), 1_000).await.unwrap();
+    deliver(q, &due.claimed[0], 1_500).await;
+    let e1 = append_n(q, 1, "f").await[0];
+    let target = |e: EventId, route: &str, sink: &str| {
+        let mut d = delivery(e, sink, 0);
+        d.route = route.into();
+        d
+    };
+    let mut born_dead = target(e0, "r", "e");
+    born_dead.reason = Some("template: boom".into());
+    born_dead.dead_ms = Some(20);
+    born_dead.frozen = None;
+    let again = vec![
+        target(e0, "r", "a"),
+        target(e0, "r", "b"),
+        target(e0, "r", "c"),
+        target(e0, "r", "d"),
+        target(e0, "r", "d"),
+        target(e0, "r2", "a"),
+        born_dead,
+        target(e1, "r", "a"),
+    ];
+    let added = q.add_missing(again.clone()).await.unwrap();
+    assert_eq!(
+        added,
+        Added {
+            created: 3,
+            existing: 5
+        }
+    );
+    let views = all_deliveries(
+        q,
+        &DeliveryFilter {
+            event_id: Some(e0.0),
+            ..Default::default()
+        },
+        50,
+    )
+    .await;
+    let old: Vec<u64> = routed[0]
+        .pending
+        .iter()
+        .chain(&routed[0].dead)
+        .map(|d| d.id)
+        .collect();
+    let new: Vec<&DeliveryView> = views
+        .iter()
+        .filter(|v| !old.contains(&v.record.id))
+        .collect();
+    assert_eq!(views.len(), 6);
+    let mut made: Vec<(String, String, DeliveryStatus)> = new
+        .iter()
+        .map(|v| (v.record.route.clone(), v.record.sink.clone(), v.status))
+        .collect();
+    made.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert_eq!(
+        made,
+        vec![
+            ("r".into(), "d".into(), DeliveryStatus::Pending),
+            ("r".into(), "e".into(), DeliveryStatus::Dead),
+            ("r2".into(), "a".into(), DeliveryStatus::Pending)
+        ]
+    );
+    assert!(
+        new.iter().all(|v| v.record.id > *old.iter().max().unwrap()),
+        "fresh ids"
+    );
+    let due = q.claim("d", limits(10), 1_000).await.unwrap();
+    assert_eq!(due.claimed.len(), 1, "the new one is due");
+    q.release(&due.claimed[0].lease);
+    // Once: the same again makes nothing.
+    assert_eq!(
+        q.add_missing(again).await.unwrap(),
+        Added {
+            created: 0,
+            existing: 8
+        }
+    );
+    // Routed now (to nothing): e1's is missing.
+    route_with(q, |_| (vec![], vec![])).await;
+    let e1_again = vec![target(e1, "r", "a")];
+    assert_eq!(
+        q.add_missing(e1_again).await.unwrap(),
+        Added {
+            created: 1,
+            existing: 0
+        }
+    );
+    assert_eq!(q.add_missing(vec![]).await.unwrap(), Added::default());
 }
 
 /// `SystemTime` at `ms` after the epoch (the tests' clock for dead times).
@@ -1383,6 +2102,12 @@ mod cases {
             &format!(
                 "UPDATE hookgate_deliveries SET dead_ms = NULL WHERE id = {second};
                  DROP INDEX hookgate_deliveries_dead_at;
+                 DROP TABLE hookgate_delivered;
+                 DROP INDEX hookgate_deliveries_event, hookgate_deliveries_dead_sink,
+                     hookgate_events_delivery_id;
+                 CREATE INDEX hookgate_deliveries_dead ON hookgate_deliveries (sink) WHERE dead;
+                 ALTER TABLE hookgate_events DROP COLUMN provider, DROP COLUMN event,
+                     DROP COLUMN delivery_id;
                  ALTER TABLE hookgate_inbox ADD COLUMN claim_token bigint,
                      ADD COLUMN claim_until timestamptz;
                  DELETE FROM hookgate_schema WHERE version >= 2"
@@ -1492,6 +2217,177 @@ mod cases {
         assert!(q.event(kept).await.unwrap().is_some());
     }
 
+    /// Two instances replaying the same dead letters at once replay each
+    /// once, and their counts add up.
+    pub async fn postgres_two_instances_requeue_where_replay_each_once(b: Backend) {
+        let other = b.another().await;
+        let n = 1_200;
+        let now = SystemTime::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|w| {
+                let q = b.q.clone();
+                tokio::spawn(async move {
+                    for i in 0..n / 16 {
+                        queued(
+                            q.append(event("gh", &format!("{w}-{i}"), now), now)
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        loop {
+            let page = b.q.inbox(500).await.unwrap();
+            if page.events.is_empty() {
+                break;
+            }
+            let made = page
+                .events
+                .iter()
+                .map(|(id, _)| Routed {
+                    event: *id,
+                    pending: vec![],
+                    dead: vec![dead(delivery(*id, "a", 0), "failed")],
+                })
+                .collect();
+            b.q.routed(&page, made).await.unwrap();
+        }
+        assert_eq!(b.q.stats(&[]).await.unwrap().dead, n as u64);
+        let all = DeliveryFilter::default();
+        let (x, y) = tokio::join!(
+            b.q.requeue_where(&all, 1_000, &|_| None, false),
+            other.requeue_where(&all, 1_000, &|_| None, false)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(
+            x.replayed + y.replayed,
+            n,
+            "{} + {}",
+            x.replayed,
+            y.replayed
+        );
+        let stats = b.q.stats(&[]).await.unwrap();
+        assert_eq!((stats.dead, stats.deliveries), (0, n as u64));
+    }
+
+    /// Two instances re-routing the same events at once store each
+    /// missing delivery once.
+    pub async fn postgres_two_instances_add_missing_create_each_once(b: Backend) {
+        let other = b.another().await;
+        let ids = append_n(&b.q, 40, "e").await;
+        route_with(&b.q, |_| (vec![], vec![])).await;
+        let wanted: Vec<DeliveryRecord> = ids
+            .iter()
+            .flat_map(|&e| [delivery(e, "a", 0), delivery(e, "b", 0)])
+            .collect();
+        let (x, y) = tokio::join!(
+            b.q.add_missing(wanted.clone()),
+            other.add_missing(wanted.clone())
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.created + y.created, 80, "{x:?} {y:?}");
+        assert_eq!(x.existing + y.existing, 80, "{x:?} {y:?}");
+        assert_eq!(b.q.stats(&[]).await.unwrap().deliveries, 80);
+    }
+
+    /// What the lookups ask, the indexes of schema version 4 answer.
+    pub async fn postgres_lookups_read_indexes(b: Backend) {
+        append_n(&b.q, 1, "e").await;
+        route_with(&b.q, |id| (vec![delivery(id, "a", 0)], vec![])).await;
+        let plan = |sql: &str| {
+            Cluster::shared_psql(
+                &b.db,
+                &format!("SET enable_seqscan = off; SET enable_bitmapscan = off; EXPLAIN {sql}"),
+            )
+        };
+        // On a partitioned table, each partition's index is named after
+        // the partition and its columns.
+        let lookups = [
+            (
+                "SELECT id FROM hookgate_events WHERE delivery_id = 'x' ORDER BY id DESC LIMIT 50",
+                "_delivery_id_id_idx",
+            ),
+            (
+                "SELECT id FROM hookgate_deliveries WHERE event_id = 7",
+                "hookgate_deliveries_event",
+            ),
+            (
+                "SELECT id FROM hookgate_delivered WHERE event_id = 7",
+                "_event_id_idx",
+            ),
+            (
+                "SELECT id FROM hookgate_deliveries WHERE dead AND sink = 'a' ORDER BY id DESC LIMIT 50",
+                "hookgate_deliveries_dead_sink",
+            ),
+            (
+                "SELECT id FROM hookgate_delivered WHERE sink = 'a' ORDER BY id DESC LIMIT 50",
+                "_sink_id_idx",
+            ),
+        ];
+        for (sql, index) in lookups {
+            let p = plan(sql);
+            assert!(p.contains(index), "{sql}: {p}");
+        }
+    }
+
+    /// Events stored before schema version 4 (or by an older build) have
+    /// no lookup columns: their records say what they are, and a delivery
+    /// id finds them.
+    pub async fn postgres_events_stored_before_version_4_are_looked_up(b: Backend) {
+        let now = SystemTime::now();
+        let t = unix_millis(now);
+        let old = queued(
+            b.q.append(looked_up("gh", "push", "d-old", t), now)
+                .await
+                .unwrap(),
+        );
+        let new = queued(
+            b.q.append(looked_up("gh", "issues", "d-new", t), now)
+                .await
+                .unwrap(),
+        );
+        Cluster::shared_psql(
+            &b.db,
+            &format!("UPDATE hookgate_events SET provider = NULL, event = NULL, delivery_id = NULL WHERE id = {}", old.0),
+        );
+        let (all, _) = all_events(&b.q, &EventFilter::default(), 50).await;
+        assert_eq!(ids_of(&all), vec![new.0, old.0]);
+        assert_eq!(
+            (all[1].event.as_str(), all[1].delivery_id.as_str()),
+            ("push", "d-old")
+        );
+        let q = &b.q;
+        let by = |f: EventFilter| async move { ids_of(&all_events(q, &f, 50).await.0) };
+        assert_eq!(
+            by(EventFilter {
+                delivery_id: Some("d-old".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![old.0]
+        );
+        assert_eq!(
+            by(EventFilter {
+                event: Some("push".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![old.0]
+        );
+        assert_eq!(
+            by(EventFilter {
+                delivery_id: Some("d-new".into()),
+                ..Default::default()
+            })
+            .await,
+            vec![new.0]
+        );
+    }
+
     /// Many appends at once share transactions: fewer commits than
     /// appends, and every one answered.
     pub async fn postgres_group_commit_shares_transactions(b: Backend) {
@@ -1557,4 +2453,112 @@ async fn postgres_append_throughput() {
         commits.count(),
         events as f64 / commits.count() as f64
     );
+}
+
+/// A measurement, not a check: what ingest, routing and settling cost
+/// per event and per delivery, on a cluster of its own with
+/// `pg_stat_statements` (time and WAL per statement). `cargo test --test
+/// it storage::postgres_costs -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn postgres_costs() {
+    let Some(cluster) = Cluster::init() else {
+        return;
+    };
+    cluster.add_option("-c shared_preload_libraries=pg_stat_statements");
+    cluster.add_option("-c pg_stat_statements.track=all");
+    cluster.start_server();
+    let db = cluster.create_database();
+    cluster.psql(&db, "CREATE EXTENSION pg_stat_statements");
+    let q: Arc<dyn Queue> = Arc::new(Postgres::open(&cluster.url(&db), 8).await.unwrap());
+    cluster.psql(&db, "SELECT pg_stat_statements_reset()");
+    let phases = measure_phases(&q, 20_000).await;
+    eprintln!("{phases}");
+    let top = cluster.psql(
+        &db,
+        "SELECT calls, rows, round(total_exec_time::numeric, 1) AS total_ms,
+                round((total_exec_time / greatest(rows, 1) * 1000)::numeric, 1) AS us_per_row,
+                round(wal_bytes / greatest(rows, 1)) AS wal_per_row,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+         FROM pg_stat_statements WHERE calls >= 10 ORDER BY total_exec_time DESC LIMIT 12",
+    );
+    eprintln!("calls|rows|total_ms|us_per_row|wal_per_row|query\n{top}");
+}
+
+/// The same measurement against the local backend (no statement
+/// statistics: wall time per phase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn local_costs() {
+    let b = Backend::local();
+    let phases = measure_phases(&b.q, 20_000).await;
+    eprintln!("{phases}");
+}
+
+/// Appends `n` events (64 writers), routes them a page of 64 at a time
+/// to one delivery each, then claims and settles each Done; the time of
+/// each phase.
+async fn measure_phases(q: &Arc<dyn Queue>, n: usize) -> String {
+    let now = SystemTime::now();
+    let started = std::time::Instant::now();
+    let writers = 64;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..n / writers {
+                    let mut e = event("gh", &format!("{w}-{i}"), now);
+                    e.record.delivery_id = format!("{w}-{i}");
+                    queued(q.append(e, now).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ingest = started.elapsed();
+    let n = n / writers * writers;
+    let started = std::time::Instant::now();
+    let mut routed = 0;
+    while routed < n {
+        let page = q.inbox(64).await.unwrap();
+        let made = page
+            .events
+            .iter()
+            .map(|(id, _)| Routed {
+                event: *id,
+                pending: vec![delivery(*id, "s", 0)],
+                dead: vec![],
+            })
+            .collect();
+        routed += page.events.len();
+        q.routed(&page, made).await.unwrap();
+    }
+    let route = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut settled = 0;
+    while settled < n {
+        let due = q.claim("s", limits(64), 1_000).await.unwrap();
+        for c in due.claimed {
+            let mut rec = c.rec.clone();
+            rec.attempts.push(Attempt {
+                at_ms: unix_millis(SystemTime::now()),
+                status: Some(200),
+                latency_ms: 3,
+                outcome: "delivered".into(),
+                response: "ok".into(),
+            });
+            q.settle(&c.lease, &rec, Settle::Done).await.unwrap();
+            settled += 1;
+        }
+    }
+    let settle = started.elapsed();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    format!(
+        "{n} events: ingest {ingest:?} ({:.1} us each), routing {route:?} ({:.1} us each), claim+settle {settle:?} ({:.1} us each)",
+        per(ingest),
+        per(route),
+        per(settle)
+    )
 }

@@ -16,9 +16,12 @@ use std::sync::atomic::Ordering;
 
 use super::delivery::{dead_at_bound, order_prefix, sink_prefix};
 use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
+
+/// Dead letters replayed per transaction.
+pub(super) const REPLAY_BATCH: usize = 500;
 use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
 
-fn tx_err(e: TransactionError<()>) -> QueueError {
+pub(super) fn tx_err(e: TransactionError<()>) -> QueueError {
     match e {
         TransactionError::Storage(e) => e.into(),
         TransactionError::Abort(()) => {
@@ -27,7 +30,7 @@ fn tx_err(e: TransactionError<()>) -> QueueError {
     }
 }
 
-fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueError> {
+pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueError> {
     DeliveryRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
         key: hex::encode(key),
         reason: e.to_string(),
@@ -58,9 +61,10 @@ impl SledQueue {
         let mut ordered = Vec::new();
         let mut dead = Vec::new();
         let mut dead_at = Vec::new();
+        let mut by_event = Vec::new();
         let mut unmatched = 0u64;
         for r in page {
-            pending.extend(r.pending.iter().map(|d| (d.due_key(), d.encode())));
+            pending.extend(r.pending.iter().map(|d| (d.id, d.due_key(), d.encode())));
             ordered.extend(
                 r.pending
                     .iter()
@@ -68,6 +72,12 @@ impl SledQueue {
             );
             dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
             dead_at.extend(r.dead.iter().map(DeliveryRecord::dead_at_key));
+            by_event.extend(
+                r.pending
+                    .iter()
+                    .chain(&r.dead)
+                    .map(DeliveryRecord::by_event_key),
+            );
             if r.pending.is_empty() && r.dead.is_empty() {
                 unmatched += 1;
             }
@@ -85,24 +95,32 @@ impl SledQueue {
                 &trees.dead_at,
                 &trees.meta,
                 &trees.order,
+                &trees.pending_ids,
+                &trees.by_event,
             )
-                .transaction(|(deliveries, dead_tree, dead_at_tree, meta, order)| {
-                    for (k, v) in &pending {
-                        deliveries.insert(&k[..], v.as_slice())?;
-                    }
-                    for (k, v) in &ordered {
-                        order.insert(&k[..], &v[..])?;
-                    }
-                    for (k, v) in &dead {
-                        dead_tree.insert(&k[..], v.as_slice())?;
-                    }
-                    for k in &dead_at {
-                        dead_at_tree.insert(&k[..], &[][..])?;
-                    }
-                    meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
-                    meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
+                .transaction(
+                    |(deliveries, dead_tree, dead_at_tree, meta, order, ids, events)| {
+                        for (id, k, v) in &pending {
+                            deliveries.insert(&k[..], v.as_slice())?;
+                            ids.insert(&id.to_be_bytes()[..], &k[..])?;
+                        }
+                        for k in &by_event {
+                            events.insert(&k[..], &[][..])?;
+                        }
+                        for (k, v) in &ordered {
+                            order.insert(&k[..], &v[..])?;
+                        }
+                        for (k, v) in &dead {
+                            dead_tree.insert(&k[..], v.as_slice())?;
+                        }
+                        for k in &dead_at {
+                            dead_at_tree.insert(&k[..], &[][..])?;
+                        }
+                        meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
+                        meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    },
+                )
                 .map_err(tx_err);
             self.state.check(done)?;
             *saved = (std::time::Instant::now(), next.0);
@@ -233,38 +251,53 @@ impl SledQueue {
     }
 
     /// Replaces the record at `old` (its previous due key) with `rec`:
-    /// rescheduled when `rec` is pending, removed when `done`; its `order`
-    /// entry follows it (to the new key, or gone) in the same transaction,
-    /// so the next delivery of its key becomes the head only once this
-    /// one's outcome is written. Rescheduled to the same millisecond (a
-    /// `Retry-After: 0` answered at once), the key is the same:
-    /// overwritten, not removed.
+    /// rescheduled when `rec` is pending, moved to the delivered history
+    /// when `done`; its `order` entry follows it (to the new key, or
+    /// gone) in the same transaction, so the next delivery of its key
+    /// becomes the head only once this one's outcome is written.
+    /// Rescheduled to the same millisecond (a `Retry-After: 0` answered
+    /// at once), the key is the same: overwritten, not removed.
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
         let trees = self.state.get()?;
-        let new = (!done).then(|| (rec.due_key(), rec.encode()));
+        let value = rec.encode();
+        let (id, key) = (rec.id.to_be_bytes(), rec.due_key());
         let ordered = rec.order_index_key();
-        let written = (&trees.deliveries, &trees.order)
-            .transaction(|(deliveries, order)| {
-                match &new {
-                    Some((key, value)) => {
-                        deliveries.insert(&key[..], value.as_slice())?;
-                        if key[..] != *old {
-                            deliveries.remove(old)?;
-                        }
-                        if let Some(o) = &ordered {
-                            order.insert(&o[..], &key[..])?;
-                        }
+        let written = match done {
+            false => (&trees.deliveries, &trees.order, &trees.pending_ids)
+                .transaction(|(deliveries, order, ids)| {
+                    deliveries.insert(&key[..], value.as_slice())?;
+                    if key[..] != *old {
+                        deliveries.remove(old)?;
+                        ids.insert(&id[..], &key[..])?;
                     }
-                    None => {
+                    if let Some(o) = &ordered {
+                        order.insert(&o[..], &key[..])?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(tx_err),
+            true => {
+                let at = rec.delivered_at_key();
+                (
+                    &trees.deliveries,
+                    &trees.order,
+                    &trees.pending_ids,
+                    &trees.delivered,
+                    &trees.delivered_at,
+                )
+                    .transaction(|(deliveries, order, ids, delivered, delivered_at)| {
                         deliveries.remove(old)?;
                         if let Some(o) = &ordered {
                             order.remove(&o[..])?;
                         }
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err);
+                        ids.remove(&id[..])?;
+                        delivered.insert(&id[..], value.as_slice())?;
+                        delivered_at.insert(&at[..], &[][..])?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(tx_err)
+            }
+        };
         self.state.check(written)
     }
 
@@ -275,11 +308,18 @@ impl SledQueue {
         let trees = self.state.get()?;
         let (id, value, ordered) = (rec.id.to_be_bytes(), rec.encode(), rec.order_index_key());
         let died = rec.dead_at_key();
-        let moved = (&trees.dead, &trees.dead_at, &trees.deliveries, &trees.order)
-            .transaction(|(dead, dead_at, deliveries, order)| {
+        let moved = (
+            &trees.dead,
+            &trees.dead_at,
+            &trees.deliveries,
+            &trees.order,
+            &trees.pending_ids,
+        )
+            .transaction(|(dead, dead_at, deliveries, order, ids)| {
                 dead.insert(&id[..], value.as_slice())?;
                 dead_at.insert(&died[..], &[][..])?;
                 deliveries.remove(old)?;
+                ids.remove(&id[..])?;
                 if let Some(o) = &ordered {
                     order.remove(&o[..])?;
                 }
@@ -433,11 +473,41 @@ impl SledQueue {
         now_ms: u64,
         refuse: impl Fn(&DeliveryRecord) -> Option<String>,
     ) -> Result<Requeued, QueueError> {
-        let records = match id {
-            Some(id) => self.dead_letter(id)?.into_iter().collect(),
-            None => self.dead_letters()?,
-        };
         let mut out = Requeued::default();
+        if let Some(id) = id {
+            let records = self.dead_letter(id)?.into_iter().collect();
+            self.replay(records, now_ms, &refuse, false, &mut out)?;
+            return Ok(out);
+        }
+        let mut after = None;
+        loop {
+            let records = self.dead_page(after, REPLAY_BATCH)?;
+            let Some(last) = records.last() else {
+                return Ok(out);
+            };
+            after = Some(last.id);
+            let full = records.len() == REPLAY_BATCH;
+            self.replay(records, now_ms, &refuse, false, &mut out)?;
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Replays `records` (dead letters as read) in one transaction, as
+    /// [`SledQueue::requeue`] describes, adding to `out`: those refused
+    /// stay; one no longer in `dead` (expired or replayed since it was
+    /// read) is not brought back. With `dry_run`, only counts.
+    pub(super) fn replay(
+        &self,
+        records: Vec<DeliveryRecord>,
+        now_ms: u64,
+        refuse: &dyn Fn(&DeliveryRecord) -> Option<String>,
+        dry_run: bool,
+        out: &mut Requeued,
+    ) -> Result<(), QueueError> {
+        // (the record pending again, its `dead_at` key, its new key).
+        let mut moves = Vec::new();
         for mut rec in records {
             let reason = if rec.frozen.is_none() {
                 Some(super::super::NOTHING_TO_SEND.to_owned())
@@ -448,39 +518,60 @@ impl SledQueue {
                 out.refused.push(Refused { id: rec.id, reason });
                 continue;
             }
+            if dry_run {
+                out.replayed += 1;
+                out.sinks.insert(rec.sink);
+                continue;
+            }
             // Its entry in `dead_at`, dated as it died.
             let died = rec.dead_at_key();
             rec.due_ms = now_ms;
             rec.failures = 0;
             rec.reason = None;
             rec.dead_ms = None;
-            let (key, value, id) = (rec.due_key(), rec.encode(), rec.id.to_be_bytes());
-            let ordered = rec.order_index_key();
-            let trees = self.state.get()?;
-            let moved_one = (&trees.deliveries, &trees.dead, &trees.dead_at, &trees.order)
-                .transaction(|(deliveries, dead, dead_at, order)| {
+            moves.push((rec.due_key(), rec.encode(), died, rec));
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let trees = self.state.get()?;
+        let moved = (
+            &trees.deliveries,
+            &trees.dead,
+            &trees.dead_at,
+            &trees.order,
+            &trees.pending_ids,
+        )
+            .transaction(|(deliveries, dead, dead_at, order, ids)| {
+                let mut moved = Vec::with_capacity(moves.len());
+                for (key, value, died, rec) in &moves {
+                    let id = rec.id.to_be_bytes();
                     // Expired (or replayed) since it was read: gone, not
                     // brought back.
                     if dead.remove(&id[..])?.is_none() {
-                        return Ok(false);
+                        moved.push(false);
+                        continue;
                     }
                     dead_at.remove(&died[..])?;
                     deliveries.insert(&key[..], value.as_slice())?;
-                    // Back in its place in event order: the head of its key
-                    // again if it is the oldest.
-                    if let Some(o) = &ordered {
-                        order.insert(&o[..], &key[..])?;
+                    ids.insert(&id[..], &key[..])?;
+                    // Back in its place in event order: the head of its
+                    // key again if it is the oldest.
+                    if let Some(o) = rec.order_index_key() {
+                        order.insert(o, &key[..])?;
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(true)
-                })
-                .map_err(tx_err);
-            if !self.state.check(moved_one)? {
-                continue;
+                    moved.push(true);
+                }
+                Ok::<_, ConflictableTransactionError<()>>(moved)
+            })
+            .map_err(tx_err);
+        for (done, (_, _, _, rec)) in self.state.check(moved)?.into_iter().zip(moves) {
+            if done {
+                out.replayed += 1;
+                out.sinks.insert(rec.sink);
             }
-            out.replayed += 1;
-            out.sinks.insert(rec.sink);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Deletes up to `limit` dead letters that died before `cutoff_ms`,
@@ -503,17 +594,19 @@ impl SledQueue {
                 .take(limit)
                 .collect::<Result<_, _>>(),
         )?;
-        let removed = (&trees.dead, &trees.dead_at)
-            .transaction(|(dead, dead_at)| {
+        let removed = (&trees.dead, &trees.dead_at, &trees.by_event)
+            .transaction(|(dead, dead_at, by_event)| {
                 let mut sinks = Vec::new();
                 for k in &due {
                     dead_at.remove(k)?;
                     let Some(id) = k.get(8..16) else { continue };
                     let Some(v) = dead.get(id)? else { continue };
-                    let dated =
-                        DeliveryRecord::decode(&v).is_ok_and(|rec| rec.dead_at_key()[..] == k[..]);
-                    if dated {
+                    let dated = DeliveryRecord::decode(&v)
+                        .ok()
+                        .filter(|rec| rec.dead_at_key()[..] == k[..]);
+                    if let Some(rec) = dated {
                         dead.remove(id)?;
+                        by_event.remove(&rec.by_event_key()[..])?;
                         // A record that decodes has a sink.
                         sinks.push(DeliveryRecord::sink_of(&v).unwrap_or_default().to_owned());
                     }

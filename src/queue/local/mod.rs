@@ -11,6 +11,7 @@
 
 mod deliveries;
 mod log;
+mod lookups;
 mod seen;
 mod sled_queue;
 mod state;
@@ -23,9 +24,10 @@ use std::time::{Duration, SystemTime};
 pub use sled_queue::{Page, SledQueue};
 
 use super::{
-    delivery, unix_millis, Appended, BackendGauges, Carried, CarriedEvent, Claimed, DeliveryRecord,
-    Disabled, Due, EventId, EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits,
-    NewEvent, PageClaim, Queue, QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
+    delivery, unix_millis, Added, Appended, BackendGauges, Carried, CarriedEvent, Claimed,
+    DeliveryFilter, DeliveryPage, DeliveryRecord, Disabled, Due, EventFilter, EventId, EventPage,
+    EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits, NewEvent, PageClaim, Queue,
+    QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
 };
 
 /// Most due records looked at per sink per claim.
@@ -206,6 +208,7 @@ impl Queue for Local {
             }
         }
         let (from, next) = (EventId(page.claim.from), EventId(page.claim.next));
+        self.q.index_events(&page.events)?;
         self.q.routed(&routed, from, next)?;
         Ok(routed)
     }
@@ -289,6 +292,21 @@ impl Queue for Local {
         self.q.requeue(id, now_ms, refuse)
     }
 
+    async fn requeue_where(
+        &self,
+        filter: &DeliveryFilter,
+        now_ms: u64,
+        refuse: RefuseReplay<'_>,
+        dry_run: bool,
+    ) -> Result<Requeued, QueueError> {
+        // `refuse` is borrowed: it runs here, as `requeue` does.
+        self.q.requeue_where(filter, now_ms, refuse, dry_run)
+    }
+
+    async fn add_missing(&self, deliveries: Vec<DeliveryRecord>) -> Result<Added, QueueError> {
+        blocking(&self.q, move |q| q.add_missing(deliveries)).await
+    }
+
     async fn stats(&self, disabled: &[(String, String)]) -> Result<Stats, QueueError> {
         let disabled = disabled.to_vec();
         blocking(&self.q, move |q| {
@@ -299,6 +317,26 @@ impl Queue for Local {
 
     async fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError> {
         blocking(&self.q, move |q| q.event(id)).await
+    }
+
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<EventPage, QueueError> {
+        let filter = filter.clone();
+        blocking(&self.q, move |q| q.events_page(&filter, before, limit)).await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<DeliveryPage, QueueError> {
+        let filter = filter.clone();
+        blocking(&self.q, move |q| q.deliveries_page(&filter, before, limit)).await
     }
 
     fn gauges(&self) -> BackendGauges {
@@ -339,6 +377,26 @@ impl Queue for Local {
         if removed > 0 {
             tracing::info!(removed, "deleted log segments past retention");
         }
+        let cutoff =
+            unix_millis(now).saturating_sub(retention.as_millis().min(u64::MAX as u128) as u64);
+        let mut delivered = 0;
+        loop {
+            let (n, more) = blocking(&self.q, move |q| {
+                q.prune_delivered(cutoff, DEAD_PRUNE_BATCH)
+            })
+            .await?;
+            delivered += n;
+            if !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if delivered > 0 {
+            tracing::info!(
+                deliveries = delivered,
+                "deleted delivered history past retention"
+            );
+        }
         Ok(removed)
     }
 
@@ -376,5 +434,5 @@ impl Queue for Local {
 
 /// Pause between two log segments deleted.
 const PRUNE_PAUSE: Duration = Duration::from_millis(200);
-/// Dead letters deleted per sled transaction.
+/// Dead letters (and delivered history) deleted per sled transaction.
 const DEAD_PRUNE_BATCH: usize = 1000;

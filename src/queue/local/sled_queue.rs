@@ -32,6 +32,9 @@ pub(super) const ROUTED_KEY: &[u8] = b"routed";
 pub(super) const UNMATCHED_KEY: &[u8] = b"unmatched";
 /// `meta` key: this data_dir's random id (u64 BE), made when it is created.
 const INSTALL_KEY: &[u8] = b"install";
+/// `meta` key: the router's cursor (u64 BE) when the event index was
+/// made: events from it on are in the index once routed.
+const INDEXED_FROM_KEY: &[u8] = b"events_indexed_from";
 /// Longest the router's cursor moves in memory only (`deliveries.rs`).
 pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -49,8 +52,14 @@ pub struct SledQueue {
     /// When the cursor was last saved, and where it was.
     pub(super) cursor_saved: std::sync::Mutex<(std::time::Instant, u64)>,
     pub(super) shared: Arc<Shared>,
-    log_dir: std::path::PathBuf,
+    pub(super) log_dir: std::path::PathBuf,
     reader: log::Reader,
+    /// The log as lookups read it (events not in the index): files of
+    /// its own, and damage it meets is not counted again.
+    pub(super) lookup_reader: log::Reader,
+    /// The first event the router filed in the event index; those
+    /// before it were routed before the index existed (`lookups.rs`).
+    pub(super) indexed_from: u64,
     /// Damaged log frames skipped so far (recovery and reading).
     damaged: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
@@ -126,6 +135,14 @@ impl SledQueue {
                 id
             }
         };
+        let indexed_from = match read_u64(meta, INDEXED_FROM_KEY)? {
+            Some(at) => at,
+            // Made durable by the checkpoint below.
+            None => {
+                meta.insert(INDEXED_FROM_KEY, &cursor.0.to_be_bytes())?;
+                cursor.0
+            }
+        };
         let damaged = Arc::new(AtomicU64::new(0));
         let recovered =
             seen::recover(&log_dir, now_ms, cursor, &damaged).map_err(QueueError::Storage)?;
@@ -157,6 +174,8 @@ impl SledQueue {
             cursor_saved: std::sync::Mutex::new((std::time::Instant::now(), cursor.0)),
             shared: shared.clone(),
             reader: log::Reader::new(&log_dir, damaged.clone()),
+            lookup_reader: log::Reader::new(&log_dir, Arc::default()),
+            indexed_from,
             damaged: damaged.clone(),
             log_dir: log_dir.clone(),
             jobs,
@@ -313,7 +332,9 @@ impl SledQueue {
                 continue;
             }
             seen::sync_keys(&self.log_dir, seq).map_err(QueueError::Storage)?;
+            self.unindex_segment(seq)?;
             self.reader.forget(seq);
+            self.lookup_reader.forget(seq);
             log::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
             removed += 1;
         }

@@ -47,6 +47,26 @@ pub struct Trees {
     /// order, each to its current `deliveries` key: the first entry of a
     /// key is the one that may go (`deliveries.rs`).
     pub order: sled::Tree,
+    /// Pending deliveries by id (big-endian), each to its current
+    /// `deliveries` key, written in the same transaction as it: lookups
+    /// list them by id and find one (`lookups.rs`).
+    pub pending_ids: sled::Tree,
+    /// Every delivery (pending, delivered, dead) by event: event id ‖ id
+    /// (big-endian) → nothing, written when it is made and removed when
+    /// it leaves for good (its history or dead letter expired).
+    pub by_event: sled::Tree,
+    /// Delivered deliveries by id: their final record, kept for
+    /// `server.retention`.
+    pub delivered: sled::Tree,
+    /// The delivered by when (`DeliveryRecord::delivered_at_key`), in the
+    /// same transaction as `delivered`, so pruning reads only its front.
+    pub delivered_at: sled::Tree,
+    /// Routed events by id: what a listing shows of each (`lookups.rs`),
+    /// written by the router, dropped with the event's log segment.
+    pub event_index: sled::Tree,
+    /// The routed events of each delivery id: its length (u32), bytes,
+    /// event id (big-endian) → nothing.
+    pub event_delivery_ids: sled::Tree,
     /// What makes sled durable (`writer.rs`).
     pub store: Store,
 }
@@ -66,6 +86,12 @@ impl Trees {
         let dead = db.open_tree("dead")?;
         let dead_at = db.open_tree("dead_at")?;
         let order = db.open_tree("order")?;
+        let pending_ids = db.open_tree("pending_ids")?;
+        let by_event = db.open_tree("by_event")?;
+        let delivered = db.open_tree("delivered")?;
+        let delivered_at = db.open_tree("delivered_at")?;
+        let event_index = db.open_tree("event_index")?;
+        let event_delivery_ids = db.open_tree("event_delivery_ids")?;
         let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
         let store = Store {
             db: db.clone(),
@@ -81,9 +107,16 @@ impl Trees {
             dead,
             dead_at,
             order,
+            pending_ids,
+            by_event,
+            delivered,
+            delivered_at,
+            event_index,
+            event_delivery_ids,
             store,
         };
         index_dead_letters(&trees)?;
+        index_deliveries(&trees)?;
         Ok(trees)
     }
 }
@@ -125,6 +158,52 @@ fn index_dead_letters(trees: &Trees) -> Result<(), QueueError> {
         tracing::info!(
             dead_letters = filed,
             "filed the dead letters by the time they died, for their retention"
+        );
+    }
+    Ok(())
+}
+
+/// `meta` key: the deliveries stored before lookups existed have been
+/// filed in `pending_ids` and `by_event`.
+const LOOKUPS_INDEXED: &[u8] = b"lookups_indexed";
+
+/// Files every pending delivery in `pending_ids` and `by_event`, and
+/// every dead letter in `by_event`, once per data directory, as
+/// [`index_dead_letters`] does (idempotent; marked once durable).
+fn index_deliveries(trees: &Trees) -> Result<(), QueueError> {
+    if trees.meta.contains_key(LOOKUPS_INDEXED)? {
+        return Ok(());
+    }
+    let (mut filed, mut ids, mut events) = (0u64, sled::Batch::default(), sled::Batch::default());
+    for (tree, pending) in [(&trees.deliveries, true), (&trees.dead, false)] {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let Some(head) = super::DeliveryRecord::head(&v) else {
+                tracing::warn!(key = %hex::encode(&k), "a delivery that does not decode is not filed for lookups");
+                continue;
+            };
+            if pending {
+                ids.insert(&head.id.to_be_bytes()[..], &k[..]);
+            }
+            let mut by = [0; 16];
+            by[..8].copy_from_slice(&head.event_id.to_be_bytes());
+            by[8..].copy_from_slice(&head.id.to_be_bytes());
+            events.insert(&by[..], &[][..]);
+            filed += 1;
+            if filed % 1024 == 0 {
+                trees.pending_ids.apply_batch(std::mem::take(&mut ids))?;
+                trees.by_event.apply_batch(std::mem::take(&mut events))?;
+            }
+        }
+    }
+    trees.pending_ids.apply_batch(ids)?;
+    trees.by_event.apply_batch(events)?;
+    trees.store.checkpoint()?;
+    trees.meta.insert(LOOKUPS_INDEXED, &[1])?;
+    if filed > 0 {
+        tracing::info!(
+            deliveries = filed,
+            "filed the pending and dead deliveries for lookups"
         );
     }
     Ok(())

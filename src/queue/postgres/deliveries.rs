@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 use super::health::{conn_err, pool_err};
-use super::Db;
+use super::{partitions, Db};
 use crate::queue::{Claimed, DeliveryRecord, Due, Lease, Limits, QueueError, Settle};
 
 /// The columns [`record_of`] reads.
@@ -88,6 +88,15 @@ UPDATE hookgate_deliveries d
 SET lease_token = $5, lease_until = now() + make_interval(secs => $4)
 FROM picked WHERE d.id = picked.id
 RETURNING d.id, d.due_ms, d.failures, d.reason, d.dead_ms, d.record";
+
+/// A delivered delivery leaves the queue for the history, in one
+/// statement: only under its lease token, with its final record.
+const DONE: &str = "
+WITH gone AS (
+    DELETE FROM hookgate_deliveries WHERE id = $1 AND lease_token = $2
+    RETURNING id, event_id, sink)
+INSERT INTO hookgate_delivered (id, delivered_ms, event_id, sink, record)
+SELECT id, $3, event_id, sink, $4 FROM gone";
 
 const NEXT_DUE: &str = "
 SELECT due_ms FROM hookgate_deliveries WHERE sink = $1 AND NOT dead ORDER BY due_ms LIMIT 1";
@@ -222,10 +231,21 @@ pub async fn settle(
     let failures = rec.failures.min(i32::MAX as u32) as i32;
     let written = match how {
         Settle::Done => {
-            conn.execute(
-                "DELETE FROM hookgate_deliveries WHERE id = $1 AND lease_token = $2",
-                &[&id, &token],
-            )
+            let at = rec.delivered_ms().min(i64::MAX as u64) as i64;
+            async {
+                let stmt = conn.prepare_cached(DONE).await?;
+                let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                    [&id, &token, &at, &bytes];
+                match conn.execute(&stmt, &args).await {
+                    // A day no partition was made for ahead (a clock far off).
+                    Err(e) if partitions::no_partition(&e) => {
+                        let day = [partitions::day_of(at)].into();
+                        partitions::ensure(&conn, partitions::DELIVERED, &day).await?;
+                        conn.execute(&stmt, &args).await
+                    }
+                    moved => moved,
+                }
+            }
             .await
         }
         Settle::Reschedule => {

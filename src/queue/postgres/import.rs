@@ -27,8 +27,8 @@ seen AS (
     RETURNING event_id
 ),
 ev AS (
-    INSERT INTO hookgate_events (id, received_ms, source, record)
-    SELECT event_id, $5, $1, $6 FROM seen
+    INSERT INTO hookgate_events (id, received_ms, source, record, provider, event, delivery_id)
+    SELECT event_id, $5, $1, $6, $7, $8, $9 FROM seen
     RETURNING id, received_ms
 )
 INSERT INTO hookgate_inbox (event_id, received_ms) SELECT id, received_ms FROM ev";
@@ -53,7 +53,7 @@ pub async fn import(db: &Db, carried: Carried, now_ms: u64) -> Result<Imported, 
         .collect();
     let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let done = async {
-        partitions::ensure(&conn, &days).await?;
+        partitions::ensure(&conn, partitions::EVENTS, &days).await?;
         let tx = conn.transaction().await?;
         let claimed = tx
             .execute(
@@ -82,6 +82,9 @@ pub async fn import(db: &Db, carried: Carried, now_ms: u64) -> Result<Imported, 
                         &(e.expires_ms as i64),
                         &(e.record.received_at_ms as i64),
                         &e.record.encode(),
+                        &e.record.provider,
+                        &e.record.event,
+                        &e.record.delivery_id,
                     ],
                 )
                 .await? as usize;

@@ -31,6 +31,10 @@ const TRIES: usize = 3;
 /// An append, encoded on the request's task.
 pub struct Job {
     pub source: String,
+    /// What a listing shows (columns since schema version 4).
+    pub provider: String,
+    pub event: String,
+    pub delivery_id: String,
     pub key: String,
     pub stored_ms: i64,
     pub expires_ms: i64,
@@ -51,6 +55,9 @@ impl Job {
             record: event.record.encode(),
             received_ms: event.record.received_at_ms.min(i64::MAX as u64) as i64,
             source: event.record.source,
+            provider: event.record.provider,
+            event: event.record.event,
+            delivery_id: event.record.delivery_id,
             key: event.dedupe_key,
             stored_ms: now_ms,
             expires_ms: now_ms.saturating_add(window),
@@ -138,7 +145,7 @@ async fn commit(db: &Db, batch: Vec<Job>) {
         match &result {
             Err(Retry::Partition(days)) => {
                 let made = match db.pool.get().await {
-                    Ok(c) => partitions::ensure(&c, days)
+                    Ok(c) => partitions::ensure(&c, partitions::EVENTS, days)
                         .await
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -207,12 +214,15 @@ impl From<QueueError> for Retry {
 
 /// The one statement storing a batch: dedupe keys (in key order, so two
 /// batches lock them in the same order), then the events that won their
-/// key and their inbox rows. Returns (ordinal, id) of those stored.
+/// key (with what a listing shows of each) and their inbox rows. Returns
+/// (ordinal, id) of those stored.
 const STORE: &str = "
 WITH input AS (
     SELECT nextval('hookgate_event_id') AS id, t.*
-    FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
-        WITH ORDINALITY AS t(source, key, stored_ms, expires_ms, received_ms, record, ord)
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[],
+            $7::text[], $8::text[], $9::text[])
+        WITH ORDINALITY AS t(source, key, stored_ms, expires_ms, received_ms, record,
+            provider, event, delivery_id, ord)
 ),
 won AS (
     INSERT INTO hookgate_seen AS s (source, key, event_id, stored_ms, expires_ms)
@@ -224,8 +234,9 @@ won AS (
     RETURNING s.event_id
 ),
 ev AS (
-    INSERT INTO hookgate_events (id, received_ms, source, record)
-    SELECT i.id, i.received_ms, i.source, i.record FROM input i JOIN won w ON w.event_id = i.id
+    INSERT INTO hookgate_events (id, received_ms, source, provider, event, delivery_id, record)
+    SELECT i.id, i.received_ms, i.source, i.provider, i.event, i.delivery_id, i.record
+    FROM input i JOIN won w ON w.event_id = i.id
     RETURNING id, received_ms
 ),
 inbox AS (
@@ -249,12 +260,25 @@ async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>
     let expires: Vec<i64> = jobs.iter().map(|j| j.expires_ms).collect();
     let received: Vec<i64> = jobs.iter().map(|j| j.received_ms).collect();
     let records: Vec<&[u8]> = jobs.iter().map(|j| j.record.as_slice()).collect();
+    let providers: Vec<&str> = jobs.iter().map(|j| j.provider.as_str()).collect();
+    let events: Vec<&str> = jobs.iter().map(|j| j.event.as_str()).collect();
+    let delivery_ids: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
     let done = async {
         let tx = conn.transaction().await?;
         let won = tx
             .query(
                 &tx.prepare_cached(STORE).await?,
-                &[&sources, &keys, &stored, &expires, &received, &records],
+                &[
+                    &sources,
+                    &keys,
+                    &stored,
+                    &expires,
+                    &received,
+                    &records,
+                    &providers,
+                    &events,
+                    &delivery_ids,
+                ],
             )
             .await?;
         let mut out: Vec<Option<Appended>> = vec![None; jobs.len()];

@@ -16,6 +16,7 @@ mod deliveries;
 mod health;
 mod import;
 mod ingest;
+mod lookups;
 mod partitions;
 mod routing;
 mod schema;
@@ -33,9 +34,10 @@ pub use schema::VERSION as SCHEMA_VERSION;
 
 use self::health::{conn_err, pool_err, Health};
 use super::{
-    unix_millis, Appended, BackendGauges, Carried, DeliveryRecord, Disabled, Due, EventId,
-    EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits, NewEvent, Queue, QueueError,
-    RefuseReplay, Requeued, Routed, Settle, Stats,
+    unix_millis, Added, Appended, BackendGauges, Carried, DeliveryFilter, DeliveryPage,
+    DeliveryRecord, Disabled, Due, EventFilter, EventId, EventPage, EventRecord, Healed, Imported,
+    InboxPage, Ingest, Lease, Limits, NewEvent, Queue, QueueError, RefuseReplay, Requeued, Routed,
+    Settle, Stats,
 };
 
 /// What the backend's parts share.
@@ -109,9 +111,11 @@ impl Postgres {
         })?;
         let install = schema::migrate_or_refuse(&mut conn).await?;
         let now_ms = unix_millis(SystemTime::now()) as i64;
-        partitions::ensure(&conn, &partitions::around(now_ms))
-            .await
-            .map_err(|e| storage(format!("making event partitions: {e}")))?;
+        for table in [partitions::EVENTS, partitions::DELIVERED] {
+            partitions::ensure(&conn, table, &partitions::around(now_ms))
+                .await
+                .map_err(|e| storage(format!("making partitions: {e}")))?;
+        }
         drop(conn);
         let db = Arc::new(Db {
             pool,
@@ -273,6 +277,20 @@ impl Queue for Postgres {
         dead::requeue(&self.db, id, now_ms, refuse).await
     }
 
+    async fn requeue_where(
+        &self,
+        filter: &DeliveryFilter,
+        now_ms: u64,
+        refuse: RefuseReplay<'_>,
+        dry_run: bool,
+    ) -> Result<Requeued, QueueError> {
+        lookups::requeue_where(&self.db, filter, now_ms, refuse, dry_run).await
+    }
+
+    async fn add_missing(&self, deliveries: Vec<DeliveryRecord>) -> Result<Added, QueueError> {
+        lookups::add_missing(&self.db, deliveries).await
+    }
+
     async fn stats(&self, disabled: &[(String, String)]) -> Result<Stats, QueueError> {
         let db = &self.db;
         let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
@@ -343,6 +361,24 @@ impl Queue for Postgres {
         .transpose()
     }
 
+    async fn events(
+        &self,
+        filter: &EventFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<EventPage, QueueError> {
+        lookups::events(&self.db, filter, before, limit).await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<DeliveryPage, QueueError> {
+        lookups::deliveries(&self.db, filter, before, limit).await
+    }
+
     fn gauges(&self) -> BackendGauges {
         BackendGauges {
             db_commits: Some((
@@ -385,8 +421,11 @@ impl Queue for Postgres {
         let cutoff = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
         let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
         let done = async {
-            partitions::ensure(&conn, &partitions::around(now_ms)).await?;
-            let removed = partitions::drop_before(&conn, cutoff).await?;
+            for table in [partitions::EVENTS, partitions::DELIVERED] {
+                partitions::ensure(&conn, table, &partitions::around(now_ms)).await?;
+            }
+            let removed = partitions::drop_before(&conn, partitions::EVENTS, cutoff).await?;
+            partitions::drop_before(&conn, partitions::DELIVERED, cutoff).await?;
             let keys = partitions::prune_seen(&conn, now_ms).await?;
             if keys > 0 {
                 tracing::info!(removed = keys, "pruned expired dedupe keys");

@@ -142,6 +142,34 @@ ALTER TABLE hookgate_inbox DROP COLUMN claim_token, DROP COLUMN claim_until;
 -- Its rows are inserted and deleted, never updated: no room to keep.
 ALTER TABLE hookgate_inbox SET (fillfactor = 100);
 "#,
+    // 4: lookups (`lookups.rs`). What an event listing shows, as columns
+    // written at ingest (NULL in rows stored before, or by an instance of
+    // an older build: read from their records), and its delivery id
+    // indexed. Deliveries by event, and dead letters by sink in id order.
+    // Delivered deliveries are kept (their final record) in a table of
+    // their own, partitioned by day delivered and dropped whole after
+    // `server.retention`, off the queue table and its partial indexes.
+    // Plain CREATE INDEXes, as in 2: writes wait while they are built.
+    r#"
+ALTER TABLE hookgate_events ADD COLUMN provider text, ADD COLUMN event text,
+    ADD COLUMN delivery_id text;
+CREATE INDEX hookgate_events_delivery_id ON hookgate_events (delivery_id, id);
+CREATE INDEX hookgate_deliveries_event ON hookgate_deliveries (event_id);
+CREATE INDEX hookgate_deliveries_dead_sink ON hookgate_deliveries (sink, id) WHERE dead;
+DROP INDEX hookgate_deliveries_dead;
+CREATE TABLE hookgate_delivered (
+    id bigint NOT NULL,
+    delivered_ms bigint NOT NULL,
+    event_id bigint NOT NULL,
+    sink text NOT NULL,
+    -- The final postcard `DeliveryRecord`, attempts and all.
+    record bytea NOT NULL
+) PARTITION BY RANGE (delivered_ms);
+ALTER TABLE hookgate_delivered ALTER COLUMN record SET STORAGE EXTERNAL;
+CREATE INDEX hookgate_delivered_id ON hookgate_delivered (id);
+CREATE INDEX hookgate_delivered_event ON hookgate_delivered (event_id);
+CREATE INDEX hookgate_delivered_sink ON hookgate_delivered (sink, id);
+"#,
 ];
 
 /// The newest schema this build knows.
@@ -183,9 +211,12 @@ async fn migrate_locked(client: &mut Client) -> Result<u64, String> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         let tx = client.transaction().await.map_err(e)?;
-        tx.batch_execute(sql)
-            .await
-            .map_err(|err| format!("migrating the schema to version {version}: {err}"))?;
+        tx.batch_execute(sql).await.map_err(|err| {
+            format!(
+                "migrating the schema to version {version}: {}",
+                super::with_causes(&err)
+            )
+        })?;
         tx.execute(
             "INSERT INTO hookgate_schema (version) VALUES ($1)",
             &[&version],

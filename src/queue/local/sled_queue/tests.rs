@@ -661,3 +661,170 @@ async fn stale_dead_at_entries_delete_nothing() {
     assert!(more);
     assert!(trees.dead_at.is_empty() && trees.dead.is_empty());
 }
+
+/// Routes every event in the inbox to nowhere as `Local` does, filing
+/// each in the event index.
+fn route_all_indexed(q: &SledQueue) -> usize {
+    let page = q.inbox_page(usize::MAX).unwrap();
+    q.index_events(&page.events).unwrap();
+    let routed: Vec<super::super::Routed> = page
+        .events
+        .iter()
+        .map(|(id, _)| super::super::Routed {
+            event: *id,
+            pending: vec![],
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&routed, page.from, page.next).unwrap();
+    routed.len()
+}
+
+fn listed(q: &SledQueue, filter: &crate::queue::EventFilter) -> Vec<EventId> {
+    let page = q.events_page(filter, None, 50).unwrap();
+    assert_eq!(page.next_before, None);
+    page.items.iter().map(|e| EventId(e.id)).collect()
+}
+
+/// Events routed before the event index existed are read from the log:
+/// listed, and found by their delivery id, beside those in the index
+/// and those not routed yet.
+#[tokio::test]
+async fn events_routed_before_the_index_are_read_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let old = queue_and_close(dir.path(), "old", 3, now).await;
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        // Routed by a build without the index: nothing filed.
+        route_all(&q);
+        q.flush().unwrap();
+        q.state
+            .get()
+            .unwrap()
+            .meta
+            .remove(INDEXED_FROM_KEY)
+            .unwrap();
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    assert!(q.indexed_from > old[2].0);
+    let mut new = Vec::new();
+    for key in ["new0", "new1", "waiting"] {
+        let Appended::Queued(id) = q.append(event("gh", key), now).await.unwrap() else {
+            panic!("{key} is new")
+        };
+        new.push(id);
+        if key == "new1" {
+            assert_eq!(route_all_indexed(&q), 2);
+        }
+    }
+    assert_eq!(q.state.get().unwrap().event_index.len(), 2);
+    let all = crate::queue::EventFilter::default();
+    assert_eq!(
+        listed(&q, &all),
+        vec![new[2], new[1], new[0], old[2], old[1], old[0]]
+    );
+    for (key, id) in [("old1", old[1]), ("new0", new[0]), ("waiting", new[2])] {
+        let by = crate::queue::EventFilter {
+            delivery_id: Some(key.into()),
+            ..Default::default()
+        };
+        assert_eq!(listed(&q, &by), vec![id], "{key}");
+    }
+}
+
+/// The index entries of a log segment go with it.
+#[tokio::test]
+async fn the_event_index_goes_with_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let mut e = event("gh", &format!("big{i}"));
+        e.record.body = vec![0; 1 << 20];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
+        let Appended::Queued(id) = q.append(e, now).await.unwrap() else {
+            panic!("new")
+        };
+        ids.push(id);
+    }
+    assert_eq!(route_all_indexed(&q), 10);
+    q.save_cursor().unwrap();
+    let later = now + Duration::from_secs(3600);
+    let removed = q
+        .prune_log(later, Duration::from_secs(60), usize::MAX)
+        .unwrap();
+    assert!(removed >= 1);
+    let left = q.events().unwrap();
+    let trees = q.state.get().unwrap();
+    assert_eq!(trees.event_index.len(), left.len());
+    assert_eq!(trees.event_delivery_ids.len(), left.len());
+    let all = crate::queue::EventFilter::default();
+    let mut kept: Vec<EventId> = left.iter().map(|(id, _)| *id).collect();
+    kept.reverse();
+    assert_eq!(listed(&q, &all), kept);
+    let first = crate::queue::EventFilter {
+        delivery_id: Some("big0".into()),
+        ..Default::default()
+    };
+    assert!(listed(&q, &first).is_empty(), "gone with its segment");
+}
+
+/// Pending and dead deliveries stored before lookups existed are filed
+/// at open, once: found by their event.
+#[tokio::test]
+async fn deliveries_from_before_lookups_are_filed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = SledQueue::open(dir.path(), true).unwrap();
+        let mut pending = super::super::delivery::tests::sample(1, 10);
+        pending.event_id = 5;
+        let mut dead = dead_at(2, "b", 1_000);
+        dead.event_id = 5;
+        let page = [crate::queue::Routed {
+            event: EventId(5),
+            pending: vec![pending],
+            dead: vec![dead],
+        }];
+        q.routed(&page, EventId(0), EventId(0)).unwrap();
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        db.drop_tree("pending_ids").unwrap();
+        db.drop_tree("by_event").unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .remove(b"lookups_indexed")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let of_event = crate::queue::DeliveryFilter {
+        event_id: Some(5),
+        ..Default::default()
+    };
+    let page = q.deliveries_page(&of_event, None, 50).unwrap();
+    let found: Vec<(u64, crate::queue::DeliveryStatus)> =
+        page.items.iter().map(|v| (v.record.id, v.status)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (2, crate::queue::DeliveryStatus::Dead),
+            (1, crate::queue::DeliveryStatus::Pending)
+        ]
+    );
+    let pending = crate::queue::DeliveryFilter {
+        status: Some(crate::queue::DeliveryStatus::Pending),
+        ..Default::default()
+    };
+    assert_eq!(
+        q.deliveries_page(&pending, None, 50).unwrap().items.len(),
+        1
+    );
+}
