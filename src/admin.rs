@@ -193,9 +193,7 @@ impl Admin {
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
-            (&Method::GET, ["api", "openapi.json"]) => {
-                json(StatusCode::OK, &openapi::document())
-            }
+            (&Method::GET, ["api", "openapi.json"]) => json(StatusCode::OK, &openapi::document()),
             (&Method::GET, ["api", "events"]) => self.search_events(req.uri().query()).await,
             (&Method::GET, ["api", "events", id]) => self.show_event(id).await,
             (&Method::GET, ["api", "deliveries"]) => {

@@ -53,8 +53,13 @@ pub async fn reroute(
                 continue;
             };
             out.events += 1;
-            let routed =
-                crate::router::route_one(queue.install_id(), routes, sinks, EventId(summary.id), &event)?;
+            let routed = crate::router::route_one(
+                queue.install_id(),
+                routes,
+                sinks,
+                EventId(summary.id),
+                &event,
+            )?;
             for d in &routed.dead {
                 out.failed += 1;
                 if out.first_failure.is_none() {

@@ -134,7 +134,10 @@ impl DeliveryItem {
             created_at: rfc3339(d.created_ms),
             due_at: (v.status == DeliveryStatus::Pending).then(|| rfc3339(d.due_ms)),
             delivered_at: delivered,
-            dead_at: d.dead_ms.filter(|_| v.status == DeliveryStatus::Dead).map(rfc3339),
+            dead_at: d
+                .dead_ms
+                .filter(|_| v.status == DeliveryStatus::Dead)
+                .map(rfc3339),
             failures: d.failures,
             reason: d.reason.clone(),
             attempts: d
@@ -258,7 +261,11 @@ impl Admin {
         let mut deliveries = Vec::new();
         let mut before = None;
         loop {
-            match self.queue.deliveries(&filter, before, query::LIMIT_MAX).await {
+            match self
+                .queue
+                .deliveries(&filter, before, query::LIMIT_MAX)
+                .await
+            {
                 Ok(page) => {
                     deliveries.extend(page.items.iter().map(DeliveryItem::of));
                     before = page.next_before;
@@ -288,7 +295,11 @@ impl Admin {
         if dead_only {
             filter.status = Some(DeliveryStatus::Dead);
         }
-        match self.queue.deliveries(&filter, page.before, page.limit).await {
+        match self
+            .queue
+            .deliveries(&filter, page.before, page.limit)
+            .await
+        {
             Ok(found) => json(
                 StatusCode::OK,
                 &Paged {

@@ -18,7 +18,9 @@ fn text(name: &str, description: &str) -> Value {
 fn time(name: &str, description: &str) -> Value {
     param(
         name,
-        &format!("{description}: an RFC 3339 time (2026-11-28T09:00:00Z) or how long ago (2h, 30m, 7d)"),
+        &format!(
+            "{description}: an RFC 3339 time (2026-11-28T09:00:00Z) or how long ago (2h, 30m, 7d)"
+        ),
         json!({ "type": "string", "pattern": "^([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9:.]+(Z|[+-][0-9:]+)?|([0-9]+ ?[a-z]+ ?)+)$" }),
     )
 }
@@ -33,7 +35,10 @@ fn number(name: &str, description: &str) -> Value {
 
 fn page() -> Vec<Value> {
     vec![
-        number("before", "Only ids below this: the `next_before` of the page before"),
+        number(
+            "before",
+            "Only ids below this: the `next_before` of the page before",
+        ),
         param(
             "limit",
             "Items a page (default 50)",
@@ -45,8 +50,14 @@ fn page() -> Vec<Value> {
 fn event_filter() -> Vec<Value> {
     vec![
         text("source", "The source's name in routes.toml"),
-        text("event", "The provider's event type (push, Merge Request Hook, …)"),
-        text("delivery_id", "The provider's id for the delivery (X-GitHub-Delivery, …)"),
+        text(
+            "event",
+            "The provider's event type (push, Merge Request Hook, …)",
+        ),
+        text(
+            "delivery_id",
+            "The provider's id for the delivery (X-GitHub-Delivery, …)",
+        ),
         time("since", "Received at or after"),
         time("until", "Received before"),
     ]

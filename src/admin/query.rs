@@ -66,7 +66,9 @@ impl Query {
         match self.text(name) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                BadQuery(format!("`{name}`: `{v}` is not a number: write it like 1234"))
+                BadQuery(format!(
+                    "`{name}`: `{v}` is not a number: write it like 1234"
+                ))
             }),
         }
     }
@@ -86,14 +88,12 @@ impl Query {
         let Some(v) = self.text(name) else {
             return Ok(None);
         };
-        parse_time(&v, now)
-            .map(Some)
-            .ok_or_else(|| {
-                BadQuery(format!(
-                    "`{name}`: `{v}` is not a time: write an RFC 3339 time like \
+        parse_time(&v, now).map(Some).ok_or_else(|| {
+            BadQuery(format!(
+                "`{name}`: `{v}` is not a time: write an RFC 3339 time like \
                      2026-11-28T09:00:00Z, or how long ago like 2h or 30m"
-                ))
-            })
+            ))
+        })
     }
 
     pub fn page(&self) -> Result<Page, BadQuery> {
@@ -232,8 +232,7 @@ pub fn parse_time(v: &str, now: SystemTime) -> Option<u64> {
 
 /// Milliseconds since the epoch as RFC 3339, to the millisecond.
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
@@ -247,7 +246,10 @@ mod tests {
     #[test]
     fn an_unknown_or_repeated_parameter_is_refused_with_what_to_write() {
         let e = q("sinks=slack", DELIVERY_PARAMS).err().unwrap();
-        assert!(e.0.starts_with("unknown parameter `sinks`: did you mean `sink`?"), "{e}");
+        assert!(
+            e.0.starts_with("unknown parameter `sinks`: did you mean `sink`?"),
+            "{e}"
+        );
         let e = q("sink=a&sink=b", DELIVERY_PARAMS).err().unwrap();
         assert_eq!(e.0, "`sink` is given twice: give it once");
     }

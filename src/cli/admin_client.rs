@@ -8,7 +8,6 @@ use http::Method;
 use serde::de::DeserializeOwned;
 
 use crate::admin::CSRF_HEADER;
-use crate::config::Server;
 use crate::secret::Secret;
 
 pub(super) struct AdminClient {
@@ -30,18 +29,12 @@ impl AdminClient {
         AdminClient { listen, headers }
     }
 
-    /// The daemon of this `[server]` section. A token whose secret is not
-    /// set here is left out (the daemon will say it is missing).
-    pub(super) fn of(server: &Server) -> AdminClient {
-        let token = server.admin_token.as_ref().and_then(|t| t.as_ref().ok());
-        AdminClient::new(server.admin_listen, token)
-    }
-
     /// The daemon of the config file at `path`, read for the admin
     /// listener's address and token alone (the rest may have mistakes).
     pub(super) fn from_file(path: &std::path::Path) -> anyhow::Result<AdminClient> {
         let resolver = crate::config::secrets::Resolver::from_env();
-        let (listen, token) = crate::config::admin_of(path, &resolver).map_err(anyhow::Error::msg)?;
+        let (listen, token) =
+            crate::config::admin_of(path, &resolver).map_err(anyhow::Error::msg)?;
         Ok(AdminClient::new(listen, token.as_ref()))
     }
 

@@ -108,7 +108,11 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
             } else {
                 println!(
                     "{} {} events: {} deliveries {}, {} existed already",
-                    if dry_run { "would re-route" } else { "re-routed" },
+                    if dry_run {
+                        "would re-route"
+                    } else {
+                        "re-routed"
+                    },
                     done.events,
                     done.created,
                     if dry_run { "to make" } else { "made" },
@@ -127,7 +131,10 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn deliveries(path: &Path, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn deliveries(
+    path: &Path,
+    command: DeliveriesCommand,
+) -> anyhow::Result<ExitCode> {
     let admin = AdminClient::from_file(path)?;
     let DeliveriesCommand::List {
         filter,
@@ -189,10 +196,7 @@ fn print_event(e: &EventDetail) {
         println!("  {name}: {value}");
     }
     match (&e.payload, &e.body_text, &e.body_base64) {
-        (Some(p), _, _) => println!(
-            "{}",
-            serde_json::to_string_pretty(p).unwrap_or_default()
-        ),
+        (Some(p), _, _) => println!("{}", serde_json::to_string_pretty(p).unwrap_or_default()),
         (None, Some(t), _) => println!("{t}"),
         (None, None, Some(b)) => println!("(not text, {} bytes, base64) {b}", e.body_bytes),
         (None, None, None) => println!("(empty body)"),
@@ -225,7 +229,10 @@ fn print_delivery(d: &DeliveryItem) {
         d.route,
         d.sink,
         d.attempts.len(),
-        d.reason.as_deref().map(|r| format!("  {r}")).unwrap_or_default()
+        d.reason
+            .as_deref()
+            .map(|r| format!("  {r}"))
+            .unwrap_or_default()
     );
     for a in &d.attempts {
         println!(

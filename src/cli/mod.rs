@@ -103,8 +103,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The config has problems (each printed already): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("the config has the problems above; nothing was read")]
+struct ConfigRefused;
+
 /// The exit code for a command that failed with `e`.
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<ConfigRefused>().is_some() {
+        return bad_config();
+    }
     // A sink the config describes but that cannot be built is a config
     // problem (2): systemd does not restart on it in a loop.
     match e.downcast_ref::<crate::daemon::DaemonError>() {

@@ -30,7 +30,7 @@ pub(super) enum Command {
     /// Deliveries that failed for good.
     Dead {
         #[command(subcommand)]
-        what: DeadCommand,
+        what: Box<DeadCommand>,
     },
     /// Moves the local backend's unfinished work (events not yet routed,
     /// pending deliveries, dead letters) under server.data_dir into the
@@ -76,34 +76,56 @@ pub(super) enum DeadCommand {
 }
 
 pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load_or_report(path, Secrets::Configured) else {
-        return Ok(bad_config());
+    if let Command::Migrate { json } = command {
+        let Some(loaded) = load_or_report(path, Secrets::Configured) else {
+            return Ok(bad_config());
+        };
+        return migrate(path, &loaded.config, json).await;
+    }
+    let reach = Reach {
+        path,
+        admin: AdminClient::from_file(path)?,
     };
-    let config = &loaded.config;
     match command {
-        Command::Stats { json } => stats(config, json).await,
-        Command::Dead {
-            what: DeadCommand::List { filter, json },
-        } => dead_list(config, &filter, json).await,
-        Command::Dead {
-            what: DeadCommand::Show { id, json },
-        } => dead_show(config, id, json).await,
-        Command::Dead {
-            what:
-                DeadCommand::Replay {
-                    id,
-                    all,
-                    filter,
-                    dry_run,
-                    json,
-                },
+        Command::Stats { json } => stats(&reach, json).await,
+        Command::Dead { what } => dead(&reach, *what).await,
+        Command::Migrate { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Where the queue commands read: the running daemon's admin API, which
+/// takes no more of the config than its address and token (so they work
+/// while routes.toml has a mistake the daemon refused to reload); and,
+/// when no daemon answers, storage itself, which needs the whole config.
+struct Reach<'a> {
+    path: &'a Path,
+    admin: AdminClient,
+}
+
+impl Reach<'_> {
+    /// The whole config, for reading storage without a daemon.
+    fn config(&self) -> anyhow::Result<crate::config::Loaded> {
+        load_or_report(self.path, Secrets::Configured).ok_or_else(|| super::ConfigRefused.into())
+    }
+}
+
+async fn dead(reach: &Reach<'_>, what: DeadCommand) -> anyhow::Result<ExitCode> {
+    match what {
+        DeadCommand::List { filter, json } => dead_list(reach, &filter, json).await,
+        DeadCommand::Show { id, json } => dead_show(reach, id, json).await,
+        DeadCommand::Replay {
+            id,
+            all,
+            filter,
+            dry_run,
+            json,
         } => {
             let filtered = filter.pairs().iter().any(|(_, v)| v.is_some());
             match (id, all, filtered) {
-                (Some(id), _, false) if !dry_run => dead_replay(config, Some(id), json).await,
-                (None, true, false) if !dry_run => dead_replay(config, None, json).await,
+                (Some(id), _, false) if !dry_run => dead_replay(reach, Some(id), json).await,
+                (None, true, false) if !dry_run => dead_replay(reach, None, json).await,
                 (None, _, _) if filtered || (all && dry_run) => {
-                    replay_where(config, &filter, dry_run, json).await
+                    replay_where(reach, &filter, dry_run, json).await
                 }
                 (Some(_), _, _) => {
                     eprintln!("hookgate: replay one dead delivery by its id, or those filters select: not both (and --dry-run goes with filters or --all)");
@@ -115,15 +137,15 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
                 }
             }
         }
-        Command::Migrate { json } => migrate(path, config, json).await,
     }
 }
 
-async fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::of(&config.server);
-    let stats: Stats = match admin.request(Method::GET, "/api/queue/stats").await? {
+async fn stats(reach: &Reach<'_>, json: bool) -> anyhow::Result<ExitCode> {
+    let stats: Stats = match reach.admin.request(Method::GET, "/api/queue/stats").await? {
         Some(body) => serde_json::from_slice(&body).context("the daemon's stats answer")?,
         None => {
+            let loaded = reach.config()?;
+            let config = &loaded.config;
             let disabled = disabled_sinks(config.sinks.values());
             inspect_storage(config).await?.stats(&disabled).await?
         }
@@ -151,14 +173,14 @@ async fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn dead_list(
-    config: &Config,
+    reach: &Reach<'_>,
     filter: &DeliveryFilter,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let qs = query(filter.pairs());
-    let admin = AdminClient::of(&config.server);
+    let admin = &reach.admin;
     let list: Vec<DeadSummary> = match admin.get::<serde_json::Value>("/api/queue/stats").await? {
-        Some(_) => super::events::collect::<DeliveryItem>(&admin, "/api/dead", &qs, usize::MAX)
+        Some(_) => super::events::collect::<DeliveryItem>(admin, "/api/dead", &qs, usize::MAX)
             .await?
             .iter()
             .map(DeadSummary::of_item)
@@ -166,7 +188,7 @@ async fn dead_list(
         None => {
             let mut f = offline_filter(&qs)?;
             f.status = Some(DeliveryStatus::Dead);
-            let queue = inspect_storage(config).await?;
+            let queue = inspect_storage(&reach.config()?.config).await?;
             let mut out = Vec::new();
             let mut before = None;
             loop {
@@ -214,7 +236,7 @@ fn offline_filter(qs: &str) -> anyhow::Result<crate::queue::DeliveryFilter> {
 
 /// Replays the dead letters the filters select (or, dry, counts them).
 async fn replay_where(
-    config: &Config,
+    reach: &Reach<'_>,
     filter: &DeliveryFilter,
     dry_run: bool,
     json: bool,
@@ -222,12 +244,11 @@ async fn replay_where(
     let mut pairs = filter.pairs();
     pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
     let qs = query(pairs);
-    let done: Replayed = match AdminClient::of(&config.server)
-        .post(&format!("/api/dead/replay?{qs}"))
-        .await?
-    {
+    let done: Replayed = match reach.admin.post(&format!("/api/dead/replay?{qs}")).await? {
         Some(done) => done,
         None => {
+            let loaded = reach.config()?;
+            let config = &loaded.config;
             let f = offline_filter(&query(filter.pairs()))?;
             let refuse = |rec: &DeliveryRecord| gone_sink(config, rec);
             let done = inspect_storage(config)
@@ -263,12 +284,11 @@ fn gone_sink(config: &Config, rec: &DeliveryRecord) -> Option<String> {
     })
 }
 
-async fn dead_show(config: &Config, id: u64, json: bool) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::of(&config.server);
-    let detail: DeadDetail = match admin.get(&format!("/api/dead/{id}")).await? {
+async fn dead_show(reach: &Reach<'_>, id: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let detail: DeadDetail = match reach.admin.get(&format!("/api/dead/{id}")).await? {
         Some(detail) => detail,
         None => {
-            let d = inspect_storage(config)
+            let d = inspect_storage(&reach.config()?.config)
                 .await?
                 .dead_letter(id)
                 .await?
@@ -305,14 +325,16 @@ async fn dead_show(config: &Config, id: u64, json: bool) -> anyhow::Result<ExitC
 }
 
 /// Replays one dead delivery (`id`), or every one (`None`).
-async fn dead_replay(config: &Config, id: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
+async fn dead_replay(reach: &Reach<'_>, id: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
     let path = match id {
         Some(id) => format!("/api/dead/{id}/replay"),
         None => "/api/dead/replay".to_owned(),
     };
-    let done: Requeued = match AdminClient::of(&config.server).post(&path).await? {
+    let done: Requeued = match reach.admin.post(&path).await? {
         Some(done) => done,
         None => {
+            let loaded = reach.config()?;
+            let config = &loaded.config;
             let refuse = |rec: &DeliveryRecord| gone_sink(config, rec);
             inspect_storage(config)
                 .await?

@@ -30,8 +30,13 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<(SocketAddr, Option<
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Only the [server] table is read: a table elsewhere that TOML cannot
     // parse at all still stops here, with the line.
-    let file: File = toml::from_str(&text)
-        .map_err(|e| format!("{}: the admin listener's address and token cannot be read: {}", path.display(), e.message()))?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        format!(
+            "{}: the admin listener's address and token cannot be read: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
     let listen = match file.server.admin_listen.as_deref() {
         None => SocketAddr::from(([127, 0, 0, 1], 9090)),
         Some(a) => a.parse().map_err(|_| {
@@ -55,9 +60,11 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<(SocketAddr, Option<
                     ))
                 }
             };
-            Some(resolver.resolve(&r, SecretShape::External).map_err(|e| {
-                format!("server.admin_token: secret {r} is unavailable here: {e}")
-            })?)
+            Some(
+                resolver.resolve(&r, SecretShape::External).map_err(|e| {
+                    format!("server.admin_token: secret {r} is unavailable here: {e}")
+                })?,
+            )
         }
     };
     Ok((listen, token))
