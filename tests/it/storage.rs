@@ -2104,7 +2104,7 @@ mod cases {
                  DROP INDEX hookgate_deliveries_dead_at;
                  DROP TABLE hookgate_delivered;
                  DROP INDEX hookgate_deliveries_event, hookgate_deliveries_dead_sink,
-                     hookgate_events_delivery_id;
+                     hookgate_deliveries_dead_id, hookgate_events_delivery_id;
                  CREATE INDEX hookgate_deliveries_dead ON hookgate_deliveries (sink) WHERE dead;
                  ALTER TABLE hookgate_events DROP COLUMN provider, DROP COLUMN event,
                      DROP COLUMN delivery_id;
@@ -2324,6 +2324,10 @@ mod cases {
                 "hookgate_deliveries_dead_sink",
             ),
             (
+                "SELECT id FROM hookgate_deliveries WHERE dead ORDER BY id DESC LIMIT 50",
+                "hookgate_deliveries_dead_id",
+            ),
+            (
                 "SELECT id FROM hookgate_delivered WHERE sink = 'a' ORDER BY id DESC LIMIT 50",
                 "_sink_id_idx",
             ),
@@ -2350,9 +2354,22 @@ mod cases {
                 .await
                 .unwrap(),
         );
+        // Written at ingest.
+        assert_eq!(
+            Cluster::shared_psql(
+                &b.db,
+                "SELECT string_agg(concat_ws('/', provider, event, delivery_id), ',' ORDER BY id)
+                 FROM hookgate_events"
+            ),
+            "github/push/d-old,github/issues/d-new"
+        );
         Cluster::shared_psql(
             &b.db,
-            &format!("UPDATE hookgate_events SET provider = NULL, event = NULL, delivery_id = NULL WHERE id = {}", old.0),
+            &format!(
+                "UPDATE hookgate_events SET provider = NULL, event = NULL, delivery_id = NULL \
+                 WHERE id = {}",
+                old.0
+            ),
         );
         let (all, _) = all_events(&b.q, &EventFilter::default(), 50).await;
         assert_eq!(ids_of(&all), vec![new.0, old.0]);
@@ -2561,4 +2578,259 @@ async fn measure_phases(q: &Arc<dyn Queue>, n: usize) -> String {
         per(route),
         per(settle)
     )
+}
+
+/// A measurement, not a check: lookups on 100,000 events and as many
+/// deliveries (a third delivered, a few dead). `cargo test --release
+/// --test it storage::lookups_at_scale -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn lookups_at_scale_local() {
+    lookups_at_scale(Backend::local()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn lookups_at_scale_postgres() {
+    if let Some(b) = Backend::postgres().await {
+        lookups_at_scale(b).await
+    }
+}
+
+async fn lookups_at_scale(b: Backend) {
+    let q = &b.q;
+    let n = 100_000u64;
+    let now = SystemTime::now();
+    let t = unix_millis(now) - 3_600_000;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..n / 64 {
+                    let k = w * (n / 64) + i;
+                    let source = if k % 100 == 7 { "rare" } else { "gh" };
+                    let e = looked_up(source, "push", &format!("did-{k}"), t + k * 30);
+                    queued(q.append(e, now).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eprintln!("{:?}: appended in {:?}", b.kind, started.elapsed());
+    let sinks = ["a", "b", "c", "d"];
+    let mut events = Vec::new();
+    loop {
+        let page = q.inbox(1000).await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        let made = page
+            .events
+            .iter()
+            .map(|(id, _)| {
+                events.push(*id);
+                let mut d = delivery(*id, sinks[(id.0 % 4) as usize], 0);
+                d.route = if id.0 % 10 == 3 { "r3" } else { "r" }.into();
+                Routed {
+                    event: *id,
+                    pending: vec![d],
+                    dead: vec![],
+                }
+            })
+            .collect();
+        q.routed(&page, made).await.unwrap();
+    }
+    eprintln!("{:?}: routed in {:?}", b.kind, started.elapsed());
+    // A third delivered, one in a hundred dead, the rest pending.
+    let tasks: Vec<_> = sinks
+        .iter()
+        .map(|&sink| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                while done < n / 12 {
+                    let due = q.claim(sink, limits(64), 1_000).await.unwrap();
+                    for c in due.claimed {
+                        done += 1;
+                        if done % 33 == 0 {
+                            let mut rec = c.rec.clone();
+                            rec.reason = Some("gone".into());
+                            rec.dead_ms = Some(5_000);
+                            q.settle(&c.lease, &rec, Settle::Bury).await.unwrap();
+                        } else {
+                            deliver(&q, &c, 5_000).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eprintln!("{:?}: settled in {:?}", b.kind, started.elapsed());
+    let middle = events[events.len() / 2].0;
+    let time = |label: &'static str| {
+        move |took: Vec<Duration>, items: usize, more: bool| {
+            let mut took = took;
+            took.sort();
+            eprintln!(
+                "{label:<48} median {:>9.2?}  max {:>9.2?}  {items} items{}",
+                took[took.len() / 2],
+                took[took.len() - 1],
+                if more { ", more" } else { "" }
+            )
+        }
+    };
+    macro_rules! measure {
+        ($label:expr, $call:expr) => {{
+            let mut took = Vec::new();
+            let mut last = (0, false);
+            for _ in 0..7 {
+                let s = std::time::Instant::now();
+                let page = $call.await.unwrap();
+                took.push(s.elapsed());
+                last = (page.items.len(), page.next_before.is_some());
+            }
+            time($label)(took, last.0, last.1);
+        }};
+    }
+    let ev = |f: EventFilter| f;
+    measure!(
+        "events: newest 50",
+        q.events(&EventFilter::default(), None, 50)
+    );
+    measure!(
+        "events: 50 from the middle",
+        q.events(&EventFilter::default(), Some(middle), 50)
+    );
+    measure!(
+        "events: by delivery id",
+        q.events(
+            &ev(EventFilter {
+                delivery_id: Some("did-500".into()),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    measure!(
+        "events: source 1 in 100",
+        q.events(
+            &ev(EventFilter {
+                source: Some("rare".into()),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    measure!(
+        "events: an hour 40 minutes back",
+        q.events(
+            &ev(EventFilter {
+                since_ms: Some(t + 1_200_000),
+                until_ms: Some(t + 4_800_000),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    let df = |f: DeliveryFilter| f;
+    measure!(
+        "deliveries: newest 50",
+        q.deliveries(&DeliveryFilter::default(), None, 50)
+    );
+    measure!(
+        "deliveries: of one event",
+        q.deliveries(
+            &df(DeliveryFilter {
+                event_id: Some(middle),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    measure!(
+        "deliveries: sink b",
+        q.deliveries(
+            &df(DeliveryFilter {
+                sink: Some("b".into()),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    for status in [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Dead,
+    ] {
+        measure!(
+            "deliveries: by status",
+            q.deliveries(
+                &df(DeliveryFilter {
+                    status: Some(status),
+                    ..Default::default()
+                }),
+                None,
+                50
+            )
+        );
+        measure!(
+            "deliveries: by status, sink c",
+            q.deliveries(
+                &df(DeliveryFilter {
+                    status: Some(status),
+                    sink: Some("c".into()),
+                    ..Default::default()
+                }),
+                None,
+                50
+            )
+        );
+    }
+    measure!(
+        "deliveries: route r3 (1 in 10)",
+        q.deliveries(
+            &df(DeliveryFilter {
+                route: Some("r3".into()),
+                ..Default::default()
+            }),
+            None,
+            50
+        )
+    );
+    let mut took = Vec::new();
+    let mut replayed = 0;
+    let dead_of_d = DeliveryFilter {
+        sink: Some("d".into()),
+        ..Default::default()
+    };
+    for _ in 0..7 {
+        let s = std::time::Instant::now();
+        replayed = q
+            .requeue_where(&dead_of_d, 9_000, &|_| None, true)
+            .await
+            .unwrap()
+            .replayed;
+        took.push(s.elapsed());
+    }
+    time("requeue_where: dead of sink d, dry run")(took, replayed, false);
+    if b.kind == Kind::Postgres && std::env::var("HOOKGATE_EXPLAIN").is_ok() {
+        for sql in [
+            format!("SELECT * FROM ((SELECT id, due_ms, failures, reason, dead_ms, record, CASE WHEN dead THEN 2 ELSE 0 END::int2 FROM hookgate_deliveries WHERE event_id = {middle}) UNION ALL (SELECT id, NULL::int8, NULL::int4, NULL::text, NULL::int8, record, 1::int2 FROM hookgate_delivered WHERE event_id = {middle})) u ORDER BY id DESC LIMIT 50"),
+            "SELECT id FROM hookgate_deliveries WHERE sink = 'c' AND NOT dead ORDER BY id DESC LIMIT 50".into(),
+            "SELECT id FROM hookgate_deliveries WHERE dead ORDER BY id DESC LIMIT 50".into(),
+        ] {
+            eprintln!("{}", Cluster::shared_psql(&b.db, &format!("EXPLAIN ANALYZE {sql}")));
+        }
+    }
 }

@@ -267,11 +267,18 @@ fn deliveries_query(
         }
         conds
     };
+    // An event's deliveries are few: all of them, by its index, sorted
+    // after (an order by id in each part lets a planner with stale
+    // statistics walk the whole table by id instead).
+    let order = match filter.event_id {
+        Some(_) => String::new(),
+        None => format!(" ORDER BY id DESC LIMIT {window}"),
+    };
     let queue = |extra: Vec<String>| {
         let conds = [common.clone(), extra].concat();
         format!(
             "SELECT {COLS}, CASE WHEN dead THEN 2 ELSE 0 END::int2 FROM hookgate_deliveries \
-             WHERE {} ORDER BY id DESC LIMIT {window}",
+             WHERE {}{order}",
             where_of(&conds)
         )
     };
@@ -279,18 +286,22 @@ fn deliveries_query(
         let conds = [common.clone(), extra].concat();
         format!(
             "SELECT id, NULL::int8, NULL::int4, NULL::text, NULL::int8, record, 1::int2 \
-             FROM hookgate_delivered WHERE {} ORDER BY id DESC LIMIT {window}",
+             FROM hookgate_delivered WHERE {}{order}",
             where_of(&conds)
         )
     };
+    let wrap = |part: String| match filter.event_id {
+        Some(_) => format!("{part} ORDER BY id DESC LIMIT {window}"),
+        None => part,
+    };
     let sql = match filter.status {
-        Some(DeliveryStatus::Pending) => queue(vec!["NOT dead".into()]),
+        Some(DeliveryStatus::Pending) => wrap(queue(vec!["NOT dead".into()])),
         Some(DeliveryStatus::Dead) => {
             let mut conds = vec!["dead".to_owned()];
             conds.extend(time("dead_ms", &mut p));
-            queue(conds)
+            wrap(queue(conds))
         }
-        Some(DeliveryStatus::Delivered) => history(time("delivered_ms", &mut p)),
+        Some(DeliveryStatus::Delivered) => wrap(history(time("delivered_ms", &mut p))),
         None => format!(
             "SELECT * FROM (({}) UNION ALL ({})) u ORDER BY id DESC LIMIT {window}",
             queue(vec![]),

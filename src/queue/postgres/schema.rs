@@ -145,7 +145,9 @@ ALTER TABLE hookgate_inbox SET (fillfactor = 100);
     // 4: lookups (`lookups.rs`). What an event listing shows, as columns
     // written at ingest (NULL in rows stored before, or by an instance of
     // an older build: read from their records), and its delivery id
-    // indexed. Deliveries by event, and dead letters by sink in id order.
+    // indexed. Deliveries by event, and dead letters in id order (of a
+    // sink, and all): partial indexes of dead rows, which claims and
+    // outcomes of pending ones never write.
     // Delivered deliveries are kept (their final record) in a table of
     // their own, partitioned by day delivered and dropped whole after
     // `server.retention`, off the queue table and its partial indexes.
@@ -156,6 +158,7 @@ ALTER TABLE hookgate_events ADD COLUMN provider text, ADD COLUMN event text,
 CREATE INDEX hookgate_events_delivery_id ON hookgate_events (delivery_id, id);
 CREATE INDEX hookgate_deliveries_event ON hookgate_deliveries (event_id);
 CREATE INDEX hookgate_deliveries_dead_sink ON hookgate_deliveries (sink, id) WHERE dead;
+CREATE INDEX hookgate_deliveries_dead_id ON hookgate_deliveries (id) WHERE dead;
 DROP INDEX hookgate_deliveries_dead;
 CREATE TABLE hookgate_delivered (
     id bigint NOT NULL,
