@@ -1840,10 +1840,11 @@ mod cases {
         assert_eq!(page.events.len(), 2);
         assert!(other.inbox(10).await.unwrap().events.is_empty());
         // The first router's session is cut (as the database does to one
-        // idle in its transaction past 30 s): its page is free at once.
+        // idle in its transaction past 30 s): its page is free once the
+        // session is gone (the call waits for that, up to 10 s).
         Cluster::shared_psql(
             &b.db,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
              WHERE datname = current_database() AND state = 'idle in transaction'",
         );
         let taken = other.inbox(10).await.unwrap();
