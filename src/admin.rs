@@ -13,16 +13,18 @@
 //! | `GET /api/dead/{id}` | one, with its attempt history |
 //! | `POST /api/dead/{id}/replay`, `POST /api/dead/replay` | requeue one, or those a filter selects |
 //! | `POST /api/reroute` | route kept events again, making what is missing |
+//! | `GET /api/sinks` | each sink's health |
 //!
-//! Every request passes [`Guard`] first (`Host`, token, CSRF). Searches
-//! and filters are `lookup.rs`, their query strings `query.rs`.
+//! Every other path is the console (`console/`), HTML for a browser.
+//! Every request passes [`Guard`] first (`Host`, token or session, CSRF).
+//! Searches and filters are `lookup.rs`, their query strings `query.rs`.
 
 mod guard;
 pub mod lookup;
 pub mod openapi;
 pub mod query;
 
-pub use guard::{Guard, Refused, CSRF_HEADER};
+pub use guard::{Caller, Guard, Refused, CSRF_HEADER};
 
 use std::sync::Arc;
 
@@ -136,7 +138,22 @@ pub fn disabled_sinks<'a>(
 }
 
 impl Admin {
-    /// Answers one admin request.
+    /// Answers one request to the admin listener: the API's, or the
+    /// console's.
+    pub async fn serve<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let first = req.uri().path().split('/').nth(1).unwrap_or("");
+        if matches!(first, "api" | "healthz" | "readyz" | "metrics") {
+            self.handle(&req).await
+        } else {
+            crate::console::serve(self, req).await
+        }
+    }
+
+    /// Answers one API request.
     pub async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let path = req.uri().path().trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -193,6 +210,11 @@ impl Admin {
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
+            (&Method::GET, ["api", "sinks"]) => result(
+                self.dispatcher
+                    .health(crate::queue::unix_millis(std::time::SystemTime::now()))
+                    .await,
+            ),
             (&Method::GET, ["api", "openapi.json"]) => json(StatusCode::OK, &openapi::document()),
             (&Method::GET, ["api", "events"]) => self.search_events(req.uri().query()).await,
             (&Method::GET, ["api", "events", id]) => self.show_event(id).await,
@@ -250,6 +272,19 @@ impl Admin {
 /// The answer for a refused request; refusals other than a missing token
 /// are logged, as they are what an attack looks like.
 fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
+    log_refusal(refused);
+    let mut r = error(refused.status(), refused.message());
+    if *refused == Refused::Token {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static"),
+        );
+    }
+    r
+}
+
+/// Logs a refusal that looks like an attack.
+pub(crate) fn log_refusal(refused: &Refused) {
     match refused {
         Refused::Host(host) => {
             tracing::warn!(host = %host, "admin request refused: unknown Host")
@@ -260,16 +295,11 @@ fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
         Refused::Undeclared => {
             tracing::warn!("admin request refused: a change without the CSRF header")
         }
+        Refused::Csrf => {
+            tracing::warn!("admin request refused: a change with the session cookie but without its CSRF token")
+        }
         Refused::Token | Refused::TokenUnset => {}
     }
-    let mut r = error(refused.status(), refused.message());
-    if *refused == Refused::Token {
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            "Bearer".parse().expect("static"),
-        );
-    }
-    r
 }
 
 fn result<T: Serialize>(r: Result<T, crate::queue::QueueError>) -> Response<Full<Bytes>> {

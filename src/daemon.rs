@@ -506,10 +506,10 @@ pub async fn serve(
         admin,
         &config.server,
         crate::admin::Admin {
-            guard: crate::admin::Guard {
-                token: config.server.admin_token.clone(),
-                hosts: config.server.admin_hosts.clone(),
-            },
+            guard: crate::admin::Guard::new(
+                config.server.admin_token.clone(),
+                config.server.admin_hosts.clone(),
+            ),
             queue: queue.clone(),
             dispatcher: dispatcher.clone(),
             metrics: metrics.clone(),
@@ -624,7 +624,7 @@ async fn serve_admin(
     let admin = Arc::new(admin);
     let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
         let a = admin.clone();
-        async move { a.handle(&req).await }
+        async move { a.serve(req).await }
     };
     listener::run(listener, limits, handler, stop).await
 }

@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod dispatch;
 pub mod dryrun;

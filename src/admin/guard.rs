@@ -12,11 +12,18 @@
 //! (which this listener never grants), so a change needs the bearer token
 //! or `X-Hookgate-CSRF`, and a cross-site `Origin` or `Sec-Fetch-Site` is
 //! refused outright.
+//!
+//! The console's browser carries a session cookie instead of the token
+//! (`console/session.rs`). A cookie rides along with any request the
+//! browser sends, so a change made with it must also carry the session's
+//! CSRF token, which only pages of this origin can read: in
+//! `X-Hookgate-CSRF`, or in the form's `csrf` field.
 
 use std::net::IpAddr;
 
 use http::{header, HeaderMap, Method, Request, StatusCode};
 
+use crate::console::session::{Session, Sessions};
 use crate::secret::Secret;
 
 /// The header that marks a change as sent by a tool, not a web page.
@@ -29,6 +36,20 @@ pub struct Guard {
     pub token: Option<Result<Secret, String>>,
     /// `server.admin_hosts`: lower-case names, each with or without a port.
     pub hosts: Vec<String>,
+    /// The console's session cookies and CSRF tokens.
+    pub sessions: Sessions,
+}
+
+/// Who is asking, once the headers passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The bearer token: a tool (the CLI, a script).
+    Bearer,
+    /// The console's session cookie.
+    Session(Session),
+    /// Nobody in particular: no token is configured, or (probes only) the
+    /// request carries none.
+    Open,
 }
 
 /// Why a request was refused; each maps to one answer.
@@ -44,6 +65,9 @@ pub enum Refused {
     CrossSite(&'static str),
     /// A change without the token or the CSRF header.
     Undeclared,
+    /// A change made with the session cookie whose CSRF token is missing
+    /// or not the session's.
+    Csrf,
 }
 
 impl Refused {
@@ -52,7 +76,7 @@ impl Refused {
             Refused::Host(_) => StatusCode::MISDIRECTED_REQUEST,
             Refused::TokenUnset => StatusCode::SERVICE_UNAVAILABLE,
             Refused::Token => StatusCode::UNAUTHORIZED,
-            Refused::CrossSite(_) | Refused::Undeclared => StatusCode::FORBIDDEN,
+            Refused::CrossSite(_) | Refused::Undeclared | Refused::Csrf => StatusCode::FORBIDDEN,
         }
     }
 
@@ -64,30 +88,55 @@ impl Refused {
             Refused::Token => "bearer token required",
             Refused::CrossSite(_) => "cross-site request refused: the admin API takes changes only from its own origin",
             Refused::Undeclared => "a change needs the header `X-Hookgate-CSRF: 1` (or the bearer token)",
+            Refused::Csrf => "the page's CSRF token is missing or stale: reload the page and try again",
         }
     }
 }
 
 impl Guard {
-    /// Checks `req`; probes (`/healthz`, `/readyz`) need no token.
-    pub fn check<B>(&self, req: &Request<B>, probe: bool) -> Result<(), Refused> {
+    pub fn new(token: Option<Result<Secret, String>>, hosts: Vec<String>) -> Guard {
+        let sessions = Sessions::new(token.as_ref().and_then(|t| t.as_ref().ok()));
+        Guard {
+            token,
+            hosts,
+            sessions,
+        }
+    }
+
+    /// Checks `req` as the API takes it: [`Guard::caller`], then, for a
+    /// change, [`Guard::csrf`] from the header.
+    pub fn check<B>(&self, req: &Request<B>, probe: bool) -> Result<Caller, Refused> {
+        let caller = self.caller(req, probe)?;
+        if is_change(req.method()) {
+            self.csrf(req.headers(), &caller, None)?;
+        }
+        Ok(caller)
+    }
+
+    /// Who sent `req` (`Host`, then the token or the session cookie), and
+    /// for a change, that no other site's page sent it. Probes
+    /// (`/healthz`, `/readyz`) need no token.
+    pub fn caller<B>(&self, req: &Request<B>, probe: bool) -> Result<Caller, Refused> {
         let host = authority(req).ok_or_else(|| Refused::Host(String::new()))?;
         if !self.known_host(&host) {
             return Err(Refused::Host(host));
         }
         let headers = req.headers();
-        let authenticated = match &self.token {
-            None => false,
-            Some(Err(_)) if probe => false,
+        let caller = match &self.token {
+            None => Caller::Open,
+            Some(Err(_)) if probe => Caller::Open,
             Some(Err(_)) => return Err(Refused::TokenUnset),
             Some(Ok(token)) => match bearer(headers) {
-                Some(given) if token.ct_eq(given.as_bytes()) => true,
-                _ if probe => false,
-                _ => return Err(Refused::Token),
+                Some(given) if token.ct_eq(given.as_bytes()) => Caller::Bearer,
+                _ => match self.sessions.of_cookies(headers) {
+                    Some(session) => Caller::Session(session),
+                    None if probe => Caller::Open,
+                    None => return Err(Refused::Token),
+                },
             },
         };
-        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-            return Ok(());
+        if !is_change(req.method()) {
+            return Ok(caller);
         }
         if let Some(site) = headers.get("sec-fetch-site") {
             if !matches!(site.as_bytes(), b"same-origin" | b"none") {
@@ -99,10 +148,32 @@ impl Guard {
                 return Err(Refused::CrossSite("Origin"));
             }
         }
-        if authenticated || headers.contains_key(CSRF_HEADER) {
-            Ok(())
-        } else {
-            Err(Refused::Undeclared)
+        Ok(caller)
+    }
+
+    /// Whether a change by `caller` proves a page of ours sent it: the
+    /// bearer token does; a session needs its CSRF token (`form`'s, or
+    /// else the header's); with no token configured, the console's forms
+    /// carry the open CSRF token and tools the header, whatever its value.
+    pub fn csrf(
+        &self,
+        headers: &HeaderMap,
+        caller: &Caller,
+        form: Option<&str>,
+    ) -> Result<(), Refused> {
+        let header = headers.get(CSRF_HEADER).map(|v| v.to_str().unwrap_or(""));
+        match caller {
+            Caller::Bearer => Ok(()),
+            Caller::Session(session) => match form.or(header) {
+                Some(given) if session.csrf_is(given) => Ok(()),
+                _ => Err(Refused::Csrf),
+            },
+            Caller::Open => match (form, header) {
+                (Some(given), _) if self.sessions.open_csrf_is(given) => Ok(()),
+                (Some(_), _) => Err(Refused::Csrf),
+                (None, Some(_)) => Ok(()),
+                (None, None) => Err(Refused::Undeclared),
+            },
         }
     }
 
@@ -121,6 +192,11 @@ impl Guard {
             name == host && (allowed_port.is_none() || allowed_port == port)
         })
     }
+}
+
+/// Whether `method` changes something (all but GET, HEAD and OPTIONS).
+fn is_change(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// The token of `Authorization: Bearer <token>`; the scheme is matched
@@ -190,10 +266,10 @@ mod tests {
     use super::*;
 
     fn guard(token: Option<&str>, hosts: &[&str]) -> Guard {
-        Guard {
-            token: token.map(|t| Ok(Secret::new(t))),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-        }
+        Guard::new(
+            token.map(|t| Ok(Secret::new(t))),
+            hosts.iter().map(|h| h.to_string()).collect(),
+        )
     }
 
     fn req(method: Method, headers: &[(&str, &str)]) -> Request<()> {
@@ -218,7 +294,7 @@ mod tests {
             "HookGate.Internal",
             "admin.example:9443",
         ] {
-            assert_eq!(host(ok), Ok(()), "{ok}");
+            assert_eq!(host(ok), Ok(Caller::Open), "{ok}");
         }
         for bad in [
             "evil.example:9090",
@@ -247,7 +323,7 @@ mod tests {
             )
         };
         for ok in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
-            assert_eq!(with(ok), Ok(()), "{ok}");
+            assert_eq!(with(ok), Ok(Caller::Bearer), "{ok}");
         }
         for bad in ["Bearer s3cre", "Basic s3cret", "Bearers3cret", "s3cret"] {
             assert_eq!(with(bad), Err(Refused::Token), "{bad}");
@@ -267,9 +343,12 @@ mod tests {
             post(&open, &[("content-type", "text/plain")]),
             Err(Refused::Undeclared)
         );
-        assert_eq!(post(&open, &[(CSRF_HEADER, "1")]), Ok(()));
+        assert_eq!(post(&open, &[(CSRF_HEADER, "1")]), Ok(Caller::Open));
         let authed = guard(Some("t"), &[]);
-        assert_eq!(post(&authed, &[("authorization", "Bearer t")]), Ok(()));
+        assert_eq!(
+            post(&authed, &[("authorization", "Bearer t")]),
+            Ok(Caller::Bearer)
+        );
         // Cross-site, even with the header (a page cannot send it without
         // a preflight, but say no before anything else).
         for (name, value) in [
@@ -292,7 +371,10 @@ mod tests {
             ("origin", "HTTP://127.0.0.1:9090"),
             ("sec-fetch-site", "same-origin"),
         ] {
-            assert_eq!(post(&open, &[(CSRF_HEADER, "1"), (name, value)]), Ok(()));
+            assert_eq!(
+                post(&open, &[(CSRF_HEADER, "1"), (name, value)]),
+                Ok(Caller::Open)
+            );
         }
         // Reads need neither.
         let get = open.check(
@@ -302,14 +384,14 @@ mod tests {
             ),
             false,
         );
-        assert_eq!(get, Ok(()));
+        assert_eq!(get, Ok(Caller::Open));
     }
 
     #[test]
     fn probes_need_no_token_but_a_known_host() {
         let g = guard(Some("t"), &[]);
         let probe = |h: &str| g.check(&req(Method::GET, &[("host", h)]), true);
-        assert_eq!(probe("127.0.0.1:9090"), Ok(()));
+        assert_eq!(probe("127.0.0.1:9090"), Ok(Caller::Open));
         assert!(matches!(probe("evil.example"), Err(Refused::Host(_))));
     }
 }

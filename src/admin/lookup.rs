@@ -210,33 +210,50 @@ pub struct Replayed {
 
 type Answer = Response<Full<Bytes>>;
 
-fn bad(e: BadQuery) -> Answer {
-    error(StatusCode::BAD_REQUEST, &e.0)
+/// Why a lookup has no answer: the status and what to tell the operator.
+#[derive(Debug)]
+pub struct Failure(pub StatusCode, pub String);
+
+impl Failure {
+    fn answer(self) -> Answer {
+        error(self.0, &self.1)
+    }
 }
 
-fn failed(e: QueueError) -> Answer {
-    error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+impl From<BadQuery> for Failure {
+    fn from(e: BadQuery) -> Failure {
+        Failure(StatusCode::BAD_REQUEST, e.0)
+    }
+}
+
+impl From<QueueError> for Failure {
+    fn from(e: QueueError) -> Failure {
+        Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+fn answer<T: Serialize>(r: Result<T, Failure>) -> Answer {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(f) => f.answer(),
+    }
 }
 
 impl Admin {
     /// `GET /api/events`
     pub(super) async fn search_events(&self, raw: Option<&str>) -> Answer {
-        let (filter, page) = match Query::parse(raw, query::EVENT_PARAMS)
-            .and_then(|q| Ok((q.event_filter(SystemTime::now())?, q.page()?)))
-        {
-            Ok(v) => v,
-            Err(e) => return bad(e),
-        };
-        match self.queue.events(&filter, page.before, page.limit).await {
-            Ok(found) => json(
-                StatusCode::OK,
-                &Paged {
-                    items: found.items.iter().map(EventItem::of).collect(),
-                    next_before: found.next_before,
-                },
-            ),
-            Err(e) => failed(e),
-        }
+        answer(self.events_page(raw).await)
+    }
+
+    /// The events a query string selects, a page of them.
+    pub async fn events_page(&self, raw: Option<&str>) -> Result<Paged<EventItem>, Failure> {
+        let q = Query::parse(raw, query::EVENT_PARAMS)?;
+        let (filter, page) = (q.event_filter(SystemTime::now())?, q.page()?);
+        let found = self.queue.events(&filter, page.before, page.limit).await?;
+        Ok(Paged {
+            items: found.items.iter().map(EventItem::of).collect(),
+            next_before: found.next_before,
+        })
     }
 
     /// `GET /api/events/{id}`
@@ -244,16 +261,23 @@ impl Admin {
         let Ok(id) = id.parse::<u64>() else {
             return error(StatusCode::BAD_REQUEST, "the event id is a number");
         };
-        let event = match self.queue.event(EventId(id)).await {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "no event with that id (past server.retention, or never stored)",
-                )
-            }
-            Err(e) => return failed(e),
+        answer(self.event_detail(id).await)
+    }
+
+    /// One event, with every delivery it made.
+    pub async fn event_detail(&self, id: u64) -> Result<EventDetail, Failure> {
+        let Some(event) = self.queue.event(EventId(id)).await? else {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                "no event with that id (past server.retention, or never stored)".into(),
+            ));
         };
+        let deliveries = self.deliveries_of(id, usize::MAX).await?;
+        Ok(EventDetail::of(id, &event, deliveries))
+    }
+
+    /// Up to `most` of the deliveries event `id` made, newest first.
+    pub async fn deliveries_of(&self, id: u64, most: usize) -> Result<Vec<DeliveryItem>, Failure> {
         let filter = DeliveryFilter {
             event_id: Some(id),
             ..DeliveryFilter::default()
@@ -261,69 +285,65 @@ impl Admin {
         let mut deliveries = Vec::new();
         let mut before = None;
         loop {
-            match self
+            let page = self
                 .queue
-                .deliveries(&filter, before, query::LIMIT_MAX)
-                .await
-            {
-                Ok(page) => {
-                    deliveries.extend(page.items.iter().map(DeliveryItem::of));
-                    before = page.next_before;
-                }
-                Err(e) => return failed(e),
-            }
-            if before.is_none() {
+                .deliveries(&filter, before, query::LIMIT_MAX.min(most))
+                .await?;
+            deliveries.extend(page.items.iter().map(DeliveryItem::of));
+            before = page.next_before;
+            if before.is_none() || deliveries.len() >= most {
                 break;
             }
         }
-        json(StatusCode::OK, &EventDetail::of(id, &event, deliveries))
+        deliveries.truncate(most);
+        Ok(deliveries)
     }
 
     /// `GET /api/deliveries`, and `GET /api/dead` (dead ones only).
     pub(super) async fn search_deliveries(&self, raw: Option<&str>, dead_only: bool) -> Answer {
+        answer(self.deliveries_page(raw, dead_only).await)
+    }
+
+    /// The deliveries a query string selects (of the dead only, with
+    /// `dead_only`), a page of them.
+    pub async fn deliveries_page(
+        &self,
+        raw: Option<&str>,
+        dead_only: bool,
+    ) -> Result<Paged<DeliveryItem>, Failure> {
         let params = if dead_only {
             query::DEAD_PARAMS
         } else {
             query::DELIVERY_PARAMS
         };
-        let (mut filter, page) = match Query::parse(raw, params)
-            .and_then(|q| Ok((q.delivery_filter(SystemTime::now())?, q.page()?)))
-        {
-            Ok(v) => v,
-            Err(e) => return bad(e),
-        };
+        let q = Query::parse(raw, params)?;
+        let (mut filter, page) = (q.delivery_filter(SystemTime::now())?, q.page()?);
         if dead_only {
             filter.status = Some(DeliveryStatus::Dead);
         }
-        match self
+        let found = self
             .queue
             .deliveries(&filter, page.before, page.limit)
-            .await
-        {
-            Ok(found) => json(
-                StatusCode::OK,
-                &Paged {
-                    items: found.items.iter().map(DeliveryItem::of).collect(),
-                    next_before: found.next_before,
-                },
-            ),
-            Err(e) => failed(e),
-        }
+            .await?;
+        Ok(Paged {
+            items: found.items.iter().map(DeliveryItem::of).collect(),
+            next_before: found.next_before,
+        })
     }
 
     /// `POST /api/dead/replay`: the dead letters the filter selects (all,
     /// without one), or what would go with `dry_run=true`.
     pub(super) async fn replay_where(&self, raw: Option<&str>) -> Answer {
-        let (filter, dry_run) = match Query::parse(raw, query::REPLAY_PARAMS)
-            .and_then(|q| Ok((q.delivery_filter(SystemTime::now())?, q.flag("dry_run")?)))
-        {
-            Ok(v) => v,
-            Err(e) => return bad(e),
-        };
-        match self.dispatcher.replay_where(&filter, dry_run).await {
-            Ok(done) => json(StatusCode::OK, &Replayed { dry_run, done }),
-            Err(e) => failed(e),
-        }
+        answer(self.replay_filtered(raw).await)
+    }
+
+    /// Replays the dead letters a query string selects, or with
+    /// `dry_run=true` counts them.
+    pub async fn replay_filtered(&self, raw: Option<&str>) -> Result<Replayed, Failure> {
+        let q = Query::parse(raw, query::REPLAY_PARAMS)?;
+        let (filter, dry_run) = (q.delivery_filter(SystemTime::now())?, q.flag("dry_run")?);
+        let done = self.dispatcher.replay_where(&filter, dry_run).await?;
+        Ok(Replayed { dry_run, done })
     }
 
     /// `POST /api/reroute`: the events the filter selects, through the
@@ -333,7 +353,7 @@ impl Admin {
             .and_then(|q| Ok((q.event_filter(SystemTime::now())?, q.flag("dry_run")?)))
         {
             Ok(v) => v,
-            Err(e) => return bad(e),
+            Err(e) => return Failure::from(e).answer(),
         };
         if filter == EventFilter::default() {
             return error(
@@ -350,7 +370,7 @@ impl Admin {
                 }
                 json(StatusCode::OK, &done)
             }
-            Err(e) => failed(e),
+            Err(e) => Failure::from(e).answer(),
         }
     }
 }

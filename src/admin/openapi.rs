@@ -19,7 +19,7 @@ fn time(name: &str, description: &str) -> Value {
     param(
         name,
         &format!(
-            "{description}: an RFC 3339 time (2026-11-28T09:00:00Z) or how long ago (2h, 30m, 7d)"
+            "{description}: an RFC 3339 time (2026-11-28T09:00:00Z), a time of day today in UTC (09:00), or how long ago (2h, 30m, 7d)"
         ),
         json!({ "type": "string", "pattern": "^([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9:.]+(Z|[+-][0-9:]+)?|([0-9]+ ?[a-z]+ ?)+)$" }),
     )
@@ -131,6 +131,30 @@ const READ: &[&str] = &["400", "401", "421", "503"];
 const CHANGE: &[&str] = &["400", "401", "403", "421", "503"];
 
 /// The document.
+/// The schema of one sink's health (`GET /api/sinks`).
+fn sink_health() -> Value {
+    let string = json!({ "type": "string" });
+    let int = json!({ "type": "integer", "format": "int64", "minimum": 0 });
+    json!({
+        "type": "object",
+        "required": ["name", "kind", "enabled", "breaker", "concurrency", "in_flight",
+                     "delivered_5m", "failed_5m", "recent_failures", "dead"],
+        "properties": {
+            "name": string, "kind": string, "enabled": { "type": "boolean" },
+            "disabled_reason": string,
+            "breaker": { "type": "string", "enum": ["closed", "open", "probing"] },
+            "breaker_retry_in_s": int, "paused_until": string,
+            "rate_limit": { "type": "number" }, "concurrency": int, "in_flight": int,
+            "delivered_5m": int, "failed_5m": int,
+            "recent_failures": { "type": "array", "items": {
+                "type": "object", "required": ["at", "delivery", "event_id", "outcome"],
+                "properties": { "at": string, "delivery": int, "event_id": int,
+                                "status": { "type": "integer" }, "outcome": string } } },
+            "oldest_due_s": int, "dead": int
+        }
+    })
+}
+
 pub fn document() -> Value {
     let string = json!({ "type": "string" });
     let opt_string = json!({ "type": "string", "nullable": true });
@@ -144,7 +168,7 @@ pub fn document() -> Value {
         "info": {
             "title": "hookgate admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Served by the admin listener (server.admin_listen). Every request but /healthz and /readyz needs `Authorization: Bearer <server.admin_token>` when a token is set; a change (POST) needs the token or the `X-Hookgate-CSRF: 1` header. Searches answer newest first, a page at a time: pass `next_before` back as `before`."
+            "description": "Served by the admin listener (server.admin_listen). Every request but /healthz and /readyz needs `Authorization: Bearer <server.admin_token>` when a token is set; a change (POST) needs the token or the `X-Hookgate-CSRF: 1` header. The console's session cookie also opens the API; a change made with it needs the session's CSRF token in `X-Hookgate-CSRF`. Searches answer newest first, a page at a time: pass `next_before` back as `before`."
         },
         "components": {
             "securitySchemes": { "token": { "type": "http", "scheme": "bearer" } },
@@ -229,6 +253,7 @@ pub fn document() -> Value {
                     }
                 },
                 "Stats": { "type": "object", "additionalProperties": true },
+                "SinkHealth": sink_health(),
                 "DeadDetail": {
                     "type": "object", "required": ["id", "sink", "reason", "history"],
                     "properties": {
@@ -257,6 +282,9 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "OpenAPI 3.0", "content": { "application/json": { "schema": { "type": "object" } } } } } } },
             "/api/queue/stats": { "get": { "summary": "Counts by state",
                 "responses": answers(ok("The queue's counts", "Stats"), READ) } },
+            "/api/sinks": { "get": { "summary": "Each sink's health: enabled or why not, breaker, pause, recent attempts on this instance, dead letters",
+                "responses": answers(json!({ "description": "The sinks, by name",
+                    "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/SinkHealth" } } } } }), READ) } },
             "/api/events": { "get": { "summary": "Search events",
                 "parameters": event_filter().into_iter().chain(page()).collect::<Vec<_>>(),
                 "responses": answers(ok("A page of events, newest first", "EventPage"), READ) } },

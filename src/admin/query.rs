@@ -91,7 +91,8 @@ impl Query {
         parse_time(&v, now).map(Some).ok_or_else(|| {
             BadQuery(format!(
                 "`{name}`: `{v}` is not a time: write an RFC 3339 time like \
-                     2026-11-28T09:00:00Z, or how long ago like 2h or 30m"
+                     2026-11-28T09:00:00Z, a time of day today in UTC like 09:00, or how \
+                     long ago like 2h or 30m"
             ))
         })
     }
@@ -221,10 +222,19 @@ fn ordered(since: Option<u64>, until: Option<u64>) -> Result<(), BadQuery> {
     }
 }
 
-/// `v` as ms since the epoch: an RFC 3339 time, or a duration before `now`.
+/// `v` as ms since the epoch: an RFC 3339 time, a time of day (`09:00`,
+/// today in UTC), or a duration before `now`.
 pub fn parse_time(v: &str, now: SystemTime) -> Option<u64> {
     if let Ok(t) = humantime::parse_rfc3339_weak(v) {
         return Some(unix_millis(t));
+    }
+    if let Some((h, m)) = v.split_once(':') {
+        let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+        if h > 23 || m > 59 || v.len() != 5 {
+            return None;
+        }
+        let midnight = unix_millis(now) / 86_400_000 * 86_400_000;
+        return Some(midnight + (h * 60 + m) * 60_000);
     }
     let ago: Duration = humantime::parse_duration(v).ok()?;
     Some(unix_millis(now.checked_sub(ago)?))
@@ -260,6 +270,12 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:01Z", now), Some(1_000));
         assert_eq!(parse_time("2h", now), Some(10_000_000 - 7_200_000));
         assert_eq!(parse_time("yesterday", now), None);
+        // 10,000 s is 02:46:40 on the first day.
+        assert_eq!(parse_time("01:30", now), Some(5_400_000));
+        assert_eq!(parse_time("00:00", now), Some(0));
+        for bad in ["24:00", "9:00", "09:60", "09:00:00x", "ab:cd"] {
+            assert_eq!(parse_time(bad, now), None, "{bad}");
+        }
         let e = q("since=yesterday", EVENT_PARAMS)
             .unwrap()
             .event_filter(now)

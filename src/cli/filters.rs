@@ -16,10 +16,11 @@ pub(super) struct EventFilter {
     /// The provider's id for the delivery (GitHub's X-GitHub-Delivery).
     #[arg(long)]
     pub delivery_id: Option<String>,
-    /// From this time on: RFC 3339 (2026-11-28T09:00:00Z) or how long ago (2h).
+    /// From this time on: RFC 3339 (2026-11-28T09:00:00Z), a time of day today
+    /// in UTC (09:00), or how long ago (2h).
     #[arg(long)]
     pub since: Option<String>,
-    /// Before this time: RFC 3339 or how long ago.
+    /// Before this time: RFC 3339, a time of day (UTC) or how long ago.
     #[arg(long)]
     pub until: Option<String>,
 }

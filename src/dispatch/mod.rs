@@ -11,6 +11,7 @@
 //! another instance takes them. Each sink is claimed on its own, so a slow
 //! or broken sink never delays another.
 
+pub mod health;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -105,6 +106,8 @@ pub struct SinkRuntime {
     broken: Mutex<Option<String>>,
     /// The platform asked for a pause (its rate-limit budget is spent).
     paused_until: Mutex<u64>,
+    /// What it did lately, for its health.
+    recent: Mutex<health::Recent>,
 }
 
 impl SinkRuntime {
@@ -115,6 +118,7 @@ impl SinkRuntime {
             breaker: Mutex::new(Breaker::default()),
             broken: Mutex::new(None),
             paused_until: Mutex::new(0),
+            recent: Mutex::new(health::Recent::default()),
             config,
             sink,
         }
@@ -515,6 +519,17 @@ impl Dispatcher {
             Next::Dead(_) => "dead",
         };
         self.metrics.attempt(name, label, started.elapsed());
+        let failure = (!matches!(next, Next::Done)).then(|| health::RecentFailure {
+            at: crate::admin::query::rfc3339(now),
+            delivery: rec.id,
+            event_id: rec.event_id,
+            status: answer.status,
+            outcome: outcome_label(&answer.verdict),
+        });
+        sink.recent
+            .lock()
+            .expect("recent lock")
+            .record(now, failure);
         let how = match next {
             Next::Done => {
                 tracing::debug!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, "delivered");
@@ -563,6 +578,66 @@ impl Dispatcher {
             }
         }
         (breakers, oldest as f64 / 1000.0)
+    }
+
+    /// Each sink's health, by name.
+    pub async fn health(&self, now_ms: u64) -> Result<Vec<health::SinkHealth>, QueueError> {
+        let dead = self.queue.dead_by_sink().await?;
+        let sinks = self.sinks.get();
+        let mut names: Vec<&String> = sinks.keys().collect();
+        names.sort();
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            let sink = &sinks[name];
+            let disabled_reason = match sink.config.kind.unconfigured() {
+                Some(why) => Some(why.to_owned()),
+                None => sink
+                    .broken
+                    .lock()
+                    .expect("broken lock")
+                    .as_ref()
+                    .map(|why| format!("the platform says this webhook is gone ({why}): fix it, then replay its dead letters")),
+            };
+            let (breaker, breaker_retry_in_s) = {
+                let b = sink.breaker.lock().expect("breaker lock");
+                match b.held(now_ms) {
+                    None => ("closed", None),
+                    Some(_) if b.probing() => ("probing", None),
+                    Some(wait) => ("open", Some(wait.as_secs())),
+                }
+            };
+            let paused = *sink.paused_until.lock().expect("pause lock");
+            let (delivered_5m, failed_5m, recent_failures) = {
+                let r = sink.recent.lock().expect("recent lock");
+                let (d, f) = r.tally(now_ms);
+                (d, f, r.failures())
+            };
+            let oldest_due_s = match self.queue.next_due(name).await? {
+                Some(due) if due <= now_ms => Some((now_ms - due) / 1000),
+                _ => None,
+            };
+            all.push(health::SinkHealth {
+                name: name.clone(),
+                kind: sink.config.kind.name().to_owned(),
+                enabled: disabled_reason.is_none(),
+                disabled_reason,
+                breaker: breaker.to_owned(),
+                breaker_retry_in_s,
+                paused_until: (paused > now_ms).then(|| crate::admin::query::rfc3339(paused)),
+                rate_limit: sink.config.rate_limit.as_ref().map(|r| r.per_second),
+                concurrency: sink.config.concurrency,
+                in_flight: sink
+                    .config
+                    .concurrency
+                    .saturating_sub(sink.slots.available_permits()),
+                delivered_5m,
+                failed_5m,
+                recent_failures,
+                oldest_due_s,
+                dead: dead.get(name.as_str()).copied().unwrap_or(0),
+            });
+        }
+        Ok(all)
     }
 
     /// Replays dead deliveries (one, or all with `None`): they are due now

@@ -267,6 +267,7 @@ async fn the_openapi_document_describes_every_answer() {
         "/api/dead/replay",
         "/api/reroute",
         "/api/queue/stats",
+        "/api/sinks",
         "/api/openapi.json",
         "/metrics",
         "/healthz",

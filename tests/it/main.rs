@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod delivery;
 mod failover;
