@@ -13,19 +13,20 @@ use serde_json::Value;
 use crate::admin::with_a_dead_letter;
 use crate::support::*;
 
-const TOKEN_LINE: &str = r#"admin_token = { file = "{dir}/jira" }"#;
-const TOKEN: &str = "jira-secret";
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+pub const TOKEN_LINE: &str = r#"admin_token = { file = "{dir}/jira" }"#;
+pub const TOKEN: &str = "jira-secret";
+pub const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
-/// One request to the admin listener: status, headers, body as text.
-async fn send(
-    gw: &TestGateway,
+/// One request to the admin listener at `admin`: status, headers, body
+/// as text.
+pub async fn send_to(
+    admin: std::net::SocketAddr,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, HeaderMap, String) {
-    let url = format!("http://{}{path}", gw.admin);
+    let url = format!("http://{admin}{path}");
     let headers: Vec<(String, String)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -37,14 +38,24 @@ async fn send(
     (status, h, String::from_utf8_lossy(&b).into_owned())
 }
 
+async fn send(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, String) {
+    send_to(gw.admin, method, path, headers, body).await
+}
+
 fn location(h: &HeaderMap) -> &str {
     h.get(header::LOCATION).map_or("", |v| v.to_str().unwrap())
 }
 
 /// Logs in; returns the `Cookie` header to send.
-async fn log_in(gw: &TestGateway) -> String {
-    let (status, h, body) = send(
-        gw,
+pub async fn log_in(admin: std::net::SocketAddr) -> String {
+    let (status, h, body) = send_to(
+        admin,
         Method::POST,
         "/login",
         &[FORM],
@@ -62,7 +73,7 @@ async fn log_in(gw: &TestGateway) -> String {
 }
 
 /// The CSRF token a page's forms carry.
-fn csrf_of(page: &str) -> String {
+pub fn csrf_of(page: &str) -> String {
     let at = page
         .find(r#"name="csrf" value=""#)
         .expect("a form with the token")
@@ -134,7 +145,7 @@ async fn the_console_needs_a_login_and_each_change_the_sessions_csrf_token() {
     .await;
     assert_eq!(location(&h), "/");
 
-    let cookie = log_in(&gw).await;
+    let cookie = log_in(gw.admin).await;
     let with_cookie = [("Cookie", cookie.as_str())];
     let (status, _, page) = send(&gw, Method::GET, "/dead", &with_cookie, "").await;
     assert_eq!(status, StatusCode::OK);
@@ -244,7 +255,7 @@ async fn a_replay_by_filter_shows_the_count_then_replays_exactly_that() {
     let signed = gw.sign("github", "ping", &sample("github", "ping"), "csrf-2");
     assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
     gw.wait_dead(2).await;
-    let cookie = log_in(&gw).await;
+    let cookie = log_in(gw.admin).await;
     let (_, _, page) = send(
         &gw,
         Method::GET,

@@ -374,3 +374,140 @@ to = ["chat"]
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a time"));
     assert!(daemon.terminate().success());
 }
+
+/// A fresh database on the shared cluster (its URL), or `None`: skipped.
+async fn postgres_database() -> Option<String> {
+    tokio::task::spawn_blocking(|| {
+        crate::support::postgres::Cluster::fresh_database().map(|(_, url)| url)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_the_api_and_the_console_find_a_failed_delivery_and_replay_it_by_filter() {
+    use crate::console::{csrf_of, log_in, send_to, FORM, TOKEN, TOKEN_LINE};
+    let Some(db) = postgres_database().await else {
+        return;
+    };
+    let rx = Receiver::start(Reply::status(200)).await;
+    rx.script([Reply {
+        body: "no such hook".into(),
+        ..Reply::status(404)
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    // The admin token's line joins the [server] table the helper writes.
+    let sources = crate::support::postgres::pushes_to(&rx.url("/hook"), "");
+    let text = format!("{TOKEN_LINE}\n{sources}");
+    let d = crate::support::postgres::instance(dir.path(), &text, &db).await;
+    let github = providers_of(dir.path(), &sources)["github"].clone();
+    assert_eq!(
+        post_push(&d.url("github"), &github, "pg-x").await,
+        StatusCode::ACCEPTED
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let api = |path: String| {
+        let auth = auth.clone();
+        async move {
+            let (status, _, body) =
+                send_to(d.admin, Method::GET, &path, &[("Authorization", &auth)], "").await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    // The 404 makes the delivery dead at once (a permanent answer).
+    let mut dead = Value::Null;
+    for _ in 0..100 {
+        dead = api("/api/dead?sink=capture".into()).await;
+        if !dead["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letter = &dead["items"][0];
+    assert_eq!(letter["delivery_id"], "pg-x", "{dead}");
+    let dead_id = letter["id"].as_u64().unwrap();
+    // What happened to delivery pg-x?
+    let found = api("/api/events?delivery_id=pg-x".into()).await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    let event_id = found["items"][0]["id"].as_u64().unwrap();
+    let event = api(format!("/api/events/{event_id}")).await;
+    assert_eq!(event["deliveries"][0]["status"], "dead", "{event}");
+    assert_eq!(event["deliveries"][0]["attempts"][0]["status"], 404);
+    assert!(event["payload"]["commits"].is_array(), "{event}");
+    let sinks = api("/api/sinks".into()).await;
+    assert_eq!(sinks[0]["dead"], 1, "{sinks}");
+    // The console, on this backend: the dead letter listed, replayed by
+    // filter after its count.
+    let cookie = log_in(d.admin).await;
+    let (status, _, page) = send_to(
+        d.admin,
+        Method::GET,
+        "/dead?sink=capture",
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&format!(r#"data-replay="{dead_id}""#)),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+    let (status, _, page) = send_to(
+        d.admin,
+        Method::POST,
+        "/dead/replay",
+        &[("Cookie", &cookie), FORM],
+        &format!("csrf={csrf}&sink=capture&since=10m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Replay 1 dead delivery?"), "{page}");
+    let since = page
+        .split(r#"name="since" value=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let (status, _, page) = send_to(
+        d.admin,
+        Method::POST,
+        "/dead/replay",
+        &[("Cookie", &cookie), FORM],
+        &format!("csrf={csrf}&confirmed=1&sink=capture&since={since}"),
+    )
+    .await;
+    assert!(
+        page.contains("Replayed 1 dead delivery"),
+        "{status}: {page}"
+    );
+    assert_eq!(rx.wait_for(2, Duration::from_secs(20)).await.len(), 2);
+    for _ in 0..100 {
+        let delivered = api("/api/deliveries?status=delivered&sink=capture".into()).await;
+        if delivered["items"].as_array().unwrap().len() == 1 {
+            assert_eq!(delivered["items"][0]["id"].as_u64(), Some(dead_id));
+            let attempts = delivered["items"][0]["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 2, "{delivered}");
+            // Re-routing the event makes nothing: its delivery exists.
+            let (status, _, body) = send_to(
+                d.admin,
+                Method::POST,
+                "/api/reroute?delivery_id=pg-x",
+                &[("Authorization", &auth)],
+                "",
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let done: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                (done["created"].as_u64(), done["existing"].as_u64()),
+                (Some(0), Some(1)),
+                "{done}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replayed delivery was not delivered");
+}
