@@ -237,6 +237,29 @@ impl From<QueueError> for Failure {
     }
 }
 
+/// A page filled by `read` (ids below a cursor, how many wanted: items
+/// and where to go on), a stretch at a time, until it is full, nothing
+/// more matches, or [`FILL_BUDGET`] is spent.
+async fn fill<T, F, Fut>(page: query::Page, mut read: F) -> Result<Paged<T>, Failure>
+where
+    F: FnMut(Option<u64>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<u64>), QueueError>>,
+{
+    let started = Instant::now();
+    let (mut items, mut before) = (Vec::new(), page.before);
+    loop {
+        let (found, next) = read(before, page.limit - items.len()).await?;
+        items.extend(found);
+        before = next;
+        if items.len() >= page.limit || before.is_none() || started.elapsed() > FILL_BUDGET {
+            return Ok(Paged {
+                items,
+                next_before: before,
+            });
+        }
+    }
+}
+
 fn answer<T: Serialize>(r: Result<T, Failure>) -> Answer {
     match r {
         Ok(v) => json(StatusCode::OK, &v),
@@ -254,23 +277,15 @@ impl Admin {
     pub async fn events_page(&self, raw: Option<&str>) -> Result<Paged<EventItem>, Failure> {
         let q = Query::parse(raw, query::EVENT_PARAMS)?;
         let (filter, page) = (q.event_filter(SystemTime::now())?, q.page()?);
-        let started = Instant::now();
-        let (mut items, mut before) = (Vec::new(), page.before);
-        loop {
-            let found = self
-                .queue
-                .events(&filter, before, page.limit - items.len())
-                .await?;
-            items.extend(found.items.iter().map(EventItem::of));
-            before = found.next_before;
-            if items.len() >= page.limit || before.is_none() || started.elapsed() > FILL_BUDGET {
-                break;
-            }
-        }
-        Ok(Paged {
-            items,
-            next_before: before,
+        let filter = &filter;
+        fill(page, |before, want| async move {
+            let found = self.queue.events(filter, before, want).await?;
+            Ok((
+                found.items.iter().map(EventItem::of).collect(),
+                found.next_before,
+            ))
         })
+        .await
     }
 
     /// `GET /api/events/{id}`
@@ -338,23 +353,15 @@ impl Admin {
         if dead_only {
             filter.status = Some(DeliveryStatus::Dead);
         }
-        let started = Instant::now();
-        let (mut items, mut before) = (Vec::new(), page.before);
-        loop {
-            let found = self
-                .queue
-                .deliveries(&filter, before, page.limit - items.len())
-                .await?;
-            items.extend(found.items.iter().map(DeliveryItem::of));
-            before = found.next_before;
-            if items.len() >= page.limit || before.is_none() || started.elapsed() > FILL_BUDGET {
-                break;
-            }
-        }
-        Ok(Paged {
-            items,
-            next_before: before,
+        let filter = &filter;
+        fill(page, |before, want| async move {
+            let found = self.queue.deliveries(filter, before, want).await?;
+            Ok((
+                found.items.iter().map(DeliveryItem::of).collect(),
+                found.next_before,
+            ))
         })
+        .await
     }
 
     /// `POST /api/dead/replay`: the dead letters the filter selects (all,

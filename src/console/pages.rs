@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{read_form, session, view, Common, Form};
 use crate::admin::lookup::{DeliveryItem, Failure};
-use crate::admin::query::{parse_time, rfc3339};
+use crate::admin::query::{self, parse_time, rfc3339};
 use crate::admin::Admin;
 use crate::queue::{unix_millis, DeliveryStatus, Requeued};
 
@@ -22,18 +22,6 @@ type Answer = Response<Full<Bytes>>;
 const COUNTED_PER_EVENT: usize = 100;
 /// How long a wrong token waits for its answer (guessing is slow).
 const WRONG_TOKEN_DELAY: Duration = Duration::from_secs(1);
-
-/// The filter fields of a replay by filter.
-const REPLAY_FIELDS: &[&str] = &[
-    "event_id",
-    "source",
-    "event",
-    "delivery_id",
-    "route",
-    "sink",
-    "since",
-    "until",
-];
 
 /// `/login`: the form, and trading the token for a session.
 pub async fn login<B>(admin: &Admin, req: Request<B>) -> Answer
@@ -315,7 +303,7 @@ pub async fn replay_many(admin: &Admin, form: &Form, c: &Common) -> Answer {
     // replay takes exactly what was counted.
     let now = SystemTime::now();
     let mut filter: Vec<(String, String)> = Vec::new();
-    for &name in REPLAY_FIELDS {
+    for &name in query::REPLAY_PARAMS.iter().filter(|&&n| n != "dry_run") {
         let Some(v) = form.get(name).map(str::trim).filter(|v| !v.is_empty()) else {
             continue;
         };

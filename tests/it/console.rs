@@ -72,13 +72,22 @@ pub async fn log_in(admin: std::net::SocketAddr) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
+/// The value of the first form field `name` in `page`.
+pub fn field_of(page: &str, name: &str) -> String {
+    let start = format!(r#"name="{name}" value=""#);
+    let at = page
+        .find(&start)
+        .unwrap_or_else(|| panic!("no field {name}: {page}"));
+    page[at + start.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// The CSRF token a page's forms carry.
 pub fn csrf_of(page: &str) -> String {
-    let at = page
-        .find(r#"name="csrf" value=""#)
-        .expect("a form with the token")
-        + 19;
-    page[at..].split('"').next().unwrap().to_owned()
+    field_of(page, "csrf")
 }
 
 async fn dead_count(gw: &TestGateway) -> usize {
@@ -276,11 +285,7 @@ async fn a_replay_by_filter_shows_the_count_then_replays_exactly_that() {
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("Replay 2 dead deliveries?"), "{page}");
     // `1h` is fixed to the moment the count was made.
-    let since = page
-        .split(r#"name="since" value=""#)
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("the since field");
+    let since = field_of(&page, "since");
     assert!(since.ends_with('Z') && since.contains('T'), "{since}");
     assert_eq!(dead_count(&gw).await, 2, "counting replays nothing");
     let confirmed = format!("csrf={csrf}&confirmed=1&sink=chat&since={since}");

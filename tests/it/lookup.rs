@@ -464,12 +464,7 @@ async fn on_postgresql_the_api_and_the_console_find_a_failed_delivery_and_replay
     .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("Replay 1 dead delivery?"), "{page}");
-    let since = page
-        .split(r#"name="since" value=""#)
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let since = crate::console::field_of(&page, "since");
     let (status, _, page) = send_to(
         d.admin,
         Method::POST,
