@@ -19,6 +19,7 @@ use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 
 /// Dead letters replayed per transaction.
 pub(super) const REPLAY_BATCH: usize = 500;
+use super::state::Counts;
 use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
 
 pub(super) fn tx_err(e: TransactionError<()>) -> QueueError {
@@ -70,7 +71,11 @@ impl SledQueue {
                     .iter()
                     .filter_map(|d| Some((d.order_index_key()?, d.due_key()))),
             );
-            dead.extend(r.dead.iter().map(|d| (d.id.to_be_bytes(), d.encode())));
+            dead.extend(
+                r.dead
+                    .iter()
+                    .map(|d| (d.sink.as_str(), d.id.to_be_bytes(), d.encode())),
+            );
             dead_at.extend(r.dead.iter().map(DeliveryRecord::dead_at_key));
             by_event.extend(
                 r.pending
@@ -100,8 +105,11 @@ impl SledQueue {
             )
                 .transaction(
                     |(deliveries, dead_tree, dead_at_tree, meta, order, ids, events)| {
+                        let mut made = Counts::default();
                         for (id, k, v) in &pending {
-                            deliveries.insert(&k[..], v.as_slice())?;
+                            if deliveries.insert(&k[..], v.as_slice())?.is_none() {
+                                made.deliveries += 1;
+                            }
                             ids.insert(&id.to_be_bytes()[..], &k[..])?;
                         }
                         for k in &by_event {
@@ -110,19 +118,21 @@ impl SledQueue {
                         for (k, v) in &ordered {
                             order.insert(&k[..], &v[..])?;
                         }
-                        for (k, v) in &dead {
-                            dead_tree.insert(&k[..], v.as_slice())?;
+                        for (sink, k, v) in &dead {
+                            if dead_tree.insert(&k[..], v.as_slice())?.is_none() {
+                                made.dead_changed(sink, 1);
+                            }
                         }
                         for k in &dead_at {
                             dead_at_tree.insert(&k[..], &[][..])?;
                         }
                         meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
                         meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
+                        Ok::<_, ConflictableTransactionError<()>>(made)
                     },
                 )
                 .map_err(tx_err);
-            self.state.check(done)?;
+            trees.counted(&self.state.check(done)?);
             *saved = (std::time::Instant::now(), next.0);
         }
         self.unmatched.store(unmatched, Ordering::Release);
@@ -265,15 +275,20 @@ impl SledQueue {
         let written = match done {
             false => (&trees.deliveries, &trees.order, &trees.pending_ids)
                 .transaction(|(deliveries, order, ids)| {
-                    deliveries.insert(&key[..], value.as_slice())?;
+                    let mut change = 0i64;
+                    if deliveries.insert(&key[..], value.as_slice())?.is_none() {
+                        change += 1;
+                    }
                     if key[..] != *old {
-                        deliveries.remove(old)?;
+                        if deliveries.remove(old)?.is_some() {
+                            change -= 1;
+                        }
                         ids.insert(&id[..], &key[..])?;
                     }
                     if let Some(o) = &ordered {
                         order.insert(&o[..], &key[..])?;
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(())
+                    Ok::<_, ConflictableTransactionError<()>>(change)
                 })
                 .map_err(tx_err),
             true => {
@@ -286,19 +301,25 @@ impl SledQueue {
                     &trees.delivered_at,
                 )
                     .transaction(|(deliveries, order, ids, delivered, delivered_at)| {
-                        deliveries.remove(old)?;
+                        let gone = deliveries.remove(old)?.is_some();
                         if let Some(o) = &ordered {
                             order.remove(&o[..])?;
                         }
                         ids.remove(&id[..])?;
                         delivered.insert(&id[..], value.as_slice())?;
                         delivered_at.insert(&at[..], &[][..])?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
+                        Ok::<_, ConflictableTransactionError<()>>(-i64::from(gone))
                     })
                     .map_err(tx_err)
             }
         };
-        self.state.check(written)
+        let change = self.state.check(written)?;
+        trees
+            .counts
+            .lock()
+            .expect("counts lock")
+            .deliveries_changed(change);
+        Ok(())
     }
 
     /// Moves the record at `old` to `dead`, filed in `dead_at` by when it
@@ -316,17 +337,26 @@ impl SledQueue {
             &trees.pending_ids,
         )
             .transaction(|(dead, dead_at, deliveries, order, ids)| {
-                dead.insert(&id[..], value.as_slice())?;
+                let mut change = Counts::default();
+                if dead.insert(&id[..], value.as_slice())?.is_none() {
+                    change.dead_changed(&rec.sink, 1);
+                }
                 dead_at.insert(&died[..], &[][..])?;
-                deliveries.remove(old)?;
+                let gone = deliveries.remove(old)?.is_some();
                 ids.remove(&id[..])?;
                 if let Some(o) = &ordered {
                     order.remove(&o[..])?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>((change, gone))
             })
             .map_err(tx_err);
-        self.state.check(moved)
+        let (change, gone) = self.state.check(moved)?;
+        let mut counts = trees.counts.lock().expect("counts lock");
+        counts.deliveries_changed(-i64::from(gone));
+        for (sink, n) in change.dead {
+            counts.dead_changed(&sink, n as i64);
+        }
+        Ok(())
     }
 
     /// The id of the first pending delivery of order key `key` to `sink`
@@ -433,21 +463,8 @@ impl SledQueue {
     /// Dead deliveries by sink (each record's head only).
     pub fn dead_by_sink(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
         let trees = self.state.get()?;
-        let mut by = std::collections::BTreeMap::<String, u64>::new();
-        for kv in trees.dead.iter() {
-            let (k, v) = self.state.check(kv)?;
-            let sink = DeliveryRecord::sink_of(&v).ok_or_else(|| QueueError::Corrupt {
-                key: hex::encode(&k),
-                reason: "not a delivery record".into(),
-            })?;
-            match by.get_mut(sink) {
-                Some(n) => *n += 1,
-                None => {
-                    by.insert(sink.to_owned(), 1);
-                }
-            }
-        }
-        Ok(by)
+        let counts = trees.counts.lock().expect("counts lock");
+        Ok(counts.dead.clone())
     }
 
     /// How many deliveries to `sink` wait (keys only; for sinks that hold
@@ -549,24 +566,28 @@ impl SledQueue {
                     // Expired (or replayed) since it was read: gone, not
                     // brought back.
                     if dead.remove(&id[..])?.is_none() {
-                        moved.push(false);
+                        moved.push(None);
                         continue;
                     }
                     dead_at.remove(&died[..])?;
-                    deliveries.insert(&key[..], value.as_slice())?;
+                    let new = deliveries.insert(&key[..], value.as_slice())?.is_none();
                     ids.insert(&id[..], &key[..])?;
                     // Back in its place in event order: the head of its
                     // key again if it is the oldest.
                     if let Some(o) = rec.order_index_key() {
                         order.insert(o, &key[..])?;
                     }
-                    moved.push(true);
+                    moved.push(Some(new));
                 }
                 Ok::<_, ConflictableTransactionError<()>>(moved)
             })
             .map_err(tx_err);
-        for (done, (_, _, _, rec)) in self.state.check(moved)?.into_iter().zip(moves) {
-            if done {
+        let moved = self.state.check(moved)?;
+        let mut counts = trees.counts.lock().expect("counts lock");
+        for (done, (_, _, _, rec)) in moved.into_iter().zip(moves) {
+            if let Some(new) = done {
+                counts.dead_changed(&rec.sink, -1);
+                counts.deliveries_changed(i64::from(new));
                 out.replayed += 1;
                 out.sinks.insert(rec.sink);
             }
@@ -615,7 +636,9 @@ impl SledQueue {
             })
             .map_err(tx_err);
         let mut by = BTreeMap::new();
+        let mut counts = trees.counts.lock().expect("counts lock");
         for sink in self.state.check(removed)? {
+            counts.dead_changed(&sink, -1);
             *by.entry(sink).or_default() += 1;
         }
         Ok((by, due.len() == limit))

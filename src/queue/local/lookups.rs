@@ -27,7 +27,7 @@ use super::deliveries::{decode, tx_err, REPLAY_BATCH};
 use super::delivery::{dead_at_bound, sink_prefix};
 use super::log;
 use super::sled_queue::{ROUTED_KEY, UNMATCHED_KEY};
-use super::state::Trees;
+use super::state::{Counts, Trees};
 use super::{DeliveryRecord, EventId, EventRecord, QueueError, Requeued, SledQueue};
 use crate::queue::lookup::{
     page_size, Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter,
@@ -604,16 +604,21 @@ impl SledQueue {
             &trees.meta,
         )
             .transaction(|(deliveries, dead, dead_at, order, ids, by_event, meta)| {
+                let mut made = Counts::default();
                 for d in &new {
                     let id = d.id.to_be_bytes();
                     by_event.insert(&d.by_event_key()[..], &[][..])?;
                     if d.dead_ms.is_some() {
-                        dead.insert(&id[..], d.encode())?;
+                        if dead.insert(&id[..], d.encode())?.is_none() {
+                            made.dead_changed(&d.sink, 1);
+                        }
                         dead_at.insert(&d.dead_at_key()[..], &[][..])?;
                         continue;
                     }
                     let key = d.due_key();
-                    deliveries.insert(&key[..], d.encode())?;
+                    if deliveries.insert(&key[..], d.encode())?.is_none() {
+                        made.deliveries += 1;
+                    }
                     ids.insert(&id[..], &key[..])?;
                     if let Some(o) = d.order_index_key() {
                         order.insert(o, &key[..])?;
@@ -623,10 +628,10 @@ impl SledQueue {
                     meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
                     meta.insert(ROUTED_KEY, &cursor.to_be_bytes())?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(made)
             })
             .map_err(tx_err);
-        self.state.check(written)?;
+        trees.counted(&self.state.check(written)?);
         if save {
             *saved = (std::time::Instant::now(), cursor);
         }

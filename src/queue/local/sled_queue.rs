@@ -590,10 +590,14 @@ impl SledQueue {
     /// Counts by state.
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let trees = self.state.get()?;
+        let (deliveries, dead) = {
+            let counts = trees.counts.lock().expect("counts lock");
+            (counts.deliveries, counts.dead_total())
+        };
         Ok(Stats {
             inbox: self.shared.unrouted.load(Ordering::Acquire),
-            deliveries: trees.deliveries.len() as u64,
-            dead: trees.dead.len() as u64,
+            deliveries,
+            dead,
             unmatched: self.unmatched.load(Ordering::Acquire),
             seen: self.shared.seen.load(Ordering::Relaxed),
             disk_bytes: trees.db.size_on_disk()? + log::disk_bytes(&self.log_dir),

@@ -11,6 +11,7 @@
 //! after the reopen; what it had made durable is back, and the queue
 //! re-reads its cursor from it (`SledQueue::heal`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::writer::Store;
 use super::{Healed, QueueError};
+use crate::queue::DeliveryRecord;
 
 /// sled's page cache; the default (1 GiB) would dwarf the daemon.
 const CACHE_BYTES: u64 = 8 << 20;
@@ -30,8 +32,78 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// `meta` key written by a health probe.
 const PROBE_KEY: &[u8] = b"probe";
 
+/// How many records `deliveries` and `dead` hold (by sink for the dead),
+/// counted when the trees open and kept by each transaction that changes
+/// them, so stats and `/metrics` read no tree (sled counts a tree by
+/// reading all of it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub deliveries: u64,
+    pub dead: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub(crate) fn of(deliveries: &sled::Tree, dead: &sled::Tree) -> Result<Counts, QueueError> {
+        let mut counts = Counts {
+            deliveries: 0,
+            dead: BTreeMap::new(),
+        };
+        for k in deliveries.iter().keys() {
+            k?;
+            counts.deliveries += 1;
+        }
+        for kv in dead.iter() {
+            let (k, v) = kv?;
+            let sink = DeliveryRecord::sink_of(&v).ok_or_else(|| QueueError::Corrupt {
+                key: hex::encode(&k),
+                reason: "not a delivery record".into(),
+            })?;
+            counts.dead_changed(sink, 1);
+        }
+        Ok(counts)
+    }
+
+    pub fn dead_total(&self) -> u64 {
+        self.dead.values().sum()
+    }
+
+    /// `by` more (or fewer) dead letters to `sink`.
+    pub fn dead_changed(&mut self, sink: &str, by: i64) {
+        match self.dead.get_mut(sink) {
+            Some(n) => {
+                *n = n.saturating_add_signed(by);
+                if *n == 0 {
+                    self.dead.remove(sink);
+                }
+            }
+            None if by > 0 => {
+                self.dead.insert(sink.to_owned(), by as u64);
+            }
+            None => {}
+        }
+    }
+
+    /// `by` more (or fewer) pending deliveries.
+    pub fn deliveries_changed(&mut self, by: i64) {
+        self.deliveries = self.deliveries.saturating_add_signed(by);
+    }
+}
+
+impl Trees {
+    /// Adds what a transaction made (`made`) to the counts.
+    pub fn counted(&self, made: &Counts) {
+        let mut counts = self.counts.lock().expect("counts lock");
+        counts.deliveries_changed(made.deliveries as i64);
+        for (sink, n) in &made.dead {
+            counts.dead_changed(sink, *n as i64);
+        }
+    }
+}
+
 /// One open sled database and its trees.
 pub struct Trees {
+    /// What `deliveries` and `dead` hold.
+    pub counts: std::sync::Mutex<Counts>,
     pub db: sled::Db,
     pub meta: sled::Tree,
     /// Pending deliveries by due time (`delivery.rs`).
@@ -100,7 +172,9 @@ impl Trees {
             blobs: dir.join("blobs"),
             synced_blobs: std::sync::Mutex::new(Default::default()),
         };
+        let counts = std::sync::Mutex::new(Counts::of(&deliveries, &dead)?);
         let trees = Trees {
+            counts,
             db,
             meta,
             deliveries,

@@ -828,3 +828,62 @@ async fn deliveries_from_before_lookups_are_filed_at_open() {
         1
     );
 }
+
+/// The counts stats and `/metrics` read are kept by every change, equal to
+/// counting the trees, and counted again when the trees open.
+#[tokio::test]
+async fn the_counts_follow_every_change_and_match_the_trees() {
+    use super::super::state::Counts;
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let check = |q: &SledQueue, deliveries: u64, dead: &[(&str, u64)]| {
+        let trees = q.state.get().unwrap();
+        let kept = trees.counts.lock().unwrap().clone();
+        assert_eq!(kept, Counts::of(&trees.deliveries, &trees.dead).unwrap());
+        let dead: std::collections::BTreeMap<String, u64> =
+            dead.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        assert_eq!((kept.deliveries, &kept.dead), (deliveries, &dead));
+        let stats = q.stats().unwrap();
+        assert_eq!(
+            (stats.deliveries, stats.dead),
+            (deliveries, dead.values().sum())
+        );
+        assert_eq!(q.dead_by_sink().unwrap(), dead);
+    };
+    check(&q, 0, &[]);
+    let mut p1 = super::super::delivery::tests::sample(1, 0);
+    p1.sink = "a".into();
+    let mut p2 = super::super::delivery::tests::sample(2, 0);
+    p2.sink = "a".into();
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![p1.clone(), p2.clone()],
+        dead: vec![dead_at(3, "b", 1_000)],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    check(&q, 2, &[("b", 1)]);
+    // Rescheduled: still one; delivered: gone from the pending.
+    let old = p1.due_key();
+    p1.due_ms += 60_000;
+    q.update(&old, &p1, false).unwrap();
+    check(&q, 2, &[("b", 1)]);
+    q.update(&p2.due_key(), &p2, true).unwrap();
+    check(&q, 1, &[("b", 1)]);
+    // Dead; replayed; expired.
+    p1.dead_ms = Some(2_000);
+    p1.reason = Some("gone".into());
+    q.bury(&p1.due_key(), &p1).unwrap();
+    check(&q, 0, &[("a", 1), ("b", 1)]);
+    let done = q.requeue(Some(3), 5_000, |_| None).unwrap();
+    assert_eq!(done.replayed, 1);
+    check(&q, 1, &[("a", 1)]);
+    let (expired, _) = q.prune_dead(3_000, 100).unwrap();
+    assert_eq!(expired, [("a".to_owned(), 1)].into());
+    check(&q, 1, &[]);
+    // Counted again at open.
+    q.flush().unwrap();
+    drop(q);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    check(&q, 1, &[]);
+}
