@@ -8,6 +8,7 @@
 # routes: each event is also read back by the router and indexed.
 #
 #   bench/callgrind.sh          # COUNT=2000 CONCURRENCY=1 WARMUP=200
+#   BIN=path/to/hookgate bench/callgrind.sh   # another build (not rebuilt)
 #
 # Prints instructions (Ir, user space only: the kernel's share, syscalls
 # and context switches, is not counted) for startup, per request and for
@@ -25,7 +26,8 @@ PORT=${PORT:-18090}
 BODY=samples/github/push.json
 
 command -v valgrind >/dev/null || { echo "bench needs valgrind: apt-get install valgrind" >&2; exit 1; }
-cargo build --release --quiet --bin hookgate --example burst
+if [ -z "${BIN:-}" ]; then cargo build --release --quiet --bin hookgate --example burst; fi
+BIN=${BIN:-./target/release/hookgate}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 . bench/lib.sh
@@ -42,7 +44,7 @@ secret = { file = "$work/secret" }
 TOML
 (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && { echo "port $PORT is taken (another bench?): set PORT" >&2; exit 1; }
 HOOKGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  ./target/release/hookgate --config "$work/routes.toml" serve 2>"$work/log" &
+  "$BIN" --config "$work/routes.toml" serve 2>"$work/log" &
 pid=$!
 for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 1; done
 wait_port "$PORT"
@@ -67,5 +69,10 @@ sha=$(callgrind_annotate --auto=no --threshold=100 "$(ls -v "$work"/cg.out.* | t
 kill -TERM "$pid"; wait "$pid" || true
 shutdown=$(awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out")
 
-echo "Ir (user space) $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes'): startup and $WARMUP warm-up requests $startup; $COUNT requests over $CONCURRENCY connection(s) (${took} s under valgrind) $requests, $((requests / COUNT)) per request, **$(((requests - sha) / COUNT)) per request without SHA-256's rounds** ($((sha / COUNT))); shutdown $shutdown"
+if [ "$BIN" = ./target/release/hookgate ]; then
+  build="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes')"
+else
+  build=$BIN
+fi
+echo "Ir (user space) $build: startup and $WARMUP warm-up requests $startup; $COUNT requests over $CONCURRENCY connection(s) (${took} s under valgrind) $requests, $((requests / COUNT)) per request, **$(((requests - sha) / COUNT)) per request without SHA-256's rounds** ($((sha / COUNT))); shutdown $shutdown"
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$KEEP"/; fi

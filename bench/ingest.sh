@@ -6,13 +6,25 @@
 # latency at a fixed offered rate (RATE, open loop: examples/paced.rs).
 #
 #   bench/ingest.sh            # DURATION=10s CONNECTIONS=32 THREADS=2 RATE=5000
+#   PIN=1 bench/ingest.sh      # per core: ROUNDS=2 SERVER_CPU=1 WRK_CPU=0
+#   BIN=path/to/hookgate …     # another build of the daemon (an older commit)
 #
 # Prints one Markdown table and the paced line. Needs wrk (Debian package `wrk`).
+#
+# PIN=1 measures per core instead (issue #10): each server pinned to
+# SERVER_CPU (`taskset`), wrk to WRK_CPU, hookgate (group commit) and the
+# Node peer (verify only) alternating A B A B … for ROUNDS rounds, with the
+# server's CPU time per request (utime + stime from /proc/PID/stat over the
+# run) and its voluntary context switches per request (a thread blocking:
+# hand-offs between threads, waits for the disk); then one unpinned pair,
+# for the ratio on shared cores. Check `uptime` first: another busy process
+# on the machine makes these figures noise (bench/callgrind.sh does not move).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 PIN=${PIN:-}
+BIN=${BIN:-./target/release/hookgate}
 ROUNDS=${ROUNDS:-2}
 SERVER_CPU=${SERVER_CPU:-1}
 WRK_CPU=${WRK_CPU:-0}
@@ -63,7 +75,7 @@ provider = "github"
 secret = { file = "$work/secret" }
 TOML
   port_free "$PORT"
-  HOOKGATE_LOG=warn "${server_on[@]}" ./target/release/hookgate --config "$dir/routes.toml" serve 2>"$dir/log" &
+  HOOKGATE_LOG=warn "${server_on[@]}" "$BIN" --config "$dir/routes.toml" serve 2>"$dir/log" &
   pid=$!
   wait_port "$PORT"
 }
@@ -106,7 +118,7 @@ node_row() {
 }
 
 # per_core_row NAME PID -> one row of the pinned table: wrk's figures and
-# the server's CPU time and context switches per request over the run
+# the server's CPU time and voluntary context switches per request over the run
 per_core_row() {
   local name=$1 pid=$2 ticks0 ctx0 ticks1 ctx1 n rps p50 p99 non2xx
   ticks0=$(cpu_ticks "$pid"); ctx0=$(ctx_switches "$pid")
@@ -129,7 +141,7 @@ per_core() {
   echo
   echo "Each server pinned to CPU $SERVER_CPU, wrk to CPU $WRK_CPU:"
   echo
-  echo "| server | req/s | p50 | p99 | server CPU per request | context switches per request | peak RSS | non-2xx |"
+  echo "| server | req/s | p50 | p99 | server CPU per request | voluntary context switches per request | peak RSS | non-2xx |"
   echo "|---|---|---|---|---|---|---|---|"
   server_on=(taskset -c "$SERVER_CPU")
   wrk_on=(taskset -c "$WRK_CPU")
@@ -149,7 +161,7 @@ per_core() {
   echo
   echo "Unpinned (both on all $(nproc) cores):"
   echo
-  echo "| server | req/s | p50 | p99 | server CPU per request | context switches per request | peak RSS | non-2xx |"
+  echo "| server | req/s | p50 | p99 | server CPU per request | voluntary context switches per request | peak RSS | non-2xx |"
   echo "|---|---|---|---|---|---|---|---|"
   start_hookgate true
   per_core_row "hookgate, fsync per 202" "$pid"

@@ -29,8 +29,10 @@ wrk_figures() {
 # fields 14 and 15; the name in field 2 may hold spaces, so count after it)
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
-# ctx_switches PID -> context switches of its live threads so far
-ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
+# ctx_switches PID -> voluntary context switches of its live threads so far
+# (waits: a thread handing work to another and blocking; the involuntary
+# ones count what else runs on the core)
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
 
 # wrk_requests FILE -> how many requests wrk completed
 wrk_requests() { awk '/requests in/ {print $1}' "$1"; }
