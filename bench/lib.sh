@@ -24,3 +24,15 @@ wrk_figures() {
   awk '/Requests\/sec/ {rps = sprintf("%.0f", $2)} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
        /Non-2xx/ {non = $5} END {print rps, p50, p99, non + 0}' "$1"
 }
+
+# cpu_ticks PID -> user + system time so far, in clock ticks (/proc/PID/stat
+# fields 14 and 15; the name in field 2 may hold spaces, so count after it)
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+# ctx_switches PID -> voluntary context switches of its live threads so far
+# (waits: a thread handing work to another and blocking; the involuntary
+# ones count what else runs on the core)
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
+
+# wrk_requests FILE -> how many requests wrk completed
+wrk_requests() { awk '/requests in/ {print $1}' "$1"; }

@@ -138,7 +138,29 @@ impl EventRecord {
                 .collect(),
             body_lz4: serde_bytes::Bytes::new(&body_lz4),
         });
-        postcard::to_stdvec(&stored).expect("in-memory encoding cannot fail")
+        // Sized once: grown from empty, the buffer was reallocated (and
+        // copied) a dozen times per event. A varint length is at most 10
+        // bytes.
+        let strings = [
+            &self.source,
+            &self.provider,
+            &self.event,
+            &self.delivery_id,
+            &self.client_ip,
+        ];
+        let size = 1
+            + 10
+            + strings.iter().map(|s| s.len() + 10).sum::<usize>()
+            + 10
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 20)
+                .sum::<usize>()
+            + body_lz4.len()
+            + 10;
+        postcard::to_extend(&stored, Vec::with_capacity(size))
+            .expect("in-memory encoding cannot fail")
     }
 
     /// Reads the source, provider and event of any stored format.

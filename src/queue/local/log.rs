@@ -87,7 +87,7 @@ pub struct Placed {
 pub struct Log {
     dir: PathBuf,
     seq: u64,
-    /// Shared with the sync thread, which syncs what was written.
+    /// Handed out with each write, for the writer to sync.
     file: std::sync::Arc<File>,
     /// Where the next frame goes.
     len: u64,

@@ -2,8 +2,8 @@
 //! `data_dir`, one daemon per directory.
 //!
 //! `sled_queue.rs` opens both and pages events from the router's cursor;
-//! `log.rs`, `writer.rs` and `seen.rs` are the event log, its writer,
-//! syncer and indexer threads, and the dedupe keys; `state.rs` keeps sled
+//! `log.rs`, `writer.rs` and `seen.rs` are the event log, its writer
+//! and checkpoint threads, and the dedupe keys; `state.rs` keeps sled
 //! reopenable; `deliveries.rs` the routing results and delivery records.
 //! This file puts them behind the storage port: claims are leases held in
 //! memory (a crash makes claimed deliveries due again), and the order of
@@ -187,7 +187,11 @@ impl Ingest for Local {
 #[async_trait::async_trait]
 impl Queue for Local {
     async fn inbox(&self, n: usize) -> Result<InboxPage, QueueError> {
-        let page = blocking(&self.q, move |q| q.inbox_page(n)).await?;
+        // Read on the router's task, not the blocking pool: the page is
+        // the log's tail, just written and in the page cache (a hand-off
+        // to the pool and back would cost more than the read), and an
+        // empty inbox reads nothing.
+        let page = self.q.inbox_page(n)?;
         Ok(InboxPage {
             events: page.events,
             claim: PageClaim {

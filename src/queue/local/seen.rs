@@ -4,10 +4,10 @@
 //! `source ‖ 0 ‖ dedupe key` to the key's expiry and event id, so the writer
 //! checks a delivery without touching the disk. Persisted beside the log:
 //! segment `{seq:016x}.seg` has `{seq:016x}.keys`, fixed-size records
-//! (hash, expiry, event id, frame length, CRC-32) appended by the indexer
+//! (hash, expiry, event id, frame length, CRC-32) appended by the writer
 //! once its events are durable, and never synced on their own. The log is
 //! the truth: at start, whatever a keys file lacks (a torn tail, events
-//! the indexer had not reached) is read again from its segment.
+//! the writer had not filed) is read again from its segment.
 //!
 //! sled held these keys before; an insert there costs about 20 µs of CPU,
 //! more than the whole rest of a request (bench/README.md).
@@ -173,7 +173,7 @@ fn load(dir: &Path, seq: u64) -> std::io::Result<Vec<KeyRecord>> {
     Ok(records)
 }
 
-/// The indexer's end: appends records to the keys file of their segment.
+/// The writer's keys files: appends records to the keys file of their segment.
 #[derive(Debug)]
 pub struct KeyFiles {
     dir: PathBuf,

@@ -3,8 +3,8 @@
 //! Layout under `data_dir`: `log/` (the events, `log.rs`, and their dedupe
 //! keys, `seen.rs`) and `sled/`, with the trees `meta` (the router's cursor
 //! into the log and the count of unmatched events), `deliveries`, `order`,
-//! `dead` and `dead_at` (`deliveries.rs`). Accepted events go through the writer, syncer and
-//! indexer threads (`writer.rs`); the router reads them back from the log
+//! `dead` and `dead_at` (`deliveries.rs`). Accepted events go through the writer thread
+//! (`writer.rs`); the router reads them back from the log
 //! in order, and one sled transaction records what it made of a page of
 //! them and moves its cursor past them.
 
@@ -24,7 +24,7 @@ use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, S
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
-/// How long readers wait for the indexer to catch up with what was acknowledged.
+/// How long readers wait for the writer to file the keys of what was acknowledged.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// `meta` key: the log position (u64 BE) the router has routed everything before.
 pub(super) const ROUTED_KEY: &[u8] = b"routed";
@@ -64,13 +64,13 @@ pub struct SledQueue {
     damaged: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
     closed: AtomicBool,
-    /// The writer and indexer threads, joined on drop.
+    /// The writer and checkpoint threads, joined on drop.
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for SledQueue {
     /// Lets the writer finish what it was given and waits for it and the
-    /// indexer: once the queue is dropped, its files no longer change and
+    /// checkpointer: once the queue is dropped, its files no longer change and
     /// the data dir can be opened again.
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel(1);
@@ -100,8 +100,8 @@ pub struct Page {
 
 impl SledQueue {
     /// Opens (or creates) the queue in `dir`: reads the dedupe keys back
-    /// (completing them from the log), then starts the writer, syncer and
-    /// indexer threads. `group_commit` off makes every append its own
+    /// (completing them from the log), then starts the writer and
+    /// checkpoint threads. `group_commit` off makes every append its own
     /// commit (to measure the difference).
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
         Self::open_as(dir, Some(group_commit))
@@ -189,25 +189,29 @@ impl SledQueue {
         };
         log::remove_unused(&log_dir, recovered.last_used).map_err(QueueError::Storage)?;
         let log = Log::resume(&log_dir, recovered.end).map_err(QueueError::Storage)?;
-        let (to_indexer, indexed) = std::sync::mpsc::channel();
+        // The checkpointer stops once the writer is done.
+        let (writer_done, stop) = std::sync::mpsc::channel::<()>();
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
         let writer = {
             let shared = shared.clone();
             let seen = recovered.seen;
-            std::thread::Builder::new()
-                .name("hookgate-writer".into())
-                .spawn(move || writer::run_writer(log, seen, shared, rx, batch_max, to_indexer))
-                .map_err(QueueError::Storage)?
-        };
-        let indexer = {
-            let (state, shared) = (state.clone(), shared.clone());
             let files = KeyFiles::new(&log_dir);
             std::thread::Builder::new()
-                .name("hookgate-indexer".into())
-                .spawn(move || writer::run_indexer(files, state, shared, indexed))
+                .name("hookgate-writer".into())
+                .spawn(move || {
+                    writer::run_writer(log, seen, files, shared, rx, batch_max);
+                    drop(writer_done);
+                })
                 .map_err(QueueError::Storage)?
         };
-        Ok(queue(jobs, vec![writer, indexer]))
+        let checkpointer = {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("hookgate-checkpoint".into())
+                .spawn(move || writer::run_checkpointer(state, stop))
+                .map_err(QueueError::Storage)?
+        };
+        Ok(queue(jobs, vec![writer, checkpointer]))
     }
 
     /// Every event not yet routed, oldest first.

@@ -150,7 +150,7 @@ impl Trees {
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .segment_size(SEGMENT_BYTES)
-            // The indexer makes sled durable at its checkpoints.
+            // The checkpoint thread makes sled durable every second.
             .flush_every_ms(None)
             .open()?;
         let meta = db.open_tree("meta")?;
