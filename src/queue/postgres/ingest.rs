@@ -161,10 +161,7 @@ async fn commit(db: &Db, batch: Vec<Job>) {
         }
     }
     let answers = match result {
-        Ok(a) => {
-            db.appended.notify_one();
-            a
-        }
+        Ok(a) => a,
         Err(e) => {
             let msg = match e {
                 Retry::Partition(_) | Retry::Conflict => {
@@ -194,12 +191,16 @@ async fn commit(db: &Db, batch: Vec<Job>) {
         }
     }
     for (job, answer) in batch.into_iter().zip(full) {
+        if let Some(Appended::Queued(id)) = &answer {
+            db.recent.put(id.0 as i64, job.record);
+        }
         let _ = job.reply.send(answer.ok_or_else(|| {
             // Its key's holder went (expired and pruned) between the
             // commit and the look: not a 2xx, the sender tries again.
             storage("a dedupe key was neither stored nor found")
         }));
     }
+    db.appended.notify_one();
 }
 
 fn storage(msg: &str) -> QueueError {
