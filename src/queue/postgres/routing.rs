@@ -87,12 +87,17 @@ pub async fn inbox(db: &Db, n: usize) -> Result<InboxPage, QueueError> {
     let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let n = n.min(i64::MAX as usize) as i64;
     let claimed = async {
-        conn.batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{HOLD_SECS}s'"
-        ))
-        .await?;
         let stmt = conn.prepare_cached(CLAIM).await?;
-        let keys = conn.query(&stmt, &[&n]).await?;
+        // The claim's plan is the same whatever its limit: made once.
+        let begin = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{HOLD_SECS}s';
+             SET LOCAL plan_cache_mode = force_generic_plan"
+        );
+        // One round trip: each is sent when first polled, in order.
+        let limit: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n];
+        let (begun, keys) = tokio::join!(conn.batch_execute(&begin), conn.query(&stmt, &limit));
+        begun?;
+        let keys = keys?;
         if keys.is_empty() {
             return Ok(None);
         }
