@@ -14,6 +14,8 @@
 #   bench/postgres.sh          # DURATION=10 RATE=2000
 #   PIN=1 bench/postgres.sh    # PostgreSQL on core 1, everything else
 #                              # (hookgate, wrk, the load examples) on core 0
+#   HOOKGATE=PATH bench/postgres.sh   # that binary (no build): A/B runs
+#                              # against a copy of an older build
 #   bench/postgres.sh soak     # SOAK=180 SOAK_RATE=500: one instance, events
 #                              # routed and delivered at a steady rate; the
 #                              # tables' sizes every 15 s
@@ -41,7 +43,12 @@ command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; 
 bindir=$(pg_config --bindir 2>/dev/null || true)
 [ -x "$bindir/initdb" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/initdb" ] || { echo "bench needs PostgreSQL: apt-get install postgresql" >&2; exit 1; }
-cargo build --release --quiet --bin hookgate --example paced --example e2e
+if [ -n "${HOOKGATE:-}" ]; then
+  cargo build --release --quiet --example paced --example e2e
+else
+  cargo build --release --quiet --bin hookgate --example paced --example e2e
+fi
+HOOKGATE=$(realpath "${HOOKGATE:-./target/release/hookgate}")
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -92,7 +99,7 @@ concurrency = 32
 retry = ["2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s", "2s"]
 $route
 TOML
-  HOOKGATE_LOG=warn "${app_core[@]}" ./target/release/hookgate --config "$dir/routes.toml" serve 2>"$dir/log" &
+  HOOKGATE_LOG=warn "${app_core[@]}" "$HOOKGATE" --config "$dir/routes.toml" serve 2>"$dir/log" &
   pids+=($!)
   wait_port "$port"
 }

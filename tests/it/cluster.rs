@@ -188,10 +188,13 @@ async fn a_killed_instances_claimed_deliveries_are_finished_by_the_other() {
         acked.len(),
         started.elapsed()
     );
-    assert_eq!(
+    // An event stored but not yet answered when the instance died is
+    // delivered too, unacknowledged: at most one per load worker.
+    assert!(
+        keys.len() >= acked.len() && keys.len() <= acked.len() + 4,
+        "every acknowledged event reached the sink: {} keys, {} acknowledged",
         keys.len(),
-        acked.len(),
-        "every acknowledged event reached the sink"
+        acked.len()
     );
     assert!(b.terminate().success());
     drop(a);

@@ -132,6 +132,7 @@ postgres_only!(
     postgres_group_commit_shares_transactions,
     postgres_prune_drops_whole_days_once_routed,
     postgres_two_instances_appending_one_key_queue_it_once,
+    postgres_a_key_committed_while_the_append_waits_is_its_duplicate,
     postgres_imports_a_local_stores_work_once,
     postgres_a_platforms_pause_holds_for_every_instance,
     postgres_schema_2_indexes_dead_letters_of_a_version_1_database,
@@ -2175,6 +2176,35 @@ mod cases {
             ));
         }
         assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 5);
+    }
+
+    /// An append whose key another session stores meanwhile waits for
+    /// that session and, once it commits, is a duplicate of what it
+    /// stored: an id its own statement could not see, read after its
+    /// commit.
+    pub async fn postgres_a_key_committed_while_the_append_waits_is_its_duplicate(b: Backend) {
+        let (client, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let now = SystemTime::now();
+        let now_ms = unix_millis(now) as i64;
+        client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO hookgate_seen (source, key, event_id, stored_ms, expires_ms)
+                 VALUES ('gh', 'held', 424242, {now_ms}, {})",
+                now_ms + 60_000
+            ))
+            .await
+            .unwrap();
+        let q = b.q.clone();
+        let append =
+            tokio::spawn(async move { q.append(event("gh", "held", now), now).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!append.is_finished(), "the append waits on the held key");
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(append.await.unwrap(), Appended::Duplicate(EventId(424242)));
+        assert_eq!(b.q.stats(&[]).await.unwrap().inbox, 0);
     }
 
     pub async fn postgres_prune_drops_whole_days_once_routed(b: Backend) {

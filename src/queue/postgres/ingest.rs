@@ -1,14 +1,16 @@
 //! Appends, group-committed: one writer task takes every append waiting
-//! and stores them in one transaction (one statement for the dedupe keys,
-//! events and inbox rows, one more for the duplicates' ids, and the
-//! COMMIT). A few batches may be in flight at once, each on its own
-//! pooled connection. No answer goes out before its transaction commits.
+//! and stores them in one transaction, one round trip: BEGIN, one
+//! statement for the dedupe keys, events and inbox rows (which also
+//! answers the duplicates), and COMMIT, sent together. A few batches may
+//! be in flight at once, each on its own pooled connection. No answer
+//! goes out before its transaction commits.
 //!
 //! Dedupe: `INSERT … ON CONFLICT DO UPDATE … WHERE expired` on
 //! `hookgate_seen`. An instance appending a key another has stored but
 //! not committed waits on that row, so a duplicate is never answered
-//! before its first copy is durable. Duplicates within one batch are
-//! resolved here (the first wins).
+//! before its first copy is durable; the id of such a first copy (not in
+//! the statement's snapshot) is read after the commit. Duplicates within
+//! one batch are resolved here (the first wins).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -158,44 +160,51 @@ async fn commit(db: &Db, batch: Vec<Job>) {
             _ => break,
         }
     }
-    let answers: Result<Vec<Appended>, String> = match result {
-        Ok(a) => Ok(a),
-        Err(Retry::Partition(_) | Retry::Conflict) => {
-            Err("could not store the events after retrying".to_owned())
-        }
-        Err(Retry::Fail(e)) => Err(e.to_string()),
-    };
-    if answers.is_ok() {
-        db.appended.notify_one();
-    }
-    let mut answers = match answers {
-        Ok(a) => a.into_iter().map(Some).collect::<Vec<_>>(),
-        Err(msg) => {
+    let answers = match result {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = match e {
+                Retry::Partition(_) | Retry::Conflict => {
+                    "could not store the events after retrying".to_owned()
+                }
+                Retry::Fail(e) => e.to_string(),
+            };
             for job in batch {
-                let _ = job
-                    .reply
-                    .send(Err(QueueError::Storage(std::io::Error::other(msg.clone()))));
+                let _ = job.reply.send(Err(storage(&msg)));
             }
             return;
         }
     };
     // Fill in the duplicates within the batch, from their first.
     let mut full = vec![None; batch.len()];
-    for (slot, &i) in unique.iter().enumerate() {
-        full[i] = answers[slot].take();
+    for (answer, &i) in answers.into_iter().zip(&unique) {
+        full[i] = answer;
     }
     for i in 0..batch.len() {
         if let Some(f) = of[i] {
-            let id = match &full[f] {
-                Some(Appended::Queued(id) | Appended::Duplicate(id)) => *id,
-                None => unreachable!("firsts answered"),
+            full[i] = match &full[f] {
+                Some(Appended::Queued(id) | Appended::Duplicate(id)) => {
+                    Some(Appended::Duplicate(*id))
+                }
+                None => None,
             };
-            full[i] = Some(Appended::Duplicate(id));
         }
     }
     for (job, answer) in batch.into_iter().zip(full) {
-        let _ = job.reply.send(Ok(answer.expect("every append answered")));
+        if let Some(Appended::Queued(id)) = &answer {
+            db.recent.put(id.0 as i64, job.record);
+        }
+        let _ = job.reply.send(answer.ok_or_else(|| {
+            // Its key's holder went (expired and pruned) between the
+            // commit and the look: not a 2xx, the sender tries again.
+            storage("a dedupe key was neither stored nor found")
+        }));
     }
+    db.appended.notify_one();
+}
+
+fn storage(msg: &str) -> QueueError {
+    QueueError::Storage(std::io::Error::other(msg.to_owned()))
 }
 
 enum Retry {
@@ -215,7 +224,10 @@ impl From<QueueError> for Retry {
 /// The one statement storing a batch: dedupe keys (in key order, so two
 /// batches lock them in the same order), then the events that won their
 /// key (with what a listing shows of each) and their inbox rows. Returns
-/// (ordinal, id) of those stored.
+/// each append's ordinal, whether it was stored, and its id: its own, or
+/// else the id its key is held by as this statement's snapshot shows it
+/// (NULL when the holder committed while the insert waited on it, or
+/// replaced an expired key meanwhile).
 const STORE: &str = "
 WITH input AS (
     SELECT nextval('hookgate_event_id') AS id, t.*
@@ -242,18 +254,25 @@ ev AS (
 inbox AS (
     INSERT INTO hookgate_inbox (event_id, received_ms) SELECT id, received_ms FROM ev
 )
-SELECT i.ord, i.id FROM input i JOIN won w ON w.event_id = i.id";
+SELECT i.ord, w.event_id IS NOT NULL,
+    coalesce(w.event_id, (
+        SELECT h.event_id FROM hookgate_seen h
+        WHERE h.source = i.source AND h.key = i.key AND h.expires_ms > i.stored_ms))
+FROM input i LEFT JOIN won w ON w.event_id = i.id";
 
-/// The ids the keys that lost are stored under (read after the insert
-/// waited for whoever held them, so committed).
+/// The ids the keys that lost are stored under, read after the commit
+/// (their holders committed before: the insert waited for them).
 const HOLDERS: &str = "
 SELECT t.ord, s.event_id
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(source, key, ord)
 JOIN hookgate_seen s ON s.source = t.source AND s.key = t.key";
 
-async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>, Retry> {
+/// Stores the appends `unique` of `batch` (distinct keys) in one
+/// transaction; answers each, in that order (`None`: a duplicate whose
+/// holder could not be found).
+async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Option<Appended>>, Retry> {
     let jobs: Vec<&Job> = unique.iter().map(|&i| &batch[i]).collect();
-    let mut conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
+    let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let sources: Vec<&str> = jobs.iter().map(|j| j.source.as_str()).collect();
     let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let stored: Vec<i64> = jobs.iter().map(|j| j.stored_ms).collect();
@@ -264,55 +283,69 @@ async fn store(db: &Db, batch: &[Job], unique: &[usize]) -> Result<Vec<Appended>
     let events: Vec<&str> = jobs.iter().map(|j| j.event.as_str()).collect();
     let delivery_ids: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
     let done = async {
-        let tx = conn.transaction().await?;
-        let won = tx
-            .query(
-                &tx.prepare_cached(STORE).await?,
-                &[
-                    &sources,
-                    &keys,
-                    &stored,
-                    &expires,
-                    &received,
-                    &records,
-                    &providers,
-                    &events,
-                    &delivery_ids,
-                ],
-            )
-            .await?;
+        let stmt = conn.prepare_cached(STORE).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &sources,
+            &keys,
+            &stored,
+            &expires,
+            &received,
+            &records,
+            &providers,
+            &events,
+            &delivery_ids,
+        ];
+        // One round trip: each request is sent when its future is first
+        // polled, and `join!` polls them in order. When the statement
+        // fails, the COMMIT finds the transaction aborted and rolls it
+        // back; when it succeeded, the COMMIT's answer is the commit's.
+        let (begun, rows, committed) = tokio::join!(
+            conn.batch_execute("BEGIN"),
+            conn.query(&stmt, &params),
+            conn.batch_execute("COMMIT"),
+        );
+        begun?;
+        let rows = rows?;
+        committed?;
         let mut out: Vec<Option<Appended>> = vec![None; jobs.len()];
-        for row in won {
-            let (ord, id): (i64, i64) = (row.get(0), row.get(1));
-            out[ord as usize - 1] = Some(Appended::Queued(EventId(id as u64)));
+        for row in rows {
+            let (ord, won, id): (i64, bool, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+            out[ord as usize - 1] = id.map(|id| match won {
+                true => Appended::Queued(EventId(id as u64)),
+                false => Appended::Duplicate(EventId(id as u64)),
+            });
         }
-        let lost: Vec<usize> = (0..jobs.len()).filter(|&i| out[i].is_none()).collect();
-        if !lost.is_empty() {
-            let s: Vec<&str> = lost.iter().map(|&i| sources[i]).collect();
-            let k: Vec<&str> = lost.iter().map(|&i| keys[i]).collect();
-            for row in tx
-                .query(&tx.prepare_cached(HOLDERS).await?, &[&s, &k])
-                .await?
-            {
-                let (ord, id): (i64, i64) = (row.get(0), row.get(1));
-                out[lost[ord as usize - 1]] = Some(Appended::Duplicate(EventId(id as u64)));
-            }
-        }
-        tx.commit().await?;
         Ok::<_, tokio_postgres::Error>(out)
     }
     .await;
     match done {
-        Ok(out) => out
-            .into_iter()
-            .map(|a| {
-                a.ok_or_else(|| {
-                    Retry::Fail(QueueError::Storage(std::io::Error::other(
-                        "a dedupe key was neither stored nor found",
-                    )))
-                })
-            })
-            .collect(),
+        Ok(mut out) => {
+            // Committed: a failure from here on leaves the rest unanswered
+            // (503), never tried again.
+            let lost: Vec<usize> = (0..jobs.len()).filter(|&i| out[i].is_none()).collect();
+            if !lost.is_empty() {
+                let s: Vec<&str> = lost.iter().map(|&i| sources[i]).collect();
+                let k: Vec<&str> = lost.iter().map(|&i| keys[i]).collect();
+                let found = match conn.prepare_cached(HOLDERS).await {
+                    Ok(stmt) => conn.query(&stmt, &[&s, &k]).await,
+                    Err(e) => Err(e),
+                };
+                match found {
+                    Ok(rows) => {
+                        for row in rows {
+                            let (ord, id): (i64, i64) = (row.get(0), row.get(1));
+                            out[lost[ord as usize - 1]] =
+                                Some(Appended::Duplicate(EventId(id as u64)));
+                        }
+                    }
+                    Err(e) => {
+                        let e = conn_err(&db.health, &db.pool, conn, e);
+                        tracing::warn!(error = %e, "cannot look up the events duplicates are of");
+                    }
+                }
+            }
+            Ok(out)
+        }
         Err(e) if partitions::no_partition(&e) => Err(Retry::Partition(
             received.iter().map(|&ms| partitions::day_of(ms)).collect(),
         )),

@@ -6,7 +6,8 @@
 //! `schema.rs` migrates; `ingest.rs` group-commits appends; `routing.rs`
 //! claims and records pages of the inbox; `deliveries.rs` claims and
 //! settles deliveries; `dead.rs` lists, replays and expires dead letters;
-//! `partitions.rs` makes and drops the event table's days; `health.rs`
+//! `partitions.rs` makes and drops the event table's days; `recent.rs`
+//! keeps the records this instance stored lately, for its router; `health.rs`
 //! tells when the database cannot take writes. Nothing here lowers
 //! `synchronous_commit`: an answer waits for the COMMIT of its event.
 
@@ -18,6 +19,7 @@ mod import;
 mod ingest;
 mod lookups;
 mod partitions;
+mod recent;
 mod routing;
 mod schema;
 
@@ -53,6 +55,8 @@ pub(crate) struct Db {
     committed: std::sync::atomic::AtomicU64,
     /// The inbox page this instance's router holds.
     page: routing::HeldPage,
+    /// Records this instance stored lately, for its router.
+    recent: recent::Recent,
 }
 
 /// The PostgreSQL backend behind the storage port.
@@ -124,6 +128,7 @@ impl Postgres {
             commits: crate::metrics::AtomicHistogram::new(crate::metrics::SYNC_BUCKETS),
             committed: std::sync::atomic::AtomicU64::new(0),
             page: routing::HeldPage::default(),
+            recent: recent::Recent::default(),
         });
         let (jobs, rx) = mpsc::channel(ingest::BATCH_MAX * ingest::IN_FLIGHT * 2);
         tokio::spawn(ingest::run(db.clone(), rx));

@@ -9,7 +9,8 @@
 //!
 //! Holding the page costs no write per event (a claim column updated,
 //! then committed, was one more row version per event) and one commit per
-//! page fewer.
+//! page fewer. The records of events this instance stored come from
+//! memory (`recent.rs`); only the others' are read back.
 
 use std::sync::Mutex;
 
@@ -86,23 +87,45 @@ pub async fn inbox(db: &Db, n: usize) -> Result<InboxPage, QueueError> {
     let conn = db.pool.get().await.map_err(|e| pool_err(&db.health, e))?;
     let n = n.min(i64::MAX as usize) as i64;
     let claimed = async {
-        conn.batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{HOLD_SECS}s'"
-        ))
-        .await?;
         let stmt = conn.prepare_cached(CLAIM).await?;
-        let keys = conn.query(&stmt, &[&n]).await?;
+        // The claim's plan is the same whatever its limit: made once.
+        let begin = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{HOLD_SECS}s';
+             SET LOCAL plan_cache_mode = force_generic_plan"
+        );
+        // One round trip: each is sent when first polled, in order.
+        let limit: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n];
+        let (begun, keys) = tokio::join!(conn.batch_execute(&begin), conn.query(&stmt, &limit));
+        begun?;
+        let keys = keys?;
         if keys.is_empty() {
             return Ok(None);
         }
-        let days: Vec<i64> = keys.iter().map(|r| r.get(0)).collect();
-        let ids: Vec<i64> = keys.iter().map(|r| r.get(1)).collect();
-        let stmt = conn.prepare_cached(RECORDS).await?;
-        conn.query(&stmt, &[&days, &ids]).await.map(Some)
+        // This instance's own events from memory, the rest read back.
+        let mut events = Vec::with_capacity(keys.len());
+        let (mut days, mut ids) = (Vec::new(), Vec::new());
+        for key in &keys {
+            let (day, id): (i64, i64) = (key.get(0), key.get(1));
+            match db.recent.take(id) {
+                Some(record) => events.push((EventId(id as u64), record)),
+                None => {
+                    days.push(day);
+                    ids.push(id);
+                }
+            }
+        }
+        if !ids.is_empty() {
+            let stmt = conn.prepare_cached(RECORDS).await?;
+            for row in conn.query(&stmt, &[&days, &ids]).await? {
+                events.push((EventId(row.get::<_, i64>(0) as u64), row.get(1)));
+            }
+            events.sort_unstable_by_key(|(id, _)| *id);
+        }
+        Ok(Some(events))
     }
     .await;
-    let rows = match claimed {
-        Ok(Some(rows)) => rows,
+    let events = match claimed {
+        Ok(Some(events)) => events,
         Ok(None) => {
             // Nothing to hold: end the transaction, keep the connection.
             return match conn.batch_execute("ROLLBACK").await {
@@ -120,10 +143,7 @@ pub async fn inbox(db: &Db, n: usize) -> Result<InboxPage, QueueError> {
         }
     };
     let page = InboxPage {
-        events: rows
-            .iter()
-            .map(|r| (EventId(r.get::<_, i64>(0) as u64), r.get::<_, Vec<u8>>(1)))
-            .collect(),
+        events,
         claim: PageClaim {
             from: token,
             next: 0,
