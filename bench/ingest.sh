@@ -135,6 +135,16 @@ per_core_row() {
 }
 
 # The pinned A B A B run, then one unpinned pair; prints both ratios.
+# One hookgate row, then one Node row (as `server_on` and `wrk_on` say).
+per_core_pair() {
+  start_hookgate true
+  per_core_row "hookgate, fsync per 202" "$pid"
+  kill -TERM "$pid"; wait "$pid" || true
+  start_node 0
+  per_core_row "node, verify only" "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 per_core() {
   have_node || { echo "PIN=1 needs the Node peer (node and npm)" >&2; exit 1; }
   echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, body $(wc -c < "$BODY") bytes"
@@ -146,12 +156,7 @@ per_core() {
   server_on=(taskset -c "$SERVER_CPU")
   wrk_on=(taskset -c "$WRK_CPU")
   for _ in $(seq "$ROUNDS"); do
-    start_hookgate true
-    per_core_row "hookgate, fsync per 202" "$pid"
-    kill -TERM "$pid"; wait "$pid" || true
-    start_node 0
-    per_core_row "node, verify only" "$pid"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    per_core_pair
   done
   echo
   echo "Pinned, hookgate / Node per round: $(paste -d/ "$work/rps-hookgate" "$work/rps-node" | awk -F/ '{printf "%s%.2f×", sep, $1 / $2; sep = ", "}')"
@@ -163,12 +168,7 @@ per_core() {
   echo
   echo "| server | req/s | p50 | p99 | server CPU per request | voluntary context switches per request | peak RSS | non-2xx |"
   echo "|---|---|---|---|---|---|---|---|"
-  start_hookgate true
-  per_core_row "hookgate, fsync per 202" "$pid"
-  kill -TERM "$pid"; wait "$pid" || true
-  start_node 0
-  per_core_row "node, verify only" "$pid"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  per_core_pair
   echo
   echo "Unpinned, hookgate / Node: $(paste -d/ "$work/rps-hookgate" "$work/rps-node" | awk -F/ '{printf "%.2f×", $1 / $2}')"
 }
