@@ -60,17 +60,6 @@ impl Form {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
-
-    /// The fields named in `names` that have a value, as a query string.
-    pub fn query(&self, names: &[&str]) -> String {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (n, v) in &self.0 {
-            if names.contains(&n.as_str()) && !v.is_empty() {
-                q.append_pair(n, v);
-            }
-        }
-        q.finish()
-    }
 }
 
 /// Answers a request for a console page.
