@@ -71,7 +71,7 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
             json,
         } => {
             let items: Vec<EventItem> =
-                collect(&admin, "/api/events", &query(filter.pairs()), limit).await?;
+                collect(&admin, "/api/events", &query(filter.pairs()), limit, None).await?;
             if json {
                 Json::Indented.print(&items)?;
             } else if items.is_empty() {
@@ -144,7 +144,8 @@ pub(super) async fn deliveries(
     } = command;
     let mut pairs = filter.pairs();
     pairs.push(("status", status));
-    let items: Vec<DeliveryItem> = collect(&admin, "/api/deliveries", &query(pairs), limit).await?;
+    let items: Vec<DeliveryItem> =
+        collect(&admin, "/api/deliveries", &query(pairs), limit, None).await?;
     if json {
         Json::Indented.print(&items)?;
     } else if items.is_empty() {
@@ -157,15 +158,17 @@ pub(super) async fn deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Up to `limit` items of a search, page after page.
+/// Up to `limit` items of a search below id `before` (or from the
+/// newest), page after page.
 pub(super) async fn collect<T: serde::de::DeserializeOwned>(
     admin: &AdminClient,
     path: &str,
     filter: &str,
     limit: usize,
+    before: Option<u64>,
 ) -> anyhow::Result<Vec<T>> {
     let mut out: Vec<T> = Vec::new();
-    let mut before: Option<u64> = None;
+    let mut before = before;
     while out.len() < limit {
         let page_size = (limit - out.len()).min(crate::admin::query::LIMIT_MAX);
         let mut q = format!("{path}?limit={page_size}");

@@ -43,10 +43,17 @@ pub(super) enum Command {
 
 #[derive(Subcommand)]
 pub(super) enum DeadCommand {
-    /// Dead deliveries, newest first (every one, or those the filters select).
+    /// Dead deliveries, newest first (those the filters select).
     List {
         #[command(flatten)]
         filter: DeliveryFilter,
+        /// At most this many (default 100).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only those older than this id (the next page after a list
+        /// that ended with it).
+        #[arg(long)]
+        before: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -111,7 +118,12 @@ impl Reach<'_> {
 
 async fn dead(reach: &Reach<'_>, what: DeadCommand) -> anyhow::Result<ExitCode> {
     match what {
-        DeadCommand::List { filter, json } => dead_list(reach, &filter, json).await,
+        DeadCommand::List {
+            filter,
+            limit,
+            before,
+            json,
+        } => dead_list(reach, &filter, limit, before, json).await,
         DeadCommand::Show { id, json } => dead_show(reach, id, json).await,
         DeadCommand::Replay {
             id,
@@ -175,12 +187,20 @@ async fn stats(reach: &Reach<'_>, json: bool) -> anyhow::Result<ExitCode> {
 async fn dead_list(
     reach: &Reach<'_>,
     filter: &DeliveryFilter,
+    limit: usize,
+    before: Option<u64>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let qs = query(filter.pairs());
     let admin = &reach.admin;
-    let list: Vec<DeadSummary> = match admin.get::<serde_json::Value>("/api/queue/stats").await? {
-        Some(_) => super::events::collect::<DeliveryItem>(admin, "/api/dead", &qs, usize::MAX)
+    // One more than shown says whether there are more: a million dead
+    // letters are not read to print a screenful.
+    let want = limit.saturating_add(1);
+    let mut list: Vec<DeadSummary> = match admin
+        .get::<serde_json::Value>("/api/queue/stats")
+        .await?
+    {
+        Some(_) => super::events::collect::<DeliveryItem>(admin, "/api/dead", &qs, want, before)
             .await?
             .iter()
             .map(DeadSummary::of_item)
@@ -190,9 +210,10 @@ async fn dead_list(
             f.status = Some(DeliveryStatus::Dead);
             let queue = inspect_storage(&reach.config()?.config).await?;
             let mut out = Vec::new();
-            let mut before = None;
-            loop {
-                let page = queue.deliveries(&f, before, LIMIT_MAX).await?;
+            let mut before = before;
+            while out.len() < want {
+                let n = (want - out.len()).min(LIMIT_MAX);
+                let page = queue.deliveries(&f, before, n).await?;
                 out.extend(page.items.iter().map(|v| DeadSummary::of(&v.record)));
                 before = page.next_before;
                 if before.is_none() {
@@ -202,6 +223,14 @@ async fn dead_list(
             out
         }
     };
+    let more = list.len() > limit;
+    list.truncate(limit);
+    if more {
+        let last = list.last().map_or(0, |d| d.id);
+        eprintln!(
+            "hookgate: the newest {limit} shown; older ones: --before {last}, or more at once: --limit N (filters such as --sink or --since narrow it)"
+        );
+    }
     if json {
         Json::Indented.print(&list)?;
     } else if list.is_empty() {

@@ -486,6 +486,74 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     assert!(cli(&["queue", "dead", "list"]).status.success());
 }
 
+/// `queue dead list` shows a page (newest first), says how to get the
+/// next, and `--before` gets it: a million dead letters are not read to
+/// print a screenful.
+#[tokio::test]
+async fn the_dead_letter_list_is_paged() {
+    use crate::storage::{append_n, dead, delivery, route_with};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let q: std::sync::Arc<dyn hookgate::queue::Queue> = std::sync::Arc::new(
+            hookgate::queue::Local::new(hookgate::queue::SledQueue::open(&data, true).unwrap()),
+        );
+        append_n(&q, 5, "d").await;
+        route_with(&q, |id| {
+            (
+                vec![],
+                vec![dead(delivery(id, "chat", 1), "permanent: 422")],
+            )
+        })
+        .await;
+        q.flush().await.unwrap();
+    }
+    let config = dir.path().join("routes.toml");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = with_secrets(
+        dir.path(),
+        &format!(
+            "[server]\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ file = \"{{dir}}/github\" }}\n",
+            data.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let list = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(["queue", "dead", "list", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ids: Vec<u64> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_u64().unwrap())
+            .collect();
+        (ids, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (all, said) = list(&[]);
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    assert_eq!(said, "", "nothing more to say");
+    let (first, said) = list(&["--limit", "2"]);
+    assert_eq!(first, all[..2]);
+    assert!(
+        said.contains(&format!("older ones: --before {}", all[1])),
+        "{said}"
+    );
+    let (next, _) = list(&["--limit", "2", "--before", &all[1].to_string()]);
+    assert_eq!(next, all[2..4]);
+    let (last, said) = list(&["--limit", "2", "--before", &all[3].to_string()]);
+    assert_eq!((last.as_slice(), said.as_str()), (&all[4..], ""));
+}
+
 /// A config for the real binary: one GitHub source (secret `GH_IT`), the
 /// given `[server]` lines.
 fn serve_config(dir: &Path, server: &str) -> std::path::PathBuf {

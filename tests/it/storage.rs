@@ -407,7 +407,7 @@ fn queued(a: Appended) -> EventId {
 }
 
 /// A delivery of `event` to `sink`, due at `due_ms`.
-fn delivery(event: EventId, sink: &str, due_ms: u64) -> DeliveryRecord {
+pub(crate) fn delivery(event: EventId, sink: &str, due_ms: u64) -> DeliveryRecord {
     DeliveryRecord {
         id: 0,
         event_id: event.0,
@@ -435,7 +435,7 @@ fn delivery(event: EventId, sink: &str, due_ms: u64) -> DeliveryRecord {
     }
 }
 
-fn dead(mut d: DeliveryRecord, reason: &str) -> DeliveryRecord {
+pub(crate) fn dead(mut d: DeliveryRecord, reason: &str) -> DeliveryRecord {
     d.reason = Some(reason.into());
     d.dead_ms = Some(5);
     d
@@ -451,7 +451,7 @@ fn limits(max: usize) -> Limits {
 }
 
 /// Appends `n` events (fresh keys); their ids.
-async fn append_n(q: &Arc<dyn Queue>, n: usize, tag: &str) -> Vec<EventId> {
+pub(crate) async fn append_n(q: &Arc<dyn Queue>, n: usize, tag: &str) -> Vec<EventId> {
     let now = SystemTime::now();
     let mut ids = Vec::new();
     for i in 0..n {
@@ -466,7 +466,7 @@ async fn append_n(q: &Arc<dyn Queue>, n: usize, tag: &str) -> Vec<EventId> {
 
 /// Routes every event in the inbox with `make` (its deliveries, pending
 /// and dead); returns what `routed` gave back.
-async fn route_with(
+pub(crate) async fn route_with(
     q: &Arc<dyn Queue>,
     make: impl Fn(EventId) -> (Vec<DeliveryRecord>, Vec<DeliveryRecord>),
 ) -> Vec<Routed> {
@@ -966,11 +966,16 @@ async fn requeue_one_all_and_refused(b: Backend) {
 
 async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
     let q = &b.q;
-    let ids = append_n(q, 4, "e").await;
+    let ids = append_n(q, 6, "e").await;
+    // "ab" begins with a configured sink's name, "zz" sorts after them.
     let routed = route_with(q, |id| {
         let i = ids.iter().position(|x| *x == id).unwrap();
         (
-            vec![delivery(id, ["a", "gone", "gone", "b"][i], 10 + i as u64)],
+            vec![delivery(
+                id,
+                ["a", "gone", "gone", "b", "ab", "zz"][i],
+                10 + i as u64,
+            )],
             vec![],
         )
     })
@@ -983,7 +988,11 @@ async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
         .bury_orphans(&["a".into(), "b".into()], 2000)
         .await
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 3);
+    for r in &routed[4..] {
+        let id = r.pending[0].id;
+        assert!(q.dead_letter(id).await.unwrap().is_some(), "{id} buried");
+    }
     let buried = q
         .dead_letter(routed[2].pending[0].id)
         .await
@@ -995,11 +1004,17 @@ async fn bury_orphans_spares_claimed_and_configured(b: Backend) {
     );
     assert_eq!(buried.dead_ms, Some(2000));
     let stats = q.stats(&[]).await.unwrap();
-    assert_eq!((stats.deliveries, stats.dead), (3, 1));
+    assert_eq!((stats.deliveries, stats.dead), (3, 3));
     // The claimed one settles itself.
     let c = &claimed.claimed[0];
     q.settle(&c.lease, &c.rec, Settle::Done).await.unwrap();
     assert_eq!(q.stats(&[]).await.unwrap().deliveries, 2);
+    assert_eq!(
+        q.bury_orphans(&["a".into(), "b".into()], 3000)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// Events are listed newest first, routed or not, by each filter, and

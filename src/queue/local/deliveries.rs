@@ -245,17 +245,36 @@ impl SledQueue {
     ) -> Result<usize, QueueError> {
         let mut buried = 0;
         let trees = self.state.get()?;
-        for kv in trees.deliveries.iter() {
-            let (k, v) = self.state.check(kv)?;
-            let mut rec = decode(&k, &v)?;
-            // An attempt in flight settles its record itself.
-            if sinks.contains(&rec.sink.as_str()) || in_flight.contains(&rec.id) {
+        // Keys start with their sink's name and a 0 byte: one look per
+        // sink finds the next one, and a configured sink's deliveries
+        // (a million waiting for a sink that is down) are skipped whole.
+        let mut from = Vec::new();
+        loop {
+            let Some(kv) = trees.deliveries.range(from.as_slice()..).next() else {
+                break;
+            };
+            let (first, _) = self.state.check(kv)?;
+            let name_len = first.iter().position(|&b| b == 0).unwrap_or(first.len());
+            let prefix = first[..(name_len + 1).min(first.len())].to_vec();
+            from = first[..name_len].to_vec();
+            from.push(1);
+            let configured =
+                std::str::from_utf8(&first[..name_len]).is_ok_and(|name| sinks.contains(&name));
+            if configured {
                 continue;
             }
-            rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
-            rec.dead_ms = Some(now_ms);
-            self.bury(&k, &rec)?;
-            buried += 1;
+            for kv in trees.deliveries.scan_prefix(&prefix) {
+                let (k, v) = self.state.check(kv)?;
+                let mut rec = decode(&k, &v)?;
+                // An attempt in flight settles its record itself.
+                if in_flight.contains(&rec.id) {
+                    continue;
+                }
+                rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
+                rec.dead_ms = Some(now_ms);
+                self.bury(&k, &rec)?;
+                buried += 1;
+            }
         }
         Ok(buried)
     }
