@@ -108,7 +108,7 @@ const LZ4_MAX_RATIO: usize = 255;
 
 /// `lz4_flex::decompress_size_prepended`, except that the stored size is
 /// checked before it is allocated: four corrupt bytes must not ask for 4 GiB.
-fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let (claimed, block) = lz4_flex::block::uncompressed_size(stored)?;
     if claimed > block.len().saturating_mul(LZ4_MAX_RATIO) {
         return Err(DecodeError::BodySize {
