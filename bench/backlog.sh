@@ -81,13 +81,15 @@ stat() { stats | jq -r ".$1"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 
-# ingest SECONDS TAG -> req/s (every answer must be a 202)
+# ingest SECONDS TAG -> req/s (every answer must be a 202); counts the
+# requests in $work/sent
 ingest() {
   wrk -t2 -c32 -d"$1s" --latency -s bench/github_push.lua "http://127.0.0.1:$PORT/hooks/github" \
     -- "$BODY" "$sig" "$2$RANDOM$RANDOM" > "$work/wrk.$2"
   local rps p50 p99 non
   read -r rps p50 p99 non < <(wrk_figures "$work/wrk.$2")
   [ "$non" = 0 ] || { echo "wrk ($2): $non answers were not 202" >&2; cat "$work/wrk.$2" >&2; exit 1; }
+  echo $(($(cat "$work/sent") + $(wrk_requests "$work/wrk.$2"))) > "$work/sent"
   echo "$rps"
 }
 
@@ -107,6 +109,7 @@ timed() {
   secs "$t0" "$(now)"
 }
 
+echo 0 > "$work/sent"
 ./target/release/examples/sink "$SINK_PORT" > "$work/sink.out" &
 sink=$!
 wait_port "$SINK_PORT"
@@ -119,24 +122,31 @@ empty=$(ingest "$DURATION" empty)
 routed >/dev/null
 echo "empty queue: $empty req/s" | tee -a "$work/details"
 
-# Fill in chunks of 20 s until TARGET deliveries wait.
+# Fill in chunks of 20 s until TARGET events are in: each makes one
+# delivery that waits (chat) and one that dies (archive).
 filled=$(now)
-lags=()
-while [ "$(stat deliveries)" -lt "$TARGET" ]; do
+while [ "$(cat "$work/sent")" -lt "$TARGET" ]; do
   rate=$(ingest 20 fill)
   s=$(stats)
   echo "  fill: $rate req/s; waiting $(jq .deliveries <<<"$s"), dead $(jq .dead <<<"$s"), not yet routed $(jq .inbox <<<"$s"), RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)" | tee -a "$work/details"
-  lags+=("$(jq .inbox <<<"$s")")
 done
 lag=$(routed)
 echo "filled in $(secs "$filled" "$(now)") s; router done $lag s after the last chunk" | tee -a "$work/details"
 
 full=$(ingest "$DURATION" full)
 lag_full=$(routed)
+echo "with the backlog: $full req/s; router done $lag_full s after" | tee -a "$work/details"
+
+# The archive's deliveries die as fast as the dispatcher attempts them;
+# idle means they are done too.
+t0=$(now)
+until [ "$(curl -sf "http://127.0.0.1:$ADMIN/api/deliveries?sink=archive&status=pending&limit=1" | jq '.items | length')" = 0 ]; do
+  sleep 0.5
+done
+echo "archive's deliveries all dead $(secs "$t0" "$(now)") s later" | tee -a "$work/details"
 waiting=$(stat deliveries)
 dead=$(stat dead)
-echo "with $waiting waiting and $dead dead: $full req/s; router done $lag_full s after" | tee -a "$work/details"
-
+echo "$waiting deliveries waiting (chat), $dead dead letters (archive)" | tee -a "$work/details"
 sleep 5
 t0=$(cpu_ticks "$pid")
 sleep "$IDLE"

@@ -21,7 +21,6 @@ pub(super) fn run(path: &Path, Args { strict }: Args) -> ExitCode {
     for w in &loaded.warnings {
         eprintln!("warning: {}", w.display(path));
     }
-    let missing = loaded.secret_problems.len();
     // A sink without its secret is merely disabled; a source without its
     // secret cannot take webhooks, so --strict fails on those only.
     for p in &loaded.secret_problems {
@@ -32,6 +31,7 @@ pub(super) fn run(path: &Path, Args { strict }: Args) -> ExitCode {
         };
         eprintln!("{label}: {}", p.display(path));
     }
+    let missing = loaded.secret_problems.len();
     let fatal_count = loaded
         .secret_problems
         .iter()
@@ -46,10 +46,17 @@ pub(super) fn run(path: &Path, Args { strict }: Args) -> ExitCode {
     }
     let c = &loaded.config;
     let names: Vec<&str> = c.sources.keys().map(String::as_str).collect();
-    let closed = if missing > 0 {
-        format!("; {missing} secret(s) not set here: those sources would answer 503 and those sinks be disabled")
-    } else {
-        String::new()
+    let closed = match (fatal_count, missing - fatal_count) {
+        (0, 0) => String::new(),
+        (0, sinks) => {
+            format!("; {sinks} sink secret(s) not set here: those sinks would be disabled")
+        }
+        (sources, 0) => {
+            format!("; {sources} source secret(s) not set here: those sources would answer 503")
+        }
+        (sources, sinks) => format!(
+            "; secrets not set here: {sources} of sources (those would answer 503), {sinks} of sinks (those would be disabled)"
+        ),
     };
     println!(
         "{}: ok: {} sources ({}), {} sinks, {} routes{closed}",

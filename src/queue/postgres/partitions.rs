@@ -66,8 +66,11 @@ pub async fn ensure(
     if days.is_empty() {
         return Ok(());
     }
-    // One implicit transaction: the lock is held to its end.
-    let mut sql = format!("SELECT pg_advisory_xact_lock({PARTITION_LOCK});");
+    // One implicit transaction: the lock is held to its end, and a day
+    // that exists already is no notice in the log.
+    let mut sql = format!(
+        "SELECT pg_advisory_xact_lock({PARTITION_LOCK}); SET LOCAL client_min_messages = warning;"
+    );
     for &day in days {
         // Rows are written once: each stays on its page up to a page
         // (`record` is EXTERNAL), not toasted past 2 kB.

@@ -197,7 +197,11 @@ async fn migrate_locked(client: &mut Client) -> Result<u64, String> {
     let e = |e: tokio_postgres::Error| format!("migrating the schema: {e}");
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS hookgate_schema (
+            // One implicit transaction: the SET lasts to its end. Without
+            // it, every start logged PostgreSQL's notice that the table
+            // exists (as INFO, per table).
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS hookgate_schema (
                 version integer PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now())",
         )
