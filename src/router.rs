@@ -94,6 +94,12 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
+        // Reading a page and recording it are ready at once on the local
+        // backend, so with a backlog this loop would never give its
+        // worker back. The dispatcher task it just woke waits in that
+        // worker's LIFO slot, which no other worker steals from: with a
+        // million events to route, nothing was delivered for minutes.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -301,6 +307,63 @@ fn idempotency_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Working through a backlog, the router lets the tasks it shares a
+    /// thread with run between its pages (the dispatcher among them).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_router_gives_way_between_pages() {
+        use crate::queue::{Local, NewEvent, SledQueue};
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn Queue> =
+            Arc::new(Local::new(SledQueue::open(dir.path(), true).unwrap()));
+        const EVENTS: usize = PAGE * 20;
+        let mut appends = Vec::new();
+        for i in 0..EVENTS {
+            let event = NewEvent {
+                record: EventRecord {
+                    source: "gh".into(),
+                    provider: "github".into(),
+                    event: "push".into(),
+                    delivery_id: format!("d-{i}"),
+                    received_at_ms: 0,
+                    client_ip: "127.0.0.1".into(),
+                    headers: vec![],
+                    body: b"{}".to_vec(),
+                },
+                dedupe_key: format!("d-{i}"),
+                dedupe_window: Duration::from_secs(60),
+            };
+            let queue = queue.clone();
+            appends.push(tokio::spawn(async move {
+                queue.append(event, SystemTime::now()).await.unwrap()
+            }));
+        }
+        for a in appends {
+            a.await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let router = tokio::spawn(run(
+            queue.clone(),
+            Arc::new(Live::new(Routes::compile(Vec::new()).unwrap())),
+            Arc::new(Live::new(Sinks::new())),
+            Arc::new(Notify::new()),
+            Arc::default(),
+            Arc::default(),
+            shutdown.clone(),
+        ));
+        // Runs once the router gives the thread back.
+        let other = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.stats(&[]).await.unwrap().inbox }
+        });
+        let waiting = other.await.unwrap();
+        shutdown.cancel();
+        router.await.unwrap();
+        assert!(
+            waiting > 0,
+            "another task ran only once all {EVENTS} events were routed"
+        );
+    }
 
     /// One unreadable record does not stop the events after it.
     #[test]
