@@ -80,9 +80,14 @@ impl Local {
         let mut claimed = Vec::new();
         let mut looked = 0;
         let mut after: Option<sled::IVec> = None;
+        // The due deliveries in flight come first in due order: read what
+        // is asked for past them, not a whole page each time a slot frees
+        // (a claim of one per finished attempt read 256 keys).
+        let out = self.leased.lock().expect("lease lock").len();
+        let per_page = (max + out + 8).min(PAGE);
         'pages: loop {
-            let page = self.q.due_after(sink, now_ms, after.as_deref(), PAGE)?;
-            let more = page.len() == PAGE;
+            let page = self.q.due_after(sink, now_ms, after.as_deref(), per_page)?;
+            let more = page.len() == per_page;
             for (key, id) in page {
                 after = Some(key.clone());
                 looked += 1;
