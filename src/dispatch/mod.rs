@@ -533,6 +533,11 @@ impl Dispatcher {
         let how = match next {
             Next::Done => {
                 tracing::debug!(sink = %name, route = %rec.route, delivery = rec.id, delivery_id = %rec.delivery_id, "delivered");
+                // The history keeps what happened (the attempts and their
+                // answers), not the request: nothing sends it again, and
+                // draining a million deliveries would write every body a
+                // second time.
+                rec.frozen = None;
                 Settle::Done
             }
             Next::At { due_ms, counted } => {
@@ -730,6 +735,65 @@ fn outcome_label(v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A delivered delivery's history keeps its attempts and answers,
+    /// not the request it sent.
+    #[tokio::test]
+    async fn the_delivered_history_keeps_no_request() {
+        use crate::queue::{DeliveryFilter, DeliveryStatus, Local, Routed, SledQueue};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n[sinks.audit]\nkind = \"log\"\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap()
+        .config;
+        let sinks = Arc::new(Live::new(crate::daemon::build_sinks(&config).unwrap()));
+        let queue: Arc<dyn Queue> =
+            Arc::new(Local::new(SledQueue::open(dir.path(), true).unwrap()));
+        let mut rec = crate::queue::delivery::tests::sample(0, 0);
+        rec.sink = "audit".into();
+        assert!(rec.frozen.is_some());
+        let page = queue.inbox(10).await.unwrap();
+        queue
+            .routed(
+                &page,
+                vec![Routed {
+                    event: crate::queue::EventId(0),
+                    pending: vec![rec],
+                    dead: vec![],
+                }],
+            )
+            .await
+            .unwrap();
+        let dispatcher = Dispatcher::new(
+            queue.clone(),
+            sinks,
+            Arc::new(Notify::new()),
+            Arc::default(),
+        );
+        let shutdown = CancellationToken::new();
+        let running =
+            tokio::spawn(dispatcher.run(Arc::default(), shutdown.clone(), Duration::from_secs(5)));
+        let delivered = DeliveryFilter {
+            status: Some(DeliveryStatus::Delivered),
+            ..Default::default()
+        };
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = queue.deliveries(&delivered, None, 10).await.unwrap().items;
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(found.len(), 1, "delivered");
+        let history = &found[0].record;
+        assert_eq!(history.attempts.len(), 1);
+        assert_eq!(history.frozen, None);
+    }
 
     /// Something due that cannot start never makes the loop spin.
     #[test]

@@ -5,7 +5,7 @@
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
 //! an error, nothing of the event remains.
 
-mod delivery;
+pub(crate) mod delivery;
 pub mod local;
 mod lookup;
 pub mod postgres;
@@ -222,7 +222,8 @@ pub struct Due {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
     /// Delivered (or nothing more to do): it leaves the queue for the
-    /// delivered history, kept for `server.retention`.
+    /// delivered history, kept for `server.retention` (the dispatcher
+    /// settles it without its frozen request: nothing sends it again).
     Done,
     /// Due again at its `due_ms`.
     Reschedule,
