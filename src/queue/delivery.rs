@@ -390,6 +390,19 @@ impl DeliveryRecord {
 pub(crate) mod tests {
     use super::*;
 
+    /// `n` bytes LZ4 cannot shrink (xorshift).
+    pub(crate) fn incompressible(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
     /// A record for tests: due at `due_ms` on sink `s`.
     pub(crate) fn sample(id: u64, due_ms: u64) -> DeliveryRecord {
         DeliveryRecord {
@@ -488,15 +501,7 @@ pub(crate) mod tests {
         );
         assert_eq!(DeliveryRecord::decode(&stored).unwrap(), r);
         // Random bytes do not compress: kept plain (and a little longer).
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let noise = incompressible(4096);
         r.frozen.as_mut().unwrap().body = ByteBuf::from(noise.clone());
         let stored = r.encode();
         assert!(stored.len() > noise.len());

@@ -443,6 +443,22 @@ async fn a_socket_passed_by_systemd_serves_the_webhooks() {
     assert!(daemon.terminate().success());
 }
 
+/// A config whose admin listener nobody answers (the CLI opens `data`
+/// itself), with one GitHub source.
+fn offline_config(dir: &Path, data: &Path) -> std::path::PathBuf {
+    let config = dir.join("routes.toml");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = with_secrets(
+        dir,
+        &format!(
+            "[server]\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ file = \"{{dir}}/github\" }}\n",
+            data.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// With no daemon answering, the queue commands open data_dir themselves:
 /// a data_dir holding no queue is an error (not an empty queue, and
 /// nothing is created), and replaying an id that is not dead fails.
@@ -450,16 +466,7 @@ async fn a_socket_passed_by_systemd_serves_the_webhooks() {
 fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("not-the-daemons");
-    let config = dir.path().join("routes.toml");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let text = with_secrets(
-        dir.path(),
-        &format!(
-            "[server]\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ file = \"{{dir}}/github\" }}\n",
-            data.display()
-        ),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = offline_config(dir.path(), &data);
     let cli = |args: &[&str]| {
         std::process::Command::new(binary())
             .arg("--config")
@@ -508,16 +515,7 @@ async fn the_dead_letter_list_is_paged() {
         .await;
         q.flush().await.unwrap();
     }
-    let config = dir.path().join("routes.toml");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let text = with_secrets(
-        dir.path(),
-        &format!(
-            "[server]\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n[sources.github]\nprovider = \"github\"\nsecret = {{ file = \"{{dir}}/github\" }}\n",
-            data.display()
-        ),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = offline_config(dir.path(), &data);
     let list = |args: &[&str]| {
         let out = std::process::Command::new(binary())
             .arg("--config")

@@ -439,15 +439,7 @@ async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
     let q = SledQueue::open(dir.path(), true).unwrap();
     let mut rec = super::super::delivery::tests::sample(1, 1_000);
     // Bytes that do not compress (a compressible body is stored LZ4'd).
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let noise = super::super::delivery::tests::incompressible(300_000);
     rec.frozen.as_mut().unwrap().body = serde_bytes::ByteBuf::from(noise);
     let page = [crate::queue::Routed {
         event: EventId(0),
