@@ -38,15 +38,11 @@ BODY=samples/github/push.json
 for tool in wrk jq; do
   command -v "$tool" >/dev/null || { echo "bench needs $tool: apt-get install $tool" >&2; exit 1; }
 done
-if [ -n "${BIN:-}" ]; then
-  cargo build --release --quiet --example sink
-else
-  cargo build --release --quiet --bin hookgate --example sink
-fi
+. bench/lib.sh
+build_release "${BIN:-}" sink
 BIN=$(realpath "${BIN:-./target/release/hookgate}")
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/hookgate-backlog.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-. bench/lib.sh
 signing_secret backlog
 
 cat > "$work/routes.toml" <<TOML

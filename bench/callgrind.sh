@@ -26,11 +26,11 @@ PORT=${PORT:-18090}
 BODY=samples/github/push.json
 
 command -v valgrind >/dev/null || { echo "bench needs valgrind: apt-get install valgrind" >&2; exit 1; }
-if [ -z "${BIN:-}" ]; then cargo build --release --quiet --bin hookgate --example burst; fi
+. bench/lib.sh
+build_release "${BIN:-}" burst
 BIN=${BIN:-./target/release/hookgate}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-. bench/lib.sh
 signing_secret bench-secret
 
 cat > "$work/routes.toml" <<TOML

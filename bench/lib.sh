@@ -1,5 +1,16 @@
-# Shared by the bench scripts (sourced): the signing secret, waiting for a
-# port, peak RSS, and reading wrk's figures. Expects $work and $BODY.
+# Shared by the bench scripts (sourced): the release build, the signing
+# secret, waiting for a port, peak RSS, and reading wrk's figures.
+# signing_secret expects $work and $BODY.
+
+# build_release BIN EXAMPLE... -> the release examples, and the daemon
+# unless BIN (another build the caller was given) is set
+build_release() {
+  local bin=$1 args=() example
+  shift
+  for example in "$@"; do args+=(--example "$example"); done
+  [ -n "$bin" ] || args+=(--bin hookgate)
+  cargo build --release --quiet "${args[@]}"
+}
 
 # signing_secret PREFIX -> $secret (also in $work/secret) and $sig, the
 # GitHub signature of $BODY

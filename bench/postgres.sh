@@ -43,11 +43,8 @@ command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install wrk" >&2; 
 bindir=$(pg_config --bindir 2>/dev/null || true)
 [ -x "$bindir/initdb" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/initdb" ] || { echo "bench needs PostgreSQL: apt-get install postgresql" >&2; exit 1; }
-if [ -n "${HOOKGATE:-}" ]; then
-  cargo build --release --quiet --example paced --example e2e
-else
-  cargo build --release --quiet --bin hookgate --example paced --example e2e
-fi
+. bench/lib.sh
+build_release "${HOOKGATE:-}" paced e2e
 HOOKGATE=$(realpath "${HOOKGATE:-./target/release/hookgate}")
 
 work=$(mktemp -d)
@@ -79,7 +76,6 @@ psql_pg -c "SET synchronous_commit = off" \
   -c "CREATE TABLE warm AS SELECT repeat('x', 2000) AS x FROM generate_series(1, 500000)" \
   -c "DROP TABLE warm" -c CHECKPOINT
 
-. bench/lib.sh
 signing_secret pg-bench
 
 # start NAME PORT QUEUE_TOML ROUTED -> appends the pid to $pids. ROUTED:

@@ -9,6 +9,8 @@
 //!
 //! Prints one line with the answers by status; exits 1 unless all are 202.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -29,27 +31,8 @@ async fn main() -> std::process::ExitCode {
     let count: usize = count.parse().expect("COUNT is a number");
     let concurrency: usize = concurrency.parse().expect("CONCURRENCY is a number");
     let url: http::Uri = url.parse().expect("HOOKGATE_URL is a URL");
-    let body = Bytes::from_static(include_bytes!("../samples/github/push.json"));
-    let signed = {
-        use hookgate::verify::{Provider, SignInput};
-        let github = hookgate::verify::github::Github {
-            secret: hookgate::secret::Secret::new(secret.as_str()),
-            legacy_sha1: false,
-        };
-        github.sign(&SignInput {
-            body: &body,
-            event: "push",
-            delivery_id: "-",
-            now: std::time::SystemTime::now(),
-        })
-    };
-    let headers: Arc<Vec<(String, String)>> = Arc::new(
-        signed
-            .headers
-            .into_iter()
-            .filter(|(k, _)| !k.eq_ignore_ascii_case("x-github-delivery"))
-            .collect(),
-    );
+    let (body, headers) = common::signed_push(secret);
+    let headers: Arc<Vec<(String, String)>> = Arc::new(headers);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let run = format!("burst{}-{}", std::process::id(), rand::random::<u32>());

@@ -9,6 +9,8 @@
 //! Prints one line: offered and reached rate, answers by status, and the
 //! latency percentiles. `bench/ingest.sh` runs it at 5,000 req/s.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,29 +26,8 @@ async fn main() {
     };
     let rate: f64 = rate.parse().expect("RATE is a number");
     let seconds: f64 = seconds.parse().expect("SECONDS is a number");
-    let body = Bytes::from_static(include_bytes!("../samples/github/push.json"));
-    // GitHub signs the body alone: one signature serves every request, as
-    // in the wrk script, so the load generator spends its CPU on sending.
-    let signed = {
-        use hookgate::verify::{Provider, SignInput};
-        let github = hookgate::verify::github::Github {
-            secret: hookgate::secret::Secret::new(secret.as_str()),
-            legacy_sha1: false,
-        };
-        github.sign(&SignInput {
-            body: &body,
-            event: "push",
-            delivery_id: "-",
-            now: std::time::SystemTime::now(),
-        })
-    };
-    let headers: Arc<Vec<(String, String)>> = Arc::new(
-        signed
-            .headers
-            .into_iter()
-            .filter(|(k, _)| !k.eq_ignore_ascii_case("x-github-delivery"))
-            .collect(),
-    );
+    let (body, headers) = common::signed_push(secret);
+    let headers: Arc<Vec<(String, String)>> = Arc::new(headers);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http::<Full<Bytes>>();

@@ -130,34 +130,13 @@ pub fn order_prefix(sink: &str, key: &str) -> Vec<u8> {
 enum Stored {
     V1(RecordV1),
     V2(DeliveryRecord),
-    V3(RecordV3),
-}
-
-/// A record as version 3 stores it: the frozen body LZ4-compressed when
-/// that makes it smaller. A GitHub push forwarded by an http sink is
-/// 7.5 KB of JSON and about a third of that compressed; a million of
-/// them waiting for a sink that is down are written to storage at
-/// routing and again at each outcome, so the size is what the backlog
-/// costs in disk, write volume and (sled) memory.
-#[derive(Debug, Serialize, Deserialize)]
-struct RecordV3 {
-    id: u64,
-    event_id: u64,
-    source: String,
-    event: String,
-    delivery_id: String,
-    route: String,
-    sink: String,
-    item: Option<u32>,
-    idempotency_key: String,
-    created_ms: u64,
-    due_ms: u64,
-    failures: u32,
-    attempts: Vec<Attempt>,
-    reason: Option<String>,
-    dead_ms: Option<u64>,
-    frozen: Option<FrozenV3>,
-    order_key: Option<String>,
+    /// The record without its request (`frozen: None`), then the request
+    /// with its body LZ4-compressed when that makes it smaller. A GitHub
+    /// push forwarded by an http sink is 7.5 KB of JSON and about a third
+    /// of that compressed; a million of them waiting for a sink that is
+    /// down are written at routing and again at each outcome, so the size
+    /// is what a backlog costs in disk, write volume and (sled) memory.
+    V3(DeliveryRecord, Option<FrozenV3>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -200,64 +179,24 @@ impl Body {
     }
 }
 
-impl RecordV3 {
-    fn of(r: &DeliveryRecord) -> RecordV3 {
-        RecordV3 {
-            id: r.id,
-            event_id: r.event_id,
-            source: r.source.clone(),
-            event: r.event.clone(),
-            delivery_id: r.delivery_id.clone(),
-            route: r.route.clone(),
-            sink: r.sink.clone(),
-            item: r.item,
-            idempotency_key: r.idempotency_key.clone(),
-            created_ms: r.created_ms,
-            due_ms: r.due_ms,
-            failures: r.failures,
-            attempts: r.attempts.clone(),
-            reason: r.reason.clone(),
-            dead_ms: r.dead_ms,
-            frozen: r.frozen.as_ref().map(|f| FrozenV3 {
-                content_type: f.content_type.clone(),
-                headers: f.headers.clone(),
-                body: Body::pack(&f.body),
-                method: f.method.clone(),
-                path: f.path.clone(),
-            }),
-            order_key: r.order_key.clone(),
+impl FrozenV3 {
+    fn pack(f: Frozen) -> FrozenV3 {
+        FrozenV3 {
+            body: Body::pack(&f.body),
+            content_type: f.content_type,
+            headers: f.headers,
+            method: f.method,
+            path: f.path,
         }
     }
 
-    fn into_record(self) -> Result<DeliveryRecord, postcard::Error> {
-        let frozen = match self.frozen {
-            Some(f) => Some(Frozen {
-                content_type: f.content_type,
-                headers: f.headers,
-                body: f.body.unpack()?,
-                method: f.method,
-                path: f.path,
-            }),
-            None => None,
-        };
-        Ok(DeliveryRecord {
-            id: self.id,
-            event_id: self.event_id,
-            source: self.source,
-            event: self.event,
-            delivery_id: self.delivery_id,
-            route: self.route,
-            sink: self.sink,
-            item: self.item,
-            idempotency_key: self.idempotency_key,
-            created_ms: self.created_ms,
-            due_ms: self.due_ms,
-            failures: self.failures,
-            attempts: self.attempts,
-            reason: self.reason,
-            dead_ms: self.dead_ms,
-            frozen,
-            order_key: self.order_key,
+    fn unpack(self) -> Result<Frozen, postcard::Error> {
+        Ok(Frozen {
+            content_type: self.content_type,
+            headers: self.headers,
+            body: self.body.unpack()?,
+            method: self.method,
+            path: self.path,
         })
     }
 }
@@ -300,15 +239,19 @@ impl DeliveryRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&Stored::V3(RecordV3::of(self)))
-            .expect("in-memory encoding cannot fail")
+        let mut bare = self.clone();
+        let frozen = bare.frozen.take().map(FrozenV3::pack);
+        postcard::to_stdvec(&Stored::V3(bare, frozen)).expect("in-memory encoding cannot fail")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DeliveryRecord, postcard::Error> {
         match postcard::from_bytes(bytes)? {
             Stored::V1(r) => Ok(r.into()),
             Stored::V2(r) => Ok(r),
-            Stored::V3(r) => r.into_record(),
+            Stored::V3(mut r, frozen) => {
+                r.frozen = frozen.map(FrozenV3::unpack).transpose()?;
+                Ok(r)
+            }
         }
     }
 
@@ -508,10 +451,10 @@ pub(crate) mod tests {
         assert_eq!(DeliveryRecord::decode(&stored).unwrap(), r);
         // A corrupt compressed body is an error, not a panic or a
         // huge allocation.
-        let mut bad = RecordV3::of(&r);
-        bad.frozen.as_mut().unwrap().body =
-            Body::Lz4(ByteBuf::from(vec![0xff, 0xff, 0xff, 0x7f, 1]));
-        let bytes = postcard::to_stdvec(&Stored::V3(bad)).unwrap();
+        let mut bare = r.clone();
+        let mut bad = FrozenV3::pack(bare.frozen.take().unwrap());
+        bad.body = Body::Lz4(ByteBuf::from(vec![0xff, 0xff, 0xff, 0x7f, 1]));
+        let bytes = postcard::to_stdvec(&Stored::V3(bare, Some(bad))).unwrap();
         assert!(DeliveryRecord::decode(&bytes).is_err());
     }
 

@@ -10,11 +10,12 @@
 //! sync. Under load (the last batch held more than one append) the writer
 //! first waits [`COMMIT_DELAY`] for more to join, as PostgreSQL's
 //! `commit_delay` does: on a busy core that halves the syncs and wake-ups
-//! per request, for at most 0.2 ms more latency. Everything a batch needs happens on this one thread, so a batch
-//! crosses threads twice (the requests' tasks to the writer, the writer
-//! back to them); each hand-off is a context switch, and on a busy core
-//! they cost more than the writing. No sled call and no sync ever runs on
-//! a tokio worker, and no sled call is made per event.
+//! per request, for at most 0.2 ms more latency. Everything a batch needs
+//! happens on this one thread, so a batch crosses threads twice (the
+//! requests' tasks to the writer, the writer back to them); each hand-off
+//! is a context switch, and on a busy core they cost more than the
+//! writing. No sled call and no sync ever runs on a tokio worker, and no
+//! sled call is made per event.
 //!
 //! The **checkpointer** makes sled (routing and delivery state) durable
 //! every second.
