@@ -333,11 +333,7 @@ impl SledQueue {
             }
         };
         let change = self.state.check(written)?;
-        trees
-            .counts
-            .lock()
-            .expect("counts lock")
-            .deliveries_changed(change);
+        trees.counts_mut().deliveries_changed(change);
         Ok(())
     }
 
@@ -370,7 +366,7 @@ impl SledQueue {
             })
             .map_err(tx_err);
         let (change, gone) = self.state.check(moved)?;
-        let mut counts = trees.counts.lock().expect("counts lock");
+        let mut counts = trees.counts_mut();
         counts.deliveries_changed(-i64::from(gone));
         for (sink, n) in change.dead {
             counts.dead_changed(&sink, n as i64);
@@ -482,8 +478,7 @@ impl SledQueue {
     /// Dead deliveries by sink (each record's head only).
     pub fn dead_by_sink(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
         let trees = self.state.get()?;
-        let counts = trees.counts.lock().expect("counts lock");
-        Ok(counts.dead.clone())
+        Ok(trees.counts().dead)
     }
 
     /// How many deliveries to `sink` wait (keys only; for sinks that hold
@@ -602,7 +597,7 @@ impl SledQueue {
             })
             .map_err(tx_err);
         let moved = self.state.check(moved)?;
-        let mut counts = trees.counts.lock().expect("counts lock");
+        let mut counts = trees.counts_mut();
         for (done, (_, _, _, rec)) in moved.into_iter().zip(moves) {
             if let Some(new) = done {
                 counts.dead_changed(&rec.sink, -1);
@@ -655,7 +650,7 @@ impl SledQueue {
             })
             .map_err(tx_err);
         let mut by = BTreeMap::new();
-        let mut counts = trees.counts.lock().expect("counts lock");
+        let mut counts = trees.counts_mut();
         for sink in self.state.check(removed)? {
             counts.dead_changed(&sink, -1);
             *by.entry(sink).or_default() += 1;

@@ -78,6 +78,12 @@ impl Drop for SledQueue {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // Nothing else holds the queue: the next open need not count the
+        // trees (a daemon saved them at its last flush already; this is for
+        // the CLI, which inspects without a daemon, and tests).
+        if let Err(e) = self.state.save_counts() {
+            tracing::warn!(error = %e, "could not save the counts at close; the next start counts the trees");
+        }
     }
 }
 
@@ -470,7 +476,14 @@ impl SledQueue {
     pub fn flush(&self) -> Result<(), QueueError> {
         self.shared.settle(SETTLE_LIMIT);
         self.save_cursor()?;
-        self.state.checkpoint()
+        if self.closed.load(Ordering::Acquire) {
+            // The daemon's last flush: the router and the dispatcher have
+            // stopped. Should anything still write, the saved counts are
+            // dropped again (`Trees::counts_mut`).
+            self.state.save_counts()
+        } else {
+            self.state.checkpoint()
+        }
     }
 }
 
@@ -594,10 +607,8 @@ impl SledQueue {
     /// Counts by state.
     pub fn stats(&self) -> Result<Stats, QueueError> {
         let trees = self.state.get()?;
-        let (deliveries, dead) = {
-            let counts = trees.counts.lock().expect("counts lock");
-            (counts.deliveries, counts.dead_total())
-        };
+        let counts = trees.counts();
+        let (deliveries, dead) = (counts.deliveries, counts.dead_total());
         Ok(Stats {
             inbox: self.shared.unrouted.load(Ordering::Acquire),
             deliveries,
