@@ -164,7 +164,7 @@ t0=$(now)
 start_daemon
 until ready; do sleep 0.05; done
 startup=$(secs "$t0" "$(now)")
-echo "startup with $disk on disk: $startup s to /readyz 200" | tee -a "$work/details"
+echo "startup with $disk on disk: $startup s to /readyz 200, RSS then $(awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$pid/status) MiB" | tee -a "$work/details"
 t0=$(now)
 while left=$(stat deliveries) && [ "$left" != 0 ]; do sleep 0.2; done
 took=$(secs "$t0" "$(now)")

@@ -21,6 +21,43 @@ use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 pub(super) const REPLAY_BATCH: usize = 500;
 use super::state::Counts;
 use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
+use crate::queue::Settle;
+
+/// An attempt's outcome, ready for [`SledQueue::settle_all`]: the key the
+/// record was claimed at, what it goes to, and the record as stored.
+pub struct Outcome {
+    old: Vec<u8>,
+    how: Settle,
+    id: [u8; 8],
+    sink: String,
+    value: Vec<u8>,
+    /// Its new due key: rescheduled.
+    key: Option<Vec<u8>>,
+    ordered: Option<Vec<u8>>,
+    /// `delivered_at` or `dead_at` key (done or buried).
+    at: [u8; 16],
+}
+
+impl Outcome {
+    /// Encodes `rec` (on the caller's thread: outcomes written together
+    /// were encoded apart).
+    pub fn new(old: &[u8], rec: &DeliveryRecord, how: Settle) -> Outcome {
+        Outcome {
+            old: old.to_vec(),
+            how,
+            id: rec.id.to_be_bytes(),
+            sink: rec.sink.clone(),
+            value: rec.encode(),
+            key: (how == Settle::Reschedule).then(|| rec.due_key()),
+            ordered: rec.order_index_key(),
+            at: match how {
+                Settle::Done => rec.delivered_at_key(),
+                Settle::Bury => rec.dead_at_key(),
+                Settle::Reschedule => [0; 16],
+            },
+        }
+    }
+}
 
 pub(super) fn tx_err(e: TransactionError<()>) -> QueueError {
     match e {
@@ -281,93 +318,90 @@ impl SledQueue {
 
     /// Replaces the record at `old` (its previous due key) with `rec`:
     /// rescheduled when `rec` is pending, moved to the delivered history
-    /// when `done`; its `order` entry follows it (to the new key, or
-    /// gone) in the same transaction, so the next delivery of its key
-    /// becomes the head only once this one's outcome is written.
-    /// Rescheduled to the same millisecond (a `Retry-After: 0` answered
-    /// at once), the key is the same: overwritten, not removed.
+    /// when `done` (see [`SledQueue::settle_all`]).
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
-        let trees = self.state.get()?;
-        let value = rec.encode();
-        let (id, key) = (rec.id.to_be_bytes(), rec.due_key());
-        let ordered = rec.order_index_key();
-        let written = match done {
-            false => (&trees.deliveries, &trees.order, &trees.pending_ids)
-                .transaction(|(deliveries, order, ids)| {
-                    let mut change = 0i64;
-                    if deliveries.insert(&key[..], value.as_slice())?.is_none() {
-                        change += 1;
-                    }
-                    if key[..] != *old {
-                        if deliveries.remove(old)?.is_some() {
-                            change -= 1;
-                        }
-                        ids.insert(&id[..], &key[..])?;
-                    }
-                    if let Some(o) = &ordered {
-                        order.insert(&o[..], &key[..])?;
-                    }
-                    Ok::<_, ConflictableTransactionError<()>>(change)
-                })
-                .map_err(tx_err),
-            true => {
-                let at = rec.delivered_at_key();
-                (
-                    &trees.deliveries,
-                    &trees.order,
-                    &trees.pending_ids,
-                    &trees.delivered,
-                    &trees.delivered_at,
-                )
-                    .transaction(|(deliveries, order, ids, delivered, delivered_at)| {
-                        let gone = deliveries.remove(old)?.is_some();
-                        if let Some(o) = &ordered {
-                            order.remove(&o[..])?;
-                        }
-                        ids.remove(&id[..])?;
-                        delivered.insert(&id[..], value.as_slice())?;
-                        delivered_at.insert(&at[..], &[][..])?;
-                        Ok::<_, ConflictableTransactionError<()>>(-i64::from(gone))
-                    })
-                    .map_err(tx_err)
-            }
+        let how = if done {
+            Settle::Done
+        } else {
+            Settle::Reschedule
         };
-        let change = self.state.check(written)?;
-        trees.counts_mut().deliveries_changed(change);
-        Ok(())
+        self.settle_all(&[Outcome::new(old, rec, how)])
     }
 
-    /// Moves the record at `old` to `dead`, filed in `dead_at` by when it
-    /// died, in one transaction with its `order` entry: a dead head lets
-    /// the next delivery of its key go.
+    /// Moves the record at `old` to `dead` (see [`SledQueue::settle_all`]).
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
+        self.settle_all(&[Outcome::new(old, rec, Settle::Bury)])
+    }
+
+    /// Writes attempts' outcomes in one transaction: sled seals and writes
+    /// its log buffer around every transaction, on its I/O threads, so a
+    /// drain that wrote each outcome alone spent most of its time there.
+    /// Each record leaves `old` (its due key when claimed):
+    /// - rescheduled: to its new due key (the same key when due in the
+    ///   same millisecond: overwritten, not removed);
+    /// - done: to the delivered history, filed by when in `delivered_at`;
+    /// - buried: to `dead`, filed by when it died in `dead_at`.
+    ///
+    /// Its `order` entry follows it (to the new key, or gone) in the same
+    /// transaction, so the next delivery of its key becomes the head only
+    /// once this one's outcome is written, and a dead head lets it go.
+    pub fn settle_all(&self, outcomes: &[Outcome]) -> Result<(), QueueError> {
         let trees = self.state.get()?;
-        let (id, value, ordered) = (rec.id.to_be_bytes(), rec.encode(), rec.order_index_key());
-        let died = rec.dead_at_key();
-        let moved = (
-            &trees.dead,
-            &trees.dead_at,
+        let written = (
             &trees.deliveries,
             &trees.order,
             &trees.pending_ids,
+            &trees.delivered,
+            &trees.delivered_at,
+            &trees.dead,
+            &trees.dead_at,
         )
-            .transaction(|(dead, dead_at, deliveries, order, ids)| {
-                let mut change = Counts::default();
-                if dead.insert(&id[..], value.as_slice())?.is_none() {
-                    change.dead_changed(&rec.sink, 1);
-                }
-                dead_at.insert(&died[..], &[][..])?;
-                let gone = deliveries.remove(old)?.is_some();
-                ids.remove(&id[..])?;
-                if let Some(o) = &ordered {
-                    order.remove(&o[..])?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>((change, gone))
-            })
+            .transaction(
+                |(deliveries, order, ids, delivered, delivered_at, dead, dead_at)| {
+                    let mut change = Counts::default();
+                    let mut pending = 0i64;
+                    for o in outcomes {
+                        let (id, value, ordered, at) = (&o.id, &o.value, &o.ordered, &o.at);
+                        if let Some(key) = &o.key {
+                            // Rescheduled.
+                            if deliveries.insert(&key[..], value.as_slice())?.is_none() {
+                                pending += 1;
+                            }
+                            if *key != o.old {
+                                if deliveries.remove(&o.old[..])?.is_some() {
+                                    pending -= 1;
+                                }
+                                ids.insert(&id[..], &key[..])?;
+                            }
+                            if let Some(k) = ordered {
+                                order.insert(&k[..], &key[..])?;
+                            }
+                            continue;
+                        }
+                        if deliveries.remove(&o.old[..])?.is_some() {
+                            pending -= 1;
+                        }
+                        ids.remove(&id[..])?;
+                        if let Some(k) = ordered {
+                            order.remove(&k[..])?;
+                        }
+                        if o.how == Settle::Done {
+                            delivered.insert(&id[..], value.as_slice())?;
+                            delivered_at.insert(&at[..], &[][..])?;
+                        } else {
+                            if dead.insert(&id[..], value.as_slice())?.is_none() {
+                                change.dead_changed(&o.sink, 1);
+                            }
+                            dead_at.insert(&at[..], &[][..])?;
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>((pending, change))
+                },
+            )
             .map_err(tx_err);
-        let (change, gone) = self.state.check(moved)?;
+        let (pending, change) = self.state.check(written)?;
         let mut counts = trees.counts_mut();
-        counts.deliveries_changed(-i64::from(gone));
+        counts.deliveries_changed(pending);
         for (sink, n) in change.dead {
             counts.dead_changed(&sink, n as i64);
         }
