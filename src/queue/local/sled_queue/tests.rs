@@ -891,8 +891,8 @@ async fn the_counts_follow_every_change_and_match_the_trees() {
 }
 
 /// A clean stop saves the counts, and the next open reads them instead of
-/// counting the trees (18 s and some 200 MiB of sled's memory at a million
-/// dead letters), once: they are removed at open, so a crash later makes
+/// counting the trees (reading every dead letter: seconds at a million),
+/// once: they are removed at open, so a crash later makes
 /// the open after it count again.
 #[tokio::test]
 async fn counts_saved_at_a_clean_stop_are_read_back_once() {
