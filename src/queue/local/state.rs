@@ -29,6 +29,10 @@ const CACHE_BYTES: u64 = 8 << 20;
 const SEGMENT_BYTES: usize = 512 << 10;
 /// How long a reopen waits for operations still holding the old handle.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long an open waits for sled's file lock (see [`StateStore::open`]).
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+/// What sled 0.34 says when another handle holds its directory.
+const LOCKED: &str = "could not acquire lock";
 /// `meta` key written by a health probe.
 const PROBE_KEY: &[u8] = b"probe";
 
@@ -150,7 +154,9 @@ impl Trees {
     /// else writes the trees.
     pub fn save_counts(&self) -> Result<(), QueueError> {
         let counts = self.counts.lock().expect("counts lock");
-        if self.counts_saved.load(Ordering::Acquire) {
+        // Empty trees cost nothing to count; a write here would keep
+        // sled's I/O threads (and its file lock) busy a moment after close.
+        if self.counts_saved.load(Ordering::Acquire) || *counts == Counts::default() {
             return Ok(());
         }
         self.meta.insert(COUNTS_KEY, counts.encode())?;
@@ -425,8 +431,20 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn open(dir: &Path) -> Result<StateStore, QueueError> {
+        // sled lets go of its file lock only once its I/O threads let go of
+        // the database: a moment after the last handle in this process is
+        // dropped (the queue saves its counts as it closes).
+        let started = Instant::now();
+        let trees = loop {
+            match Trees::open(dir) {
+                Err(e) if e.to_string().contains(LOCKED) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         Ok(StateStore {
-            current: RwLock::new(Some(Arc::new(Trees::open(dir)?))),
+            current: RwLock::new(Some(Arc::new(trees))),
             dir: dir.to_owned(),
             failing: AtomicBool::new(false),
             reopened: AtomicBool::new(false),

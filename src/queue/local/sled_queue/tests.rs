@@ -979,23 +979,26 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
 async fn a_change_after_the_counts_were_saved_removes_them() {
     let dir = tempfile::tempdir().unwrap();
     let q = SledQueue::open(dir.path(), true).unwrap();
+    let dead = |id| {
+        [crate::queue::Routed {
+            event: EventId(0),
+            pending: vec![],
+            dead: vec![dead_at(id, "b", 1_000)],
+        }]
+    };
+    q.routed(&dead(1), EventId(0), EventId(0)).unwrap();
     q.close();
     q.flush().unwrap();
     let trees = q.state.get().unwrap();
     assert!(trees.meta.get(b"counts_at_stop").unwrap().is_some());
-    let page = [crate::queue::Routed {
-        event: EventId(0),
-        pending: vec![],
-        dead: vec![dead_at(1, "b", 1_000)],
-    }];
-    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    q.routed(&dead(2), EventId(0), EventId(0)).unwrap();
     assert_eq!(trees.meta.get(b"counts_at_stop").unwrap(), None);
     drop(trees);
     // Saved again, with the change, at close.
     drop(q);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let q = SledQueue::open(dir.path(), true).unwrap();
-    assert_eq!(q.stats().unwrap().dead, 1);
+    assert_eq!(q.stats().unwrap().dead, 2);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
