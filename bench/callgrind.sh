@@ -9,6 +9,7 @@
 #
 #   bench/callgrind.sh          # COUNT=2000 CONCURRENCY=1 WARMUP=200
 #   BIN=path/to/hookgate bench/callgrind.sh   # another build (not rebuilt)
+#   ROUTES=1 bench/callgrind.sh   # with routing (bench/backlog.sh's routes)
 #
 # Prints instructions (Ir, user space only: the kernel's share, syscalls
 # and context switches, is not counted) for startup, per request and for
@@ -42,6 +43,26 @@ data_dir = "$work/data"
 provider = "github"
 secret = { file = "$work/secret" }
 TOML
+# ROUTES=1: bench/backlog.sh's routes, so routing is counted too: each
+# event to an http sink whose port is closed (it waits; its breaker opens)
+# and by a route whose template fails (a dead letter at routing).
+if [ -n "${ROUTES:-}" ]; then
+  cat >> "$work/routes.toml" <<TOML
+[sinks.chat]
+kind = "http"
+url = "http://127.0.0.1:9/closed"
+[sinks.archive]
+kind = "http"
+url = "http://127.0.0.1:9/reject"
+[[routes]]
+name = "chat"
+to = ["chat"]
+[[routes]]
+name = "archive"
+to = ["archive"]
+message = "{{ range(1000000) }}"
+TOML
+fi
 (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && { echo "port $PORT is taken (another bench?): set PORT" >&2; exit 1; }
 HOOKGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
   "$BIN" --config "$work/routes.toml" serve 2>"$work/log" &

@@ -457,7 +457,7 @@ impl Routes {
                     continue;
                 }
             }
-            let base: &Value = base.get_or_insert_with(|| Value::from_serialize(ctx));
+            let base: &Value = base.get_or_insert_with(|| context::template_value(ctx));
             let failed = |error: String| {
                 spec.to
                     .iter()
@@ -500,7 +500,7 @@ impl Routes {
                     Ok(items) => items
                         .into_iter()
                         .enumerate()
-                        .map(|(i, item)| (Some(i), with_item(ctx, item)))
+                        .map(|(i, item)| (Some(i), with_item(base, item)))
                         .collect(),
                     Err(e) => {
                         out.extend(failed(e));
@@ -685,15 +685,20 @@ fn and_joined(expr: &str) -> Option<Vec<&str>> {
     Some(parts)
 }
 
-/// The event context plus `item`.
-fn with_item(ctx: &EventContext, item: Value) -> Value {
-    #[derive(Serialize)]
-    struct WithItem<'a> {
-        #[serde(flatten)]
-        ctx: &'a EventContext,
-        item: Value,
-    }
-    Value::from_serialize(WithItem { ctx, item })
+/// The event context (`base`, converted once per event) plus `item`: a
+/// map of its entries and `item`, as serde made of the context flattened
+/// beside `item` (converting the whole context again for each item cost
+/// a route with `each` as much per item as per event).
+fn with_item(base: &Value, item: Value) -> Value {
+    let mut entries: Vec<(Value, Value)> = base
+        .try_iter()
+        .map(|keys| {
+            keys.filter_map(|k| Some((k.clone(), base.get_item(&k).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.push((Value::from("item"), item));
+    entries.into_iter().collect()
 }
 
 #[cfg(test)]

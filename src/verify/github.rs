@@ -114,7 +114,7 @@ pub fn payload_json<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b, [
 
 /// Whether the media type (parameters ignored) is a urlencoded form. Anything
 /// else, including no `Content-Type`, is treated as JSON.
-fn is_form(headers: &HeaderMap) -> bool {
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     header_str(headers, "content-type")
         .and_then(|ct| ct.split(';').next())
         .is_some_and(|mt| {
