@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::Sinks;
 use crate::live::Live;
 use crate::queue::{unix_millis, DeliveryRecord, EventId, EventRecord, Queue, QueueError, Routed};
-use crate::route::{context, Outcome, Routes};
+use crate::route::{Outcome, Routes};
 
 /// Events routed per pass.
 const PAGE: usize = 64;
@@ -199,7 +199,7 @@ pub fn route_one(
         sinks,
         id,
         event,
-        routes.evaluate(&context(event)),
+        routes.evaluate_event(event),
         SystemTime::now(),
     );
     for rec in &routed.dead {

@@ -1,5 +1,6 @@
 //! What routes see of a stored event: [`context`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +12,14 @@ use crate::queue::EventRecord;
 
 /// What routes see of an event.
 pub fn context(event: &EventRecord) -> EventContext {
+    let (mut ctx, json) = envelope(event);
+    ctx.payload = serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
+    ctx
+}
+
+/// What routes see of an event but its payload (null), and the JSON the
+/// payload is read from.
+pub fn envelope(event: &EventRecord) -> (EventContext, Cow<'_, [u8]>) {
     let headers: BTreeMap<String, String> = event
         .headers
         .iter()
@@ -26,23 +35,30 @@ pub fn context(event: &EventRecord) -> EventContext {
     let form = crate::verify::github::is_form(&map)
         .then(|| crate::verify::github::payload_json(&map, &event.body).ok())
         .flatten();
-    let json = form.as_deref().unwrap_or(&event.body);
-    let payload = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
+    let json = form.map_or(Cow::Borrowed(&event.body[..]), |f| {
+        Cow::Owned(f.into_owned())
+    });
     let received = SystemTime::UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
-    EventContext {
+    let ctx = EventContext {
         source: event.source.clone(),
         event: event.event.clone(),
         delivery_id: event.delivery_id.clone(),
         received_at: humantime::format_rfc3339_millis(received).to_string(),
         headers,
-        payload,
-    }
+        payload: serde_json::Value::Null,
+    };
+    (ctx, json)
 }
 
 /// `ctx` as templates see it: exactly what `Value::from_serialize(ctx)`
 /// makes, with the payload converted directly (through serde it cost a
 /// fifth of routing a 7.5 KB push).
 pub fn template_value(ctx: &EventContext) -> Value {
+    template_value_with(ctx, json(&ctx.payload))
+}
+
+/// `ctx` as templates see it, with `payload` for its payload.
+pub fn template_value_with(ctx: &EventContext, payload: Value) -> Value {
     /// `EventContext`, field for field, with the payload converted.
     #[derive(Serialize)]
     struct Converted<'a> {
@@ -60,8 +76,83 @@ pub fn template_value(ctx: &EventContext) -> Value {
         delivery_id: &ctx.delivery_id,
         received_at: &ctx.received_at,
         headers: &ctx.headers,
-        payload: json(&ctx.payload),
+        payload,
     })
+}
+
+/// The payload JSON `bytes` as templates see it, parsed straight into
+/// template values: what [`json`] makes of serde_json's parse (null when
+/// it is not JSON), without building the `serde_json::Value` first.
+pub fn template_payload(bytes: &[u8]) -> Value {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match Parse
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+    {
+        Ok(v) => v,
+        Err(_) => Value::from(()),
+    }
+}
+
+/// Builds template values as serde_json reads them.
+#[derive(Clone, Copy)]
+struct Parse;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Parse {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Parse {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::from(()))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::from(b))
+    }
+    // serde_json::Value keeps a non-negative integer as u64 (`-0` too).
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(u64::try_from(i).map_or(Value::from(i), Value::from))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(Value::from(u))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::from(f))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::from(s))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::from(s))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::from_object(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        // Sorted, the last of a repeated key kept: serde_json's map.
+        let mut entries = BTreeMap::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self)?;
+            entries.insert(k, v);
+        }
+        Ok(entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect())
+    }
 }
 
 /// What minijinja's serializer makes of `v`.
@@ -135,12 +226,18 @@ mod tests {
                 .to_vec(),
         );
         bodies.push(b"[1, 2, 3]".to_vec());
+        bodies.push(br#"{"a": 1, "a": 2, "-": -0, "e": 1e2}"#.to_vec());
+        bodies.push(b"{} trailing".to_vec());
+        bodies.push(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+        bodies.push(format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes());
         bodies.push(b"not json".to_vec());
         for body in bodies {
             let ctx = context(&with("application/json", &body));
             let by_serde = Value::from_serialize(&ctx);
             let direct = template_value(&ctx);
             assert_eq!(direct, by_serde);
+            let parsed = template_value_with(&ctx, template_payload(&body));
+            assert_eq!(parsed, by_serde);
             // Equal values could still differ in kind or order: compare
             // what a template prints of them too.
             let env = minijinja::Environment::new();
@@ -152,6 +249,7 @@ mod tests {
                 .unwrap()
             };
             assert_eq!(print(&direct), print(&by_serde));
+            assert_eq!(print(&parsed), print(&by_serde));
             // And with an `each` item beside it.
             #[derive(Serialize)]
             struct WithItem<'a> {

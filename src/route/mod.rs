@@ -406,20 +406,35 @@ impl Routes {
 
     /// Every delivery this event makes. Empty when no route matches.
     pub fn evaluate(&self, ctx: &EventContext) -> Vec<Outcome> {
-        self.run(ctx, None)
+        self.run(ctx, None, None)
+    }
+
+    /// Every delivery a stored event makes (the router): what
+    /// [`Routes::evaluate`] makes of its [`context`], with the payload
+    /// parsed straight into template values, and only once some route's
+    /// filters let the event in.
+    pub fn evaluate_event(&self, event: &crate::queue::EventRecord) -> Vec<Outcome> {
+        let (ctx, json) = context::envelope(event);
+        self.run(&ctx, Some(&json), None)
     }
 
     /// Every delivery this event makes, and every route that made none
     /// with the reason (`hookgate route`).
     pub fn explain(&self, ctx: &EventContext) -> (Vec<Outcome>, Vec<Skipped>) {
         let mut skipped = Vec::new();
-        let out = self.run(ctx, Some(&mut skipped));
+        let out = self.run(ctx, None, Some(&mut skipped));
         (out, skipped)
     }
 
     /// Evaluates every route; notes in `skipped`, when given, each route
     /// that made no delivery (the router passes none: it only costs).
-    fn run(&self, ctx: &EventContext, mut skipped: Option<&mut Vec<Skipped>>) -> Vec<Outcome> {
+    /// The payload is `ctx`'s, or parsed from `json` when given.
+    fn run(
+        &self,
+        ctx: &EventContext,
+        json: Option<&[u8]>,
+        mut skipped: Option<&mut Vec<Skipped>>,
+    ) -> Vec<Outcome> {
         let mut out = Vec::new();
         let explaining = skipped.is_some();
         let mut skip = |spec: &RouteSpec, why: Skip| {
@@ -457,7 +472,10 @@ impl Routes {
                     continue;
                 }
             }
-            let base: &Value = base.get_or_insert_with(|| context::template_value(ctx));
+            let base: &Value = base.get_or_insert_with(|| match json {
+                Some(json) => context::template_value_with(ctx, context::template_payload(json)),
+                None => context::template_value(ctx),
+            });
             let failed = |error: String| {
                 spec.to
                     .iter()
