@@ -53,21 +53,8 @@ data_dir = "$work/data"
 [sources.github]
 provider = "github"
 secret = { file = "$work/secret" }
-[sinks.chat]
-kind = "http"
-url = "http://127.0.0.1:$CHAT_PORT/ok"
-concurrency = 32
-[sinks.archive]
-kind = "http"
-url = "http://127.0.0.1:$SINK_PORT/reject"
-[[routes]]
-name = "chat"
-to = ["chat"]
-[[routes]]
-name = "archive"
-to = ["archive"]
-message = "{{ range(1000000) }}"
 TOML
+backlog_routes "http://127.0.0.1:$CHAT_PORT/ok" "http://127.0.0.1:$SINK_PORT/reject" 32 >> "$work/routes.toml"
 
 start_daemon() {
   HOOKGATE_LOG=warn "$BIN" --config "$work/routes.toml" serve 2>>"$work/log" &

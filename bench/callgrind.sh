@@ -47,21 +47,7 @@ TOML
 # event to an http sink whose port is closed (it waits; its breaker opens)
 # and by a route whose template fails (a dead letter at routing).
 if [ -n "${ROUTES:-}" ]; then
-  cat >> "$work/routes.toml" <<TOML
-[sinks.chat]
-kind = "http"
-url = "http://127.0.0.1:9/closed"
-[sinks.archive]
-kind = "http"
-url = "http://127.0.0.1:9/reject"
-[[routes]]
-name = "chat"
-to = ["chat"]
-[[routes]]
-name = "archive"
-to = ["archive"]
-message = "{{ range(1000000) }}"
-TOML
+  backlog_routes "http://127.0.0.1:9/closed" "http://127.0.0.1:9/reject" >> "$work/routes.toml"
 fi
 (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && { echo "port $PORT is taken (another bench?): set PORT" >&2; exit 1; }
 HOOKGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \

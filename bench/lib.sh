@@ -47,3 +47,27 @@ ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctx
 
 # wrk_requests FILE -> how many requests wrk completed
 wrk_requests() { awk '/requests in/ {print $1}' "$1"; }
+
+# backlog_routes CHAT_URL ARCHIVE_URL [CHAT_CONCURRENCY] -> the sinks and
+# routes of bench/backlog.sh (TOML): each event to an http sink `chat`
+# (it waits while its URL is down), and by a route whose template fails
+# to `archive` (a dead letter at routing). bench/callgrind.sh ROUTES=1
+# counts the same routing.
+backlog_routes() {
+  cat <<TOML
+[sinks.chat]
+kind = "http"
+url = "$1"
+${3:+concurrency = $3}
+[sinks.archive]
+kind = "http"
+url = "$2"
+[[routes]]
+name = "chat"
+to = ["chat"]
+[[routes]]
+name = "archive"
+to = ["archive"]
+message = "{{ range(1000000) }}"
+TOML
+}
