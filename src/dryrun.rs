@@ -213,7 +213,7 @@ pub fn run(
     );
 
     let sinks = sinks_to_show(config)?;
-    let (outcomes, skipped) = config.routes.explain(&crate::route::context(&event));
+    let (outcomes, skipped) = config.routes.explain_event(&event);
     let order: Vec<(String, String, Option<u32>)> = outcomes
         .iter()
         .map(|o| match o {

@@ -231,7 +231,7 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
             t.name
         ));
     }
-    let outcomes = config.routes.evaluate(&crate::route::context(&event));
+    let outcomes = config.routes.evaluate_event(&event);
     let mut failures = Vec::new();
     for want in &t.expect {
         let found = outcomes.iter().find(|o| match o {

@@ -73,6 +73,25 @@ pub enum QueueError {
     Unsupported(String),
 }
 
+impl QueueError {
+    /// The same error again, for each of several callers it answers (an
+    /// I/O error keeps its kind and message).
+    pub(crate) fn copy(&self) -> QueueError {
+        match self {
+            QueueError::ShuttingDown => QueueError::ShuttingDown,
+            QueueError::Storage(e) => {
+                QueueError::Storage(std::io::Error::new(e.kind(), e.to_string()))
+            }
+            QueueError::Moved => QueueError::Moved,
+            QueueError::Corrupt { key, reason } => QueueError::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            QueueError::Unsupported(why) => QueueError::Unsupported(why.clone()),
+        }
+    }
+}
+
 impl From<sled::Error> for QueueError {
     fn from(e: sled::Error) -> Self {
         QueueError::Storage(std::io::Error::other(e))

@@ -409,7 +409,7 @@ impl Routes {
         self.run(ctx, None, None)
     }
 
-    /// Every delivery a stored event makes (the router): what
+    /// Every delivery a stored event makes (the router, `hookgate test`): what
     /// [`Routes::evaluate`] makes of its [`context`], with the payload
     /// parsed straight into template values, and only once some route's
     /// filters let the event in.
@@ -419,10 +419,19 @@ impl Routes {
     }
 
     /// Every delivery this event makes, and every route that made none
-    /// with the reason (`hookgate route`).
+    /// with the reason.
     pub fn explain(&self, ctx: &EventContext) -> (Vec<Outcome>, Vec<Skipped>) {
         let mut skipped = Vec::new();
         let out = self.run(ctx, None, Some(&mut skipped));
+        (out, skipped)
+    }
+
+    /// [`Routes::explain`] for a stored event, read as the router reads it
+    /// (`hookgate route`).
+    pub fn explain_event(&self, event: &crate::queue::EventRecord) -> (Vec<Outcome>, Vec<Skipped>) {
+        let (ctx, json) = context::envelope(event);
+        let mut skipped = Vec::new();
+        let out = self.run(&ctx, Some(&json), Some(&mut skipped));
         (out, skipped)
     }
 

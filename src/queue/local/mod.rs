@@ -47,7 +47,7 @@ pub struct Local {
 }
 
 /// Where an outcome's writer tells whether it was written.
-type Told = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Told = tokio::sync::oneshot::Sender<Result<(), Arc<QueueError>>>;
 
 /// Group commit for outcomes: each settle adds its outcome to `waiting`,
 /// then takes its `turn`; whoever has the turn lets the attempts that
@@ -84,7 +84,7 @@ impl Local {
                 tokio::task::yield_now().await;
                 let batch = std::mem::take(&mut *waiting.lock().expect("settling lock"));
                 let (outcomes, told): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let written = self.q.settle_all(&outcomes).map_err(|e| e.to_string());
+                let written = self.q.settle_all(&outcomes).map_err(Arc::new);
                 self.settling
                     .writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -95,7 +95,7 @@ impl Local {
                     .expect("this turn took every waiting outcome, this one's too")
             }
         };
-        written.map_err(|e| QueueError::Storage(std::io::Error::other(e)))
+        written.map_err(|e| e.copy())
     }
 
     /// The event log and sled underneath (tests, migration, inspection).
