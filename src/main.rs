@@ -10,6 +10,9 @@ use hookgate::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if !args.serves() {
+        end_quietly_on_a_closed_pipe();
+    }
     init_logs(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -21,6 +24,20 @@ fn main() -> ExitCode {
             eprintln!("hookgate: {}", cli::causes(&e));
             cli::exit_code(&e)
         }
+    }
+}
+
+/// A command's output may go to a reader that stops early (`hookgate
+/// queue stats | head -1`): the command then ends, as Unix tools do, instead
+/// of panicking on its next write (Rust ignores SIGPIPE, so the write fails
+/// with EPIPE and `println!` panics). Not for `serve`: its `log` sink writes
+/// stdout, and a closed pipe there is a failed attempt that is retried and
+/// reported, not a reason for the daemon to die. Sockets are not affected
+/// either way: the standard library sends with `MSG_NOSIGNAL`.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called once at startup, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

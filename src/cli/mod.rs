@@ -83,6 +83,13 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// Whether the arguments run the daemon (`serve`, or no subcommand).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, None | Some(Command::Serve(_)))
+    }
+}
+
 /// Runs the command the arguments name; `Err` is printed by `main` with
 /// [`causes`] and exits with [`exit_code`].
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

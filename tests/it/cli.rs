@@ -493,6 +493,42 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     assert!(cli(&["queue", "dead", "list"]).status.success());
 }
 
+/// `hookgate queue stats | head -1`: a reader that stops early ends the
+/// command as it ends any Unix tool (SIGPIPE), not with a panic and a
+/// backtrace on the write ("failed printing to stdout"). The pipe's read
+/// end is closed before the command starts, so its first write fails.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = offline_config(dir.path(), &data);
+    drop(hookgate::queue::SledQueue::open(&data, true).unwrap());
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["queue", "stats"])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 /// `queue dead list` shows a page (newest first), says how to get the
 /// next, and `--before` gets it: a million dead letters are not read to
 /// print a screenful.
