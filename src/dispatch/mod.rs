@@ -26,7 +26,8 @@ use crate::bucket::Bucket;
 use crate::config::SinkConfig;
 use crate::live::Live;
 use crate::queue::{
-    unix_millis, Attempt, Claimed, DeliveryRecord, Lease, Limits, Queue, QueueError, Settle,
+    unix_millis, Attempt, BodyOfEvent, Claimed, DeliveryRecord, Lease, Limits, Queue, QueueError,
+    Settle,
 };
 use crate::sink::{Sink, Verdict};
 use policy::{Breaker, Next};
@@ -61,6 +62,21 @@ fn wake_after(next_due: Option<u64>, now: u64, blocked: Option<Duration>) -> Opt
 /// ignores its own timeout off 5 s after it).
 fn attempt_limit(config: &SinkConfig) -> Duration {
     config.timeout + Duration::from_secs(5)
+}
+
+/// Why `rec` cannot be sent at all: its body is its event's, stored as a
+/// reference, and the storage could not read the event back (the local
+/// log keeps every event a pending delivery refers to, so only damage or
+/// a segment deleted by hand does this). Sending it without the body would
+/// deliver something the source never sent.
+fn unsendable(rec: &DeliveryRecord) -> Option<String> {
+    let frozen = rec.frozen.as_ref()?;
+    (frozen.body_of_event == BodyOfEvent::Unread).then(|| {
+        format!(
+            "its body is its event's ({}), and the event log no longer holds that event (damaged, or its segment was deleted): nothing to send",
+            crate::queue::EventId(rec.event_id)
+        )
+    })
 }
 
 /// How long a claim holds: an attempt's longest, plus time to settle it.
@@ -440,12 +456,15 @@ impl Dispatcher {
         // The sink has its own timeout; this one only guards against a sink
         // that ignores it.
         let limit = attempt_limit(&sink.config);
-        let answer = match tokio::time::timeout(limit, sink.sink.send(&rec)).await {
-            Ok(a) => a,
-            Err(_) => crate::sink::no_answer(Verdict::Retry {
-                after: None,
-                why: "timeout".into(),
-            }),
+        let answer = match unsendable(&rec) {
+            Some(why) => crate::sink::no_answer(Verdict::Permanent(why)),
+            None => match tokio::time::timeout(limit, sink.sink.send(&rec)).await {
+                Ok(a) => a,
+                Err(_) => crate::sink::no_answer(Verdict::Retry {
+                    after: None,
+                    why: "timeout".into(),
+                }),
+            },
         };
         // A 429 speaks for the whole webhook (Slack, Discord count them
         // against it), so the sink waits, not only this delivery.
@@ -735,6 +754,22 @@ fn outcome_label(v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that could not be read back is never sent (empty): the
+    /// attempt fails for good, saying which event and why.
+    #[test]
+    fn a_body_not_read_back_is_not_sent() {
+        let mut rec = crate::queue::delivery::tests::sample(1, 0);
+        rec.event_id = 0x2a;
+        assert_eq!(unsendable(&rec), None);
+        let frozen = rec.frozen.as_mut().unwrap();
+        frozen.body_of_event = BodyOfEvent::Held;
+        assert_eq!(unsendable(&rec), None);
+        rec.frozen.as_mut().unwrap().body_of_event = BodyOfEvent::Unread;
+        let why = unsendable(&rec).unwrap();
+        assert!(why.contains("evt_000000000000002a"), "{why}");
+        assert!(why.contains("no longer holds that event"), "{why}");
+    }
 
     /// A delivered delivery's history keeps its attempts and answers,
     /// not the request it sent.

@@ -28,6 +28,26 @@ pub struct Frozen {
     pub method: Option<String>,
     /// The path under the sink's base URL (ProdMatic).
     pub path: Option<String>,
+    /// Whether `body` is the event's own body (the http sink's default),
+    /// which a pending local delivery stores as a reference to the event,
+    /// not a copy ([`DeliveryRecord::encode_referring`]). Not itself part
+    /// of any stored form.
+    #[serde(skip)]
+    pub body_of_event: BodyOfEvent,
+}
+
+/// Where a frozen request's body comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyOfEvent {
+    /// The sink made it: it is stored with the record.
+    #[default]
+    No,
+    /// The event's body, held in `body`.
+    Held,
+    /// The event's body, not read back yet: `body` is empty until the
+    /// storage reads the event (the local backend, when it hands the
+    /// record to the dispatcher).
+    Unread,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +157,12 @@ enum Stored {
     /// down are written at routing and again at each outcome, so the size
     /// is what a backlog costs in disk, write volume and (sled) memory.
     V3(DeliveryRecord, Option<FrozenV3>),
+    /// As V3, and the request's body may be [`Body::Event`]: not stored,
+    /// because it is the event's own body, byte for byte (an http sink
+    /// forwarding the payload), and the event log holds it. The record
+    /// shrinks from the compressed body (2.7 KB for a 7.5 KB push) to a
+    /// few hundred bytes, and routing skips compressing the body again.
+    V4(DeliveryRecord, Option<FrozenV3>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -153,6 +179,8 @@ enum Body {
     Plain(ByteBuf),
     /// `lz4_flex::compress_prepend_size`.
     Lz4(ByteBuf),
+    /// The event's body (V4 only).
+    Event,
 }
 
 /// Bodies shorter than this are stored as they are (LZ4 gains little).
@@ -169,20 +197,29 @@ impl Body {
         Body::Plain(ByteBuf::from(body.to_vec()))
     }
 
-    fn unpack(self) -> Result<ByteBuf, postcard::Error> {
+    fn unpack(self) -> Result<(ByteBuf, BodyOfEvent), postcard::Error> {
         match self {
-            Body::Plain(b) => Ok(b),
+            Body::Plain(b) => Ok((b, BodyOfEvent::No)),
             Body::Lz4(b) => crate::queue::record::decompress_body(&b)
-                .map(ByteBuf::from)
+                .map(|b| (ByteBuf::from(b), BodyOfEvent::No))
                 .map_err(|_| postcard::Error::DeserializeBadEncoding),
+            Body::Event => Ok((ByteBuf::new(), BodyOfEvent::Unread)),
         }
     }
 }
 
 impl FrozenV3 {
-    fn pack(f: Frozen) -> FrozenV3 {
+    /// `f` as stored; its body as [`Body::Event`] when `refer` and it is
+    /// the event's.
+    fn pack(f: Frozen, refer: bool) -> FrozenV3 {
+        let body = match f.body_of_event {
+            BodyOfEvent::Held | BodyOfEvent::Unread if refer => Body::Event,
+            // Never written as an empty copy of a body not read back.
+            BodyOfEvent::Unread => Body::Event,
+            BodyOfEvent::Held | BodyOfEvent::No => Body::pack(&f.body),
+        };
         FrozenV3 {
-            body: Body::pack(&f.body),
+            body,
             content_type: f.content_type,
             headers: f.headers,
             method: f.method,
@@ -191,13 +228,19 @@ impl FrozenV3 {
     }
 
     fn unpack(self) -> Result<Frozen, postcard::Error> {
+        let (body, body_of_event) = self.body.unpack()?;
         Ok(Frozen {
             content_type: self.content_type,
             headers: self.headers,
-            body: self.body.unpack()?,
+            body,
             method: self.method,
             path: self.path,
+            body_of_event,
         })
+    }
+
+    fn refers(&self) -> bool {
+        matches!(self.body, Body::Event)
     }
 }
 
@@ -207,6 +250,7 @@ enum StoredHead<'a> {
     V1(#[serde(borrow)] Head<'a>),
     V2(#[serde(borrow)] Head<'a>),
     V3(#[serde(borrow)] Head<'a>),
+    V4(#[serde(borrow)] Head<'a>),
 }
 
 /// What a stored delivery is (the same fields in every version): read
@@ -234,21 +278,60 @@ impl DeliveryRecord {
     /// them.
     pub fn head(bytes: &[u8]) -> Option<Head<'_>> {
         match postcard::from_bytes::<StoredHead>(bytes).ok()? {
-            StoredHead::V1(h) | StoredHead::V2(h) | StoredHead::V3(h) => Some(h),
+            StoredHead::V1(h) | StoredHead::V2(h) | StoredHead::V3(h) | StoredHead::V4(h) => {
+                Some(h)
+            }
         }
     }
 
+    /// The record as stored, with its whole request: wherever the event
+    /// may be gone before the record is read (dead letters, delivered
+    /// history, PostgreSQL). A body not read back
+    /// ([`BodyOfEvent::Unread`]) is still written as a reference, never as
+    /// an empty copy.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(false)
+    }
+
+    /// The record as stored, its request's body a reference to the event
+    /// when it is the event's ([`BodyOfEvent`]): the local backend's
+    /// pending deliveries, whose events the log keeps while they wait
+    /// (its `refs` tree, see `SledQueue::prune_log`).
+    pub fn encode_referring(&self) -> Vec<u8> {
+        self.encode_as(true)
+    }
+
+    fn encode_as(&self, refer: bool) -> Vec<u8> {
         let mut bare = self.clone();
-        let frozen = bare.frozen.take().map(FrozenV3::pack);
-        postcard::to_stdvec(&Stored::V3(bare, frozen)).expect("in-memory encoding cannot fail")
+        let frozen = bare.frozen.take().map(|f| FrozenV3::pack(f, refer));
+        let stored = match &frozen {
+            Some(f) if f.refers() => Stored::V4(bare, frozen),
+            _ => Stored::V3(bare, frozen),
+        };
+        postcard::to_stdvec(&stored).expect("in-memory encoding cannot fail")
+    }
+
+    /// Whether its request's body is its event's ([`BodyOfEvent`]): what
+    /// [`DeliveryRecord::encode_referring`] stores as a reference.
+    pub fn refers_to_event(&self) -> bool {
+        self.frozen
+            .as_ref()
+            .is_some_and(|f| f.body_of_event != BodyOfEvent::No)
+    }
+
+    /// Its `refs` key in the local backend: event id, then id.
+    pub fn ref_key(&self) -> [u8; 16] {
+        let mut k = [0; 16];
+        k[..8].copy_from_slice(&self.event_id.to_be_bytes());
+        k[8..].copy_from_slice(&self.id.to_be_bytes());
+        k
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DeliveryRecord, postcard::Error> {
         match postcard::from_bytes(bytes)? {
             Stored::V1(r) => Ok(r.into()),
             Stored::V2(r) => Ok(r),
-            Stored::V3(mut r, frozen) => {
+            Stored::V3(mut r, frozen) | Stored::V4(mut r, frozen) => {
                 r.frozen = frozen.map(FrozenV3::unpack).transpose()?;
                 Ok(r)
             }
@@ -370,9 +453,52 @@ pub(crate) mod tests {
                 body: ByteBuf::from(b"{}".to_vec()),
                 method: None,
                 path: None,
+                body_of_event: BodyOfEvent::No,
             }),
             order_key: None,
         }
+    }
+
+    /// A body that is its event's is stored as a reference (V4) only when
+    /// asked (`encode_referring`), decodes unread and empty, and is never
+    /// written as an empty copy; every other body is stored whole (V3).
+    #[test]
+    fn a_body_of_the_event_is_stored_as_a_reference_only_when_asked() {
+        let mut r = sample(7, 500);
+        let body = incompressible(4_000);
+        let frozen = r.frozen.as_mut().unwrap();
+        frozen.body = ByteBuf::from(body.clone());
+        frozen.body_of_event = BodyOfEvent::Held;
+        assert!(r.refers_to_event());
+
+        let referring = r.encode_referring();
+        assert!(referring.len() < 200, "{} bytes", referring.len());
+        assert!(matches!(
+            postcard::from_bytes(&referring),
+            Ok(Stored::V4(..))
+        ));
+        let read = DeliveryRecord::decode(&referring).unwrap();
+        let frozen = read.frozen.as_ref().unwrap();
+        assert_eq!(frozen.body_of_event, BodyOfEvent::Unread);
+        assert!(frozen.body.is_empty());
+        assert_eq!(DeliveryRecord::head(&referring).unwrap().id, 7);
+
+        // Whole: the body is in the record, and it reads back as the
+        // sink's own (nothing left to read back).
+        let whole = r.encode();
+        assert!(matches!(postcard::from_bytes(&whole), Ok(Stored::V3(..))));
+        let back = DeliveryRecord::decode(&whole).unwrap();
+        assert_eq!(back.frozen.as_ref().unwrap().body.as_slice(), &body[..]);
+        assert_eq!(back.frozen.as_ref().unwrap().body_of_event, BodyOfEvent::No);
+
+        // Not read back, it stays a reference even when asked for whole.
+        assert_eq!(read.encode(), referring);
+        assert_eq!(read.encode_referring(), referring);
+
+        // The sink's own body is whole either way.
+        let own = sample(8, 500);
+        assert!(!own.refers_to_event());
+        assert_eq!(own.encode_referring(), own.encode());
     }
 
     #[test]
@@ -452,7 +578,7 @@ pub(crate) mod tests {
         // A corrupt compressed body is an error, not a panic or a
         // huge allocation.
         let mut bare = r.clone();
-        let mut bad = FrozenV3::pack(bare.frozen.take().unwrap());
+        let mut bad = FrozenV3::pack(bare.frozen.take().unwrap(), false);
         bad.body = Body::Lz4(ByteBuf::from(vec![0xff, 0xff, 0xff, 0x7f, 1]));
         let bytes = postcard::to_stdvec(&Stored::V3(bare, Some(bad))).unwrap();
         assert!(DeliveryRecord::decode(&bytes).is_err());

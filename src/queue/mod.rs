@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-pub use delivery::{Attempt, DeliveryRecord, Frozen};
+pub use delivery::{Attempt, BodyOfEvent, DeliveryRecord, Frozen};
 pub use local::{Local, Page, SledQueue};
 pub use lookup::{
     Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter, EventPage,

@@ -13,7 +13,7 @@ use super::{
     classify, excerpt, exchange, no_answer, retry_after, Answer, Outgoing, Part, Request, Sink,
     Verdict,
 };
-use crate::queue::{BoxFuture, DeliveryRecord, EventRecord, Frozen};
+use crate::queue::{BodyOfEvent, BoxFuture, DeliveryRecord, EventRecord, Frozen};
 use crate::route::Rendered;
 use crate::secret::Secret;
 
@@ -114,15 +114,15 @@ impl Sink for HttpSink {
             .find(|(k, _)| k == "content-type")
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "application/json".into());
-        let (content_type, body) = match rendered {
-            Rendered::Default => (original_type, event.body.clone()),
+        let (content_type, body, body_of_event) = match rendered {
+            Rendered::Default => (original_type, event.body.clone(), BodyOfEvent::Held),
             Rendered::Text(t) | Rendered::Json(t) => {
                 let kind = if serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok() {
                     "application/json"
                 } else {
                     "text/plain; charset=utf-8"
                 };
-                (kind.to_owned(), t.clone().into_bytes())
+                (kind.to_owned(), t.clone().into_bytes(), BodyOfEvent::No)
             }
             Rendered::Action { .. } => return Err("actions are for the ProdMatic sink".into()),
         };
@@ -134,6 +134,7 @@ impl Sink for HttpSink {
                 ("Hookgate-Delivery".into(), event.delivery_id.clone()),
             ],
             body: ByteBuf::from(body),
+            body_of_event,
             ..Frozen::default()
         })
     }

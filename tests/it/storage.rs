@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use hookgate::config::Rate;
 use hookgate::queue::postgres::Postgres;
 use hookgate::queue::{
-    unix_millis, Added, Appended, Attempt, DeliveryFilter, DeliveryRecord, DeliveryStatus,
-    DeliveryView, EventFilter, EventId, EventRecord, EventSummary, Frozen, Healed, InboxPage,
-    Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
+    unix_millis, Added, Appended, Attempt, BodyOfEvent, DeliveryFilter, DeliveryRecord,
+    DeliveryStatus, DeliveryView, EventFilter, EventId, EventRecord, EventSummary, Frozen, Healed,
+    InboxPage, Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
 };
 
 use crate::support::postgres::Cluster;
@@ -108,6 +108,7 @@ both!(
     claim_goes_in_due_order_and_not_twice,
     claim_starts_only_the_head_of_an_order_key,
     settle_done_reschedule_bury,
+    a_body_of_the_event_is_claimed_rescheduled_and_buried_whole,
     dead_letters_page_by_id,
     requeue_one_all_and_refused,
     bury_orphans_spares_claimed_and_configured,
@@ -428,8 +429,7 @@ pub(crate) fn delivery(event: EventId, sink: &str, due_ms: u64) -> DeliveryRecor
             content_type: "application/json".into(),
             headers: vec![],
             body: serde_bytes::ByteBuf::from(b"{}".to_vec()),
-            method: None,
-            path: None,
+            ..Frozen::default()
         }),
         order_key: None,
     }
@@ -875,6 +875,48 @@ async fn settle_done_reschedule_bury(b: Backend) {
     let stored = q.dead_letter(gone.id).await.unwrap().unwrap();
     assert_eq!(stored, gone);
     assert_eq!(q.dead_by_sink().await.unwrap().get("s"), Some(&1));
+}
+
+/// A delivery forwarding its event's body (the http sink's default) is
+/// claimed with that body byte for byte, again after a reschedule, and
+/// keeps it as a dead letter, on every backend (the local one stores it as
+/// a reference to the event and reads it back).
+async fn a_body_of_the_event_is_claimed_rescheduled_and_buried_whole(b: Backend) {
+    let q = &b.q;
+    append_n(q, 2, "fwd").await;
+    let body = record("gh", SystemTime::now()).body;
+    route_with(q, |id| {
+        let mut d = delivery(id, "s", 10);
+        let frozen = d.frozen.as_mut().unwrap();
+        frozen.body = serde_bytes::ByteBuf::from(body.clone());
+        frozen.body_of_event = BodyOfEvent::Held;
+        (vec![d], vec![])
+    })
+    .await;
+    let due = q.claim("s", limits(10), 1000).await.unwrap();
+    assert_eq!(due.claimed.len(), 2);
+    for c in &due.claimed {
+        assert_eq!(c.rec.frozen.as_ref().unwrap().body.as_slice(), &body[..]);
+    }
+    let [later, bury] = &due.claimed[..] else {
+        unreachable!()
+    };
+    let mut rec = later.rec.clone();
+    rec.due_ms = 5000;
+    rec.failures = 1;
+    q.settle(&later.lease, &rec, Settle::Reschedule)
+        .await
+        .unwrap();
+    let mut gone = bury.rec.clone();
+    gone.reason = Some("410 Gone".into());
+    gone.dead_ms = Some(1000);
+    q.settle(&bury.lease, &gone, Settle::Bury).await.unwrap();
+    let due = q.claim("s", limits(10), 5000).await.unwrap();
+    assert_eq!(due.claimed.len(), 1);
+    let again = due.claimed[0].rec.frozen.as_ref().unwrap();
+    assert_eq!(again.body.as_slice(), &body[..], "after a reschedule");
+    let dead = q.dead_letter(gone.id).await.unwrap().unwrap();
+    assert_eq!(dead.frozen.unwrap().body.as_slice(), &body[..]);
 }
 
 async fn dead_letters_page_by_id(b: Backend) {

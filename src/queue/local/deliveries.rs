@@ -36,18 +36,26 @@ pub struct Outcome {
     ordered: Option<Vec<u8>>,
     /// `delivered_at` or `dead_at` key (done or buried).
     at: [u8; 16],
+    /// Its `refs` key, removed when it leaves the pending deliveries.
+    referred: [u8; 16],
 }
 
 impl Outcome {
     /// Encodes `rec` (on the caller's thread: outcomes written together
-    /// were encoded apart).
+    /// were encoded apart). Rescheduled, its body stays a reference to the
+    /// event when it was one; done or buried, it leaves with its whole
+    /// request (a dead letter may outlive its event in the log).
     pub fn new(old: &[u8], rec: &DeliveryRecord, how: Settle) -> Outcome {
         Outcome {
             old: old.to_vec(),
             how,
             id: rec.id.to_be_bytes(),
             sink: rec.sink.clone(),
-            value: rec.encode(),
+            value: match how {
+                Settle::Reschedule => rec.encode_referring(),
+                Settle::Done | Settle::Bury => rec.encode(),
+            },
+            referred: rec.ref_key(),
             key: (how == Settle::Reschedule).then(|| rec.due_key()),
             ordered: rec.order_index_key(),
             at: match how {
@@ -100,9 +108,20 @@ impl SledQueue {
         let mut dead = Vec::new();
         let mut dead_at = Vec::new();
         let mut by_event = Vec::new();
+        let mut refs = Vec::new();
         let mut unmatched = 0u64;
         for r in page {
-            pending.extend(r.pending.iter().map(|d| (d.id, d.due_key(), d.encode())));
+            pending.extend(
+                r.pending
+                    .iter()
+                    .map(|d| (d.id, d.due_key(), d.encode_referring())),
+            );
+            refs.extend(
+                r.pending
+                    .iter()
+                    .filter(|d| d.refers_to_event())
+                    .map(DeliveryRecord::ref_key),
+            );
             ordered.extend(
                 r.pending
                     .iter()
@@ -139,15 +158,19 @@ impl SledQueue {
                 &trees.order,
                 &trees.pending_ids,
                 &trees.by_event,
+                &trees.refs,
             )
                 .transaction(
-                    |(deliveries, dead_tree, dead_at_tree, meta, order, ids, events)| {
+                    |(deliveries, dead_tree, dead_at_tree, meta, order, ids, events, refs_tree)| {
                         let mut made = Counts::default();
                         for (id, k, v) in &pending {
                             if deliveries.insert(&k[..], v.as_slice())?.is_none() {
                                 made.deliveries += 1;
                             }
                             ids.insert(&id.to_be_bytes()[..], &k[..])?;
+                        }
+                        for k in &refs {
+                            refs_tree.insert(&k[..], &[][..])?;
                         }
                         for k in &by_event {
                             events.insert(&k[..], &[][..])?;
@@ -309,6 +332,8 @@ impl SledQueue {
                 }
                 rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
                 rec.dead_ms = Some(now_ms);
+                // A dead letter keeps its whole request.
+                self.read_body(&mut rec)?;
                 self.bury(&k, &rec)?;
                 buried += 1;
             }
@@ -355,9 +380,10 @@ impl SledQueue {
             &trees.delivered_at,
             &trees.dead,
             &trees.dead_at,
+            &trees.refs,
         )
             .transaction(
-                |(deliveries, order, ids, delivered, delivered_at, dead, dead_at)| {
+                |(deliveries, order, ids, delivered, delivered_at, dead, dead_at, refs)| {
                     let mut change = Counts::default();
                     let mut pending = 0i64;
                     for o in outcomes {
@@ -385,6 +411,9 @@ impl SledQueue {
                         if let Some(k) = ordered {
                             order.remove(&k[..])?;
                         }
+                        // Whether or not it referred to its event (a done
+                        // record has dropped its request already).
+                        refs.remove(&o.referred[..])?;
                         if o.how == Settle::Done {
                             delivered.insert(&id[..], value.as_slice())?;
                             delivered_at.insert(&at[..], &[][..])?;

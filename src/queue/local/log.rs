@@ -31,6 +31,8 @@ use super::{EventId, QueueError};
 /// Size of a segment. A commit never spans two; one larger than what is
 /// left starts the next segment.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// Bytes a page read takes at a time.
+const CHUNK: u64 = 256 << 10;
 const FRAME_HEADER: u64 = 8;
 const OFFSET_BITS: u32 = 40;
 
@@ -644,12 +646,38 @@ impl Reader {
         until: EventId,
         n: usize,
     ) -> Result<(Vec<Found>, EventId), QueueError> {
-        /// Bytes read at a time.
-        const CHUNK: u64 = 256 << 10;
+        self.read(from, until, n, CHUNK)
+    }
+
+    /// The event at `id` alone, when the log holds it (before `until`):
+    /// reads about its frame, not a page's worth. Keeps only `id`'s
+    /// segment open: a reader of single events (bodies read back for the
+    /// dispatcher) moves through the log roughly in order, and must not
+    /// hold a descriptor for every segment it passed.
+    pub fn one(&self, id: EventId, until: EventId) -> Result<Option<Found>, QueueError> {
+        /// Most events fit: a larger frame is read again whole.
+        const FIRST_READ: u64 = 16 << 10;
+        let (found, _) = self.read(id, until, 1, FIRST_READ)?;
+        let (seq, _) = place_of(id);
+        self.files
+            .lock()
+            .expect("reader lock")
+            .retain(|&s, _| s == seq);
+        Ok(found.into_iter().next().filter(|f| f.id == id))
+    }
+
+    /// [`Reader::page`], its first read `first` bytes.
+    fn read(
+        &self,
+        from: EventId,
+        until: EventId,
+        n: usize,
+        first: u64,
+    ) -> Result<(Vec<Found>, EventId), QueueError> {
         let (mut seq, mut offset) = place_of(from);
         let (last_seq, last_offset) = place_of(until);
         let mut out = Vec::new();
-        let mut want = CHUNK;
+        let mut want = first;
         while out.len() < n && (seq, offset) < (last_seq, last_offset) {
             let limit = if seq == last_seq {
                 last_offset

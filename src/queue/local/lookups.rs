@@ -626,6 +626,8 @@ impl SledQueue {
                         continue;
                     }
                     let key = d.due_key();
+                    // With its whole request: routed again, an event may be
+                    // older than what the log keeps (`refs` is the router's).
                     if deliveries.insert(&key[..], d.encode())?.is_none() {
                         made.deliveries += 1;
                     }

@@ -139,7 +139,7 @@ impl Local {
                 if self.leased.lock().expect("lease lock").contains(&id) {
                     continue;
                 }
-                let Some(rec) = self.q.delivery(&key)? else {
+                let Some(mut rec) = self.q.delivery(&key)? else {
                     continue;
                 };
                 if let Some(order) = &rec.order_key {
@@ -173,6 +173,17 @@ impl Local {
                         .lock()
                         .expect("keys lock")
                         .insert((sink.to_owned(), order.clone()));
+                }
+                // A body stored as a reference to the event is read back
+                // for the attempt (only for what is claimed).
+                if let Err(e) = self.q.read_body(&mut rec) {
+                    if let Some(order) = &rec.order_key {
+                        self.keys_out
+                            .lock()
+                            .expect("keys lock")
+                            .remove(&(sink.to_owned(), order.clone()));
+                    }
+                    return Err(e);
                 }
                 self.leased.lock().expect("lease lock").insert(rec.id);
                 claimed.push(Claimed {

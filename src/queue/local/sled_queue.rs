@@ -21,6 +21,7 @@ use super::state::StateStore;
 use super::writer::{self, Append, Job, Shared};
 use super::Healed;
 use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, Stats};
+use crate::queue::{BodyOfEvent, DeliveryRecord};
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -57,6 +58,9 @@ pub struct SledQueue {
     /// The log as lookups read it (events not in the index): files of
     /// its own, and damage it meets is not counted again.
     pub(super) lookup_reader: log::Reader,
+    /// The log as bodies stored as references are read back
+    /// ([`SledQueue::read_body`]): one event at a time.
+    body_reader: log::Reader,
     /// The first event the router filed in the event index; those
     /// before it were routed before the index existed (`lookups.rs`).
     pub(super) indexed_from: u64,
@@ -181,6 +185,7 @@ impl SledQueue {
             shared: shared.clone(),
             reader: log::Reader::new(&log_dir, damaged.clone()),
             lookup_reader: log::Reader::new(&log_dir, Arc::default()),
+            body_reader: log::Reader::new(&log_dir, Arc::default()),
             indexed_from,
             damaged: damaged.clone(),
             log_dir: log_dir.clone(),
@@ -253,12 +258,40 @@ impl SledQueue {
             });
         }
         let mut deliveries = self.pending()?;
+        for d in &mut deliveries {
+            self.read_body(d)?;
+        }
         deliveries.extend(self.dead_letters()?);
         Ok(super::Carried {
             from_install: self.install,
             events,
             deliveries,
         })
+    }
+
+    /// Reads back the body of `rec`'s request when it is stored as a
+    /// reference to its event ([`BodyOfEvent::Unread`]). When the log no
+    /// longer holds the event (damage, or a segment deleted by hand:
+    /// [`SledQueue::prune_log`] keeps those the `refs` tree names), the
+    /// body stays unread, and the dispatcher refuses to send it
+    /// (`dispatch::unsendable`).
+    pub fn read_body(&self, rec: &mut DeliveryRecord) -> Result<(), QueueError> {
+        let Some(frozen) = rec
+            .frozen
+            .as_mut()
+            .filter(|f| f.body_of_event == BodyOfEvent::Unread)
+        else {
+            return Ok(());
+        };
+        let id = EventId(rec.event_id);
+        let Some(found) = self.body_reader.one(id, self.shared.acked())? else {
+            tracing::warn!(delivery = rec.id, event = %id, "the event this delivery's body is read from is not in the log");
+            return Ok(());
+        };
+        let log::LogEntry::V1 { record, .. } = found.entry;
+        frozen.body = serde_bytes::ByteBuf::from(decode(id, &record)?.body);
+        frozen.body_of_event = BodyOfEvent::Held;
+        Ok(())
     }
 
     /// One event, if the log still holds it.
@@ -312,9 +345,10 @@ impl SledQueue {
     /// Deletes log segments the router is past for good (its cursor, as
     /// saved and made durable here, is beyond them), whose dedupe keys are
     /// on file (and are synced here), and that were last written more than
-    /// `retention` ago. Delivery records carry their own bodies, so pending
-    /// and dead deliveries do not need the log. Deletes at most `limit`;
-    /// returns how many went.
+    /// `retention` ago, and that hold no event a pending delivery refers to
+    /// for its body (the `refs` tree; dead letters and the delivered
+    /// history carry their own). Deletes at most `limit`; returns how many
+    /// went.
     pub fn prune_log(
         &self,
         now: SystemTime,
@@ -326,9 +360,15 @@ impl SledQueue {
         self.state.checkpoint()?;
         let (routed_seq, _) = log::place_of(EventId(saved));
         let (indexed_seq, _) = log::place_of(self.shared.indexed());
+        // Pending deliveries whose body is their event's need the event
+        // until they leave: the oldest of those events pins its segment.
+        let referred_seq = match self.state.check(self.state.get()?.refs.first())? {
+            Some((k, _)) => log::place_of(EventId(id_at_start(&k)?)).0,
+            None => u64::MAX,
+        };
         // The newest segment holding events is never deleted: it tells the
         // next start where ids go on.
-        let keep_from = routed_seq.min(indexed_seq);
+        let keep_from = routed_seq.min(indexed_seq).min(referred_seq);
         let mut removed = 0;
         for seq in log::segments(&self.log_dir).map_err(QueueError::Storage)? {
             if seq >= keep_from || removed == limit {
@@ -345,6 +385,7 @@ impl SledQueue {
             self.unindex_segment(seq)?;
             self.reader.forget(seq);
             self.lookup_reader.forget(seq);
+            self.body_reader.forget(seq);
             log::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
             removed += 1;
         }
@@ -492,6 +533,17 @@ fn decode(id: EventId, bytes: &[u8]) -> Result<EventRecord, QueueError> {
         key: id.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// The event id a `refs` key starts with.
+fn id_at_start(k: &[u8]) -> Result<u64, QueueError> {
+    k.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| QueueError::Corrupt {
+            key: hex::encode(k),
+            reason: "refs key too short".into(),
+        })
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {

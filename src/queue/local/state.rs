@@ -230,6 +230,12 @@ pub struct Trees {
     /// The routed events of each delivery id: its length (u32), bytes,
     /// event id (big-endian) → nothing.
     pub event_delivery_ids: sled::Tree,
+    /// Pending deliveries whose request's body is their event's, stored
+    /// as a reference to it (`DeliveryRecord::encode_referring`): event id
+    /// ‖ id (big-endian) → nothing, written and removed in the same
+    /// transactions as their records. Its first key is the oldest event
+    /// the log must keep for them (`SledQueue::prune_log`).
+    pub refs: sled::Tree,
     /// What makes sled durable (`writer.rs`).
     pub store: Store,
 }
@@ -255,6 +261,7 @@ impl Trees {
         let delivered_at = db.open_tree("delivered_at")?;
         let event_index = db.open_tree("event_index")?;
         let event_delivery_ids = db.open_tree("event_delivery_ids")?;
+        let refs = db.open_tree("refs")?;
         let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
         let store = Store {
             db: db.clone(),
@@ -279,6 +286,7 @@ impl Trees {
             delivered_at,
             event_index,
             event_delivery_ids,
+            refs,
             store,
         };
         index_dead_letters(&trees)?;

@@ -1013,3 +1013,155 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// An http delivery forwarding its event's body stores a reference, not a
+/// copy: the body is read back from the log byte for byte when the
+/// delivery is claimed; the log keeps the event's segment past the
+/// retention while the delivery waits; a dead letter takes its whole body
+/// with it (it may outlive the event).
+#[tokio::test]
+async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
+    use crate::queue::BodyOfEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let now = SystemTime::now();
+    // Incompressible 1 MiB bodies: ten of them fill more than one segment.
+    let mut bodies = Vec::new();
+    for i in 0..10 {
+        let mut e = event("gh", &format!("big{i}"));
+        e.record.body = vec![0; 1 << 20];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
+        bodies.push(e.record.body.clone());
+        q.append(e, now).await.unwrap();
+    }
+    let segments = || log::segments(&dir.path().join("log")).unwrap();
+    let before = segments();
+    assert!(before.len() >= 3, "{before:?}");
+    let page = q.inbox_page(usize::MAX).unwrap();
+    let forwards = |n: usize, id: u64| {
+        let mut rec = super::super::delivery::tests::sample(id, 1_000);
+        rec.event_id = page.events[n].0 .0;
+        let frozen = rec.frozen.as_mut().unwrap();
+        frozen.body = serde_bytes::ByteBuf::from(bodies[n].clone());
+        frozen.body_of_event = BodyOfEvent::Held;
+        rec
+    };
+    // The first event's delivery and the last's.
+    let (first, last) = (forwards(0, 1), forwards(9, 2));
+    let routed: Vec<crate::queue::Routed> = page
+        .events
+        .iter()
+        .enumerate()
+        .map(|(n, (id, _))| crate::queue::Routed {
+            event: *id,
+            pending: match n {
+                0 => vec![first.clone()],
+                9 => vec![last.clone()],
+                _ => vec![],
+            },
+            dead: vec![],
+        })
+        .collect();
+    q.routed(&routed, page.from, page.next).unwrap();
+    q.save_cursor().unwrap();
+
+    let stored = q
+        .state
+        .get()
+        .unwrap()
+        .deliveries
+        .get(first.due_key())
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.len() < 1_000,
+        "a reference, not the body: {} bytes",
+        stored.len()
+    );
+    let mut claimed = q.delivery(&first.due_key()).unwrap().unwrap();
+    assert_eq!(
+        claimed.frozen.as_ref().unwrap().body_of_event,
+        BodyOfEvent::Unread
+    );
+    assert!(claimed.frozen.as_ref().unwrap().body.is_empty());
+    q.read_body(&mut claimed).unwrap();
+    assert_eq!(claimed, first, "read back byte for byte");
+
+    // Past the retention, the first event's segment stays while its
+    // delivery waits: so does every later one.
+    let later = now + Duration::from_secs(3600);
+    let retention = Duration::from_secs(60);
+    assert_eq!(q.prune_log(later, retention, usize::MAX).unwrap(), 0);
+    // Rescheduled, it still refers to its event.
+    claimed.failures = 1;
+    claimed.due_ms = 5_000;
+    q.update(&first.due_key(), &claimed, false).unwrap();
+    let stored = q
+        .state
+        .get()
+        .unwrap()
+        .deliveries
+        .get(claimed.due_key())
+        .unwrap()
+        .unwrap();
+    assert!(stored.len() < 1_000, "{} bytes", stored.len());
+    assert_eq!(q.prune_log(later, retention, usize::MAX).unwrap(), 0);
+
+    // Dead, it carries its body; the segments before the last event's go.
+    claimed.reason = Some("gave up".into());
+    claimed.dead_ms = Some(6_000);
+    q.bury(&claimed.due_key(), &claimed).unwrap();
+    let removed = q.prune_log(later, retention, usize::MAX).unwrap();
+    assert!(
+        removed >= 1 && removed < before.len(),
+        "{removed} of {before:?}"
+    );
+    assert!(
+        q.event(page.events[0].0).unwrap().is_none(),
+        "its event is gone"
+    );
+    let dead = q.dead_letter(1).unwrap().unwrap();
+    assert_eq!(
+        dead.frozen.as_ref().unwrap().body.as_slice(),
+        &bodies[0][..]
+    );
+    assert_eq!(q.state.get().unwrap().refs.len(), 1, "the last's only");
+
+    // The last event's delivery still reads its body.
+    let mut waiting = q.delivery(&last.due_key()).unwrap().unwrap();
+    q.read_body(&mut waiting).unwrap();
+    assert_eq!(waiting, last);
+    // Done, it lets go of its event.
+    waiting.frozen = None;
+    q.update(&last.due_key(), &waiting, true).unwrap();
+    assert!(q.state.get().unwrap().refs.is_empty());
+}
+
+/// A body stored as a reference whose event the log no longer holds is
+/// left unread (never sent empty): the dispatcher buries it with why.
+#[tokio::test]
+async fn a_body_whose_event_is_gone_stays_unread() {
+    use crate::queue::BodyOfEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let mut rec = super::super::delivery::tests::sample(1, 1_000);
+    // An event id past anything logged.
+    rec.event_id = 7 << 40;
+    rec.frozen.as_mut().unwrap().body_of_event = BodyOfEvent::Held;
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending: vec![rec.clone()],
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    let mut claimed = q.delivery(&rec.due_key()).unwrap().unwrap();
+    q.read_body(&mut claimed).unwrap();
+    let frozen = claimed.frozen.as_ref().unwrap();
+    assert_eq!(frozen.body_of_event, BodyOfEvent::Unread);
+    assert!(frozen.body.is_empty());
+    // Buried so, it is still written as a reference, not an empty body.
+    claimed.dead_ms = Some(2_000);
+    q.bury(&rec.due_key(), &claimed).unwrap();
+    let dead = q.dead_letter(1).unwrap().unwrap();
+    assert_eq!(dead.frozen.unwrap().body_of_event, BodyOfEvent::Unread);
+}
