@@ -225,18 +225,26 @@ async fn events_lists_everything_logged() {
     assert_eq!(q.events().unwrap().len(), 8);
 }
 
+/// Appends ten events with incompressible 1 MiB bodies (more than one
+/// segment's worth); their bodies.
+async fn append_big(q: &SledQueue, now: SystemTime) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for i in 0..10 {
+        let mut e = event("gh", &format!("big{i}"));
+        e.record.body = vec![0; 1 << 20];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
+        bodies.push(e.record.body.clone());
+        q.append(e, now).await.unwrap();
+    }
+    bodies
+}
+
 #[tokio::test]
 async fn routed_segments_past_retention_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let q = SledQueue::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
-    // Incompressible 1 MiB bodies: ten of them fill more than one segment.
-    for i in 0..10 {
-        let mut e = event("gh", &format!("big{i}"));
-        e.record.body = vec![0; 1 << 20];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
-        q.append(e, now).await.unwrap();
-    }
+    append_big(&q, now).await;
     let segments = || log::segments(&dir.path().join("log")).unwrap();
     let before = segments();
     assert!(before.len() >= 3, "{before:?}");
@@ -1025,15 +1033,7 @@ async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let q = SledQueue::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
-    // Incompressible 1 MiB bodies: ten of them fill more than one segment.
-    let mut bodies = Vec::new();
-    for i in 0..10 {
-        let mut e = event("gh", &format!("big{i}"));
-        e.record.body = vec![0; 1 << 20];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut e.record.body);
-        bodies.push(e.record.body.clone());
-        q.append(e, now).await.unwrap();
-    }
+    let bodies = append_big(&q, now).await;
     let segments = || log::segments(&dir.path().join("log")).unwrap();
     let before = segments();
     assert!(before.len() >= 3, "{before:?}");
