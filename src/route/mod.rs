@@ -11,6 +11,7 @@ mod context;
 pub mod filters;
 pub mod glob;
 mod names;
+mod reads;
 
 use std::collections::BTreeMap;
 
@@ -257,6 +258,10 @@ impl std::io::Write for Capped {
 pub struct Routes {
     env: Environment<'static>,
     specs: Vec<RouteSpec>,
+    /// Per route: whether any of its expressions or templates may read the
+    /// payload (`reads.rs`). An event only routes that never do admit is
+    /// not parsed.
+    reads_payload: Vec<bool>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -330,7 +335,9 @@ impl Routes {
                 }
             };
         let mut compile_errors = Vec::new();
+        let mut reads_payload = Vec::with_capacity(specs.len());
         for spec in &specs {
+            let mut reads = false;
             for (part, expr) in [("when", &spec.when), ("each", &spec.each)] {
                 if let Some(expr) = expr {
                     if let Err(e) = compile_expression(&env, expr) {
@@ -343,7 +350,10 @@ impl Routes {
                             .is_ok()
                         {
                             unknown_names(&mut env, &spec.name, part, &probe);
+                            reads |= reads::may_read_payload(&env, &probe);
                             env.remove_template(&probe);
+                        } else {
+                            reads = true;
                         }
                     }
                 }
@@ -365,13 +375,21 @@ impl Routes {
                 let name = template_name(&spec.name, &part);
                 match env.add_template_owned(name.clone(), source.clone()) {
                     Err(e) => compile_errors.push(err(&spec.name, &part, &e)),
-                    Ok(()) => unknown_names(&mut env, &spec.name, &part, &name),
+                    Ok(()) => {
+                        unknown_names(&mut env, &spec.name, &part, &name);
+                        reads |= reads::may_read_payload(&env, &name);
+                    }
                 }
             }
+            reads_payload.push(reads);
         }
         errors.extend(compile_errors);
         if errors.is_empty() {
-            Ok(Routes { env, specs })
+            Ok(Routes {
+                env,
+                specs,
+                reads_payload,
+            })
         } else {
             Err(errors)
         }
@@ -454,9 +472,11 @@ impl Routes {
                 });
             }
         };
-        // Built once, and only if some route's filters let the event in.
+        // Built once, and only if some route's filters let the event in;
+        // the payload parsed only for a route that may read it.
         let mut base: Option<Value> = None;
-        for spec in &self.specs {
+        let mut bare: Option<Value> = None;
+        for (spec, &reads_payload) in self.specs.iter().zip(&self.reads_payload) {
             match spec.refuses(&ctx.source, &ctx.event) {
                 None => {}
                 Some(_) if !explaining => continue,
@@ -481,10 +501,16 @@ impl Routes {
                     continue;
                 }
             }
-            let base: &Value = base.get_or_insert_with(|| match json {
-                Some(json) => context::template_value_with(ctx, context::template_payload(json)),
-                None => context::template_value(ctx),
-            });
+            let base: &Value = match json {
+                Some(json) if reads_payload => base.get_or_insert_with(|| {
+                    context::template_value_with(ctx, context::template_payload(json))
+                }),
+                // Nothing of this route can reach the payload.
+                Some(_) => {
+                    bare.get_or_insert_with(|| context::template_value_with(ctx, Value::UNDEFINED))
+                }
+                None => base.get_or_insert_with(|| context::template_value(ctx)),
+            };
             let failed = |error: String| {
                 spec.to
                     .iter()

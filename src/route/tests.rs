@@ -504,3 +504,56 @@ fn a_template_file_render_error_names_the_file_and_line() {
         errors[1]
     );
 }
+
+/// Routes that cannot reach the payload route an event without parsing it
+/// (`reads.rs`), and make exactly what they made with it parsed: for every
+/// sample, [`Routes::evaluate_event`] (the router's path) equals
+/// [`Routes::evaluate`] on the whole context.
+#[test]
+fn routes_that_never_read_the_payload_make_the_same_without_it() {
+    let any = |name: &str, content: ContentSpec| RouteSpec {
+        sources: vec![],
+        event: None,
+        ..route(name, content)
+    };
+    let mut when_envelope = any("when-envelope", text("{{ source }}:{{ event }}"));
+    when_envelope.when = Some("headers['content-type'] is defined or delivery_id".into());
+    let mut when_payload = any("when-payload", text("{{ event }}"));
+    when_payload.when = Some("payload.action is defined".into());
+    let mut each = any("each", text("{{ item }}"));
+    each.each = Some("payload.commits or []".into());
+    let mut ordered = any("ordered", ContentSpec::Default);
+    ordered.order_key = Some("{{ payload.repository.full_name }}".into());
+    let specs = vec![
+        any("forward", ContentSpec::Default),
+        any(
+            "envelope",
+            text("{{ source }}/{{ event }} {{ delivery_id }} {{ received_at }}"),
+        ),
+        any("failing", text("{{ range(1000000) }}")),
+        when_envelope,
+        any("payload", text("{{ payload | tojson }}")),
+        any("included", text("{% include 'payload/message' %}")),
+        when_payload,
+        each,
+        ordered,
+    ];
+    let routes = Routes::compile(specs).unwrap();
+    assert_eq!(
+        routes.reads_payload,
+        [false, false, false, false, true, true, true, true, true]
+    );
+    let mut events = 0;
+    for provider in std::fs::read_dir("samples").unwrap() {
+        for sample in std::fs::read_dir(provider.unwrap().path()).unwrap() {
+            let mut event = crate::queue::sample_record();
+            event.headers = vec![("content-type".into(), b"application/json".to_vec())];
+            event.body = std::fs::read(sample.unwrap().path()).unwrap();
+            let whole = routes.evaluate(&context::context(&event));
+            assert!(whole.len() >= 5, "{whole:?}");
+            assert_eq!(routes.evaluate_event(&event), whole);
+            events += 1;
+        }
+    }
+    assert!(events >= 10);
+}
