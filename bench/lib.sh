@@ -52,7 +52,9 @@ wrk_requests() { awk '/requests in/ {print $1}' "$1"; }
 # routes of bench/backlog.sh (TOML): each event to an http sink `chat`
 # (it waits while its URL is down), and by a route whose template fails
 # to `archive` (a dead letter at routing). bench/callgrind.sh ROUTES=1
-# counts the same routing.
+# counts the same routing. Neither route reads the payload, so routing
+# never parses it (src/route/reads.rs); READ_PAYLOAD=1 gives `chat` a
+# `when` on the payload, which every push passes, to count the parse too.
 backlog_routes() {
   cat <<TOML
 [sinks.chat]
@@ -65,6 +67,7 @@ url = "$2"
 [[routes]]
 name = "chat"
 to = ["chat"]
+${READ_PAYLOAD:+when = \"payload.ref is defined\"}
 [[routes]]
 name = "archive"
 to = ["archive"]
