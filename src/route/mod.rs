@@ -259,8 +259,8 @@ pub struct Routes {
     env: Environment<'static>,
     specs: Vec<RouteSpec>,
     /// Per route: whether any of its expressions or templates may read the
-    /// payload (`reads.rs`). An event only routes that never do admit is
-    /// not parsed.
+    /// payload (`reads.rs`). An event that only such routes let in is
+    /// routed without parsing its payload.
     reads_payload: Vec<bool>,
 }
 
