@@ -169,21 +169,15 @@ impl Local {
                     }
                     // Nothing more of this key in this claim.
                     heads.insert(order.clone(), None);
+                }
+                // A body stored as a reference to the event is read back
+                // for the attempt (only for what is claimed).
+                self.q.read_body(&mut rec)?;
+                if let Some(order) = &rec.order_key {
                     self.keys_out
                         .lock()
                         .expect("keys lock")
                         .insert((sink.to_owned(), order.clone()));
-                }
-                // A body stored as a reference to the event is read back
-                // for the attempt (only for what is claimed).
-                if let Err(e) = self.q.read_body(&mut rec) {
-                    if let Some(order) = &rec.order_key {
-                        self.keys_out
-                            .lock()
-                            .expect("keys lock")
-                            .remove(&(sink.to_owned(), order.clone()));
-                    }
-                    return Err(e);
                 }
                 self.leased.lock().expect("lease lock").insert(rec.id);
                 claimed.push(Claimed {

@@ -58,9 +58,9 @@ pub struct SledQueue {
     /// The log as lookups read it (events not in the index): files of
     /// its own, and damage it meets is not counted again.
     pub(super) lookup_reader: log::Reader,
-    /// The log as bodies stored as references are read back
-    /// ([`SledQueue::read_body`]): one event at a time.
-    body_reader: log::Reader,
+    /// The log read one event at a time ([`SledQueue::event`]: lookups
+    /// of one event, bodies read back for the dispatcher).
+    single_reader: log::Reader,
     /// The first event the router filed in the event index; those
     /// before it were routed before the index existed (`lookups.rs`).
     pub(super) indexed_from: u64,
@@ -185,7 +185,7 @@ impl SledQueue {
             shared: shared.clone(),
             reader: log::Reader::new(&log_dir, damaged.clone()),
             lookup_reader: log::Reader::new(&log_dir, Arc::default()),
-            body_reader: log::Reader::new(&log_dir, Arc::default()),
+            single_reader: log::Reader::new(&log_dir, Arc::default()),
             indexed_from,
             damaged: damaged.clone(),
             log_dir: log_dir.clone(),
@@ -284,25 +284,24 @@ impl SledQueue {
             return Ok(());
         };
         let id = EventId(rec.event_id);
-        let Some(found) = self.body_reader.one(id, self.shared.acked())? else {
+        let Some(event) = self.event(id)? else {
             tracing::warn!(delivery = rec.id, event = %id, "the event this delivery's body is read from is not in the log");
             return Ok(());
         };
-        let log::LogEntry::V1 { record, .. } = found.entry;
-        frozen.body = serde_bytes::ByteBuf::from(decode(id, &record)?.body);
+        frozen.body = serde_bytes::ByteBuf::from(event.body);
         frozen.body_of_event = BodyOfEvent::Held;
         Ok(())
     }
 
-    /// One event, if the log still holds it.
+    /// One event, if the log still holds it: its frame alone
+    /// ([`log::Reader::one`]), by a reader of its own.
     pub fn event(&self, id: EventId) -> Result<Option<EventRecord>, QueueError> {
-        let (found, _) = self.reader.page(id, self.shared.acked(), 1)?;
-        match found.into_iter().next() {
-            Some(f) if f.id == id => {
+        match self.single_reader.one(id, self.shared.acked())? {
+            Some(f) => {
                 let log::LogEntry::V1 { record, .. } = f.entry;
                 Ok(Some(decode(id, &record)?))
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
@@ -385,7 +384,7 @@ impl SledQueue {
             self.unindex_segment(seq)?;
             self.reader.forget(seq);
             self.lookup_reader.forget(seq);
-            self.body_reader.forget(seq);
+            self.single_reader.forget(seq);
             log::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
             removed += 1;
         }
