@@ -80,10 +80,16 @@ pub fn template_value_with(ctx: &EventContext, payload: Value) -> Value {
     })
 }
 
-/// The payload JSON `bytes` as templates see it, parsed straight into
-/// template values: what [`json`] makes of serde_json's parse (null when
-/// it is not JSON), without building the `serde_json::Value` first.
+/// The payload JSON `bytes` as templates see it: what [`parse`] makes of
+/// it, read only as far as templates look (`lazy.rs`).
 pub fn template_payload(bytes: &[u8]) -> Value {
+    super::lazy::payload(bytes)
+}
+
+/// The payload JSON `bytes` parsed straight into template values: what
+/// [`json`] makes of serde_json's parse (null when it is not JSON),
+/// without building the `serde_json::Value` first.
+pub(super) fn parse(bytes: &[u8]) -> Value {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match Parse
@@ -176,6 +182,50 @@ fn json(v: &serde_json::Value) -> Value {
     }
 }
 
+/// Every provider's sample and the edges of JSON: numbers of each kind,
+/// nulls, nesting, repeated keys, escapes, and what serde_json refuses.
+#[cfg(test)]
+pub(super) fn bodies() -> Vec<Vec<u8>> {
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for provider in std::fs::read_dir("samples").unwrap() {
+        for sample in std::fs::read_dir(provider.unwrap().path()).unwrap() {
+            bodies.push(std::fs::read(sample.unwrap().path()).unwrap());
+        }
+    }
+    assert!(bodies.len() >= 10);
+    bodies.push(
+        br#"{"u": 18446744073709551615, "i": -9223372036854775808, "f": 1.5e300, "z": -0.0,
+           "n": null, "b": [true, false, [], {}], "s": "\u00e9\ud83d\ude00", "": {"a": {"b": [1, -1, 0.1]}}}"#
+        .to_vec(),
+    );
+    bodies.push(b"[1, 2, 3]".to_vec());
+    bodies.push(br#"{"a": 1, "a": 2, "-": -0, "e": 1e2}"#.to_vec());
+    bodies.push(b"{} trailing".to_vec());
+    bodies.push(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+    bodies.push(format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes());
+    bodies.push(b"not json".to_vec());
+    bodies.extend(
+        [
+            &br#"{"o": {"k": 1, "k": {"deep": [2]}}, "k": 0}"#[..],
+            br#" { "a" : [ 1 , { "b" : 2 } , [ ] , { } ] , "s" : "x" } "#,
+            br#"{"\u0061": 1, "a\"b": 2, "\n": {"\u00e9": "\u00e9"}}"#,
+            br#"{"lone": "\ud800"}"#,
+            b"{\"bad\": \"\xff\"}",
+            br#"{"big": 1e400}"#,
+            br#"{"a": [1,]}"#,
+            br#""a string""#,
+            b" 12 ",
+            b"null",
+            b"[]",
+            b"{}",
+        ]
+        .map(<[u8]>::to_vec),
+    );
+    bodies.push(format!("{{\"a\":{}1{}}}", "[".repeat(127), "]".repeat(127)).into_bytes());
+    bodies.push(format!("{{\"a\":{}1{}}}", "[".repeat(128), "]".repeat(128)).into_bytes());
+    bodies
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,24 +263,7 @@ mod tests {
     /// sample and the edges of JSON (numbers of each kind, nulls, nesting).
     #[test]
     fn the_template_value_is_what_serde_made() {
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
-        for provider in std::fs::read_dir("samples").unwrap() {
-            for sample in std::fs::read_dir(provider.unwrap().path()).unwrap() {
-                bodies.push(std::fs::read(sample.unwrap().path()).unwrap());
-            }
-        }
-        assert!(bodies.len() >= 10);
-        bodies.push(
-            br#"{"u": 18446744073709551615, "i": -9223372036854775808, "f": 1.5e300, "z": -0.0,
-               "n": null, "b": [true, false, [], {}], "s": "\u00e9\ud83d\ude00", "": {"a": {"b": [1, -1, 0.1]}}}"#
-                .to_vec(),
-        );
-        bodies.push(b"[1, 2, 3]".to_vec());
-        bodies.push(br#"{"a": 1, "a": 2, "-": -0, "e": 1e2}"#.to_vec());
-        bodies.push(b"{} trailing".to_vec());
-        bodies.push(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes());
-        bodies.push(format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes());
-        bodies.push(b"not json".to_vec());
+        let bodies = bodies();
         for body in bodies {
             let ctx = context(&with("application/json", &body));
             let by_serde = Value::from_serialize(&ctx);

@@ -10,6 +10,7 @@
 mod context;
 pub mod filters;
 pub mod glob;
+mod lazy;
 mod names;
 mod reads;
 

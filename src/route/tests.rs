@@ -557,3 +557,78 @@ fn routes_that_never_read_the_payload_make_the_same_without_it() {
     }
     assert!(events >= 10);
 }
+
+/// The router reads a payload only as far as its templates look
+/// (`lazy.rs`), and they see exactly what the whole parse gives: for every
+/// sample and every edge of JSON (`context::bodies`: repeated keys,
+/// escapes, nesting at serde_json's limit, documents it refuses), each
+/// shape of template below makes the same through
+/// [`Routes::evaluate_event`] (the router's path) as through
+/// [`Routes::evaluate`] on the whole context, errors included.
+#[test]
+fn a_payload_read_as_far_as_templates_look_is_the_whole_payload() {
+    let any = |name: &str, content: ContentSpec| RouteSpec {
+        sources: vec![],
+        event: None,
+        ..route(name, content)
+    };
+    let texts = [
+        "{{ payload }} {{ payload | pprint }} {{ debug(payload) }}",
+        "{{ payload | tojson }} {{ payload | tojson(indent=2) }}",
+        "{{ payload.ref }}|{{ payload.repository.full_name }}|{{ payload.repository.owner.login }}",
+        "{{ payload | length }} {{ payload.commits | length }} {{ payload.a | length }}",
+        "{% for c in payload.commits %}{{ c.id }}:{{ c.author.name }};{% endfor %}",
+        "{{ payload.commits[0] }} {{ payload.commits[-1] }} {{ payload[0] }} {{ payload['ref'] }}",
+        "{% for k, v in payload | items %}{{ k }}={{ v | tojson }};{% endfor %}",
+        "{{ payload | dictsort | tojson }} {{ payload | list | tojson }}",
+        "{{ payload == payload }} {{ payload.sender == payload.repository.owner }} {{ payload.o == payload.o }}",
+        "{{ payload is mapping }} {{ payload is sequence }} {{ payload is string }} {{ payload is number }}",
+        "{{ payload.commits | map(attribute='id') | join(',') }} {{ payload.commits | selectattr('distinct') | list | length }}",
+        "{% if payload %}t{% else %}f{% endif %}{% if payload.commits %}c{% endif %} {{ payload.missing.deeper is defined }}",
+        "{{ payload.a }} {{ payload.o }} {{ payload.o.k }} {{ payload.k }} {{ payload.s }} {{ payload.u }} {{ payload.z }} {{ payload.f }} {{ payload.b }}",
+        "{{ payload.commits | sort(attribute='id') | first | tojson }} {{ payload | reverse | list | tojson }}",
+        "{{ (payload.commits or []) + [1] }} {{ payload | unique | list | length }} {{ payload.keys() }}",
+        "{{ payload.a[1].b }} {{ payload.a | last }} {{ payload.a | first }} {{ payload[''].a.b[2] }}",
+    ];
+    let mut specs: Vec<RouteSpec> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| any(&format!("t{i}"), text(t)))
+        .collect();
+    let mut when = any("when", text("{{ payload.action }}"));
+    when.when = Some("payload.action == 'opened' or payload.ref is defined or payload.o".into());
+    let mut each = any(
+        "each",
+        text("{{ item | tojson }} {{ item.id }} {{ item.b }}"),
+    );
+    each.each = Some("payload.commits or payload.a or payload.b or []".into());
+    let mut ordered = any("ordered", ContentSpec::Default);
+    ordered.order_key = Some("{{ payload.repository.full_name }}{{ payload.o }}".into());
+    let json = any(
+        "json",
+        ContentSpec::Template {
+            source: r#"{"text": {{ payload.ref }}, "all": {{ payload }}, "o": {{ payload.o }}}"#
+                .into(),
+            json: true,
+            file: None,
+        },
+    );
+    specs.extend([when, each, ordered, json]);
+    let routes = Routes::compile(specs).unwrap();
+    assert!(routes.reads_payload.iter().all(|&r| r));
+    let bodies = context::bodies();
+    for body in &bodies {
+        let mut event = crate::queue::sample_record();
+        event.headers = vec![("content-type".into(), b"application/json".to_vec())];
+        event.body = body.clone();
+        let whole = routes.evaluate(&context::context(&event));
+        assert!(whole.len() >= texts.len(), "{whole:?}");
+        assert_eq!(
+            routes.evaluate_event(&event),
+            whole,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert!(bodies.len() >= 30);
+}
