@@ -54,5 +54,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         body: data.to_vec(),
     };
     let routes = routes();
-    assert_eq!(routes.evaluate_event(&event), routes.evaluate(&context(&event)));
+    assert_eq!(
+        routes.evaluate_event(&event),
+        routes.evaluate(&context(&event))
+    );
 });
