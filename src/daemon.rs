@@ -84,7 +84,22 @@ pub enum DaemonError {
 /// Opens the queue under `config.server.data_dir`.
 pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
     let group_commit = config.server.group_commit;
-    open_dir(config, |dir| SledQueue::open(dir, group_commit))
+    let queue = open_dir(config, |dir| SledQueue::open(dir, group_commit))?;
+    give_back_freed_memory();
+    Ok(queue)
+}
+
+/// Opening a deep store reads sled's snapshot into memory that is freed
+/// once it is open (over 100 MB of a 295 MB peak at 760,000 events,
+/// measured with heaptrack). glibc keeps freed heap for later use, so the
+/// daemon would hold it for its whole life; `malloc_trim` gives the free
+/// pages back to the system.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim walks glibc's own heaps and takes nothing of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Opens the storage the config names, for the daemon. On `postgres`,
