@@ -45,13 +45,17 @@ fn at(doc: &Arc<[u8]>, start: usize, end: usize) -> Value {
     })
 }
 
+/// JSON's whitespace.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// `doc[start..end]` without the JSON whitespace around it.
 fn trim(doc: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
-    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    while start < end && space(doc[start]) {
+    while start < end && is_space(doc[start]) {
         start += 1;
     }
-    while end > start && space(doc[end - 1]) {
+    while end > start && is_space(doc[end - 1]) {
         end -= 1;
     }
     (start, end)
@@ -141,7 +145,7 @@ fn entries(doc: &[u8], start: usize) -> Vec<(Option<Span>, Span)> {
 }
 
 fn skip_space(doc: &[u8], mut i: usize) -> usize {
-    while matches!(doc[i], b' ' | b'\t' | b'\n' | b'\r') {
+    while is_space(doc[i]) {
         i += 1;
     }
     i
@@ -188,9 +192,7 @@ fn value_end(doc: &[u8], i: usize) -> usize {
         // A number, true, false or null: up to what follows it.
         _ => {
             let mut j = i;
-            while j < doc.len()
-                && !matches!(doc[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
+            while j < doc.len() && !matches!(doc[j], b',' | b'}' | b']') && !is_space(doc[j]) {
                 j += 1;
             }
             j
