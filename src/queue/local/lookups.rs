@@ -2,12 +2,9 @@
 //! letters replayed by filter, re-routing (`add_missing`), and the
 //! indexes they read.
 //!
-//! Events: as the router records a page it files what a listing shows
-//! of each event (`event_index`: id → summary) and its delivery id
-//! (`event_delivery_ids`); both go with the event's log segment. Events
-//! not routed yet (from the router's cursor on) and those routed before
-//! the index existed (below `meta` `events_indexed_from`) are read from
-//! the log itself.
+//! Events: what a listing shows of each is filed beside the log by the
+//! writer (`listed.rs`), a file per segment that goes with it; the few
+//! events acknowledged and not on file yet are read from the log itself.
 //!
 //! Deliveries: pending ones by id (`pending_ids`, to their `deliveries`
 //! key), dead ones in `dead`, delivered ones in `delivered`, all by id,
@@ -20,14 +17,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::deliveries::{decode, tx_err, REPLAY_BATCH};
 use super::delivery::{dead_at_bound, sink_prefix};
-use super::log;
 use super::sled_queue::{ROUTED_KEY, UNMATCHED_KEY};
 use super::state::{Counts, Trees};
+use super::{listed, log};
 use super::{DeliveryRecord, EventId, EventRecord, QueueError, Requeued, SledQueue};
 use crate::queue::lookup::{
     page_size, Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter,
@@ -40,56 +36,10 @@ pub const SCAN_BUDGET: usize = 10_000;
 /// Most deliveries `add_missing` stores per transaction.
 const ADD_BATCH: usize = 500;
 
-/// What `event_index` holds of an event. Add a variant for a new
-/// format; never change one.
-#[derive(Debug, Serialize, Deserialize)]
-enum Indexed<'a> {
-    V1 {
-        received_ms: u64,
-        #[serde(borrow)]
-        source: &'a str,
-        #[serde(borrow)]
-        provider: &'a str,
-        #[serde(borrow)]
-        event: &'a str,
-        #[serde(borrow)]
-        delivery_id: &'a str,
-    },
-}
-
-/// The start of every `event_delivery_ids` key of `delivery_id`.
-fn delivery_id_prefix(delivery_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + delivery_id.len() + 8);
-    k.extend_from_slice(&(delivery_id.len() as u32).to_be_bytes());
-    k.extend_from_slice(delivery_id.as_bytes());
-    k
-}
-
 /// The big-endian id at the end of an index key.
 fn id_at_end(k: &[u8]) -> Option<u64> {
     let at = k.len().checked_sub(8)?;
     Some(u64::from_be_bytes(k[at..].try_into().ok()?))
-}
-
-fn summary_of(id: u64, v: &[u8]) -> Result<EventSummary, QueueError> {
-    let Indexed::V1 {
-        received_ms,
-        source,
-        provider,
-        event,
-        delivery_id,
-    } = postcard::from_bytes(v).map_err(|e| QueueError::Corrupt {
-        key: EventId(id).to_string(),
-        reason: format!("event index: {e}"),
-    })?;
-    Ok(EventSummary {
-        id,
-        received_ms,
-        source: source.to_owned(),
-        provider: provider.to_owned(),
-        event: event.to_owned(),
-        delivery_id: delivery_id.to_owned(),
-    })
 }
 
 /// An event listing under way, newest first.
@@ -132,77 +82,6 @@ impl<'f> Scan<'f> {
 }
 
 impl SledQueue {
-    /// Files what a listing shows of each event of a page the router is
-    /// about to record (any before its cursor it records again: the same
-    /// entries). The delivery ids go first, so an event listed can be
-    /// found by its own; an event that does not read is passed over, as
-    /// the router passes it over.
-    ///
-    /// Plain inserts, not a `sled::Batch`: sled 0.34 seals and writes its
-    /// log buffer twice per batch (on its I/O threads, all of them woken),
-    /// which cost ~3 context switches per accepted event. Nothing needs
-    /// the entries atomic: they are trusted only below the router's
-    /// cursor, which sled makes durable after them (its log is recovered
-    /// as a prefix), and filing a page again writes the same entries.
-    pub fn index_events(&self, events: &[(EventId, Vec<u8>)]) -> Result<(), QueueError> {
-        let (mut index, mut ids) = (Vec::new(), Vec::new());
-        for (id, bytes) in events {
-            let Ok(s) = EventRecord::summary(bytes) else {
-                continue;
-            };
-            let value = postcard::to_stdvec(&Indexed::V1 {
-                received_ms: s.received_at_ms,
-                source: s.source,
-                provider: s.provider,
-                event: s.event,
-                delivery_id: s.delivery_id,
-            })
-            .expect("in-memory encoding cannot fail");
-            index.push((id.0.to_be_bytes(), value));
-            if !s.delivery_id.is_empty() {
-                let mut k = delivery_id_prefix(s.delivery_id);
-                k.extend_from_slice(&id.0.to_be_bytes());
-                ids.push(k);
-            }
-        }
-        if index.is_empty() {
-            return Ok(());
-        }
-        let trees = self.state.get()?;
-        for k in ids {
-            self.state
-                .check(trees.event_delivery_ids.insert(k, &[][..]))?;
-        }
-        for (k, v) in index {
-            self.state.check(trees.event_index.insert(k, v))?;
-        }
-        Ok(())
-    }
-
-    /// Removes the index entries of the events of log segment `seq` (it
-    /// is about to be deleted).
-    pub(super) fn unindex_segment(&self, seq: u64) -> Result<(), QueueError> {
-        let (from, to) = (log::id_of(seq, 0).0, log::id_of(seq + 1, 0).0);
-        let trees = self.state.get()?;
-        let (mut index, mut ids) = (sled::Batch::default(), sled::Batch::default());
-        for kv in trees
-            .event_index
-            .range(from.to_be_bytes()..to.to_be_bytes())
-        {
-            let (k, v) = self.state.check(kv)?;
-            if let Some(id) = id_at_end(&k) {
-                if let Ok(s) = summary_of(id, &v) {
-                    let mut d = delivery_id_prefix(&s.delivery_id);
-                    d.extend_from_slice(&k);
-                    ids.remove(d);
-                }
-            }
-            index.remove(k);
-        }
-        self.state.check(trees.event_index.apply_batch(index))?;
-        self.state.check(trees.event_delivery_ids.apply_batch(ids))
-    }
-
     /// [`Queue::events`](super::Queue::events).
     pub fn events_page(
         &self,
@@ -211,8 +90,7 @@ impl SledQueue {
         limit: usize,
     ) -> Result<EventPage, QueueError> {
         let acked = self.shared.acked().0;
-        let cursor = self.routed_upto.load(Ordering::Acquire).min(acked);
-        let indexed_from = self.indexed_from.min(cursor);
+        let filed = self.shared.indexed().0.min(acked);
         let hi = before.map_or(acked, |b| b.min(acked));
         let mut scan = Scan {
             filter,
@@ -221,12 +99,9 @@ impl SledQueue {
             items: Vec::new(),
             next_before: None,
         };
-        // Newest first: not routed yet (the log), routed (the index),
-        // routed before the index existed (the log).
-        if self.log_stretch(cursor, hi, &mut scan)?
-            && self.index_stretch(indexed_from, hi.min(cursor), &mut scan)?
-        {
-            self.log_stretch(0, hi.min(indexed_from), &mut scan)?;
+        // Newest first: not on file yet (the log), then filed.
+        if self.log_stretch(filed, hi, &mut scan)? {
+            self.filed_stretch(hi.min(filed), &mut scan)?;
         }
         Ok(EventPage {
             items: scan.items,
@@ -234,50 +109,25 @@ impl SledQueue {
         })
     }
 
-    /// Looks at the indexed events in [lo, hi), newest first; whether
-    /// to go on.
-    fn index_stretch(&self, lo: u64, hi: u64, scan: &mut Scan) -> Result<bool, QueueError> {
-        if lo >= hi {
-            return Ok(true);
-        }
-        let trees = self.state.get()?;
-        if let Some(delivery_id) = scan.by_delivery_id() {
-            let mut ids = Vec::new();
-            for k in trees
-                .event_delivery_ids
-                .scan_prefix(delivery_id_prefix(delivery_id))
-                .keys()
-            {
-                let k = self.state.check(k)?;
-                ids.extend(id_at_end(&k).filter(|id| (lo..hi).contains(id)));
+    /// Looks at the filed events before `hi` (`listed.rs`), newest
+    /// first, a segment at a time. By delivery id every segment is
+    /// looked at (one that does not hold it is not decoded); otherwise
+    /// each event read counts against the budget.
+    fn filed_stretch(&self, hi: u64, scan: &mut Scan) -> Result<(), QueueError> {
+        let by_id = scan.by_delivery_id();
+        let segments = log::segments(&self.log_dir).map_err(QueueError::Storage)?;
+        for &seq in segments.iter().rev() {
+            if log::id_of(seq, 0).0 >= hi {
+                continue;
             }
-            ids.sort_unstable_by(|a, b| b.cmp(a));
-            for id in ids {
-                // Gone with its segment meanwhile: passed over.
-                let Some(v) = self.state.check(trees.event_index.get(id.to_be_bytes()))? else {
-                    continue;
-                };
-                if !scan.look(summary_of(id, &v)?, false) {
-                    return Ok(false);
+            let filed = listed::read(&self.log_dir, seq, by_id).map_err(QueueError::Storage)?;
+            for s in filed.into_iter().rev().filter(|s| s.id < hi) {
+                if !scan.look(s, by_id.is_none()) {
+                    return Ok(());
                 }
             }
-            return Ok(true);
         }
-        for kv in trees
-            .event_index
-            .range(lo.to_be_bytes()..hi.to_be_bytes())
-            .rev()
-        {
-            let (k, v) = self.state.check(kv)?;
-            let id = id_at_end(&k).ok_or_else(|| QueueError::Corrupt {
-                key: hex::encode(&k),
-                reason: "event index key too short".into(),
-            })?;
-            if !scan.look(summary_of(id, &v)?, true) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Looks at the events of the log in [lo, hi) (`lo` where a frame

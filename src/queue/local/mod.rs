@@ -9,7 +9,9 @@
 //! memory (a crash makes claimed deliveries due again), and the order of
 //! keyed deliveries is read from sled's `order` index.
 
+mod beside;
 mod deliveries;
+mod listed;
 mod log;
 mod lookups;
 mod seen;
@@ -267,7 +269,6 @@ impl Queue for Local {
             }
         }
         let (from, next) = (EventId(page.claim.from), EventId(page.claim.next));
-        self.q.index_events(&page.events)?;
         self.q.routed(&routed, from, next)?;
         Ok(routed)
     }

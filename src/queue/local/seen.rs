@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::log::{self, LogEntry};
 use super::EventId;
+use super::{beside, listed};
 
 pub type KeyHash = [u8; 16];
 
@@ -125,22 +126,15 @@ impl SeenIndex {
     }
 }
 
+const EXT: &str = "keys";
+
 fn keys_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:016x}.keys"))
+    beside::path(dir, seq, EXT)
 }
 
 /// The keys files in `dir`, oldest first.
 fn key_files(dir: &Path) -> std::io::Result<Vec<u64>> {
-    let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name();
-            let hex = name.to_str()?.strip_suffix(".keys")?;
-            (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
-        })
-        .collect();
-    seqs.sort_unstable();
-    Ok(seqs)
+    beside::seqs(dir, EXT)
 }
 
 /// The intact records at the front of `seq`'s keys file. A torn or corrupt
@@ -175,18 +169,11 @@ fn load(dir: &Path, seq: u64) -> std::io::Result<Vec<KeyRecord>> {
 
 /// The writer's keys files: appends records to the keys file of their segment.
 #[derive(Debug)]
-pub struct KeyFiles {
-    dir: PathBuf,
-    /// The file being appended to: its segment, and its length.
-    open: Option<(u64, File, u64)>,
-}
+pub struct KeyFiles(beside::Appender);
 
 impl KeyFiles {
     pub fn new(dir: &Path) -> KeyFiles {
-        KeyFiles {
-            dir: dir.to_owned(),
-            open: None,
-        }
+        KeyFiles(beside::Appender::new(dir, EXT))
     }
 
     /// Appends `records`, which are in log order, each to its segment's
@@ -194,51 +181,21 @@ impl KeyFiles {
     /// appends the same records in the same place.
     pub fn append(&mut self, records: &[KeyRecord]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(records.len() * RECORD_BYTES);
-        let mut rest = records;
-        while let Some(first) = rest.first() {
-            let (seq, _) = log::place_of(first.id);
-            let n = rest
-                .iter()
-                .take_while(|r| log::place_of(r.id).0 == seq)
-                .count();
-            buf.clear();
-            for r in &rest[..n] {
+        let ends: Vec<(EventId, usize)> = records
+            .iter()
+            .map(|r| {
                 buf.extend_from_slice(&r.encode());
-            }
-            let (file, len) = self.file(seq)?;
-            if let Err(e) = file.write_all(&buf) {
-                let _ = file.set_len(*len);
-                return Err(e);
-            }
-            *len += buf.len() as u64;
-            rest = &rest[n..];
-        }
-        Ok(())
+                (r.id, buf.len())
+            })
+            .collect();
+        self.0.append(&buf, &ends)
     }
 
-    /// The keys file of segment `seq`, opened for appending. Nothing here
-    /// syncs (a sync would wait in line with the log's): a keys file is
-    /// synced before its segment is deleted (`sync_keys`), and until then
-    /// the segment can rebuild it.
-    fn file(&mut self, seq: u64) -> std::io::Result<(&mut File, &mut u64)> {
-        if self.open.as_ref().is_none_or(|(s, _, _)| *s != seq) {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(keys_path(&self.dir, seq))?;
-            let len = f.metadata()?.len();
-            self.open = Some((seq, f, len));
-        }
-        let (_, file, len) = self.open.as_mut().expect("just opened");
-        Ok((file, len))
-    }
-
-    /// Makes what was appended durable.
+    /// Makes what was appended durable. Nothing else syncs a keys file
+    /// until its segment is deleted (`sync_keys`); until then the segment
+    /// can rebuild it.
     pub fn sync(&self) -> std::io::Result<()> {
-        match &self.open {
-            Some((_, f, _)) => f.sync_data(),
-            None => Ok(()),
-        }
+        self.0.sync()
     }
 }
 
@@ -254,6 +211,9 @@ pub struct Recovered {
     pub from_cursor: u64,
     /// Events read again from the log because their keys were not on file.
     pub reread: usize,
+    /// Events whose listing record was filed again from the log
+    /// (`listed.rs`): all of them, at the first start after an upgrade.
+    pub listed: usize,
 }
 
 /// Loads every keys file, completes each from its segment, and returns
@@ -274,17 +234,39 @@ pub fn recover(
         end: EventId(0),
         from_cursor: 0,
         reread: 0,
+        listed: 0,
     };
     let mut files = KeyFiles::new(dir);
     for seq in seqs {
         let mut records = load(dir, seq)?;
         let start = records.last().map_or(0, |r| log::place_of(r.end()).1);
-        let (present, missing): (bool, Vec<KeyRecord>) = match log::scan(dir, seq, start, damaged) {
-            Ok(found) => (true, found.iter().map(KeyRecord::of).collect()),
-            // Pruned: the keys outlive the events when the window is longer.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (false, Vec::new()),
-            Err(e) => return Err(e),
-        };
+        // What listings show is completed from the same read of the log.
+        let listed_from = listed::tidy(dir, seq)?;
+        let (present, missing): (bool, Vec<KeyRecord>) =
+            match log::scan(dir, seq, start.min(listed_from), damaged) {
+                Ok(found) => {
+                    let unlisted: Vec<&log::Found> = found
+                        .iter()
+                        .filter(|f| log::place_of(f.id).1 >= listed_from)
+                        .collect();
+                    if !unlisted.is_empty() {
+                        listed::file_found(dir, &unlisted)?;
+                    }
+                    out.listed += unlisted.len();
+                    let missing = found
+                        .iter()
+                        .filter(|f| log::place_of(f.id).1 >= start)
+                        .map(KeyRecord::of)
+                        .collect();
+                    (true, missing)
+                }
+                // Pruned: the keys outlive the events when the window is longer.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    listed::remove(dir, seq)?;
+                    (false, Vec::new())
+                }
+                Err(e) => return Err(e),
+            };
         if !missing.is_empty() {
             // Frames a crash left between write and sync may be in the page
             // cache only: made durable before anything relies on them.

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::listed::{self, EventFiles};
 use super::log::{self, Log};
 use super::seen::{self, KeyFiles};
 use super::state::StateStore;
@@ -55,15 +56,12 @@ pub struct SledQueue {
     pub(super) shared: Arc<Shared>,
     pub(super) log_dir: std::path::PathBuf,
     reader: log::Reader,
-    /// The log as lookups read it (events not in the index): files of
+    /// The log as lookups read it (events not filed yet): files of
     /// its own, and damage it meets is not counted again.
     pub(super) lookup_reader: log::Reader,
     /// The log read one event at a time ([`SledQueue::event`]: lookups
     /// of one event, bodies read back for the dispatcher).
     single_reader: log::Reader,
-    /// The first event the router filed in the event index; those
-    /// before it were routed before the index existed (`lookups.rs`).
-    pub(super) indexed_from: u64,
     /// Damaged log frames skipped so far (recovery and reading).
     damaged: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
@@ -145,17 +143,18 @@ impl SledQueue {
                 id
             }
         };
-        let indexed_from = match read_u64(meta, INDEXED_FROM_KEY)? {
-            Some(at) => at,
-            // Made durable by the checkpoint below.
-            None => {
-                meta.insert(INDEXED_FROM_KEY, &cursor.0.to_be_bytes())?;
-                cursor.0
-            }
-        };
+        // Before listings were filed beside the log (`listed.rs`), the
+        // router filed them in sled from this point.
+        meta.remove(INDEXED_FROM_KEY)?;
         let damaged = Arc::new(AtomicU64::new(0));
         let recovered =
             seen::recover(&log_dir, now_ms, cursor, &damaged).map_err(QueueError::Storage)?;
+        if recovered.listed > 0 {
+            tracing::info!(
+                events = recovered.listed,
+                "filed what listings show of events from the log"
+            );
+        }
         if recovered.reread > 0 {
             tracing::info!(
                 events = recovered.reread,
@@ -186,7 +185,6 @@ impl SledQueue {
             reader: log::Reader::new(&log_dir, damaged.clone()),
             lookup_reader: log::Reader::new(&log_dir, Arc::default()),
             single_reader: log::Reader::new(&log_dir, Arc::default()),
-            indexed_from,
             damaged: damaged.clone(),
             log_dir: log_dir.clone(),
             jobs,
@@ -207,10 +205,11 @@ impl SledQueue {
             let shared = shared.clone();
             let seen = recovered.seen;
             let files = KeyFiles::new(&log_dir);
+            let events = EventFiles::new(&log_dir);
             std::thread::Builder::new()
                 .name("hookgate-writer".into())
                 .spawn(move || {
-                    writer::run_writer(log, seen, files, shared, rx, batch_max);
+                    writer::run_writer(log, seen, files, events, shared, rx, batch_max);
                     drop(writer_done);
                 })
                 .map_err(QueueError::Storage)?
@@ -381,7 +380,7 @@ impl SledQueue {
                 continue;
             }
             seen::sync_keys(&self.log_dir, seq).map_err(QueueError::Storage)?;
-            self.unindex_segment(seq)?;
+            listed::remove(&self.log_dir, seq).map_err(QueueError::Storage)?;
             self.reader.forget(seq);
             self.lookup_reader.forget(seq);
             self.single_reader.forget(seq);

@@ -224,12 +224,6 @@ pub struct Trees {
     /// The delivered by when (`DeliveryRecord::delivered_at_key`), in the
     /// same transaction as `delivered`, so pruning reads only its front.
     pub delivered_at: sled::Tree,
-    /// Routed events by id: what a listing shows of each (`lookups.rs`),
-    /// written by the router, dropped with the event's log segment.
-    pub event_index: sled::Tree,
-    /// The routed events of each delivery id: its length (u32), bytes,
-    /// event id (big-endian) → nothing.
-    pub event_delivery_ids: sled::Tree,
     /// Pending deliveries whose request's body is their event's, stored
     /// as a reference to it (`DeliveryRecord::encode_referring`): event id
     /// ‖ id (big-endian) → nothing, written and removed in the same
@@ -259,8 +253,11 @@ impl Trees {
         let by_event = db.open_tree("by_event")?;
         let delivered = db.open_tree("delivered")?;
         let delivered_at = db.open_tree("delivered_at")?;
-        let event_index = db.open_tree("event_index")?;
-        let event_delivery_ids = db.open_tree("event_delivery_ids")?;
+        // What listings show of each event was filed here by the router
+        // before it was filed beside the log (`listed.rs`).
+        for old in ["event_index", "event_delivery_ids"] {
+            db.drop_tree(old)?;
+        }
         let refs = db.open_tree("refs")?;
         let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
         let store = Store {
@@ -284,8 +281,6 @@ impl Trees {
             by_event,
             delivered,
             delivered_at,
-            event_index,
-            event_delivery_ids,
             refs,
             store,
         };

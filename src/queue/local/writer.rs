@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::listed::{EventFiles, Listed};
 use super::log::{self, Log, LogEntryRef};
 use super::seen::{KeyFiles, KeyHash, KeyRecord, SeenIndex};
 use super::{Appended, EventId, QueueError};
@@ -239,13 +240,17 @@ pub fn run_writer(
     mut log: Log,
     mut seen: SeenIndex,
     files: KeyFiles,
+    events: EventFiles,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Job>,
     batch_max: usize,
 ) {
     let mut keys = Filer {
         files,
+        events,
         unfiled: Vec::new(),
+        unlisted: Listed::default(),
+        newest: None,
         failing_since: None,
     };
     let mut batch = Vec::with_capacity(batch_max);
@@ -299,6 +304,7 @@ pub fn run_writer(
             Ok(Committed {
                 outcomes,
                 logged,
+                listed,
                 file,
             }) => {
                 shared.seen.store(seen.len() as u64, Ordering::Relaxed);
@@ -313,7 +319,7 @@ pub fn run_writer(
                     logged,
                 };
                 if let Some(logged) = sync(&shared, written) {
-                    keys.file(logged, &shared);
+                    keys.file(logged, listed, &shared);
                 }
             }
             Err(e) => {
@@ -328,44 +334,61 @@ pub fn run_writer(
     }
 }
 
-/// The keys files, and keys not yet on file after a failed write.
+/// The keys files and the events files (what listings show), and what is
+/// not yet on file after a failed write.
 struct Filer {
     files: KeyFiles,
+    events: EventFiles,
     unfiled: Vec<KeyRecord>,
+    unlisted: Listed,
+    /// The end of the newest event handed to [`Filer::file`].
+    newest: Option<EventId>,
     failing_since: Option<Instant>,
 }
 
 impl Filer {
-    /// Appends the keys of a synced batch (and any a failed write left)
-    /// to their keys files; never synced on their own (a start completes
-    /// them from the log).
-    fn file(&mut self, logged: Vec<KeyRecord>, shared: &Shared) {
-        if logged.is_empty() && self.unfiled.is_empty() {
+    /// Appends the keys and listing records of a synced batch (and any a
+    /// failed write left) to their files; never synced on their own (a
+    /// start completes them from the log).
+    fn file(&mut self, logged: Vec<KeyRecord>, listed: Listed, shared: &Shared) {
+        if logged.is_empty() && self.unfiled.is_empty() && self.unlisted.is_empty() {
             return;
         }
-        let result = if self.unfiled.is_empty() {
-            self.files.append(&logged).map(|()| logged)
-        } else {
-            self.unfiled.extend(logged);
-            self.files
-                .append(&self.unfiled)
-                .map(|()| std::mem::take(&mut self.unfiled))
+        if let Some(last) = logged.last() {
+            self.newest = Some(last.end());
+        }
+        self.unfiled.extend(logged);
+        self.unlisted.extend(listed);
+        let keys = match self.unfiled.is_empty() {
+            true => Ok(()),
+            false => self.files.append(&self.unfiled),
         };
-        match result {
-            Ok(filed) => {
+        if keys.is_ok() {
+            self.unfiled.clear();
+        }
+        let events = match self.unlisted.is_empty() {
+            true => Ok(()),
+            false => self.events.append(&self.unlisted),
+        };
+        if events.is_ok() {
+            self.unlisted = Listed::default();
+        }
+        match keys.and(events) {
+            Ok(()) => {
                 self.failing_since = None;
-                if let Some(last) = filed.last() {
-                    shared.progress.lock().expect("progress lock").indexed = last.end().0;
+                if let Some(newest) = self.newest {
+                    shared.progress.lock().expect("progress lock").indexed = newest.0;
                     shared.caught_up.notify_all();
                 }
             }
             // Kept and tried again with the next batch; meanwhile no
-            // segment whose keys are not on file is deleted, and a
-            // restart reads them from the log.
+            // segment whose keys are not on file is deleted, listings
+            // read the events not on file from the log, and a restart
+            // reads them from the log.
             Err(e) => {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
-                    tracing::error!(error = %e, keys = self.unfiled.len(), "cannot write dedupe keys beside the log; the log keeps them, retrying");
+                    tracing::error!(error = %e, keys = self.unfiled.len(), "cannot write dedupe keys or listing records beside the log; the log keeps them, retrying");
                 }
             }
         }
@@ -408,6 +431,7 @@ fn fail(jobs: Vec<Append>, message: &str) {
 struct Committed {
     outcomes: Vec<Appended>,
     logged: Vec<KeyRecord>,
+    listed: Listed,
     file: Arc<File>,
 }
 
@@ -453,8 +477,10 @@ fn commit(log: &mut Log, seen: &mut SeenIndex, jobs: &[Append]) -> Result<Commit
             len,
         })
         .collect();
-    for r in &logged {
+    let mut listed = Listed::default();
+    for (r, job) in logged.iter().zip(&new_jobs) {
         seen.insert(r.hash, r.expiry_ms, r.id);
+        listed.push(r.id, r.len, &job.value);
     }
     let outcomes = plans
         .into_iter()
@@ -467,6 +493,7 @@ fn commit(log: &mut Log, seen: &mut SeenIndex, jobs: &[Append]) -> Result<Commit
     Ok(Committed {
         outcomes,
         logged,
+        listed,
         file,
     })
 }
