@@ -16,7 +16,9 @@
 # shutdown. With one connection every request is its own batch (its own
 # sync); CONCURRENCY=8 shows what batching shares. Valgrind runs SHA-256 in
 # software (reported apart) and serialises the threads, so the figure
-# compares builds, not machines. KEEP=DIR keeps the callgrind files (callgrind_annotate reads them).
+# compares builds, not machines. Valgrind's fair scheduler (`--fair-sched`):
+# with its default one, a thread spinning at startup sometimes starved the
+# rest and the daemon never listened (session 12). KEEP=DIR keeps the callgrind files (callgrind_annotate reads them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +52,7 @@ if [ -n "${ROUTES:-}" ]; then
   backlog_routes "http://127.0.0.1:9/closed" "http://127.0.0.1:9/reject" >> "$work/routes.toml"
 fi
 (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && { echo "port $PORT is taken (another bench?): set PORT" >&2; exit 1; }
-HOOKGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+HOOKGATE_LOG=warn valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/cg.out" \
   "$BIN" --config "$work/routes.toml" serve 2>"$work/log" &
 pid=$!
 for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 1; done
