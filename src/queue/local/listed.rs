@@ -84,7 +84,7 @@ impl Filed<'_> {
 
 /// Appends the record of the frame at `id` (`len` bytes, holding
 /// `record`) to `out`.
-pub fn push(out: &mut Vec<u8>, id: EventId, len: u32, record: &[u8]) {
+fn push(out: &mut Vec<u8>, id: EventId, len: u32, record: &[u8]) {
     let filed = match EventRecord::summary(record) {
         Ok(s) => Filed::V1 {
             id: id.0,

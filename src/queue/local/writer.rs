@@ -359,17 +359,12 @@ impl Filer {
         }
         self.unfiled.extend(logged);
         self.unlisted.extend(listed);
-        let keys = match self.unfiled.is_empty() {
-            true => Ok(()),
-            false => self.files.append(&self.unfiled),
-        };
+        // Nothing waiting appends nothing.
+        let keys = self.files.append(&self.unfiled);
         if keys.is_ok() {
             self.unfiled.clear();
         }
-        let events = match self.unlisted.is_empty() {
-            true => Ok(()),
-            false => self.events.append(&self.unlisted),
-        };
+        let events = self.events.append(&self.unlisted);
         if events.is_ok() {
             self.unlisted = Listed::default();
         }
