@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod dryrun;
 pub mod ingress;
+pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod notify;

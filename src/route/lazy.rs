@@ -1,11 +1,11 @@
 //! A stored event's JSON payload as templates see it, read only as far as
 //! they look into it: [`payload`].
 //!
-//! The whole document is checked once, by the same serde_json parse the
-//! eager reading ([`super::context::parse`]) makes, building nothing: a
-//! document that parse refuses (bad UTF-8 in a string, a lone surrogate,
-//! a number out of range, nesting past serde_json's limit, trailing bytes)
-//! is null, as it always was. An object or array is then a [`Lazy`]: the
+//! The whole document is checked once ([`crate::json::reads`]: exactly
+//! what the eager reading's serde_json parse, [`super::context::parse`],
+//! accepts, building nothing): a document that parse refuses (bad UTF-8
+//! in a string, a lone surrogate, a number out of range, nesting past
+//! serde_json's limit, trailing bytes) is null, as it always was. An object or array is then a [`Lazy`]: the
 //! first time a template looks into it, one level of it is read (its
 //! members found by a scan, which the check makes safe: no second parse;
 //! its scalars become values, its objects and arrays more `Lazy`s), and
@@ -18,11 +18,10 @@ use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{DynObject, Enumerator, Object, ObjectRepr};
 use minijinja::Value;
-use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// `json` as templates see it: null unless serde_json reads it whole.
 pub fn payload(json: &[u8]) -> Value {
-    if !is_json(json) {
+    if !crate::json::reads(json) {
         return Value::from(());
     }
     let doc: Arc<[u8]> = Arc::from(json);
@@ -241,72 +240,5 @@ impl Object for Lazy {
     }
     fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.level().render(f)
-    }
-}
-
-/// Whether serde_json reads `json` whole as the eager reading does
-/// (strings decoded, numbers in range, nesting within its limit, nothing
-/// after), keeping nothing.
-fn is_json(json: &[u8]) -> bool {
-    let mut de = serde_json::Deserializer::from_slice(json);
-    Check.deserialize(&mut de).and_then(|()| de.end()).is_ok()
-}
-
-/// Reads a value as [`super::context::parse`] does, building nothing.
-#[derive(Clone, Copy)]
-struct Check;
-
-/// Reads a key as a string, as `next_key::<String>` does.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Check {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(Check)
-    }
-}
-
-impl<'de> Visitor<'de> for Check {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Key)?.is_some() {
-            map.next_value_seed(self)?;
-        }
-        Ok(())
     }
 }

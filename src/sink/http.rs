@@ -117,7 +117,7 @@ impl Sink for HttpSink {
         let (content_type, body, body_of_event) = match rendered {
             Rendered::Default => (original_type, event.body.clone(), BodyOfEvent::Held),
             Rendered::Text(t) | Rendered::Json(t) => {
-                let kind = if serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok() {
+                let kind = if crate::json::skims(t.as_bytes()) {
                     "application/json"
                 } else {
                     "text/plain; charset=utf-8"

@@ -1,0 +1,315 @@
+//! Whether bytes are JSON, answered without building anything: ingress's
+//! check of a body ([`skims`]) and the router's check of a stored payload
+//! before it is read lazily ([`reads`]).
+//!
+//! Each accepts exactly what a serde_json call accepts (the `json` fuzz
+//! target compares them on any input, and the tests below on the edge
+//! cases), in one pass over the bytes: strings skipped eight bytes at a
+//! time, no visitor, no decoding. On the 7.5 KB push (bench/README.md,
+//! session 13) the strict read takes about half serde_json's time, the
+//! skim a little less than its.
+
+/// Whether serde_json reads `doc` whole into `IgnoredAny`, as ingress has
+/// always checked a body: JSON's grammar, escapes well formed, no control
+/// character in a string; bytes inside strings are not decoded (invalid
+/// UTF-8 and lone surrogates pass), numbers are not valued (`1e400`
+/// passes), nesting has no limit.
+pub fn skims(doc: &[u8]) -> bool {
+    document(doc, false)
+}
+
+/// Whether serde_json reads `doc` whole into values (`serde_json::Value`,
+/// or any visitor taking every string and number): [`skims`], and also
+/// every string valid UTF-8 with its surrogate escapes paired, every
+/// number within `f64`'s range, at most 127 arrays or objects deep.
+pub fn reads(doc: &[u8]) -> bool {
+    std::str::from_utf8(doc).is_ok() && document(doc, true)
+}
+
+/// serde_json's nesting limit when it reads values: its 128th level fails.
+const MAX_DEPTH: usize = 127;
+
+/// One value and nothing after it but whitespace. Iterative, so no
+/// nesting overflows the stack. The place in `doc` is passed in and out
+/// of each step (not kept in a struct), so it stays in a register.
+fn document(doc: &[u8], strict: bool) -> bool {
+    // The open arrays and objects, innermost last (`true`: an object).
+    let mut open: Vec<bool> = Vec::new();
+    let mut at = 0;
+    'value: loop {
+        at = space(doc, at);
+        let Some(&b) = doc.get(at) else { return false };
+        let next = match b {
+            b'{' | b'[' => {
+                if strict && open.len() == MAX_DEPTH {
+                    return false;
+                }
+                let object = b == b'{';
+                at = space(doc, at + 1);
+                match (doc.get(at), object) {
+                    (Some(b'}'), true) | (Some(b']'), false) => Some(at + 1),
+                    (_, true) => {
+                        open.push(true);
+                        let Some(next) = key(doc, at, strict) else {
+                            return false;
+                        };
+                        at = next;
+                        continue 'value;
+                    }
+                    (_, false) => {
+                        open.push(false);
+                        continue 'value;
+                    }
+                }
+            }
+            b'"' => string(doc, at + 1, strict),
+            b't' => word(doc, at, b"true"),
+            b'f' => word(doc, at, b"false"),
+            b'n' => word(doc, at, b"null"),
+            b'-' | b'0'..=b'9' => number(doc, at, strict),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+        // A value ended: close what it ends, or go on to the next.
+        loop {
+            at = space(doc, at);
+            let Some(&object) = open.last() else {
+                return at == doc.len();
+            };
+            match (doc.get(at), object) {
+                (Some(b','), true) => {
+                    let Some(next) = key(doc, space(doc, at + 1), strict) else {
+                        return false;
+                    };
+                    at = next;
+                    continue 'value;
+                }
+                (Some(b','), false) => {
+                    at += 1;
+                    continue 'value;
+                }
+                (Some(b'}'), true) | (Some(b']'), false) => {
+                    at += 1;
+                    open.pop();
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Past JSON's whitespace from `at`.
+fn space(doc: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = doc.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Past an object's key and its colon at `at`.
+fn key(doc: &[u8], at: usize, strict: bool) -> Option<usize> {
+    if doc.get(at) != Some(&b'"') {
+        return None;
+    }
+    let at = space(doc, string(doc, at + 1, strict)?);
+    (doc.get(at) == Some(&b':')).then_some(at + 1)
+}
+
+/// Past `word` at `at`.
+fn word(doc: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    doc[at..].starts_with(word).then_some(at + word.len())
+}
+
+/// Past the rest of a string, its opening quote before `at`.
+fn string(doc: &[u8], mut at: usize, strict: bool) -> Option<usize> {
+    loop {
+        at = special(doc, at);
+        match doc.get(at) {
+            Some(b'"') => return Some(at + 1),
+            Some(b'\\') => at = escape(doc, at + 1, strict)?,
+            // A control character, or the end of the document.
+            _ => return None,
+        }
+    }
+}
+
+/// Past an escape, its backslash before `at`.
+fn escape(doc: &[u8], at: usize, strict: bool) -> Option<usize> {
+    match doc.get(at)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 1),
+        b'u' => {
+            let n = hex4(doc, at + 1)?;
+            let at = at + 5;
+            match n {
+                _ if !strict => Some(at),
+                0xDC00..=0xDFFF => None,
+                // A leading surrogate: its trailing one must follow.
+                0xD800..=0xDBFF => {
+                    let at = word(doc, at, b"\\u")?;
+                    (0xDC00..=0xDFFF)
+                        .contains(&hex4(doc, at)?)
+                        .then_some(at + 4)
+                }
+                _ => Some(at),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The four hex digits at `at`.
+fn hex4(doc: &[u8], at: usize) -> Option<u16> {
+    doc.get(at..at + 4)?.iter().try_fold(0u16, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u16::from(v))
+    })
+}
+
+/// Past a number at `start`: JSON's grammar; strictly, also a value `f64`
+/// can hold.
+fn number(doc: &[u8], start: usize, strict: bool) -> Option<usize> {
+    let digit = |at: usize| doc.get(at).is_some_and(u8::is_ascii_digit);
+    let digits = |mut at: usize| {
+        while digit(at) {
+            at += 1;
+        }
+        at
+    };
+    let mut at = start + usize::from(doc[start] == b'-');
+    match doc.get(at)? {
+        b'0' if digit(at + 1) => return None,
+        b'0' => at += 1,
+        b'1'..=b'9' => at = digits(at + 1),
+        _ => return None,
+    }
+    let integer_end = at;
+    if doc.get(at) == Some(&b'.') {
+        if !digit(at + 1) {
+            return None;
+        }
+        at = digits(at + 1);
+    }
+    if let Some(b'e' | b'E') = doc.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = doc.get(at) {
+            at += 1;
+        }
+        if !digit(at) {
+            return None;
+        }
+        at = digits(at);
+    }
+    // Up to 18 digits always fit an i64 or u64; anything else is valued
+    // by serde_json itself, so its range is exactly serde_json's.
+    let plain = at == integer_end && at - start <= 18;
+    (!strict || plain || serde_reads(&doc[start..at])).then_some(at)
+}
+
+/// Where the first quote, backslash or control character is in `doc`
+/// from `at` (the end when there is none): eight bytes at a time, as
+/// serde_json skips a string.
+fn special(doc: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    let has = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(word) = doc.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        // Bytes below 0x20 (`!x` leaves out 0x80 and up), quotes,
+        // backslashes; the lowest flag is always a true one.
+        let found = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+            | has(x ^ (ONES * u64::from(b'"')))
+            | has(x ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return at + found.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    while let Some(&b) = doc.get(at) {
+        if b < 0x20 || b == b'"' || b == b'\\' {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// serde_json's own strict reading of `doc`, building nothing: what
+/// [`reads`] must agree with, and how it values a number.
+pub fn serde_reads(doc: &[u8]) -> bool {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    Read.deserialize(&mut de).and_then(|()| de.end()).is_ok()
+}
+
+/// serde_json's skim of `doc`: what [`skims`] must agree with.
+pub fn serde_skims(doc: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+}
+
+/// Reads a value as `serde_json::Value` does, keeping nothing.
+#[derive(Clone, Copy)]
+struct Read;
+
+/// Reads a key as a string, as `next_key::<String>` does.
+struct Key;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Read {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(Read)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Read {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Key)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
