@@ -215,16 +215,13 @@ fn number(doc: &[u8], start: usize, strict: bool) -> Option<usize> {
 /// from `at` (the end when there is none): eight bytes at a time, as
 /// serde_json skips a string.
 fn special(doc: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = u64::MAX / 255;
-    const HIGH: u64 = ONES << 7;
-    let has = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     while let Some(word) = doc.get(at..at + 8) {
         let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
         // Bytes below 0x20 (`!x` leaves out 0x80 and up), quotes,
-        // backslashes; the lowest flag is always a true one.
-        let found = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
-            | has(x ^ (ONES * u64::from(b'"')))
-            | has(x ^ (ONES * u64::from(b'\\')));
+        // backslashes.
+        let found = (x.wrapping_sub(every(0x20)) & !x & every(0x80))
+            | zero(x ^ every(b'"'))
+            | zero(x ^ every(b'\\'));
         if found != 0 {
             return at + found.trailing_zeros() as usize / 8;
         }
@@ -237,6 +234,149 @@ fn special(doc: &[u8], mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// In `doc`, a document [`reads`] accepts, the value at `path` (object
+/// keys, outermost first) as written, found by a scan without building
+/// anything: what `serde_json::Value`'s `get` of each key finds, so where
+/// an object holds a key twice the last one counts. `None` where a step is
+/// not an object or lacks the key (or `doc` is not such a document).
+pub fn find<'a, K: AsRef<str>>(doc: &'a [u8], path: &[K]) -> Option<&'a [u8]> {
+    let mut at = space(doc, 0);
+    let mut end = None;
+    for key in path {
+        if doc.get(at) != Some(&b'{') {
+            return None;
+        }
+        let mut found = None;
+        let mut i = space(doc, at + 1);
+        while doc.get(i) == Some(&b'"') {
+            let key_end = checked_string(doc, i + 1)?;
+            let colon = space(doc, key_end);
+            let value = space(doc, colon + 1);
+            let value_ends = value_end(doc, value)?;
+            if is_key(&doc[i..key_end], key.as_ref()) {
+                found = Some((value, value_ends));
+            }
+            i = space(doc, value_ends);
+            if doc.get(i) != Some(&b',') {
+                break;
+            }
+            i = space(doc, i + 1);
+        }
+        let (value, value_ends) = found?;
+        (at, end) = (value, Some(value_ends));
+    }
+    let end = match end {
+        Some(end) => end,
+        None => value_end(doc, at)?,
+    };
+    Some(&doc[at..end])
+}
+
+/// A value [`find`] found, as text: a string decoded, a number as
+/// serde_json writes it (`1.0e3` as `1000.0`); `None` for anything else.
+pub fn text(value: &[u8]) -> Option<String> {
+    match value.first()? {
+        b'"' => match value.get(1..value.len() - 1) {
+            Some(inner) if !inner.contains(&b'\\') => {
+                std::str::from_utf8(inner).ok().map(str::to_owned)
+            }
+            _ => serde_json::from_slice(value).ok(),
+        },
+        b'-' | b'0'..=b'9' => serde_json::from_slice::<serde_json::Number>(value)
+            .ok()
+            .map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether the quoted key `quoted` (as written) is `key` once decoded.
+fn is_key(quoted: &[u8], key: &str) -> bool {
+    let inner = &quoted[1..quoted.len() - 1];
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == key)
+    } else {
+        inner == key.as_bytes()
+    }
+}
+
+/// Where the value at `at` of a checked document ends.
+fn value_end(doc: &[u8], at: usize) -> Option<usize> {
+    match *doc.get(at)? {
+        b'"' => checked_string(doc, at + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                i = bracket_or_quote(doc, i);
+                match *doc.get(i)? {
+                    b'"' => i = checked_string(doc, i + 1)?,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        i += 1;
+                    }
+                    _ => {
+                        depth -= 1;
+                        i += 1;
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            let scalar = doc[at..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+            Some(scalar.map_or(doc.len(), |n| at + n))
+        }
+    }
+}
+
+/// Past the rest of a string of a checked document, its opening quote
+/// before `at`: only quotes and backslashes matter (an escape is two
+/// bytes, or six with no quote or backslash among them).
+fn checked_string(doc: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        at += memchr::memchr2(b'"', b'\\', doc.get(at..)?)?;
+        if doc[at] == b'"' {
+            return Some(at + 1);
+        }
+        at += 2;
+    }
+}
+
+/// `b` in each of a word's eight bytes.
+const fn every(b: u8) -> u64 {
+    u64::MAX / 255 * b as u64
+}
+
+/// The high bit of each zero byte of `x`, and perhaps of bytes above the
+/// lowest zero one (a borrow runs on): the lowest flag is always a true
+/// one, which is all a search needs.
+fn zero(x: u64) -> u64 {
+    x.wrapping_sub(every(1)) & !x & every(0x80)
+}
+
+/// Where the first bracket, brace or quote is in `doc` from `at` (the end
+/// when there is none), eight bytes at a time: with 0x20 set, `[` is `{`
+/// and `]` is `}`, and no other byte becomes either.
+fn bracket_or_quote(doc: &[u8], mut at: usize) -> usize {
+    while let Some(word) = doc.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let folded = x | every(0x20);
+        let found = zero(folded ^ every(b'{')) | zero(folded ^ every(b'}')) | zero(x ^ every(b'"'));
+        if found != 0 {
+            return at + found.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    at + doc[at..]
+        .iter()
+        .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']'))
+        .unwrap_or(doc.len() - at)
 }
 
 /// serde_json's own strict reading of `doc`, building nothing: what

@@ -190,3 +190,129 @@ fn agrees_with_serde_json_on_a_mangled_push() {
         agrees(&doc);
     }
 }
+
+/// What `serde_json::Value` finds at `path`, as the providers read it: a
+/// string, or a number as text.
+fn value_text(doc: &[u8], path: &[&str]) -> Option<String> {
+    let mut v = &serde_json::from_slice::<serde_json::Value>(doc).ok()?;
+    for key in path {
+        v = v.get(key)?;
+    }
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `find` and `text` against `Value`, on `doc`, for each of `paths`.
+fn finds_as_value_does(doc: &[u8], paths: &[&[&str]]) {
+    assert_eq!(
+        reads(doc),
+        serde_json::from_slice::<serde_json::Value>(doc).is_ok()
+    );
+    if !reads(doc) {
+        return;
+    }
+    for path in paths {
+        assert_eq!(
+            find(doc, path).and_then(text),
+            value_text(doc, path),
+            "{path:?} in {:?}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+}
+
+const PUSH_PATHS: &[&[&str]] = &[
+    &["ref"],
+    &["before"],
+    &["repository", "name"],
+    &["repository", "owner", "login"],
+    &["repository", "id"],
+    &["repository", "private"],
+    &["head_commit", "id"],
+    &["commits"],
+    &["sender", "id"],
+    &["missing"],
+    &["ref", "x"],
+    &[],
+];
+
+#[test]
+fn finds_what_a_value_finds() {
+    let docs: &[&[u8]] = &[
+        br#"{"a":1,"a":"two"}"#,
+        br#"{"a":{"b":1},"a":{"c":2}}"#,
+        br#"{"\u0061":"escaped key","b":"\u00e9t\u00e9 \ud83d\ude00"}"#,
+        br#"{"a\"b":1,"a":[{"a":3}],"c":-0}"#,
+        br#"{"a":1.0e3,"b":-12345678901234567890,"c":1E-2,"d":18446744073709551615}"#,
+        br#" { "a" : { "b" : "deep" } , "c" : [ ] } "#,
+        br#"{"a":true,"b":null,"c":false,"d":{}}"#,
+        br#"["a",{"a":1}]"#,
+        br#""a""#,
+        br#"{}"#,
+        br#"{"a":"\\","b":"x\"y"}"#,
+    ];
+    let paths: &[&[&str]] = &[
+        &["a"],
+        &["a", "b"],
+        &["a", "c"],
+        &["b"],
+        &["c"],
+        &["d"],
+        &["a\"b"],
+        &[],
+    ];
+    for doc in docs {
+        finds_as_value_does(doc, paths);
+    }
+    assert_eq!(
+        find(br#"{"a":1,"a":"two"}"#, &["a"]),
+        Some(&br#""two""#[..])
+    );
+    assert_eq!(text(b"1.0e3").as_deref(), Some("1000.0"));
+    assert_eq!(
+        find(br#"{"a":{"b":[1, 2]}}"#, &["a", "b"]),
+        Some(&b"[1, 2]"[..])
+    );
+}
+
+#[test]
+fn finds_what_a_value_finds_in_a_mangled_push() {
+    let push = crate::samples::find("github", "push").expect("bundled push");
+    finds_as_value_does(push.as_bytes(), PUSH_PATHS);
+    assert_eq!(
+        find(push.as_bytes(), &["ref"]).and_then(text).as_deref(),
+        Some("refs/heads/main")
+    );
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Changes that keep the document JSON: keys renamed or repeated,
+    // values swapped for other kinds.
+    let swaps: &[(&str, &str)] = &[
+        ("\"name\"", "\"ref\""),
+        ("\"id\"", "\"i\\u0064\""),
+        ("true", "\"true\""),
+        ("null", "1.5e2"),
+        ("\"acme\"", "{\"login\":\"x\"}"),
+        ("812345678", "-0.0"),
+        ("\"ref\"", "\"name\""),
+    ];
+    for _ in 0..300 {
+        let mut doc = push.to_owned();
+        for _ in 0..1 + next() % 4 {
+            let (from, to) = swaps[(next() % swaps.len() as u64) as usize];
+            let hits: Vec<usize> = doc.match_indices(from).map(|(i, _)| i).collect();
+            if let Some(&at) = hits.get((next() % hits.len().max(1) as u64) as usize) {
+                doc.replace_range(at..at + from.len(), to);
+            }
+        }
+        finds_as_value_does(doc.as_bytes(), PUSH_PATHS);
+    }
+}

@@ -10,8 +10,8 @@ use std::ops::Range;
 use serde_json::Value;
 
 use super::{
-    json_body, json_str, DeliveryId, Envelope, Inbound, Provider, ShapeError, SignInput, Signed,
-    Verified, VerifyError,
+    json_body, json_str, DeliveryId, Envelope, Inbound, JsonBody, Provider, ShapeError, SignInput,
+    Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -82,7 +82,7 @@ impl Provider for Figma {
 /// The delivery tuple as a JSON array (so no value can forge a separator), or
 /// `None` when `webhook_id` or `timestamp` is absent: the tuple would then
 /// collide across distinct events, and a body hash is safer.
-fn dedupe_key(body: &Value) -> Option<String> {
+fn dedupe_key(body: &JsonBody<'_>) -> Option<String> {
     let field = |k| json_str(body, k);
     let tuple = [
         field("webhook_id"),
