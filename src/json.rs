@@ -248,30 +248,74 @@ pub fn find<'a, K: AsRef<str>>(doc: &'a [u8], path: &[K]) -> Option<&'a [u8]> {
         if doc.get(at) != Some(&b'{') {
             return None;
         }
-        let mut found = None;
-        let mut i = space(doc, at + 1);
-        while doc.get(i) == Some(&b'"') {
-            let key_end = checked_string(doc, i + 1)?;
-            let colon = space(doc, key_end);
-            let value = space(doc, colon + 1);
-            let value_ends = value_end(doc, value)?;
-            if is_key(&doc[i..key_end], key.as_ref()) {
-                found = Some((value, value_ends));
-            }
-            i = space(doc, value_ends);
-            if doc.get(i) != Some(&b',') {
-                break;
-            }
-            i = space(doc, i + 1);
-        }
-        let (value, value_ends) = found?;
-        (at, end) = (value, Some(value_ends));
+        let (start, ends) = members(doc, at)
+            .filter(|(k, _)| k.is_some_and(|(s, e)| is_key(&doc[s..e], key.as_ref())))
+            .last()?
+            .1;
+        (at, end) = (start, Some(ends));
     }
     let end = match end {
         Some(end) => end,
         None => value_end(doc, at)?,
     };
     Some(&doc[at..end])
+}
+
+/// Where a value (or a key, its quotes included) is in a document.
+pub type Span = (usize, usize);
+
+/// The entries of the object or array opening at `doc[start]`, in order:
+/// each member's key (none in an array) and value. For a document
+/// [`reads`] or [`skims`] accepts: finding them is a scan, not a parse
+/// (anything else ends them early).
+pub fn members(doc: &[u8], start: usize) -> Members<'_> {
+    let keyed = doc.get(start) == Some(&b'{');
+    let at = space(doc, start + 1);
+    let done = matches!(doc.get(at), Some(b'}' | b']') | None);
+    Members {
+        doc,
+        at,
+        keyed,
+        done,
+    }
+}
+
+/// What [`members`] returns.
+pub struct Members<'a> {
+    doc: &'a [u8],
+    at: usize,
+    keyed: bool,
+    done: bool,
+}
+
+impl Iterator for Members<'_> {
+    type Item = (Option<Span>, Span);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let doc = self.doc;
+        let mut at = self.at;
+        let key = if self.keyed {
+            if doc.get(at) != Some(&b'"') {
+                return None;
+            }
+            let key = (at, checked_string(doc, at + 1)?);
+            // Past the colon.
+            at = space(doc, space(doc, key.1) + 1);
+            Some(key)
+        } else {
+            None
+        };
+        let value = (at, value_end(doc, at)?);
+        at = space(doc, value.1);
+        if doc.get(at) == Some(&b',') {
+            (self.at, self.done) = (space(doc, at + 1), false);
+        }
+        Some((key, value))
+    }
 }
 
 /// A value [`find`] found, as text: a string decoded, a number as

@@ -19,6 +19,8 @@ use std::sync::{Arc, OnceLock};
 use minijinja::value::{DynObject, Enumerator, Object, ObjectRepr};
 use minijinja::Value;
 
+use crate::json::Span;
+
 /// `json` as templates see it: null unless serde_json reads it whole.
 pub fn payload(json: &[u8]) -> Value {
     if !crate::json::reads(json) {
@@ -89,18 +91,14 @@ impl Lazy {
     fn read(&self) -> Value {
         let doc = &self.doc;
         let value = |(start, end): Span| at(doc, start, end);
-        let entries = entries(doc, self.start);
+        let members = crate::json::members(doc, self.start);
         match self.repr {
-            ObjectRepr::Seq => Value::from_object(
-                entries
-                    .into_iter()
-                    .map(|(_, v)| value(v))
-                    .collect::<Vec<_>>(),
-            ),
+            ObjectRepr::Seq => {
+                Value::from_object(members.map(|(_, v)| value(v)).collect::<Vec<_>>())
+            }
             // Collected into a map: sorted, the last of a repeated key
             // kept, as eagerly.
-            _ => entries
-                .into_iter()
+            _ => members
                 .map(|(k, v)| {
                     (
                         key(doc, k.expect("an object's members have keys")),
@@ -108,93 +106,6 @@ impl Lazy {
                     )
                 })
                 .collect(),
-        }
-    }
-}
-
-/// Where a value (or a key, quotes included) is in the document.
-type Span = (usize, usize);
-
-/// The entries of the object or array opening at `doc[start]`, in order:
-/// each member's key (none in an array) and value. The document was
-/// checked whole, so finding them is a scan, not a parse.
-fn entries(doc: &[u8], start: usize) -> Vec<(Option<Span>, Span)> {
-    let keyed = doc[start] == b'{';
-    let mut out = Vec::new();
-    let mut i = skip_space(doc, start + 1);
-    if matches!(doc[i], b'}' | b']') {
-        return out;
-    }
-    loop {
-        let key = keyed.then(|| {
-            let key = (i, string_end(doc, i));
-            // Past the colon.
-            i = skip_space(doc, skip_space(doc, key.1) + 1);
-            key
-        });
-        let value = (i, value_end(doc, i));
-        out.push((key, value));
-        i = skip_space(doc, value.1);
-        if doc[i] != b',' {
-            // The closing bracket.
-            return out;
-        }
-        i = skip_space(doc, i + 1);
-    }
-}
-
-fn skip_space(doc: &[u8], mut i: usize) -> usize {
-    while is_space(doc[i]) {
-        i += 1;
-    }
-    i
-}
-
-/// Where the string opening at `doc[i]` ends: past its closing quote.
-fn string_end(doc: &[u8], i: usize) -> usize {
-    let mut j = i + 1;
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', &doc[j..]).expect("checked JSON");
-        if doc[k] == b'"' {
-            return k + 1;
-        }
-        // An escape: its next byte is never the closing quote.
-        j = k + 2;
-    }
-}
-
-/// Where the value starting at `doc[i]` ends.
-fn value_end(doc: &[u8], i: usize) -> usize {
-    match doc[i] {
-        b'"' => string_end(doc, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match doc[j] {
-                    b'"' => {
-                        j = string_end(doc, j);
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return j + 1;
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        // A number, true, false or null: up to what follows it.
-        _ => {
-            let mut j = i;
-            while j < doc.len() && !matches!(doc[j], b',' | b'}' | b']') && !is_space(doc[j]) {
-                j += 1;
-            }
-            j
         }
     }
 }
