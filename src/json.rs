@@ -1,6 +1,9 @@
-//! Whether bytes are JSON, answered without building anything: ingress's
-//! check of a body ([`skims`]) and the router's check of a stored payload
-//! before it is read lazily ([`reads`]).
+//! Whether bytes are JSON, and what is in them, answered without building
+//! anything: ingress's check of a body ([`skims`]); the check of one that
+//! is read for its values ([`reads`]: a provider's body it takes its event
+//! type or id from, the router's payload before it is read lazily); and
+//! the values at a path or in an object or array of such a document
+//! ([`find`], [`members`]).
 //!
 //! Each accepts exactly what a serde_json call accepts (the `json` fuzz
 //! target compares them on any input, and the tests below on the edge

@@ -161,19 +161,22 @@ fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
     }
 }
 
+/// A fixed generator (xorshift): the same mangled documents every run.
+fn numbers(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 #[test]
 fn agrees_with_serde_json_on_a_mangled_push() {
     let push = crate::samples::find("github", "push").expect("bundled push");
     agrees(push.as_bytes());
     assert!(reads(push.as_bytes()));
-    // A fixed generator: the same mangled documents every run.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = numbers(0x9e37_79b9_7f4a_7c15);
     let specials = b"\"\\{}[]:,.-+eE0u\x01\xff\xed ";
     for _ in 0..3000 {
         let mut doc = push.as_bytes().to_vec();
@@ -286,13 +289,7 @@ fn finds_what_a_value_finds_in_a_mangled_push() {
         find(push.as_bytes(), &["ref"]).and_then(text).as_deref(),
         Some("refs/heads/main")
     );
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = numbers(0x2545_f491_4f6c_dd1d);
     // Changes that keep the document JSON: keys renamed or repeated,
     // values swapped for other kinds.
     let swaps: &[(&str, &str)] = &[

@@ -5,9 +5,10 @@
 //! what the eager reading's serde_json parse, [`super::context::parse`],
 //! accepts, building nothing): a document that parse refuses (bad UTF-8
 //! in a string, a lone surrogate, a number out of range, nesting past
-//! serde_json's limit, trailing bytes) is null, as it always was. An object or array is then a [`Lazy`]: the
-//! first time a template looks into it, one level of it is read (its
-//! members found by a scan, which the check makes safe: no second parse;
+//! serde_json's limit, trailing bytes) is null, as it always was. An
+//! object or array is then a [`Lazy`]: the first time a template looks
+//! into it, one level of it is read (its members found by a scan,
+//! [`crate::json::members`], which the check makes safe: no second parse;
 //! its scalars become values, its objects and arrays more `Lazy`s), and
 //! that level is kept. A route that reads `payload.ref` of a 7.5 KB push
 //! pays the check and a scan of the top level, not building every value
