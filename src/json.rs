@@ -12,6 +12,8 @@
 //! session 13) the strict read takes about half serde_json's time, the
 //! skim a little less than its.
 
+use std::borrow::Cow;
+
 /// Whether serde_json reads `doc` whole into `IgnoredAny`, as ingress has
 /// always checked a body: JSON's grammar, escapes well formed, no control
 /// character in a string; bytes inside strings are not decoded (invalid
@@ -215,28 +217,20 @@ fn number(doc: &[u8], start: usize, strict: bool) -> Option<usize> {
 }
 
 /// Where the first quote, backslash or control character is in `doc`
-/// from `at` (the end when there is none): eight bytes at a time, as
-/// serde_json skips a string.
-fn special(doc: &[u8], mut at: usize) -> usize {
-    while let Some(word) = doc.get(at..at + 8) {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+/// from `at` (the end when there is none), as serde_json skips a string.
+fn special(doc: &[u8], at: usize) -> usize {
+    first(
+        doc,
+        at,
         // Bytes below 0x20 (`!x` leaves out 0x80 and up), quotes,
         // backslashes.
-        let found = (x.wrapping_sub(every(0x20)) & !x & every(0x80))
-            | zero(x ^ every(b'"'))
-            | zero(x ^ every(b'\\'));
-        if found != 0 {
-            return at + found.trailing_zeros() as usize / 8;
-        }
-        at += 8;
-    }
-    while let Some(&b) = doc.get(at) {
-        if b < 0x20 || b == b'"' || b == b'\\' {
-            break;
-        }
-        at += 1;
-    }
-    at
+        |x| {
+            (x.wrapping_sub(every(0x20)) & !x & every(0x80))
+                | zero(x ^ every(b'"'))
+                | zero(x ^ every(b'\\'))
+        },
+        |b| b < 0x20 || b == b'"' || b == b'\\',
+    )
 }
 
 /// In `doc`, a document [`reads`] accepts, the value at `path` (object
@@ -325,12 +319,7 @@ impl Iterator for Members<'_> {
 /// serde_json writes it (`1.0e3` as `1000.0`); `None` for anything else.
 pub fn text(value: &[u8]) -> Option<String> {
     match value.first()? {
-        b'"' => match value.get(1..value.len() - 1) {
-            Some(inner) if !inner.contains(&b'\\') => {
-                std::str::from_utf8(inner).ok().map(str::to_owned)
-            }
-            _ => serde_json::from_slice(value).ok(),
-        },
+        b'"' => unquote(value).map(Cow::into_owned),
         b'-' | b'0'..=b'9' => serde_json::from_slice::<serde_json::Number>(value)
             .ok()
             .map(|n| n.to_string()),
@@ -338,14 +327,20 @@ pub fn text(value: &[u8]) -> Option<String> {
     }
 }
 
+/// A string of a checked document, as written (its quotes included),
+/// decoded: borrowed when it holds no escape.
+pub fn unquote(quoted: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice(quoted).ok().map(Cow::Owned)
+    } else {
+        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+    }
+}
+
 /// Whether the quoted key `quoted` (as written) is `key` once decoded.
 fn is_key(quoted: &[u8], key: &str) -> bool {
-    let inner = &quoted[1..quoted.len() - 1];
-    if inner.contains(&b'\\') {
-        serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == key)
-    } else {
-        inner == key.as_bytes()
-    }
+    unquote(quoted).is_some_and(|k| k == key)
 }
 
 /// Where the value at `at` of a checked document ends.
@@ -408,13 +403,26 @@ fn zero(x: u64) -> u64 {
 }
 
 /// Where the first bracket, brace or quote is in `doc` from `at` (the end
-/// when there is none), eight bytes at a time: with 0x20 set, `[` is `{`
-/// and `]` is `}`, and no other byte becomes either.
-fn bracket_or_quote(doc: &[u8], mut at: usize) -> usize {
+/// when there is none): with 0x20 set, `[` is `{` and `]` is `}`, and no
+/// other byte becomes either.
+fn bracket_or_quote(doc: &[u8], at: usize) -> usize {
+    first(
+        doc,
+        at,
+        |x| {
+            let folded = x | every(0x20);
+            zero(folded ^ every(b'{')) | zero(folded ^ every(b'}')) | zero(x ^ every(b'"'))
+        },
+        |b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']'),
+    )
+}
+
+/// Where the first byte `is` holds of is in `doc` from `at` (the end when
+/// there is none), eight bytes at a time: `flags` marks them in a word
+/// (its lowest flag a true one, as [`zero`] gives).
+fn first(doc: &[u8], mut at: usize, flags: impl Fn(u64) -> u64, is: impl Fn(u8) -> bool) -> usize {
     while let Some(word) = doc.get(at..at + 8) {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let folded = x | every(0x20);
-        let found = zero(folded ^ every(b'{')) | zero(folded ^ every(b'}')) | zero(x ^ every(b'"'));
+        let found = flags(u64::from_le_bytes(word.try_into().expect("8 bytes")));
         if found != 0 {
             return at + found.trailing_zeros() as usize / 8;
         }
@@ -422,7 +430,7 @@ fn bracket_or_quote(doc: &[u8], mut at: usize) -> usize {
     }
     at + doc[at..]
         .iter()
-        .position(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']'))
+        .position(|&b| is(b))
         .unwrap_or(doc.len() - at)
 }
 

@@ -113,14 +113,11 @@ impl Lazy {
 
 /// A key (its quotes included) as a template value: escapes decoded.
 fn key(doc: &[u8], (start, end): Span) -> Value {
-    let inner = &doc[start + 1..end - 1];
-    if memchr::memchr(b'\\', inner).is_none() {
-        // Checked JSON: a string's bytes are UTF-8.
-        if let Ok(s) = std::str::from_utf8(inner) {
-            return Value::from(s);
-        }
-    }
-    Value::from(serde_json::from_slice::<String>(&doc[start..end]).expect("checked JSON"))
+    Value::from(
+        crate::json::unquote(&doc[start..end])
+            .expect("checked JSON")
+            .as_ref(),
+    )
 }
 
 impl Object for Lazy {
