@@ -330,7 +330,7 @@ mod tests {
                     headers: vec![],
                     body: b"{}".to_vec(),
                 },
-                dedupe_key: format!("d-{i}"),
+                dedupe: crate::queue::Dedupe::Key(format!("d-{i}")),
                 dedupe_window: Duration::from_secs(60),
             };
             let queue = queue.clone();

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use hookgate::queue::{Attempt, DeliveryRecord, EventRecord, Frozen, NewEvent, Queue, SledQueue};
+use hookgate::queue::{Attempt, DeliveryRecord, EventRecord, Frozen, NewEvent, SledQueue};
 use hookgate::samples::SAMPLES;
 use hookgate::verify::DeliveryId;
 
@@ -57,7 +57,9 @@ fn delivery() -> DeliveryRecord {
             body: serde_bytes::ByteBuf::from(br#"{"text":"PR merged"}"#.to_vec()),
             method: Some("PATCH".into()),
             path: Some("/features/FEAT-1".into()),
+            body_of_event: Default::default(),
         }),
+        order_key: None,
     }
 }
 
@@ -106,7 +108,7 @@ fn main() {
     for r in &picked {
         let id = DeliveryId::Unsigned(r.delivery_id.clone());
         let event = NewEvent {
-            dedupe_key: id.dedupe_key(&r.body),
+            dedupe: id.dedupe(&r.body),
             record: r.clone(),
             dedupe_window: Duration::from_secs(86_400),
         };

@@ -220,7 +220,7 @@ impl Gateway {
                 return unavailable();
             }
         };
-        let dedupe_key = envelope.id.dedupe_key(&body);
+        let dedupe = envelope.id.dedupe(&body);
         let record = event_record(
             source,
             provider.as_ref(),
@@ -232,7 +232,7 @@ impl Gateway {
         );
         let event = NewEvent {
             record,
-            dedupe_key,
+            dedupe,
             dedupe_window: source.dedupe_window,
         };
         self.store(name, &ip, event, now, ticket).await
@@ -469,7 +469,7 @@ mod tests {
         );
         let event = NewEvent {
             record: crate::queue::sample_record(),
-            dedupe_key: "d".into(),
+            dedupe: crate::queue::Dedupe::Key("d".into()),
             dedupe_window: std::time::Duration::from_secs(60),
         };
         let started = tokio::time::Instant::now();

@@ -32,9 +32,44 @@ pub use record::{DecodeError, EventRecord};
 pub struct NewEvent {
     pub record: EventRecord,
     /// What dedupes this delivery within its source.
-    pub dedupe_key: String,
+    pub dedupe: Dedupe,
     /// How long the dedupe key is remembered.
     pub dedupe_window: Duration,
+}
+
+/// What dedupes a delivery within its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dedupe {
+    /// A key complete in itself: an id the proof covers, or the body's
+    /// digest ([`body_digest`]) when the provider sends no id.
+    Key(String),
+    /// An id the proof does not cover (`X-GitHub-Delivery`): anyone
+    /// holding a captured request can send it under another id, so a
+    /// delivery is a duplicate only with the same body too. Its whole key
+    /// is [`Dedupe::key`]. The local store keys it on the id alone and
+    /// compares the bodies when an id comes again, so a request hashes no
+    /// body (the SHA-256 of a 7.5 KB push is a fifth of a request's CPU,
+    /// bench/README.md).
+    IdAndBody(String),
+}
+
+impl Dedupe {
+    /// The whole key, as PostgreSQL stores it: a key as it is, or an id
+    /// with `sha256:<hex of body>` after a space (which never occurs in a
+    /// digest, so the id cannot forge the split).
+    pub fn key(&self, body: &[u8]) -> String {
+        match self {
+            Dedupe::Key(key) => key.clone(),
+            Dedupe::IdAndBody(id) => format!("{id} {}", body_digest(body)),
+        }
+    }
+}
+
+/// `sha256:<hex>` of `body`: the dedupe key of a delivery without an id,
+/// and the second half of an unsigned id's.
+pub fn body_digest(body: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
 }
 
 /// What `append` did.

@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+use crate::queue::{body_digest, Dedupe};
+
 /// The parts of an inbound request that proofs and envelopes look at.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
@@ -77,7 +79,7 @@ pub struct Envelope {
 }
 
 /// A delivery id, and whether the proof of origin covers it: that decides
-/// what the queue dedupes on (see [`DeliveryId::dedupe_key`]).
+/// what the queue dedupes on (see [`DeliveryId::dedupe`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryId {
     /// The provider sends none: dedupe on the body's digest.
@@ -103,15 +105,12 @@ impl DeliveryId {
     }
 
     /// What the queue dedupes on within the source: a signed id alone, an
-    /// unsigned one with `sha256:<hex of body>`, else the digest alone.
-    pub fn dedupe_key(&self, body: &[u8]) -> String {
-        use sha2::Digest;
-        let digest = || format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)));
+    /// unsigned one together with the body, else the body's digest.
+    pub fn dedupe(&self, body: &[u8]) -> Dedupe {
         match self {
-            DeliveryId::Absent => digest(),
-            DeliveryId::Signed(id) => id.clone(),
-            // A space never occurs in a digest, so `id` cannot forge the split.
-            DeliveryId::Unsigned(id) => format!("{id} {}", digest()),
+            DeliveryId::Absent => Dedupe::Key(body_digest(body)),
+            DeliveryId::Signed(id) => Dedupe::Key(id.clone()),
+            DeliveryId::Unsigned(id) => Dedupe::IdAndBody(id.clone()),
         }
     }
 

@@ -395,7 +395,7 @@ fn record(source: &str, received: SystemTime) -> EventRecord {
 fn event(source: &str, key: &str, received: SystemTime) -> NewEvent {
     NewEvent {
         record: record(source, received),
-        dedupe_key: key.into(),
+        dedupe: hookgate::queue::Dedupe::Key(key.into()),
         dedupe_window: Duration::from_secs(60),
     }
 }

@@ -196,7 +196,7 @@ fn proof_holds(name: &str, verified: &Verified) {
 /// (from the body as received) and the body as stored.
 fn accept(provider: &dyn Provider, inbound: &Inbound<'_>) {
     if let Ok(envelope) = provider.envelope(inbound) {
-        let key = envelope.id.dedupe_key(inbound.body);
+        let key = envelope.id.dedupe(inbound.body).key(inbound.body);
         assert!(!key.is_empty(), "an empty dedupe key");
     }
     let _ = provider.stored_body(inbound.body);

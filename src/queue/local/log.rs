@@ -250,6 +250,11 @@ impl Log {
         })
     }
 
+    /// Where the next frame goes: everything before it is written.
+    pub fn end(&self) -> EventId {
+        id_of(self.seq, self.len)
+    }
+
     /// Whether the log could not start a new segment the last time it
     /// needed one: writes fit only in what is left of the current one.
     pub fn starved(&self) -> bool {

@@ -27,6 +27,53 @@ pub type KeyHash = [u8; 16];
 
 const RECORD_BYTES: usize = 16 + 8 + 8 + 4 + 4;
 
+/// `source ‖ 0 ‖ key`: what a delivery with a whole key
+/// ([`Dedupe::Key`](crate::queue::Dedupe), or an unsigned id with its
+/// body's digest) is remembered by.
+pub fn seen_key(source: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + 1 + key.len());
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Ends an unsigned id keyed on its own. A whole key is UTF-8 text, in
+/// which this byte never occurs, so the two kinds never meet.
+const ID_ALONE: u8 = 0xFF;
+
+/// `source ‖ 0 ‖ id ‖ 0xFF`: an unsigned id on its own
+/// ([`Dedupe::IdAndBody`](crate::queue::Dedupe)). The writer takes a
+/// match for a duplicate only when the bodies are the same; when they
+/// differ, the event is remembered by its whole key ([`whole_key`]).
+pub fn id_key(source: &str, id: &str) -> Vec<u8> {
+    let mut k = seen_key(source, id);
+    k.push(ID_ALONE);
+    k
+}
+
+/// The whole key of an id keyed on its own: `source ‖ 0 ‖ id
+/// sha256:<hex of body>`, as `Dedupe::key` makes it (and as every
+/// unsigned id was remembered before, session 14). `None` for a key that
+/// is whole already.
+pub fn whole_key(id_key: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let id = id_key.strip_suffix(&[ID_ALONE])?;
+    let mut k = id.to_vec();
+    k.push(b' ');
+    k.extend_from_slice(crate::queue::body_digest(body).as_bytes());
+    Some(k)
+}
+
+/// The dedupe key (without its source) that `seen_key` stands for, as
+/// PostgreSQL keeps it: what `hookgate queue migrate` carries over.
+pub fn dedupe_key_of(seen_key: &[u8], body: &[u8]) -> String {
+    let whole = whole_key(seen_key, body);
+    let k = whole.as_deref().unwrap_or(seen_key);
+    // `source ‖ 0 ‖ key`.
+    let key = k.iter().position(|&b| b == 0).map_or(k, |at| &k[at + 1..]);
+    String::from_utf8_lossy(key).into_owned()
+}
+
 /// The hash a dedupe key is remembered by.
 pub fn hash(seen_key: &[u8]) -> KeyHash {
     let digest = Sha256::digest(seen_key);
@@ -123,6 +170,15 @@ impl SeenIndex {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// When the last of the keys remembered now expires (0: none is).
+    pub fn last_expiry(&self) -> u64 {
+        self.keys
+            .values()
+            .map(|&(expiry, _)| expiry)
+            .max()
+            .unwrap_or(0)
     }
 }
 

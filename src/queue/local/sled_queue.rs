@@ -22,7 +22,7 @@ use super::state::StateStore;
 use super::writer::{self, Append, Job, Shared};
 use super::Healed;
 use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, Stats};
-use crate::queue::{BodyOfEvent, DeliveryRecord};
+use crate::queue::{BodyOfEvent, Dedupe, DeliveryRecord};
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -37,6 +37,10 @@ const INSTALL_KEY: &[u8] = b"install";
 /// `meta` key: the router's cursor (u64 BE) when the event index was
 /// made: events from it on are in the index once routed.
 const INDEXED_FROM_KEY: &[u8] = b"events_indexed_from";
+/// `meta` key: until when (Unix ms, u64 BE) a dedupe key remembered
+/// before unsigned ids were keyed on their own (session 14) may be live:
+/// until then an unsigned id is also looked up by its whole key.
+const WHOLE_KEYS_UNTIL_KEY: &[u8] = b"whole_keys_until";
 /// Longest the router's cursor moves in memory only (`deliveries.rs`).
 pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -65,6 +69,9 @@ pub struct SledQueue {
     /// Damaged log frames skipped so far (recovery and reading).
     damaged: Arc<AtomicU64>,
     jobs: mpsc::Sender<Job>,
+    /// Until when (Unix ms) an unsigned id is also looked up by its whole
+    /// key: keys of this store from before ids were keyed on their own.
+    whole_keys_until_ms: u64,
     closed: AtomicBool,
     /// The writer and checkpoint threads, joined on drop.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -161,6 +168,17 @@ impl SledQueue {
                 "read dedupe keys of acknowledged events back from the log"
             );
         }
+        // Keys remembered before unsigned ids were keyed on their own are
+        // whole keys: a retry of one of their deliveries must still find
+        // it. Noted once, when this version first opens the store.
+        let whole_keys_until_ms = match read_u64(meta, WHOLE_KEYS_UNTIL_KEY)? {
+            Some(until) => until,
+            None => {
+                let until = recovered.seen.last_expiry();
+                meta.insert(WHOLE_KEYS_UNTIL_KEY, &until.to_be_bytes())?;
+                until
+            }
+        };
         trees.store.checkpoint()?;
         drop(trees);
         // The directories just created must survive a power loss too.
@@ -188,6 +206,7 @@ impl SledQueue {
             damaged: damaged.clone(),
             log_dir: log_dir.clone(),
             jobs,
+            whole_keys_until_ms,
             closed: AtomicBool::new(false),
             threads,
         };
@@ -206,10 +225,12 @@ impl SledQueue {
             let seen = recovered.seen;
             let files = KeyFiles::new(&log_dir);
             let events = EventFiles::new(&log_dir);
+            let stored = log::Reader::new(&log_dir, damaged.clone());
             std::thread::Builder::new()
                 .name("hookgate-writer".into())
                 .spawn(move || {
-                    writer::run_writer(log, seen, files, events, shared, rx, batch_max);
+                    let index = writer::Index { seen, stored };
+                    writer::run_writer(log, index, files, events, shared, rx, batch_max);
                     drop(writer_done);
                 })
                 .map_err(QueueError::Storage)?
@@ -245,14 +266,10 @@ impl SledQueue {
                 expiry_ms,
                 record,
             } = f.entry;
-            // `source ‖ 0 ‖ dedupe key` (`seen_key` below).
-            let dedupe_key = match seen_key.iter().position(|&b| b == 0) {
-                Some(at) => String::from_utf8_lossy(&seen_key[at + 1..]).into_owned(),
-                None => String::from_utf8_lossy(&seen_key).into_owned(),
-            };
+            let record = decode(f.id, &record)?;
             events.push(super::CarriedEvent {
-                record: decode(f.id, &record)?,
-                dedupe_key,
+                dedupe_key: seen::dedupe_key_of(&seen_key, &record.body),
+                record,
                 expires_ms: expiry_ms,
             });
         }
@@ -631,13 +648,26 @@ impl SledQueue {
         // so the writer thread only writes.
         let now_ms = unix_millis(now);
         let (reply, answer) = oneshot::channel();
-        let seen_key = seen_key(&event.record.source, &event.dedupe_key);
+        let value = event.record.encode();
+        let source = &event.record.source;
+        let (seen_key, body) = match event.dedupe {
+            Dedupe::Key(key) => (seen::seen_key(source, &key), None),
+            Dedupe::IdAndBody(id) => (seen::id_key(source, &id), Some(event.record.body)),
+        };
+        let whole = match &body {
+            Some(body) if now_ms < self.whole_keys_until_ms => {
+                seen::whole_key(&seen_key, body).map(|k| (seen::hash(&k), k))
+            }
+            _ => None,
+        };
         let job = Job::Append(Append {
             key: seen::hash(&seen_key),
             seen_key,
+            body,
+            whole,
             expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
             now_ms,
-            value: event.record.encode(),
+            value,
             reply,
         });
         self.jobs
@@ -677,13 +707,7 @@ impl SledQueue {
     }
 }
 
-fn seen_key(source: &str, dedupe_key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(source.len() + 1 + dedupe_key.len());
-    k.extend_from_slice(source.as_bytes());
-    k.push(0);
-    k.extend_from_slice(dedupe_key.as_bytes());
-    k
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unsigned;

@@ -20,6 +20,7 @@
 //! The **checkpointer** makes sled (routing and delivery state) durable
 //! every second.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::listed::{EventFiles, Listed};
 use super::log::{self, Log, LogEntryRef};
-use super::seen::{KeyFiles, KeyHash, KeyRecord, SeenIndex};
+use super::seen::{self, KeyFiles, KeyHash, KeyRecord, SeenIndex};
 use super::{Appended, EventId, QueueError};
 
 /// How often the checkpointer makes sled durable.
@@ -53,10 +54,20 @@ pub enum Job {
 
 /// One append waiting for the writer.
 pub struct Append {
-    /// `source ‖ 0 ‖ dedupe key`, logged with the event.
+    /// `source ‖ 0 ‖ dedupe key` (or an unsigned id's [`seen::id_key`]),
+    /// logged with the event unless the event is remembered by its whole
+    /// key.
     pub seen_key: Vec<u8>,
     /// Its hash, what [`SeenIndex`] remembers.
     pub key: KeyHash,
+    /// The body, when `seen_key` is an unsigned id on its own: a match is
+    /// a duplicate only with the same body.
+    pub body: Option<Vec<u8>>,
+    /// The whole key's hash and the key ([`seen::whole_key`]), made on the
+    /// request's task while keys from before ids were keyed on their own
+    /// may be live (they are looked up too); otherwise the writer makes
+    /// it when two bodies share an id.
+    pub whole: Option<(KeyHash, Vec<u8>)>,
     pub expiry_ms: u64,
     pub now_ms: u64,
     pub value: Vec<u8>,
@@ -238,7 +249,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// synced on its own.
 pub fn run_writer(
     mut log: Log,
-    mut seen: SeenIndex,
+    mut index: Index,
     files: KeyFiles,
     events: EventFiles,
     shared: Arc<Shared>,
@@ -264,7 +275,7 @@ pub fn run_writer(
                 match job {
                     Job::Append(a) => batch.push(a),
                     Job::Prune { now_ms, reply } => {
-                        let _ = reply.send(prune(&mut seen, &shared, now_ms));
+                        let _ = reply.send(prune(&mut index.seen, &shared, now_ms));
                     }
                     Job::Probe => probe(&mut log, &shared),
                 }
@@ -286,7 +297,7 @@ pub fn run_writer(
         last_batch = batch.len();
         if last_prune.elapsed() >= PRUNE_EVERY {
             prune(
-                &mut seen,
+                &mut index.seen,
                 &shared,
                 super::unix_millis(std::time::SystemTime::now()),
             );
@@ -300,14 +311,16 @@ pub fn run_writer(
             fail(jobs, "the event log could not be synced; restart hookgate");
             continue;
         }
-        match commit(&mut log, &mut seen, &jobs) {
+        match commit(&mut log, &mut index, &jobs) {
             Ok(Committed {
                 outcomes,
                 logged,
                 listed,
                 file,
             }) => {
-                shared.seen.store(seen.len() as u64, Ordering::Relaxed);
+                shared
+                    .seen
+                    .store(index.seen.len() as u64, Ordering::Relaxed);
                 // A small batch can still fit in the tail of a segment
                 // when no next one could be made (a full disk): not
                 // writable again until a segment is.
@@ -430,52 +443,74 @@ struct Committed {
     file: Arc<File>,
 }
 
+/// The writer's dedupe keys, and the log as it reads an event back to
+/// compare bodies.
+pub struct Index {
+    pub seen: SeenIndex,
+    pub stored: log::Reader,
+}
+
+/// What a job turned out to be before logging.
+enum Plan {
+    Duplicate(EventId),
+    /// Same key as an earlier job of this batch (its index among the new).
+    SameAs(usize),
+    New(usize),
+}
+
+/// A job to log: what it is remembered by.
+struct New<'a> {
+    job: &'a Append,
+    seen_key: Cow<'a, [u8]>,
+    hash: KeyHash,
+}
+
 /// Dedupes and writes one batch. The keys of what was written are
 /// remembered at once: later batches see them as duplicates even before
 /// the sync, and their answers wait for a sync that covers the first copy.
-fn commit(log: &mut Log, seen: &mut SeenIndex, jobs: &[Append]) -> Result<Committed, QueueError> {
-    /// What a job turned out to be before logging.
-    enum Plan {
-        Duplicate(EventId),
-        /// Same key as an earlier job of this batch (its index among `new`).
-        SameAs(usize),
-        New(usize),
-    }
+fn commit(log: &mut Log, index: &mut Index, jobs: &[Append]) -> Result<Committed, QueueError> {
     let mut plans = Vec::with_capacity(jobs.len());
-    let mut in_batch: HashMap<&KeyHash, usize> = HashMap::new();
-    let mut entries = Vec::new();
-    let mut new_jobs = Vec::new();
+    let mut in_batch: HashMap<KeyHash, usize> = HashMap::new();
+    let mut new: Vec<New<'_>> = Vec::new();
+    let written = log.end();
     for job in jobs {
-        if let Some(&n) = in_batch.get(&job.key) {
-            plans.push(Plan::SameAs(n));
-        } else if let Some(id) = seen.get(&job.key, job.now_ms) {
-            plans.push(Plan::Duplicate(id));
-        } else {
-            in_batch.insert(&job.key, entries.len());
-            plans.push(Plan::New(entries.len()));
-            new_jobs.push(job);
-            entries.push(LogEntryRef::V1 {
-                seen_key: &job.seen_key,
-                expiry_ms: job.expiry_ms,
-                record: &job.value,
-            });
-        }
+        let plan = match earlier(job, index, written, &in_batch, &new) {
+            Ok(plan) => plan,
+            Err((seen_key, hash)) => {
+                in_batch.insert(hash, new.len());
+                new.push(New {
+                    job,
+                    seen_key,
+                    hash,
+                });
+                Plan::New(new.len() - 1)
+            }
+        };
+        plans.push(plan);
     }
+    let entries: Vec<LogEntryRef<'_>> = new
+        .iter()
+        .map(|n| LogEntryRef::V1 {
+            seen_key: &n.seen_key,
+            expiry_ms: n.job.expiry_ms,
+            record: &n.job.value,
+        })
+        .collect();
     let log::Placed { placed, file } = log.write(&entries).map_err(QueueError::Storage)?;
-    let logged: Vec<KeyRecord> = new_jobs
+    let logged: Vec<KeyRecord> = new
         .iter()
         .zip(&placed)
-        .map(|(job, &(id, len))| KeyRecord {
-            hash: job.key,
-            expiry_ms: job.expiry_ms,
+        .map(|(n, &(id, len))| KeyRecord {
+            hash: n.hash,
+            expiry_ms: n.job.expiry_ms,
             id,
             len,
         })
         .collect();
     let mut listed = Listed::default();
-    for (r, job) in logged.iter().zip(&new_jobs) {
-        seen.insert(r.hash, r.expiry_ms, r.id);
-        listed.push(r.id, r.len, &job.value);
+    for (r, n) in logged.iter().zip(&new) {
+        index.seen.insert(r.hash, r.expiry_ms, r.id);
+        listed.push(r.id, r.len, &n.job.value);
     }
     let outcomes = plans
         .into_iter()
@@ -491,6 +526,77 @@ fn commit(log: &mut Log, seen: &mut SeenIndex, jobs: &[Append]) -> Result<Commit
         listed,
         file,
     })
+}
+
+/// The earlier event `job` duplicates, in the log (written before
+/// `written`) or earlier in its batch (`new`, by hash in `in_batch`);
+/// otherwise the key to log it under and its hash.
+///
+/// An unsigned id on its own (`job.body`) matches only an event with the
+/// same body, read back from the log: retries are rare, so this costs
+/// less than hashing every body. When the bodies differ (someone sent a
+/// captured body under that id first), the event is remembered by its
+/// whole key (the id and its body's digest), as all were before: every
+/// later request with that id then costs a read and a hash, never more.
+fn earlier<'a>(
+    job: &'a Append,
+    index: &Index,
+    written: EventId,
+    in_batch: &HashMap<KeyHash, usize>,
+    new: &[New<'_>],
+) -> Result<Plan, (Cow<'a, [u8]>, KeyHash)> {
+    let find = |hash: &KeyHash| match in_batch.get(hash) {
+        Some(&n) => Some(Plan::SameAs(n)),
+        None => index.seen.get(hash, job.now_ms).map(Plan::Duplicate),
+    };
+    let Some(body) = &job.body else {
+        return find(&job.key).ok_or((Cow::Borrowed(&job.seen_key), job.key));
+    };
+    let whole_hash = job.whole.as_ref().map(|(hash, _)| hash);
+    match find(&job.key) {
+        Some(plan) => {
+            let same = match plan {
+                Plan::SameAs(n) => new[n].job.body.as_ref() == Some(body),
+                Plan::Duplicate(id) => {
+                    stored_body(&index.stored, id, written).is_some_and(|stored| stored == *body)
+                }
+                Plan::New(_) => unreachable!("find answers no new event"),
+            };
+            if same {
+                return Ok(plan);
+            }
+        }
+        // Never seen on its own: only a key from before ids were keyed
+        // on their own can still match.
+        None => {
+            return whole_hash
+                .and_then(find)
+                .ok_or((Cow::Borrowed(&job.seen_key), job.key))
+        }
+    }
+    let (hash, key) = match &job.whole {
+        Some((hash, key)) => (*hash, Cow::Borrowed(key.as_slice())),
+        None => {
+            let key = seen::whole_key(&job.seen_key, body).expect("an id on its own");
+            (seen::hash(&key), Cow::Owned(key))
+        }
+    };
+    find(&hash).ok_or((key, hash))
+}
+
+/// The body of the event logged at `id`, when it can be read back.
+fn stored_body(stored: &log::Reader, id: EventId, written: EventId) -> Option<Vec<u8>> {
+    let found = match stored.one(id, written) {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::warn!(error = %e, event = %id, "cannot read an event back to compare bodies; the new one is kept as a different delivery");
+            return None;
+        }
+    };
+    let log::LogEntry::V1 { record, .. } = found.entry;
+    crate::queue::EventRecord::decode(&record)
+        .ok()
+        .map(|r| r.body)
 }
 
 /// Makes a written batch durable, then answers it; returns the keys to
@@ -559,3 +665,6 @@ pub fn run_checkpointer(state: Arc<super::state::StateStore>, stop: std_mpsc::Re
         tracing::error!(error = %e, "final sled checkpoint failed");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,7 +60,7 @@ impl Job {
             provider: event.record.provider,
             event: event.record.event,
             delivery_id: event.record.delivery_id,
-            key: event.dedupe_key,
+            key: event.dedupe.key(&event.record.body),
             stored_ms: now_ms,
             expires_ms: now_ms.saturating_add(window),
             reply,

@@ -15,7 +15,7 @@ fn event(source: &str, key: &str) -> NewEvent {
             headers: vec![],
             body: format!("{{\"k\":\"{key}\"}}").into_bytes(),
         },
-        dedupe_key: key.into(),
+        dedupe: crate::queue::Dedupe::Key(key.into()),
         dedupe_window: Duration::from_secs(60),
     }
 }

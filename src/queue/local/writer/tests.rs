@@ -1,0 +1,98 @@
+use super::*;
+
+fn append(id: &str, body: &str) -> Append {
+    let (reply, _) = oneshot::channel();
+    let seen_key = seen::id_key("gh", id);
+    Append {
+        key: seen::hash(&seen_key),
+        seen_key,
+        body: Some(body.as_bytes().to_vec()),
+        whole: None,
+        expiry_ms: 2_000,
+        now_ms: 1_000,
+        value: crate::queue::EventRecord {
+            source: "gh".into(),
+            provider: "github".into(),
+            event: "push".into(),
+            delivery_id: id.into(),
+            received_at_ms: 0,
+            client_ip: "127.0.0.1".into(),
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+        .encode(),
+        reply,
+    }
+}
+
+fn outcomes(log: &mut Log, index: &mut Index, jobs: &[(&str, &str)]) -> Vec<Appended> {
+    let jobs: Vec<Append> = jobs.iter().map(|(id, body)| append(id, body)).collect();
+    commit(log, index, &jobs).unwrap().outcomes
+}
+
+fn queued(a: &Appended) -> EventId {
+    match a {
+        Appended::Queued(id) => *id,
+        other => panic!("{other:?} is not queued"),
+    }
+}
+
+#[test]
+fn an_unsigned_id_is_a_duplicate_only_with_the_same_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::create(dir.path(), 0).unwrap();
+    let mut index = Index {
+        seen: SeenIndex::default(),
+        stored: log::Reader::new(dir.path(), Default::default()),
+    };
+    // Within one batch: compared with the jobs before.
+    let first = outcomes(
+        &mut log,
+        &mut index,
+        &[
+            ("d1", "B"),
+            ("d1", "B"),
+            ("d1", "C"),
+            ("d1", "C"),
+            ("d2", "B"),
+        ],
+    );
+    let (b, c) = (queued(&first[0]), queued(&first[2]));
+    assert_eq!(first[1], Appended::Duplicate(b));
+    assert_eq!(first[3], Appended::Duplicate(c));
+    assert_ne!(queued(&first[4]), b, "another id is another delivery");
+    // Later: compared with the bodies read back from the log, whichever
+    // of the two keys (the id alone, the whole key) remembers the event.
+    let second = outcomes(
+        &mut log,
+        &mut index,
+        &[("d1", "C"), ("d1", "B"), ("d1", "D"), ("d1", "D")],
+    );
+    assert_eq!(second[0], Appended::Duplicate(c));
+    assert_eq!(second[1], Appended::Duplicate(b));
+    let d = queued(&second[2]);
+    assert_eq!(second[3], Appended::Duplicate(d));
+    assert_eq!(
+        index.seen.len(),
+        4,
+        "d1 alone, d1 with C, d1 with D, d2 alone"
+    );
+}
+
+#[test]
+fn an_event_that_cannot_be_read_back_is_not_taken_for_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::create(dir.path(), 0).unwrap();
+    let mut index = Index {
+        seen: SeenIndex::default(),
+        stored: log::Reader::new(dir.path(), Default::default()),
+    };
+    let first = outcomes(&mut log, &mut index, &[("d1", "B")]);
+    queued(&first[0]);
+    // Its key says it is past what the log holds (as if it had been lost).
+    let key = seen::hash(&seen::id_key("gh", "d1"));
+    index.seen.insert(key, 2_000, EventId(log.end().0 + 4096));
+    let again = outcomes(&mut log, &mut index, &[("d1", "B"), ("d1", "B")]);
+    let kept = queued(&again[0]);
+    assert_eq!(again[1], Appended::Duplicate(kept));
+}
