@@ -90,7 +90,7 @@ pub enum DeliveryId {
     Signed(String),
     /// In a header the proof does not cover (`X-GitHub-Delivery`): anyone
     /// holding a captured request can send it under another id, so it
-    /// dedupes together with the body's digest. A captured body sent with
+    /// dedupes together with the body. A captured body sent with
     /// someone else's future id then cannot block that real delivery.
     Unsigned(String),
 }

@@ -648,26 +648,24 @@ impl SledQueue {
         // so the writer thread only writes.
         let now_ms = unix_millis(now);
         let (reply, answer) = oneshot::channel();
-        let value = event.record.encode();
         let source = &event.record.source;
-        let (seen_key, body) = match event.dedupe {
-            Dedupe::Key(key) => (seen::seen_key(source, &key), None),
-            Dedupe::IdAndBody(id) => (seen::id_key(source, &id), Some(event.record.body)),
+        let (seen_key, id_alone) = match &event.dedupe {
+            Dedupe::Key(key) => (seen::seen_key(source, key), false),
+            Dedupe::IdAndBody(id) => (seen::id_key(source, id), true),
         };
-        let whole = match &body {
-            Some(body) if now_ms < self.whole_keys_until_ms => {
-                seen::whole_key(&seen_key, body).map(|k| (seen::hash(&k), k))
-            }
-            _ => None,
+        let whole = if id_alone && now_ms < self.whole_keys_until_ms {
+            seen::whole_key(&seen_key, &event.record.body).map(|k| (seen::hash(&k), k))
+        } else {
+            None
         };
         let job = Job::Append(Append {
             key: seen::hash(&seen_key),
             seen_key,
-            body,
+            id_alone,
             whole,
             expiry_ms: now_ms.saturating_add(event.dedupe_window.as_millis() as u64),
             now_ms,
-            value,
+            value: event.record.encode(),
             reply,
         });
         self.jobs

@@ -1,7 +1,9 @@
 //! The threads behind the queue.
 //!
 //! The **writer** takes every append waiting (a batch: group commit),
-//! checks dedupe keys against the in-memory [`SeenIndex`] it owns, writes
+//! checks dedupe keys against the in-memory [`SeenIndex`] it owns (for an
+//! unsigned id seen before, it reads that event back to compare bodies:
+//! [`earlier`]), writes
 //! the batch to the event log (`log.rs`), makes it durable with one
 //! `fdatasync`, then answers those requests, wakes the router and appends
 //! each event's dedupe key to its segment's keys file (`seen.rs`). Appends
@@ -60,9 +62,10 @@ pub struct Append {
     pub seen_key: Vec<u8>,
     /// Its hash, what [`SeenIndex`] remembers.
     pub key: KeyHash,
-    /// The body, when `seen_key` is an unsigned id on its own: a match is
-    /// a duplicate only with the same body.
-    pub body: Option<Vec<u8>>,
+    /// `seen_key` is an unsigned id on its own: a match is a duplicate
+    /// only with the same body. (The body is read from `value` then: the
+    /// raw one is not carried, so it is freed on the request's thread.)
+    pub id_alone: bool,
     /// The whole key's hash and the key ([`seen::whole_key`]), made on the
     /// request's task while keys from before ids were keyed on their own
     /// may be live (they are looked up too); otherwise the writer makes
@@ -532,8 +535,8 @@ fn commit(log: &mut Log, index: &mut Index, jobs: &[Append]) -> Result<Committed
 /// `written`) or earlier in its batch (`new`, by hash in `in_batch`);
 /// otherwise the key to log it under and its hash.
 ///
-/// An unsigned id on its own (`job.body`) matches only an event with the
-/// same body, read back from the log: retries are rare, so this costs
+/// An unsigned id on its own (`job.id_alone`) matches only an event with
+/// the same body, read back from the log: retries are rare, so this costs
 /// less than hashing every body. When the bodies differ (someone sent a
 /// captured body under that id first), the event is remembered by its
 /// whole key (the id and its body's digest), as all were before: every
@@ -549,39 +552,43 @@ fn earlier<'a>(
         Some(&n) => Some(Plan::SameAs(n)),
         None => index.seen.get(hash, job.now_ms).map(Plan::Duplicate),
     };
-    let Some(body) = &job.body else {
-        return find(&job.key).ok_or((Cow::Borrowed(&job.seen_key), job.key));
-    };
-    let whole_hash = job.whole.as_ref().map(|(hash, _)| hash);
-    match find(&job.key) {
-        Some(plan) => {
-            let same = match plan {
-                Plan::SameAs(n) => new[n].job.body.as_ref() == Some(body),
-                Plan::Duplicate(id) => {
-                    stored_body(&index.stored, id, written).is_some_and(|stored| stored == *body)
-                }
-                Plan::New(_) => unreachable!("find answers no new event"),
-            };
-            if same {
-                return Ok(plan);
-            }
-        }
+    let as_is = || (Cow::Borrowed(job.seen_key.as_slice()), job.key);
+    if !job.id_alone {
+        return find(&job.key).ok_or_else(as_is);
+    }
+    let Some(plan) = find(&job.key) else {
         // Never seen on its own: only a key from before ids were keyed
         // on their own can still match.
-        None => {
-            return whole_hash
-                .and_then(find)
-                .ok_or((Cow::Borrowed(&job.seen_key), job.key))
-        }
+        let whole = job.whole.as_ref().map(|(hash, _)| hash);
+        return whole.and_then(find).ok_or_else(as_is);
+    };
+    let body = body_of(&job.value);
+    let earlier = match plan {
+        Plan::SameAs(n) => body_of(&new[n].job.value),
+        Plan::Duplicate(id) => stored_body(&index.stored, id, written),
+        Plan::New(_) => unreachable!("find answers no new event"),
+    };
+    if body.is_some() && body == earlier {
+        return Ok(plan);
     }
-    let (hash, key) = match &job.whole {
-        Some((hash, key)) => (*hash, Cow::Borrowed(key.as_slice())),
-        None => {
-            let key = seen::whole_key(&job.seen_key, body).expect("an id on its own");
-            (seen::hash(&key), Cow::Owned(key))
-        }
+    let (hash, key) = match (&job.whole, body) {
+        (Some((hash, key)), _) => (*hash, Cow::Borrowed(key.as_slice())),
+        (None, Some(body)) => match seen::whole_key(&job.seen_key, &body) {
+            Some(key) => (seen::hash(&key), Cow::Owned(key)),
+            None => return Err(as_is()),
+        },
+        // Its own record unreadable (never: it was just encoded): kept
+        // under its id, a delivery of its own.
+        (None, None) => return Err(as_is()),
     };
     find(&hash).ok_or((key, hash))
+}
+
+/// The body in `record` (`EventRecord::encode` bytes).
+fn body_of(record: &[u8]) -> Option<Vec<u8>> {
+    crate::queue::EventRecord::decode(record)
+        .ok()
+        .map(|r| r.body)
 }
 
 /// The body of the event logged at `id`, when it can be read back.
@@ -594,9 +601,7 @@ fn stored_body(stored: &log::Reader, id: EventId, written: EventId) -> Option<Ve
         }
     };
     let log::LogEntry::V1 { record, .. } = found.entry;
-    crate::queue::EventRecord::decode(&record)
-        .ok()
-        .map(|r| r.body)
+    body_of(&record)
 }
 
 /// Makes a written batch durable, then answers it; returns the keys to

@@ -6,7 +6,7 @@ fn append(id: &str, body: &str) -> Append {
     Append {
         key: seen::hash(&seen_key),
         seen_key,
-        body: Some(body.as_bytes().to_vec()),
+        id_alone: true,
         whole: None,
         expiry_ms: 2_000,
         now_ms: 1_000,
