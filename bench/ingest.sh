@@ -8,6 +8,7 @@
 #   bench/ingest.sh            # DURATION=10s CONNECTIONS=32 THREADS=2 RATE=5000
 #   PIN=1 bench/ingest.sh      # per core: ROUNDS=2 SERVER_CPU=1 WRK_CPU=0
 #   BIN=path/to/hookgate …     # another build of the daemon (an older commit)
+#   ROUTES=1 READ_PAYLOAD=1 …  # hookgate routing as it ingests (bench/backlog.sh's routes)
 #
 # Prints one Markdown table and the paced line. Needs wrk (Debian package `wrk`).
 #
@@ -74,6 +75,12 @@ group_commit = $group_commit
 provider = "github"
 secret = { file = "$work/secret" }
 TOML
+  # ROUTES=1: bench/backlog.sh's routes (a sink whose port is closed, a
+  # template that fails), so routing and its sled writes share the
+  # machine with ingest; READ_PAYLOAD=1 adds a payload read.
+  if [ -n "${ROUTES:-}" ]; then
+    backlog_routes "http://127.0.0.1:9/closed" "http://127.0.0.1:9/reject" >> "$dir/routes.toml"
+  fi
   port_free "$PORT"
   HOOKGATE_LOG=warn "${server_on[@]}" "$BIN" --config "$dir/routes.toml" serve 2>"$dir/log" &
   pid=$!

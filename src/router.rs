@@ -72,8 +72,24 @@ pub async fn run(
             continue;
         }
         // One snapshot per page: a reload applies from the next page on.
-        let (routes, sinks) = (routes.get(), sinks.get());
-        let routed = route_page(queue.install_id(), &routes, &sinks, &page.events);
+        // Routing a page takes milliseconds of CPU (reading payloads,
+        // templates, freezing requests): on the blocking pool, not on a
+        // tokio worker, where every request on that worker waited for it
+        // (p99 63 ms at 5,000 req/s with a route reading the payload).
+        let (routes, sinks, install) = (routes.get(), sinks.get(), queue.install_id());
+        let (page, routed) = match tokio::task::spawn_blocking(move || {
+            let routed = route_page(install, &routes, &sinks, &page.events);
+            (page, routed)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "routing a page failed; the events will be routed again");
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+        };
         let recorded = match routed {
             Ok(routed) => queue.routed(&page, routed).await,
             Err(e) => Err(e),
