@@ -9,17 +9,11 @@ use super::*;
 const BODY: &str = r#"{"n":1}"#;
 
 fn delivery(id: &str, body: &str) -> NewEvent {
+    let mut record = crate::queue::sample_record();
+    record.delivery_id = id.into();
+    record.body = body.as_bytes().to_vec();
     NewEvent {
-        record: EventRecord {
-            source: "gh".into(),
-            provider: "github".into(),
-            event: "push".into(),
-            delivery_id: id.into(),
-            received_at_ms: 0,
-            client_ip: "127.0.0.1".into(),
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        },
+        record,
         dedupe: Dedupe::IdAndBody(id.into()),
         dedupe_window: Duration::from_secs(60),
     }

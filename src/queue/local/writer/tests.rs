@@ -10,19 +10,27 @@ fn append(id: &str, body: &str) -> Append {
         whole: None,
         expiry_ms: 2_000,
         now_ms: 1_000,
-        value: crate::queue::EventRecord {
-            source: "gh".into(),
-            provider: "github".into(),
-            event: "push".into(),
-            delivery_id: id.into(),
-            received_at_ms: 0,
-            client_ip: "127.0.0.1".into(),
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        }
-        .encode(),
+        value: record(id, body).encode(),
         reply,
     }
+}
+
+/// A push stored under `id` with `body`.
+fn record(id: &str, body: &str) -> crate::queue::EventRecord {
+    let mut record = crate::queue::sample_record();
+    record.delivery_id = id.into();
+    record.body = body.as_bytes().to_vec();
+    record
+}
+
+/// A fresh log in `dir` and an empty index reading it.
+fn fresh(dir: &std::path::Path) -> (Log, Index) {
+    let log = Log::create(dir, 0).unwrap();
+    let index = Index {
+        seen: SeenIndex::default(),
+        stored: log::Reader::new(dir, Default::default()),
+    };
+    (log, index)
 }
 
 fn outcomes(log: &mut Log, index: &mut Index, jobs: &[(&str, &str)]) -> Vec<Appended> {
@@ -40,11 +48,7 @@ fn queued(a: &Appended) -> EventId {
 #[test]
 fn an_unsigned_id_is_a_duplicate_only_with_the_same_body() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::create(dir.path(), 0).unwrap();
-    let mut index = Index {
-        seen: SeenIndex::default(),
-        stored: log::Reader::new(dir.path(), Default::default()),
-    };
+    let (mut log, mut index) = fresh(dir.path());
     // Within one batch: compared with the jobs before.
     let first = outcomes(
         &mut log,
@@ -82,11 +86,7 @@ fn an_unsigned_id_is_a_duplicate_only_with_the_same_body() {
 #[test]
 fn an_event_that_cannot_be_read_back_is_not_taken_for_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::create(dir.path(), 0).unwrap();
-    let mut index = Index {
-        seen: SeenIndex::default(),
-        stored: log::Reader::new(dir.path(), Default::default()),
-    };
+    let (mut log, mut index) = fresh(dir.path());
     let first = outcomes(&mut log, &mut index, &[("d1", "B")]);
     queued(&first[0]);
     // Its key says it is past what the log holds (as if it had been lost).
