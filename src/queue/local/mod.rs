@@ -86,7 +86,12 @@ impl Local {
                 tokio::task::yield_now().await;
                 let batch = std::mem::take(&mut *waiting.lock().expect("settling lock"));
                 let (outcomes, told): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let written = self.q.settle_all(&outcomes).map_err(Arc::new);
+                // On the blocking pool, as routing's transaction is: a
+                // batch of outcomes takes milliseconds of sled, which on
+                // a tokio worker held every request queued behind it.
+                let written = blocking(&self.q, move |q| q.settle_all(&outcomes))
+                    .await
+                    .map_err(Arc::new);
                 self.settling
                     .writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
