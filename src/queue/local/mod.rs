@@ -54,7 +54,8 @@ type Told = tokio::sync::oneshot::Sender<Result<(), Arc<QueueError>>>;
 /// Group commit for outcomes: each settle adds its outcome to `waiting`,
 /// then takes its `turn`; whoever has the turn lets the attempts that
 /// finished alongside add theirs (one yield), then writes all waiting in
-/// one transaction (`SledQueue::settle_all`) and tells each its result.
+/// one transaction (`SledQueue::settle_all`, on the blocking pool) and
+/// tells each its result.
 #[derive(Default)]
 struct Settling {
     waiting: Mutex<Vec<(deliveries::Outcome, Told)>>,
