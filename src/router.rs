@@ -5,9 +5,9 @@
 //! route matches is recorded as unmatched; a route whose template fails
 //! makes dead deliveries with the error, and the other routes go on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,10 @@ const PAGE: usize = 64;
 /// Longest wait between looks at an empty inbox (storage wakes the router
 /// when it accepts events: [`Queue::appended`]).
 const IDLE: Duration = Duration::from_millis(500);
+/// Least time between two log lines about deliveries of one route and
+/// sink dead at routing: a template that fails for every event would
+/// otherwise write a line for every event.
+const DEAD_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Routes until `shutdown`. `wake` tells the dispatcher about new work.
 pub async fn run(
@@ -33,6 +37,7 @@ pub async fn run(
     heartbeat: Arc<crate::notify::Heartbeat>,
     shutdown: CancellationToken,
 ) {
+    let mut dead_lines = DeadLines::default();
     loop {
         heartbeat.beat();
         // What routing makes could not be recorded: wait for the state
@@ -95,7 +100,10 @@ pub async fn run(
             Err(e) => Err(e),
         };
         match recorded {
-            Ok(routed) => count(&metrics, &routed),
+            Ok(routed) => {
+                count(&metrics, &routed);
+                dead_lines.log(&routed, Instant::now());
+            }
             Err(QueueError::Moved) => {}
             // A storage failure is logged once by the state store.
             Err(e @ QueueError::Storage(_)) => {
@@ -116,6 +124,62 @@ pub async fn run(
         // worker's LIFO slot, which no other worker steals from: with a
         // million events to route, nothing was delivered for minutes.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Logs deliveries dead at routing: the first of a route and sink, then
+/// at most one each [`DEAD_LOG_EVERY`], saying how many were not logged
+/// in between (`hookgate_route_render_failures_total` counts them all).
+#[derive(Default)]
+struct DeadLines(HashMap<(String, String), Quiet>);
+
+/// A route and sink's last line, and its dead deliveries since.
+struct Quiet {
+    logged: Instant,
+    unlogged: u64,
+}
+
+impl DeadLines {
+    fn log(&mut self, routed: &[Routed], now: Instant) {
+        for rec in routed.iter().flat_map(|r| &r.dead) {
+            let Some(unlogged) = self.due(&rec.route, &rec.sink, now) else {
+                continue;
+            };
+            let reason = rec.reason.as_deref().unwrap_or_default();
+            let event = EventId(rec.event_id);
+            if unlogged == 0 {
+                tracing::warn!(event = %event, route = %rec.route, sink = %rec.sink, reason = %reason, "delivery is dead before its first attempt");
+            } else {
+                tracing::warn!(event = %event, route = %rec.route, sink = %rec.sink, reason = %reason, unlogged, "delivery is dead before its first attempt; {unlogged} more of this route and sink were since the last such line, not logged (`hookgate queue dead list` shows them)");
+            }
+        }
+    }
+
+    /// Whether a dead delivery of `route` and `sink` at `now` is logged:
+    /// `Some` with how many were not since the last line.
+    fn due(&mut self, route: &str, sink: &str, now: Instant) -> Option<u64> {
+        let key = (route.to_owned(), sink.to_owned());
+        match self.0.get_mut(&key) {
+            Some(q) if now.duration_since(q.logged) < DEAD_LOG_EVERY => {
+                q.unlogged += 1;
+                None
+            }
+            Some(q) => {
+                let unlogged = std::mem::take(&mut q.unlogged);
+                q.logged = now;
+                Some(unlogged)
+            }
+            None => {
+                self.0.insert(
+                    key,
+                    Quiet {
+                        logged: now,
+                        unlogged: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
     }
 }
 
@@ -218,10 +282,6 @@ pub fn route_one(
         routes.evaluate_event(event),
         SystemTime::now(),
     );
-    for rec in &routed.dead {
-        let reason = rec.reason.as_deref().unwrap_or_default();
-        tracing::warn!(event = %id, route = %rec.route, sink = %rec.sink, reason = %reason, "delivery is dead before its first attempt");
-    }
     if routed.pending.is_empty() && routed.dead.is_empty() {
         tracing::debug!(event = %id, source = %event.source, kind = %event.event, "no route matched");
     }
@@ -323,6 +383,25 @@ fn idempotency_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A template that fails for every event logs its first failure, then
+    /// one line a minute per route and sink with the count in between.
+    #[test]
+    fn dead_deliveries_are_logged_once_a_minute_per_route_and_sink() {
+        let mut lines = DeadLines::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(lines.due("r", "s", t0), Some(0));
+        assert_eq!(lines.due("r", "s", at(1)), None);
+        assert_eq!(lines.due("r", "s", at(2)), None);
+        assert_eq!(lines.due("r", "t", at(2)), Some(0), "another sink");
+        assert_eq!(lines.due("q", "s", at(2)), Some(0), "another route");
+        assert_eq!(lines.due("r", "s", at(59)), None);
+        assert_eq!(lines.due("r", "s", at(60)), Some(3));
+        assert_eq!(lines.due("r", "s", at(61)), None);
+        assert_eq!(lines.due("r", "s", at(200)), Some(1));
+        assert_eq!(lines.due("r", "s", at(300)), Some(0));
+    }
 
     /// Working through a backlog, the router lets the tasks it shares a
     /// thread with run between its pages (the dispatcher among them).
