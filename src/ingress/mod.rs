@@ -157,6 +157,9 @@ impl Gateway {
                 return answer(status, &format!(r#"{{"error":"{msg}"}}"#));
             }
         };
+        // The queue's writer waits for this request before committing a
+        // batch without it; dropped on every early answer below.
+        let preparing = self.queue.preparing();
         let provider = match &source.proof {
             Proof::Ready(p) => p,
             Proof::Closed(reason) => {
@@ -235,6 +238,8 @@ impl Gateway {
             dedupe,
             dedupe_window: source.dedupe_window,
         };
+        // The append says it is coming itself until it reaches the writer.
+        drop(preparing);
         self.store(name, &ip, event, now, ticket).await
     }
 

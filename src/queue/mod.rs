@@ -345,6 +345,33 @@ pub trait Ingest: Send + Sync + 'static {
     fn writable(&self) -> bool;
     /// Refuses new appends; those in flight finish.
     fn close(&self);
+    /// Says a request's body is in and its append will follow: held from
+    /// then until [`Ingest::append`] is called. A writer that commits in
+    /// batches waits for such requests (up to its commit delay) instead of
+    /// committing without them.
+    fn preparing(&self) -> Preparing {
+        Preparing(None)
+    }
+}
+
+/// A request on its way to [`Ingest::append`], counted until dropped (see
+/// [`Ingest::preparing`]).
+pub struct Preparing(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Preparing {
+    /// Counts one more on `count` until dropped.
+    pub fn counted(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Preparing {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Preparing(Some(count.clone()))
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 /// The storage port: everything the daemon, the admin API and the CLI

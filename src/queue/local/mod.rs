@@ -28,8 +28,8 @@ pub use sled_queue::{Page, SledQueue};
 use super::{
     delivery, unix_millis, Added, Appended, BackendGauges, Carried, CarriedEvent, Claimed,
     DeliveryFilter, DeliveryPage, DeliveryRecord, Disabled, Due, EventFilter, EventId, EventPage,
-    EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits, NewEvent, PageClaim, Queue,
-    QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
+    EventRecord, Healed, Imported, InboxPage, Ingest, Lease, Limits, NewEvent, PageClaim,
+    Preparing, Queue, QueueError, RefuseReplay, Refused, Requeued, Routed, Settle, Stats,
 };
 
 /// Most due records looked at per sink per claim.
@@ -244,6 +244,10 @@ impl Ingest for Local {
 
     fn close(&self) {
         self.q.close()
+    }
+
+    fn preparing(&self) -> Preparing {
+        self.q.preparing()
     }
 }
 

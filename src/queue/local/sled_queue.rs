@@ -22,7 +22,7 @@ use super::state::StateStore;
 use super::writer::{self, Append, Job, Shared};
 use super::Healed;
 use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, Stats};
-use crate::queue::{BodyOfEvent, Dedupe, DeliveryRecord};
+use crate::queue::{BodyOfEvent, Dedupe, DeliveryRecord, Preparing};
 
 /// Most appends one commit takes.
 const BATCH_MAX: usize = 1024;
@@ -640,12 +640,19 @@ fn cursor_of(
 
 impl SledQueue {
     /// Stores `event` unless its dedupe key was seen; resolves once durable.
+    /// A request coming to [`SledQueue::append`]: the writer waits for it
+    /// before committing a batch without it (`writer.rs`).
+    pub fn preparing(&self) -> Preparing {
+        Preparing::counted(&self.shared.preparing)
+    }
+
     pub async fn append(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueError::ShuttingDown);
         }
         // Encoding (and compressing) runs here, on the request's task,
-        // so the writer thread only writes.
+        // so the writer thread only writes; the writer waits for it.
+        let encoding = self.preparing();
         let now_ms = unix_millis(now);
         let (reply, answer) = oneshot::channel();
         let source = &event.record.source;
@@ -668,10 +675,9 @@ impl SledQueue {
             value: event.record.encode(),
             reply,
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| QueueError::ShuttingDown)?;
+        let sent = self.jobs.send(job).await;
+        drop(encoding);
+        sent.map_err(|_| QueueError::ShuttingDown)?;
         answer.await.map_err(|_| QueueError::ShuttingDown)?
     }
 

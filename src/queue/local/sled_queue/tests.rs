@@ -1178,3 +1178,63 @@ async fn a_body_whose_event_is_gone_stays_unread() {
     let dead = q.dead_letter(1).unwrap().unwrap();
     assert_eq!(dead.frozen.unwrap().body_of_event, BodyOfEvent::Unread);
 }
+
+/// The scheduling policy (`/proc` stat field 41) of each of this
+/// process's threads named `name`.
+fn policies_of(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            after_name.split(' ').nth(41 - 3)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_queue_threads_do_not_preempt_the_requests_that_wake_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    // Named in `open` (comm keeps 15 bytes); a thread names itself and
+    // sets its policy once it runs.
+    for name in ["hookgate-writer", "hookgate-checkp"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let batch = |policies: &[u32]| {
+            !policies.is_empty() && policies.iter().all(|&p| p == libc::SCHED_BATCH as u32)
+        };
+        let mut policies = policies_of(name);
+        while !batch(&policies) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            policies = policies_of(name);
+        }
+        assert!(!policies.is_empty(), "no thread named {name}");
+        assert!(
+            batch(&policies),
+            "{name} runs under policies {policies:?}, not SCHED_BATCH"
+        );
+    }
+    drop(q);
+}
+
+#[tokio::test]
+async fn an_append_says_it_is_coming_only_until_the_writer_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SledQueue::open(dir.path(), true).unwrap();
+    let count = || q.shared.preparing.load(Ordering::Acquire);
+    let coming = q.preparing();
+    assert_eq!(count(), 1);
+    drop(coming);
+    assert_eq!(count(), 0);
+    q.append(event("gh", "a"), SystemTime::now()).await.unwrap();
+    assert_eq!(count(), 0);
+    // Refused, too.
+    q.close();
+    assert!(q.append(event("gh", "b"), SystemTime::now()).await.is_err());
+    assert_eq!(count(), 0);
+}

@@ -96,3 +96,31 @@ fn an_event_that_cannot_be_read_back_is_not_taken_for_the_same() {
     let kept = queued(&again[0]);
     assert_eq!(again[1], Appended::Duplicate(kept));
 }
+
+#[test]
+fn the_writer_waits_for_requests_on_their_way_then_goes() {
+    let shared = Arc::new(Shared::new(EventId(0), 0, 0));
+    // None coming: at once, however long it may wait.
+    wait_for_preparing(&shared, Duration::from_secs(600));
+    // One coming: until it has been handed over.
+    let coming = crate::queue::Preparing::counted(&shared.preparing);
+    let handed = Arc::new(AtomicBool::new(false));
+    let handing = {
+        let handed = handed.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            handed.store(true, Ordering::Release);
+            drop(coming);
+        })
+    };
+    wait_for_preparing(&shared, Duration::from_secs(600));
+    assert!(
+        handed.load(Ordering::Acquire),
+        "went before the request came"
+    );
+    assert_eq!(shared.preparing.load(Ordering::Acquire), 0);
+    handing.join().unwrap();
+    // One that never comes: no longer than the limit.
+    let _stuck = crate::queue::Preparing::counted(&shared.preparing);
+    wait_for_preparing(&shared, Duration::from_millis(1));
+}
