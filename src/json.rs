@@ -20,7 +20,7 @@ use std::borrow::Cow;
 /// UTF-8 and lone surrogates pass), numbers are not valued (`1e400`
 /// passes), nesting has no limit.
 pub fn skims(doc: &[u8]) -> bool {
-    document(doc, false)
+    document(doc, false, &mut ())
 }
 
 /// Whether serde_json reads `doc` whole into values (`serde_json::Value`,
@@ -28,7 +28,59 @@ pub fn skims(doc: &[u8]) -> bool {
 /// every string valid UTF-8 with its surrogate escapes paired, every
 /// number within `f64`'s range, at most 127 arrays or objects deep.
 pub fn reads(doc: &[u8]) -> bool {
-    std::str::from_utf8(doc).is_ok() && document(doc, true)
+    std::str::from_utf8(doc).is_ok() && document(doc, true, &mut ())
+}
+
+/// [`reads`], noting where each object and array ends as it goes: for
+/// [`Members::of`], which then steps over a member that is an object or
+/// array at once instead of scanning it. `None` when `reads` is false.
+pub fn reads_noting_ends(doc: &[u8]) -> Option<Ends> {
+    let mut ends = Ends::default();
+    (std::str::from_utf8(doc).is_ok() && document(doc, true, &mut ends)).then_some(ends)
+}
+
+/// Where each object and array with members of a checked document is,
+/// by where it opens (empty ones are left out: they end at once).
+#[derive(Debug, Default)]
+pub struct Ends {
+    /// Sorted by where they open, since they are opened in that order.
+    spans: Vec<Span>,
+    /// The open ones, innermost last (indexes into `spans`).
+    open: Vec<usize>,
+}
+
+impl Ends {
+    /// Where the object or array opening at `start` ends, if noted.
+    fn of(&self, start: usize) -> Option<usize> {
+        let i = self.spans.binary_search_by_key(&start, |&(s, _)| s).ok()?;
+        Some(self.spans[i].1)
+    }
+}
+
+/// What [`document`] notes of the objects and arrays it opens and closes.
+trait Noting {
+    fn opened(&mut self, at: usize);
+    fn closed(&mut self, end: usize);
+}
+
+/// Noting nothing (the checks on their own).
+impl Noting for () {
+    #[inline(always)]
+    fn opened(&mut self, _: usize) {}
+    #[inline(always)]
+    fn closed(&mut self, _: usize) {}
+}
+
+impl Noting for Ends {
+    fn opened(&mut self, at: usize) {
+        self.open.push(self.spans.len());
+        self.spans.push((at, at));
+    }
+    fn closed(&mut self, end: usize) {
+        if let Some(i) = self.open.pop() {
+            self.spans[i].1 = end;
+        }
+    }
 }
 
 /// serde_json's nesting limit when it reads values: its 128th level fails.
@@ -37,7 +89,7 @@ const MAX_DEPTH: usize = 127;
 /// One value and nothing after it but whitespace. Iterative, so no
 /// nesting overflows the stack. The place in `doc` is passed in and out
 /// of each step (not kept in a struct), so it stays in a register.
-fn document(doc: &[u8], strict: bool) -> bool {
+fn document(doc: &[u8], strict: bool, ends: &mut impl Noting) -> bool {
     // The open arrays and objects, innermost last (`true`: an object).
     let mut open: Vec<bool> = Vec::new();
     let mut at = 0;
@@ -50,11 +102,13 @@ fn document(doc: &[u8], strict: bool) -> bool {
                     return false;
                 }
                 let object = b == b'{';
+                let opens = at;
                 at = space(doc, at + 1);
                 match (doc.get(at), object) {
                     (Some(b'}'), true) | (Some(b']'), false) => Some(at + 1),
                     (_, true) => {
                         open.push(true);
+                        ends.opened(opens);
                         let Some(next) = key(doc, at, strict) else {
                             return false;
                         };
@@ -63,6 +117,7 @@ fn document(doc: &[u8], strict: bool) -> bool {
                     }
                     (_, false) => {
                         open.push(false);
+                        ends.opened(opens);
                         continue 'value;
                     }
                 }
@@ -97,6 +152,7 @@ fn document(doc: &[u8], strict: bool) -> bool {
                 (Some(b'}'), true) | (Some(b']'), false) => {
                     at += 1;
                     open.pop();
+                    ends.closed(at);
                 }
                 _ => return false,
             }
@@ -266,15 +322,7 @@ pub type Span = (usize, usize);
 /// [`reads`] or [`skims`] accepts: finding them is a scan, not a parse
 /// (anything else ends them early).
 pub fn members(doc: &[u8], start: usize) -> Members<'_> {
-    let keyed = doc.get(start) == Some(&b'{');
-    let at = space(doc, start + 1);
-    let done = matches!(doc.get(at), Some(b'}' | b']') | None);
-    Members {
-        doc,
-        at,
-        keyed,
-        done,
-    }
+    Members::of(doc, start, None)
 }
 
 /// What [`members`] returns.
@@ -283,6 +331,24 @@ pub struct Members<'a> {
     at: usize,
     keyed: bool,
     done: bool,
+    ends: Option<&'a Ends>,
+}
+
+impl<'a> Members<'a> {
+    /// [`members`], stepping over members that are objects or arrays by
+    /// `ends` ([`reads_noting_ends`] of `doc`) where it has them.
+    pub fn of(doc: &'a [u8], start: usize, ends: Option<&'a Ends>) -> Members<'a> {
+        let keyed = doc.get(start) == Some(&b'{');
+        let at = space(doc, start + 1);
+        let done = matches!(doc.get(at), Some(b'}' | b']') | None);
+        Members {
+            doc,
+            at,
+            keyed,
+            done,
+            ends,
+        }
+    }
 }
 
 impl Iterator for Members<'_> {
@@ -306,7 +372,11 @@ impl Iterator for Members<'_> {
         } else {
             None
         };
-        let value = (at, value_end(doc, at)?);
+        let end = match self.ends.and_then(|ends| ends.of(at)) {
+            Some(end) => end,
+            None => value_end(doc, at)?,
+        };
+        let value = (at, end);
         at = space(doc, value.1);
         if doc.get(at) == Some(&b',') {
             (self.at, self.done) = (space(doc, at + 1), false);

@@ -14,6 +14,26 @@ fn agrees(doc: &[u8]) {
         "reads {:?}",
         String::from_utf8_lossy(doc)
     );
+    let ends = reads_noting_ends(doc);
+    assert_eq!(ends.is_some(), reads(doc));
+    if let Some(ends) = ends {
+        let start = space(doc, 0);
+        steps_over_as_it_scans(doc, &ends, start);
+    }
+}
+
+/// The members of the value at `start` and of every object and array in
+/// it are the same found with `ends` as by a scan.
+fn steps_over_as_it_scans(doc: &[u8], ends: &Ends, start: usize) {
+    if !matches!(doc.get(start), Some(b'{' | b'[')) {
+        return;
+    }
+    let scanned: Vec<_> = members(doc, start).collect();
+    let stepped: Vec<_> = Members::of(doc, start, Some(ends)).collect();
+    assert_eq!(scanned, stepped, "{:?}", String::from_utf8_lossy(doc));
+    for (_, (value, _)) in scanned {
+        steps_over_as_it_scans(doc, ends, value);
+    }
 }
 
 const EDGES: &[&[u8]] = &[
@@ -311,5 +331,6 @@ fn finds_what_a_value_finds_in_a_mangled_push() {
             }
         }
         finds_as_value_does(doc.as_bytes(), PUSH_PATHS);
+        agrees(doc.as_bytes());
     }
 }
