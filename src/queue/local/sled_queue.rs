@@ -639,13 +639,13 @@ fn cursor_of(
 }
 
 impl SledQueue {
-    /// Stores `event` unless its dedupe key was seen; resolves once durable.
     /// A request coming to [`SledQueue::append`]: the writer waits for it
     /// before committing a batch without it (`writer.rs`).
     pub fn preparing(&self) -> Preparing {
         Preparing::counted(&self.shared.preparing)
     }
 
+    /// Stores `event` unless its dedupe key was seen; resolves once durable.
     pub async fn append(&self, event: NewEvent, now: SystemTime) -> Result<Appended, QueueError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueError::ShuttingDown);

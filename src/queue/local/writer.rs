@@ -25,7 +25,8 @@
 //! it an append does not preempt the tokio worker that handed it, which
 //! goes on with the other requests ready; the writer runs when the worker
 //! waits, and takes them all as one batch. On one busy core that made
-//! batches of 4–5 events a sync into batches of about 30.
+//! batches of 4–7 events a sync into batches of 17–30 (bench/README.md,
+//! session 15).
 //!
 //! The **checkpointer** makes sled (routing and delivery state) durable
 //! every second, under `SCHED_BATCH` too.
