@@ -67,15 +67,19 @@ def allowed():
     return calls
 
 
+# Loopback only: never through a proxy the environment names.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with OPENER.open(url, timeout=5) as r:
         return r.status
 
 
 def main():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp()
-    daemon = child = None
+    daemon = None
     try:
         routes = open(ROUTES).read()
         routes = routes.replace("127.0.0.1:8080", f"127.0.0.1:{PORT}").replace(
@@ -91,6 +95,9 @@ def main():
             cwd=work,
             stdout=log,
             stderr=log,
+            # strace and the daemon in a group of their own, killed
+            # together should anything below fail.
+            start_new_session=True,
         )
         deadline = time.time() + 60
         while True:
@@ -102,6 +109,8 @@ def main():
             if time.time() > deadline or daemon.poll() is not None:
                 sys.exit(f"the daemon did not become ready under strace; its log:\n{open(log.name).read()}")
             time.sleep(0.2)
+        if daemon.poll() is not None:
+            sys.exit(f"another process answers on port {ADMIN}; the daemon under strace stopped:\n{open(log.name).read()}")
         with open(f"/proc/{daemon.pid}/task/{daemon.pid}/children") as f:
             (child,) = map(int, f.read().split())
         for sample in ["github push", "github pull_request", "zendesk ticket.created"]:
@@ -110,6 +119,7 @@ def main():
                 cwd=work,
                 check=True,
                 stdout=subprocess.DEVNULL,
+                timeout=60,
             )
         get(f"http://127.0.0.1:{ADMIN}/metrics")
         time.sleep(2)  # routed, delivered to the log sink, a checkpoint
@@ -134,9 +144,7 @@ def main():
         print("every one of them is allowed by systemd/hookgate.service")
     finally:
         if daemon is not None and daemon.poll() is None:
-            if child is not None:
-                os.kill(child, signal.SIGKILL)
-            daemon.kill()
+            os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -157,9 +157,6 @@ impl Gateway {
                 return answer(status, &format!(r#"{{"error":"{msg}"}}"#));
             }
         };
-        // The queue's writer waits for this request before committing a
-        // batch without it; dropped on every early answer below.
-        let preparing = self.queue.preparing();
         let provider = match &source.proof {
             Proof::Ready(p) => p,
             Proof::Closed(reason) => {
@@ -188,6 +185,10 @@ impl Gateway {
             }
         };
         self.metrics.secret_match(name, verified.secret);
+        // The queue's writer waits for this request before committing a
+        // batch without it (only proven requests: unsigned traffic must
+        // not hold batches back); dropped on every early answer below.
+        let preparing = self.queue.preparing();
         let envelope = match provider.envelope(&inbound) {
             Ok(e) => e,
             Err(e) => {

@@ -345,8 +345,8 @@ pub trait Ingest: Send + Sync + 'static {
     fn writable(&self) -> bool;
     /// Refuses new appends; those in flight finish.
     fn close(&self);
-    /// Says a request's body is in and its append will follow: held from
-    /// then until [`Ingest::append`] is called. A writer that commits in
+    /// Says a proven request's append will follow: held from its proof of
+    /// origin until [`Ingest::append`] is called. A writer that commits in
     /// batches waits for such requests (up to its commit delay) instead of
     /// committing without them.
     fn preparing(&self) -> Preparing {

@@ -40,7 +40,8 @@ pub fn payload(json: &[u8]) -> Value {
 /// A checked document, and where its objects and arrays end (noted by the
 /// check, so reading a level steps over the members that are objects or
 /// arrays instead of scanning them: on the 7.5 KB push, the top level's
-/// read went from about 57,000 instructions to a few thousand).
+/// read went from about 57,000 instructions to about 22,000, most of it
+/// making the values).
 struct Doc {
     bytes: Box<[u8]>,
     ends: crate::json::Ends,

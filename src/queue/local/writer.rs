@@ -9,12 +9,13 @@
 //! each event's dedupe key to its segment's keys file (`seen.rs`). Appends
 //! arriving meanwhile wait in the channel and make the next batch: under
 //! load one sync answers dozens of requests; alone, a request costs one
-//! sync. While requests are on their way (their bodies in, their appends
+//! sync. While requests are on their way (proven, their appends
 //! not yet sent: [`Shared::preparing`]), the writer first waits for them,
 //! up to [`COMMIT_DELAY`], as PostgreSQL's `commit_delay` waits while
 //! `commit_siblings` transactions are open: under load that halves the
-//! syncs and wake-ups per request, for at most 0.2 ms more latency, and a
-//! request alone is written at once. Everything a batch needs
+//! syncs and wake-ups per request, for about 0.2 ms more latency at most
+//! (its polls sleep a little longer than asked: the timer's slack), and a
+//! request alone is written without waiting. Everything a batch needs
 //! happens on this one thread, so a batch crosses threads twice (the
 //! requests' tasks to the writer, the writer back to them); each hand-off
 //! is a context switch, and on a busy core they cost more than the
@@ -250,8 +251,8 @@ struct Written {
     logged: Vec<KeyRecord>,
 }
 
-/// While requests are on their way to the writer (their bodies in, their
-/// appends not yet sent: [`Shared::preparing`]), the writer waits up to
+/// While requests are on their way to the writer (proven, their appends
+/// not yet sent: [`Shared::preparing`]), the writer waits up to
 /// this long for them before writing a batch without them: fewer syncs
 /// and thread wake-ups per request. With none coming it writes at once.
 const COMMIT_DELAY: Duration = Duration::from_micros(200);
