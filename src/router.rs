@@ -130,8 +130,10 @@ pub async fn run(
 /// Logs deliveries dead at routing: the first of a route and sink, then
 /// at most one each [`DEAD_LOG_EVERY`], saying how many were not logged
 /// in between (`hookgate_route_render_failures_total` counts them all).
+/// By route, then sink: looked up by `&str`, so a quiet one allocates
+/// nothing.
 #[derive(Default)]
-struct DeadLines(HashMap<(String, String), Quiet>);
+struct DeadLines(HashMap<String, HashMap<String, Quiet>>);
 
 /// A route and sink's last line, and its dead deliveries since.
 struct Quiet {
@@ -158,8 +160,11 @@ impl DeadLines {
     /// Whether a dead delivery of `route` and `sink` at `now` is logged:
     /// `Some` with how many were not since the last line.
     fn due(&mut self, route: &str, sink: &str, now: Instant) -> Option<u64> {
-        let key = (route.to_owned(), sink.to_owned());
-        match self.0.get_mut(&key) {
+        let sinks = match self.0.get_mut(route) {
+            Some(sinks) => sinks,
+            None => self.0.entry(route.to_owned()).or_default(),
+        };
+        match sinks.get_mut(sink) {
             Some(q) if now.duration_since(q.logged) < DEAD_LOG_EVERY => {
                 q.unlogged += 1;
                 None
@@ -170,13 +175,11 @@ impl DeadLines {
                 Some(unlogged)
             }
             None => {
-                self.0.insert(
-                    key,
-                    Quiet {
-                        logged: now,
-                        unlogged: 0,
-                    },
-                );
+                let quiet = Quiet {
+                    logged: now,
+                    unlogged: 0,
+                };
+                sinks.insert(sink.to_owned(), quiet);
                 Some(0)
             }
         }
