@@ -34,7 +34,13 @@ pub fn reads(doc: &[u8]) -> bool {
 /// [`reads`], noting where each object and array ends as it goes: for
 /// [`Members::of`], which then steps over a member that is an object or
 /// array at once instead of scanning it. `None` when `reads` is false.
+///
+/// A document of 4 GiB or more is checked without noting (its `Ends` are
+/// empty, so every level is scanned).
 pub fn reads_noting_ends(doc: &[u8]) -> Option<Ends> {
+    if u32::try_from(doc.len()).is_err() {
+        return reads(doc).then(Ends::default);
+    }
     let mut ends = Ends::default();
     (std::str::from_utf8(doc).is_ok() && document(doc, true, &mut ends)).then_some(ends)
 }
@@ -43,8 +49,11 @@ pub fn reads_noting_ends(doc: &[u8]) -> Option<Ends> {
 /// by where it opens (empty ones are left out: they end at once).
 #[derive(Debug, Default)]
 pub struct Ends {
-    /// Sorted by where they open, since they are opened in that order.
-    spans: Vec<Span>,
+    /// Where each opens and ends, sorted by where they open, since they
+    /// are opened in that order. `u32`s: 8 bytes a container, not 16 (a
+    /// signed body of nested one-element arrays, `[[0],[0],…]`, would
+    /// otherwise cost four times its size while it is routed).
+    spans: Vec<(u32, u32)>,
     /// The open ones, innermost last (indexes into `spans`).
     open: Vec<usize>,
 }
@@ -52,8 +61,9 @@ pub struct Ends {
 impl Ends {
     /// Where the object or array opening at `start` ends, if noted.
     fn of(&self, start: usize) -> Option<usize> {
+        let start = u32::try_from(start).ok()?;
         let i = self.spans.binary_search_by_key(&start, |&(s, _)| s).ok()?;
-        Some(self.spans[i].1)
+        Some(self.spans[i].1 as usize)
     }
 }
 
@@ -72,13 +82,15 @@ impl Noting for () {
 }
 
 impl Noting for Ends {
+    // `reads_noting_ends` notes only documents under 4 GiB, so every
+    // offset fits.
     fn opened(&mut self, at: usize) {
         self.open.push(self.spans.len());
-        self.spans.push((at, at));
+        self.spans.push((at as u32, at as u32));
     }
     fn closed(&mut self, end: usize) {
         if let Some(i) = self.open.pop() {
-            self.spans[i].1 = end;
+            self.spans[i].1 = end as u32;
         }
     }
 }

@@ -334,3 +334,19 @@ fn finds_what_a_value_finds_in_a_mangled_push() {
         agrees(doc.as_bytes());
     }
 }
+
+#[test]
+fn the_noted_ends_of_many_small_arrays_take_twice_the_body() {
+    // 10,000 one-element arrays in one: 10,001 containers in 40,001 bytes,
+    // 8 bytes noted for each (the outer array's are the 8 over).
+    let doc = format!("[{}]", vec!["[0]"; 10_000].join(","));
+    let ends = reads_noting_ends(doc.as_bytes()).unwrap();
+    assert_eq!(ends.spans.len(), 10_001);
+    let bytes = ends.spans.len() * std::mem::size_of_val(&ends.spans[0]);
+    assert!(
+        bytes <= 2 * doc.len() + 8,
+        "{bytes} bytes for {}",
+        doc.len()
+    );
+    steps_over_as_it_scans(doc.as_bytes(), &ends, 0);
+}
