@@ -121,7 +121,7 @@ pub(crate) fn decompress_body(stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
     Ok(lz4_flex::block::decompress(block, claimed)?)
 }
 
-/// The widest varint postcard writes (a `u64`).
+/// The widest varint postcard writes (a `u64`, or a length).
 const MAX_VARINT: usize = 10;
 /// The body's size, before its LZ4 block.
 const STORED_SIZE: usize = 4;
@@ -153,14 +153,14 @@ const KEPT_BLOCK: usize = 1 << 20;
 /// this thread's buffer.
 fn with_compressed<T>(body: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
     LZ4.with_borrow_mut(|Lz4 { table, block }| {
-        // lz4_flex itself picks the small table below 64 KiB and the large
-        // one above; so does this, so the bytes are the same.
-        if body.len() < usize::from(u16::MAX) {
-            if matches!(table, lz4_flex::block::CompressTable::Large(_)) {
-                *table = lz4_flex::block::CompressTable::small();
-            }
-        } else if matches!(table, lz4_flex::block::CompressTable::Small(_)) {
-            *table = lz4_flex::block::CompressTable::large();
+        // lz4_flex picks the small table below 64 KiB and the large one
+        // above (`compress_into_with_table` upgrades a small one itself, and
+        // never goes back): a small body gets the small table again, so the
+        // bytes are lz4_flex's own.
+        if body.len() < usize::from(u16::MAX)
+            && matches!(table, lz4_flex::block::CompressTable::Large(_))
+        {
+            *table = lz4_flex::block::CompressTable::small();
         }
         let max = lz4_flex::block::get_maximum_output_size(body.len());
         if block.len() < max {
@@ -174,18 +174,6 @@ fn with_compressed<T>(body: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
         }
         answer
     })
-}
-
-/// `n` as postcard's varint (LEB128) into `buf`; returns its width.
-fn varint(mut n: usize, buf: &mut [u8; MAX_VARINT]) -> usize {
-    let mut i = 0;
-    while n >= 0x80 {
-        buf[i] = (n as u8) | 0x80;
-        n >>= 7;
-        i += 1;
-    }
-    buf[i] = n as u8;
-    i + 1
 }
 
 impl EventRecord {
@@ -213,8 +201,6 @@ impl EventRecord {
             .expect("a body is at most 64 MiB (server.max_body_bytes)");
         with_compressed(&self.body, |block| {
             let body_lz4 = STORED_SIZE + block.len();
-            let mut len = [0; MAX_VARINT];
-            let width = varint(body_lz4, &mut len);
             // Sized once: grown from empty, the buffer was reallocated (and
             // copied) a dozen times per event.
             let strings = [
@@ -233,11 +219,12 @@ impl EventRecord {
                     .iter()
                     .map(|(k, v)| k.len() + v.len() + 2 * MAX_VARINT)
                     .sum::<usize>()
-                + width
+                + MAX_VARINT
                 + body_lz4;
-            let mut out = postcard::to_extend(&prefix, Vec::with_capacity(capacity))
+            // The byte string's length is the varint postcard writes for
+            // a `usize`, so it goes with the fields before it.
+            let mut out = postcard::to_extend(&(prefix, body_lz4), Vec::with_capacity(capacity))
                 .expect("in-memory encoding cannot fail");
-            out.extend_from_slice(&len[..width]);
             out.extend_from_slice(&size.to_le_bytes());
             out.extend_from_slice(block);
             out
@@ -382,15 +369,6 @@ pub(crate) mod tests {
         r.body = vec![b'a'; 4 << 20];
         assert_eq!(EventRecord::decode(&r.encode()).unwrap(), r);
         assert_eq!(LZ4.with_borrow(|lz4| lz4.block.capacity()), 0);
-    }
-
-    #[test]
-    fn varints_are_postcards() {
-        for n in [0, 1, 127, 128, 300, 16_383, 16_384, 1 << 21, usize::MAX] {
-            let mut buf = [0; MAX_VARINT];
-            let width = varint(n, &mut buf);
-            assert_eq!(&buf[..width], postcard::to_stdvec(&n).unwrap(), "{n}");
-        }
     }
 
     #[test]
