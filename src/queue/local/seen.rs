@@ -1,8 +1,9 @@
 //! Dedupe keys: which deliveries were accepted, until their window passes.
 //!
-//! Held in memory, a hash map from the first 16 bytes of the SHA-256 of
-//! `source ‖ 0 ‖ dedupe key` to the key's expiry and event id, so the writer
-//! checks a delivery without touching the disk. Persisted beside the log:
+//! Held in memory, a hash map from the first 12 bytes of the SHA-256 of
+//! `source ‖ 0 ‖ dedupe key` to the key's expiry and event id (25 bytes a
+//! key), so the writer checks a delivery without touching the disk.
+//! Persisted beside the log:
 //! segment `{seq:016x}.seg` has `{seq:016x}.keys`, fixed-size records
 //! (hash, expiry, event id, frame length, CRC-32) appended by the writer
 //! once its events are durable, and never synced on their own. The log is
@@ -139,44 +140,97 @@ impl KeyRecord {
     }
 }
 
-/// The keys remembered now. Owned by the writer thread, the only one that
-/// checks and adds keys, so it needs no lock.
+/// What [`SeenIndex`] tells dedupe keys apart by: the first 12 bytes of
+/// their hash. With n keys remembered, a new key meets one of theirs
+/// about n in 2^96 times: with millions remembered, once in 10^22
+/// requests. (The keys files keep all 16.)
+type Fingerprint = [u8; 12];
+
+fn fingerprint(key: &KeyHash) -> Fingerprint {
+    key[..12].try_into().expect("12 bytes")
+}
+
+/// A key's event id and expiry (in seconds, rounded up: a key is
+/// remembered less than a second longer than its window), as bytes: with
+/// its fingerprint a bucket is 24 bytes and a control byte, not the 33
+/// of a 16-byte hash and two `u64`s. The dedupe window's keys are most of
+/// the daemon's memory when it holds millions (bench/README.md).
+#[derive(Debug, Clone, Copy)]
+struct Remembered([u8; 12]);
+
+impl Remembered {
+    fn new(expiry_ms: u64, id: EventId) -> Remembered {
+        // Past the year 2106: remembered until then.
+        let secs = u32::try_from(expiry_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        let mut out = [0; 12];
+        out[..8].copy_from_slice(&id.0.to_le_bytes());
+        out[8..].copy_from_slice(&secs.to_le_bytes());
+        Remembered(out)
+    }
+
+    fn id(&self) -> EventId {
+        EventId(u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")))
+    }
+
+    fn expiry_ms(&self) -> u64 {
+        u64::from(u32::from_le_bytes(self.0[8..].try_into().expect("4 bytes"))) * 1000
+    }
+}
+
+/// How many tables [`SeenIndex`] keeps. A table that grows is copied
+/// into one twice its size, and both are held while it is: one table of
+/// all the keys would need three times its size at that moment, one of
+/// sixteen a sixteenth more.
+const SHARDS: usize = 16;
+
+/// The keys remembered now, in [`SHARDS`] tables by their first byte.
+/// Owned by the writer thread, the only one that checks and adds keys, so
+/// it needs no lock.
 #[derive(Debug, Default)]
 pub struct SeenIndex {
-    keys: HashMap<KeyHash, (u64, EventId)>,
+    shards: [HashMap<Fingerprint, Remembered>; SHARDS],
 }
 
 impl SeenIndex {
+    fn shard(&self, key: &Fingerprint) -> &HashMap<Fingerprint, Remembered> {
+        &self.shards[usize::from(key[0]) % SHARDS]
+    }
+
     /// The event stored under `key`, if its window has not passed at `now_ms`.
     pub fn get(&self, key: &KeyHash, now_ms: u64) -> Option<EventId> {
-        self.keys
-            .get(key)
-            .and_then(|&(expiry, id)| (expiry > now_ms).then_some(id))
+        let key = fingerprint(key);
+        self.shard(&key)
+            .get(&key)
+            .and_then(|r| (r.expiry_ms() > now_ms).then(|| r.id()))
     }
 
     pub fn insert(&mut self, key: KeyHash, expiry_ms: u64, id: EventId) {
-        self.keys.insert(key, (expiry_ms, id));
+        let key = fingerprint(&key);
+        self.shards[usize::from(key[0]) % SHARDS].insert(key, Remembered::new(expiry_ms, id));
     }
 
     /// Forgets keys whose window has passed at `now_ms`; returns how many.
     pub fn prune(&mut self, now_ms: u64) -> usize {
-        let before = self.keys.len();
-        self.keys.retain(|_, &mut (expiry, _)| expiry > now_ms);
-        if self.keys.capacity() > 4 * self.keys.len().max(1024) {
-            self.keys.shrink_to_fit();
+        let before = self.len();
+        for keys in &mut self.shards {
+            keys.retain(|_, r| r.expiry_ms() > now_ms);
+            if keys.capacity() > 4 * keys.len().max(64) {
+                keys.shrink_to_fit();
+            }
         }
-        before - self.keys.len()
+        before - self.len()
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.shards.iter().map(HashMap::len).sum()
     }
 
     /// When the last of the keys remembered now expires (0: none is).
     pub fn last_expiry(&self) -> u64 {
-        self.keys
-            .values()
-            .map(|&(expiry, _)| expiry)
+        self.shards
+            .iter()
+            .flat_map(HashMap::values)
+            .map(Remembered::expiry_ms)
             .max()
             .unwrap_or(0)
     }
@@ -484,15 +538,87 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_key_takes_24_bytes_and_a_control_byte() {
+        assert_eq!(std::mem::size_of::<(Fingerprint, Remembered)>(), 24);
+        assert_eq!(std::mem::align_of::<(Fingerprint, Remembered)>(), 1);
+        let mut seen = SeenIndex::default();
+        for id in [0, 1 << 40, u64::MAX] {
+            seen.insert([9; 16], 5_000, EventId(id));
+            assert_eq!(seen.get(&[9; 16], 4_999), Some(EventId(id)));
+        }
+        // Whole seconds, rounded up.
+        seen.insert([9; 16], 4_001, EventId(3));
+        assert_eq!(seen.last_expiry(), 5_000);
+        assert_eq!(seen.get(&[9; 16], 4_999), Some(EventId(3)));
+        assert_eq!(seen.get(&[9; 16], 5_000), None);
+        // Past the year 2106: remembered until then.
+        seen.insert([9; 16], u64::MAX, EventId(3));
+        assert_eq!(seen.last_expiry(), u64::from(u32::MAX) * 1000);
+    }
+
+    #[test]
+    fn keys_are_told_apart_by_their_first_twelve_bytes() {
+        let mut seen = SeenIndex::default();
+        let mut other = [1; 16];
+        seen.insert([1; 16], 100_000, EventId(7));
+        other[11] = 2;
+        assert_eq!(seen.get(&other, 0), None);
+        seen.insert(other, 100_000, EventId(8));
+        assert_eq!(seen.get(&[1; 16], 0), Some(EventId(7)));
+        assert_eq!(seen.get(&other, 0), Some(EventId(8)));
+    }
+
+    #[test]
+    fn a_million_keys_take_their_tables_and_grow_a_table_at_a_time() {
+        let mut seen = SeenIndex::default();
+        let bytes = |seen: &SeenIndex| -> usize {
+            let bucket = std::mem::size_of::<(Fingerprint, Remembered)>() + 1;
+            seen.shards
+                .iter()
+                .map(|k| k.capacity() * 8 / 7 * bucket)
+                .sum()
+        };
+        let mut most = 0;
+        let mut peak = 0;
+        for n in 0..1_200_000u64 {
+            // Spread as hashes are (splitmix64).
+            let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let mut key = [0; 16];
+            key[..8].copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            key[8..].copy_from_slice(&n.to_le_bytes());
+            let shard = usize::from(key[0]) % SHARDS;
+            // What a growing table holds while it is copied: the old
+            // and the new.
+            let growing = seen.shards[shard].capacity();
+            seen.insert(key, u64::MAX, EventId(n));
+            if seen.shards[shard].capacity() > growing {
+                let now = bytes(&seen);
+                most = most.max(now);
+                peak = peak.max(now + growing * 8 / 7 * 25);
+            }
+        }
+        assert_eq!(seen.len(), 1_200_000);
+        // 2^21 buckets of 25 bytes in all (one table of 33-byte buckets:
+        // 69 MB, and 104 MB while it grew to them).
+        assert!(most <= 53 << 20, "{most} bytes");
+        assert!(
+            peak <= most + most / 8,
+            "{peak} bytes at most while growing, against {most}"
+        );
+    }
+
+    #[test]
     fn expired_keys_are_not_found_and_prune_drops_them() {
         let mut seen = SeenIndex::default();
-        seen.insert([1; 16], 100, EventId(7));
-        seen.insert([2; 16], 300, EventId(8));
-        assert_eq!(seen.get(&[1; 16], 99), Some(EventId(7)));
-        assert_eq!(seen.get(&[1; 16], 100), None);
-        assert_eq!(seen.prune(200), 1);
+        seen.insert([1; 16], 100_000, EventId(7));
+        seen.insert([2; 16], 300_000, EventId(8));
+        assert_eq!(seen.get(&[1; 16], 99_999), Some(EventId(7)));
+        assert_eq!(seen.get(&[1; 16], 100_000), None);
+        assert_eq!(seen.prune(200_000), 1);
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen.get(&[2; 16], 200), Some(EventId(8)));
+        assert_eq!(seen.get(&[2; 16], 200_000), Some(EventId(8)));
     }
 
     #[test]
