@@ -126,6 +126,12 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError
 /// Connects to the PostgreSQL database `[queue]` names (migrating its
 /// schema). An error when the config names the local backend.
 pub async fn open_database(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
+    connect_database(config, false).await
+}
+
+/// As [`open_database`]; with `look_only`, the schema is taken only as
+/// this build would leave it, never migrated (`Postgres::inspect`).
+async fn connect_database(config: &Config, look_only: bool) -> Result<Arc<dyn Queue>, DaemonError> {
     let QueueConfig::Postgres { url, pool_size } = &config.queue else {
         return Err(DaemonError::Database(
             "the config's [queue] backend is local: set backend = \"postgres\" and its url".into(),
@@ -136,7 +142,12 @@ pub async fn open_database(config: &Config) -> Result<Arc<dyn Queue>, DaemonErro
         .map_err(|e| DaemonError::DatabaseUrl(e.clone()))?;
     let text = std::str::from_utf8(url.expose())
         .map_err(|_| DaemonError::DatabaseUrl("the connection string is not UTF-8 text".into()))?;
-    match Postgres::open(text.trim(), *pool_size).await {
+    let opened = if look_only {
+        Postgres::inspect(text.trim(), *pool_size).await
+    } else {
+        Postgres::open(text.trim(), *pool_size).await
+    };
+    match opened {
         Ok(pg) => Ok(Arc::new(pg)),
         Err(QueueError::Storage(e)) => Err(DaemonError::Database(e.to_string())),
         Err(e) => Err(DaemonError::Database(e.to_string())),
@@ -209,11 +220,13 @@ pub async fn migrate(
 }
 
 /// The storage the config names, for the CLI while no daemon answers:
-/// on the local backend, `inspect_queue`; on PostgreSQL, the database.
+/// on the local backend, `inspect_queue`; on PostgreSQL, the database,
+/// its schema as it is (a newer `hookgate` looking at a cluster does not
+/// migrate it under the daemons).
 pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
     match &config.queue {
         QueueConfig::Local => Ok(Arc::new(Local::new(inspect_queue(config)?))),
-        QueueConfig::Postgres { .. } => open_database(config).await,
+        QueueConfig::Postgres { .. } => connect_database(config, true).await,
     }
 }
 

@@ -355,3 +355,83 @@ async fn queue_migrate_moves_the_local_work_into_postgres_and_the_daemon_insists
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     assert!(d.terminate().success());
 }
+
+/// A look from the command line (`queue stats`, `queue dead list` with no
+/// daemon answering) takes the database as it is: on one no hookgate has
+/// used, or one whose schema is older than this binary's (a newer
+/// `hookgate` on an operator's machine, the cluster's daemons older), it
+/// says so and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_from_the_command_line_never_migrates_the_schema() {
+    let Some((name, url)) = tokio::task::spawn_blocking(Cluster::fresh_database)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let psql = |sql: &str| Cluster::shared_psql(&name, sql);
+    let dir = tempfile::tempdir().unwrap();
+    let text = pushes_to(&format!("http://127.0.0.1:{}/", free_port()), "");
+    let (config, _, _) = Daemon::write_config(dir.path(), &text);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .env(URL_ENV, &url)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out, said)
+    };
+    let tables = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'hookgate%'";
+
+    for args in [&["queue", "stats"][..], &["queue", "dead", "list"]] {
+        let (out, said) = run(args);
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(
+            said.contains("the database holds no hookgate schema: no hookgate daemon has used it (is queue.url the daemons' database?)"),
+            "{args:?}: {said}"
+        );
+    }
+    assert_eq!(psql(tables), "0", "a look made tables");
+
+    // A daemon made the schema; then it looks a version older.
+    let d = instance(dir.path(), &text, &url).await;
+    assert!(d.terminate().success());
+    let version: i32 = psql("SELECT max(version) FROM hookgate_schema")
+        .parse()
+        .unwrap();
+    let made = psql(tables);
+    psql(&format!(
+        "DELETE FROM hookgate_schema WHERE version = {version}"
+    ));
+    let (out, said) = run(&["queue", "stats"]);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the database's hookgate schema is version {}, older than this hookgate's ({version})",
+            version - 1
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("start this version's `hookgate serve` on it first"),
+        "{said}"
+    );
+    assert_eq!(
+        psql("SELECT max(version) FROM hookgate_schema"),
+        (version - 1).to_string(),
+        "a look migrated the schema"
+    );
+    assert_eq!(psql(tables), made);
+
+    // As this build leaves it: the look answers.
+    psql(&format!(
+        "INSERT INTO hookgate_schema (version) VALUES ({version})"
+    ));
+    let (out, said) = run(&["queue", "stats", "--json"]);
+    assert!(out.status.success(), "{said}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["deliveries"], 0, "{stats}");
+}

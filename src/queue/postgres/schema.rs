@@ -1,6 +1,9 @@
 //! The schema, versioned: each migration runs once, in order, in its own
 //! transaction, under an advisory lock so that instances starting
 //! together do not race; an instance refuses a schema newer than it knows.
+//! A look at the database from the command line (`queue stats`, `queue
+//! dead …` with no daemon answering) migrates nothing: it takes the
+//! schema only as this build would leave it ([`as_is`]).
 
 use tokio_postgres::Client;
 
@@ -247,6 +250,53 @@ async fn migrate_locked(client: &mut Client) -> Result<u64, String> {
         .map_err(e)?
         .get(0);
     Ok(install as u64)
+}
+
+/// The install id of a database whose schema is already [`VERSION`];
+/// changes nothing. A newer binary looking at a cluster must not migrate
+/// the schema under the daemons that run on it, and a look at a database
+/// no hookgate has used must not make one there.
+pub async fn as_is(client: &Client) -> Result<u64, String> {
+    let e = |e: tokio_postgres::Error| format!("reading the schema's version: {e}");
+    let row = client
+        .query_one(
+            "SELECT to_regclass('hookgate_schema') IS NOT NULL \
+             AND to_regclass('hookgate_meta') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(e)?;
+    if !row.get::<_, bool>(0) {
+        return Err(
+            "the database holds no hookgate schema: no hookgate daemon has used it \
+             (is queue.url the daemons' database?)"
+                .into(),
+        );
+    }
+    let current: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM hookgate_schema", &[])
+        .await
+        .map_err(e)?
+        .get(0);
+    if current > VERSION {
+        return Err(newer_schema(current));
+    }
+    if current < VERSION {
+        return Err(format!(
+            "the database's hookgate schema is version {current}, older than this hookgate's \
+             ({VERSION}); a look from the command line does not migrate it under the daemons \
+             that use it: run the `hookgate` those daemons run, or start this version's \
+             `hookgate serve` on it first"
+        ));
+    }
+    let install: Option<i64> = client
+        .query_opt("SELECT install_id FROM hookgate_meta", &[])
+        .await
+        .map_err(e)?
+        .map(|row| row.get(0));
+    install.map(|id| id as u64).ok_or_else(|| {
+        "the database's hookgate schema has no install id: start `hookgate serve` on it once".into()
+    })
 }
 
 fn newer_schema(found: i32) -> String {
