@@ -12,7 +12,7 @@ use crate::config::{Config, Proof, QueueConfig};
 use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::live::Live;
-use crate::queue::postgres::Postgres;
+use crate::queue::postgres::{Postgres, Schema};
 use crate::queue::{Local, Queue, QueueError, SledQueue};
 
 /// How long in-flight requests get to finish once shutdown starts.
@@ -126,12 +126,11 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError
 /// Connects to the PostgreSQL database `[queue]` names (migrating its
 /// schema). An error when the config names the local backend.
 pub async fn open_database(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
-    connect_database(config, false).await
+    connect_database(config, Schema::Migrate).await
 }
 
-/// As [`open_database`]; with `look_only`, the schema is taken only as
-/// this build would leave it, never migrated (`Postgres::inspect`).
-async fn connect_database(config: &Config, look_only: bool) -> Result<Arc<dyn Queue>, DaemonError> {
+/// As [`open_database`], doing to the schema what `schema` says.
+async fn connect_database(config: &Config, schema: Schema) -> Result<Arc<dyn Queue>, DaemonError> {
     let QueueConfig::Postgres { url, pool_size } = &config.queue else {
         return Err(DaemonError::Database(
             "the config's [queue] backend is local: set backend = \"postgres\" and its url".into(),
@@ -142,12 +141,7 @@ async fn connect_database(config: &Config, look_only: bool) -> Result<Arc<dyn Qu
         .map_err(|e| DaemonError::DatabaseUrl(e.clone()))?;
     let text = std::str::from_utf8(url.expose())
         .map_err(|_| DaemonError::DatabaseUrl("the connection string is not UTF-8 text".into()))?;
-    let opened = if look_only {
-        Postgres::inspect(text.trim(), *pool_size).await
-    } else {
-        Postgres::open(text.trim(), *pool_size).await
-    };
-    match opened {
+    match Postgres::open_as(text.trim(), *pool_size, schema).await {
         Ok(pg) => Ok(Arc::new(pg)),
         Err(QueueError::Storage(e)) => Err(DaemonError::Database(e.to_string())),
         Err(e) => Err(DaemonError::Database(e.to_string())),
@@ -226,7 +220,7 @@ pub async fn migrate(
 pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonError> {
     match &config.queue {
         QueueConfig::Local => Ok(Arc::new(Local::new(inspect_queue(config)?))),
-        QueueConfig::Postgres { .. } => connect_database(config, true).await,
+        QueueConfig::Postgres { .. } => connect_database(config, Schema::AsIs).await,
     }
 }
 

@@ -191,22 +191,24 @@ pub struct SeenIndex {
     shards: [HashMap<Fingerprint, Remembered>; SHARDS],
 }
 
-impl SeenIndex {
-    fn shard(&self, key: &Fingerprint) -> &HashMap<Fingerprint, Remembered> {
-        &self.shards[usize::from(key[0]) % SHARDS]
-    }
+/// The table of [`SeenIndex`] that holds `key` (by its first byte, the
+/// same in a [`KeyHash`] and its fingerprint).
+fn shard_of(key: &[u8]) -> usize {
+    usize::from(key[0]) % SHARDS
+}
 
+impl SeenIndex {
     /// The event stored under `key`, if its window has not passed at `now_ms`.
     pub fn get(&self, key: &KeyHash, now_ms: u64) -> Option<EventId> {
         let key = fingerprint(key);
-        self.shard(&key)
+        self.shards[shard_of(&key)]
             .get(&key)
             .and_then(|r| (r.expiry_ms() > now_ms).then(|| r.id()))
     }
 
     pub fn insert(&mut self, key: KeyHash, expiry_ms: u64, id: EventId) {
         let key = fingerprint(&key);
-        self.shards[usize::from(key[0]) % SHARDS].insert(key, Remembered::new(expiry_ms, id));
+        self.shards[shard_of(&key)].insert(key, Remembered::new(expiry_ms, id));
     }
 
     /// Forgets keys whose window has passed at `now_ms`; returns how many.
@@ -571,8 +573,8 @@ mod tests {
     #[test]
     fn a_million_keys_take_their_tables_and_grow_a_table_at_a_time() {
         let mut seen = SeenIndex::default();
+        let bucket = std::mem::size_of::<(Fingerprint, Remembered)>() + 1;
         let bytes = |seen: &SeenIndex| -> usize {
-            let bucket = std::mem::size_of::<(Fingerprint, Remembered)>() + 1;
             seen.shards
                 .iter()
                 .map(|k| k.capacity() * 8 / 7 * bucket)
@@ -588,7 +590,7 @@ mod tests {
             let mut key = [0; 16];
             key[..8].copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
             key[8..].copy_from_slice(&n.to_le_bytes());
-            let shard = usize::from(key[0]) % SHARDS;
+            let shard = shard_of(&key);
             // What a growing table holds while it is copied: the old
             // and the new.
             let growing = seen.shards[shard].capacity();
@@ -596,7 +598,7 @@ mod tests {
             if seen.shards[shard].capacity() > growing {
                 let now = bytes(&seen);
                 most = most.max(now);
-                peak = peak.max(now + growing * 8 / 7 * 25);
+                peak = peak.max(now + growing * 8 / 7 * bucket);
             }
         }
         assert_eq!(seen.len(), 1_200_000);

@@ -96,7 +96,7 @@ pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// What opening the database may do to its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Schema {
+pub enum Schema {
     /// Bring it to this build's version (the daemon, `queue migrate`).
     Migrate,
     /// Take it only as it is (a look from the command line).
@@ -114,14 +114,14 @@ impl Postgres {
         Postgres::open_as(url, pool_size, Schema::Migrate).await
     }
 
-    /// As [`Postgres::open`] for a look from the command line: the schema
-    /// is taken only as this build would leave it (`schema::as_is`), and
-    /// no day's partitions are made.
-    pub async fn inspect(url: &str, pool_size: usize) -> Result<Postgres, QueueError> {
-        Postgres::open_as(url, pool_size, Schema::AsIs).await
-    }
-
-    async fn open_as(url: &str, pool_size: usize, schema: Schema) -> Result<Postgres, QueueError> {
+    /// As [`Postgres::open`]; with [`Schema::AsIs`] (a look from the
+    /// command line) the schema is taken only as this build would leave
+    /// it (`schema::as_is`), and no day's partitions are made.
+    pub async fn open_as(
+        url: &str,
+        pool_size: usize,
+        schema: Schema,
+    ) -> Result<Postgres, QueueError> {
         let target = connect::parse(url).map_err(|m| {
             QueueError::Storage(std::io::Error::new(std::io::ErrorKind::InvalidInput, m))
         })?;
@@ -134,17 +134,18 @@ impl Postgres {
             ))
         })?;
         let install = match schema {
-            Schema::Migrate => schema::migrate_or_refuse(&mut conn).await?,
+            Schema::Migrate => {
+                let install = schema::migrate_or_refuse(&mut conn).await?;
+                let now_ms = unix_millis(SystemTime::now()) as i64;
+                for table in [partitions::EVENTS, partitions::DELIVERED] {
+                    partitions::ensure(&conn, table, &partitions::around(now_ms))
+                        .await
+                        .map_err(|e| storage(format!("making partitions: {e}")))?;
+                }
+                install
+            }
             Schema::AsIs => schema::as_is(&conn).await.map_err(storage)?,
         };
-        if schema == Schema::Migrate {
-            let now_ms = unix_millis(SystemTime::now()) as i64;
-            for table in [partitions::EVENTS, partitions::DELIVERED] {
-                partitions::ensure(&conn, table, &partitions::around(now_ms))
-                    .await
-                    .map_err(|e| storage(format!("making partitions: {e}")))?;
-            }
-        }
         drop(conn);
         let db = Arc::new(Db {
             pool,
