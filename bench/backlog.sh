@@ -142,7 +142,7 @@ echo "peak RSS $rss MiB" | tee -a "$work/details"
 kill -TERM "$pid"
 wait "$pid" || true
 disk=$(du -sh "$work/data" | cut -f1)
-echo "on disk: $(du -sh "$work/data/log" | cut -f1) log, $(du -sh "$work/data/sled" | cut -f1) sled" | tee -a "$work/details"
+echo "on disk: $(du -sh "$work/data/log" | cut -f1) log, $(du -sh "$work/data/state" | cut -f1) state" | tee -a "$work/details"
 
 # The chat sink comes back; a restart reads the full log back.
 ./target/release/examples/sink "$CHAT_PORT" > "$work/chat.out" &

@@ -76,7 +76,7 @@ provider = "github"
 secret = { file = "$work/secret" }
 TOML
   # ROUTES=1: bench/backlog.sh's routes (a sink whose port is closed, a
-  # template that fails), so routing and its sled writes share the
+  # template that fails), so routing and its state writes share the
   # machine with ingest; READ_PAYLOAD=1 adds a payload read.
   if [ -n "${ROUTES:-}" ]; then
     backlog_routes "http://127.0.0.1:9/closed" "http://127.0.0.1:9/reject" >> "$dir/routes.toml"

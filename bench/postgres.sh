@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Storage backends side by side in one run: the local backend (event log
-# + sled), PostgreSQL with one hookgate instance, and PostgreSQL with two
+# + its state file), PostgreSQL with one hookgate instance, and PostgreSQL with two
 # instances on one database. The database is a throwaway cluster on
 # loopback (initdb in a temp dir, fsync and synchronous_commit on, as the
 # `postgres` user when run as root).

@@ -13,7 +13,7 @@ use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::live::Live;
 use crate::queue::postgres::{Postgres, Schema};
-use crate::queue::{Local, Queue, QueueError, SledQueue};
+use crate::queue::{Local, LocalStore, Queue, QueueError};
 
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -82,16 +82,17 @@ pub enum DaemonError {
 }
 
 /// Opens the queue under `config.server.data_dir`.
-pub fn open_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+pub fn open_queue(config: &Config) -> Result<LocalStore, DaemonError> {
     let group_commit = config.server.group_commit;
-    let queue = open_dir(config, |dir| SledQueue::open(dir, group_commit))?;
+    let queue = open_dir(config, |dir| LocalStore::open(dir, group_commit))?;
     give_back_freed_memory();
     Ok(queue)
 }
 
-/// Opening a deep store reads sled's snapshot into memory that is freed
-/// once it is open (over 100 MB of a 295 MB peak at 760,000 events,
-/// measured with heaptrack). glibc keeps freed heap for later use, so the
+/// Opening a deep store reads its dedupe keys and listings back from the
+/// log, into buffers that are freed once it is open (with sled, its
+/// snapshot too: over 100 MB of a 295 MB peak at 760,000 events, measured
+/// with heaptrack). glibc keeps freed heap for later use, so the
 /// daemon would hold it for its whole life; `malloc_trim` gives the free
 /// pages back to the system.
 fn give_back_freed_memory() {
@@ -154,20 +155,20 @@ async fn connect_database(config: &Config, schema: Schema) -> Result<Arc<dyn Que
 /// A data_dir without a queue is an error, not an empty queue: the CLI's
 /// config may name another directory than the daemon's (under systemd the
 /// daemon's is `$STATE_DIRECTORY`).
-pub fn inspect_queue(config: &Config) -> Result<SledQueue, DaemonError> {
+pub fn inspect_queue(config: &Config) -> Result<LocalStore, DaemonError> {
     let dir = &config.server.data_dir;
-    if !dir.join("sled").is_dir() {
+    if !holds_queue(dir) {
         return Err(DaemonError::NoQueue {
             path: dir.display().to_string(),
         });
     }
-    open_dir(config, SledQueue::inspect)
+    open_dir(config, LocalStore::inspect)
 }
 
 /// What the local backend still holds under `data_dir` (nothing when it
 /// holds no queue): events not yet routed, pending deliveries, dead letters.
 pub fn local_work(config: &Config) -> Result<(u64, u64, u64), DaemonError> {
-    if !config.server.data_dir.join("sled").is_dir() {
+    if !holds_queue(&config.server.data_dir) {
         return Ok((0, 0, 0));
     }
     let q = inspect_queue(config)?;
@@ -199,7 +200,7 @@ pub async fn migrate(
         .map_or(0, |d| d.as_secs());
     let aside = dir.join(format!("migrated-{secs}"));
     let moved = std::fs::create_dir_all(&aside).and_then(|()| {
-        for part in ["log", "sled"] {
+        for part in ["log", "state", "sled"] {
             if dir.join(part).exists() {
                 std::fs::rename(dir.join(part), aside.join(part))?;
             }
@@ -226,8 +227,8 @@ pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonEr
 
 fn open_dir(
     config: &Config,
-    open: impl FnOnce(&std::path::Path) -> Result<SledQueue, QueueError>,
-) -> Result<SledQueue, DaemonError> {
+    open: impl FnOnce(&std::path::Path) -> Result<LocalStore, QueueError>,
+) -> Result<LocalStore, DaemonError> {
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
         path: dir.display().to_string(),
@@ -237,7 +238,7 @@ fn open_dir(
         let path = dir.display().to_string();
         use std::io::ErrorKind;
         match io_error(&source) {
-            Some(e) if is_sled_lock(e) => DaemonError::InUse { path },
+            Some(e) if e.kind() == ErrorKind::WouldBlock => DaemonError::InUse { path },
             Some(e)
                 if matches!(
                     e.kind(),
@@ -254,26 +255,18 @@ fn open_dir(
     })
 }
 
-/// The I/O error under a queue error (sled's is wrapped in ours).
+/// The I/O error under a queue error.
 fn io_error(e: &QueueError) -> Option<&std::io::Error> {
-    let QueueError::Storage(io) = e else {
-        return None;
-    };
-    match io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<sled::Error>())
-    {
-        Some(sled::Error::Io(inner)) => Some(inner),
-        Some(_) => None,
-        None => Some(io),
+    match e {
+        QueueError::Storage(io) => Some(io),
+        _ => None,
     }
 }
 
-/// sled 0.34 reports its `sled/db` lock held elsewhere (`try_lock_exclusive`
-/// failing) as an `Other` error with this text (`Config::open_file`).
-fn is_sled_lock(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock
-        || e.to_string().starts_with("could not acquire lock on")
+/// Whether `dir` holds the local backend's state (or an earlier version's
+/// sled trees, converted when it opens).
+fn holds_queue(dir: &std::path::Path) -> bool {
+    dir.join(crate::queue::local::STATE_DIR).is_dir() || dir.join("sled").is_dir()
 }
 
 /// Binds the configured addresses (or takes the sockets systemd passed)

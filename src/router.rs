@@ -70,7 +70,7 @@ pub async fn run(
             }
             // Nothing came for a while: save the place pages that made no
             // deliveries left in memory (under load they are saved every
-            // few seconds; saving at every lull would sync sled each time).
+            // few seconds; saving at every lull would write the state each time).
             if let Err(e) = queue.routing_idle().await {
                 tracing::error!(error = %e, "cannot save the router's place");
             }
@@ -410,10 +410,10 @@ mod tests {
     /// thread with run between its pages (the dispatcher among them).
     #[tokio::test(flavor = "current_thread")]
     async fn the_router_gives_way_between_pages() {
-        use crate::queue::{Local, NewEvent, SledQueue};
+        use crate::queue::{Local, LocalStore, NewEvent};
         let dir = tempfile::tempdir().unwrap();
         let queue: Arc<dyn Queue> =
-            Arc::new(Local::new(SledQueue::open(dir.path(), true).unwrap()));
+            Arc::new(Local::new(LocalStore::open(dir.path(), true).unwrap()));
         const EVENTS: usize = PAGE * 20;
         let mut appends = Vec::new();
         for i in 0..EVENTS {

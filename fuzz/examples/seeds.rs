@@ -1,5 +1,5 @@
 //! Writes the seeds of the `record` and `log_recovery` targets from real
-//! encodings: events appended through `SledQueue::open` + `Queue::append`
+//! encodings: events appended through `LocalStore::open` + `Queue::append`
 //! (the segment's written front, and damaged copies of it), and the
 //! records' own bytes. Run once after a format change, from `fuzz/`:
 //!
@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use hookgate::queue::{Attempt, DeliveryRecord, EventRecord, Frozen, NewEvent, SledQueue};
+use hookgate::queue::{Attempt, DeliveryRecord, EventRecord, Frozen, LocalStore, NewEvent};
 use hookgate::samples::SAMPLES;
 use hookgate::verify::DeliveryId;
 
@@ -103,7 +103,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let queue = SledQueue::open(&dir, true).expect("a queue");
+    let queue = LocalStore::open(&dir, true).expect("a queue");
     let now = SystemTime::now();
     for r in &picked {
         let id = DeliveryId::Unsigned(r.delivery_id.clone());

@@ -1,7 +1,7 @@
 //! Recovery from a damaged event log: the input is the front of segment
 //! `log/0000000000000001.seg` (the rest zeros, 8 MiB in all, as segments
 //! are), in a fresh data dir with no sled state and no `.keys` files.
-//! Opening it (`SledQueue::inspect`, which reads the dedupe keys back from
+//! Opening it (`LocalStore::inspect`, which reads the dedupe keys back from
 //! the log) and reading every event back must return, never panic or hang.
 //! Only the public API is used, so the target holds while the frame
 //! handling inside `queue/log.rs` changes.
@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hookgate::queue::SledQueue;
+use hookgate::queue::LocalStore;
 
 /// Size of a log segment (`queue/log.rs`).
 const SEGMENT_BYTES: u64 = 8 << 20;
@@ -42,7 +42,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .open(&segment)
         .and_then(|f| f.set_len(SEGMENT_BYTES))
         .expect("the segment's zeros");
-    if let Ok(queue) = SledQueue::inspect(&dir) {
+    if let Ok(queue) = LocalStore::inspect(&dir) {
         if let Ok(events) = queue.events() {
             assert!(
                 events.windows(2).all(|w| w[0].0 < w[1].0),

@@ -129,7 +129,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 }
 
 /// The error and its causes, each said once: our errors name their cause
-/// in their message already, and sled's repeat theirs.
+/// in their message already, and some libraries' repeat theirs.
 pub fn causes(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {

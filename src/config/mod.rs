@@ -45,7 +45,7 @@ const LONGEST_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 /// `[queue]`: which storage backend.
 #[derive(Debug, Clone, Default)]
 pub enum QueueConfig {
-    /// The event log and sled under `server.data_dir`.
+    /// The event log and the state file under `server.data_dir`.
     #[default]
     Local,
     /// A PostgreSQL database shared by any number of instances.

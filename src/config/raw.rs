@@ -22,7 +22,8 @@ pub struct RawServer {
     /// its IP addresses and `localhost` (`"hookgate.internal"`, or with a
     /// port to allow only that one).
     pub admin_hosts: Option<Vec<Spanned<String>>>,
-    /// Directory of the sled database; `$STATE_DIRECTORY` wins when set.
+    /// Directory of the local queue (`log/`, `state/`); `$STATE_DIRECTORY`
+    /// wins when set.
     pub data_dir: Option<Spanned<String>>,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: Option<Spanned<i64>>,

@@ -775,7 +775,7 @@ mod tests {
     /// not the request it sent.
     #[tokio::test]
     async fn the_delivered_history_keeps_no_request() {
-        use crate::queue::{DeliveryFilter, DeliveryStatus, Local, Routed, SledQueue};
+        use crate::queue::{DeliveryFilter, DeliveryStatus, Local, LocalStore, Routed};
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::parse(
             "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n[sinks.audit]\nkind = \"log\"\n",
@@ -785,7 +785,7 @@ mod tests {
         .config;
         let sinks = Arc::new(Live::new(crate::daemon::build_sinks(&config).unwrap()));
         let queue: Arc<dyn Queue> =
-            Arc::new(Local::new(SledQueue::open(dir.path(), true).unwrap()));
+            Arc::new(Local::new(LocalStore::open(dir.path(), true).unwrap()));
         let mut rec = crate::queue::delivery::tests::sample(0, 0);
         rec.sink = "audit".into();
         assert!(rec.frozen.is_some());

@@ -155,7 +155,7 @@ enum Stored {
     /// push forwarded by an http sink is 7.5 KB of JSON and about a third
     /// of that compressed; a million of them waiting for a sink that is
     /// down are written at routing and again at each outcome, so the size
-    /// is what a backlog costs in disk, write volume and (sled) memory.
+    /// is what a backlog costs in disk, write volume and memory.
     V3(DeliveryRecord, Option<FrozenV3>),
     /// As V3, and the request's body may be [`Body::Event`]: not stored,
     /// because it is the event's own body, byte for byte (an http sink
@@ -296,7 +296,7 @@ impl DeliveryRecord {
     /// The record as stored, its request's body a reference to the event
     /// when it is the event's ([`BodyOfEvent`]): the local backend's
     /// pending deliveries, whose events the log keeps while they wait
-    /// (its `refs` tree, see `SledQueue::prune_log`).
+    /// (its `refs` tree, see `LocalStore::prune_log`).
     pub fn encode_referring(&self) -> Vec<u8> {
         self.encode_as(true)
     }

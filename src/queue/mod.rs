@@ -1,5 +1,5 @@
 //! The durable queue: the narrow [`Queue`] trait ingress talks to, the
-//! versioned record stored on disk, and the sled backend.
+//! versioned record stored on disk, and the two backends.
 //!
 //! Nothing here knows HTTP. The contract that matters: when
 //! [`Queue::append`] returns `Queued`, the event is fsynced; when it returns
@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 pub use delivery::{Attempt, BodyOfEvent, DeliveryRecord, Frozen};
-pub use local::{Local, Page, SledQueue};
+pub use local::{Local, LocalStore, Page};
 pub use lookup::{
     Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter, EventPage,
     EventSummary, MAX_PAGE,
@@ -97,8 +97,8 @@ pub enum QueueError {
     ShuttingDown,
     #[error("storage error: {0}")]
     Storage(#[source] std::io::Error),
-    /// The router's place moved under a page it was routing (sled was
-    /// reopened after a failure): the page is read again.
+    /// The router's place moved under a page it was routing (the state
+    /// was reopened after a failure): the page is read again.
     #[error("the router's place in the log moved; routing again from it")]
     Moved,
     #[error("stored record {key} is unreadable: {reason}")]
@@ -127,6 +127,7 @@ impl QueueError {
     }
 }
 
+/// sled's errors: only in converting an earlier version's state.
 impl From<sled::Error> for QueueError {
     fn from(e: sled::Error) -> Self {
         QueueError::Storage(std::io::Error::other(e))
@@ -201,8 +202,8 @@ pub struct Refused {
 pub enum Healed {
     /// Nothing was wrong.
     Healthy,
-    /// It was failing and writes durably again; `reopened` when sled had to
-    /// be opened again, or the database connection made anew (what the
+    /// It was failing and writes durably again; `reopened` when the state file had
+    /// to be opened again, or the database connection made anew (what the
     /// local state store held in memory only is gone).
     Recovered { reopened: bool },
     /// Still cannot write.
@@ -375,7 +376,7 @@ impl Drop for Preparing {
 }
 
 /// The storage port: everything the daemon, the admin API and the CLI
-/// ask of storage. Two adapters: `local` (the event log and sled, one
+/// ask of storage. Two adapters: `local` (the event log and redb, one
 /// daemon per `data_dir`) and `postgres` (any number of daemons on one
 /// database). The behavioural suite in `tests/it/storage.rs` runs the same
 /// cases against both.

@@ -1,6 +1,6 @@
 //! The event record as stored: a versioned enum in postcard, the body
-//! LZ4-compressed (webhook JSON shrinks 3–5×, and sled's cost grows with
-//! value size), so a later format can be read beside this one.
+//! LZ4-compressed (webhook JSON shrinks 3–5×, and the log's and
+//! the page cache's cost grows with value size), so a later format can be read beside this one.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;

@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use context::context;
 pub use glob::EventPattern;
 
-/// Longest rendered `order_key` (it becomes part of a sled key).
+/// Longest rendered `order_key` (it becomes part of a stored key).
 pub const ORDER_KEY_MAX: usize = 1024;
 
 /// Instructions one render may execute: far above any sane template, far
@@ -235,7 +235,7 @@ pub enum Rendered {
 
 /// Largest output a template may render (a message, a field): fuel
 /// bounds the steps, this the bytes, so an operator's mistake cannot fill
-/// memory or sled.
+/// memory or the queue.
 const OUTPUT_MAX: usize = 1 << 20;
 
 /// Output that refuses to grow past [`OUTPUT_MAX`].

@@ -482,7 +482,7 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     assert!(!data.exists(), "nothing created");
 
     // A real (empty) queue: an id that is not dead is an error.
-    drop(hookgate::queue::SledQueue::open(&data, true).unwrap());
+    drop(hookgate::queue::LocalStore::open(&data, true).unwrap());
     let out = cli(&["queue", "dead", "replay", "42"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -505,7 +505,7 @@ fn a_closed_pipe_ends_a_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = offline_config(dir.path(), &data);
-    drop(hookgate::queue::SledQueue::open(&data, true).unwrap());
+    drop(hookgate::queue::LocalStore::open(&data, true).unwrap());
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -539,7 +539,7 @@ async fn the_dead_letter_list_is_paged() {
     let data = dir.path().join("data");
     {
         let q: std::sync::Arc<dyn hookgate::queue::Queue> = std::sync::Arc::new(
-            hookgate::queue::Local::new(hookgate::queue::SledQueue::open(&data, true).unwrap()),
+            hookgate::queue::Local::new(hookgate::queue::LocalStore::open(&data, true).unwrap()),
         );
         append_n(&q, 5, "d").await;
         route_with(&q, |id| {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 
-use hookgate::queue::SledQueue;
+use hookgate::queue::LocalStore;
 use hookgate::verify::SignInput;
 
 use crate::support::*;
@@ -302,7 +302,7 @@ async fn the_routers_place_is_saved_once_it_idles_so_a_sigkill_routes_nothing_tw
     // after 500 ms without events, and sled is made durable each second.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     drop(daemon.kill());
-    let queue = SledQueue::inspect(&dir.path().join("data")).unwrap();
+    let queue = LocalStore::inspect(&dir.path().join("data")).unwrap();
     let stats = queue.stats().unwrap();
     assert_eq!((stats.inbox, stats.unmatched), (0, 3), "{stats:?}");
 }

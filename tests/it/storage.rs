@@ -15,7 +15,7 @@ use hookgate::queue::postgres::Postgres;
 use hookgate::queue::{
     unix_millis, Added, Appended, Attempt, BodyOfEvent, DeliveryFilter, DeliveryRecord,
     DeliveryStatus, DeliveryView, EventFilter, EventId, EventRecord, EventSummary, Frozen, Healed,
-    InboxPage, Ingest, Limits, Local, NewEvent, Queue, QueueError, Routed, Settle, SledQueue,
+    InboxPage, Ingest, Limits, Local, LocalStore, NewEvent, Queue, QueueError, Routed, Settle,
 };
 
 use crate::support::postgres::Cluster;
@@ -39,7 +39,7 @@ struct Backend {
 impl Backend {
     fn local() -> Backend {
         let dir = tempfile::tempdir().unwrap();
-        let q = Local::new(SledQueue::open(dir.path(), true).unwrap());
+        let q = Local::new(LocalStore::open(dir.path(), true).unwrap());
         Backend {
             q: Arc::new(q),
             kind: Kind::Local,
@@ -2087,7 +2087,7 @@ mod cases {
         let Backend { q, _dir: dir, .. } = local;
         drop(q);
         let dir = dir.unwrap();
-        let carried = SledQueue::inspect(dir.path()).unwrap().export().unwrap();
+        let carried = LocalStore::inspect(dir.path()).unwrap().export().unwrap();
         assert_eq!(carried.events.len(), 1);
         assert_eq!(carried.events[0].dedupe_key, "m-2");
         assert_eq!(carried.deliveries.len(), 2);

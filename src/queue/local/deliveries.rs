@@ -1,4 +1,4 @@
-//! Routing results and delivery state in sled: the router hands over a
+//! Routing results and delivery state (`kv.rs`): the router hands over a
 //! page of events' deliveries and moves its cursor in one transaction; the
 //! dispatcher moves records between `deliveries` (by due time) and `dead`.
 //!
@@ -7,23 +7,23 @@
 //! transaction as `deliveries`: the first entry of a key is its head, the
 //! only one of that key the dispatcher may start. Dead records are filed
 //! in `dead_at` (when they died, id), in the same transaction as `dead`:
-//! [`SledQueue::prune_dead`] reads only the front of it.
-
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+//! [`LocalStore::prune_dead`] reads only the front of it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::delivery::{dead_at_bound, order_prefix, sink_prefix};
-use super::sled_queue::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
+use super::store::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 
 /// Dead letters replayed per transaction.
 pub(super) const REPLAY_BATCH: usize = 500;
+use super::kv::Batch;
 use super::state::Counts;
-use super::{DeliveryRecord, EventId, QueueError, Refused, Requeued, Routed, SledQueue};
+use super::{DeliveryRecord, EventId, LocalStore, QueueError, Refused, Requeued, Routed};
 use crate::queue::Settle;
+use redb::ReadableTable;
 
-/// An attempt's outcome, ready for [`SledQueue::settle_all`]: the key the
+/// An attempt's outcome, ready for [`LocalStore::settle_all`]: the key the
 /// record was claimed at, what it goes to, and the record as stored.
 pub struct Outcome {
     old: Vec<u8>,
@@ -67,15 +67,6 @@ impl Outcome {
     }
 }
 
-pub(super) fn tx_err(e: TransactionError<()>) -> QueueError {
-    match e {
-        TransactionError::Storage(e) => e.into(),
-        TransactionError::Abort(()) => {
-            QueueError::Storage(std::io::Error::other("transaction aborted"))
-        }
-    }
-}
-
 pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueError> {
     DeliveryRecord::decode(bytes).map_err(|e| QueueError::Corrupt {
         key: hex::encode(key),
@@ -83,7 +74,7 @@ pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, QueueEr
     })
 }
 
-impl SledQueue {
+impl LocalStore {
     /// A fresh delivery id.
     pub fn next_delivery_id(&self) -> Result<u64, QueueError> {
         let trees = self.state.get()?;
@@ -94,7 +85,7 @@ impl SledQueue {
     /// each event's pending deliveries, those born dead (their template
     /// failed), or, when it has neither, that no route matched; and the
     /// router's cursor moves from `from` (where the page was read) to
-    /// `next`, past them. When the cursor is no longer at `from` (sled was
+    /// `next`, past them. When the cursor is no longer at `from` (the state was
     /// reopened after a failure and went back to its last saved place),
     /// nothing is recorded: the page is read again from there.
     ///
@@ -150,48 +141,43 @@ impl SledQueue {
         let unmatched = self.unmatched.load(Ordering::Acquire) + unmatched;
         if !pending.is_empty() || !dead.is_empty() || saved.0.elapsed() >= SAVE_CURSOR_EVERY {
             let trees = self.state.get()?;
-            let done = (
-                &trees.deliveries,
-                &trees.dead,
-                &trees.dead_at,
-                &trees.meta,
-                &trees.order,
-                &trees.pending_ids,
-                &trees.by_event,
-                &trees.refs,
-            )
-                .transaction(
-                    |(deliveries, dead_tree, dead_at_tree, meta, order, ids, events, refs_tree)| {
-                        let mut made = Counts::default();
-                        for (id, k, v) in &pending {
-                            if deliveries.insert(&k[..], v.as_slice())?.is_none() {
-                                made.deliveries += 1;
-                            }
-                            ids.insert(&id.to_be_bytes()[..], &k[..])?;
-                        }
-                        for k in &refs {
-                            refs_tree.insert(&k[..], &[][..])?;
-                        }
-                        for k in &by_event {
-                            events.insert(&k[..], &[][..])?;
-                        }
-                        for (k, v) in &ordered {
-                            order.insert(&k[..], &v[..])?;
-                        }
-                        for (sink, k, v) in &dead {
-                            if dead_tree.insert(&k[..], v.as_slice())?.is_none() {
-                                made.dead_changed(sink, 1);
-                            }
-                        }
-                        for k in &dead_at {
-                            dead_at_tree.insert(&k[..], &[][..])?;
-                        }
-                        meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
-                        meta.insert(ROUTED_KEY, &next.0.to_be_bytes())?;
-                        Ok::<_, ConflictableTransactionError<()>>(made)
-                    },
-                )
-                .map_err(tx_err);
+            let done = trees.db.write(|tx| {
+                let mut deliveries = tx.open(&trees.deliveries)?;
+                let mut ids = tx.open(&trees.pending_ids)?;
+                let mut refs_tree = tx.open(&trees.refs)?;
+                let mut events = tx.open(&trees.by_event)?;
+                let mut order = tx.open(&trees.order)?;
+                let mut dead_tree = tx.open(&trees.dead)?;
+                let mut dead_at_tree = tx.open(&trees.dead_at)?;
+                let mut meta = tx.open(&trees.meta)?;
+                let mut made = Counts::default();
+                for (id, k, v) in &pending {
+                    if deliveries.insert(&k[..], v.as_slice())?.is_none() {
+                        made.deliveries += 1;
+                    }
+                    ids.insert(&id.to_be_bytes()[..], &k[..])?;
+                }
+                for k in &refs {
+                    refs_tree.insert(&k[..], &[][..])?;
+                }
+                for k in &by_event {
+                    events.insert(&k[..], &[][..])?;
+                }
+                for (k, v) in &ordered {
+                    order.insert(&k[..], &v[..])?;
+                }
+                for (sink, k, v) in &dead {
+                    if dead_tree.insert(&k[..], v.as_slice())?.is_none() {
+                        made.dead_changed(sink, 1);
+                    }
+                }
+                for k in &dead_at {
+                    dead_at_tree.insert(&k[..], &[][..])?;
+                }
+                meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes()[..])?;
+                meta.insert(ROUTED_KEY, &next.0.to_be_bytes()[..])?;
+                Ok(made)
+            });
             trees.counted(&self.state.check(done)?);
             *saved = (std::time::Instant::now(), next.0);
         }
@@ -212,7 +198,7 @@ impl SledQueue {
             return Ok(());
         }
         let unmatched = self.unmatched.load(Ordering::Acquire);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(UNMATCHED_KEY, &unmatched.to_be_bytes());
         batch.insert(ROUTED_KEY, &cursor.to_be_bytes());
         let trees = self.state.get()?;
@@ -228,11 +214,11 @@ impl SledQueue {
         sink: &str,
         now_ms: u64,
         n: usize,
-    ) -> Result<Vec<(sled::IVec, u64)>, QueueError> {
+    ) -> Result<Vec<(Vec<u8>, u64)>, QueueError> {
         self.due_after(sink, now_ms, None, n)
     }
 
-    /// As [`SledQueue::due`], after the key `after` (the last one a
+    /// As [`LocalStore::due`], after the key `after` (the last one a
     /// previous page ended with).
     pub fn due_after(
         &self,
@@ -240,7 +226,7 @@ impl SledQueue {
         now_ms: u64,
         after: Option<&[u8]>,
         n: usize,
-    ) -> Result<Vec<(sled::IVec, u64)>, QueueError> {
+    ) -> Result<Vec<(Vec<u8>, u64)>, QueueError> {
         use std::ops::Bound;
         let start = sink_prefix(sink);
         let mut end = start.clone();
@@ -343,7 +329,7 @@ impl SledQueue {
 
     /// Replaces the record at `old` (its previous due key) with `rec`:
     /// rescheduled when `rec` is pending, moved to the delivered history
-    /// when `done` (see [`SledQueue::settle_all`]).
+    /// when `done` (see [`LocalStore::settle_all`]).
     pub fn update(&self, old: &[u8], rec: &DeliveryRecord, done: bool) -> Result<(), QueueError> {
         let how = if done {
             Settle::Done
@@ -353,14 +339,15 @@ impl SledQueue {
         self.settle_all(&[Outcome::new(old, rec, how)])
     }
 
-    /// Moves the record at `old` to `dead` (see [`SledQueue::settle_all`]).
+    /// Moves the record at `old` to `dead` (see [`LocalStore::settle_all`]).
     pub fn bury(&self, old: &[u8], rec: &DeliveryRecord) -> Result<(), QueueError> {
         self.settle_all(&[Outcome::new(old, rec, Settle::Bury)])
     }
 
-    /// Writes attempts' outcomes in one transaction: sled seals and writes
-    /// its log buffer around every transaction, on its I/O threads, so a
-    /// drain that wrote each outcome alone spent most of its time there.
+    /// Writes attempts' outcomes in one transaction: each commit has a
+    /// cost of its own (sled, before, sealed and wrote its log buffer around
+    /// every one), so a drain writing each outcome alone spent most of its
+    /// time there.
     /// Each record leaves `old` (its due key when claimed):
     /// - rescheduled: to its new due key (the same key when due in the
     ///   same millisecond: overwritten, not removed);
@@ -372,62 +359,57 @@ impl SledQueue {
     /// once this one's outcome is written, and a dead head lets it go.
     pub fn settle_all(&self, outcomes: &[Outcome]) -> Result<(), QueueError> {
         let trees = self.state.get()?;
-        let written = (
-            &trees.deliveries,
-            &trees.order,
-            &trees.pending_ids,
-            &trees.delivered,
-            &trees.delivered_at,
-            &trees.dead,
-            &trees.dead_at,
-            &trees.refs,
-        )
-            .transaction(
-                |(deliveries, order, ids, delivered, delivered_at, dead, dead_at, refs)| {
-                    let mut change = Counts::default();
-                    let mut pending = 0i64;
-                    for o in outcomes {
-                        let (id, value, ordered, at) = (&o.id, &o.value, &o.ordered, &o.at);
-                        if let Some(key) = &o.key {
-                            // Rescheduled.
-                            if deliveries.insert(&key[..], value.as_slice())?.is_none() {
-                                pending += 1;
-                            }
-                            if *key != o.old {
-                                if deliveries.remove(&o.old[..])?.is_some() {
-                                    pending -= 1;
-                                }
-                                ids.insert(&id[..], &key[..])?;
-                            }
-                            if let Some(k) = ordered {
-                                order.insert(&k[..], &key[..])?;
-                            }
-                            continue;
-                        }
+        let written = trees.db.write(|tx| {
+            let mut deliveries = tx.open(&trees.deliveries)?;
+            let mut order = tx.open(&trees.order)?;
+            let mut ids = tx.open(&trees.pending_ids)?;
+            let mut delivered = tx.open(&trees.delivered)?;
+            let mut delivered_at = tx.open(&trees.delivered_at)?;
+            let mut dead = tx.open(&trees.dead)?;
+            let mut dead_at = tx.open(&trees.dead_at)?;
+            let mut refs = tx.open(&trees.refs)?;
+            let mut change = Counts::default();
+            let mut pending = 0i64;
+            for o in outcomes {
+                let (id, value, ordered, at) = (&o.id, &o.value, &o.ordered, &o.at);
+                if let Some(key) = &o.key {
+                    // Rescheduled.
+                    if deliveries.insert(&key[..], value.as_slice())?.is_none() {
+                        pending += 1;
+                    }
+                    if *key != o.old {
                         if deliveries.remove(&o.old[..])?.is_some() {
                             pending -= 1;
                         }
-                        ids.remove(&id[..])?;
-                        if let Some(k) = ordered {
-                            order.remove(&k[..])?;
-                        }
-                        // Whether or not it referred to its event (a done
-                        // record has dropped its request already).
-                        refs.remove(&o.referred[..])?;
-                        if o.how == Settle::Done {
-                            delivered.insert(&id[..], value.as_slice())?;
-                            delivered_at.insert(&at[..], &[][..])?;
-                        } else {
-                            if dead.insert(&id[..], value.as_slice())?.is_none() {
-                                change.dead_changed(&o.sink, 1);
-                            }
-                            dead_at.insert(&at[..], &[][..])?;
-                        }
+                        ids.insert(&id[..], &key[..])?;
                     }
-                    Ok::<_, ConflictableTransactionError<()>>((pending, change))
-                },
-            )
-            .map_err(tx_err);
+                    if let Some(k) = ordered {
+                        order.insert(&k[..], &key[..])?;
+                    }
+                    continue;
+                }
+                if deliveries.remove(&o.old[..])?.is_some() {
+                    pending -= 1;
+                }
+                ids.remove(&id[..])?;
+                if let Some(k) = ordered {
+                    order.remove(&k[..])?;
+                }
+                // Whether or not it referred to its event (a done
+                // record has dropped its request already).
+                refs.remove(&o.referred[..])?;
+                if o.how == Settle::Done {
+                    delivered.insert(&id[..], value.as_slice())?;
+                    delivered_at.insert(&at[..], &[][..])?;
+                } else {
+                    if dead.insert(&id[..], value.as_slice())?.is_none() {
+                        change.dead_changed(&o.sink, 1);
+                    }
+                    dead_at.insert(&at[..], &[][..])?;
+                }
+            }
+            Ok((pending, change))
+        });
         let (pending, change) = self.state.check(written)?;
         let mut counts = trees.counts_mut();
         counts.deliveries_changed(pending);
@@ -464,16 +446,17 @@ impl SledQueue {
                     }),
                 };
             }
-            let cleared = (&trees.order, &trees.deliveries)
-                .transaction(|(order, deliveries)| {
-                    if order.get(&k)?.as_ref() == Some(&due_key)
-                        && deliveries.get(&due_key)?.is_none()
-                    {
-                        order.remove(&k)?;
-                    }
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
-                .map_err(tx_err);
+            let cleared = trees.db.write(|tx| {
+                let mut order = tx.open(&trees.order)?;
+                let deliveries = tx.open(&trees.deliveries)?;
+                let unchanged = order
+                    .get(&k[..])?
+                    .is_some_and(|v| v.value() == due_key.as_slice());
+                if unchanged && deliveries.get(&due_key[..])?.is_none() {
+                    order.remove(&k[..])?;
+                }
+                Ok(())
+            });
             self.state.check(cleared)?;
             tracing::warn!(sink, order_key = %key, entry = %hex::encode(&k), "removed a stale entry of the order index");
         }
@@ -589,7 +572,7 @@ impl SledQueue {
     }
 
     /// Replays `records` (dead letters as read) in one transaction, as
-    /// [`SledQueue::requeue`] describes, adding to `out`: those refused
+    /// [`LocalStore::requeue`] describes, adding to `out`: those refused
     /// stay; one no longer in `dead` (expired or replayed since it was
     /// read) is not brought back. With `dry_run`, only counts.
     pub(super) fn replay(
@@ -629,36 +612,33 @@ impl SledQueue {
             return Ok(());
         }
         let trees = self.state.get()?;
-        let moved = (
-            &trees.deliveries,
-            &trees.dead,
-            &trees.dead_at,
-            &trees.order,
-            &trees.pending_ids,
-        )
-            .transaction(|(deliveries, dead, dead_at, order, ids)| {
-                let mut moved = Vec::with_capacity(moves.len());
-                for (key, value, died, rec) in &moves {
-                    let id = rec.id.to_be_bytes();
-                    // Expired (or replayed) since it was read: gone, not
-                    // brought back.
-                    if dead.remove(&id[..])?.is_none() {
-                        moved.push(None);
-                        continue;
-                    }
-                    dead_at.remove(&died[..])?;
-                    let new = deliveries.insert(&key[..], value.as_slice())?.is_none();
-                    ids.insert(&id[..], &key[..])?;
-                    // Back in its place in event order: the head of its
-                    // key again if it is the oldest.
-                    if let Some(o) = rec.order_index_key() {
-                        order.insert(o, &key[..])?;
-                    }
-                    moved.push(Some(new));
+        let moved = trees.db.write(|tx| {
+            let mut deliveries = tx.open(&trees.deliveries)?;
+            let mut dead = tx.open(&trees.dead)?;
+            let mut dead_at = tx.open(&trees.dead_at)?;
+            let mut order = tx.open(&trees.order)?;
+            let mut ids = tx.open(&trees.pending_ids)?;
+            let mut moved = Vec::with_capacity(moves.len());
+            for (key, value, died, rec) in &moves {
+                let id = rec.id.to_be_bytes();
+                // Expired (or replayed) since it was read: gone, not
+                // brought back.
+                if dead.remove(&id[..])?.is_none() {
+                    moved.push(None);
+                    continue;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(moved)
-            })
-            .map_err(tx_err);
+                dead_at.remove(&died[..])?;
+                let new = deliveries.insert(&key[..], value.as_slice())?.is_none();
+                ids.insert(&id[..], &key[..])?;
+                // Back in its place in event order: the head of its
+                // key again if it is the oldest.
+                if let Some(o) = rec.order_index_key() {
+                    order.insert(&o[..], &key[..])?;
+                }
+                moved.push(Some(new));
+            }
+            Ok(moved)
+        });
         let moved = self.state.check(moved)?;
         let mut counts = trees.counts_mut();
         for (done, (_, _, _, rec)) in moved.into_iter().zip(moves) {
@@ -684,7 +664,7 @@ impl SledQueue {
         limit: usize,
     ) -> Result<(BTreeMap<String, u64>, bool), QueueError> {
         let trees = self.state.get()?;
-        let due: Vec<sled::IVec> = self.state.check(
+        let due: Vec<Vec<u8>> = self.state.check(
             trees
                 .dead_at
                 .range(..dead_at_bound(cutoff_ms))
@@ -692,26 +672,29 @@ impl SledQueue {
                 .take(limit)
                 .collect::<Result<_, _>>(),
         )?;
-        let removed = (&trees.dead, &trees.dead_at, &trees.by_event)
-            .transaction(|(dead, dead_at, by_event)| {
-                let mut sinks = Vec::new();
-                for k in &due {
-                    dead_at.remove(k)?;
-                    let Some(id) = k.get(8..16) else { continue };
-                    let Some(v) = dead.get(id)? else { continue };
-                    let dated = DeliveryRecord::decode(&v)
-                        .ok()
-                        .filter(|rec| rec.dead_at_key()[..] == k[..]);
-                    if let Some(rec) = dated {
-                        dead.remove(id)?;
-                        by_event.remove(&rec.by_event_key()[..])?;
-                        // A record that decodes has a sink.
-                        sinks.push(DeliveryRecord::sink_of(&v).unwrap_or_default().to_owned());
-                    }
+        let removed = trees.db.write(|tx| {
+            let mut dead = tx.open(&trees.dead)?;
+            let mut dead_at = tx.open(&trees.dead_at)?;
+            let mut by_event = tx.open(&trees.by_event)?;
+            let mut sinks = Vec::new();
+            for k in &due {
+                dead_at.remove(&k[..])?;
+                let Some(id) = k.get(8..16) else { continue };
+                let Some(v) = dead.get(id)?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let dated = DeliveryRecord::decode(&v)
+                    .ok()
+                    .filter(|rec| rec.dead_at_key()[..] == k[..]);
+                if let Some(rec) = dated {
+                    dead.remove(id)?;
+                    by_event.remove(&rec.by_event_key()[..])?;
+                    // A record that decodes has a sink.
+                    sinks.push(DeliveryRecord::sink_of(&v).unwrap_or_default().to_owned());
                 }
-                Ok::<_, ConflictableTransactionError<()>>(sinks)
-            })
-            .map_err(tx_err);
+            }
+            Ok(sinks)
+        });
         let mut by = BTreeMap::new();
         let mut counts = trees.counts_mut();
         for sink in self.state.check(removed)? {

@@ -17,21 +17,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use sled::transaction::{ConflictableTransactionError, Transactional};
-
-use super::deliveries::{decode, tx_err, REPLAY_BATCH};
+use super::deliveries::{decode, REPLAY_BATCH};
 use super::delivery::{dead_at_bound, sink_prefix};
-use super::sled_queue::{ROUTED_KEY, UNMATCHED_KEY};
 use super::state::{Counts, Trees};
+use super::store::{ROUTED_KEY, UNMATCHED_KEY};
 use super::{listed, log};
-use super::{DeliveryRecord, EventId, EventRecord, QueueError, Requeued, SledQueue};
+use super::{DeliveryRecord, EventId, EventRecord, LocalStore, QueueError, Requeued};
 use crate::queue::lookup::{
     page_size, Added, DeliveryFilter, DeliveryPage, DeliveryStatus, DeliveryView, EventFilter,
     EventPage, EventSummary,
 };
 
 /// Most entries a listing reads per call where no index answers its
-/// filter (about 10 ms of sled reads).
+/// filter (about 10 ms of reads of the state).
 pub const SCAN_BUDGET: usize = 10_000;
 /// Most deliveries `add_missing` stores per transaction.
 const ADD_BATCH: usize = 500;
@@ -81,7 +79,7 @@ impl<'f> Scan<'f> {
     }
 }
 
-impl SledQueue {
+impl LocalStore {
     /// [`Queue::events`](super::Queue::events).
     pub fn events_page(
         &self,
@@ -223,7 +221,7 @@ impl SledQueue {
                 DeliveryStatus::Dead,
             ],
         };
-        type Entries = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
+        type Entries = Box<dyn Iterator<Item = Result<super::kv::Entry, QueueError>>>;
         let mut sources: Vec<(DeliveryStatus, std::iter::Peekable<Entries>)> = states
             .into_iter()
             .map(|s| {
@@ -454,45 +452,45 @@ impl SledQueue {
         }
         let unmatched = self.unmatched.load(Ordering::Acquire);
         let save = saved.1 != cursor;
-        let written = (
-            &trees.deliveries,
-            &trees.dead,
-            &trees.dead_at,
-            &trees.order,
-            &trees.pending_ids,
-            &trees.by_event,
-            &trees.meta,
-        )
-            .transaction(|(deliveries, dead, dead_at, order, ids, by_event, meta)| {
-                let mut made = Counts::default();
-                for d in &new {
-                    let id = d.id.to_be_bytes();
-                    by_event.insert(&d.by_event_key()[..], &[][..])?;
-                    if d.dead_ms.is_some() {
-                        if dead.insert(&id[..], d.encode())?.is_none() {
-                            made.dead_changed(&d.sink, 1);
-                        }
-                        dead_at.insert(&d.dead_at_key()[..], &[][..])?;
-                        continue;
+        let written = trees.db.write(|tx| {
+            let mut deliveries = tx.open(&trees.deliveries)?;
+            let mut dead = tx.open(&trees.dead)?;
+            let mut dead_at = tx.open(&trees.dead_at)?;
+            let mut order = tx.open(&trees.order)?;
+            let mut ids = tx.open(&trees.pending_ids)?;
+            let mut by_event = tx.open(&trees.by_event)?;
+            let mut meta = tx.open(&trees.meta)?;
+            let mut made = Counts::default();
+            for d in &new {
+                let id = d.id.to_be_bytes();
+                by_event.insert(&d.by_event_key()[..], &[][..])?;
+                if d.dead_ms.is_some() {
+                    if dead.insert(&id[..], d.encode().as_slice())?.is_none() {
+                        made.dead_changed(&d.sink, 1);
                     }
-                    let key = d.due_key();
-                    // With its whole request: routed again, an event may be
-                    // older than what the log keeps (`refs` is the router's).
-                    if deliveries.insert(&key[..], d.encode())?.is_none() {
-                        made.deliveries += 1;
-                    }
-                    ids.insert(&id[..], &key[..])?;
-                    if let Some(o) = d.order_index_key() {
-                        order.insert(o, &key[..])?;
-                    }
+                    dead_at.insert(&d.dead_at_key()[..], &[][..])?;
+                    continue;
                 }
-                if save {
-                    meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
-                    meta.insert(ROUTED_KEY, &cursor.to_be_bytes())?;
+                let key = d.due_key();
+                // With its whole request: routed again, an event may be
+                // older than what the log keeps (`refs` is the router's).
+                if deliveries
+                    .insert(&key[..], d.encode().as_slice())?
+                    .is_none()
+                {
+                    made.deliveries += 1;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(made)
-            })
-            .map_err(tx_err);
+                ids.insert(&id[..], &key[..])?;
+                if let Some(o) = d.order_index_key() {
+                    order.insert(&o[..], &key[..])?;
+                }
+            }
+            if save {
+                meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes()[..])?;
+                meta.insert(ROUTED_KEY, &cursor.to_be_bytes()[..])?;
+            }
+            Ok(made)
+        });
         trees.counted(&self.state.check(written)?);
         if save {
             *saved = (std::time::Instant::now(), cursor);
@@ -506,7 +504,7 @@ impl SledQueue {
     /// `delivered_at`); returns how many went and whether more may be due.
     pub fn prune_delivered(&self, cutoff_ms: u64, limit: usize) -> Result<(u64, bool), QueueError> {
         let trees = self.state.get()?;
-        let due: Vec<sled::IVec> = self.state.check(
+        let due: Vec<Vec<u8>> = self.state.check(
             trees
                 .delivered_at
                 .range(..dead_at_bound(cutoff_ms))
@@ -514,25 +512,29 @@ impl SledQueue {
                 .take(limit)
                 .collect::<Result<_, _>>(),
         )?;
-        let removed = (&trees.delivered, &trees.delivered_at, &trees.by_event)
-            .transaction(|(delivered, delivered_at, by_event)| {
-                let mut n = 0;
-                for k in &due {
-                    delivered_at.remove(k)?;
-                    let Some(id) = k.get(8..16) else { continue };
-                    if let Some(v) = delivered.remove(id)? {
-                        if let Some(h) = DeliveryRecord::head(&v) {
-                            let mut by = [0; 16];
-                            by[..8].copy_from_slice(&h.event_id.to_be_bytes());
-                            by[8..].copy_from_slice(id);
-                            by_event.remove(&by[..])?;
-                        }
-                        n += 1;
+        let removed = trees.db.write(|tx| {
+            let mut delivered = tx.open(&trees.delivered)?;
+            let mut delivered_at = tx.open(&trees.delivered_at)?;
+            let mut by_event = tx.open(&trees.by_event)?;
+            let mut n = 0;
+            for k in &due {
+                delivered_at.remove(&k[..])?;
+                let Some(id) = k.get(8..16) else { continue };
+                let head = delivered
+                    .remove(id)?
+                    .map(|v| DeliveryRecord::head(v.value()).map(|h| h.event_id));
+                if let Some(event) = head {
+                    if let Some(event) = event {
+                        let mut by = [0; 16];
+                        by[..8].copy_from_slice(&event.to_be_bytes());
+                        by[8..].copy_from_slice(id);
+                        by_event.remove(&by[..])?;
                     }
+                    n += 1;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(n)
-            })
-            .map_err(tx_err);
+            }
+            Ok(n)
+        });
         Ok((self.state.check(removed)?, due.len() == limit))
     }
 }

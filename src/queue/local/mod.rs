@@ -1,29 +1,34 @@
-//! The embedded backend, [`Local`]: the event log and sled under
-//! `data_dir`, one daemon per directory.
+//! The embedded backend, [`Local`]: the event log and the routing and
+//! delivery state (redb) under `data_dir`, one daemon per directory.
 //!
-//! `sled_queue.rs` opens both and pages events from the router's cursor;
+//! `store.rs` opens both and pages events from the router's cursor;
 //! `log.rs`, `writer.rs` and `seen.rs` are the event log, its writer
-//! and checkpoint threads, and the dedupe keys; `state.rs` keeps sled
-//! reopenable; `deliveries.rs` the routing results and delivery records.
+//! and checkpoint threads, and the dedupe keys; `kv.rs` the state's
+//! tables and `state.rs` keeps them reopenable (`from_sled.rs` converts
+//! an earlier version's sled trees); `deliveries.rs` the routing results and delivery records.
 //! This file puts them behind the storage port: claims are leases held in
 //! memory (a crash makes claimed deliveries due again), and the order of
-//! keyed deliveries is read from sled's `order` index.
+//! keyed deliveries is read from the `order` index.
 
 mod beside;
 mod deliveries;
+mod from_sled;
+mod kv;
 mod listed;
 mod log;
 mod lookups;
 mod seen;
-mod sled_queue;
 mod state;
+mod store;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-pub use sled_queue::{Page, SledQueue};
+/// The state's directory under `data_dir`.
+pub use state::DIR as STATE_DIR;
+pub use store::{LocalStore, Page};
 
 use super::{
     delivery, unix_millis, Added, Appended, BackendGauges, Carried, CarriedEvent, Claimed,
@@ -37,7 +42,7 @@ const PAGE: usize = 256;
 
 /// The local backend behind the storage port.
 pub struct Local {
-    q: Arc<SledQueue>,
+    q: Arc<LocalStore>,
     /// Deliveries claimed and not yet settled.
     leased: Mutex<HashSet<u64>>,
     /// (sink, order key) of the keyed deliveries claimed: a replayed dead
@@ -54,7 +59,7 @@ type Told = tokio::sync::oneshot::Sender<Result<(), Arc<QueueError>>>;
 /// Group commit for outcomes: each settle adds its outcome to `waiting`,
 /// then takes its `turn`; whoever has the turn lets the attempts that
 /// finished alongside add theirs (one yield), then writes all waiting in
-/// one transaction (`SledQueue::settle_all`, on the blocking pool) and
+/// one transaction (`LocalStore::settle_all`, on the blocking pool) and
 /// tells each its result.
 #[derive(Default)]
 struct Settling {
@@ -65,7 +70,7 @@ struct Settling {
 }
 
 impl Local {
-    pub fn new(q: SledQueue) -> Local {
+    pub fn new(q: LocalStore) -> Local {
         Local {
             q: Arc::new(q),
             leased: Mutex::new(HashSet::new()),
@@ -88,7 +93,7 @@ impl Local {
                 let batch = std::mem::take(&mut *waiting.lock().expect("settling lock"));
                 let (outcomes, told): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 // On the blocking pool, as routing's transaction is: a
-                // batch of outcomes takes milliseconds of sled, which on
+                // batch of outcomes takes a millisecond or more, which on
                 // a tokio worker held every request queued behind it.
                 let written = blocking(&self.q, move |q| q.settle_all(&outcomes))
                     .await
@@ -106,8 +111,8 @@ impl Local {
         written.map_err(|e| e.copy())
     }
 
-    /// The event log and sled underneath (tests, migration, inspection).
-    pub fn sled(&self) -> &Arc<SledQueue> {
+    /// The event log and the state underneath (tests, migration, inspection).
+    pub fn store(&self) -> &Arc<LocalStore> {
         &self.q
     }
 
@@ -121,7 +126,7 @@ impl Local {
         }
     }
 
-    /// The claim itself (sled calls are short: they run where they are
+    /// The claim itself (its reads are short: they run where they are
     /// called, as the dispatcher always did).
     fn claim_now(&self, sink: &str, max: usize, now_ms: u64) -> Result<Due, QueueError> {
         // Order keys looked at in this claim, each with the one delivery of
@@ -132,7 +137,7 @@ impl Local {
         let mut heads: HashMap<String, Option<u64>> = HashMap::new();
         let mut claimed = Vec::new();
         let mut looked = 0;
-        let mut after: Option<sled::IVec> = None;
+        let mut after: Option<Vec<u8>> = None;
         // The due deliveries in flight come first in due order: read what
         // is asked for past them, not a whole page each time a slot frees
         // (a claim of one per finished attempt read 256 keys).
@@ -220,11 +225,11 @@ impl std::fmt::Debug for Local {
     }
 }
 
-/// Runs `f` on the blocking pool (log reads and sled scans that may take
+/// Runs `f` on the blocking pool (log reads and table scans that may take
 /// a while).
 async fn blocking<T: Send + 'static>(
-    q: &Arc<SledQueue>,
-    f: impl FnOnce(&SledQueue) -> Result<T, QueueError> + Send + 'static,
+    q: &Arc<LocalStore>,
+    f: impl FnOnce(&LocalStore) -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, QueueError> {
     let q = q.clone();
     tokio::task::spawn_blocking(move || f(&q))
@@ -268,8 +273,8 @@ impl Queue for Local {
         })
     }
 
-    /// On the blocking pool: a page's sled transaction takes milliseconds
-    /// (about 86,000 instructions an event with two deliveries), which on
+    /// On the blocking pool: a page's transaction takes a millisecond or
+    /// more, which on
     /// a tokio worker held every request waiting on it.
     async fn routed(
         &self,
@@ -507,7 +512,7 @@ impl Queue for Local {
 
 /// Pause between two log segments deleted.
 const PRUNE_PAUSE: Duration = Duration::from_millis(200);
-/// Dead letters (and delivered history) deleted per sled transaction.
+/// Dead letters (and delivered history) deleted per transaction.
 const DEAD_PRUNE_BATCH: usize = 1000;
 
 #[cfg(test)]
@@ -517,12 +522,12 @@ mod tests {
     use super::*;
 
     /// Outcomes that finish together are written in one transaction, each
-    /// as its own kind says (sled seals and writes its log around every
-    /// transaction: one per outcome held a drain to ~3,000 a second).
+    /// as its own kind says (one transaction per outcome held a drain to
+    /// ~3,000 a second with sled).
     #[tokio::test]
     async fn outcomes_that_finish_together_are_written_together() {
         let dir = tempfile::tempdir().unwrap();
-        let local = Arc::new(Local::new(SledQueue::open(dir.path(), true).unwrap()));
+        let local = Arc::new(Local::new(LocalStore::open(dir.path(), true).unwrap()));
         let pending = (1..=60)
             .map(|id| {
                 let mut rec = delivery::tests::sample(id, 0);
@@ -589,7 +594,7 @@ mod tests {
                 .as_deref(),
             Some("gone")
         );
-        let delivered = local.sled().state.get().unwrap().delivered.len();
+        let delivered = local.store().state.get().unwrap().delivered.len().unwrap();
         assert_eq!(delivered, 20);
     }
 }

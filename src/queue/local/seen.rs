@@ -411,7 +411,7 @@ pub fn recover(
 }
 
 /// Keys carried over from an older layout's sled `seen` tree (see
-/// `sled_queue::cursor_of`): not tied to a segment, kept until they expire.
+/// `store::cursor_of`): not tied to a segment, kept until they expire.
 const MIGRATED: &str = "migrated.keys";
 
 /// Writes `records` as the migrated keys, durably.

@@ -1,15 +1,14 @@
-//! sled, the routing and delivery state, behind a handle that survives its
-//! failures.
+//! The routing and delivery state (redb, `kv.rs`), behind a handle that
+//! survives its failures.
 //!
-//! sled 0.34 makes an I/O error sticky: once a write of its log fails (a
-//! full disk), every later operation fails with the same error until the
-//! database is opened again. [`StateStore`] notes the first failure (logged
-//! once), so the router and the dispatcher stop and `/readyz` says not
-//! ready, and [`StateStore::heal`] probes and, when the error is sticky,
-//! closes and reopens sled in process: a daemon outside systemd recovers
-//! without a restart. What the failed sled held only in memory is gone
-//! after the reopen; what it had made durable is back, and the queue
-//! re-reads its cursor from it (`SledQueue::heal`).
+//! After an I/O error (a full disk) redb refuses every later write until
+//! the file is opened again. [`StateStore`] notes the first failure
+//! (logged once), so the router and the dispatcher stop and `/readyz` says
+//! not ready, and [`StateStore::heal`] probes and, when the error stays,
+//! closes and reopens the file in process: a daemon outside systemd
+//! recovers without a restart. What was committed after the last durable
+//! checkpoint is gone after the reopen; what was durable is back, and the
+//! queue re-reads its cursor from it (`LocalStore::heal`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,30 +16,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::writer::Store;
+use super::kv::{Batch, Db, Tree};
 use super::{Healed, QueueError};
 use crate::queue::DeliveryRecord;
 
-/// sled's page cache; the default (1 GiB) would dwarf the daemon.
-const CACHE_BYTES: u64 = 8 << 20;
-/// sled's log segment size (its default). Items larger than a quarter of it
-/// (deliveries frozen with bodies over ~128 KiB) go to blob files that
-/// sled does not fsync: `Store::checkpoint` syncs them.
-const SEGMENT_BYTES: usize = 512 << 10;
 /// How long a reopen waits for operations still holding the old handle.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
-/// How long an open waits for sled's file lock (see [`StateStore::open`]).
+/// How long an open waits for the file's lock (see [`StateStore::open`]).
 const LOCK_WAIT: Duration = Duration::from_secs(1);
-/// What sled 0.34 says when another handle holds its directory.
-const LOCKED: &str = "could not acquire lock";
+/// The free space a failing state waits for before it is written again.
+const ROOM_TO_GROW: u64 = 2 << 20;
 /// `meta` key written by a health probe.
 const PROBE_KEY: &[u8] = b"probe";
+/// The state's directory under `data_dir`, and its file there.
+pub const DIR: &str = "state";
+const FILE: &str = "state.redb";
+/// The tables (sled's trees before, by the same names).
+const TABLES: [&str; 10] = [
+    "meta",
+    "deliveries",
+    "dead",
+    "dead_at",
+    "order",
+    "pending_ids",
+    "by_event",
+    "delivered",
+    "delivered_at",
+    "refs",
+];
 
 /// How many records `deliveries` and `dead` hold (by sink for the dead),
 /// saved at a clean stop and read back at the next open (counted there
 /// after any other stop), and kept by each transaction that changes them,
-/// so stats and `/metrics` read no tree (sled counts a tree by reading all
-/// of it).
+/// so stats and `/metrics` read no table (the dead letters by sink are
+/// counted by reading every one).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub deliveries: u64,
@@ -48,19 +57,15 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts the trees: every entry of `pending_ids` (small: an id and a
-    /// key, one per pending delivery, written in the same transaction as
-    /// `deliveries`) and every dead letter (by its sink). Only an open
-    /// after a stop that did not save the counts pays for this.
-    pub(crate) fn of(pending_ids: &sled::Tree, dead: &sled::Tree) -> Result<Counts, QueueError> {
+    /// Counts the tables: `pending_ids` (one entry per pending delivery,
+    /// written in the same transaction as `deliveries`; redb keeps its
+    /// length) and every dead letter (by its sink). Only an open after a
+    /// stop that did not save the counts pays for this.
+    pub(crate) fn of(pending_ids: &Tree, dead: &Tree) -> Result<Counts, QueueError> {
         let mut counts = Counts {
-            deliveries: 0,
+            deliveries: pending_ids.len()?,
             dead: BTreeMap::new(),
         };
-        for k in pending_ids.iter().keys() {
-            k?;
-            counts.deliveries += 1;
-        }
         for kv in dead.iter() {
             let (k, v) = kv?;
             let sink = DeliveryRecord::sink_of(&v).ok_or_else(|| QueueError::Corrupt {
@@ -133,8 +138,8 @@ impl Trees {
     /// The counts, to change after a transaction changed the trees. Counts
     /// saved by [`Trees::save_counts`] no longer match: they are removed
     /// (the next open counts the trees), which only a write after the
-    /// daemon stopped could cause. The removal follows the write in sled's
-    /// log, so a crash between the two would still leave them trusted: the
+    /// daemon stopped could cause. The removal is a commit after the
+    /// write, so a crash between the two would still leave them trusted: the
     /// daemon stops its router, dispatcher and upkeep before it saves, and
     /// this is the guard against a mistake there, not a second path.
     pub fn counts_mut(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -154,13 +159,12 @@ impl Trees {
     /// else writes the trees.
     pub fn save_counts(&self) -> Result<(), QueueError> {
         let counts = self.counts.lock().expect("counts lock");
-        // Empty trees cost nothing to count; a write here would keep
-        // sled's I/O threads (and its file lock) busy a moment after close.
+        // Empty tables cost nothing to count.
         if self.counts_saved.load(Ordering::Acquire) || *counts == Counts::default() {
             return Ok(());
         }
         self.meta.insert(COUNTS_KEY, counts.encode())?;
-        self.store.checkpoint()?;
+        self.db.checkpoint()?;
         self.counts_saved.store(true, Ordering::Release);
         Ok(())
     }
@@ -176,11 +180,11 @@ const COUNTS_FORMAT: u8 = 1;
 
 /// The counts saved at the last stop, if it saved them: read, and removed
 /// durably, so that they are trusted once.
-fn take_saved_counts(meta: &sled::Tree, store: &Store) -> Result<Option<Counts>, QueueError> {
+fn take_saved_counts(meta: &Tree, db: &Db) -> Result<Option<Counts>, QueueError> {
     let Some(bytes) = meta.remove(COUNTS_KEY)? else {
         return Ok(None);
     };
-    store.checkpoint()?;
+    db.checkpoint()?;
     let counts = Counts::decode(&bytes);
     if counts.is_none() {
         tracing::warn!("the counts saved at the last stop do not decode; counting the trees");
@@ -188,101 +192,76 @@ fn take_saved_counts(meta: &sled::Tree, store: &Store) -> Result<Option<Counts>,
     Ok(counts)
 }
 
-/// One open sled database and its trees.
+/// The open state file and its tables.
 pub struct Trees {
     /// What `deliveries` and `dead` hold ([`Trees::counts`],
     /// [`Trees::counts_mut`]).
     counts: std::sync::Mutex<Counts>,
     /// The counts are saved in `meta` and nothing changed since.
     counts_saved: AtomicBool,
-    pub db: sled::Db,
-    pub meta: sled::Tree,
+    pub db: Arc<Db>,
+    pub meta: Tree,
     /// Pending deliveries by due time (`delivery.rs`).
-    pub deliveries: sled::Tree,
+    pub deliveries: Tree,
     /// Dead deliveries by id.
-    pub dead: sled::Tree,
+    pub dead: Tree,
     /// The dead deliveries by when they died: `dead_at` ‖ id (big-endian)
     /// → nothing, written in the same transaction as `dead`
     /// (`DeliveryRecord::dead_at_key`), so expiring them reads only those
     /// past their retention.
-    pub dead_at: sled::Tree,
+    pub dead_at: Tree,
     /// Pending deliveries that have an order key, by sink, key and event
     /// order, each to its current `deliveries` key: the first entry of a
     /// key is the one that may go (`deliveries.rs`).
-    pub order: sled::Tree,
+    pub order: Tree,
     /// Pending deliveries by id (big-endian), each to its current
     /// `deliveries` key, written in the same transaction as it: lookups
     /// list them by id and find one (`lookups.rs`).
-    pub pending_ids: sled::Tree,
+    pub pending_ids: Tree,
     /// Every delivery (pending, delivered, dead) by event: event id ‖ id
     /// (big-endian) → nothing, written when it is made and removed when
     /// it leaves for good (its history or dead letter expired).
-    pub by_event: sled::Tree,
+    pub by_event: Tree,
     /// Delivered deliveries by id: their final record, kept for
     /// `server.retention`.
-    pub delivered: sled::Tree,
+    pub delivered: Tree,
     /// The delivered by when (`DeliveryRecord::delivered_at_key`), in the
     /// same transaction as `delivered`, so pruning reads only its front.
-    pub delivered_at: sled::Tree,
+    pub delivered_at: Tree,
     /// Pending deliveries whose request's body is their event's, stored
     /// as a reference to it (`DeliveryRecord::encode_referring`): event id
     /// ‖ id (big-endian) → nothing, written and removed in the same
     /// transactions as their records. Its first key is the oldest event
-    /// the log must keep for them (`SledQueue::prune_log`).
-    pub refs: sled::Tree,
-    /// What makes sled durable (`writer.rs`).
-    pub store: Store,
+    /// the log must keep for them (`LocalStore::prune_log`).
+    pub refs: Tree,
 }
 
 impl Trees {
-    fn open(dir: &Path) -> Result<Trees, QueueError> {
-        remove_unfinished_snapshots(dir).map_err(QueueError::Storage)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .segment_size(SEGMENT_BYTES)
-            // The checkpoint thread makes sled durable every second.
-            .flush_every_ms(None)
-            .open()?;
-        let meta = db.open_tree("meta")?;
-        let deliveries = db.open_tree("deliveries")?;
-        let dead = db.open_tree("dead")?;
-        let dead_at = db.open_tree("dead_at")?;
-        let order = db.open_tree("order")?;
-        let pending_ids = db.open_tree("pending_ids")?;
-        let by_event = db.open_tree("by_event")?;
-        let delivered = db.open_tree("delivered")?;
-        let delivered_at = db.open_tree("delivered_at")?;
-        // What listings show of each event was filed here by the router
-        // before it was filed beside the log (`listed.rs`).
-        for old in ["event_index", "event_delivery_ids"] {
-            db.drop_tree(old)?;
-        }
-        let refs = db.open_tree("refs")?;
-        let file = std::fs::File::open(dir.join("db")).map_err(QueueError::Storage)?;
-        let store = Store {
-            db: db.clone(),
-            file,
-            synced: std::sync::Mutex::new(None),
-            blobs: dir.join("blobs"),
-            synced_blobs: std::sync::Mutex::new(Default::default()),
-        };
-        let saved = take_saved_counts(&meta, &store)?;
+    /// Opens the state under `data_dir`: converted first from sled's
+    /// trees when an earlier version left them (`from_sled.rs`).
+    fn open(data_dir: &Path) -> Result<Trees, QueueError> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(QueueError::Storage)?;
+        let path = dir.join(FILE);
+        super::from_sled::convert(data_dir, &path)?;
+        let db = Db::open(&path, &TABLES)?;
+        let tree = |name| db.tree(name);
+        let meta = tree("meta");
+        let saved = take_saved_counts(&meta, &db)?;
         let trees = Trees {
             counts: Default::default(),
             counts_saved: AtomicBool::new(false),
-            db,
             meta,
-            deliveries,
-            dead,
-            dead_at,
-            order,
-            pending_ids,
-            by_event,
-            delivered,
-            delivered_at,
-            refs,
-            store,
+            deliveries: tree("deliveries"),
+            dead: tree("dead"),
+            dead_at: tree("dead_at"),
+            order: tree("order"),
+            pending_ids: tree("pending_ids"),
+            by_event: tree("by_event"),
+            delivered: tree("delivered"),
+            delivered_at: tree("delivered_at"),
+            refs: tree("refs"),
+            db,
         };
         index_dead_letters(&trees)?;
         index_deliveries(&trees)?;
@@ -321,7 +300,7 @@ fn index_dead_letters(trees: &Trees) -> Result<(), QueueError> {
     if trees.meta.contains_key(DEAD_AT_INDEXED)? {
         return Ok(());
     }
-    let (mut filed, mut batch) = (0u64, sled::Batch::default());
+    let (mut filed, mut batch) = (0u64, Batch::default());
     for kv in trees.dead.iter() {
         let (k, v) = kv?;
         match super::DeliveryRecord::decode(&v) {
@@ -338,8 +317,8 @@ fn index_dead_letters(trees: &Trees) -> Result<(), QueueError> {
         }
     }
     trees.dead_at.apply_batch(batch)?;
-    trees.store.checkpoint()?;
-    trees.meta.insert(DEAD_AT_INDEXED, &[1])?;
+    trees.db.checkpoint()?;
+    trees.meta.insert(DEAD_AT_INDEXED, [1])?;
     if filed > 0 {
         tracing::info!(
             dead_letters = filed,
@@ -360,7 +339,7 @@ fn index_deliveries(trees: &Trees) -> Result<(), QueueError> {
     if trees.meta.contains_key(LOOKUPS_INDEXED)? {
         return Ok(());
     }
-    let (mut filed, mut ids, mut events) = (0u64, sled::Batch::default(), sled::Batch::default());
+    let (mut filed, mut ids, mut events) = (0u64, Batch::default(), Batch::default());
     for (tree, pending) in [(&trees.deliveries, true), (&trees.dead, false)] {
         for kv in tree.iter() {
             let (k, v) = kv?;
@@ -384,8 +363,8 @@ fn index_deliveries(trees: &Trees) -> Result<(), QueueError> {
     }
     trees.pending_ids.apply_batch(ids)?;
     trees.by_event.apply_batch(events)?;
-    trees.store.checkpoint()?;
-    trees.meta.insert(LOOKUPS_INDEXED, &[1])?;
+    trees.db.checkpoint()?;
+    trees.meta.insert(LOOKUPS_INDEXED, [1])?;
     if filed > 0 {
         tracing::info!(
             deliveries = filed,
@@ -395,52 +374,29 @@ fn index_deliveries(trees: &Trees) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// Removes `snap.*.generating` files: sled 0.34 writes a snapshot at every
-/// open under that name and renames it once synced, but takes a leftover
-/// one (a write that failed on a full disk, or a crash) for the newest
-/// snapshot and then refuses to open ("corrupted data"), in process and
-/// after a restart alike. One is never valid. (Found by the fault-injection
-/// test.)
-fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            tracing::warn!(file = %name, "removing an unfinished sled snapshot");
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// sled, reopenable, with its health.
+/// The state, reopenable, with its health.
 pub struct StateStore {
+    /// `data_dir`.
     dir: PathBuf,
     /// `None` only while a reopen is under way (or failed).
     current: RwLock<Option<Arc<Trees>>>,
     /// Set by the first failed operation, cleared by [`StateStore::recovered`].
     failing: AtomicBool,
-    /// sled was reopened since it last worked: whoever reads state back
+    /// The file was reopened since it last worked: whoever reads state back
     /// after a reopen must hear of it, even when the probe right after the
     /// reopen failed and a later one succeeds without reopening.
     reopened: AtomicBool,
 }
 
 impl StateStore {
-    pub fn open(dir: &Path) -> Result<StateStore, QueueError> {
-        // sled lets go of its file lock only once its I/O threads let go of
-        // the database: a moment after the last handle in this process is
-        // dropped (the queue saves its counts as it closes).
+    /// Opens the state under `data_dir`. The file's lock is let go only
+    /// once the last handle is dropped: a queue closing in this process a
+    /// moment before is waited for, up to [`LOCK_WAIT`].
+    pub fn open(data_dir: &Path) -> Result<StateStore, QueueError> {
         let started = Instant::now();
         let trees = loop {
-            match Trees::open(dir) {
-                Err(e) if e.to_string().contains(LOCKED) && started.elapsed() < LOCK_WAIT => {
+            match Trees::open(data_dir) {
+                Err(e) if is_locked(&e) && started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 opened => break opened?,
@@ -448,7 +404,7 @@ impl StateStore {
         };
         Ok(StateStore {
             current: RwLock::new(Some(Arc::new(trees))),
-            dir: dir.to_owned(),
+            dir: data_dir.to_owned(),
             failing: AtomicBool::new(false),
             reopened: AtomicBool::new(false),
         })
@@ -504,14 +460,21 @@ impl StateStore {
         self.check(trees.save_counts())
     }
 
-    /// Makes what sled holds durable (see [`Store::checkpoint`]).
+    /// The bytes the state file takes on disk (it is sparse where redb
+    /// grew it and wrote nothing yet).
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.dir.join(DIR).join(FILE)).map_or(0, |m| m.blocks() * 512)
+    }
+
+    /// Makes every commit so far durable (see [`Db::checkpoint`]).
     pub fn checkpoint(&self) -> Result<(), QueueError> {
         let trees = self.get()?;
-        self.check(trees.store.checkpoint())
+        self.check(trees.db.checkpoint())
     }
 
     /// When failing: probes with a durable write, and when that fails
-    /// (sled's error is sticky), closes and reopens sled, then probes
+    /// (redb's error is sticky), closes and reopens the file, then probes
     /// again. It stays failing until the caller, having read back what a
     /// reopen changed, calls [`StateStore::recovered`]: nothing routes or
     /// dispatches on state read before the reopen.
@@ -541,22 +504,34 @@ impl StateStore {
         self.failing.store(false, Ordering::Release);
     }
 
-    /// A small durable write: it fails while the disk is full.
+    /// Room on the file system for the state to grow, then a small
+    /// durable write. The write alone can succeed on a full disk: redb
+    /// reuses pages its file already holds, and the next commit that grows
+    /// the file fails again (found by the full-disk test: the store went
+    /// failing and healthy again every second, and each reopen lost the
+    /// outcomes since the last checkpoint).
     fn probe(&self, now_ms: u64) -> Result<(), QueueError> {
+        let free = free_bytes(&self.dir).map_err(QueueError::Storage)?;
+        if free < ROOM_TO_GROW {
+            return Err(QueueError::Storage(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{free} bytes free where the state is; waiting for {ROOM_TO_GROW}"),
+            )));
+        }
         let trees = self.get()?;
-        trees.meta.insert(PROBE_KEY, &now_ms.to_be_bytes())?;
-        trees.store.checkpoint()
+        trees.meta.insert(PROBE_KEY, now_ms.to_be_bytes())?;
+        trees.db.checkpoint()
     }
 
-    /// Closes sled (once every operation holding it let go) and opens it
-    /// again from what it made durable.
+    /// Closes the file (once every operation holding it let go) and opens
+    /// it again from what was durable.
     fn reopen(&self) -> Result<(), QueueError> {
         // Taken out first: operations meanwhile fail at once instead of
         // waiting on the lock.
         let taken = self.current.write().expect("state lock").take();
         if let Some(mut old) = taken {
-            // Operations hold the handle for one call; sled lets go of its
-            // file lock only once the last one is dropped.
+            // Operations hold the handle for one call; the file's lock is
+            // let go only once the last one is dropped.
             let started = Instant::now();
             loop {
                 match Arc::try_unwrap(old) {
@@ -577,7 +552,6 @@ impl StateStore {
                 }
             }
         }
-        // sled's background work may hold its file lock a moment longer.
         let started = Instant::now();
         loop {
             match Trees::open(&self.dir) {
@@ -593,4 +567,26 @@ impl StateStore {
             }
         }
     }
+}
+
+/// Another handle holds the file (see `kv::storage`).
+pub fn is_locked(e: &QueueError) -> bool {
+    matches!(e, QueueError::Storage(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The bytes an unprivileged process may still write on `dir`'s file
+/// system.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut fs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `fs` a buffer of the
+    // size statvfs writes; it is read only when the call succeeded.
+    let fs = unsafe {
+        if libc::statvfs(path.as_ptr(), fs.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        fs.assume_init()
+    };
+    Ok(fs.f_bavail as u64 * fs.f_frsize as u64)
 }

@@ -29,12 +29,11 @@
 //! batches of 4–7 events a sync into batches of 17–30 (bench/README.md,
 //! session 15).
 //!
-//! The **checkpointer** makes sled (routing and delivery state) durable
-//! every second, under `SCHED_BATCH` too.
+//! The **checkpointer** makes the routing and delivery state (`kv.rs`)
+//! durable every second, under `SCHED_BATCH` too.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ use super::log::{self, Log, LogEntryRef};
 use super::seen::{self, KeyFiles, KeyHash, KeyRecord, SeenIndex};
 use super::{Appended, EventId, QueueError};
 
-/// How often the checkpointer makes sled durable.
+/// How often the checkpointer makes the routing and delivery state durable.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub type Reply = oneshot::Sender<Result<Appended, QueueError>>;
@@ -85,80 +84,6 @@ pub struct Append {
     pub now_ms: u64,
     pub value: Vec<u8>,
     pub reply: Reply,
-}
-
-/// sled and its log file.
-pub struct Store {
-    pub db: sled::Db,
-    /// sled's log file, opened by us: sled only calls `sync_file_range`,
-    /// which flushes neither the device cache nor metadata; `fdatasync` on
-    /// the same file does.
-    pub file: File,
-    /// When the last sync of sled's file began (`None`: not in this run).
-    pub synced: Mutex<Option<std::time::SystemTime>>,
-    /// sled's `blobs/` directory: a value over a quarter of sled's segment
-    /// (a delivery frozen with a large body) is written there as a file of
-    /// its own, which sled never syncs.
-    pub blobs: std::path::PathBuf,
-    /// Blob files already synced.
-    pub synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
-}
-
-impl Store {
-    /// Makes what sled holds durable. When sled's file has not been
-    /// written since the last sync, the sync is skipped: each one waits
-    /// for the device's cache, and every log sync queued behind it too.
-    pub fn checkpoint(&self) -> Result<(), QueueError> {
-        let mut synced = self.synced.lock().expect("checkpoint lock");
-        self.db.flush()?;
-        let written = self
-            .file
-            .metadata()
-            .and_then(|m| m.modified())
-            .map_err(QueueError::Storage)?;
-        // A sync covers every write made before it started. File times
-        // come from a coarse clock: a write within a second before the
-        // last sync began counts as after it.
-        if synced.is_none_or(|began| written + Duration::from_secs(1) >= began) {
-            let began = std::time::SystemTime::now();
-            // Blobs first: sled's log must not point at one a power loss
-            // can take.
-            self.sync_blobs().map_err(QueueError::Storage)?;
-            self.file.sync_data().map_err(QueueError::Storage)?;
-            *synced = Some(began);
-        }
-        Ok(())
-    }
-
-    /// Syncs blob files not synced yet, then their directory.
-    fn sync_blobs(&self) -> std::io::Result<()> {
-        let entries = match std::fs::read_dir(&self.blobs) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut synced = self.synced_blobs.lock().expect("blobs lock");
-        let mut present = std::collections::HashSet::new();
-        let mut new = false;
-        for entry in entries {
-            let name = entry?.file_name();
-            if !synced.contains(&name) {
-                match File::open(self.blobs.join(&name)) {
-                    Ok(f) => f.sync_data()?,
-                    // sled removed it meanwhile (superseded).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-                new = true;
-            }
-            present.insert(name);
-        }
-        if new {
-            File::open(&self.blobs)?.sync_all()?;
-        }
-        *synced = present;
-        Ok(())
-    }
 }
 
 /// State the request side, the threads and the router share.
@@ -246,7 +171,7 @@ impl Shared {
 
 /// A batch written to the log, waiting for its sync.
 struct Written {
-    file: Arc<File>,
+    file: Arc<std::fs::File>,
     answers: Vec<(Reply, Appended)>,
     logged: Vec<KeyRecord>,
 }
@@ -461,7 +386,7 @@ struct Committed {
     outcomes: Vec<Appended>,
     logged: Vec<KeyRecord>,
     listed: Listed,
-    file: Arc<File>,
+    file: Arc<std::fs::File>,
 }
 
 /// The writer's dedupe keys, and the log as it reads an event back to
@@ -673,7 +598,7 @@ fn sync(shared: &Shared, written: Written) -> Option<Vec<KeyRecord>> {
     Some(logged)
 }
 
-/// The checkpointer loop: makes sled durable every [`CHECKPOINT_EVERY`]
+/// The checkpointer loop: makes the state durable every [`CHECKPOINT_EVERY`]
 /// (the router and the dispatcher write to it) until `stop`'s sender is
 /// gone, then once more.
 pub fn run_checkpointer(state: Arc<super::state::StateStore>, stop: std_mpsc::Receiver<()>) {
@@ -686,7 +611,7 @@ pub fn run_checkpointer(state: Arc<super::state::StateStore>, stop: std_mpsc::Re
         }
     }
     if let Err(e) = state.checkpoint() {
-        tracing::error!(error = %e, "final sled checkpoint failed");
+        tracing::error!(error = %e, "the last checkpoint of the routing and delivery state failed");
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use hookgate::config::{self, secrets::Resolver, Proof};
-use hookgate::queue::{EventRecord, SledQueue};
+use hookgate::queue::{EventRecord, LocalStore};
 use hookgate::verify::{Provider, SignInput, Signed};
 
 /// Secrets the test config uses, by file name.
@@ -80,7 +80,7 @@ pub struct TestGateway {
     sources: String,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub queue: Arc<SledQueue>,
+    pub queue: Arc<LocalStore>,
     pub providers: HashMap<String, Arc<dyn Provider>>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), hookgate::daemon::DaemonError>>>,
@@ -139,7 +139,7 @@ impl TestGateway {
         let local = Arc::new(hookgate::queue::Local::new(
             hookgate::daemon::open_queue(&config).unwrap(),
         ));
-        let queue = local.sled().clone();
+        let queue = local.store().clone();
         let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -615,8 +615,8 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
 }
 
 /// Each delivery id the queue under `dir/data` holds, and how many times.
-pub fn stored_ids(dir: &std::path::Path) -> (SledQueue, BTreeMap<String, usize>) {
-    let queue = SledQueue::inspect(&dir.join("data")).unwrap();
+pub fn stored_ids(dir: &std::path::Path) -> (LocalStore, BTreeMap<String, usize>) {
+    let queue = LocalStore::inspect(&dir.join("data")).unwrap();
     let mut stored = BTreeMap::<String, usize>::new();
     for (_, record) in queue.events().unwrap() {
         *stored.entry(record.delivery_id).or_default() += 1;

@@ -29,9 +29,9 @@ pub struct Fault {
 }
 
 impl Fault {
-    /// A fault in sled (routing and delivery state), not the event log.
-    pub fn in_sled(&self) -> bool {
-        self.path.components().any(|c| c.as_os_str() == "sled")
+    /// A fault in the routing and delivery state, not the event log.
+    pub fn in_state(&self) -> bool {
+        self.path.components().any(|c| c.as_os_str() == "state")
     }
 
     /// A failed sync of an event-log segment: by design it poisons the

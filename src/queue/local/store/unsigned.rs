@@ -19,14 +19,14 @@ fn delivery(id: &str, body: &str) -> NewEvent {
     }
 }
 
-async fn queued(q: &SledQueue, e: NewEvent, now: SystemTime) -> EventId {
+async fn queued(q: &LocalStore, e: NewEvent, now: SystemTime) -> EventId {
     match q.append(e, now).await.unwrap() {
         Appended::Queued(id) => id,
         other => panic!("{other:?}: a new delivery was not queued"),
     }
 }
 
-async fn closed(q: SledQueue) {
+async fn closed(q: LocalStore) {
     q.flush().unwrap();
     drop(q);
     // sled lets go of its lock a moment after.
@@ -37,7 +37,7 @@ async fn closed(q: SledQueue) {
 async fn a_captured_body_under_a_real_id_blocks_nothing_and_retries_still_dedupe() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     // Someone sends a captured body under the id of a delivery to come.
     let captured = queued(&q, delivery("d1", r#"{"old":true}"#), now).await;
     let real = queued(&q, delivery("d1", BODY), now).await;
@@ -55,7 +55,7 @@ async fn a_captured_body_under_a_real_id_blocks_nothing_and_retries_still_dedupe
     // The same body under another id is another delivery.
     let other = queued(&q, delivery("d2", BODY), now).await;
     closed(q).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     for (body, id, event) in [
         (BODY, "d1", real),
         (r#"{"old":true}"#, "d1", captured),
@@ -74,7 +74,7 @@ async fn a_captured_body_under_a_real_id_blocks_nothing_and_retries_still_dedupe
 async fn keys_from_before_ids_were_keyed_alone_still_find_their_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     // As versions before session 14 remembered an unsigned id: by its
     // whole key, the id and the body's digest.
     let mut old = delivery("d1", BODY);
@@ -83,24 +83,21 @@ async fn keys_from_before_ids_were_keyed_alone_still_find_their_deliveries() {
     closed(q).await;
     {
         // Those versions noted nothing about it.
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .remove(WHOLE_KEYS_UNTIL_KEY)
-            .unwrap();
-        db.flush().unwrap();
+        let db = super::tests::state_of(dir.path());
+        db.tree("meta").remove(WHOLE_KEYS_UNTIL_KEY).unwrap();
+        db.checkpoint().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..2 {
         // Once upgraded, and opened again after.
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         assert_eq!(
             q.append(delivery("d1", BODY), now).await.unwrap(),
             Appended::Duplicate(old)
         );
         closed(q).await;
     }
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     queued(&q, delivery("d1", r#"{"n":2}"#), now).await;
     // Past the old key's window the id is new again.
     queued(&q, delivery("d1", BODY), now + Duration::from_secs(61)).await;
@@ -109,7 +106,7 @@ async fn keys_from_before_ids_were_keyed_alone_still_find_their_deliveries() {
 #[tokio::test]
 async fn a_store_moved_to_postgres_carries_the_whole_key() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     queued(&q, delivery("d1", BODY), SystemTime::now()).await;
     let carried = q.export().unwrap();
     assert_eq!(

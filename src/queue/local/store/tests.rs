@@ -30,7 +30,7 @@ async fn queue_and_close(
 ) -> Vec<EventId> {
     let mut ids = Vec::new();
     {
-        let q = SledQueue::open(dir, true).unwrap();
+        let q = LocalStore::open(dir, true).unwrap();
         for i in 0..n {
             let key = format!("{prefix}{i}");
             let Appended::Queued(id) = q.append(event("gh", &key), now).await.unwrap() else {
@@ -44,7 +44,7 @@ async fn queue_and_close(
 }
 
 /// Routes every event in the inbox to nowhere (unmatched).
-fn route_all(q: &SledQueue) -> usize {
+fn route_all(q: &LocalStore) -> usize {
     let page = q.inbox_page(usize::MAX).unwrap();
     let routed: Vec<super::super::Routed> = page
         .events
@@ -62,7 +62,7 @@ fn route_all(q: &SledQueue) -> usize {
 #[tokio::test]
 async fn duplicate_within_window_is_not_queued_again() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
     let Appended::Queued(id) = q.append(event("gh", "a"), now).await.unwrap() else {
         panic!("first copy must be queued")
@@ -82,7 +82,7 @@ async fn duplicate_within_window_is_not_queued_again() {
 #[tokio::test]
 async fn key_is_forgotten_after_its_window() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let t0 = SystemTime::now();
     q.append(event("gh", "a"), t0).await.unwrap();
     let later = t0 + Duration::from_secs(61);
@@ -100,7 +100,7 @@ async fn key_is_forgotten_after_its_window() {
 #[tokio::test]
 async fn concurrent_copies_queue_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Arc::new(SledQueue::open(dir.path(), true).unwrap());
+    let q = Arc::new(LocalStore::open(dir.path(), true).unwrap());
     let now = SystemTime::now();
     let tasks: Vec<_> = (0..32)
         .map(|_| {
@@ -122,7 +122,7 @@ async fn concurrent_copies_queue_exactly_once() {
 async fn many_writers_share_flushes_and_all_land() {
     for group_commit in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let q = Arc::new(SledQueue::open(dir.path(), group_commit).unwrap());
+        let q = Arc::new(LocalStore::open(dir.path(), group_commit).unwrap());
         let now = SystemTime::now();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -152,13 +152,13 @@ async fn survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let id = {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         let Appended::Queued(id) = q.append(event("gh", "a"), now).await.unwrap() else {
             panic!()
         };
         id
     };
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].0, id);
@@ -172,7 +172,7 @@ async fn survives_reopen() {
 #[tokio::test]
 async fn closed_queue_refuses_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     q.close();
     assert!(!q.writable());
     assert!(matches!(
@@ -188,16 +188,16 @@ async fn the_index_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let ids = queue_and_close(dir.path(), "k", 50, now).await;
-    // Lose sled altogether (as if it never got past its last checkpoint),
-    // and the dedupe keys filed beside the log.
-    std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+    // Lose the state altogether (as if it never got past its first
+    // checkpoint), and the dedupe keys filed beside the log.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
     for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "keys") {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     assert_eq!(inbox.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
     assert_eq!(inbox[7].1.delivery_id, "k7");
@@ -216,7 +216,7 @@ async fn the_index_is_rebuilt_from_the_log() {
 #[tokio::test]
 async fn events_lists_everything_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
     for i in 0..8 {
         q.append(event("gh", &format!("e{i}")), now).await.unwrap();
@@ -227,7 +227,7 @@ async fn events_lists_everything_logged() {
 
 /// Appends ten events with incompressible 1 MiB bodies (more than one
 /// segment's worth); their bodies.
-async fn append_big(q: &SledQueue, now: SystemTime) -> Vec<Vec<u8>> {
+async fn append_big(q: &LocalStore, now: SystemTime) -> Vec<Vec<u8>> {
     let mut bodies = Vec::new();
     for i in 0..10 {
         let mut e = event("gh", &format!("big{i}"));
@@ -242,7 +242,7 @@ async fn append_big(q: &SledQueue, now: SystemTime) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn routed_segments_past_retention_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
     append_big(&q, now).await;
     let segments = || log::segments(&dir.path().join("log")).unwrap();
@@ -285,7 +285,7 @@ async fn routing_moves_the_cursor_and_it_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let first = {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         let mut first = None;
         for i in 0..5 {
             let appended = q.append(event("gh", &format!("r{i}")), now).await.unwrap();
@@ -301,7 +301,7 @@ async fn routing_moves_the_cursor_and_it_survives_a_reopen() {
         q.flush().unwrap();
         first.unwrap()
     };
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let inbox = q.inbox().unwrap();
     let keys: Vec<_> = inbox.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
     assert_eq!(keys, ["r5", "r6"]);
@@ -322,40 +322,40 @@ async fn a_data_dir_with_the_old_inbox_tree_keeps_its_unrouted_events() {
     let now = SystemTime::now();
     let ids = queue_and_close(dir.path(), "o", 3, now).await;
     {
-        // Rewrite sled as the earlier layout had it: the first event routed
-        // (unmatched), the other two pointed to by `inbox`.
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        let meta = db.open_tree("meta").unwrap();
+        // Rewrite the state as the earlier layout had it (its sled trees,
+        // converted): the first event routed (unmatched), the other two
+        // pointed to by `inbox`.
+        let db = state_of(dir.path());
+        let meta = db.tree("meta");
         meta.remove(super::ROUTED_KEY).unwrap();
         meta.remove(super::UNMATCHED_KEY).unwrap();
         let end = ids[2].0 + 100;
-        meta.insert(b"log_indexed", &end.to_be_bytes()).unwrap();
-        let inbox = db.open_tree("inbox").unwrap();
+        meta.insert(b"log_indexed", end.to_be_bytes()).unwrap();
+        let inbox = db.tree("inbox");
         for id in &ids[1..] {
-            inbox.insert(id.0.to_be_bytes(), &[0, 0, 0, 1]).unwrap();
+            inbox.insert(id.0.to_be_bytes(), [0, 0, 0, 1]).unwrap();
         }
-        db.open_tree("unmatched")
-            .unwrap()
-            .insert(ids[0].0.to_be_bytes(), &[])
+        db.tree("unmatched")
+            .insert(ids[0].0.to_be_bytes(), [])
             .unwrap();
         // A key whose segment is long gone, still in its window, and one
         // that expired.
-        let seen = db.open_tree("seen").unwrap();
+        let seen = db.tree("seen");
         let value = |expiry: u64, id: u64| [expiry.to_be_bytes(), id.to_be_bytes()].concat();
         let future = super::unix_millis(now) + 60_000;
         seen.insert(b"gh\0old", value(future, 42)).unwrap();
         seen.insert(b"gh\0older", value(1, 43)).unwrap();
-        db.flush().unwrap();
+        db.checkpoint().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let inbox: Vec<EventId> = q.inbox().unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(inbox, ids[1..]);
     let stats = q.stats().unwrap();
     assert_eq!((stats.inbox, stats.unmatched), (2, 1));
-    let names = q.state.get().unwrap().db.tree_names();
-    for old in [&b"inbox"[..], b"unmatched", b"seen"] {
-        assert!(!names.iter().any(|n| n.as_ref() == old), "{old:?} kept");
+    let names = q.state.get().unwrap().db.table_names().unwrap();
+    for old in ["inbox", "unmatched", "seen"] {
+        assert!(!names.iter().any(|n| n == old), "{old:?} kept");
     }
     assert_eq!(
         q.append(event("gh", "old"), now).await.unwrap(),
@@ -379,7 +379,7 @@ async fn keys_lost_from_a_keys_file_are_read_back_from_the_log() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), 6 * 40);
     std::fs::write(&path, [&bytes[..120], &bytes[160..]].concat()).unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
             q.append(event("gh", &format!("g{i}")), now).await.unwrap(),
@@ -396,7 +396,7 @@ async fn inspecting_prepares_nothing_and_refuses_appends() {
     let now = SystemTime::now();
     let ids = queue_and_close(dir.path(), "i", 3, now).await;
     let before = log::segments(&dir.path().join("log")).unwrap();
-    let q = SledQueue::inspect(dir.path()).unwrap();
+    let q = LocalStore::inspect(dir.path()).unwrap();
     let stats = q.stats().unwrap();
     assert_eq!((stats.inbox, stats.seen), (3, 3));
     assert_eq!(
@@ -417,7 +417,7 @@ async fn inspecting_prepares_nothing_and_refuses_appends() {
 #[tokio::test]
 async fn a_delivery_rescheduled_to_the_same_millisecond_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let mut rec = super::super::delivery::tests::sample(1, 1_000);
     let page = [crate::queue::Routed {
         event: EventId(0),
@@ -439,39 +439,28 @@ async fn a_delivery_rescheduled_to_the_same_millisecond_stays() {
     assert_eq!(q.due("s", 2_000, 10).unwrap().len(), 1);
 }
 
-/// A delivery frozen with a large body lands in a sled blob file, which
-/// sled never syncs: the checkpoint syncs it before sled's log.
+/// A delivery frozen with a large body (stored in pages of its own) is
+/// durable once the queue is flushed: a reopen reads it whole.
 #[tokio::test]
-async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
+async fn large_deliveries_are_durable_once_flushed() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
     let mut rec = super::super::delivery::tests::sample(1, 1_000);
     // Bytes that do not compress (a compressible body is stored LZ4'd).
     let noise = super::super::delivery::tests::incompressible(300_000);
     rec.frozen.as_mut().unwrap().body = serde_bytes::ByteBuf::from(noise);
-    let page = [crate::queue::Routed {
-        event: EventId(0),
-        pending: vec![rec],
-        dead: vec![],
-    }];
-    q.routed(&page, EventId(0), EventId(0)).unwrap();
-    q.flush().unwrap();
-    let blobs: std::collections::HashSet<std::ffi::OsString> =
-        std::fs::read_dir(dir.path().join("sled/blobs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-    assert!(!blobs.is_empty(), "a 300 KB record is a blob");
-    let synced = q
-        .state
-        .get()
-        .unwrap()
-        .store
-        .synced_blobs
-        .lock()
-        .unwrap()
-        .clone();
-    assert!(blobs.is_subset(&synced), "{blobs:?} synced: {synced:?}");
+    {
+        let q = LocalStore::open(dir.path(), true).unwrap();
+        let page = [crate::queue::Routed {
+            event: EventId(0),
+            pending: vec![rec.clone()],
+            dead: vec![],
+        }];
+        q.routed(&page, EventId(0), EventId(0)).unwrap();
+        q.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = LocalStore::open(dir.path(), true).unwrap();
+    assert_eq!(q.delivery(&rec.due_key()).unwrap(), Some(rec));
 }
 
 /// Idempotency keys carry the data_dir's id: the same after a reopen,
@@ -479,9 +468,9 @@ async fn large_deliveries_blob_files_are_synced_at_checkpoints() {
 #[tokio::test]
 async fn each_data_dir_has_its_own_lasting_id() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = SledQueue::open(a.path(), true).unwrap().install_id();
-    let again = SledQueue::open(a.path(), true).unwrap().install_id();
-    let other = SledQueue::open(b.path(), true).unwrap().install_id();
+    let first = LocalStore::open(a.path(), true).unwrap().install_id();
+    let again = LocalStore::open(a.path(), true).unwrap().install_id();
+    let other = LocalStore::open(b.path(), true).unwrap().install_id();
     assert_eq!(first, again);
     assert_ne!(first, other);
 }
@@ -492,7 +481,7 @@ async fn each_data_dir_has_its_own_lasting_id() {
 #[tokio::test]
 async fn a_stuck_sync_makes_the_queue_not_writable() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     assert!(q.writable());
     let now = unix_millis(SystemTime::now());
     let stuck_since = now - super::writer::SYNC_STUCK.as_millis() as u64 - 1_000;
@@ -521,7 +510,7 @@ fn ordered(id: u64, event: u64, key: &str, due_ms: u64) -> crate::queue::Deliver
 #[tokio::test]
 async fn the_order_index_lets_only_the_head_of_each_key_go() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     // Routed out of id order: event order is what counts.
     let (a1, a2, a3, b1) = (
         ordered(7, 1, "A", 1_000),
@@ -535,7 +524,7 @@ async fn the_order_index_lets_only_the_head_of_each_key_go() {
         dead: vec![],
     }];
     q.routed(&page, EventId(0), EventId(0)).unwrap();
-    let heads = |q: &SledQueue| {
+    let heads = |q: &LocalStore| {
         q.order_head("s", "A")
             .unwrap()
             .into_iter()
@@ -568,11 +557,11 @@ async fn the_order_index_lets_only_the_head_of_each_key_go() {
     assert_eq!(replayed.replayed, 1);
     assert_eq!(heads(&q), [3]);
     let trees = q.state.get().unwrap();
-    assert_eq!(trees.order.len(), 3, "A twice and B");
+    assert_eq!(trees.order.len().unwrap(), 3, "A twice and B");
     // Removing the sink buries the rest and leaves no entry behind.
     drop(trees);
     assert_eq!(q.bury_orphans(&[], &Default::default(), 3_000).unwrap(), 3);
-    assert!(q.state.get().unwrap().order.is_empty());
+    assert!(q.state.get().unwrap().order.is_empty().unwrap());
 }
 
 /// An index entry whose record is gone (written by a version that lost
@@ -580,7 +569,7 @@ async fn the_order_index_lets_only_the_head_of_each_key_go() {
 #[tokio::test]
 async fn a_stale_head_is_passed_over() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let (a1, a2) = (ordered(1, 1, "A", 1_000), ordered(2, 2, "A", 1_000));
     let page = [crate::queue::Routed {
         event: EventId(0),
@@ -591,7 +580,7 @@ async fn a_stale_head_is_passed_over() {
     let trees = q.state.get().unwrap();
     trees.deliveries.remove(a1.due_key()).unwrap();
     assert_eq!(q.order_head("s", "A").unwrap(), Some(2));
-    assert_eq!(trees.order.len(), 1);
+    assert_eq!(trees.order.len().unwrap(), 1);
 }
 
 /// A dead letter of `sink` that died at `dead_ms`, id `id`.
@@ -609,7 +598,7 @@ fn dead_at(id: u64, sink: &str, dead_ms: u64) -> crate::queue::DeliveryRecord {
 async fn dead_letters_from_before_the_index_are_filed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         let page = [crate::queue::Routed {
             event: EventId(0),
             pending: vec![],
@@ -621,17 +610,14 @@ async fn dead_letters_from_before_the_index_are_filed_at_open() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     {
         // As the earlier layout had it: no index, no mark.
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        db.drop_tree("dead_at").unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .remove(b"dead_at_indexed")
-            .unwrap();
-        db.flush().unwrap();
+        let db = state_of(dir.path());
+        db.drop_table("dead_at").unwrap();
+        db.tree("meta").remove(b"dead_at_indexed").unwrap();
+        db.checkpoint().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
-    assert_eq!(q.state.get().unwrap().dead_at.len(), 2);
+    let q = LocalStore::open(dir.path(), true).unwrap();
+    assert_eq!(q.state.get().unwrap().dead_at.len().unwrap(), 2);
     let (expired, more) = q.prune_dead(3_000, 100).unwrap();
     assert_eq!(expired, [("a".to_owned(), 1)].into());
     assert!(!more);
@@ -644,7 +630,7 @@ async fn dead_letters_from_before_the_index_are_filed_at_open() {
 #[tokio::test]
 async fn stale_dead_at_entries_delete_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let page = [crate::queue::Routed {
         event: EventId(0),
         pending: vec![],
@@ -654,25 +640,29 @@ async fn stale_dead_at_entries_delete_nothing() {
     let trees = q.state.get().unwrap();
     trees
         .dead_at
-        .insert(dead_at(1, "a", 1_000).dead_at_key(), &[])
+        .insert(dead_at(1, "a", 1_000).dead_at_key(), [])
         .unwrap();
     trees
         .dead_at
-        .insert(dead_at(7, "a", 1_000).dead_at_key(), &[])
+        .insert(dead_at(7, "a", 1_000).dead_at_key(), [])
         .unwrap();
     let (expired, more) = q.prune_dead(5_000, 100).unwrap();
     assert!(expired.is_empty(), "{expired:?}");
     assert!(!more);
-    assert_eq!(trees.dead_at.len(), 1, "only the record's own entry");
+    assert_eq!(
+        trees.dead_at.len().unwrap(),
+        1,
+        "only the record's own entry"
+    );
     assert!(q.dead_letter(1).unwrap().is_some());
     // A batch that is full says more may be due.
     let (expired, more) = q.prune_dead(10_000, 1).unwrap();
     assert_eq!(expired, [("a".to_owned(), 1)].into());
     assert!(more);
-    assert!(trees.dead_at.is_empty() && trees.dead.is_empty());
+    assert!(trees.dead_at.is_empty().unwrap() && trees.dead.is_empty().unwrap());
 }
 
-fn listed(q: &SledQueue, filter: &crate::queue::EventFilter) -> Vec<EventId> {
+fn listed(q: &LocalStore, filter: &crate::queue::EventFilter) -> Vec<EventId> {
     let page = q.events_page(filter, None, 50).unwrap();
     assert_eq!(page.next_before, None);
     page.items.iter().map(|e| EventId(e.id)).collect()
@@ -698,29 +688,18 @@ async fn events_not_on_file_are_filed_from_the_log_at_open() {
     let now = SystemTime::now();
     let old = queue_and_close(dir.path(), "old", 3, now).await;
     {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         route_all(&q);
         let trees = q.state.get().unwrap();
-        trees
-            .db
-            .open_tree("event_index")
-            .unwrap()
-            .insert(b"x", b"y")
-            .unwrap();
-        trees.meta.insert(INDEXED_FROM_KEY, &[0; 8]).unwrap();
+        trees.meta.insert(INDEXED_FROM_KEY, [0; 8]).unwrap();
         q.flush().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let files = events_files(dir.path());
     assert_eq!(files.len(), 1);
     std::fs::remove_file(&files[0]).unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let trees = q.state.get().unwrap();
-    assert!(!trees
-        .db
-        .tree_names()
-        .iter()
-        .any(|n| &n[..] == b"event_index"));
     assert_eq!(trees.meta.get(INDEXED_FROM_KEY).unwrap(), None);
     drop(trees);
     let mut new = Vec::new();
@@ -746,7 +725,7 @@ async fn events_not_on_file_are_filed_from_the_log_at_open() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     assert_eq!(listed(&q, &all), every);
     assert_eq!(std::fs::metadata(file).unwrap().len(), len);
     for (key, id) in [("old1", old[1]), ("new0", new[0]), ("new1", new[1])] {
@@ -762,7 +741,7 @@ async fn events_not_on_file_are_filed_from_the_log_at_open() {
 #[tokio::test]
 async fn the_events_file_goes_with_its_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -802,7 +781,7 @@ async fn the_events_file_goes_with_its_segment() {
 async fn deliveries_from_before_lookups_are_filed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         let mut pending = super::super::delivery::tests::sample(1, 10);
         pending.event_id = 5;
         let mut dead = dead_at(2, "b", 1_000);
@@ -817,17 +796,14 @@ async fn deliveries_from_before_lookups_are_filed_at_open() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     {
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        db.drop_tree("pending_ids").unwrap();
-        db.drop_tree("by_event").unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .remove(b"lookups_indexed")
-            .unwrap();
-        db.flush().unwrap();
+        let db = state_of(dir.path());
+        db.drop_table("pending_ids").unwrap();
+        db.drop_table("by_event").unwrap();
+        db.tree("meta").remove(b"lookups_indexed").unwrap();
+        db.checkpoint().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let of_event = crate::queue::DeliveryFilter {
         event_id: Some(5),
         ..Default::default()
@@ -858,8 +834,8 @@ async fn deliveries_from_before_lookups_are_filed_at_open() {
 async fn the_counts_follow_every_change_and_match_the_trees() {
     use super::super::state::Counts;
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
-    let check = |q: &SledQueue, deliveries: u64, dead: &[(&str, u64)]| {
+    let q = LocalStore::open(dir.path(), true).unwrap();
+    let check = |q: &LocalStore, deliveries: u64, dead: &[(&str, u64)]| {
         let trees = q.state.get().unwrap();
         let kept = trees.counts();
         assert_eq!(kept, Counts::of(&trees.pending_ids, &trees.dead).unwrap());
@@ -907,7 +883,7 @@ async fn the_counts_follow_every_change_and_match_the_trees() {
     q.flush().unwrap();
     drop(q);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     check(&q, 1, &[]);
 }
 
@@ -925,7 +901,7 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
         rec
     };
     {
-        let q = SledQueue::open(dir.path(), true).unwrap();
+        let q = LocalStore::open(dir.path(), true).unwrap();
         let page = [crate::queue::Routed {
             event: EventId(0),
             pending: vec![pending(1), pending(2)],
@@ -939,8 +915,8 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
     let saved = {
         // What the stop saved, replaced by counts the trees do not have:
         // only an open that trusts them shows them.
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        let meta = db.open_tree("meta").unwrap();
+        let db = state_of(dir.path());
+        let meta = db.tree("meta");
         let saved = meta
             .get(b"counts_at_stop")
             .unwrap()
@@ -949,7 +925,7 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
         doctored.deliveries_changed(7);
         doctored.dead_changed("c", 5);
         meta.insert(b"counts_at_stop", doctored.encode()).unwrap();
-        db.flush().unwrap();
+        db.checkpoint().unwrap();
         saved
     };
     let mut kept = Counts::default();
@@ -957,34 +933,25 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
     kept.dead_changed("b", 1);
     assert_eq!(Counts::decode(&saved), Some(kept));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let stats = q.stats().unwrap();
     assert_eq!((stats.deliveries, stats.dead), (7, 5));
     // Removed durably at open: a copy taken now, as a crash would leave
     // the files, has none.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir.path().join("sled"), copy.path());
-    let db = sled::open(copy.path()).unwrap();
-    assert_eq!(
-        db.open_tree("meta")
-            .unwrap()
-            .get(b"counts_at_stop")
-            .unwrap(),
-        None
-    );
+    copy_dir(&dir.path().join("state"), &copy.path().join("state"));
+    let db = state_of(copy.path());
+    assert_eq!(db.tree("meta").get(b"counts_at_stop").unwrap(), None);
     drop((db, q));
     tokio::time::sleep(Duration::from_millis(50)).await;
     {
         // As a crash leaves it: nothing saved.
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .remove(b"counts_at_stop")
-            .unwrap();
-        db.flush().unwrap();
+        let db = state_of(dir.path());
+        db.tree("meta").remove(b"counts_at_stop").unwrap();
+        db.checkpoint().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let stats = q.stats().unwrap();
     assert_eq!(
         (stats.deliveries, stats.dead),
@@ -999,7 +966,7 @@ async fn counts_saved_at_a_clean_stop_are_read_back_once() {
 #[tokio::test]
 async fn a_change_after_the_counts_were_saved_removes_them() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let dead = |id| {
         [crate::queue::Routed {
             event: EventId(0),
@@ -1018,11 +985,12 @@ async fn a_change_after_the_counts_were_saved_removes_them() {
     // Saved again, with the change, at close.
     drop(q);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     assert_eq!(q.stats().unwrap().dead, 2);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
@@ -1044,7 +1012,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
     use crate::queue::BodyOfEvent;
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let now = SystemTime::now();
     let bodies = append_big(&q, now).await;
     let segments = || log::segments(&dir.path().join("log")).unwrap();
@@ -1138,7 +1106,11 @@ async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
         dead.frozen.as_ref().unwrap().body.as_slice(),
         &bodies[0][..]
     );
-    assert_eq!(q.state.get().unwrap().refs.len(), 1, "the last's only");
+    assert_eq!(
+        q.state.get().unwrap().refs.len().unwrap(),
+        1,
+        "the last's only"
+    );
 
     // The last event's delivery still reads its body.
     let mut waiting = q.delivery(&last.due_key()).unwrap().unwrap();
@@ -1147,7 +1119,7 @@ async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
     // Done, it lets go of its event.
     waiting.frozen = None;
     q.update(&last.due_key(), &waiting, true).unwrap();
-    assert!(q.state.get().unwrap().refs.is_empty());
+    assert!(q.state.get().unwrap().refs.is_empty().unwrap());
 }
 
 /// A body stored as a reference whose event the log no longer holds is
@@ -1156,7 +1128,7 @@ async fn a_body_that_is_its_events_is_read_back_from_the_log_which_keeps_it() {
 async fn a_body_whose_event_is_gone_stays_unread() {
     use crate::queue::BodyOfEvent;
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let mut rec = super::super::delivery::tests::sample(1, 1_000);
     // An event id past anything logged.
     rec.event_id = 7 << 40;
@@ -1200,7 +1172,7 @@ fn policies_of(name: &str) -> Vec<u32> {
 #[test]
 fn the_queue_threads_do_not_preempt_the_requests_that_wake_them() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     // Named in `open` (comm keeps 15 bytes); a thread names itself and
     // sets its policy once it runs.
     for name in ["hookgate-writer", "hookgate-checkp"] {
@@ -1225,7 +1197,7 @@ fn the_queue_threads_do_not_preempt_the_requests_that_wake_them() {
 #[tokio::test]
 async fn an_append_says_it_is_coming_only_until_the_writer_has_it() {
     let dir = tempfile::tempdir().unwrap();
-    let q = SledQueue::open(dir.path(), true).unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
     let count = || q.shared.preparing.load(Ordering::Acquire);
     let coming = q.preparing();
     assert_eq!(count(), 1);
@@ -1237,4 +1209,81 @@ async fn an_append_says_it_is_coming_only_until_the_writer_has_it() {
     q.close();
     assert!(q.append(event("gh", "b"), SystemTime::now()).await.is_err());
     assert_eq!(count(), 0);
+}
+
+/// The state file under `data_dir`, opened on its own (no queue holds it),
+/// to change what a test needs as an earlier version left it.
+pub(super) fn state_of(data_dir: &Path) -> Arc<super::super::kv::Db> {
+    super::super::kv::Db::open(&data_dir.join("state/state.redb"), &[]).unwrap()
+}
+
+/// A data directory an earlier version left: its routing and delivery
+/// state in sled's trees. The first open converts them (ids go on after
+/// sled's, trees nothing reads any more are left behind) and removes sled's
+/// directory; a conversion a crash cut short is made again.
+#[tokio::test]
+async fn sled_trees_of_an_earlier_version_are_converted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ids = queue_and_close(dir.path(), "c", 2, now).await;
+    let rec = super::super::delivery::tests::sample(7, 1_000);
+    let (install, cursor) = {
+        let q = LocalStore::open(dir.path(), true).unwrap();
+        let page = [crate::queue::Routed {
+            event: ids[0],
+            pending: vec![rec.clone()],
+            dead: vec![dead_at(8, "b", 1_000)],
+        }];
+        q.routed(&page, EventId(0), ids[1]).unwrap();
+        q.close();
+        q.flush().unwrap();
+        (q.install_id(), ids[1])
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The same state, as sled's trees.
+    let sled_ids = {
+        let state = state_of(dir.path());
+        let old = sled::open(dir.path().join("sled")).unwrap();
+        for name in state.table_names().unwrap() {
+            let tree = old.open_tree(&name).unwrap();
+            let table: &'static str = Box::leak(name.into_boxed_str());
+            for kv in state.tree(table).iter() {
+                let (k, v) = kv.unwrap();
+                tree.insert(k, v).unwrap();
+            }
+        }
+        old.open_tree("event_index")
+            .unwrap()
+            .insert(b"x", b"y")
+            .unwrap();
+        for _ in 0..1_000 {
+            old.generate_id().unwrap();
+        }
+        old.flush().unwrap();
+        old.generate_id().unwrap()
+    };
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    // A conversion cut short left a partial file: made again.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("state/state.converting"), b"torn").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let q = LocalStore::open(dir.path(), true).unwrap();
+    assert!(
+        !dir.path().join("sled").exists(),
+        "sled's directory is gone"
+    );
+    assert!(!dir.path().join("state/state.converting").exists());
+    assert_eq!(q.install_id(), install);
+    assert_eq!(q.delivery(&rec.due_key()).unwrap(), Some(rec));
+    assert!(q.dead_letter(8).unwrap().is_some());
+    let stats = q.stats().unwrap();
+    // The second event is past the cursor: not routed yet.
+    assert_eq!((stats.deliveries, stats.dead, stats.inbox), (1, 1, 1));
+    assert_eq!(q.routed_upto.load(Ordering::Acquire), cursor.0);
+    let names = q.state.get().unwrap().db.table_names().unwrap();
+    assert!(!names.iter().any(|n| n == "event_index"), "{names:?}");
+    assert!(
+        q.next_delivery_id().unwrap() > sled_ids,
+        "ids go on after sled's"
+    );
 }

@@ -1,12 +1,14 @@
-//! The event log and sled, under `data_dir`, opened together.
+//! The event log and the routing and delivery state, under `data_dir`,
+//! opened together.
 //!
 //! Layout under `data_dir`: `log/` (the events, `log.rs`, and their dedupe
-//! keys, `seen.rs`) and `sled/`, with the trees `meta` (the router's cursor
-//! into the log and the count of unmatched events), `deliveries`, `order`,
-//! `dead` and `dead_at` (`deliveries.rs`). Accepted events go through the writer thread
-//! (`writer.rs`); the router reads them back from the log
-//! in order, and one sled transaction records what it made of a page of
-//! them and moves its cursor past them.
+//! keys, `seen.rs`) and `state/state.redb` (`state.rs`, `kv.rs`), with the
+//! tables `meta` (the router's cursor into the log and the count of
+//! unmatched events), `deliveries`, `order`, `dead` and `dead_at`
+//! (`deliveries.rs`) and those lookups read (`lookups.rs`). Accepted events
+//! go through the writer thread (`writer.rs`); the router reads them back
+//! from the log in order, and one transaction records what it made of a
+//! page of them and moves its cursor past them.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,10 +17,11 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::kv::{Db, Tree};
 use super::listed::{self, EventFiles};
 use super::log::{self, Log};
 use super::seen::{self, KeyFiles};
-use super::state::StateStore;
+use super::state::{self, StateStore};
 use super::writer::{self, Append, Job, Shared};
 use super::Healed;
 use super::{unix_millis, Appended, EventId, EventRecord, NewEvent, QueueError, Stats};
@@ -44,8 +47,8 @@ const WHOLE_KEYS_UNTIL_KEY: &[u8] = b"whole_keys_until";
 /// Longest the router's cursor moves in memory only (`deliveries.rs`).
 pub(super) const SAVE_CURSOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub struct SledQueue {
-    /// sled: routing and delivery state, reopened in process after a
+pub struct LocalStore {
+    /// The routing and delivery state, reopened in process after a
     /// storage failure (`state.rs`).
     pub(super) state: Arc<StateStore>,
     /// This data_dir's random id: log positions start again in a fresh
@@ -63,7 +66,7 @@ pub struct SledQueue {
     /// The log as lookups read it (events not filed yet): files of
     /// its own, and damage it meets is not counted again.
     pub(super) lookup_reader: log::Reader,
-    /// The log read one event at a time ([`SledQueue::event`]: lookups
+    /// The log read one event at a time ([`LocalStore::event`]: lookups
     /// of one event, bodies read back for the dispatcher).
     single_reader: log::Reader,
     /// Damaged log frames skipped so far (recovery and reading).
@@ -77,7 +80,7 @@ pub struct SledQueue {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for SledQueue {
+impl Drop for LocalStore {
     /// Lets the writer finish what it was given and waits for it and the
     /// checkpointer: once the queue is dropped, its files no longer change and
     /// the data dir can be opened again.
@@ -96,9 +99,9 @@ impl Drop for SledQueue {
     }
 }
 
-impl std::fmt::Debug for SledQueue {
+impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledQueue").finish_non_exhaustive()
+        f.debug_struct("LocalStore").finish_non_exhaustive()
     }
 }
 
@@ -113,26 +116,25 @@ pub struct Page {
     pub next: EventId,
 }
 
-impl SledQueue {
+impl LocalStore {
     /// Opens (or creates) the queue in `dir`: reads the dedupe keys back
     /// (completing them from the log), then starts the writer and
     /// checkpoint threads. `group_commit` off makes every append its own
     /// commit (to measure the difference).
-    pub fn open(dir: &Path, group_commit: bool) -> Result<SledQueue, QueueError> {
+    pub fn open(dir: &Path, group_commit: bool) -> Result<LocalStore, QueueError> {
         Self::open_as(dir, Some(group_commit))
     }
 
     /// Opens the queue in `dir` to look at it and change deliveries (the
     /// CLI without a daemon): no log segment is prepared and no writer runs,
     /// so appends fail with `ShuttingDown`.
-    pub fn inspect(dir: &Path) -> Result<SledQueue, QueueError> {
+    pub fn inspect(dir: &Path) -> Result<LocalStore, QueueError> {
         Self::open_as(dir, None)
     }
 
     /// `group_commit`: `None` to inspect only.
-    fn open_as(dir: &Path, group_commit: Option<bool>) -> Result<SledQueue, QueueError> {
-        let sled_dir = dir.join("sled");
-        let state = Arc::new(StateStore::open(&sled_dir)?);
+    fn open_as(dir: &Path, group_commit: Option<bool>) -> Result<LocalStore, QueueError> {
+        let state = Arc::new(StateStore::open(dir)?);
         let trees = state.get()?;
         let (db, meta) = (&trees.db, &trees.meta);
         let log_dir = dir.join("log");
@@ -146,12 +148,12 @@ impl SledQueue {
             // routed with it.
             None => {
                 let id = rand::random::<u64>();
-                meta.insert(INSTALL_KEY, &id.to_be_bytes())?;
+                meta.insert(INSTALL_KEY, id.to_be_bytes())?;
                 id
             }
         };
         // Before listings were filed beside the log (`listed.rs`), the
-        // router filed them in sled from this point.
+        // router filed them in sled's trees from this point.
         meta.remove(INDEXED_FROM_KEY)?;
         let damaged = Arc::new(AtomicU64::new(0));
         let recovered =
@@ -175,14 +177,14 @@ impl SledQueue {
             Some(until) => until,
             None => {
                 let until = recovered.seen.last_expiry();
-                meta.insert(WHOLE_KEYS_UNTIL_KEY, &until.to_be_bytes())?;
+                meta.insert(WHOLE_KEYS_UNTIL_KEY, until.to_be_bytes())?;
                 until
             }
         };
-        trees.store.checkpoint()?;
+        trees.db.checkpoint()?;
         drop(trees);
         // The directories just created must survive a power loss too.
-        for d in [dir, sled_dir.as_path(), log_dir.as_path()] {
+        for d in [dir, dir.join(state::DIR).as_path(), log_dir.as_path()] {
             std::fs::File::open(d)
                 .and_then(|f| f.sync_all())
                 .map_err(QueueError::Storage)?;
@@ -193,7 +195,7 @@ impl SledQueue {
             recovered.seen.len(),
         ));
         let (jobs, rx) = mpsc::channel(BATCH_MAX * 4);
-        let queue = |jobs, threads| SledQueue {
+        let queue = |jobs, threads| LocalStore {
             state: state.clone(),
             routed_upto: AtomicU64::new(cursor.0),
             install,
@@ -288,7 +290,7 @@ impl SledQueue {
     /// Reads back the body of `rec`'s request when it is stored as a
     /// reference to its event ([`BodyOfEvent::Unread`]). When the log no
     /// longer holds the event (damage, or a segment deleted by hand:
-    /// [`SledQueue::prune_log`] keeps those the `refs` tree names), the
+    /// [`LocalStore::prune_log`] keeps those the `refs` tree names), the
     /// body stays unread, and the dispatcher refuses to send it
     /// (`dispatch::unsendable`).
     pub fn read_body(&self, rec: &mut DeliveryRecord) -> Result<(), QueueError> {
@@ -441,8 +443,8 @@ impl SledQueue {
     /// it every second or so. The writer is asked to try again what failed
     /// (starting a log segment, a write), so readiness returns without
     /// waiting for webhook traffic; the state store is probed and, if
-    /// sled's error is sticky, reopened, after which the router's cursor is
-    /// read back from what sled had made durable (events after it are
+    /// its error is sticky, reopened, after which the router's cursor is
+    /// read back from what was durable (events after it are
     /// routed again, with the same idempotency keys).
     pub fn heal(&self) -> Healed {
         if self.shared.failing.load(Ordering::Acquire) {
@@ -452,7 +454,7 @@ impl SledQueue {
         let healed = self.state.heal(unix_millis(SystemTime::now()));
         if let Healed::Recovered { reopened } = healed {
             // Still marked failing: the router and the dispatcher wait
-            // until the cursor is what the reopened sled holds.
+            // until the cursor is what the reopened state holds.
             if reopened {
                 if let Err(e) = self.reload_cursor() {
                     tracing::error!(error = %e, "cannot read the router's place back after reopening the state store");
@@ -468,8 +470,8 @@ impl SledQueue {
         healed
     }
 
-    /// After a reopen: the cursor and the unmatched count as sled last made
-    /// them durable; events past that cursor count as unrouted again.
+    /// After a reopen: the cursor and the unmatched count as last made
+    /// durable; events past that cursor count as unrouted again.
     fn reload_cursor(&self) -> Result<(), QueueError> {
         let trees = self.state.get()?;
         let saved = read_u64(&trees.meta, ROUTED_KEY)?.unwrap_or(0);
@@ -528,7 +530,7 @@ impl SledQueue {
     }
 
     /// Waits for every acknowledged event's key to be on file, saves the
-    /// router's cursor and makes sled durable (used at shutdown).
+    /// router's cursor and makes the state durable (used at shutdown).
     pub fn flush(&self) -> Result<(), QueueError> {
         self.shared.settle(SETTLE_LIMIT);
         self.save_cursor()?;
@@ -561,10 +563,10 @@ fn id_at_start(k: &[u8]) -> Result<u64, QueueError> {
         })
 }
 
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {
+fn read_u64(tree: &Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {
     tree.get(key)?
         .map(|v| {
-            v.as_ref()
+            v.as_slice()
                 .try_into()
                 .map(u64::from_be_bytes)
                 .map_err(|_| QueueError::Corrupt {
@@ -582,37 +584,37 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, QueueError> {
 /// unexpired dedupe keys go to `log/migrated.keys` (the others are read
 /// back from the log), and the old trees go.
 fn cursor_of(
-    db: &sled::Db,
-    meta: &sled::Tree,
+    db: &Arc<Db>,
+    meta: &Tree,
     log_dir: &Path,
     now_ms: u64,
 ) -> Result<EventId, QueueError> {
     if let Some(at) = read_u64(meta, ROUTED_KEY)? {
         return Ok(EventId(at));
     }
-    let names = db.tree_names();
-    let old = |name: &[u8]| names.iter().any(|n| n.as_ref() == name);
+    let names = db.table_names()?;
+    let old = |name: &str| names.iter().any(|n| n == name);
     let mut cursor = read_u64(meta, b"log_indexed")?.unwrap_or(0);
-    if old(b"inbox") {
-        if let Some((first, _)) = db.open_tree("inbox")?.first()? {
-            if let Ok(bytes) = first.as_ref().try_into() {
+    if old("inbox") {
+        if let Some((first, _)) = db.tree("inbox").first()? {
+            if let Ok(bytes) = first.as_slice().try_into() {
                 cursor = cursor.min(u64::from_be_bytes(bytes));
             }
         }
     }
-    let unmatched = if old(b"unmatched") {
-        db.open_tree("unmatched")?.len() as u64
+    let unmatched = if old("unmatched") {
+        db.tree("unmatched").len()?
     } else {
         0
     };
-    meta.insert(UNMATCHED_KEY, &unmatched.to_be_bytes())?;
-    meta.insert(ROUTED_KEY, &cursor.to_be_bytes())?;
+    meta.insert(UNMATCHED_KEY, unmatched.to_be_bytes())?;
+    meta.insert(ROUTED_KEY, cursor.to_be_bytes())?;
     meta.remove(b"log_indexed")?;
-    if old(b"seen") {
+    if old("seen") {
         // Keys whose segment is gone live only here (a dedupe window longer
         // than the retention): carried over until they expire.
         let mut keys = Vec::new();
-        for kv in db.open_tree("seen")?.iter() {
+        for kv in db.tree("seen").iter() {
             let (k, v) = kv?;
             let (Some(expiry), Some(id)) = (
                 v.get(..8)
@@ -630,16 +632,16 @@ fn cursor_of(
         }
         seen::write_migrated(log_dir, &keys).map_err(QueueError::Storage)?;
     }
-    for name in [&b"inbox"[..], b"unmatched", b"seen"] {
+    for name in ["inbox", "unmatched", "seen"] {
         if old(name) {
-            db.drop_tree(name)?;
+            db.drop_table(name)?;
         }
     }
     Ok(EventId(cursor))
 }
 
-impl SledQueue {
-    /// A request coming to [`SledQueue::append`]: the writer waits for it
+impl LocalStore {
+    /// A request coming to [`LocalStore::append`]: the writer waits for it
     /// before committing a batch without it (`writer.rs`).
     pub fn preparing(&self) -> Preparing {
         Preparing::counted(&self.shared.preparing)
@@ -699,7 +701,7 @@ impl SledQueue {
             dead,
             unmatched: self.unmatched.load(Ordering::Acquire),
             seen: self.shared.seen.load(Ordering::Relaxed),
-            disk_bytes: trees.db.size_on_disk()? + log::disk_bytes(&self.log_dir),
+            disk_bytes: self.state.disk_bytes() + log::disk_bytes(&self.log_dir),
             held: 0,
             disabled: Default::default(),
         })
