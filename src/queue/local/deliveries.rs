@@ -15,6 +15,9 @@ use std::sync::atomic::Ordering;
 use super::delivery::{dead_at_bound, order_prefix, sink_prefix};
 use super::store::{ROUTED_KEY, SAVE_CURSOR_EVERY, UNMATCHED_KEY};
 
+/// Deliveries to a removed sink buried per transaction.
+pub(super) const BURY_PAGE: usize = 256;
+
 /// Dead letters replayed per transaction.
 pub(super) const REPLAY_BATCH: usize = 500;
 use super::kv::Batch;
@@ -309,19 +312,39 @@ impl LocalStore {
             if configured {
                 continue;
             }
-            for kv in trees.deliveries.scan_prefix(&prefix) {
-                let (k, v) = self.state.check(kv)?;
-                let mut rec = decode(&k, &v)?;
-                // An attempt in flight settles its record itself.
-                if in_flight.contains(&rec.id) {
-                    continue;
+            // A page at a time, each buried in one transaction, with no
+            // read open meanwhile (an open read keeps redb from reusing
+            // the pages the burials free).
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page: Result<Vec<_>, _> = match &after {
+                    // `from` is the first key after the prefix's.
+                    Some(k) => trees.deliveries.range((
+                        std::ops::Bound::Excluded(k.clone()),
+                        std::ops::Bound::Excluded(from.clone()),
+                    )),
+                    None => trees.deliveries.scan_prefix(&prefix),
                 }
-                rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
-                rec.dead_ms = Some(now_ms);
-                // A dead letter keeps its whole request.
-                self.read_body(&mut rec)?;
-                self.bury(&k, &rec)?;
-                buried += 1;
+                .take(BURY_PAGE)
+                .collect::<Result<_, _>>();
+                let page = self.state.check(page)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                let mut outcomes = Vec::with_capacity(page.len());
+                for (k, v) in &page {
+                    let mut rec = decode(k, v)?;
+                    // An attempt in flight settles its record itself.
+                    if in_flight.contains(&rec.id) {
+                        continue;
+                    }
+                    rec.reason = Some(format!("sink `{}` removed from the config", rec.sink));
+                    rec.dead_ms = Some(now_ms);
+                    // A dead letter keeps its whole request.
+                    self.read_body(&mut rec)?;
+                    outcomes.push(Outcome::new(k, &rec, Settle::Bury));
+                }
+                self.settle_all(&outcomes)?;
+                buried += outcomes.len();
             }
         }
         Ok(buried)

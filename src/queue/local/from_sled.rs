@@ -40,7 +40,9 @@ pub fn convert(data_dir: &Path, path: &Path) -> Result<(), QueueError> {
     }
     let copied = copy(&sled_dir, &partial)?;
     std::fs::rename(&partial, path).map_err(QueueError::Storage)?;
+    // The new file's name, and its directory's, durable before sled goes.
     sync_dir(path.parent().unwrap_or(data_dir))?;
+    sync_dir(data_dir)?;
     std::fs::remove_dir_all(&sled_dir).map_err(QueueError::Storage)?;
     sync_dir(data_dir)?;
     tracing::info!(
@@ -54,11 +56,30 @@ pub fn convert(data_dir: &Path, path: &Path) -> Result<(), QueueError> {
 /// Copies every tree into a new file at `to`, made durable; returns the
 /// entries copied.
 fn copy(sled_dir: &Path, to: &Path) -> Result<u64, QueueError> {
-    remove_unfinished_snapshots(sled_dir).map_err(QueueError::Storage)?;
+    {
+        // sled's own lock (a flock on `db`), held while its leftovers go:
+        // an earlier version's daemon still running on it keeps them.
+        let db = std::fs::File::open(sled_dir.join("db")).ok();
+        if db.as_ref().is_some_and(|f| f.try_lock().is_err()) {
+            return Err(QueueError::Storage(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the sled directory is in use by another process",
+            )));
+        }
+        remove_unfinished_snapshots(sled_dir).map_err(QueueError::Storage)?;
+    }
     let old = sled::Config::new()
         .path(sled_dir)
         .cache_capacity(8 << 20)
-        .open()?;
+        .open()
+        .map_err(|e| match e {
+            // An earlier version's daemon still runs on it: said as the
+            // state's own lock is (`daemon::open_dir`).
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                QueueError::Storage(std::io::Error::new(std::io::ErrorKind::WouldBlock, io))
+            }
+            other => other.into(),
+        })?;
     let names: Vec<String> = old
         .tree_names()
         .into_iter()

@@ -126,9 +126,13 @@ impl Db {
     ) -> Result<T, QueueError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
+        // Marked before the commit, which others may read at once: a
+        // checkpoint that finds the mark clear starts its own commit
+        // after this one (write transactions take turns), and one that
+        // clears it waits for this one the same way.
+        self.dirty.store(true, Ordering::Release);
         let out = f(&Tx { tx: &tx })?;
         tx.commit()?;
-        self.dirty.store(true, Ordering::Release);
         Ok(out)
     }
 
@@ -160,14 +164,15 @@ impl Db {
         let mut ids = self.ids.lock().expect("ids lock");
         if ids.0 == ids.1 {
             let upto = ids.1 + ID_BLOCK;
-            // A commit that uses an id is after this one, so it is never
-            // durable without it.
-            self.write(|tx| {
-                tx.tx
-                    .open_table(META)?
-                    .insert(NEXT_ID_KEY, &upto.to_be_bytes()[..])?;
-                Ok(())
-            })?;
+            // Durable before any of them is handed out: ids live on in
+            // memory across a reopen after a storage failure (leases,
+            // outcomes waiting to be written), which goes back to the
+            // last durable commit.
+            let mut tx = self.db.begin_write()?;
+            tx.set_quick_repair(true);
+            tx.open_table(META)?
+                .insert(NEXT_ID_KEY, &upto.to_be_bytes()[..])?;
+            tx.commit()?;
             ids.1 = upto;
         }
         ids.0 += 1;
@@ -226,7 +231,6 @@ impl Tx<'_> {
 
 /// One table of a [`Db`], by name. Reads see the last commit; a write
 /// outside [`Db::write`] is a transaction of its own.
-#[derive(Clone)]
 pub struct Tree {
     db: Arc<Db>,
     def: Def,
@@ -454,20 +458,54 @@ mod tests {
         assert_eq!(&seen[..3], [0, 1, 2]);
     }
 
+    /// A process that dies (no drop: redb's own close would commit)
+    /// leaves what its last checkpoint made durable, not the commits
+    /// after it; and ids it handed out are not handed out again.
     #[test]
-    fn a_checkpoint_makes_commits_durable_and_a_crash_keeps_the_last() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.redb");
-        {
-            let db = Db::open(&path, &["t"]).unwrap();
+    fn a_crash_keeps_the_last_checkpoint_and_never_repeats_an_id() {
+        const CHILD: &str = "HOOKGATE_KV_CRASH";
+        if let Some(path) = std::env::var_os(CHILD) {
+            let db = Db::open(Path::new(&path), &["t"]).unwrap();
             let t = db.tree("t");
             t.insert(b"durable", b"1").unwrap();
             db.checkpoint().unwrap();
-            t.insert(b"later", b"2").unwrap();
-            // Not checkpointed: a clean drop still writes nothing durable
-            // on its own; what a reopen sees is at least the checkpoint.
+            // The first ids reserve their block after the checkpoint.
+            let (id, later) = (db.generate_id().unwrap(), db.generate_id().unwrap());
+            t.insert(b"lost", b"2").unwrap();
+            println!("ids {id} {later}");
+            std::process::abort();
         }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "queue::local::kv::tests::a_crash_keeps_the_last_checkpoint_and_never_repeats_an_id",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &path)
+            .output()
+            .unwrap();
+        assert!(!child.status.success(), "the child aborts");
+        let out = String::from_utf8_lossy(&child.stdout);
+        let handed: Vec<u64> = out
+            .lines()
+            .find_map(|l| l.split_once("ids ").map(|(_, ids)| ids))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child printed its ids: {out}\n{}",
+                    String::from_utf8_lossy(&child.stderr)
+                )
+            })
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
         let db = Db::open(&path, &["t"]).unwrap();
-        assert_eq!(db.tree("t").get(b"durable").unwrap(), Some(b"1".to_vec()));
+        let t = db.tree("t");
+        assert_eq!(t.get(b"durable").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(t.get(b"lost").unwrap(), None, "not checkpointed");
+        let next = db.generate_id().unwrap();
+        assert!(handed.iter().all(|&h| next > h), "{next} after {handed:?}");
     }
 }

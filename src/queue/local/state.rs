@@ -473,19 +473,27 @@ impl StateStore {
         self.check(trees.db.checkpoint())
     }
 
-    /// When failing: probes with a durable write, and when that fails
-    /// (redb's error is sticky), closes and reopens the file, then probes
-    /// again. It stays failing until the caller, having read back what a
-    /// reopen changed, calls [`StateStore::recovered`]: nothing routes or
-    /// dispatches on state read before the reopen.
+    /// When failing: waits for room on the file system ([`ROOM_TO_GROW`]),
+    /// then probes with a durable write, and when that fails (redb's I/O
+    /// errors are sticky) closes and reopens the file and probes again.
+    /// The room comes first: a write alone can succeed on a full disk, in
+    /// pages the file already holds, and the next commit that grows the
+    /// file fails again (found by the full-disk test: the store went
+    /// failing and healthy every second, and each reopen lost the outcomes
+    /// since the last checkpoint); and a reopen while there is no room
+    /// only repeats one. It stays failing until the caller, having read
+    /// back what a reopen changed, calls [`StateStore::recovered`]:
+    /// nothing routes or dispatches on state read before the reopen.
     pub fn heal(&self, now_ms: u64) -> Healed {
         if self.healthy() {
             return Healed::Healthy;
         }
-        let probed = self.probe(now_ms).or_else(|_| {
-            self.reopen()?;
-            self.reopened.store(true, Ordering::Release);
-            self.probe(now_ms)
+        let probed = self.room().and_then(|()| {
+            self.probe(now_ms).or_else(|_| {
+                self.reopen()?;
+                self.reopened.store(true, Ordering::Release);
+                self.probe(now_ms)
+            })
         });
         match probed {
             Ok(()) => Healed::Recovered {
@@ -504,20 +512,20 @@ impl StateStore {
         self.failing.store(false, Ordering::Release);
     }
 
-    /// Room on the file system for the state to grow, then a small
-    /// durable write. The write alone can succeed on a full disk: redb
-    /// reuses pages its file already holds, and the next commit that grows
-    /// the file fails again (found by the full-disk test: the store went
-    /// failing and healthy again every second, and each reopen lost the
-    /// outcomes since the last checkpoint).
-    fn probe(&self, now_ms: u64) -> Result<(), QueueError> {
-        let free = free_bytes(&self.dir).map_err(QueueError::Storage)?;
+    /// Room on the state's file system for it to grow.
+    fn room(&self) -> Result<(), QueueError> {
+        let free = free_bytes(&self.dir.join(DIR)).map_err(QueueError::Storage)?;
         if free < ROOM_TO_GROW {
             return Err(QueueError::Storage(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 format!("{free} bytes free where the state is; waiting for {ROOM_TO_GROW}"),
             )));
         }
+        Ok(())
+    }
+
+    /// A small durable write.
+    fn probe(&self, now_ms: u64) -> Result<(), QueueError> {
         let trees = self.get()?;
         trees.meta.insert(PROBE_KEY, now_ms.to_be_bytes())?;
         trees.db.checkpoint()

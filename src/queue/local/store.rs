@@ -374,15 +374,17 @@ impl LocalStore {
     ) -> Result<usize, QueueError> {
         // The cursor in memory may be ahead of what a crash would leave.
         let saved = read_u64(&self.state.get()?.meta, ROUTED_KEY)?.unwrap_or(0);
-        self.state.checkpoint()?;
-        let (routed_seq, _) = log::place_of(EventId(saved));
-        let (indexed_seq, _) = log::place_of(self.shared.indexed());
         // Pending deliveries whose body is their event's need the event
         // until they leave: the oldest of those events pins its segment.
         let referred_seq = match self.state.check(self.state.get()?.refs.first())? {
             Some((k, _)) => log::place_of(EventId(id_at_start(&k)?)).0,
             None => u64::MAX,
         };
+        // Both were read from commits this makes durable: a crash cannot
+        // bring back a reference (or a cursor) the deletion did not see.
+        self.state.checkpoint()?;
+        let (routed_seq, _) = log::place_of(EventId(saved));
+        let (indexed_seq, _) = log::place_of(self.shared.indexed());
         // The newest segment holding events is never deleted: it tells the
         // next start where ids go on.
         let keep_from = routed_seq.min(indexed_seq).min(referred_seq);

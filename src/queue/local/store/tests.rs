@@ -1287,3 +1287,39 @@ async fn sled_trees_of_an_earlier_version_are_converted_at_open() {
         "ids go on after sled's"
     );
 }
+
+/// A removed sink's deliveries are buried a page at a time: every one of
+/// them (more than a page), none of another sink's (named alike), none
+/// in flight.
+#[tokio::test]
+async fn a_removed_sinks_deliveries_are_buried_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = LocalStore::open(dir.path(), true).unwrap();
+    let to = |id: u64, sink: &str| {
+        let mut rec = super::super::delivery::tests::sample(id, 1_000 + id);
+        rec.sink = sink.into();
+        rec
+    };
+    let gone = 2 * super::super::deliveries::BURY_PAGE as u64 + 10;
+    let mut pending: Vec<_> = (0..gone).map(|id| to(id, "gone")).collect();
+    pending.extend((gone..gone + 5).map(|id| to(id, "gone2")));
+    let page = [crate::queue::Routed {
+        event: EventId(0),
+        pending,
+        dead: vec![],
+    }];
+    q.routed(&page, EventId(0), EventId(0)).unwrap();
+    let in_flight = [3, 300, gone - 1].into_iter().collect();
+    let buried = q.bury_orphans(&["gone2"], &in_flight, 9_000).unwrap();
+    assert_eq!(buried as u64, gone - 3);
+    let stats = q.stats().unwrap();
+    assert_eq!((stats.deliveries, stats.dead), (8, gone - 3));
+    for id in [3, 300, gone - 1, gone, gone + 4] {
+        assert!(q.dead_letter(id).unwrap().is_none(), "{id} stays pending");
+    }
+    let dead = q.dead_letter(gone - 2).unwrap().unwrap();
+    assert_eq!(
+        dead.reason.as_deref(),
+        Some("sink `gone` removed from the config")
+    );
+}
