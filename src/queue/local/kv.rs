@@ -126,10 +126,11 @@ impl Db {
     ) -> Result<T, QueueError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
-        // Marked before the commit, which others may read at once: a
-        // checkpoint that finds the mark clear starts its own commit
-        // after this one (write transactions take turns), and one that
-        // clears it waits for this one the same way.
+        // Marked while this transaction is open, before its commit, which
+        // others may read at once: a checkpoint that clears the mark then
+        // begins its durable commit, which waits for this one (write
+        // transactions take turns) and so covers it; one that found the
+        // mark clear looked before anything here was readable.
         self.dirty.store(true, Ordering::Release);
         let out = f(&Tx { tx: &tx })?;
         tx.commit()?;
