@@ -113,6 +113,7 @@ trait Store {
 struct Sled {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    last: Instant,
 }
 
 impl Store for Sled {
@@ -133,6 +134,11 @@ impl Store for Sled {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .expect("sled transaction");
+        // Flushed once a second, as the redb store commits durably.
+        if self.last.elapsed() >= Duration::from_secs(1) {
+            self.durable();
+            self.last = Instant::now();
+        }
     }
 
     fn due(&self, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -233,7 +239,11 @@ fn main() {
                 .iter()
                 .map(|t| db.open_tree(t).expect("tree"))
                 .collect();
-            Box::new(Sled { db, trees })
+            Box::new(Sled {
+                db,
+                trees,
+                last: Instant::now(),
+            })
         }
         "redb" => {
             let db = redb::Database::builder()
@@ -248,7 +258,7 @@ fn main() {
         other => panic!("{other}: sled or redb"),
     };
     let (started, cpu) = (Instant::now(), cpu_secs());
-    let (mut peak, mut last_flush) = (0, Instant::now());
+    let mut peak = 0;
     let mut e = 0;
     while e < n {
         let mut page: Vec<_> = (e..(e + PAGE).min(n))
@@ -258,10 +268,6 @@ fn main() {
         page.push((8, b"routed".to_vec(), Some(e.to_be_bytes().to_vec())));
         store.write(page);
         e += PAGE;
-        if last_flush.elapsed() >= Duration::from_secs(1) && which == "sled" {
-            store.durable();
-            last_flush = Instant::now();
-        }
         if e % 50_000 == 0 {
             peak = peak.max(rss_mib());
         }
@@ -282,10 +288,6 @@ fn main() {
         }
         done += due.len() as u64;
         store.write(due.iter().flat_map(|(k, v)| drained(k, v)).collect());
-        if last_flush.elapsed() >= Duration::from_secs(1) && which == "sled" {
-            store.durable();
-            last_flush = Instant::now();
-        }
         if done % 50_000 == 0 {
             peak = peak.max(rss_mib());
         }

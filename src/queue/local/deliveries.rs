@@ -10,6 +10,7 @@
 //! [`LocalStore::prune_dead`] reads only the front of it.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use super::delivery::{dead_at_bound, order_prefix, sink_prefix};
@@ -230,7 +231,6 @@ impl LocalStore {
         after: Option<&[u8]>,
         n: usize,
     ) -> Result<Vec<(Vec<u8>, u64)>, QueueError> {
-        use std::ops::Bound;
         let start = sink_prefix(sink);
         let mut end = start.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
@@ -315,21 +315,18 @@ impl LocalStore {
             // A page at a time, each buried in one transaction, with no
             // read open meanwhile (an open read keeps redb from reusing
             // the pages the burials free).
-            let mut after: Option<Vec<u8>> = None;
+            // From the prefix, then after the last key buried, up to
+            // `from` (the first key after the prefix's).
+            let mut start = Bound::Included(prefix);
             loop {
-                let page: Result<Vec<_>, _> = match &after {
-                    // `from` is the first key after the prefix's.
-                    Some(k) => trees.deliveries.range((
-                        std::ops::Bound::Excluded(k.clone()),
-                        std::ops::Bound::Excluded(from.clone()),
-                    )),
-                    None => trees.deliveries.scan_prefix(&prefix),
-                }
-                .take(BURY_PAGE)
-                .collect::<Result<_, _>>();
+                let page = trees
+                    .deliveries
+                    .range((start, Bound::Excluded(from.clone())))
+                    .take(BURY_PAGE)
+                    .collect::<Result<Vec<_>, _>>();
                 let page = self.state.check(page)?;
                 let Some((last, _)) = page.last() else { break };
-                after = Some(last.clone());
+                start = Bound::Excluded(last.clone());
                 let mut outcomes = Vec::with_capacity(page.len());
                 for (k, v) in &page {
                     let mut rec = decode(k, v)?;

@@ -144,18 +144,25 @@ impl Db {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let durable = self
-            .db
-            .begin_write()
-            .map_err(QueueError::from)
-            .and_then(|mut tx| {
-                tx.set_quick_repair(true);
-                tx.commit().map_err(QueueError::from)
-            });
+        let durable = self.commit_durably(|_| Ok(()));
         if durable.is_err() {
             self.dirty.store(true, Ordering::Release);
         }
         durable
+    }
+
+    /// Runs `f` in a write transaction committed durably, with redb's
+    /// quick repair (its allocator state saved, so an open after a crash
+    /// does not walk the file); every commit before it is durable too.
+    fn commit_durably(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_quick_repair(true);
+        f(&tx)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A fresh id: unique and increasing for the life of the file (an id
@@ -169,11 +176,11 @@ impl Db {
             // memory across a reopen after a storage failure (leases,
             // outcomes waiting to be written), which goes back to the
             // last durable commit.
-            let mut tx = self.db.begin_write()?;
-            tx.set_quick_repair(true);
-            tx.open_table(META)?
-                .insert(NEXT_ID_KEY, &upto.to_be_bytes()[..])?;
-            tx.commit()?;
+            self.commit_durably(|tx| {
+                tx.open_table(META)?
+                    .insert(NEXT_ID_KEY, &upto.to_be_bytes()[..])?;
+                Ok(())
+            })?;
             ids.1 = upto;
         }
         ids.0 += 1;
