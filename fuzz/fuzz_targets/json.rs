@@ -12,6 +12,10 @@ use serde_json::Value;
 fuzz_target!(|doc: &[u8]| {
     assert_eq!(hookgate::json::skims(doc), hookgate::json::serde_skims(doc));
     assert_eq!(hookgate::json::reads(doc), hookgate::json::serde_reads(doc));
+    assert_eq!(
+        hookgate::json::reads_noting_ends(doc).is_some(),
+        hookgate::json::reads(doc)
+    );
     let Ok(value) = serde_json::from_slice::<Value>(doc) else {
         return;
     };

@@ -164,9 +164,11 @@ fn nesting_is_limited_only_when_reading_values() {
 
 #[test]
 fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
-    for at in 0..20 {
+    // Long strings: a special byte in every place of the eight-byte words
+    // the scanner reads, and at the ends of 64-byte blocks.
+    for at in 0..140 {
         for special in [b'"', b'\\', 0x01, 0x1f] {
-            let mut s = vec![b'a'; 20];
+            let mut s = vec![b'a'; 140];
             s[at] = special;
             for doc in [
                 [b"\"".as_slice(), &s, b"\""].concat(),
@@ -175,9 +177,32 @@ fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
                 agrees(&doc);
             }
         }
-        let mut s = [0xc3, 0xa9].repeat(10);
+        let mut s = [0xc3, 0xa9].repeat(70);
         s.insert(at, 0x80);
         agrees(&[b"\"".as_slice(), &s, b"\""].concat());
+        // Escapes, and runs of backslashes, across a block's end.
+        for escape in [
+            b"\\\\".as_slice(),
+            b"\\\"",
+            b"\\\\\\\"",
+            b"\\\\\\\\",
+            b"\\u00e9",
+            b"\\uD83D\\uDE00",
+            b"\\uD83D",
+            b"\\u00",
+            b"\\q",
+        ] {
+            let mut s = vec![b'a'; 140];
+            s.splice(at..at, escape.iter().copied());
+            agrees(&[b"\"".as_slice(), &s, b"\""].concat());
+            agrees(&[b"[\"".as_slice(), &s[..at + escape.len()], b"\", 1]"].concat());
+        }
+        // A number or a word across a block's end.
+        let pad = " ".repeat(at);
+        for scalar in ["-12.5e3", "truex", "null", "1e400", "0x1"] {
+            agrees(format!("[{pad}{scalar}]").as_bytes());
+            agrees(format!("{{\"k\":{pad}{scalar}}}").as_bytes());
+        }
     }
 }
 
