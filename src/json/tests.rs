@@ -165,7 +165,7 @@ fn nesting_is_limited_only_when_reading_values() {
 #[test]
 fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
     // Long strings: a special byte in every place of the eight-byte words
-    // the scanner reads, and at the ends of 64-byte blocks.
+    // the scanner reads, up to 140 bytes in.
     for at in 0..140 {
         for special in [b'"', b'\\', 0x01, 0x1f] {
             let mut s = vec![b'a'; 140];
@@ -180,7 +180,7 @@ fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
         let mut s = [0xc3, 0xa9].repeat(70);
         s.insert(at, 0x80);
         agrees(&[b"\"".as_slice(), &s, b"\""].concat());
-        // Escapes, and runs of backslashes, across a block's end.
+        // Escapes, and runs of backslashes, at every place too.
         for escape in [
             b"\\\\".as_slice(),
             b"\\\"",
@@ -197,7 +197,7 @@ fn a_string_stops_at_its_first_special_byte_wherever_it_falls() {
             agrees(&[b"\"".as_slice(), &s, b"\""].concat());
             agrees(&[b"[\"".as_slice(), &s[..at + escape.len()], b"\", 1]"].concat());
         }
-        // A number or a word across a block's end.
+        // A number or a word after any run of whitespace.
         let pad = " ".repeat(at);
         for scalar in ["-12.5e3", "truex", "null", "1e400", "0x1"] {
             agrees(format!("[{pad}{scalar}]").as_bytes());
