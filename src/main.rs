@@ -22,8 +22,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Freed memory goes back to the system after 10 ms, not mimalloc 3's
 /// second: loading 800,000 dedupe keys at start peaked at 72–78 MiB with
 /// the second and 58–65 MiB with 10 ms (glibc: 49), and a daemon idle
-/// after a burst kept what it had freed. Immediately (0) cost twice the start-up
-/// time in `madvise` calls.
+/// after a burst kept what it had freed. Immediately (0) cost twice the
+/// start-up time in `madvise` calls.
 fn allocator_gives_memory_back_soon() {
     // SAFETY: sets one of mimalloc's options; any value is allowed.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
