@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Proof, QueueConfig};
+use crate::config::{Config, QueueConfig};
 use crate::dispatch::{Dispatcher, SinkRuntime, Sinks};
 use crate::ingress::{listener, Gateway};
 use crate::live::Live;
@@ -450,13 +450,9 @@ impl Swappable {
     }
 }
 
-/// Builds every configured sink (and says which are disabled).
+/// Builds every configured sink (`hookgate serve` has said which are
+/// disabled, with the rest of the config's missing secrets).
 pub fn build_sinks(config: &Config) -> Result<Sinks, DaemonError> {
-    for c in config.sinks.values() {
-        if let Some(why) = c.kind.unconfigured() {
-            tracing::warn!(sink = %c.name, reason = %why, "sink disabled until its secret is set: its deliveries are held (queue stats shows them) and sent once it is set and the config reloaded");
-        }
-    }
     config
         .sinks
         .values()
@@ -486,11 +482,6 @@ pub async fn serve(
 ) -> Result<(), DaemonError> {
     let sinks = Arc::new(Live::new(build_sinks(&config)?));
     let running_server = config.server.clone();
-    for source in config.sources.values() {
-        if let Proof::Closed(reason) = &source.proof {
-            tracing::error!(source = %source.name, reason = %reason, "source closed: it answers 503 until its secret is set");
-        }
-    }
     tracing::info!(
         listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),

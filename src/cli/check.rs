@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{bad_config, closes_a_source, load_or_report, Secrets};
+use super::missing::Missing;
+use super::{bad_config, load_or_report, Secrets};
 use crate::config::QueueConfig;
 
 #[derive(clap::Args)]
@@ -22,41 +23,47 @@ pub(super) fn run(path: &Path, Args { strict }: Args) -> ExitCode {
         eprintln!("warning: {}", w.display(path));
     }
     // A sink without its secret is merely disabled; a source without its
-    // secret cannot take webhooks, so --strict fails on those only.
+    // secret cannot take webhooks, the admin API without its token
+    // answers 503, and without queue.url's the daemon does not start: so
+    // --strict fails on all but the first.
+    let mut fatal = Vec::new();
+    let mut sinks = 0;
     for p in &loaded.secret_problems {
-        let label = if strict && closes_a_source(p) {
+        let missing = Missing::of(p);
+        let label = if strict && missing.is_fatal() {
             "error"
         } else {
             "warning"
         };
         eprintln!("{label}: {}", p.display(path));
+        if missing.is_fatal() {
+            fatal.push(missing);
+        } else {
+            sinks += 1;
+        }
     }
-    let missing = loaded.secret_problems.len();
-    let fatal_count = loaded
-        .secret_problems
-        .iter()
-        .filter(|p| closes_a_source(p))
-        .count();
-    if strict && fatal_count > 0 {
+    if strict && !fatal.is_empty() {
         eprintln!(
-            "{}: {fatal_count} secret(s) missing; those sources would answer 503",
-            path.display()
+            "{}: {} secret(s) missing: {}",
+            path.display(),
+            fatal.len(),
+            fatal_consequences(&fatal)
         );
         return bad_config();
     }
     let c = &loaded.config;
     let names: Vec<&str> = c.sources.keys().map(String::as_str).collect();
-    let closed = match (fatal_count, missing - fatal_count) {
-        (0, 0) => String::new(),
-        (0, sinks) => {
-            format!("; {sinks} sink secret(s) not set here: those sinks would be disabled")
-        }
-        (sources, 0) => {
-            format!("; {sources} source secret(s) not set here: those sources would answer 503")
-        }
-        (sources, sinks) => format!(
-            "; secrets not set here: {sources} of sources (those would answer 503), {sinks} of sinks (those would be disabled)"
-        ),
+    let mut not_set = Vec::new();
+    if !fatal.is_empty() {
+        not_set.push(fatal_consequences(&fatal));
+    }
+    if sinks > 0 {
+        not_set.push(format!("{sinks} of sinks (those would be disabled)"));
+    }
+    let closed = if not_set.is_empty() {
+        String::new()
+    } else {
+        format!("; secrets not set here: {}", not_set.join(", "))
     };
     println!(
         "{}: ok: {} sources ({}), {} sinks, {} routes{closed}",
@@ -83,4 +90,21 @@ pub(super) fn run(path: &Path, Args { strict }: Args) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// What the missing secrets that `--strict` fails on would do, counted by
+/// kind: "1 of sources (those would answer 503), the admin token's (…)".
+fn fatal_consequences(fatal: &[Missing]) -> String {
+    let sources = fatal.iter().filter(|m| **m == Missing::Source).count();
+    let mut said = Vec::new();
+    if sources > 0 {
+        said.push(format!("{sources} of sources (those would answer 503)"));
+    }
+    if fatal.contains(&Missing::AdminToken) {
+        said.push("server.admin_token's (the admin API would answer 503)".to_owned());
+    }
+    if fatal.contains(&Missing::DatabaseUrl) {
+        said.push("queue.url's (the daemon would not start)".to_owned());
+    }
+    said.join(", ")
 }

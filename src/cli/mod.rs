@@ -12,6 +12,7 @@ mod admin_client;
 mod check;
 mod events;
 mod filters;
+mod missing;
 mod queue;
 mod route;
 mod send;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::config::{self, secrets::Resolver, Loaded, Problem};
+use crate::config::{self, secrets::Resolver, Loaded};
 
 #[derive(Parser)]
 #[command(
@@ -211,13 +212,6 @@ fn load_or_report(path: &Path, secrets: Secrets) -> Option<Loaded> {
             None
         }
     }
-}
-
-/// Whether a missing secret leaves a source unable to take webhooks (it
-/// would answer 503); a sink without its secret is merely disabled.
-/// `check --strict` and a reload refuse the former only.
-fn closes_a_source(p: &Problem) -> bool {
-    !p.key.starts_with("sinks.")
 }
 
 /// How `--json` prints an answer: one line, or indented (`dead list` and

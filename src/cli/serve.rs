@@ -8,7 +8,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{bad_config, closes_a_source, load_or_report, Secrets, LOG_TARGET};
+use super::missing::Missing;
+use super::{bad_config, load_or_report, Secrets, LOG_TARGET};
 use crate::config;
 use crate::daemon::Reload;
 
@@ -32,8 +33,14 @@ pub(super) async fn run(path: &Path, dev: bool) -> anyhow::Result<ExitCode> {
     if dev {
         tracing::warn!(target: LOG_TARGET, "DEV MODE: missing secrets are generated; `hookgate send --dev` reads them");
     }
+    // One line per missing secret: where it is set and what follows.
     for p in &loaded.secret_problems {
-        tracing::error!(target: LOG_TARGET, problem = %p.display(path), "secret missing");
+        let missing = Missing::of(p);
+        if missing.is_fatal() {
+            tracing::error!(target: LOG_TARGET, problem = %p.display(path), "{}", missing.consequence());
+        } else {
+            tracing::warn!(target: LOG_TARGET, problem = %p.display(path), "{}", missing.consequence());
+        }
     }
     for w in &loaded.warnings {
         tracing::warn!(target: LOG_TARGET, problem = %w.display(path), "config warning");
@@ -68,18 +75,18 @@ async fn reload_on_hangup(path: PathBuf, secrets: Secrets, reloads: mpsc::Sender
         };
         match loaded {
             Ok(Ok(loaded)) => {
-                // What `check --strict` refuses at start, a reload refuses
-                // too: a source without its secret answers 503 to every
-                // delivery (GitHub does not retry). A sink without one is
-                // only disabled.
+                // A source without its secret would answer 503 to every
+                // delivery (GitHub does not retry), so that reload is
+                // refused; a sink without one is only disabled, and the
+                // admin token and the queue are read only at start.
                 let closed: Vec<_> = loaded
                     .secret_problems
                     .iter()
-                    .filter(|p| closes_a_source(p))
+                    .filter(|p| Missing::of(p).refuses_reload())
                     .collect();
                 if !closed.is_empty() {
                     for p in &closed {
-                        tracing::error!(target: LOG_TARGET, problem = %p.display(&path), "reload refused: a source would have no secret");
+                        tracing::error!(target: LOG_TARGET, problem = %p.display(&path), "{}", Missing::of(p).on_reload());
                     }
                     tracing::error!(target: LOG_TARGET,
                         problems = closed.len(),
@@ -88,7 +95,10 @@ async fn reload_on_hangup(path: PathBuf, secrets: Secrets, reloads: mpsc::Sender
                     let _ = reloads.send(Reload::Refused).await;
                     continue;
                 }
-                for w in loaded.secret_problems.iter().chain(&loaded.warnings) {
+                for p in &loaded.secret_problems {
+                    tracing::warn!(target: LOG_TARGET, problem = %p.display(&path), "{}", Missing::of(p).on_reload());
+                }
+                for w in &loaded.warnings {
                     tracing::warn!(target: LOG_TARGET, problem = %w.display(&path), "config");
                 }
                 if reloads

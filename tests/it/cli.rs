@@ -89,6 +89,56 @@ fn strict_check_fails_on_missing_secrets() {
     assert!(String::from_utf8_lossy(&strict.stderr).contains("HOOKGATE_IT_UNSET_SECRET is not set"));
 }
 
+/// `check` says what each missing secret would do; `--strict` fails on
+/// all but a sink's (a sink is only disabled).
+#[test]
+fn check_tells_each_missing_secret_by_what_it_would_do() {
+    let check = |strict: &[&str], config: &Path| {
+        std::process::Command::new(binary())
+            .arg("check")
+            .args(strict)
+            .arg("--config")
+            .arg(config)
+            .env("HOOKGATE_IT_SET_SECRET", "s3cret")
+            .output()
+            .unwrap()
+    };
+    let github =
+        "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_SET_SECRET\" }\n";
+    for (extra, code, says) in [
+        (
+            "[sinks.chat]\nkind = \"slack\"\nurl = { env = \"HOOKGATE_IT_UNSET_SLACK\" }\n",
+            0,
+            "1 of sinks (those would be disabled)",
+        ),
+        (
+            "[server]\nadmin_token = { env = \"HOOKGATE_IT_UNSET_ADMIN\" }\n",
+            2,
+            "server.admin_token's (the admin API would answer 503)",
+        ),
+        (
+            "[queue]\nbackend = \"postgres\"\nurl = { env = \"HOOKGATE_IT_UNSET_DB\" }\n",
+            2,
+            "queue.url's (the daemon would not start)",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("routes.toml");
+        std::fs::write(&config, format!("{extra}\n{github}")).unwrap();
+        let out = check(&[], &config);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{extra}: {stdout}");
+        assert!(stdout.contains(says), "{extra}: {stdout}");
+        assert!(!stdout.contains("of sources"), "{extra}: {stdout}");
+        let strict_out = check(&["--strict"], &config);
+        let stderr = String::from_utf8_lossy(&strict_out.stderr);
+        assert_eq!(strict_out.status.code(), Some(code), "{extra}: {stderr}");
+        if code == 2 {
+            assert!(stderr.contains(says), "{extra}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn dev_mode_serves_sends_and_counts_without_any_secret_set() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,6 +347,72 @@ async fn sighup_refuses_a_config_whose_source_secret_is_missing() {
         post_push(&daemon.url("github"), &github, "after-refused-reload").await,
         http::StatusCode::ACCEPTED
     );
+    assert!(daemon.terminate().success());
+}
+
+/// The admin token is read only at start: a reload that finds its file
+/// gone still applies the rest (here a new route's sink), says that the
+/// running admin API keeps its token and what a restart would do, and
+/// does not blame a source.
+#[tokio::test]
+async fn sighup_with_the_admin_tokens_secret_gone_applies_and_says_what_a_restart_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin"), "adm1n-token").unwrap();
+    let sources = "admin_token = { file = \"{dir}/admin\" }\n\n[sources.github]\nprovider = \"github\"\nsecret = { file = \"{dir}/github\" }\n";
+    let daemon = Daemon::start(dir.path(), sources, &[]).await;
+    let start_log = std::fs::read_to_string(daemon.config.with_extension("log")).unwrap();
+    assert!(!start_log.contains("admin API closed"), "{start_log}");
+    std::fs::remove_file(dir.path().join("admin")).unwrap();
+    let mut text = std::fs::read_to_string(&daemon.config).unwrap();
+    text.push_str("\n[sinks.added]\nkind = \"log\"\n");
+    std::fs::write(&daemon.config, text).unwrap();
+    let log = daemon.reload_until_logged("config reloaded").await;
+    assert!(log.contains("config reloaded"), "{log}");
+    assert!(!log.contains("reload refused"), "{log}");
+    assert!(!log.contains("a source would have no secret"), "{log}");
+    assert!(
+        log.contains("server.admin_token") && log.contains("the running admin API keeps its token"),
+        "{log}"
+    );
+    // It does: the old token still opens the API.
+    let url = format!("http://{}/api/queue/stats", daemon.admin);
+    let (status, _, _) = hookgate::client::request(
+        http::Method::GET,
+        &url,
+        &[("authorization".to_owned(), "Bearer adm1n-token".to_owned())],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(daemon.terminate().success());
+}
+
+/// At start, each missing secret is one line: where it is set and what
+/// follows (a source closed, a sink disabled, the admin API closed).
+#[tokio::test]
+async fn each_missing_secret_is_logged_once_with_its_place_and_consequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = "admin_token = { env = \"HOOKGATE_IT_UNSET_ADMIN\" }\n\n[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_UNSET_GITHUB\" }\n\n[sinks.chat]\nkind = \"slack\"\nurl = { env = \"HOOKGATE_IT_UNSET_SLACK\" }\n";
+    let daemon = Daemon::start(dir.path(), sources, &[]).await;
+    let log = std::fs::read_to_string(daemon.config.with_extension("log")).unwrap();
+    for (var, consequence) in [
+        ("HOOKGATE_IT_UNSET_ADMIN", "admin API closed"),
+        ("HOOKGATE_IT_UNSET_GITHUB", "source closed"),
+        ("HOOKGATE_IT_UNSET_SLACK", "sink disabled"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(var)).collect();
+        assert_eq!(lines.len(), 1, "{var}: {log}");
+        assert!(lines[0].contains(consequence), "{var}: {}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("{}:", daemon.config.display())),
+            "{var} names the file and line: {}",
+            lines[0]
+        );
+    }
+    for consequence in ["source closed", "sink disabled", "admin API closed"] {
+        assert_eq!(log.matches(consequence).count(), 1, "{consequence}: {log}");
+    }
     assert!(daemon.terminate().success());
 }
 
