@@ -20,7 +20,22 @@
 #   bench/backlog.sh                 # TARGET=1000000 DURATION=10 IDLE=30
 #   TARGET=100000 bench/backlog.sh   # a quicker look
 #   BIN=path/to/hookgate …           # another build (no cargo build)
+#   WARM=0 bench/backlog.sh          # no warm-up of memory (see below)
 #
+# Memory first touched costs a virtual machine's guest about five times
+# what memory it has used before costs (the host backs it on first touch:
+# 1.9 s of system time a GiB of new page cache here, against 0.35 once
+# warm). The log and state files grow the page cache by about 4 KB an
+# event, so without a warm-up the fill moves into colder memory as the
+# backlog grows, and the backlog's ingest pays a cost the empty queue's
+# did not. So the script first writes WARM GiB (default: 5 KB an event
+# of TARGET, at most what is available less 2 GiB) to a file in its temp
+# dir and deletes it: both phases then grow into memory already touched,
+# as every page is on a machine of its own. WARM=0 skips it.
+#
+# Beside req/s, the daemon's CPU a request (user + system from /proc,
+# the router's share included: it routes what came in meanwhile) is the
+# steadier figure on a shared machine.
 # Disk: about 3.5 GB per million events in a temp dir (removed at the
 # end). Prints one Markdown table and the details. Needs wrk and jq.
 set -euo pipefail
@@ -66,16 +81,20 @@ stat() { stats | jq -r ".$1"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 
-# ingest SECONDS TAG -> req/s (every answer must be a 202); counts the
-# requests in $work/sent
+# ingest SECONDS TAG -> "req/s µs" (every answer must be a 202): req/s, and
+# the daemon's CPU µs a request until the router has routed them all;
+# counts the requests in $work/sent
 ingest() {
+  local t0 rps p50 p99 non n
+  t0=$(cpu_ticks "$pid")
   wrk -t2 -c32 -d"$1s" --latency -s bench/github_push.lua "http://127.0.0.1:$PORT/hooks/github" \
     -- "$BODY" "$sig" "$2$RANDOM$RANDOM" > "$work/wrk.$2"
-  local rps p50 p99 non
   read -r rps p50 p99 non < <(wrk_figures "$work/wrk.$2")
   [ "$non" = 0 ] || { echo "wrk ($2): $non answers were not 202" >&2; cat "$work/wrk.$2" >&2; exit 1; }
-  echo $(($(cat "$work/sent") + $(wrk_requests "$work/wrk.$2"))) > "$work/sent"
-  echo "$rps"
+  n=$(wrk_requests "$work/wrk.$2")
+  echo $(($(cat "$work/sent") + n)) > "$work/sent"
+  routed > "$work/lag.$2"
+  echo "$rps $(awk -v t="$(($(cpu_ticks "$pid") - t0))" -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t / hz / n * 1e6}')"
 }
 
 # routed -> waits until the router has routed every accepted event; prints the wait
@@ -94,30 +113,42 @@ timed() {
   secs "$t0" "$(now)"
 }
 
+# WARM GiB written and deleted (see the top): free memory the guest has
+# touched before.
+avail_gib=$(awk '/MemAvailable/ {printf "%d", $2 / 1048576 - 2}' /proc/meminfo)
+WARM=${WARM:-$(( (TARGET * 5 + 1048575) / 1048576 ))}
+[ "$WARM" -le "$avail_gib" ] || WARM=$avail_gib
+if [ "$WARM" -gt 0 ]; then
+  t0=$(now)
+  dd if=/dev/zero of="$work/warm" bs=1M count=$((WARM * 1024)) status=none
+  rm -f "$work/warm"
+  warmed="warmed $WARM GiB of memory in $(secs "$t0" "$(now)") s"
+else
+  warmed="memory not warmed (WARM=0)"
+fi
+
 echo 0 > "$work/sent"
 start_daemon
 wait_port "$PORT"
 
-echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); disk: $(df -h "$work" | awk 'NR == 2 {print $1}'); target $TARGET deliveries waiting" | tee "$work/details"
+echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); disk: $(df -h "$work" | awk 'NR == 2 {print $1}'); target $TARGET deliveries waiting; $warmed" | tee "$work/details"
 
-empty=$(ingest "$DURATION" empty)
-routed >/dev/null
-echo "empty queue: $empty req/s" | tee -a "$work/details"
+read -r empty empty_cpu < <(ingest "$DURATION" empty)
+echo "empty queue: $empty req/s, $empty_cpu µs of CPU a request" | tee -a "$work/details"
 
 # Fill in chunks of 20 s until TARGET events are in: each makes one
 # delivery that waits (chat) and one that dies (archive).
 filled=$(now)
 while [ "$(cat "$work/sent")" -lt "$TARGET" ]; do
-  rate=$(ingest 20 fill)
+  read -r rate rate_cpu < <(ingest 20 fill)
   s=$(stats)
-  echo "  fill: $rate req/s; waiting $(jq .deliveries <<<"$s"), dead $(jq .dead <<<"$s"), not yet routed $(jq .inbox <<<"$s"), RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)" | tee -a "$work/details"
+  echo "  fill: $rate req/s, $rate_cpu µs a request; waiting $(jq .deliveries <<<"$s"), dead $(jq .dead <<<"$s"), not yet routed $(jq .inbox <<<"$s"), RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)" | tee -a "$work/details"
 done
-lag=$(routed)
+lag=$(cat "$work/lag.fill")
 echo "filled in $(secs "$filled" "$(now)") s; router done $lag s after the last chunk" | tee -a "$work/details"
 
-full=$(ingest "$DURATION" full)
-lag_full=$(routed)
-echo "with the backlog: $full req/s; router done $lag_full s after" | tee -a "$work/details"
+read -r full full_cpu < <(ingest "$DURATION" full)
+echo "with the backlog: $full req/s, $full_cpu µs of CPU a request; router done $(cat "$work/lag.full") s after" | tee -a "$work/details"
 
 waiting=$(stat deliveries)
 dead=$(stat dead)
@@ -164,8 +195,8 @@ wait "$chat" || true
 echo "chat sink: $(cat "$work/chat.out")" >> "$work/details"
 
 echo
-echo "| deliveries waiting | dead letters | ingest empty | ingest with backlog | ratio | peak RSS | router behind ingest | idle CPU | \`queue stats\` | \`queue dead list\` | startup | drain when back |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-echo "| $waiting | $dead | $empty | $full | $(awk -v a="$full" -v b="$empty" 'BEGIN {printf "%.2f×", a / b}') | $rss MiB | $lag s | $idle % | $t_stats s | $t_dead s | $startup s ($disk) | $drain/s |"
+echo "| deliveries waiting | dead letters | ingest empty | ingest with backlog | ratio | CPU a request empty / backlog | peak RSS | router behind ingest | idle CPU | \`queue stats\` | \`queue dead list\` | startup | drain when back |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| $waiting | $dead | $empty | $full | $(awk -v a="$full" -v b="$empty" 'BEGIN {printf "%.2f×", a / b}') | $empty_cpu / $full_cpu µs | $rss MiB | $lag s | $idle % | $t_stats s | $t_dead s | $startup s ($disk) | $drain/s |"
 echo
 cat "$work/details"

@@ -10,7 +10,15 @@
 #   bench/callgrind.sh          # COUNT=2000 CONCURRENCY=1 WARMUP=200
 #   BIN=path/to/hookgate bench/callgrind.sh   # another build (not rebuilt)
 #   ROUTES=1 bench/callgrind.sh   # with routing (bench/backlog.sh's routes)
+#   ROUTES=1 FILL=1000000 bench/callgrind.sh   # on a deep backlog
 #
+# FILL=N: before valgrind, the daemon runs natively on the same config and
+# data and takes N pushes (32 connections), waits until the router has
+# routed them all, and stops; then the count runs on that data. With
+# ROUTES=1 that is N deliveries waiting and N dead letters: what the
+# router's and the writer's work per request costs with a deep backlog,
+# without the machine's noise (bench/backlog.sh's req/s moves with the
+# host's load and its memory; see there).
 # Prints instructions (Ir, user space only: the kernel's share, syscalls
 # and context switches, is not counted) for startup, per request and for
 # shutdown. With one connection every request is its own batch (its own
@@ -52,10 +60,20 @@ if [ -n "${ROUTES:-}" ]; then
   backlog_routes "http://127.0.0.1:9/closed" "http://127.0.0.1:9/reject" >> "$work/routes.toml"
 fi
 (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && { echo "port $PORT is taken (another bench?): set PORT" >&2; exit 1; }
+FILL=${FILL:-0}
+if [ "$FILL" -gt 0 ]; then
+  HOOKGATE_LOG=warn "$BIN" --config "$work/routes.toml" serve 2>"$work/fill.log" &
+  pid=$!
+  wait_port "$PORT"
+  ./target/release/examples/burst "http://127.0.0.1:$PORT/hooks/github" "$secret" "$FILL" 32 >/dev/null
+  until [ "$(curl -sf "http://127.0.0.1:$((PORT + 1))/api/queue/stats" | jq .inbox)" = 0 ]; do sleep 0.5; done
+  filled=$(curl -sf "http://127.0.0.1:$((PORT + 1))/api/queue/stats" | jq -c '{deliveries, dead}')
+  kill -TERM "$pid"; wait "$pid" || true
+fi
 HOOKGATE_LOG=warn valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/cg.out" \
   "$BIN" --config "$work/routes.toml" serve 2>"$work/log" &
 pid=$!
-for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 1; done
+for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 1; done
 wait_port "$PORT"
 
 burst() { ./target/release/examples/burst "http://127.0.0.1:$PORT/hooks/github" "$secret" "$1" "$CONCURRENCY" >/dev/null; }
@@ -83,5 +101,6 @@ if [ "$BIN" = ./target/release/hookgate ]; then
 else
   build=$BIN
 fi
+[ "$FILL" = 0 ] || echo "on $FILL events taken before (${ROUTES:+routed: }$filled)"
 echo "Ir (user space) $build: startup and $WARMUP warm-up requests $startup; $COUNT requests over $CONCURRENCY connection(s) (${took} s under valgrind) $requests, $((requests / COUNT)) per request, **$(((requests - sha) / COUNT)) per request without SHA-256's rounds** ($((sha / COUNT))); shutdown $shutdown"
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$KEEP"/; fi

@@ -20,6 +20,17 @@
 # hand-offs between threads, waits for the disk); then one unpinned pair,
 # for the ratio on shared cores. Check `uptime` first: another busy process
 # on the machine makes these figures noise (bench/callgrind.sh does not move).
+#
+# Memory: hookgate's log grows the page cache by about 3.5 KB a request
+# (its frames, and the zeros each segment is prepared with); Node's peer
+# writes nothing. A virtual machine's guest pays about five times more for
+# memory it touches first than for memory it has used before (1.9 s of
+# system time a GiB of new page cache here, against 0.35 once warm), so
+# each round used to run in colder memory than the last (session 19's
+# rounds: 43.8, 51.1, 54.5 µs a request). Each hookgate's data dir is now
+# deleted when its row is done, and WARM GiB (default 2) are written to a
+# file and deleted before the first row, so every row grows into memory
+# already touched, as on a machine of its own. WARM=0 skips that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,10 +71,26 @@ run_wrk() {
   printf '| %s | %s | %s | %s | %s MiB | %s |\n' "$name" "$rps" "$p50" "$p99" "$(peak_rss_mib "$pid")" "$non2xx"
 }
 
-# start_hookgate GROUP_COMMIT -> sets $pid
+# warm_memory: WARM GiB written to a file and deleted (see the top)
+warm_memory() {
+  local gib=${WARM:-2} t0
+  [ "$gib" -gt 0 ] || { echo "(memory not warmed: WARM=0)"; return; }
+  t0=$(date +%s.%N)
+  dd if=/dev/zero of="$work/warm" bs=1M count=$((gib * 1024)) status=none
+  rm -f "$work/warm"
+  echo "(warmed $gib GiB of memory in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s)"
+}
+
+# stop_hookgate: SIGTERM, then its data dir goes (it is not read again)
+stop_hookgate() {
+  kill -TERM "$pid"; wait "$pid" || true
+  rm -rf "$dir"
+}
+
+# start_hookgate GROUP_COMMIT -> sets $pid and $dir
 start_hookgate() {
   local group_commit=$1
-  local dir="$work/hg-$group_commit-$RANDOM"
+  dir="$work/hg-$group_commit-$RANDOM"
   mkdir -p "$dir"
   cat > "$dir/routes.toml" <<TOML
 [server]
@@ -90,7 +117,7 @@ TOML
 hookgate_row() {
   start_hookgate "$2"
   run_wrk "$1" "$pid"
-  kill -TERM "$pid"; wait "$pid" || true
+  stop_hookgate
 }
 
 paced_line() {
@@ -100,7 +127,7 @@ paced_line() {
   printf 'hookgate, group commit, open loop: '
   ./target/release/examples/paced "http://127.0.0.1:$PORT/hooks/github" "$secret" "$RATE" "${DURATION%s}"
   echo "  peak RSS $(peak_rss_mib "$pid") MiB"
-  kill -TERM "$pid"; wait "$pid" || true
+  stop_hookgate
 }
 
 # start_node FSYNC -> sets $pid
@@ -146,7 +173,7 @@ per_core_row() {
 per_core_pair() {
   start_hookgate true
   per_core_row "hookgate, fsync per 202" "$pid"
-  kill -TERM "$pid"; wait "$pid" || true
+  stop_hookgate
   start_node 0
   per_core_row "node, verify only" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -155,6 +182,7 @@ per_core_pair() {
 per_core() {
   have_node || { echo "PIN=1 needs the Node peer (node and npm)" >&2; exit 1; }
   echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, body $(wc -c < "$BODY") bytes"
+  warm_memory
   echo
   echo "Each server pinned to CPU $SERVER_CPU, wrk to CPU $WRK_CPU:"
   echo
@@ -182,6 +210,7 @@ per_core() {
 
 if [ -n "$PIN" ]; then per_core; exit; fi
 echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, body $(wc -c < "$BODY") bytes"
+warm_memory
 echo
 echo "| server | req/s | p50 | p99 | peak RSS | non-2xx |"
 echo "|---|---|---|---|---|---|"
