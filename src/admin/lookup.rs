@@ -96,6 +96,11 @@ pub struct DeliveryItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_at: Option<String>,
     pub failures: u32,
+    /// Pending, and nothing is sent to its sink now: why (the sink
+    /// disabled until its secret is set, paused at the platform's
+    /// request, or its breaker open), as this instance sees the sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// Why it is dead, or why the last attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -139,6 +144,7 @@ impl DeliveryItem {
                 .filter(|_| v.status == DeliveryStatus::Dead)
                 .map(rfc3339),
             failures: d.failures,
+            held: None,
             reason: d.reason.clone(),
             attempts: d
                 .attempts
@@ -267,19 +273,20 @@ fn answer<T: Serialize>(r: Result<T, Failure>) -> Answer {
     }
 }
 
-impl Admin {
-    /// `GET /api/events`
-    pub(super) async fn search_events(&self, raw: Option<&str>) -> Answer {
-        answer(self.events_page(raw).await)
-    }
+/// The lookups that read storage alone: what the admin API answers, and
+/// what the CLI reads itself when no daemon answers (`hookgate events
+/// list|show`, `hookgate deliveries list`). Only a running daemon knows
+/// why a pending delivery is held ([`Admin`] adds it).
+pub struct Stored<'a>(pub &'a dyn crate::queue::Queue);
 
+impl Stored<'_> {
     /// The events a query string selects, a page of them.
     pub async fn events_page(&self, raw: Option<&str>) -> Result<Paged<EventItem>, Failure> {
         let q = Query::parse(raw, query::EVENT_PARAMS)?;
         let (filter, page) = (q.event_filter(SystemTime::now())?, q.page()?);
         let filter = &filter;
         fill(page, |before, want| async move {
-            let found = self.queue.events(filter, before, want).await?;
+            let found = self.0.events(filter, before, want).await?;
             Ok((
                 found.items.iter().map(EventItem::of).collect(),
                 found.next_before,
@@ -288,17 +295,9 @@ impl Admin {
         .await
     }
 
-    /// `GET /api/events/{id}`
-    pub(super) async fn show_event(&self, id: &str) -> Answer {
-        let Ok(id) = id.parse::<u64>() else {
-            return error(StatusCode::BAD_REQUEST, "the event id is a number");
-        };
-        answer(self.event_detail(id).await)
-    }
-
     /// One event, with every delivery it made.
     pub async fn event_detail(&self, id: u64) -> Result<EventDetail, Failure> {
-        let Some(event) = self.queue.event(EventId(id)).await? else {
+        let Some(event) = self.0.event(EventId(id)).await? else {
             return Err(Failure(
                 StatusCode::NOT_FOUND,
                 "no event with that id (past server.retention, or never stored)".into(),
@@ -318,7 +317,7 @@ impl Admin {
         let mut before = None;
         loop {
             let page = self
-                .queue
+                .0
                 .deliveries(&filter, before, query::LIMIT_MAX.min(most))
                 .await?;
             deliveries.extend(page.items.iter().map(DeliveryItem::of));
@@ -329,11 +328,6 @@ impl Admin {
         }
         deliveries.truncate(most);
         Ok(deliveries)
-    }
-
-    /// `GET /api/deliveries`, and `GET /api/dead` (dead ones only).
-    pub(super) async fn search_deliveries(&self, raw: Option<&str>, dead_only: bool) -> Answer {
-        answer(self.deliveries_page(raw, dead_only).await)
     }
 
     /// The deliveries a query string selects (of the dead only, with
@@ -355,13 +349,86 @@ impl Admin {
         }
         let filter = &filter;
         fill(page, |before, want| async move {
-            let found = self.queue.deliveries(filter, before, want).await?;
+            let found = self.0.deliveries(filter, before, want).await?;
             Ok((
                 found.items.iter().map(DeliveryItem::of).collect(),
                 found.next_before,
             ))
         })
         .await
+    }
+}
+
+impl Admin {
+    fn stored(&self) -> Stored<'_> {
+        Stored(&*self.queue)
+    }
+
+    /// `GET /api/events`
+    pub(super) async fn search_events(&self, raw: Option<&str>) -> Answer {
+        answer(self.events_page(raw).await)
+    }
+
+    /// The events a query string selects, a page of them.
+    pub async fn events_page(&self, raw: Option<&str>) -> Result<Paged<EventItem>, Failure> {
+        self.stored().events_page(raw).await
+    }
+
+    /// `GET /api/events/{id}`
+    pub(super) async fn show_event(&self, id: &str) -> Answer {
+        let Ok(id) = id.parse::<u64>() else {
+            return error(StatusCode::BAD_REQUEST, "the event id is a number");
+        };
+        answer(self.event_detail(id).await)
+    }
+
+    /// One event, with every delivery it made (and why a pending one is
+    /// held).
+    pub async fn event_detail(&self, id: u64) -> Result<EventDetail, Failure> {
+        let mut detail = self.stored().event_detail(id).await?;
+        self.mark_held(&mut detail.deliveries);
+        Ok(detail)
+    }
+
+    /// Up to `most` of the deliveries event `id` made, newest first.
+    pub async fn deliveries_of(&self, id: u64, most: usize) -> Result<Vec<DeliveryItem>, Failure> {
+        let mut deliveries = self.stored().deliveries_of(id, most).await?;
+        self.mark_held(&mut deliveries);
+        Ok(deliveries)
+    }
+
+    /// Says why, beside each pending delivery whose sink sends nothing
+    /// now ([`crate::dispatch::Dispatcher::holds`]).
+    fn mark_held(&self, items: &mut [DeliveryItem]) {
+        if !items.iter().any(|d| d.status == DeliveryStatus::Pending) {
+            return;
+        }
+        let holds = self
+            .dispatcher
+            .holds(crate::queue::unix_millis(SystemTime::now()));
+        for d in items
+            .iter_mut()
+            .filter(|d| d.status == DeliveryStatus::Pending)
+        {
+            d.held = holds.get(&d.sink).cloned();
+        }
+    }
+
+    /// `GET /api/deliveries`, and `GET /api/dead` (dead ones only).
+    pub(super) async fn search_deliveries(&self, raw: Option<&str>, dead_only: bool) -> Answer {
+        answer(self.deliveries_page(raw, dead_only).await)
+    }
+
+    /// The deliveries a query string selects (of the dead only, with
+    /// `dead_only`), a page of them.
+    pub async fn deliveries_page(
+        &self,
+        raw: Option<&str>,
+        dead_only: bool,
+    ) -> Result<Paged<DeliveryItem>, Failure> {
+        let mut paged = self.stored().deliveries_page(raw, dead_only).await?;
+        self.mark_held(&mut paged.items);
+        Ok(paged)
     }
 
     /// `POST /api/dead/replay`: the dead letters the filter selects (all,

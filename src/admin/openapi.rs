@@ -224,6 +224,7 @@ pub fn document() -> Value {
                         "route": string, "sink": string, "item": int, "idempotency_key": string,
                         "created_at": string, "due_at": string, "delivered_at": string, "dead_at": string,
                         "failures": int, "reason": string,
+                        "held": { "type": "string", "description": "Pending, and nothing is sent to its sink now: why (disabled until its secret is set, paused at the platform's request, or its breaker open), as this instance sees the sink." },
                         "attempts": { "type": "array", "items": { "$ref": "#/components/schemas/Attempt" } }
                     }
                 },

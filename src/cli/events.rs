@@ -232,10 +232,11 @@ fn print_delivery(d: &DeliveryItem) {
         d.route,
         d.sink,
         d.attempts.len(),
-        d.reason
-            .as_deref()
+        d.held
+            .iter()
+            .chain(&d.reason)
             .map(|r| format!("  {r}"))
-            .unwrap_or_default()
+            .collect::<String>()
     );
     for a in &d.attempts {
         println!(

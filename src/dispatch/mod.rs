@@ -664,6 +664,39 @@ impl Dispatcher {
         Ok(all)
     }
 
+    /// Why each sink that sends nothing now holds its pending
+    /// deliveries, in a sentence: a secret not set, a pause the platform
+    /// asked for, or its breaker open after failures (this instance's
+    /// view). What the admin API and the console show beside a pending
+    /// delivery to it; a sink sending as usual is not in it.
+    pub fn holds(&self, now_ms: u64) -> HashMap<String, String> {
+        let sinks = self.sinks.get();
+        sinks
+            .iter()
+            .filter_map(|(name, sink)| {
+                let paused = *sink.paused_until.lock().expect("pause lock");
+                let why = if let Some(why) = sink.config.kind.unconfigured() {
+                    format!("held: sink `{name}` is disabled until its secret is set ({why}); sent once it is set and the config reloaded")
+                } else if paused > now_ms {
+                    format!(
+                        "held: the platform asked sink `{name}` to pause until {}",
+                        crate::admin::query::rfc3339(paused)
+                    )
+                } else {
+                    let b = sink.breaker.lock().expect("breaker lock");
+                    match b.held(now_ms) {
+                        Some(wait) if !b.probing() => format!(
+                            "held: sink `{name}` failed too often in a row, so its breaker is open; the next attempt is a probe in {} s",
+                            wait.as_secs()
+                        ),
+                        _ => return None,
+                    }
+                };
+                Some((name.clone(), why))
+            })
+            .collect()
+    }
+
     /// Replays dead deliveries (one, or all with `None`): they are due now
     /// with a fresh schedule, and the sinks they go to are re-enabled (a
     /// sink disabled by a "gone" answer, its breaker reset). A delivery to
@@ -769,6 +802,55 @@ mod tests {
         let why = unsendable(&rec).unwrap();
         assert!(why.contains("evt_000000000000002a"), "{why}");
         assert!(why.contains("no longer holds that event"), "{why}");
+    }
+
+    /// Why a sink holds its pending deliveries: disabled (its secret not
+    /// set), paused by the platform, or its breaker open; a sink sending
+    /// as usual, or probing, holds nothing.
+    #[tokio::test]
+    async fn holds_say_why_each_sink_sends_nothing_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n\
+             [sinks.audit]\nkind = \"log\"\n\
+             [sinks.slack]\nkind = \"slack\"\nurl = { env = \"HOOKGATE_TEST_UNSET_SLACK\" }\n\
+             [sinks.paused]\nkind = \"log\"\n\
+             [sinks.failing]\nkind = \"log\"\n",
+            &crate::config::secrets::Resolver::default(),
+        )
+        .unwrap()
+        .config;
+        let sinks = Arc::new(Live::new(crate::daemon::build_sinks(&config).unwrap()));
+        let queue: Arc<dyn Queue> = Arc::new(crate::queue::Local::new(
+            crate::queue::LocalStore::open(dir.path(), true).unwrap(),
+        ));
+        let dispatcher = Dispatcher::new(queue, sinks, Arc::new(Notify::new()), Arc::default());
+        let now = 1_700_000_000_000;
+        let all = dispatcher.sinks();
+        *all["paused"].paused_until.lock().unwrap() = now + 30_000;
+        {
+            let mut b = all["failing"].breaker.lock().unwrap();
+            while b.held(now).is_none() {
+                b.failure(now);
+            }
+        }
+        let holds = dispatcher.holds(now);
+        assert!(!holds.contains_key("audit"), "{holds:?}");
+        assert!(
+            holds["slack"].contains("is disabled until its secret is set")
+                && holds["slack"].contains("HOOKGATE_TEST_UNSET_SLACK"),
+            "{holds:?}"
+        );
+        assert!(
+            holds["paused"].contains("pause until 2023-11-14T22:13:50"),
+            "{holds:?}"
+        );
+        assert!(
+            holds["failing"].contains("breaker is open") && holds["failing"].contains("a probe in"),
+            "{holds:?}"
+        );
+        // Once the pause is over it holds nothing.
+        assert!(!dispatcher.holds(now + 30_000).contains_key("paused"));
     }
 
     /// A delivered delivery's history keeps its attempts and answers,

@@ -813,6 +813,33 @@ to = ["held", "target"]
     );
     assert!(metrics.contains("hookgate_sink_held_deliveries{sink=\"held\"} 1\n"));
     assert!(metrics.contains("hookgate_sink_disabled{sink=\"held\",reason="));
+    // "What happened to this delivery?": pending, and held, with why; the
+    // one delivered says nothing of the kind.
+    let (status, body) = admin_get(gw.admin, "/api/deliveries").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let items = page["items"].as_array().unwrap();
+    let of = |sink: &str| items.iter().find(|d| d["sink"] == sink).unwrap().clone();
+    let held = of("held");
+    assert_eq!(held["status"], "pending", "{held}");
+    let why = held["held"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("sink `held` is disabled until its secret is set") && why.contains("held-url"),
+        "{held}"
+    );
+    assert!(of("target").get("held").is_none(), "{body}");
+    let event = held["event_id"].as_u64().unwrap();
+    let (_, body) = admin_get(gw.admin, &format!("/api/events/{event}")).await;
+    assert!(
+        body.contains("is disabled until its secret is set"),
+        "{body}"
+    );
+    let (status, page) = admin_get(gw.admin, &format!("/events/{event}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("data-held>held: sink `held` is disabled until its secret is set"),
+        "{page}"
+    );
 
     // The secret is set, the config reloaded: the held delivery goes out.
     std::fs::write(gw.dir.path().join("held-url"), rx.url("/held")).unwrap();
