@@ -48,6 +48,15 @@ impl AdminClient {
         self.post(path).await?.ok_or_else(|| self.nobody())
     }
 
+    /// Says on stderr that, no daemon answering, the command reads
+    /// storage itself.
+    pub(super) fn reading_storage(&self) {
+        eprintln!(
+            "hookgate: no daemon answers on {} (server.admin_listen): read from storage",
+            self.listen
+        );
+    }
+
     fn nobody(&self) -> anyhow::Error {
         anyhow::anyhow!(
             "no daemon answers on {} (server.admin_listen): start it with `hookgate serve`, or point --config at the file it runs with",

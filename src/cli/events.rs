@@ -1,18 +1,84 @@
 //! `hookgate events list|show|reroute` and `hookgate deliveries list`:
 //! the daemon's admin API, reached with no more of the config than the
 //! admin listener's address and token (so they work while routes.toml
-//! has a mistake the daemon refused to reload).
+//! has a mistake the daemon refused to reload). When no daemon answers
+//! there (stopped, or crashed), `list` and `show` read storage
+//! themselves, as `queue stats` does: what happened to a delivery is
+//! still there to see; only `reroute` needs the daemon's routes.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Subcommand;
+use http::Method;
 
 use super::admin_client::AdminClient;
 use super::filters::{query, DeliveryFilter, EventFilter};
-use super::Json;
-use crate::admin::lookup::{DeliveryItem, EventDetail, EventItem, Paged};
+use super::{load_or_report, ConfigRefused, Json, Secrets};
+use crate::admin::lookup::{DeliveryItem, EventDetail, EventItem, Failure, Paged, Stored};
+use crate::queue::Queue;
 use crate::reroute::Rerouted;
+
+/// Where `list` and `show` read: the daemon's admin API, or storage
+/// itself when nothing answers on the admin listener.
+enum Reader {
+    Daemon(AdminClient),
+    Storage(Arc<dyn Queue>),
+}
+
+impl Reader {
+    async fn open(path: &Path) -> anyhow::Result<Reader> {
+        let admin = AdminClient::from_file(path)?;
+        if admin.request(Method::GET, "/healthz").await?.is_some() {
+            return Ok(Reader::Daemon(admin));
+        }
+        let loaded = load_or_report(path, Secrets::Configured).ok_or(ConfigRefused)?;
+        let queue = crate::daemon::inspect_storage(&loaded.config).await?;
+        admin.reading_storage();
+        Ok(Reader::Storage(queue))
+    }
+
+    async fn events(&self, filter: &str, limit: usize) -> anyhow::Result<Vec<EventItem>> {
+        match self {
+            Reader::Daemon(admin) => collect(admin, "/api/events", filter, limit, None).await,
+            Reader::Storage(queue) => {
+                pages(filter, limit, None, |q| async move {
+                    Stored(&**queue).events_page(Some(&q)).await.map_err(said)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn event(&self, id: u64) -> anyhow::Result<EventDetail> {
+        match self {
+            Reader::Daemon(admin) => admin.must_get(&format!("/api/events/{id}")).await,
+            Reader::Storage(queue) => Stored(&**queue).event_detail(id).await.map_err(said),
+        }
+    }
+
+    async fn deliveries(&self, filter: &str, limit: usize) -> anyhow::Result<Vec<DeliveryItem>> {
+        match self {
+            Reader::Daemon(admin) => collect(admin, "/api/deliveries", filter, limit, None).await,
+            Reader::Storage(queue) => {
+                pages(filter, limit, None, |q| async move {
+                    Stored(&**queue)
+                        .deliveries_page(Some(&q), false)
+                        .await
+                        .map_err(said)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// A lookup's refusal, as the API would have said it.
+fn said(f: Failure) -> anyhow::Error {
+    anyhow::anyhow!("{}", f.1)
+}
 
 #[derive(Subcommand)]
 pub(super) enum Command {
@@ -63,15 +129,16 @@ pub(super) enum DeliveriesCommand {
 }
 
 pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::from_file(path)?;
     match command {
         Command::List {
             filter,
             limit,
             json,
         } => {
-            let items: Vec<EventItem> =
-                collect(&admin, "/api/events", &query(filter.pairs()), limit, None).await?;
+            let items = Reader::open(path)
+                .await?
+                .events(&query(filter.pairs()), limit)
+                .await?;
             if json {
                 Json::Indented.print(&items)?;
             } else if items.is_empty() {
@@ -86,7 +153,7 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
             }
         }
         Command::Show { id, json } => {
-            let e: EventDetail = admin.must_get(&format!("/api/events/{id}")).await?;
+            let e = Reader::open(path).await?.event(id).await?;
             if json {
                 Json::Indented.print(&e)?;
             } else {
@@ -100,7 +167,7 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
         } => {
             let mut pairs = filter.pairs();
             pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
-            let done: Rerouted = admin
+            let done: Rerouted = AdminClient::from_file(path)?
                 .must_post(&format!("/api/reroute?{}", query(pairs)))
                 .await?;
             if json {
@@ -135,7 +202,6 @@ pub(super) async fn deliveries(
     path: &Path,
     command: DeliveriesCommand,
 ) -> anyhow::Result<ExitCode> {
-    let admin = AdminClient::from_file(path)?;
     let DeliveriesCommand::List {
         filter,
         status,
@@ -144,8 +210,10 @@ pub(super) async fn deliveries(
     } = command;
     let mut pairs = filter.pairs();
     pairs.push(("status", status));
-    let items: Vec<DeliveryItem> =
-        collect(&admin, "/api/deliveries", &query(pairs), limit, None).await?;
+    let items = Reader::open(path)
+        .await?
+        .deliveries(&query(pairs), limit)
+        .await?;
     if json {
         Json::Indented.print(&items)?;
     } else if items.is_empty() {
@@ -159,7 +227,7 @@ pub(super) async fn deliveries(
 }
 
 /// Up to `limit` items of a search below id `before` (or from the
-/// newest), page after page.
+/// newest), page after page, from the daemon's API at `path`.
 pub(super) async fn collect<T: serde::de::DeserializeOwned>(
     admin: &AdminClient,
     path: &str,
@@ -167,11 +235,30 @@ pub(super) async fn collect<T: serde::de::DeserializeOwned>(
     limit: usize,
     before: Option<u64>,
 ) -> anyhow::Result<Vec<T>> {
+    pages(filter, limit, before, |q| async move {
+        admin.must_get::<Paged<T>>(&format!("{path}?{q}")).await
+    })
+    .await
+}
+
+/// Up to `limit` items of a search below id `before` (or from the
+/// newest), page after page: `page` answers one query string (`limit`,
+/// `before` and `filter`).
+async fn pages<T, F, Fut>(
+    filter: &str,
+    limit: usize,
+    before: Option<u64>,
+    mut page: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<Paged<T>>>,
+{
     let mut out: Vec<T> = Vec::new();
     let mut before = before;
     while out.len() < limit {
         let page_size = (limit - out.len()).min(crate::admin::query::LIMIT_MAX);
-        let mut q = format!("{path}?limit={page_size}");
+        let mut q = format!("limit={page_size}");
         if !filter.is_empty() {
             q.push('&');
             q.push_str(filter);
@@ -179,9 +266,9 @@ pub(super) async fn collect<T: serde::de::DeserializeOwned>(
         if let Some(b) = before {
             q.push_str(&format!("&before={b}"));
         }
-        let page: Paged<T> = admin.must_get(&q).await?;
-        out.extend(page.items);
-        before = page.next_before;
+        let found = page(q).await?;
+        out.extend(found.items);
+        before = found.next_before;
         if before.is_none() {
             break;
         }

@@ -110,9 +110,13 @@ struct Reach<'a> {
 }
 
 impl Reach<'_> {
-    /// The whole config, for reading storage without a daemon.
+    /// The whole config, for reading storage without a daemon (which it
+    /// says on stderr).
     fn config(&self) -> anyhow::Result<crate::config::Loaded> {
-        load_or_report(self.path, Secrets::Configured).ok_or_else(|| super::ConfigRefused.into())
+        let loaded = load_or_report(self.path, Secrets::Configured)
+            .ok_or_else(|| anyhow::Error::from(super::ConfigRefused))?;
+        self.admin.reading_storage();
+        Ok(loaded)
     }
 }
 

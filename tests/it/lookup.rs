@@ -277,6 +277,9 @@ async fn the_openapi_document_describes_every_answer() {
     }
 }
 
+/// The CLI finds a failed delivery and replays it through the API while
+/// routes.toml has a mistake; once the daemon is stopped, `events
+/// list|show` and `deliveries list` read storage themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_finds_and_replays_through_the_api_while_routes_toml_is_broken() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,7 +375,76 @@ to = ["chat"]
     let out = daemon.cli(&["events", "list", "--since", "yesterday"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a time"));
+    // The daemon stopped (or crashed): what happened is still there to
+    // see, read from storage (the config fixed again: the CLI opens it).
+    std::fs::write(&daemon.config, &text).unwrap();
+    let config = daemon.config.clone();
     assert!(daemon.terminate().success());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("read from storage"), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events: Value = serde_json::from_str(&cli(&[
+        "events",
+        "list",
+        "--delivery-id",
+        "cli-1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        events[0]["id"].as_u64().unwrap().to_string(),
+        event_id,
+        "{events}"
+    );
+    let shown = cli(&["events", "show", &event_id]);
+    assert!(
+        shown.contains("channel_not_found") && shown.contains("\"action\""),
+        "{shown}"
+    );
+    let delivered: Value = serde_json::from_str(&cli(&[
+        "deliveries",
+        "list",
+        "--status",
+        "delivered",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(delivered[0]["sink"], "chat", "{delivered}");
+    // A bad filter is refused as the API refuses it; an id not stored says so.
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["events", "show", "999999999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no event with that id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Re-routing needs the daemon's routes: it says so.
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["events", "reroute", "--since", "1h"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no daemon answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A fresh database on the shared cluster (its URL), or `None`: skipped.
