@@ -225,10 +225,22 @@ pub async fn inspect_storage(config: &Config) -> Result<Arc<dyn Queue>, DaemonEr
     }
 }
 
-fn open_dir(
+/// Compacts the local backend's state file (`hookgate queue compact`,
+/// the daemon stopped). Its size before and after, in bytes.
+pub fn compact_state(config: &Config) -> Result<(u64, u64), DaemonError> {
+    let dir = &config.server.data_dir;
+    if !holds_queue(dir) {
+        return Err(DaemonError::NoQueue {
+            path: dir.display().to_string(),
+        });
+    }
+    open_dir(config, LocalStore::compact_state)
+}
+
+fn open_dir<T>(
     config: &Config,
-    open: impl FnOnce(&std::path::Path) -> Result<LocalStore, QueueError>,
-) -> Result<LocalStore, DaemonError> {
+    open: impl FnOnce(&std::path::Path) -> Result<T, QueueError>,
+) -> Result<T, DaemonError> {
     let dir = &config.server.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
         path: dir.display().to_string(),

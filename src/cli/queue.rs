@@ -39,6 +39,10 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Gives back to the filesystem what the local backend's state file
+    /// no longer uses (after a large backlog drained). Stop the daemon
+    /// first.
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +93,12 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
         };
         return migrate(path, &loaded.config, json).await;
     }
+    if let Command::Compact = command {
+        let Some(loaded) = load_or_report(path, Secrets::Configured) else {
+            return Ok(bad_config());
+        };
+        return compact(&loaded.config);
+    }
     let reach = Reach {
         path,
         admin: AdminClient::from_file(path)?,
@@ -96,7 +106,7 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
     match command {
         Command::Stats { json } => stats(&reach, json).await,
         Command::Dead { what } => dead(&reach, *what).await,
-        Command::Migrate { .. } => unreachable!("handled above"),
+        Command::Migrate { .. } | Command::Compact => unreachable!("handled above"),
     }
 }
 
@@ -430,5 +440,23 @@ async fn migrate(path: &Path, config: &Config, json: bool) -> anyhow::Result<Exi
             config.server.data_dir.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `queue compact`: the local backend's state file made as small as what
+/// it holds.
+fn compact(config: &Config) -> anyhow::Result<ExitCode> {
+    if !matches!(config.queue, QueueConfig::Local) {
+        println!("nothing to compact: the postgres backend keeps no state file here (PostgreSQL's autovacuum reuses the space)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (before, after) = crate::daemon::compact_state(config)?;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    println!(
+        "state file {:.1} MiB, now {:.1} MiB: {:.1} MiB given back",
+        mib(before),
+        mib(after),
+        mib(before.saturating_sub(after))
+    );
     Ok(ExitCode::SUCCESS)
 }

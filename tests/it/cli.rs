@@ -708,6 +708,133 @@ async fn the_dead_letter_list_is_paged() {
     assert_eq!((last.as_slice(), said.as_str()), (&all[4..], ""));
 }
 
+/// After a backlog drained, `queue compact` gives the state file's free
+/// pages back, keeps what is still there, and refuses while a daemon has
+/// the file open.
+#[tokio::test]
+async fn queue_compact_gives_back_what_a_drained_backlog_left_free() {
+    use crate::storage::{append_n, dead, delivery, route_with};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let q: std::sync::Arc<dyn hookgate::queue::Queue> = std::sync::Arc::new(
+            hookgate::queue::Local::new(hookgate::queue::LocalStore::open(&data, true).unwrap()),
+        );
+        // Bytes LZ4 cannot shrink.
+        let x = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
+        let noise = || -> Vec<u8> {
+            (0..64 << 10)
+                .map(|_| {
+                    let mut v = x.get();
+                    v ^= v << 13;
+                    v ^= v >> 7;
+                    v ^= v << 17;
+                    x.set(v);
+                    v as u8
+                })
+                .collect()
+        };
+        let big = |mut d: hookgate::queue::DeliveryRecord| {
+            d.frozen.as_mut().unwrap().body = serde_bytes::ByteBuf::from(noise());
+            d
+        };
+        // A backlog: 8 events with 40 dead letters of 64 KiB each; then 8
+        // more whose one delivery each (64 KiB) is still pending, written
+        // after them, at the file's end. The dead letters are pruned:
+        // about 20 MiB freed before what is still used.
+        append_n(&q, 8, "a").await;
+        route_with(&q, |id| {
+            let letters = (0..40)
+                .map(|i| {
+                    let mut d = big(dead(delivery(id, "chat", 1), "permanent: 422"));
+                    d.item = Some(i);
+                    d
+                })
+                .collect();
+            (vec![], letters)
+        })
+        .await;
+        append_n(&q, 8, "b").await;
+        route_with(&q, |id| (vec![big(delivery(id, "chat", 1))], vec![])).await;
+        let pruned = q
+            .prune_dead(
+                std::time::SystemTime::now(),
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pruned.get("chat"), Some(&320), "{pruned:?}");
+        q.close();
+        q.flush().await.unwrap();
+    }
+    let config = offline_config(dir.path(), &data);
+    let state = data.join("state").join("state.redb");
+    let size = || std::fs::metadata(&state).unwrap().len();
+    let before = size();
+    assert!(before > 16 << 20, "{before}");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["queue", "compact"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("given back"), "{stdout}");
+    let after = size();
+    assert!(after < before / 4, "{before} -> {after} bytes");
+    // What is left is all there.
+    let out = cli(&["queue", "stats", "--json"]);
+    let stats: hookgate::queue::Stats = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((stats.deliveries, stats.dead), (8, 0), "{stats:?}");
+    // A running daemon holds the file: refused, saying what to do.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let admin = text
+        .split("admin_listen = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let (listen, _) = two_addrs();
+    let text = text.replacen(
+        "[server]\n",
+        &format!("[server]\nlisten = \"{listen}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{admin}/readyz");
+    for _ in 0..200 {
+        if let Ok((http::StatusCode::OK, _, _)) =
+            hookgate::client::request(http::Method::GET, &url, &[], vec![]).await
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = cli(&["queue", "compact"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("another hookgate is using"), "{stderr}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    daemon.wait().unwrap();
+}
+
 /// A config for the real binary: one GitHub source (secret `GH_IT`), the
 /// given `[server]` lines.
 fn serve_config(dir: &Path, server: &str) -> std::path::PathBuf {

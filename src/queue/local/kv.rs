@@ -109,6 +109,24 @@ impl Db {
         Ok(db)
     }
 
+    /// Compacts the file at `path`, which no other process may have
+    /// open: live pages move down, and the free ones at its end go back
+    /// to the filesystem (a drained backlog leaves most of a file free,
+    /// and commits only give back free pages already at its end). Its
+    /// size before and after, in bytes.
+    pub fn compact(path: &Path) -> Result<(u64, u64), QueueError> {
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(QueueError::Storage)
+        };
+        let before = size(path)?;
+        let mut db = Database::builder().set_cache_size(CACHE_BYTES).open(path)?;
+        while db.compact().map_err(storage)? {}
+        drop(db);
+        Ok((before, size(path)?))
+    }
+
     /// The table `name` (made by [`Db::open`]).
     pub fn tree(self: &Arc<Self>, name: &'static str) -> Tree {
         Tree {

@@ -389,6 +389,12 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// Compacts the state file under `data_dir` ([`Db::compact`]): no
+    /// daemon may have it open. Its size before and after.
+    pub fn compact(data_dir: &Path) -> Result<(u64, u64), QueueError> {
+        Db::compact(&data_dir.join(DIR).join(FILE))
+    }
+
     /// Opens the state under `data_dir`. The file's lock is let go only
     /// once the last handle is dropped: a queue closing in this process a
     /// moment before is waited for, up to [`LOCK_WAIT`].

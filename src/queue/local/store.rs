@@ -132,6 +132,13 @@ impl LocalStore {
         Self::open_as(dir, None)
     }
 
+    /// Compacts the state file in `dir`, with no daemon running: what a
+    /// drained backlog left free goes back to the filesystem. Its size
+    /// before and after, in bytes.
+    pub fn compact_state(dir: &Path) -> Result<(u64, u64), QueueError> {
+        StateStore::compact(dir)
+    }
+
     /// `group_commit`: `None` to inspect only.
     fn open_as(dir: &Path, group_commit: Option<bool>) -> Result<LocalStore, QueueError> {
         let state = Arc::new(StateStore::open(dir)?);
