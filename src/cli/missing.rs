@@ -57,7 +57,7 @@ impl Missing {
     pub(super) fn on_reload(self) -> &'static str {
         match self {
             Missing::Source => "reload refused: a source would have no secret",
-            Missing::Sink => "sink disabled until its secret is set: its deliveries are held (queue stats shows them) and sent once it is set and the config reloaded",
+            Missing::Sink => self.consequence(),
             Missing::AdminToken => "the running admin API keeps its token (server.* is read at start), but a restart now would close it (503) until server.admin_token's secret is set",
             Missing::DatabaseUrl => "the running daemon keeps its database ([queue] is read at start), but a restart now would not start until queue.url's secret is set",
         }

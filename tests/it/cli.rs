@@ -645,6 +645,14 @@ fn a_closed_pipe_ends_a_command_quietly() {
     );
 }
 
+/// The local backend's queue in `data`, opened by the test itself (no
+/// daemon runs).
+fn local_queue(data: &Path) -> std::sync::Arc<dyn hookgate::queue::Queue> {
+    std::sync::Arc::new(hookgate::queue::Local::new(
+        hookgate::queue::LocalStore::open(data, true).unwrap(),
+    ))
+}
+
 /// `queue dead list` shows a page (newest first), says how to get the
 /// next, and `--before` gets it: a million dead letters are not read to
 /// print a screenful.
@@ -654,9 +662,7 @@ async fn the_dead_letter_list_is_paged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     {
-        let q: std::sync::Arc<dyn hookgate::queue::Queue> = std::sync::Arc::new(
-            hookgate::queue::Local::new(hookgate::queue::LocalStore::open(&data, true).unwrap()),
-        );
+        let q = local_queue(&data);
         append_n(&q, 5, "d").await;
         route_with(&q, |id| {
             (
@@ -717,9 +723,7 @@ async fn queue_compact_gives_back_what_a_drained_backlog_left_free() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     {
-        let q: std::sync::Arc<dyn hookgate::queue::Queue> = std::sync::Arc::new(
-            hookgate::queue::Local::new(hookgate::queue::LocalStore::open(&data, true).unwrap()),
-        );
+        let q = local_queue(&data);
         // Bytes LZ4 cannot shrink.
         let x = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
         let noise = || -> Vec<u8> {

@@ -419,32 +419,28 @@ to = ["chat"]
     ]))
     .unwrap();
     assert_eq!(delivered[0]["sink"], "chat", "{delivered}");
-    // A bad filter is refused as the API refuses it; an id not stored says so.
-    let out = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .args(["events", "show", "999999999"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no event with that id"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Re-routing needs the daemon's routes: it says so.
-    let out = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .args(["events", "reroute", "--since", "1h"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no daemon answers"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // An id not stored says so; re-routing needs the daemon's routes and
+    // says that.
+    for (args, says) in [
+        (
+            &["events", "show", "999999999"][..],
+            "no event with that id",
+        ),
+        (
+            &["events", "reroute", "--since", "1h"][..],
+            "no daemon answers",
+        ),
+    ] {
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 /// A fresh database on the shared cluster (its URL), or `None`: skipped.
