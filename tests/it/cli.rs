@@ -583,14 +583,7 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("not-the-daemons");
     let config = offline_config(dir.path(), &data);
-    let cli = |args: &[&str]| {
-        std::process::Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| cli_on(&config, args);
     let out = cli(&["queue", "dead", "list"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -776,14 +769,7 @@ async fn queue_compact_gives_back_what_a_drained_backlog_left_free() {
     let size = || std::fs::metadata(&state).unwrap().len();
     let before = size();
     assert!(before > 16 << 20, "{before}");
-    let cli = |args: &[&str]| {
-        std::process::Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| cli_on(&config, args);
     let out = cli(&["queue", "compact"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -381,12 +381,7 @@ to = ["chat"]
     let config = daemon.config.clone();
     assert!(daemon.terminate().success());
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = cli_on(&config, args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{args:?}: {stderr}");
         assert!(stderr.contains("read from storage"), "{args:?}: {stderr}");
@@ -431,12 +426,7 @@ to = ["chat"]
             "no daemon answers",
         ),
     ] {
-        let out = std::process::Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = cli_on(&config, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");

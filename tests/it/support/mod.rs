@@ -478,12 +478,7 @@ impl Daemon {
 
     /// Runs the binary's CLI against this daemon's config.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(binary())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap()
+        cli_on(&self.config, args)
     }
 
     pub fn url(&self, source: &str) -> String {
@@ -606,6 +601,16 @@ impl Drop for SmallDisk {
 
 /// `GET http://{admin}{path}` on an admin listener: the status and the body
 /// as text.
+/// Runs the binary's CLI with `--config config` (a daemon or not).
+pub fn cli_on(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
     let url = format!("http://{admin}{path}");
     let (status, _, body) = hookgate::client::request(Method::GET, &url, &[], vec![])
