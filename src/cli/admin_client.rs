@@ -51,17 +51,19 @@ impl AdminClient {
     /// Says on stderr that, no daemon answering, the command reads
     /// storage itself.
     pub(super) fn reading_storage(&self) {
-        eprintln!(
-            "hookgate: no daemon answers on {} (server.admin_listen): read from storage",
-            self.listen
-        );
+        eprintln!("hookgate: {}: read from storage", self.unanswered());
     }
 
     fn nobody(&self) -> anyhow::Error {
         anyhow::anyhow!(
-            "no daemon answers on {} (server.admin_listen): start it with `hookgate serve`, or point --config at the file it runs with",
-            self.listen
+            "{}: start it with `hookgate serve`, or point --config at the file it runs with",
+            self.unanswered()
         )
+    }
+
+    /// That nothing answers on the admin listener, and where that is.
+    fn unanswered(&self) -> String {
+        format!("no daemon answers on {} (server.admin_listen)", self.listen)
     }
 
     /// The body of a 2xx answer; `None` when nothing listens there (no
