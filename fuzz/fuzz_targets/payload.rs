@@ -30,6 +30,7 @@ fn routes() -> &'static Routes {
                 when: None,
                 each: None,
                 to: vec!["log".into()],
+                slack: vec![],
                 content: ContentSpec::Template {
                     source: (*t).into(),
                     json: false,

@@ -57,6 +57,7 @@ impl Cx<'_> {
                 }
             }
             let mut to = Vec::new();
+            let mut slack = Vec::new();
             let mut named: Vec<&String> = Vec::new();
             for sink in r.to.get_ref() {
                 if named.contains(&sink.get_ref()) {
@@ -81,6 +82,9 @@ impl Cx<'_> {
                 }
                 // A sink with a mistake of its own: reported there.
                 if let Some(config) = sinks.get(sink.get_ref()) {
+                    if matches!(config.kind, super::SinkKind::Slack { .. }) {
+                        slack.push(sink.get_ref().clone());
+                    }
                     let is_prodmatic = matches!(config.kind, super::SinkKind::Prodmatic { .. });
                     if is_prodmatic != r.action.is_some() {
                         let msg = if is_prodmatic {
@@ -221,6 +225,7 @@ impl Cx<'_> {
                 when: r.when.as_ref().map(|w| w.get_ref().clone()),
                 each: r.each.as_ref().map(|e| e.get_ref().clone()),
                 to,
+                slack,
                 content,
                 order_key: r.order_key.as_ref().map(|k| k.get_ref().clone()),
             });

@@ -14,7 +14,9 @@
 //! | `slack_link(label)` | `<url\|label>` for an http(s) URL, else the label; both made safe for Slack |
 //! | `tojson` | (MiniJinja's) JSON text of a value |
 
-use minijinja::{Error, ErrorKind, Value};
+use minijinja::{Error, ErrorKind, State, Value};
+
+use super::SLACK_ESCAPE;
 
 /// Registers every filter of this module on `env`. Each reads its input
 /// as text: none and undefined (a payload's `null` or missing field) are
@@ -34,18 +36,48 @@ pub fn register(env: &mut minijinja::Environment<'static>) {
     env.add_filter("regex_captures", |v: &Value, p: &str, g: Option<usize>| {
         regex_captures(&text_of(v), p, g)
     });
-    env.add_filter("truncate", |v: &Value, n: usize, marker: Option<&str>| {
-        truncate(&text_of(v), n, marker)
-    });
+    // Text escaped for Slack stays so when cut.
+    env.add_filter(
+        "truncate",
+        |state: &State, v: &Value, n: usize, marker: Option<&str>| {
+            let cut = truncate(&text_of(v), n, marker);
+            match v.is_safe() && state.auto_escape() == SLACK_ESCAPE {
+                true => Value::from_safe_string(cut),
+                false => Value::from(cut),
+            }
+        },
+    );
     env.add_filter("striptags", |v: &Value| striptags(&text_of(v)));
-    env.add_filter("slack_escape", |v: &Value| slack_escape(&text_of(v)));
+    // In a Slack message (escaped as it prints) these are written as
+    // they are, not escaped twice; `escape` escapes for Slack there.
+    env.add_filter("slack_escape", |state: &State, v: &Value| {
+        for_slack(state, slack_escape(&text_of(v)))
+    });
+    for name in ["escape", "e"] {
+        env.add_filter(name, |state: &State, v: &Value| {
+            if state.auto_escape() == SLACK_ESCAPE && !v.is_safe() {
+                Ok(Value::from_safe_string(slack_escape(&text_of(v))))
+            } else {
+                minijinja::filters::escape(state, v)
+            }
+        });
+    }
     env.add_filter("discord_escape", |v: &Value| discord_escape(&text_of(v)));
     env.add_filter("web_url", |v: &Value| {
         web_url(&text_of(v)).unwrap_or_default()
     });
-    env.add_filter("slack_link", |v: &Value, label: &Value| {
-        slack_link(&text_of(v), &text_of(label))
+    env.add_filter("slack_link", |state: &State, v: &Value, label: &Value| {
+        for_slack(state, slack_link(&text_of(v), &text_of(label)))
     });
+}
+
+/// Text made safe for Slack: marked so in a Slack message, where it is
+/// written as it is.
+fn for_slack(state: &State, text: String) -> Value {
+    match state.auto_escape() == SLACK_ESCAPE {
+        true => Value::from_safe_string(text),
+        false => Value::from(text),
+    }
 }
 
 /// A template value as text: none and undefined are empty.

@@ -42,6 +42,13 @@ pub struct RouteSpec {
     /// `each`: an expression giving a list; one delivery per item.
     pub each: Option<String>,
     pub to: Vec<String>,
+    /// The sinks of `to` that are Slack's. A text message is rendered for
+    /// them with every value it prints escaped for Slack (`&`, `<`, `>`),
+    /// as an HTML template escapes for HTML: a payload cannot write a
+    /// mention (`<!channel>`) or a link of its own, while the template's
+    /// own text (and `slack_link`, `slack_escape`, `| safe`) stays as
+    /// written.
+    pub slack: Vec<String>,
     pub content: ContentSpec,
     /// `order_key`: a template rendered per delivery (with `item` for
     /// `each`); deliveries with the same output to the same sink go one at
@@ -282,6 +289,14 @@ fn message_part(json: bool) -> &'static str {
     }
 }
 
+/// A text message's second compilation, for Slack sinks: `.slack` turns on
+/// Slack escaping.
+const SLACK_MESSAGE: &str = "message.slack";
+
+/// The auto-escape mode of [`SLACK_MESSAGE`]: values printed are escaped
+/// for Slack mrkdwn, safe strings are written as they are.
+pub(crate) const SLACK_ESCAPE: minijinja::AutoEscape = minijinja::AutoEscape::Custom("slack");
+
 fn template_name(route: &str, part: &str) -> String {
     format!("{route}/{part}")
 }
@@ -297,15 +312,25 @@ impl Routes {
         env.set_formatter(|out, state, value| {
             if value.is_none() {
                 Ok(())
+            } else if state.auto_escape() == SLACK_ESCAPE {
+                match value.as_str() {
+                    Some(s) if value.is_safe() => out.write_str(s),
+                    Some(s) => out.write_str(&filters::slack_escape(s)),
+                    None => out.write_str(&filters::slack_escape(&value.to_string())),
+                }
+                .map_err(minijinja::Error::from)
             } else {
                 minijinja::escape_formatter(out, state, value)
             }
         });
         // Template files named `*.json` (before a `.j2`) write values as
         // JSON: `{"text": {{ payload.title }}}` is valid whatever the title.
+        // A text message's Slack compilation escapes for Slack.
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".json") {
                 minijinja::AutoEscape::Json
+            } else if name.ends_with(SLACK_MESSAGE) {
+                SLACK_ESCAPE
             } else {
                 minijinja::AutoEscape::None
             }
@@ -381,6 +406,20 @@ impl Routes {
                         reads |= reads::may_read_payload(&env, &name);
                     }
                 }
+            }
+            // The same text once more for Slack sinks; it compiled above,
+            // so it compiles here.
+            if let (
+                ContentSpec::Template {
+                    source,
+                    json: false,
+                    ..
+                },
+                false,
+            ) = (&spec.content, spec.slack.is_empty())
+            {
+                let _ = env
+                    .add_template_owned(template_name(&spec.name, SLACK_MESSAGE), source.clone());
             }
             reads_payload.push(reads);
         }
@@ -562,20 +601,38 @@ impl Routes {
                     }
                 },
             };
+            // A text message for Slack sinks is rendered apart (escaped for
+            // Slack); the others share one rendering.
+            let for_slack = |sink: &String| {
+                spec.slack.contains(sink)
+                    && matches!(spec.content, ContentSpec::Template { json: false, .. })
+            };
+            let plain = spec.to.iter().any(|s| !for_slack(s));
+            let slack = spec.to.iter().any(for_slack);
             for (item, context) in items {
-                let rendered = self
-                    .render(spec, &context)
-                    .and_then(|content| Ok((content, self.order_key(spec, &context)?)));
+                let rendered = (|| {
+                    let plain = plain
+                        .then(|| self.render(spec, &context, false))
+                        .transpose()?;
+                    let slack = slack
+                        .then(|| self.render(spec, &context, true))
+                        .transpose()?;
+                    Ok::<_, String>((plain, slack, self.order_key(spec, &context)?))
+                })();
                 match rendered {
-                    Ok((content, order_key)) => {
-                        out.extend(spec.to.iter().map(|sink| Outcome::Rendered {
+                    Ok((plain, slack, order_key)) => out.extend(spec.to.iter().map(|sink| {
+                        Outcome::Rendered {
                             route: spec.name.clone(),
                             sink: sink.clone(),
                             item,
-                            content: content.clone(),
+                            content: match for_slack(sink) {
+                                true => slack.clone(),
+                                false => plain.clone(),
+                            }
+                            .expect("rendered for every sink it goes to"),
                             order_key: order_key.clone(),
-                        }))
-                    }
+                        }
+                    })),
                     Err(e) => out.extend(failed(e)),
                 }
             }
@@ -641,10 +698,15 @@ impl Routes {
         Ok((!key.is_empty()).then(|| key.to_owned()))
     }
 
-    fn render(&self, spec: &RouteSpec, ctx: &Value) -> Result<Rendered, String> {
+    /// A route's content for one delivery; a text message escaped for
+    /// Slack when `slack`.
+    fn render(&self, spec: &RouteSpec, ctx: &Value, slack: bool) -> Result<Rendered, String> {
         let render = |part: &str| self.render_part(spec, part, ctx);
         Ok(match &spec.content {
             ContentSpec::Default => Rendered::Default,
+            ContentSpec::Template { json: false, .. } if slack => {
+                Rendered::Text(render(SLACK_MESSAGE)?)
+            }
             ContentSpec::Template { json: false, .. } => {
                 Rendered::Text(render(message_part(false))?)
             }
@@ -682,26 +744,46 @@ impl Routes {
                     minijinja::Error::new(minijinja::ErrorKind::BadSerialization, "not UTF-8")
                 })
             })
-            .map_err(|e| match (&spec.content, part.starts_with("message")) {
-                // Name the file and the line in it, not the route's
-                // internal template name.
-                (
-                    ContentSpec::Template {
-                        file: Some(file), ..
-                    },
-                    true,
-                ) => {
-                    let what = match e.detail() {
-                        Some(d) => format!("{}: {d}", e.kind()),
-                        None => e.kind().to_string(),
-                    };
-                    match e.line() {
-                        Some(line) => format!("{part}: {what} (in {file}:{line})"),
-                        None => format!("{part}: {what} (in {file})"),
-                    }
+            .map_err(|e| {
+                // The Slack compilation's errors are the message's.
+                let shown = match part {
+                    SLACK_MESSAGE => "message",
+                    other => other,
+                };
+                let said = part_error(spec, shown, e);
+                match part {
+                    SLACK_MESSAGE => said.replace(
+                        &template_name(&spec.name, part),
+                        &template_name(&spec.name, shown),
+                    ),
+                    _ => said,
                 }
-                _ => format!("{part}: {e}"),
             })
+    }
+}
+
+/// A render error of a route's `part`, naming its template file and line
+/// when the message is one.
+fn part_error(spec: &RouteSpec, part: &str, e: minijinja::Error) -> String {
+    match (&spec.content, part.starts_with("message")) {
+        // Name the file and the line in it, not the route's
+        // internal template name.
+        (
+            ContentSpec::Template {
+                file: Some(file), ..
+            },
+            true,
+        ) => {
+            let what = match e.detail() {
+                Some(d) => format!("{}: {d}", e.kind()),
+                None => e.kind().to_string(),
+            };
+            match e.line() {
+                Some(line) => format!("{part}: {what} (in {file}:{line})"),
+                None => format!("{part}: {what} (in {file})"),
+            }
+        }
+        _ => format!("{part}: {e}"),
     }
 }
 

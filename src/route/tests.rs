@@ -19,6 +19,7 @@ fn route(name: &str, content: ContentSpec) -> RouteSpec {
         when: None,
         each: None,
         to: vec!["slack".into()],
+        slack: vec![],
         content,
         order_key: None,
     }
@@ -84,6 +85,94 @@ fn merged_pull_request_renders_for_every_sink() {
     assert!(routes
         .evaluate(&ctx("gitlab", "pull_request", serde_json::json!({})))
         .is_empty());
+}
+
+/// A text message to a Slack sink prints every value escaped for Slack: a
+/// payload writes no mention and no link of its own. The template's own
+/// text, `slack_escape`, `slack_link`, `escape` and `| safe` are written
+/// as they are (nothing escaped twice). Another sink of the same route
+/// gets the text as the template printed it.
+#[test]
+fn a_slack_message_escapes_what_the_payload_prints() {
+    let mut r = route(
+        "announce",
+        text(concat!(
+            "<!here> {{ payload.login }} by {{ payload.sender }}: ",
+            "{{ payload.title | slack_escape }} {{ payload.url | slack_link('PR') }} ",
+            "{{ payload.title | e }} {{ payload.title | truncate(3) }} ",
+            "{{ payload.title | slack_escape | truncate(6) }} {{ payload.n }} ",
+            "{{ payload.labels }} {{ payload.trusted | safe }}{{ payload.none }}",
+        )),
+    );
+    r.to = vec!["slack".into(), "discord".into()];
+    r.slack = vec!["slack".into()];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "github",
+        "pull_request",
+        serde_json::json!({
+            "login": "<!channel>",
+            "sender": "<mailto:ceo@corp.example|Payroll> & <@U024BE7LH>",
+            "title": "a<b>",
+            "url": "https://example.com/pr/1?a=1&b=2",
+            "n": 7,
+            "labels": ["<x>"],
+            "trusted": "<#C123>",
+            "none": null,
+        }),
+    ));
+    let texts: Vec<(&str, &str)> = out
+        .iter()
+        .map(|o| match o {
+            Outcome::Rendered {
+                sink,
+                content: Rendered::Text(t),
+                ..
+            } => (sink.as_str(), t.as_str()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (
+                "slack",
+                concat!(
+                    "<!here> &lt;!channel&gt; by &lt;mailto:ceo@corp.example|Payroll&gt; &amp; &lt;@U024BE7LH&gt;: ",
+                    "a&lt;b&gt; <https://example.com/pr/1?a=1&amp;b=2|PR> ",
+                    "a&lt;b&gt; a&lt;… ",
+                    "a&lt;… 7 ",
+                    "[\"&lt;x&gt;\"] <#C123>",
+                )
+            ),
+            (
+                "discord",
+                concat!(
+                    "<!here> <!channel> by <mailto:ceo@corp.example|Payroll> & <@U024BE7LH>: ",
+                    "a&lt;b&gt; <https://example.com/pr/1?a=1&amp;b=2|PR> ",
+                    "a&lt;b&gt; a<… ",
+                    "a&lt;… 7 ",
+                    "[\"<x>\"] <#C123>",
+                )
+            ),
+        ]
+    );
+}
+
+/// A render error of a Slack message names the message, as the other
+/// sinks' does.
+#[test]
+fn a_slack_message_fails_as_the_message() {
+    let mut r = route("boom", text("{{ payload.n + 'x' }}"));
+    r.to = vec!["slack".into()];
+    r.slack = vec!["slack".into()];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx("github", "pull_request", serde_json::json!({"n": 1})));
+    let Some(Outcome::Failed { error, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert!(error.starts_with("message: "), "{error}");
+    assert!(!error.contains("slack"), "{error}");
 }
 
 #[test]

@@ -323,6 +323,43 @@ async fn a_slack_text_template_sends_a_json_title_as_text() {
     );
 }
 
+/// The trial's attack: a text message that prints payload values without
+/// `slack_escape` still sends them as text: no `<!channel>`, no mention,
+/// no mailto link. The template's own `<!here>` and its `slack_link`
+/// stay Slack's.
+#[tokio::test]
+async fn a_slack_text_message_escapes_payload_values_unasked() {
+    let rx = Receiver::start(Reply {
+        body: "ok".into(),
+        ..Reply::status(200)
+    })
+    .await;
+    let route = chat_route(
+        "slack",
+        &rx.url("/s"),
+        r#"message = "<!here> {{ payload.pull_request.title }} by {{ payload.sender.login }} {{ payload.pull_request.html_url | slack_link('#' ~ payload.number) }}""#,
+    );
+    let gw = TestGateway::start("", &route).await;
+    post_titled(
+        &gw,
+        "<mailto:ceo@corp.example|Payroll> & <@U024BE7LH> <!channel>",
+        "slack-unasked",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&sample("github", "pull_request")).unwrap();
+    let (login, url, number) = (
+        v["sender"]["login"].as_str().unwrap(),
+        v["pull_request"]["html_url"].as_str().unwrap(),
+        &v["number"],
+    );
+    assert_eq!(
+        one_body(&rx).await,
+        format!(
+            r#"{{"text":"<!here> &lt;mailto:ceo@corp.example|Payroll&gt; &amp; &lt;@U024BE7LH&gt; &lt;!channel&gt; by {login} <{url}|#{number}>"}}"#
+        )
+    );
+}
+
 /// A title carrying `allowed_mentions` in a text template is `content`,
 /// and mentions stay off.
 #[tokio::test]
