@@ -161,6 +161,24 @@ impl Admin {
         if let Err(refused) = self.guard.check(req, probe) {
             return refusal(&refused);
         }
+        match allowed(&parts) {
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no such path: /api/openapi.json lists the API's",
+                )
+            }
+            Some(allow) if req.method().as_str() != allow => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{path} answers {allow} only"),
+                );
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                return r;
+            }
+            Some(_) => {}
+        }
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => {
@@ -252,12 +270,22 @@ impl Admin {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
             },
-            (_, ["healthz" | "readyz" | "metrics"]) | (_, ["api", ..]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
-            }
-            _ => error(StatusCode::NOT_FOUND, "not found"),
+            _ => unreachable!("`allowed` names every path and its method"),
         }
     }
+}
+
+/// The one method the API answers at `parts` (a path split at `/`), or
+/// `None` for a path it does not have.
+fn allowed(parts: &[&str]) -> Option<&'static str> {
+    Some(match parts {
+        ["api", "reroute"] | ["api", "dead", "replay"] | ["api", "dead", _, "replay"] => "POST",
+        ["healthz" | "readyz" | "metrics"]
+        | ["api", "queue", "stats"]
+        | ["api", "sinks" | "openapi.json" | "events" | "deliveries" | "dead"]
+        | ["api", "events" | "dead", _] => "GET",
+        _ => return None,
+    })
 }
 
 impl Admin {

@@ -376,10 +376,10 @@ impl Admin {
 
     /// `GET /api/events/{id}`
     pub(super) async fn show_event(&self, id: &str) -> Answer {
-        let Ok(id) = id.parse::<u64>() else {
-            return error(StatusCode::BAD_REQUEST, "the event id is a number");
-        };
-        answer(self.event_detail(id).await)
+        match id.parse::<EventId>() {
+            Ok(id) => answer(self.event_detail(id.0).await),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
     }
 
     /// One event, with every delivery it made (and why a pending one is

@@ -290,7 +290,12 @@ pub fn document() -> Value {
                 "parameters": event_filter().into_iter().chain(page()).collect::<Vec<_>>(),
                 "responses": answers(ok("A page of events, newest first", "EventPage"), READ) } },
             "/api/events/{id}": { "get": { "summary": "An event: headers, payload, deliveries and their attempts",
-                "parameters": id_path("The event's id"),
+                "parameters": [{ "name": "id", "in": "path", "required": true,
+                    "description": "The event's id: its number, or the `evt_` form the 202 answer gave",
+                    "schema": { "oneOf": [
+                        { "type": "integer", "format": "int64", "minimum": 0, "maximum": 9007199254740991i64 },
+                        { "type": "string", "pattern": "^evt_[0-9a-fA-F]{1,16}$" }
+                    ] } }],
                 "responses": answers(ok("The event", "EventDetail"), &["400", "401", "404", "421", "503"]) } },
             "/api/deliveries": { "get": { "summary": "Search deliveries (pending, delivered, dead)",
                 "parameters": delivery_filter(true).into_iter().chain(page()).collect::<Vec<_>>(),

@@ -94,7 +94,8 @@ pub(super) enum Command {
     },
     /// One event: headers, payload, and each delivery with its attempts.
     Show {
-        id: u64,
+        /// As the 202 answer gave it (`evt_…`) or as `events list` shows it.
+        id: crate::queue::EventId,
         #[arg(long)]
         json: bool,
     },
@@ -153,7 +154,7 @@ pub(super) async fn run(path: &Path, command: Command) -> anyhow::Result<ExitCod
             }
         }
         Command::Show { id, json } => {
-            let e = Reader::open(path).await?.event(id).await?;
+            let e = Reader::open(path).await?.event(id.0).await?;
             if json {
                 Json::Indented.print(&e)?;
             } else {
@@ -279,8 +280,14 @@ where
 fn print_event(e: &EventDetail) {
     let i = &e.item;
     println!(
-        "event {}: {}/{} (delivery id {}) from {}, received {}",
-        i.id, i.source, i.event, i.delivery_id, e.client_ip, i.received_at
+        "event {} ({}): {}/{} (delivery id {}) from {}, received {}",
+        i.id,
+        crate::queue::EventId(i.id),
+        i.source,
+        i.event,
+        i.delivery_id,
+        e.client_ip,
+        i.received_at
     );
     for (name, value) in &e.headers {
         println!("  {name}: {value}");

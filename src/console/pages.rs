@@ -172,8 +172,9 @@ pub async fn events(admin: &Admin, raw: Option<&str>, c: &Common) -> Answer {
 
 /// `/events/{id}`: one event and what became of it.
 pub async fn event(admin: &Admin, id: &str, c: &Common) -> Answer {
-    let Ok(id) = id.parse::<u64>() else {
-        return view::error(StatusCode::BAD_REQUEST, "an event's id is a number", c);
+    let id = match id.parse::<crate::queue::EventId>() {
+        Ok(id) => id.0,
+        Err(e) => return view::error(StatusCode::BAD_REQUEST, &e.to_string(), c),
     };
     let detail = match admin.event_detail(id).await {
         Ok(d) => d,
@@ -201,7 +202,15 @@ pub async fn event(admin: &Admin, id: &str, c: &Common) -> Answer {
     view::page(
         StatusCode::OK,
         "event.html",
-        context! { c, e => detail, body, routes, pending, states => states.join(",") },
+        context! {
+            c,
+            answer_id => crate::queue::EventId(detail.item.id).to_string(),
+            e => detail,
+            body,
+            routes,
+            pending,
+            states => states.join(","),
+        },
     )
 }
 

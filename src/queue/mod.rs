@@ -91,6 +91,33 @@ impl std::fmt::Display for EventId {
     }
 }
 
+/// Why text is not an event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an event id: write it as the 202 answer gave it (`evt_` and 16 hex digits) or as lookups show it (a number)")]
+pub struct NotAnEventId(pub String);
+
+impl std::str::FromStr for EventId {
+    type Err = NotAnEventId;
+
+    /// Either form an operator has: `evt_…` (the 202's answer, logs,
+    /// Idempotency-Keys) or the number (lookups, the API's `id`).
+    fn from_str(s: &str) -> Result<EventId, NotAnEventId> {
+        let parsed = match s.strip_prefix("evt_") {
+            Some(hex)
+                if (1..=16).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                u64::from_str_radix(hex, 16).ok()
+            }
+            Some(_) => None,
+            None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+            None => None,
+        };
+        parsed
+            .map(EventId)
+            .ok_or_else(|| NotAnEventId(s.to_owned()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("the queue is shutting down")]
@@ -547,4 +574,38 @@ pub fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod event_id_tests {
+    use super::EventId;
+
+    /// Both forms an operator may hold read as the same id; anything
+    /// else is refused with what to write.
+    #[test]
+    fn an_event_id_reads_from_its_answer_form_or_its_number() {
+        let id = EventId(0x100_0000_0000);
+        assert_eq!(id.to_string(), "evt_0000010000000000");
+        assert_eq!(id.to_string().parse(), Ok(id));
+        assert_eq!("1099511627776".parse(), Ok(id));
+        assert_eq!("evt_10000000000".parse(), Ok(id));
+        assert_eq!("evt_FFFFFFFFFFFFFFFF".parse(), Ok(EventId(u64::MAX)));
+        for bad in [
+            "",
+            "evt_",
+            "evt_00000100000000000",
+            "evt_+1",
+            "+1",
+            "-1",
+            "evt_xyz",
+            "99999999999999999999999",
+            "1e3",
+        ] {
+            let e = bad.parse::<EventId>().unwrap_err();
+            assert!(
+                e.to_string().contains("`evt_` and 16 hex digits"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

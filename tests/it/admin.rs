@@ -183,3 +183,62 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_proves_a_change() {
         (StatusCode::OK, r#"{"replayed":1,"refused":[]}"#)
     );
 }
+
+/// A path the API does not have is a 404 that says where the API's paths
+/// are listed; a path it has, asked with another method, is a 405 that
+/// says (and `Allow` says) which one it answers.
+#[tokio::test]
+async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
+    let gw = TestGateway::start("", ALL_SOURCES).await;
+    let ask = |method: Method, path: &str| {
+        let url = format!("http://{}{path}", gw.admin);
+        let headers = vec![("X-Hookgate-CSRF".to_owned(), "1".to_owned())];
+        async move {
+            let (status, h, body) = hookgate::client::request(method, &url, &headers, Vec::new())
+                .await
+                .unwrap();
+            let allow = h
+                .get(http::header::ALLOW)
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, allow, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for path in [
+        "/api/nope",
+        "/api",
+        "/api/deadx",
+        "/api/events/1/x",
+        "/metrics/x",
+        "/api/queue",
+    ] {
+        for method in [Method::GET, Method::POST] {
+            let (status, allow, body) = ask(method.clone(), path).await;
+            assert_eq!(
+                (status, allow),
+                (StatusCode::NOT_FOUND, None),
+                "{method} {path}: {body}"
+            );
+            assert!(body.contains("/api/openapi.json lists"), "{body}");
+        }
+    }
+    for (method, path, allowed) in [
+        (Method::POST, "/api/events", "GET"),
+        (Method::DELETE, "/api/events/1", "GET"),
+        (Method::POST, "/metrics", "GET"),
+        (Method::GET, "/api/dead/replay", "POST"),
+        (Method::GET, "/api/dead/7/replay", "POST"),
+        (Method::GET, "/api/reroute", "POST"),
+        (Method::PUT, "/api/dead/7", "GET"),
+    ] {
+        let (status, allow, body) = ask(method.clone(), path).await;
+        assert_eq!(
+            (status, allow.as_deref()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some(allowed)),
+            "{method} {path}: {body}"
+        );
+        assert!(
+            body.contains(&format!("{path} answers {allowed} only")),
+            "{body}"
+        );
+    }
+}

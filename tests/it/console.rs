@@ -265,6 +265,45 @@ async fn a_replay_by_filter_shows_the_count_then_replays_exactly_that() {
     assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
     gw.wait_dead(2).await;
     let cookie = log_in(gw.admin).await;
+    // An event's page opens by the id its 202 answer gave, and shows it.
+    let auth = format!("Bearer {TOKEN}");
+    let (_, _, dead) = send(
+        &gw,
+        Method::GET,
+        "/api/dead",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    let event_id = serde_json::from_str::<Value>(&dead).unwrap()["items"][0]["event_id"]
+        .as_u64()
+        .unwrap();
+    let answer_id = format!("evt_{event_id:016x}");
+    let (status, _, page) = send(
+        &gw,
+        Method::GET,
+        &format!("/events/{answer_id}"),
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&format!(
+            "{event_id} <span class=\"muted\">({answer_id}, as the 202 answer gave it)"
+        )),
+        "{page}"
+    );
+    let (status, _, page) = send(
+        &gw,
+        Method::GET,
+        "/events/evt_zz",
+        &[("Cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("16 hex digits"), "{page}");
     let (_, _, page) = send(
         &gw,
         Method::GET,

@@ -42,6 +42,9 @@ async fn a_delivery_found_by_its_github_id_shows_the_failed_attempt_and_is_repla
     let event_id = items[0]["id"].as_u64().unwrap();
     let (status, event) = get(&gw, &format!("/api/events/{event_id}")).await;
     assert_eq!(status, StatusCode::OK, "{event}");
+    // The form the 202 answer gives reads the same.
+    let (status, same) = get(&gw, &format!("/api/events/evt_{event_id:016x}")).await;
+    assert_eq!((status, &same), (StatusCode::OK, &event));
     assert_eq!(event["delivery_id"], "csrf-1");
     assert!(
         event["payload"]["zen"].is_string(),
@@ -136,6 +139,17 @@ async fn a_bad_filter_is_refused_with_what_to_write() {
     }
     let (status, body) = get(&gw, "/api/events/999999").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for id in ["evt_12x", "99999999999999999999999", "-1"] {
+        let (status, body) = get(&gw, &format!("/api/events/{id}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("`evt_` and 16 hex digits"),
+            "{body}"
+        );
+    }
     let (status, body) = post(&gw, "/api/reroute").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
@@ -352,6 +366,29 @@ to = ["chat"]
     assert!(
         shown.contains("channel_not_found") && shown.contains("\"action\""),
         "{shown}"
+    );
+    // The id the 202 answer gave (`send` prints the answer) finds the
+    // same event, and the event says both forms.
+    let answered: Value = {
+        let said = String::from_utf8_lossy(&sent.stdout);
+        serde_json::from_str(&said[said.find('{').unwrap()..]).unwrap()
+    };
+    let answer_id = answered["id"].as_str().unwrap();
+    assert!(answer_id.starts_with("evt_"), "{answered}");
+    let by_answer = daemon.cli(&["events", "show", answer_id]);
+    assert_eq!(String::from_utf8_lossy(&by_answer.stdout), shown);
+    assert!(
+        shown.starts_with(&format!(
+            "event {event_id} ({answer_id}): github/pull_request"
+        )),
+        "{shown}"
+    );
+    let out = daemon.cli(&["events", "show", "evt_nope"]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && refused.contains("(`evt_` and 16 hex digits) or as lookups show it"),
+        "{refused}"
     );
     let out = daemon.cli(&[
         "queue",
