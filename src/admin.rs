@@ -302,12 +302,15 @@ impl Admin {
 fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
     log_refusal(refused);
     let mut r = error(refused.status(), refused.message());
-    if *refused == Refused::Token {
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            "Bearer".parse().expect("static"),
-        );
-    }
+    let challenge = match refused {
+        Refused::Token => "Bearer",
+        Refused::WrongToken => "Bearer error=\"invalid_token\"",
+        _ => return r,
+    };
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
     r
 }
 
@@ -325,6 +328,9 @@ pub(crate) fn log_refusal(refused: &Refused) {
         }
         Refused::Csrf => {
             tracing::warn!("admin request refused: a change with the session cookie but without its CSRF token")
+        }
+        Refused::WrongToken => {
+            tracing::warn!("admin request refused: a bearer token that is not the admin token")
         }
         Refused::Token | Refused::TokenUnset => {}
     }

@@ -185,13 +185,15 @@ pub fn run(
         headers.append(name, value);
     }
     // What ingress reads and stores of it.
-    let envelope = provider
-        .envelope(&Inbound {
+    let envelope = crate::verify::read_envelope(
+        provider,
+        &Inbound {
             headers: &headers,
             body: &signed.body,
             now,
-        })
-        .map_err(DryRunError::Refused)?;
+        },
+    )
+    .map_err(DryRunError::Refused)?;
     let mut notes = Vec::new();
     if envelope.event != input.event {
         notes.push(format!(

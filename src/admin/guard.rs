@@ -59,8 +59,10 @@ pub enum Refused {
     Host(String),
     /// A token is configured but its secret could not be read.
     TokenUnset,
-    /// The bearer token is missing or wrong.
+    /// No bearer token (nor a session).
     Token,
+    /// A bearer token that is not the admin token (and no session).
+    WrongToken,
     /// A change sent by a page of another origin (the header that said so).
     CrossSite(&'static str),
     /// A change without the token or the CSRF header.
@@ -75,7 +77,7 @@ impl Refused {
         match self {
             Refused::Host(_) => StatusCode::MISDIRECTED_REQUEST,
             Refused::TokenUnset => StatusCode::SERVICE_UNAVAILABLE,
-            Refused::Token => StatusCode::UNAUTHORIZED,
+            Refused::Token | Refused::WrongToken => StatusCode::UNAUTHORIZED,
             Refused::CrossSite(_) | Refused::Undeclared | Refused::Csrf => StatusCode::FORBIDDEN,
         }
     }
@@ -85,7 +87,8 @@ impl Refused {
         match self {
             Refused::Host(_) => "unknown Host: use the listener's address or localhost, or add the name to server.admin_hosts",
             Refused::TokenUnset => "admin token not configured",
-            Refused::Token => "bearer token required",
+            Refused::Token => "this needs `Authorization: Bearer <server.admin_token>`",
+            Refused::WrongToken => "the bearer token is not server.admin_token: check the token you send",
             Refused::CrossSite(_) => "cross-site request refused: the admin API takes changes only from its own origin",
             Refused::Undeclared => "a change needs the header `X-Hookgate-CSRF: 1` (or the bearer token)",
             Refused::Csrf => "the page's CSRF token is missing or stale: reload the page and try again",
@@ -128,9 +131,10 @@ impl Guard {
             Some(Err(_)) => return Err(Refused::TokenUnset),
             Some(Ok(token)) => match bearer(headers) {
                 Some(given) if token.ct_eq(given.as_bytes()) => Caller::Bearer,
-                _ => match self.sessions.of_cookies(headers) {
+                given => match self.sessions.of_cookies(headers) {
                     Some(session) => Caller::Session(session),
                     None if probe => Caller::Open,
+                    None if given.is_some() => return Err(Refused::WrongToken),
                     None => return Err(Refused::Token),
                 },
             },
@@ -325,8 +329,11 @@ mod tests {
         for ok in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
             assert_eq!(with(ok), Ok(Caller::Bearer), "{ok}");
         }
-        for bad in ["Bearer s3cre", "Basic s3cret", "Bearers3cret", "s3cret"] {
-            assert_eq!(with(bad), Err(Refused::Token), "{bad}");
+        for missing in ["Basic s3cret", "Bearers3cret", "s3cret"] {
+            assert_eq!(with(missing), Err(Refused::Token), "{missing}");
+        }
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer "] {
+            assert_eq!(with(wrong), Err(Refused::WrongToken), "{wrong}");
         }
     }
 

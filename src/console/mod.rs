@@ -84,7 +84,7 @@ where
     }
     let caller = match admin.guard.caller(&req, false) {
         Ok(c) => c,
-        Err(Refused::Token) if method == Method::GET => {
+        Err(Refused::Token | Refused::WrongToken) if method == Method::GET => {
             let here = req
                 .uri()
                 .path_and_query()

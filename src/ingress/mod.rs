@@ -163,7 +163,7 @@ impl Gateway {
                 tracing::error!(source = name, client = %ip, reason = %reason, "rejected: source is closed until its secret is configured");
                 return answer(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"source not configured"}"#,
+                    r#"{"error":"this source's secret is not set on the gateway yet: deliveries are refused until it is"}"#,
                 );
             }
         };
@@ -189,7 +189,7 @@ impl Gateway {
         // batch without it (only proven requests: unsigned traffic must
         // not hold batches back); dropped on every early answer below.
         let preparing = self.queue.preparing();
-        let envelope = match provider.envelope(&inbound) {
+        let envelope = match crate::verify::read_envelope(provider.as_ref(), &inbound) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(source = name, client = %ip, detail = %e, "rejected: body shape");
@@ -221,7 +221,7 @@ impl Gateway {
             }
             Some(Claim::InFlight) => {
                 tracing::info!(source = name, client = %ip, "the same signed request is being stored now; answered 503");
-                return unavailable();
+                return unavailable("the same request is being stored right now: retry");
             }
         };
         let dedupe = envelope.id.dedupe(&body);
@@ -266,7 +266,7 @@ impl Gateway {
                     limit_s = APPEND_LIMIT.as_secs(),
                     "the queue did not store the event in time (is the disk hung?); answered 503"
                 );
-                return unavailable();
+                return unavailable("storage did not answer in time: retry later");
             }
         };
         if let (Ok(Appended::Queued(id) | Appended::Duplicate(id)), Some(ticket)) =
@@ -286,21 +286,23 @@ impl Gateway {
                 tracing::info!(source = name, client = %ip, event = %id, "duplicate delivery, not queued again");
                 duplicate(id)
             }
-            Err(e) => {
-                match e {
-                    QueueError::ShuttingDown => {
-                        tracing::info!(source = name, "refused: shutting down")
-                    }
-                    // Storage is down and said so once, when it went: an
-                    // error line per refused request would flood the log
-                    // for as long as the outage lasts.
-                    ref e if !self.queue.writable() => {
-                        tracing::debug!(source = name, error = %e, "refused: storage cannot take writes")
-                    }
-                    ref e => tracing::error!(source = name, error = %e, "cannot store the event"),
+            Err(e) => match e {
+                QueueError::ShuttingDown => {
+                    tracing::info!(source = name, "refused: shutting down");
+                    unavailable("shutting down: retry later")
                 }
-                unavailable()
-            }
+                // Storage is down and said so once, when it went: an error
+                // line per refused request would flood the log for as long
+                // as the outage lasts.
+                ref e if !self.queue.writable() => {
+                    tracing::debug!(source = name, error = %e, "refused: storage cannot take writes");
+                    unavailable("storage cannot take writes now: retry later")
+                }
+                ref e => {
+                    tracing::error!(source = name, error = %e, "cannot store the event");
+                    unavailable("the event could not be stored: retry later")
+                }
+            },
         }
     }
 
@@ -416,11 +418,11 @@ fn duplicate(id: EventId) -> Response<Full<Bytes>> {
     )
 }
 
-/// 503 with `Retry-After`: the queue cannot take the event now.
-fn unavailable() -> Response<Full<Bytes>> {
+/// 503 with `Retry-After`: the event cannot be taken now, and `why`.
+fn unavailable(why: &str) -> Response<Full<Bytes>> {
     let mut r = answer(
         StatusCode::SERVICE_UNAVAILABLE,
-        r#"{"error":"queue unavailable, retry later"}"#,
+        &format!(r#"{{"error":"{why}"}}"#),
     );
     r.headers_mut()
         .insert(header::RETRY_AFTER, "5".parse().expect("static"));

@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use http::HeaderMap;
 
 use super::{
-    ct_eq, header_str, hmac_sha1, hmac_sha256, prefixed_hex, proof_header, DeliveryId, Envelope,
-    Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
+    ct_eq, header_field, header_str, hmac_sha1, hmac_sha256, prefixed_hex, proof_header,
+    DeliveryId, Envelope, Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -57,17 +57,13 @@ impl Provider for Github {
     }
 
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError> {
-        let event = header_str(req.headers, "x-github-event")
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
+        let event = header_field(req.headers, "x-github-event", "X-GitHub-Event header")?
             .ok_or(ShapeError::Missing("X-GitHub-Event header"))?;
+        let id = header_field(req.headers, "x-github-delivery", "X-GitHub-Delivery header")?;
         payload_json(req.headers, req.body)?;
         Ok(Envelope {
             event: event.to_owned(),
-            id: header_str(req.headers, "x-github-delivery")
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .map_or(DeliveryId::Absent, |d| DeliveryId::Unsigned(d.to_owned())),
+            id: id.map_or(DeliveryId::Absent, |d| DeliveryId::Unsigned(d.to_owned())),
         })
     }
 

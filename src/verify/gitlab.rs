@@ -16,8 +16,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{
-    header_str, json_body, json_str, standard, unix_secs, DeliveryId, Envelope, Inbound, Provider,
-    ShapeError, SignInput, Signed, Verified, VerifyError,
+    header_field, header_str, json_body, json_str, standard, unix_secs, DeliveryId, Envelope,
+    Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
 
@@ -54,24 +54,18 @@ impl Provider for Gitlab {
 
     fn envelope(&self, req: &Inbound<'_>) -> Result<Envelope, ShapeError> {
         let body = json_body(req.body)?;
-        let event = json_str(&body, "object_kind")
-            .filter(|k| !k.is_empty())
-            .or_else(|| {
-                header_str(req.headers, "x-gitlab-event")
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .map(str::to_owned)
-            })
-            .ok_or(ShapeError::Missing("object_kind or X-Gitlab-Event"))?;
-        let (key_header, signed) = if self.signing_secret.is_some() {
-            ("webhook-id", true)
-        } else {
-            ("idempotency-key", false)
+        let event = match json_str(&body, "object_kind").filter(|k| !k.is_empty()) {
+            Some(kind) => kind,
+            None => header_field(req.headers, "x-gitlab-event", "X-Gitlab-Event header")?
+                .ok_or(ShapeError::Missing("object_kind or X-Gitlab-Event"))?
+                .to_owned(),
         };
-        let id = header_str(req.headers, key_header)
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned);
+        let (key_header, what, signed) = if self.signing_secret.is_some() {
+            ("webhook-id", "webhook-id header", true)
+        } else {
+            ("idempotency-key", "Idempotency-Key header", false)
+        };
+        let id = header_field(req.headers, key_header, what)?.map(str::to_owned);
         Ok(Envelope {
             event,
             id: match id {

@@ -7,7 +7,7 @@
 //! cover that header, so the id dedupes together with the body's digest.
 
 use super::{
-    ct_eq, header_str, hmac_sha256, json_body, json_str, prefixed_hex, proof_header, DeliveryId,
+    ct_eq, header_field, hmac_sha256, json_body, json_str, prefixed_hex, proof_header, DeliveryId,
     Envelope, Inbound, Provider, ShapeError, SignInput, Signed, Verified, VerifyError,
 };
 use crate::secret::Secret;
@@ -37,10 +37,12 @@ impl Provider for Jira {
             .ok_or(ShapeError::Missing("webhookEvent"))?;
         Ok(Envelope {
             event,
-            id: header_str(req.headers, "x-atlassian-webhook-identifier")
-                .map(str::trim)
-                .filter(|id| !id.is_empty())
-                .map_or(DeliveryId::Absent, |id| DeliveryId::Unsigned(id.to_owned())),
+            id: header_field(
+                req.headers,
+                "x-atlassian-webhook-identifier",
+                "X-Atlassian-Webhook-Identifier header",
+            )?
+            .map_or(DeliveryId::Absent, |id| DeliveryId::Unsigned(id.to_owned())),
         })
     }
 

@@ -66,6 +66,29 @@ pub enum ShapeError {
     BadForm,
     #[error("missing {0}")]
     Missing(&'static str),
+    #[error("{0} is not text (visible ASCII)")]
+    NotText(&'static str),
+    #[error("the {what} is {len} bytes: hookgate keeps at most {ENVELOPE_FIELD_MAX}")]
+    TooLong { what: &'static str, len: usize },
+}
+
+/// Longest event type or delivery id kept, in bytes (providers send tens):
+/// each is stored with the event, shown by lookups and part of keys.
+pub const ENVELOPE_FIELD_MAX: usize = 1024;
+
+/// What ingress (and `hookgate route --header`) reads of a proven request:
+/// the provider's envelope, refused when a field is longer than
+/// [`ENVELOPE_FIELD_MAX`].
+pub fn read_envelope(p: &dyn Provider, req: &Inbound<'_>) -> Result<Envelope, ShapeError> {
+    let e = p.envelope(req)?;
+    let too_long =
+        |what, len| (len > ENVELOPE_FIELD_MAX).then_some(ShapeError::TooLong { what, len });
+    if let Some(e) = too_long("event type", e.event.len())
+        .or_else(|| too_long("delivery id", e.id.as_str().map_or(0, str::len)))
+    {
+        return Err(e);
+    }
+    Ok(e)
 }
 
 /// What a route matches on and what dedupes a delivery.
@@ -253,6 +276,21 @@ impl Locator {
 /// A header's value as text, or `None` when absent or not visible ASCII.
 pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name)?.to_str().ok()
+}
+
+/// An envelope header's value, trimmed: `None` when absent or blank, an
+/// error naming it (`what`) when present but not text, rather than taken
+/// for absent.
+pub fn header_field<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<&'h str>, ShapeError> {
+    match headers.get(name).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v.trim()).filter(|v| !v.is_empty())),
+        Some(Err(_)) => Err(ShapeError::NotText(what)),
+    }
 }
 
 /// A body serde_json reads whole as values, checked but not built: its

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use super::{
-    ct_eq, decode_b64, encode_b64, header_str, hmac_sha256, json_body, json_str, proof_header,
+    ct_eq, decode_b64, encode_b64, header_field, hmac_sha256, json_body, json_str, proof_header,
     within_skew, DeliveryId, Envelope, Inbound, Provider, ShapeError, SignInput, Signed, Verified,
     VerifyError,
 };
@@ -92,16 +92,18 @@ impl Provider for Zendesk {
                 .filter(|v| !v.is_empty())
         };
         let invocation = || {
-            header_str(req.headers, "x-zendesk-webhook-invocation-id")
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
+            header_field(
+                req.headers,
+                "x-zendesk-webhook-invocation-id",
+                "X-Zendesk-Webhook-Invocation-Id header",
+            )
+            .map(|v| v.map(str::to_owned))
         };
         let event = field("type").unwrap_or_default();
         let subscription = event.starts_with("zen:event-type:");
         let id = match field("id").filter(|_| subscription) {
             Some(id) => DeliveryId::Signed(id),
-            None => invocation().map_or(DeliveryId::Absent, DeliveryId::Unsigned),
+            None => invocation()?.map_or(DeliveryId::Absent, DeliveryId::Unsigned),
         };
         Ok(Envelope { id, event })
     }

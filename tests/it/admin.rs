@@ -157,14 +157,32 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_proves_a_change() {
             admin(&gw, Method::GET, "/api/dead", &[("Authorization", &auth)]).await;
         assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
     }
-    let (status, _) = admin(
-        &gw,
-        Method::GET,
-        "/api/dead",
-        &[("Authorization", "Bearer jira-secre")],
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A wrong token and none are told apart.
+    for (auth, says, challenge) in [
+        (
+            Some("Bearer jira-secre"),
+            "the bearer token is not server.admin_token",
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            None,
+            "this needs `Authorization: Bearer <server.admin_token>`",
+            "Bearer",
+        ),
+    ] {
+        let url = format!("http://{}/api/dead", gw.admin);
+        let headers: Vec<(String, String)> = auth
+            .map(|a| ("Authorization".to_owned(), a.to_owned()))
+            .into_iter()
+            .collect();
+        let (status, h, body) = hookgate::client::request(Method::GET, &url, &headers, Vec::new())
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains(says), "{body}");
+        assert_eq!(h.get(http::header::WWW_AUTHENTICATE).unwrap(), challenge);
+    }
     // The token is what a page cannot have: it suffices for a change, but
     // a cross-site origin is refused even with it.
     let path = format!("/api/dead/{id}/replay");

@@ -254,10 +254,74 @@ async fn bodies_the_provider_would_not_send_are_400() {
     );
     remove_header(&mut signed, "X-GitHub-Event");
     assert_eq!(gw.post("github", &signed).await.0, StatusCode::BAD_REQUEST);
+    // Envelope headers that are not text are refused, not taken for
+    // absent; fields longer than hookgate keeps are refused with their
+    // length (1,024 bytes pass).
+    let long = "d".repeat(1025);
+    let event = "e".repeat(1025);
+    for (header, value, says) in [
+        (
+            "X-GitHub-Event",
+            "pi\u{e9}ng",
+            "X-GitHub-Event header is not text",
+        ),
+        (
+            "X-GitHub-Delivery",
+            "\u{e9}t\u{e9}",
+            "X-GitHub-Delivery header is not text",
+        ),
+        (
+            "X-GitHub-Delivery",
+            long.as_str(),
+            "the delivery id is 1025 bytes: hookgate keeps at most 1024",
+        ),
+        (
+            "X-GitHub-Event",
+            event.as_str(),
+            "the event type is 1025 bytes",
+        ),
+    ] {
+        let mut signed = gw.sign("github", "push", &sample("github", "push"), "shape");
+        set_header(&mut signed, header, value);
+        let (status, answer) = gw.post("github", &signed).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{header}: {answer}");
+        assert!(answer.contains(says), "{header}: {answer}");
+    }
     // Figma's passcode is inside the body: unreadable body, unproven request.
     let figma = gw.sign("figma", "FILE_COMMENT", b"{not json", "f");
     assert_eq!(gw.post("figma", &figma).await.0, StatusCode::UNAUTHORIZED);
+    // The other providers' id headers, when not text.
+    for (source, event, header) in [
+        ("gitlab", "push", "Idempotency-Key"),
+        (
+            "jira",
+            "jira:issue_updated",
+            "X-Atlassian-Webhook-Identifier",
+        ),
+        ("zendesk", "trigger", "X-Zendesk-Webhook-Invocation-Id"),
+    ] {
+        let body = hookgate::samples::find(source, event).map_or_else(
+            || br#"{"type":"trigger"}"#.to_vec(),
+            |s| s.as_bytes().to_vec(),
+        );
+        let mut signed = gw.sign(source, event, &body, "shape");
+        set_header(&mut signed, header, "\u{e9}t\u{e9}");
+        let (status, answer) = gw.post(source, &signed).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{source}: {answer}");
+        assert!(
+            answer.contains(&format!("{header} header is not text")),
+            "{source}: {answer}"
+        );
+    }
     assert!(gw.events().is_empty());
+    let mut signed = gw.sign(
+        "github",
+        "push",
+        &sample("github", "push"),
+        &"d".repeat(1024),
+    );
+    set_header(&mut signed, "X-GitHub-Event", &"e".repeat(1024));
+    assert_eq!(gw.post("github", &signed).await.0, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
@@ -985,4 +1049,28 @@ secret = [{ file = "{dir}/github" }, { file = "{dir}/jira" }]
         "{metrics}"
     );
     gw.stop().await;
+}
+
+/// A source whose secret is not set answers 503 (the provider retries)
+/// and says what is missing, in words a provider's delivery log shows.
+#[tokio::test]
+async fn a_source_without_its_secret_answers_503_saying_so() {
+    let gw = TestGateway::start(
+        "",
+        r#"
+[sources.github]
+provider = "github"
+secret = { env = "HOOKGATE_TEST_NEVER_SET_SECRET" }
+"#,
+    )
+    .await;
+    let (status, answer) = gw
+        .request(Method::POST, "github", &[], sample("github", "push"))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(
+        answer,
+        r#"{"error":"this source's secret is not set on the gateway yet: deliveries are refused until it is"}"#
+    );
+    assert!(gw.events().is_empty());
 }
