@@ -33,9 +33,12 @@ impl AdminClient {
     /// listener's address and token alone (the rest may have mistakes).
     pub(super) fn from_file(path: &std::path::Path) -> anyhow::Result<AdminClient> {
         let resolver = crate::config::secrets::Resolver::from_env();
-        let (listen, token) =
-            crate::config::admin_of(path, &resolver).map_err(anyhow::Error::msg)?;
-        Ok(AdminClient::new(listen, token.as_ref()))
+        let admin = crate::config::admin_of(path, &resolver).map_err(anyhow::Error::msg)?;
+        if let Some(broken) = &admin.broken {
+            eprintln!("hookgate: {broken}");
+            eprintln!("hookgate: read server.admin_listen and server.admin_token from its [server] table alone (a reload would refuse this file)");
+        }
+        Ok(AdminClient::new(admin.listen, admin.token.as_ref()))
     }
 
     /// `GET path`, the answer read as JSON; no daemon answering is an error.

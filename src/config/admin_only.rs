@@ -23,20 +23,40 @@ struct Server {
     admin_token: Option<RawSecret>,
 }
 
+/// What the CLI needs of a config file to reach its daemon.
+pub struct AdminOf {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    /// The file is not TOML as a whole (where, and why): the `[server]`
+    /// table was read alone.
+    pub broken: Option<String>,
+}
+
 /// `server.admin_listen` (default 127.0.0.1:9090) and `server.admin_token`
-/// of the file at `path`; every other key is left unread.
-pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<(SocketAddr, Option<Secret>), String> {
+/// of the file at `path`; every other key is left unread. When the file
+/// is not TOML as a whole (a mistake the daemon refused to reload), its
+/// `[server]` table is read alone.
+pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<AdminOf, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    // Only the [server] table is read: a table elsewhere that TOML cannot
-    // parse at all still stops here, with the line.
-    let file: File = toml::from_str(&text).map_err(|e| {
-        format!(
-            "{}: the admin listener's address and token cannot be read: {}",
-            path.display(),
-            e.message()
-        )
-    })?;
+    let (file, broken): (File, _) = match toml::from_str(&text) {
+        Ok(file) => (file, None),
+        Err(e) => {
+            let place = e.span().map_or(String::new(), |s| {
+                let (line, column) = super::line_col(&text, s.start);
+                format!(":{line}:{column}")
+            });
+            let said = format!("{}{place}: {}", path.display(), e.message().trim_end());
+            match server_table(&text).map(|t| toml::from_str(&t)) {
+                Some(Ok(file)) => (file, Some(said)),
+                _ => {
+                    return Err(format!(
+                        "{said}\n(the admin listener's address and token cannot be read from it: fix the file; `hookgate check` lists every mistake)"
+                    ))
+                }
+            }
+        }
+    };
     let listen = match file.server.admin_listen.as_deref() {
         None => SocketAddr::from(([127, 0, 0, 1], 9090)),
         Some(a) => a.parse().map_err(|_| {
@@ -67,5 +87,26 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<(SocketAddr, Option<
             )
         }
     };
-    Ok((listen, token))
+    Ok(AdminOf {
+        listen,
+        token,
+        broken,
+    })
+}
+
+/// The `[server]` table of a file as text of its own: its header line and
+/// the lines up to the next table's. `None` when the file has none.
+fn server_table(text: &str) -> Option<String> {
+    let mut lines = text.lines();
+    lines.find(|l| {
+        let l = l.trim();
+        l.strip_prefix("[server]")
+            .is_some_and(|rest| rest.trim().is_empty() || rest.trim().starts_with('#'))
+    })?;
+    let mut table = String::from("[server]\n");
+    for line in lines.take_while(|l| !l.trim_start().starts_with('[')) {
+        table.push_str(line);
+        table.push('\n');
+    }
+    Some(table)
 }

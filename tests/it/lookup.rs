@@ -390,6 +390,30 @@ to = ["chat"]
             && refused.contains("(`evt_` and 16 hex digits) or as lookups show it"),
         "{refused}"
     );
+    // Broken worse, so the file is not TOML at all: the [server] table is
+    // read alone, and the CLI says where the file is broken.
+    let typo = std::fs::read_to_string(&daemon.config).unwrap();
+    let line = typo.lines().count() + 1;
+    std::fs::write(&daemon.config, format!("{typo}garbage [[[\n")).unwrap();
+    let out = daemon.cli(&["events", "show", answer_id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shown, "{said}");
+    assert!(
+        said.contains(&format!("routes.toml:{line}:9: ")) && said.contains("[server] table alone"),
+        "{said}"
+    );
+    // A [server] table that is itself broken stops there, with its line.
+    let server_broken = typo.replacen("[server]", "[server]\nadmin_listen = ", 1);
+    std::fs::write(&daemon.config, format!("{server_broken}garbage [[[\n")).unwrap();
+    let out = daemon.cli(&["events", "show", answer_id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("routes.toml:")
+            && said.contains("cannot be read from it: fix the file"),
+        "{said}"
+    );
+    std::fs::write(&daemon.config, &typo).unwrap();
     let out = daemon.cli(&[
         "queue",
         "dead",
