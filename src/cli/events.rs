@@ -87,7 +87,7 @@ pub(super) enum Command {
         #[command(flatten)]
         filter: EventFilter,
         /// At most this many (default 50).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = super::filters::at_least_one)]
         limit: usize,
         #[arg(long)]
         json: bool,
@@ -122,7 +122,7 @@ pub(super) enum DeliveriesCommand {
         #[arg(long)]
         status: Option<String>,
         /// At most this many (default 50).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = super::filters::at_least_one)]
         limit: usize,
         #[arg(long)]
         json: bool,

@@ -73,3 +73,13 @@ impl DeliveryFilter {
         p
     }
 }
+
+/// A `--limit`: a whole number from 1 (0 would list nothing and say so as
+/// if nothing matched).
+pub(super) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 lists nothing: give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number: give 1 or more")),
+    }
+}

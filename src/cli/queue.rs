@@ -52,7 +52,7 @@ pub(super) enum DeadCommand {
         #[command(flatten)]
         filter: DeliveryFilter,
         /// At most this many (default 100).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = super::filters::at_least_one)]
         limit: usize,
         /// Only those older than this id (the next page after a list
         /// that ended with it).

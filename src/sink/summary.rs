@@ -23,6 +23,15 @@ fn s<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a str {
     v.as_str().unwrap_or("")
 }
 
+/// A number (or id) as text: a missing or null one is empty, not `null`.
+fn num(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
 fn opt(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
@@ -51,7 +60,7 @@ pub fn summarize(event: &EventRecord, payload: &serde_json::Value) -> Summary {
                 format!(
                     "{} {action} pull request #{}: {}",
                     s(p, &["sender", "login"]),
-                    p["number"],
+                    num(&p["number"]),
                     s(p, &["pull_request", "title"])
                 ),
                 opt(s(p, &["pull_request", "html_url"])),
@@ -63,7 +72,7 @@ pub fn summarize(event: &EventRecord, payload: &serde_json::Value) -> Summary {
                 "{} {} issue #{}: {}",
                 s(p, &["sender", "login"]),
                 s(p, &["action"]),
-                p["issue"]["number"],
+                num(&p["issue"]["number"]),
                 s(p, &["issue", "title"])
             ),
             opt(s(p, &["issue", "html_url"])),
@@ -92,7 +101,7 @@ pub fn summarize(event: &EventRecord, payload: &serde_json::Value) -> Summary {
                 "{} {} merge request !{}: {}",
                 s(p, &["user", "username"]),
                 s(p, &["object_attributes", "action"]),
-                p["object_attributes"]["iid"],
+                num(&p["object_attributes"]["iid"]),
                 s(p, &["object_attributes", "title"])
             ),
             opt(s(p, &["object_attributes", "url"])),
@@ -101,7 +110,7 @@ pub fn summarize(event: &EventRecord, payload: &serde_json::Value) -> Summary {
             s(p, &["project", "path_with_namespace"]).to_owned(),
             format!(
                 "pipeline #{} on {}: {}",
-                p["object_attributes"]["id"],
+                num(&p["object_attributes"]["id"]),
                 s(p, &["object_attributes", "ref"]),
                 s(p, &["object_attributes", "status"])
             ),
@@ -233,6 +242,30 @@ mod tests {
             summarize(&record("jira", "jira:issue_updated"), &jira).url,
             None
         );
+    }
+
+    /// A missing or null number reads as nothing, never as `null`; one
+    /// sent as a string reads as itself.
+    #[test]
+    fn missing_numbers_are_empty_not_null() {
+        for (provider, event, field) in [
+            ("github", "pull_request", &["number"][..]),
+            ("github", "issues", &["issue", "number"][..]),
+            ("gitlab", "merge_request", &["object_attributes", "iid"][..]),
+            ("gitlab", "pipeline", &["object_attributes", "id"][..]),
+        ] {
+            let mut p = sample(provider, event);
+            let at = field.iter().fold(&mut p, |v, k| &mut v[*k]);
+            *at = serde_json::Value::Null;
+            let text = summarize(&record(provider, event), &p).text;
+            assert!(!text.contains("null"), "{provider}/{event}: {text}");
+            *field.iter().fold(&mut p, |v, k| &mut v[*k]) = "77".into();
+            let text = summarize(&record(provider, event), &p).text;
+            assert!(
+                text.contains("77") && !text.contains("\"77\""),
+                "{provider}/{event}: {text}"
+            );
+        }
     }
 
     #[test]

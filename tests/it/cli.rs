@@ -600,6 +600,20 @@ fn offline_queue_commands_fail_on_a_missing_queue_or_id() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(cli(&["queue", "dead", "list"]).status.success());
+    // A limit of 0 would print "no events" as if nothing matched.
+    for args in [
+        &["events", "list", "--limit", "0"][..],
+        &["deliveries", "list", "--limit", "0"][..],
+        &["queue", "dead", "list", "--limit", "0"][..],
+    ] {
+        let out = cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("0 lists nothing: give 1 or more"),
+            "{stderr}"
+        );
+    }
 }
 
 /// `hookgate queue stats | head -1`: a reader that stops early ends the
