@@ -20,6 +20,7 @@
 //! routes = ["tickets-become-feedback"]
 //! ```
 
+use crate::config::line_col;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -92,7 +93,26 @@ pub struct Report {
 pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file: TestFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Read positionally, a list of reject tables gives a message about
+    // something else ("invalid type: map, expected a sequence").
+    if let Some(n) = text.lines().position(|l| {
+        let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+        l.starts_with("[[tests.reject]]")
+    }) {
+        return Err(format!(
+            "{}:{}:1: `[[tests.reject]]` makes a list, and a test has one reject table: write `[tests.reject]` with every route in its `routes = [...]`",
+            path.display(),
+            n + 1
+        ));
+    }
+    let file: TestFile = toml::from_str(&text).map_err(|e| {
+        let place = e.span().map_or(String::new(), |s| {
+            let (line, col) = line_col(&text, s.start);
+            format!(":{line}:{col}")
+        });
+        let message = crate::config::type_hint(&e.message().trim().replace('\n', " "));
+        format!("{}{place}: {message}", path.display())
+    })?;
     let problems = names_problems(config, &file, &text);
     if !problems.is_empty() {
         let lines: Vec<String> = problems
@@ -168,16 +188,6 @@ fn names_problems(config: &Config, file: &TestFile, text: &str) -> Vec<(usize, u
     }
     problems.sort();
     problems
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    )
 }
 
 fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String> {

@@ -438,7 +438,7 @@ impl Cx<'_> {
 
     fn toml_error(&mut self, e: &toml::de::Error, key: &str) {
         let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().replace('\n', " ");
+        let message = type_hint(&e.message().trim().replace('\n', " "));
         self.err(span, key, message);
     }
 
@@ -490,7 +490,7 @@ impl Cx<'_> {
                 return None;
             };
             let name = culprit.get_ref().to_string();
-            let (message, meant) = unknown_field_hint(&message);
+            let (message, meant) = unknown_field_hint(&type_hint(&message));
             self.err(span.clone(), &format!("{key}.{name}"), message);
             table.remove(&culprit);
             dropped.push(name);
@@ -898,6 +898,62 @@ fn unknown_field_hint(message: &str) -> (String, Option<String>) {
     (message, meant.map(str::to_owned))
 }
 
+/// serde's "invalid type: string \"64k\", expected i64" said in the
+/// operator's words: what the value is, and what to write instead. Any
+/// other message is returned as it is.
+pub(crate) fn type_hint(message: &str) -> String {
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|m| m.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    // serde's `Unexpected`: `string "x"`, `integer `1``, `boolean `true``…
+    let quoted = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .map(|v| v.trim_matches('`').to_owned())
+    };
+    let (what, value) = if let Some(v) = quoted("string ") {
+        (format!("{v} is text"), Some(v.trim_matches('"').to_owned()))
+    } else if let Some(v) = quoted("integer ") {
+        (format!("{v} is a number"), Some(v))
+    } else if let Some(v) = quoted("floating point ") {
+        (format!("{v} is a number with a fraction"), Some(v))
+    } else if let Some(v) = quoted("boolean ") {
+        (format!("{v} is a boolean"), Some(v))
+    } else if found == "sequence" {
+        ("this is a list".to_owned(), None)
+    } else if found == "map" {
+        ("this is a table".to_owned(), None)
+    } else {
+        return message.to_owned();
+    };
+    let write = match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" => {
+            "a whole number without quotes, like 65536".to_owned()
+        }
+        "f32" | "f64" => "a number without quotes, like 1.5".to_owned(),
+        "a boolean" => "true or false, without quotes".to_owned(),
+        "a string" | "a borrowed string" => match value {
+            Some(v) => format!("text in quotes, like \"{v}\""),
+            None => "text in quotes".to_owned(),
+        },
+        "a sequence" if found == "map" => {
+            "a list in brackets, like [\"a\", \"b\"] (a list of tables is `[[name]]`, once per table)".to_owned()
+        }
+        "a sequence" => "a list in brackets, like [\"a\", \"b\"]".to_owned(),
+        e if (e == "a map" || e.starts_with("struct ")) && found == "sequence" => {
+            "one table (`[[name]]` makes a list of tables; a table is `[name]`, or { key = \"value\" })".to_owned()
+        }
+        e if e == "a map" || e.starts_with("struct ") => {
+            "a table, like { key = \"value\" }".to_owned()
+        }
+        other => other.to_owned(),
+    };
+    format!("{what}: write {write}")
+}
+
 /// Parses `N/s`, `N/m` or `N/h`.
 fn parse_rate(s: &str) -> Option<Rate> {
     let (n, unit) = s.trim().split_once('/')?;
@@ -915,7 +971,7 @@ fn parse_rate(s: &str) -> Option<Rate> {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;

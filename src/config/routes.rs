@@ -250,8 +250,13 @@ impl Cx<'_> {
                         (Some(f), None) => format!("{f}: {}", e.message),
                         (None, _) => e.message.clone(),
                     };
+                    // A template file's mistake is the `template` key's.
+                    let key = match file {
+                        Some(_) => "template",
+                        None => &part,
+                    };
                     let mut p =
-                        self.problem(span.clone(), &format!("routes.{}.{part}", e.route), message);
+                        self.problem(span.clone(), &format!("routes.{}.{key}", e.route), message);
                     // A multi-line inline template: the line inside it
                     // (TOML drops a newline right after `"""` or `'''`).
                     if let (None, Some(line)) = (file, e.line.filter(|l| *l > 1)) {

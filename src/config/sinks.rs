@@ -115,14 +115,20 @@ fn defaults(kind: &str) -> (usize, Option<Rate>) {
     }
 }
 
+/// Every sink kind.
+const KINDS: [&str; 6] = ["log", "http", "slack", "teams", "discord", "prodmatic"];
+
 impl Cx<'_> {
     pub(super) fn sink(&mut self, name: &str, raw: RawSink) -> Option<SinkConfig> {
         let at = |k: &str| format!("sinks.{name}.{k}");
         let kind_name = raw.kind.get_ref().as_str();
         let before = self.problems.len();
+        // An unknown kind is the one mistake: its keys are not judged
+        // against it (the operator's `url` is right for the `slack` meant).
+        let known = KINDS.contains(&kind_name);
         let only =
             |cx: &mut Self, key: &str, span: Option<std::ops::Range<usize>>, kinds: &[&str]| {
-                if let Some(span) = span {
+                if let Some(span) = span.filter(|_| known) {
                     if !kinds.contains(&kind_name) {
                         cx.err(
                             span,
@@ -216,7 +222,6 @@ impl Cx<'_> {
                 .map(|url| SinkKind::Discord { url }),
             "prodmatic" => self.prodmatic_sink(name, &raw),
             other => {
-                const KINDS: [&str; 6] = ["log", "http", "slack", "teams", "discord", "prodmatic"];
                 let message = match crate::suggest::closest(other, KINDS) {
                     Some(k) => format!("unknown sink kind `{other}`: did you mean `{k}`?"),
                     None => format!(

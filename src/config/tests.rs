@@ -562,12 +562,12 @@ template = "bad.json.j2"
         .collect();
     assert!(
         all.iter()
-            .any(|m| m.starts_with("12:routes.c.message: bad.j2:3:")),
+            .any(|m| m.starts_with("12:routes.c.template: bad.j2:3:")),
         "{all:#?}"
     );
     assert!(
         all.iter()
-            .any(|m| m.starts_with("17:routes.d.message: bad.json.j2:1:")),
+            .any(|m| m.starts_with("17:routes.d.template: bad.json.j2:1:")),
         "{all:#?}"
     );
 }
@@ -874,6 +874,7 @@ kind = "log"
 
 [sinks.chat]
 kind = "slak"
+url = { env = "SLACK_URL" }
 
 [sinks.pm]
 kind = "prodmatic"
@@ -909,8 +910,8 @@ kind = "log"
     assert_eq!(
         problem_lines(text),
         vec![
-            "server.listen: invalid type: integer `8080`, expected a string",
-            "server.admin_listen: invalid type: boolean `true`, expected a string",
+            "server.listen: 8080 is a number: write text in quotes, like \"8080\"",
+            "server.admin_listen: true is a boolean: write text in quotes, like \"true\"",
             "server.retention: `forever` is not a duration: write it like \"30s\", \"5m\" or \"7d\"",
             "sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`",
             "sources.github.colour: unknown key `colour`: the keys here are provider, secret, signing_secret, allow_ips, max_skew, dedupe_window, rate_limit, legacy_sha1, event_from, id_from, header, algorithm, encoding, prefix, timestamp_header",
@@ -970,7 +971,7 @@ fn dead_letter_retention_defaults_to_30_days_and_parses_like_a_duration() {
         ),
         (
             "30",
-            "server.dead_letter_retention: invalid type: integer `30`, expected a string",
+            "server.dead_letter_retention: 30 is a number: write text in quotes, like \"30\"",
         ),
     ] {
         let text = format!("[server]\nlisten = \"127.0.0.1:0\"\ndead_letter_retention = {value}\n{src}");
@@ -1062,4 +1063,37 @@ fn a_queue_url_libpq_would_refuse_is_a_config_error() {
         !lines[0].contains("pw"),
         "the password is never echoed: {lines:?}"
     );
+}
+
+/// A value of the wrong type is said in the operator's words: what it
+/// is, and what to write (not serde's "invalid type … expected i64").
+#[test]
+fn wrong_types_say_what_to_write() {
+    let src = "[sources.gh]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_TEST_UNSET\" }\n";
+    for (line, message) in [
+        (
+            "[server]\nmax_body_bytes = \"64k\"",
+            "server.max_body_bytes: \"64k\" is text: write a whole number without quotes, like 65536",
+        ),
+        (
+            "[server]\nmax_body_bytes = 1.5",
+            "server.max_body_bytes: 1.5 is a number with a fraction: write a whole number without quotes, like 65536",
+        ),
+        (
+            "[sources.gl]\nprovider = \"github\"\nsecret = { env = \"X\" }\nlegacy_sha1 = \"yes\"",
+            "sources.gl.legacy_sha1: \"yes\" is text: write true or false, without quotes",
+        ),
+        (
+            "[sources.gl]\nprovider = \"github\"\nsecret = { env = \"X\" }\nallow_ips = { a = 1 }",
+            "sources.gl.allow_ips: this is a table: write a list in brackets, like [\"a\", \"b\"] (a list of tables is `[[name]]`, once per table)",
+        ),
+    ] {
+        let text = format!("{src}{line}\n");
+        let problems = parse(&text, &Resolver::default()).unwrap_err();
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        assert_eq!(lines, vec![message.to_owned()], "{line}");
+    }
 }

@@ -1094,8 +1094,8 @@ max_body_bytes = "big"
             format!("{}routes[0].to: no sink `stdot`: did you mean `stdout`?", at(12, 7)),
             format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields, order_key", at(13, 1)),
             format!("{}routes.merged.message: unknown filter `regex_captur`: did you mean `regex_capture`?", at(14, 11)),
-            format!("{}server.listen: invalid type: integer `8080`, expected a string", at(17, 10)),
-            format!("{}server.max_body_bytes: invalid type: string \"big\", expected i64", at(18, 18)),
+            format!("{}server.listen: 8080 is a number: write text in quotes, like \"8080\"", at(17, 10)),
+            format!("{}server.max_body_bytes: \"big\" is text: write a whole number without quotes, like 65536", at(18, 18)),
             format!("{}: 6 problem(s); nothing was started", config.display()),
         ]
     );
@@ -1132,6 +1132,37 @@ fn route_tests_naming_a_route_the_config_lacks_fail() {
             tests.display()
         )
     );
+}
+
+/// A route test file of the wrong shape says where and what to write,
+/// not serde's "invalid type: map, expected a sequence".
+#[test]
+fn route_test_files_of_the_wrong_shape_say_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[sources.github]\nprovider = \"github\"\nsecret = { env = \"HOOKGATE_IT_UNSET_SECRET\" }\n[sinks.stdout]\nkind = \"log\"\n[[routes]]\nname = \"all\"\nto = [\"stdout\"]\n",
+    )
+    .unwrap();
+    let tests = dir.path().join("routes.test.toml");
+    let head = "[[tests]]\nname = \"t\"\nsource = \"github\"\nevent = \"push\"\npayload = '{}'\n";
+    for (tail, says) in [
+        (
+            "[[tests.reject]]\nroutes = [\"all\"]\n",
+            "routes.test.toml:6:1: `[[tests.reject]]` makes a list, and a test has one reject table: write `[tests.reject]`",
+        ),
+        (
+            "[tests.expect]\nroute = \"all\"\nsink = \"stdout\"\n",
+            "routes.test.toml:6:1: this is a table: write a list in brackets, like [\"a\", \"b\"] (a list of tables is `[[name]]`, once per table)",
+        ),
+    ] {
+        std::fs::write(&tests, format!("{head}{tail}")).unwrap();
+        let out = cli_on(&config, &["test"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 /// The shipped config's secrets: `hookgate route` tests set the ones they
