@@ -122,10 +122,23 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
         return Err(lines.join("\n"));
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    file.tests
-        .iter()
-        .map(|t| run_one(config, base, t))
-        .collect()
+    // A test that cannot run says so at its place; the others still run,
+    // so one run shows every such mistake.
+    let mut reports = Vec::new();
+    let mut cannot = Vec::new();
+    for t in &file.tests {
+        match run_one(config, base, t) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                let (line, col) = line_col(&text, t.source.span().start);
+                cannot.push(format!("{}:{line}:{col}: {e}", path.display()));
+            }
+        }
+    }
+    match cannot.is_empty() {
+        true => Ok(reports),
+        false => Err(cannot.join("\n")),
+    }
 }
 
 /// Sources, routes and sinks the tests name that the config lacks: a typo
@@ -385,11 +398,19 @@ mod tests {
         let tests = dir.path().join("t.toml");
         std::fs::write(
             &tests,
-            "[[tests]]\nname = \"broken\"\nsource = \"github\"\nevent = \"push\"\npayload = '{\"commits\": ['\n[tests.reject]\nroutes = [\"r\"]\n",
+            "[[tests]]\nname = \"broken\"\nsource = \"github\"\nevent = \"push\"\npayload = '{\"commits\": ['\n[tests.reject]\nroutes = [\"r\"]\n[[tests]]\nname = \"fine\"\nsource = \"github\"\nevent = \"push\"\npayload = '{}'\n[[tests]]\nname = \"also\"\nsource = \"github\"\nevent = \"push\"\npayload = 'x'\n",
         )
         .unwrap();
+        // Each at its test's place, every one in one run.
         let e = run(&config, &tests).unwrap_err();
-        assert!(e.contains("test `broken`: the payload is not JSON"), "{e}");
+        let at = tests.display();
+        assert_eq!(
+            e,
+            format!(
+                "{at}:3:10: test `broken`: the payload is not JSON (hookgate would answer 400 to it)\n\
+                 {at}:15:10: test `also`: the payload is not JSON (hookgate would answer 400 to it)"
+            )
+        );
     }
 
     /// Issue #8 item 11: a misspelt route in `reject` passed silently (it
