@@ -270,7 +270,12 @@ impl Admin {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
             },
-            _ => unreachable!("`allowed` names every path and its method"),
+            // `allowed` and the arms above name the same paths; should they
+            // ever differ, a 404 rather than a panic.
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "no such path: /api/openapi.json lists the API's",
+            ),
         }
     }
 }

@@ -20,14 +20,13 @@
 //! routes = ["tickets-become-feedback"]
 //! ```
 
-use crate::config::line_col;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::Config;
+use crate::config::{line_col, Config};
 use crate::queue::EventRecord;
 use crate::route::{Outcome, Rendered};
 
@@ -122,8 +121,8 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
         return Err(lines.join("\n"));
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    // A test that cannot run says so at its place; the others still run,
-    // so one run shows every such mistake.
+    // A test that cannot run says so at its `source` line; the others are
+    // still tried, so one run names every test that cannot run.
     let mut reports = Vec::new();
     let mut cannot = Vec::new();
     for t in &file.tests {

@@ -65,7 +65,12 @@ fn event_filter() -> Vec<Value> {
 
 fn delivery_filter(with_status: bool) -> Vec<Value> {
     let mut p = vec![
-        number("event_id", "The event's id"),
+        json!({ "name": "event_id", "in": "query", "required": false,
+                "description": "The event's id: its number, or the `evt_` form the 202 answer gave",
+                "schema": { "oneOf": [
+                    { "type": "integer", "format": "int64", "minimum": 0, "maximum": 9007199254740991i64 },
+                    { "type": "string", "pattern": "^evt_[0-9a-fA-F]{1,16}$" }
+                ] } }),
         text("source", "The source's name"),
         text("event", "The event type"),
         text("delivery_id", "The provider's id for the delivery"),

@@ -73,6 +73,17 @@ impl Query {
         }
     }
 
+    /// An event's id, in either form ([`crate::queue::EventId`]).
+    pub fn event_id(&self, name: &str) -> Result<Option<u64>, BadQuery> {
+        self.text(name)
+            .map(|v| {
+                v.parse::<crate::queue::EventId>()
+                    .map(|id| id.0)
+                    .map_err(|e| BadQuery(format!("`{name}`: {e}")))
+            })
+            .transpose()
+    }
+
     pub fn flag(&self, name: &str) -> Result<bool, BadQuery> {
         match self.text(name).as_deref() {
             None | Some("false" | "0") => Ok(false),
@@ -139,7 +150,7 @@ impl Query {
             }
         };
         let filter = DeliveryFilter {
-            event_id: self.number("event_id")?,
+            event_id: self.event_id("event_id")?,
             source: self.text("source"),
             event: self.text("event"),
             delivery_id: self.text("delivery_id"),

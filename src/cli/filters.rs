@@ -32,7 +32,7 @@ pub(super) struct DeliveryFilter {
     pub event: EventFilter,
     /// One event's deliveries.
     #[arg(long)]
-    pub event_id: Option<u64>,
+    pub event_id: Option<crate::queue::EventId>,
     /// The route's name.
     #[arg(long)]
     pub route: Option<String>,
@@ -67,7 +67,7 @@ impl EventFilter {
 impl DeliveryFilter {
     pub fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
         let mut p = self.event.pairs();
-        p.push(("event_id", self.event_id.map(|i| i.to_string())));
+        p.push(("event_id", self.event_id.map(|i| i.0.to_string())));
         p.push(("route", self.route.clone()));
         p.push(("sink", self.sink.clone()));
         p

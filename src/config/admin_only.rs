@@ -47,9 +47,10 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<AdminOf, String> {
                 format!(":{line}:{column}")
             });
             let said = format!("{}{place}: {}", path.display(), e.message().trim_end());
-            match server_table(&text).map(|t| toml::from_str(&t)) {
-                Some(Ok(file)) => (file, Some(said)),
-                _ => {
+            // No [server] table: the defaults, as for a file that parses.
+            match server_table(&text).map_or(Ok(File::default()), |t| toml::from_str(&t)) {
+                Ok(file) => (file, Some(said)),
+                Err(_) => {
                     return Err(format!(
                         "{said}\n(the admin listener's address and token cannot be read from it: fix the file; `hookgate check` lists every mistake)"
                     ))
@@ -99,9 +100,10 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<AdminOf, String> {
 fn server_table(text: &str) -> Option<String> {
     let mut lines = text.lines();
     lines.find(|l| {
-        let l = l.trim();
-        l.strip_prefix("[server]")
-            .is_some_and(|rest| rest.trim().is_empty() || rest.trim().starts_with('#'))
+        let l = l.split('#').next().unwrap_or("");
+        l.chars()
+            .filter(|c| !c.is_whitespace())
+            .eq("[server]".chars())
     })?;
     let mut table = String::from("[server]\n");
     for line in lines.take_while(|l| !l.trim_start().starts_with('[')) {
@@ -109,4 +111,21 @@ fn server_table(text: &str) -> Option<String> {
         table.push('\n');
     }
     Some(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_table;
+
+    /// The `[server]` table of a file that is not TOML as a whole: found
+    /// with spaces or a comment on its header, up to the next table.
+    #[test]
+    fn the_server_table_is_found_alone() {
+        let text = "x = [[[\n[ server ]  # the daemon\nadmin_listen = \"127.0.0.1:1\"\n\n[sources.a]\nbroken =\n";
+        assert_eq!(
+            server_table(text).as_deref(),
+            Some("[server]\nadmin_listen = \"127.0.0.1:1\"\n\n")
+        );
+        assert_eq!(server_table("[servers]\nx = 1\n[[routes]]\n"), None);
+    }
 }

@@ -904,7 +904,7 @@ fn unknown_field_hint(message: &str) -> (String, Option<String>) {
 pub(crate) fn type_hint(message: &str) -> String {
     let Some((found, expected)) = message
         .strip_prefix("invalid type: ")
-        .and_then(|m| m.split_once(", expected "))
+        .and_then(|m| m.rsplit_once(", expected "))
     else {
         return message.to_owned();
     };
@@ -914,18 +914,18 @@ pub(crate) fn type_hint(message: &str) -> String {
             .strip_prefix(prefix)
             .map(|v| v.trim_matches('`').to_owned())
     };
-    let (what, value) = if let Some(v) = quoted("string ") {
-        (format!("{v} is text"), Some(v.trim_matches('"').to_owned()))
+    let what = if let Some(v) = quoted("string ") {
+        format!("{v} is text")
     } else if let Some(v) = quoted("integer ") {
-        (format!("{v} is a number"), Some(v))
+        format!("{v} is a number")
     } else if let Some(v) = quoted("floating point ") {
-        (format!("{v} is a number with a fraction"), Some(v))
+        format!("{v} is a number with a fraction")
     } else if let Some(v) = quoted("boolean ") {
-        (format!("{v} is a boolean"), Some(v))
+        format!("{v} is a boolean")
     } else if found == "sequence" {
-        ("this is a list".to_owned(), None)
+        "this is a list".to_owned()
     } else if found == "map" {
-        ("this is a table".to_owned(), None)
+        "this is a table".to_owned()
     } else {
         return message.to_owned();
     };
@@ -935,10 +935,7 @@ pub(crate) fn type_hint(message: &str) -> String {
         }
         "f32" | "f64" => "a number without quotes, like 1.5".to_owned(),
         "a boolean" => "true or false, without quotes".to_owned(),
-        "a string" | "a borrowed string" => match value {
-            Some(v) => format!("text in quotes, like \"{v}\""),
-            None => "text in quotes".to_owned(),
-        },
+        "a string" | "a borrowed string" => "text in quotes".to_owned(),
         "a sequence" if found == "map" => {
             "a list in brackets, like [\"a\", \"b\"] (a list of tables is `[[name]]`, once per table)".to_owned()
         }

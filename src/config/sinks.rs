@@ -67,7 +67,8 @@ pub enum SinkKind {
 
 impl SinkKind {
     /// Why the sink cannot send: its URL or token secret is not set. Such
-    /// a sink is disabled: routing skips it (and says so at start).
+    /// a sink is disabled (the daemon says so at start): its deliveries are
+    /// made and held until the secret is set and the config reloaded.
     pub fn unconfigured(&self) -> Option<&str> {
         fn missing(r: &Result<Secret, String>) -> Option<&str> {
             r.as_ref().err().map(String::as_str)

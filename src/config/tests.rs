@@ -910,8 +910,8 @@ kind = "log"
     assert_eq!(
         problem_lines(text),
         vec![
-            "server.listen: 8080 is a number: write text in quotes, like \"8080\"",
-            "server.admin_listen: true is a boolean: write text in quotes, like \"true\"",
+            "server.listen: 8080 is a number: write text in quotes",
+            "server.admin_listen: true is a boolean: write text in quotes",
             "server.retention: `forever` is not a duration: write it like \"30s\", \"5m\" or \"7d\"",
             "sources.github.allow_ips: `10.0.0.1/8` has bits set past its /8: write the network, `10.0.0.0/8`, or the host, `10.0.0.1/32`",
             "sources.github.colour: unknown key `colour`: the keys here are provider, secret, signing_secret, allow_ips, max_skew, dedupe_window, rate_limit, legacy_sha1, event_from, id_from, header, algorithm, encoding, prefix, timestamp_header",
@@ -971,7 +971,7 @@ fn dead_letter_retention_defaults_to_30_days_and_parses_like_a_duration() {
         ),
         (
             "30",
-            "server.dead_letter_retention: 30 is a number: write text in quotes, like \"30\"",
+            "server.dead_letter_retention: 30 is a number: write text in quotes",
         ),
     ] {
         let text = format!("[server]\nlisten = \"127.0.0.1:0\"\ndead_letter_retention = {value}\n{src}");

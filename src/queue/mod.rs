@@ -99,8 +99,9 @@ pub struct NotAnEventId(pub String);
 impl std::str::FromStr for EventId {
     type Err = NotAnEventId;
 
-    /// Either form an operator has: `evt_…` (the 202's answer, logs,
-    /// Idempotency-Keys) or the number (lookups, the API's `id`).
+    /// Either form an operator has: `evt_…` (the 202's answer, logs; an
+    /// Idempotency-Key starts with it) or the number (lookups, the API's
+    /// `id`).
     fn from_str(s: &str) -> Result<EventId, NotAnEventId> {
         let parsed = match s.strip_prefix("evt_") {
             Some(hex)

@@ -13,6 +13,10 @@
 //! | `web_url` | the URL if it is a well-formed http(s) one, else empty text |
 //! | `slack_link(label)` | `<url\|label>` for an http(s) URL, else the label; both made safe for Slack |
 //! | `tojson` | (MiniJinja's) JSON text of a value |
+//!
+//! In a Slack text message (escaped as it prints, `SLACK_ESCAPE`),
+//! `slack_escape`, `slack_link` and `truncate` of safe text return safe
+//! strings, written as they are.
 
 use minijinja::{Error, ErrorKind, State, Value};
 
@@ -41,27 +45,22 @@ pub fn register(env: &mut minijinja::Environment<'static>) {
         "truncate",
         |state: &State, v: &Value, n: usize, marker: Option<&str>| {
             let cut = truncate(&text_of(v), n, marker);
-            match v.is_safe() && state.auto_escape() == SLACK_ESCAPE {
-                true => Value::from_safe_string(cut),
+            match v.is_safe() {
+                true => for_slack(state, cut),
                 false => Value::from(cut),
             }
         },
     );
     env.add_filter("striptags", |v: &Value| striptags(&text_of(v)));
     // In a Slack message (escaped as it prints) these are written as
-    // they are, not escaped twice; `escape` escapes for Slack there.
+    // they are, and text already safe there is not escaped twice
+    // (MiniJinja's `escape` escapes through the formatter: for Slack).
     env.add_filter("slack_escape", |state: &State, v: &Value| {
-        for_slack(state, slack_escape(&text_of(v)))
+        match v.is_safe() && state.auto_escape() == SLACK_ESCAPE {
+            true => v.clone(),
+            false => for_slack(state, slack_escape(&text_of(v))),
+        }
     });
-    for name in ["escape", "e"] {
-        env.add_filter(name, |state: &State, v: &Value| {
-            if state.auto_escape() == SLACK_ESCAPE && !v.is_safe() {
-                Ok(Value::from_safe_string(slack_escape(&text_of(v))))
-            } else {
-                minijinja::filters::escape(state, v)
-            }
-        });
-    }
     env.add_filter("discord_escape", |v: &Value| discord_escape(&text_of(v)));
     env.add_filter("web_url", |v: &Value| {
         web_url(&text_of(v)).unwrap_or_default()

@@ -159,6 +159,34 @@ fn a_slack_message_escapes_what_the_payload_prints() {
     );
 }
 
+/// In a Slack message a string written inside `{{ }}` and a `~` join are
+/// values like any other (escaped); a macro's output and text
+/// `slack_escape` already made safe are not escaped twice; text outside
+/// `{{ }}` is the template's own.
+#[test]
+fn a_slack_message_escapes_values_once() {
+    let mut r = route(
+        "once",
+        text(concat!(
+            "{% macro who(x) %}<@{{ x }}>{% endmacro %}",
+            "{% if payload.p1 %}<!channel>{% endif %} {{ '<!here>' }} ",
+            "{{ payload.a ~ '>' }} {{ who(payload.a) }} {{ who(payload.a) | slack_escape }} ",
+            "{% filter slack_escape %}{{ payload.a }}{% endfilter %}",
+        )),
+    );
+    r.slack = vec!["slack".into()];
+    let routes = Routes::compile(vec![r]).unwrap();
+    let out = routes.evaluate(&ctx(
+        "github",
+        "pull_request",
+        serde_json::json!({"p1": true, "a": "U<1"}),
+    ));
+    assert_eq!(
+        rendered_text(&out),
+        "<!channel> &lt;!here&gt; U&lt;1&gt; <@U&lt;1> <@U&lt;1> U&lt;1"
+    );
+}
+
 /// A render error of a Slack message names the message, as the other
 /// sinks' does.
 #[test]

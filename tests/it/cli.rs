@@ -1094,7 +1094,7 @@ max_body_bytes = "big"
             format!("{}routes[0].to: no sink `stdot`: did you mean `stdout`?", at(12, 7)),
             format!("{}routes[0].tags: unknown key `tags`: the keys here are name, source, event, when, each, to, message, template, action, fields, order_key", at(13, 1)),
             format!("{}routes.merged.message: unknown filter `regex_captur`: did you mean `regex_capture`?", at(14, 11)),
-            format!("{}server.listen: 8080 is a number: write text in quotes, like \"8080\"", at(17, 10)),
+            format!("{}server.listen: 8080 is a number: write text in quotes", at(17, 10)),
             format!("{}server.max_body_bytes: \"big\" is text: write a whole number without quotes, like 65536", at(18, 18)),
             format!("{}: 6 problem(s); nothing was started", config.display()),
         ]

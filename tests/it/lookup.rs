@@ -42,9 +42,19 @@ async fn a_delivery_found_by_its_github_id_shows_the_failed_attempt_and_is_repla
     let event_id = items[0]["id"].as_u64().unwrap();
     let (status, event) = get(&gw, &format!("/api/events/{event_id}")).await;
     assert_eq!(status, StatusCode::OK, "{event}");
-    // The form the 202 answer gives reads the same.
+    // The form the 202 answer gives reads the same, as an event and as
+    // its deliveries' filter.
     let (status, same) = get(&gw, &format!("/api/events/evt_{event_id:016x}")).await;
     assert_eq!((status, &same), (StatusCode::OK, &event));
+    let (status, by_number) = get(&gw, &format!("/api/deliveries?event_id={event_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{by_number}");
+    assert_eq!(
+        by_number["items"].as_array().unwrap().len(),
+        1,
+        "{by_number}"
+    );
+    let (_, by_answer) = get(&gw, &format!("/api/deliveries?event_id=evt_{event_id:x}")).await;
+    assert_eq!(by_answer, by_number);
     assert_eq!(event["delivery_id"], "csrf-1");
     assert!(
         event["payload"]["zen"].is_string(),
