@@ -82,11 +82,7 @@ async fn slack_gets_a_default_message_and_no_service_disables_it() {
 
 #[tokio::test]
 async fn slack_429_waits_for_retry_after_and_keeps_its_place() {
-    let rx = Receiver::start(Reply {
-        body: "ok".into(),
-        ..Reply::status(200)
-    })
-    .await;
+    let rx = slack_stand_in().await;
     rx.script([Reply::status(429).header("Retry-After", "1")]);
     let gw = TestGateway::start("", &chat("slack", &rx.url("/s"))).await;
     post(&gw, "pull_request", "slack-429").await;
@@ -274,6 +270,15 @@ async fn post_titled(gw: &TestGateway, title: &str, id: &str) {
     assert_eq!(gw.post("github", &s).await.0, StatusCode::ACCEPTED);
 }
 
+/// A stand-in for Slack's incoming webhook: `200 ok` to every post.
+async fn slack_stand_in() -> Receiver {
+    Receiver::start(Reply {
+        body: "ok".into(),
+        ..Reply::status(200)
+    })
+    .await
+}
+
 /// One sink `chat` of `kind`, and a route to it whose content is `content`
 /// (a `message = …` or `template = …` line).
 fn chat_route(kind: &str, url: &str, content: &str) -> String {
@@ -304,11 +309,7 @@ async fn one_body(rx: &Receiver) -> String {
 /// and blocks included, in a text template, is sent as that text.
 #[tokio::test]
 async fn a_slack_text_template_sends_a_json_title_as_text() {
-    let rx = Receiver::start(Reply {
-        body: "ok".into(),
-        ..Reply::status(200)
-    })
-    .await;
+    let rx = slack_stand_in().await;
     let route = chat_route(
         "slack",
         &rx.url("/s"),
@@ -329,11 +330,7 @@ async fn a_slack_text_template_sends_a_json_title_as_text() {
 /// stay Slack's.
 #[tokio::test]
 async fn a_slack_text_message_escapes_payload_values_unasked() {
-    let rx = Receiver::start(Reply {
-        body: "ok".into(),
-        ..Reply::status(200)
-    })
-    .await;
+    let rx = slack_stand_in().await;
     let route = chat_route(
         "slack",
         &rx.url("/s"),
