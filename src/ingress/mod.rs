@@ -418,8 +418,9 @@ fn duplicate(id: EventId) -> Response<Full<Bytes>> {
     )
 }
 
-/// 503 with `Retry-After`: the event cannot be taken now, and `why`.
-fn unavailable(why: &str) -> Response<Full<Bytes>> {
+/// 503 with `Retry-After`: the event cannot be taken now, and `why` (our
+/// words, never a request's: it is written into the JSON as it is).
+fn unavailable(why: &'static str) -> Response<Full<Bytes>> {
     let mut r = answer(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!(r#"{{"error":"{why}"}}"#),
