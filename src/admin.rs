@@ -161,6 +161,11 @@ impl Admin {
         if let Err(refused) = self.guard.check(req, probe) {
             return refusal(&refused);
         }
+        // HEAD is answered as GET (hyper sends no body with it).
+        let method = match *req.method() {
+            Method::HEAD => &Method::GET,
+            ref m => m,
+        };
         match allowed(&parts) {
             None => {
                 return error(
@@ -168,18 +173,22 @@ impl Admin {
                     "no such path: /api/openapi.json lists the API's",
                 )
             }
-            Some(allow) if req.method().as_str() != allow => {
+            Some(allow) if method.as_str() != allow => {
                 let mut r = error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     &format!("{path} answers {allow} only"),
                 );
+                let allow = match allow {
+                    "GET" => "GET, HEAD",
+                    other => other,
+                };
                 r.headers_mut()
                     .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
                 return r;
             }
             Some(_) => {}
         }
-        match (req.method(), parts.as_slice()) {
+        match (method, parts.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => {
                 if !self.queue.writable() {

@@ -45,9 +45,9 @@ struct TestCase {
     /// The event type as the provider reports it (`pull_request`,
     /// `jira:issue_updated`, …).
     event: String,
-    payload: Option<String>,
+    payload: Option<Spanned<String>>,
     /// Relative to the test file.
-    payload_file: Option<PathBuf>,
+    payload_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -121,15 +121,21 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
         return Err(lines.join("\n"));
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    // A test that cannot run says so at its `source` line; the others are
-    // still tried, so one run names every test that cannot run.
+    // A test that cannot run says so at its payload (its `source` when it
+    // has none); the others are still tried, so one run names every test
+    // that cannot run.
     let mut reports = Vec::new();
     let mut cannot = Vec::new();
     for t in &file.tests {
         match run_one(config, base, t) {
             Ok(r) => reports.push(r),
             Err(e) => {
-                let (line, col) = line_col(&text, t.source.span().start);
+                let at = match (&t.payload, &t.payload_file) {
+                    (Some(p), _) => p.span(),
+                    (None, Some(f)) => f.span(),
+                    (None, None) => t.source.span(),
+                };
+                let (line, col) = line_col(&text, at.start);
                 cannot.push(format!("{}:{line}:{col}: {e}", path.display()));
             }
         }
@@ -211,9 +217,9 @@ fn run_one(config: &Config, base: &Path, t: &TestCase) -> Result<Report, String>
         ));
     };
     let body = match (&t.payload, &t.payload_file) {
-        (Some(p), None) => p.clone().into_bytes(),
-        (None, Some(f)) => std::fs::read(base.join(f))
-            .map_err(|e| format!("test `{}`: {}: {e}", t.name, f.display()))?,
+        (Some(p), None) => p.get_ref().clone().into_bytes(),
+        (None, Some(f)) => std::fs::read(base.join(f.get_ref()))
+            .map_err(|e| format!("test `{}`: {}: {e}", t.name, f.get_ref().display()))?,
         _ => {
             return Err(format!(
                 "test `{}`: give one of `payload` or `payload_file`",
@@ -406,8 +412,8 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "{at}:3:10: test `broken`: the payload is not JSON (hookgate would answer 400 to it)\n\
-                 {at}:15:10: test `also`: the payload is not JSON (hookgate would answer 400 to it)"
+                "{at}:5:11: test `broken`: the payload is not JSON (hookgate would answer 400 to it)\n\
+                 {at}:17:11: test `also`: the payload is not JSON (hookgate would answer 400 to it)"
             )
         );
     }

@@ -67,7 +67,7 @@ pub enum ShapeError {
     #[error("missing {0}")]
     Missing(&'static str),
     #[error("{0} is not text (visible ASCII)")]
-    NotText(&'static str),
+    NotText(String),
     #[error("the {what} is {len} bytes: hookgate keeps at most {ENVELOPE_FIELD_MAX}")]
     TooLong { what: &'static str, len: usize },
 }
@@ -261,15 +261,23 @@ impl Locator {
     }
 
     /// Finds the value; numbers in the body are rendered as text.
-    /// `body` is the checked JSON body when the caller has it.
-    pub fn find(&self, headers: &HeaderMap, body: Option<&JsonBody<'_>>) -> Option<String> {
-        match self {
-            Locator::Header(name) => header_str(headers, name.as_str()).map(str::to_owned),
-            Locator::Body(path) => match body?.find(path)? {
-                b @ (b"true" | b"false") => Some(String::from_utf8_lossy(b).into_owned()),
-                v => crate::json::text(v),
+    /// `body` is the checked JSON body when the caller has it. A header
+    /// that is there but not text is an error, not taken for absent.
+    pub fn find(
+        &self,
+        headers: &HeaderMap,
+        body: Option<&JsonBody<'_>>,
+    ) -> Result<Option<String>, ShapeError> {
+        Ok(match self {
+            Locator::Header(name) => {
+                header_field(headers, name.as_str(), &format!("{name} header"))?.map(str::to_owned)
+            }
+            Locator::Body(path) => match body.and_then(|b| b.find(path)) {
+                None => None,
+                Some(b @ (b"true" | b"false")) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(v) => crate::json::text(v),
             },
-        }
+        })
     }
 }
 
@@ -284,12 +292,12 @@ pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 pub fn header_field<'h>(
     headers: &'h HeaderMap,
     name: &str,
-    what: &'static str,
+    what: &str,
 ) -> Result<Option<&'h str>, ShapeError> {
     match headers.get(name).map(|v| v.to_str()) {
         None => Ok(None),
         Some(Ok(v)) => Ok(Some(v.trim()).filter(|v| !v.is_empty())),
-        Some(Err(_)) => Err(ShapeError::NotText(what)),
+        Some(Err(_)) => Err(ShapeError::NotText(what.to_owned())),
     }
 }
 
@@ -451,11 +459,13 @@ pub fn locate_envelope(
     };
     Ok(Envelope {
         event: event_from
-            .find(headers, parsed.as_ref())
+            .find(headers, parsed.as_ref())?
             .unwrap_or_default(),
         id: match id_from {
             None => DeliveryId::Absent,
-            Some(l) => DeliveryId::from(l.find(headers, parsed.as_ref()), l.signed(signed_headers)),
+            Some(l) => {
+                DeliveryId::from(l.find(headers, parsed.as_ref())?, l.signed(signed_headers))
+            }
         },
     })
 }

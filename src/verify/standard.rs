@@ -449,6 +449,16 @@ mod tests {
                 id: DeliveryId::Absent
             })
         );
+        // A located header that is there but not text is refused by name.
+        let garbled = header_map(&[("x-kind", "\u{e9}")]);
+        assert_eq!(
+            p.envelope(&Inbound {
+                headers: &garbled,
+                body: b"{}",
+                now: UNIX_EPOCH,
+            }),
+            Err(ShapeError::NotText("x-kind header".into()))
+        );
         let p = Standard {
             id_from: Locator::parse("body:data.id").unwrap(),
             ..standard(RUST_SECRET)
