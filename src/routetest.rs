@@ -105,10 +105,7 @@ pub fn run(config: &Config, path: &Path) -> Result<Vec<Report>, String> {
         ));
     }
     let file: TestFile = toml::from_str(&text).map_err(|e| {
-        let place = e.span().map_or(String::new(), |s| {
-            let (line, col) = line_col(&text, s.start);
-            format!(":{line}:{col}")
-        });
+        let place = crate::config::place_of(&text, &e);
         let message = crate::config::type_hint(&e.message().trim().replace('\n', " "));
         format!("{}{place}: {message}", path.display())
     })?;

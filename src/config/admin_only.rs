@@ -42,10 +42,7 @@ pub fn admin_of(path: &Path, resolver: &Resolver) -> Result<AdminOf, String> {
     let (file, broken): (File, _) = match toml::from_str(&text) {
         Ok(file) => (file, None),
         Err(e) => {
-            let place = e.span().map_or(String::new(), |s| {
-                let (line, column) = super::line_col(&text, s.start);
-                format!(":{line}:{column}")
-            });
+            let place = super::place_of(&text, &e);
             let said = format!("{}{place}: {}", path.display(), e.message().trim_end());
             // No [server] table: the defaults, as for a file that parses.
             match server_table(&text).map_or(Ok(File::default()), |t| toml::from_str(&t)) {

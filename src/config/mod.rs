@@ -967,6 +967,15 @@ fn parse_rate(s: &str) -> Option<Rate> {
     })
 }
 
+/// Where a TOML error is in `text`, as `:LINE:COL` after a file's name
+/// (nothing when the error has no place).
+pub(crate) fn place_of(text: &str, e: &toml::de::Error) -> String {
+    e.span().map_or(String::new(), |s| {
+        let (line, col) = line_col(text, s.start);
+        format!(":{line}:{col}")
+    })
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
